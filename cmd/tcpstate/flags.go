@@ -1,0 +1,202 @@
+// SPDX-License-Identifier: Apache-2.0
+
+package main
+
+import (
+	"fmt"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/spf13/pflag"
+
+	"github.com/tcpstate/tcpstate/tracer"
+)
+
+// filterFlags are the connection filters every command shares.
+type filterFlags struct {
+	ports, lports, rports []string
+	addrs                 []string
+	ipv4, ipv6            bool
+	states                []string
+	pids                  []string
+	comm                  string
+	netns                 string
+}
+
+func (f *filterFlags) register(fs *pflag.FlagSet) {
+	fs.StringSliceVar(&f.ports, "port", nil, "only connections with this local or remote `port` (list, or repeat the flag)")
+	fs.StringSliceVar(&f.lports, "lport", nil, "only connections with this local `port`")
+	fs.StringSliceVar(&f.rports, "rport", nil, "only connections with this remote `port`")
+	fs.StringSliceVar(&f.addrs, "addr", nil, "only connections with a local or remote address in this `IP|CIDR` (list)")
+	fs.BoolVarP(&f.ipv4, "ipv4", "4", false, "only IPv4 (IPv4-mapped IPv6 counts as IPv4)")
+	fs.BoolVarP(&f.ipv6, "ipv6", "6", false, "only IPv6")
+	fs.StringSliceVar(&f.states, "state", nil, "only transitions from or to this `state` (list): "+
+		strings.Join(tracer.StateNames()[:12], ", ")+"; also close-wait, FIN_WAIT_2, ESTAB, ...")
+	fs.StringSliceVar(&f.pids, "pid", nil, "only sockets owned by this process `ID` (list)")
+	fs.StringVar(&f.comm, "comm", "", "only sockets owned by a task of this `name` (exact, as in /proc/PID/comm)")
+	fs.StringVar(&f.netns, "netns", "", "only this network namespace: inode `number`, a path such as /proc/PID/ns/net, or a name from 'ip netns'")
+}
+
+// filter turns the flags into a tracer.Filter, naming the value that is wrong.
+func (f *filterFlags) filter() (tracer.Filter, error) {
+	var flt tracer.Filter
+	var err error
+	for _, p := range []struct {
+		name string
+		in   []string
+		out  *[]uint16
+	}{{"port", f.ports, &flt.Ports}, {"lport", f.lports, &flt.LPorts}, {"rport", f.rports, &flt.RPorts}} {
+		for _, v := range p.in {
+			ports, err := tracer.ParsePorts(v)
+			if err != nil {
+				return flt, usagef("--%s: %v", p.name, err)
+			}
+			*p.out = append(*p.out, ports...)
+		}
+	}
+	for _, v := range f.addrs {
+		pfx, err := tracer.ParsePrefix(v)
+		if err != nil {
+			return flt, usagef("--addr: %v", err)
+		}
+		flt.Addrs = append(flt.Addrs, pfx)
+	}
+	switch {
+	case f.ipv4 && f.ipv6:
+		return flt, usagef("-4/--ipv4 and -6/--ipv6 exclude each other")
+	case f.ipv4:
+		flt.Family = tracer.IPv4
+	case f.ipv6:
+		flt.Family = tracer.IPv6
+	}
+	for _, v := range f.states {
+		set, err := tracer.ParseStates(v)
+		if err != nil {
+			return flt, usagef("--state: %v", err)
+		}
+		flt.States |= set
+	}
+	for _, v := range f.pids {
+		n, err := strconv.ParseUint(strings.TrimSpace(v), 10, 32)
+		if err != nil || n == 0 {
+			return flt, usagef("--pid: invalid process ID %q", v)
+		}
+		flt.PIDs = append(flt.PIDs, uint32(n))
+	}
+	flt.Comm = f.comm
+	if f.netns != "" {
+		if flt.NetNS, err = resolveNetNS(f.netns); err != nil {
+			return flt, usagef("--netns: %v", err)
+		}
+	}
+	if err := flt.Validate(); err != nil {
+		return flt, usageError{err}
+	}
+	return flt, nil
+}
+
+// resolveNetNS accepts an inode number, a namespace file, or an 'ip netns' name.
+func resolveNetNS(v string) (uint32, error) {
+	if n, err := strconv.ParseUint(v, 10, 32); err == nil && n > 0 {
+		return uint32(n), nil
+	}
+	path := v
+	if !strings.Contains(v, "/") {
+		path = filepath.Join("/run/netns", v)
+	}
+	fi, err := os.Stat(path)
+	if err != nil {
+		return 0, fmt.Errorf("%q is not a namespace inode number, a namespace file or a name under /run/netns", v)
+	}
+	st, ok := fi.Sys().(*syscall.Stat_t)
+	if !ok {
+		return 0, fmt.Errorf("%q: cannot read its inode", v)
+	}
+	return uint32(st.Ino), nil
+}
+
+// sizeValue is a byte size flag: 4096, 64K, 8M, 1G.
+type sizeValue int
+
+func (s *sizeValue) String() string {
+	v := int(*s)
+	switch {
+	case v >= 1<<30 && v%(1<<30) == 0:
+		return strconv.Itoa(v>>30) + "G"
+	case v >= 1<<20 && v%(1<<20) == 0:
+		return strconv.Itoa(v>>20) + "M"
+	case v >= 1<<10 && v%(1<<10) == 0:
+		return strconv.Itoa(v>>10) + "K"
+	}
+	return strconv.Itoa(v)
+}
+
+func (s *sizeValue) Set(in string) error {
+	v := strings.ToUpper(strings.TrimSpace(in))
+	v = strings.TrimSuffix(strings.TrimSuffix(v, "IB"), "B")
+	mult := 1
+	switch {
+	case strings.HasSuffix(v, "K"):
+		mult, v = 1<<10, strings.TrimSuffix(v, "K")
+	case strings.HasSuffix(v, "M"):
+		mult, v = 1<<20, strings.TrimSuffix(v, "M")
+	case strings.HasSuffix(v, "G"):
+		mult, v = 1<<30, strings.TrimSuffix(v, "G")
+	}
+	n, err := strconv.ParseUint(v, 10, 32)
+	if err != nil || n == 0 || n*uint64(mult) > 1<<30 {
+		return fmt.Errorf("invalid size %q (want e.g. 4096, 256K, 8M; at most 1G)", in)
+	}
+	size := int(n) * mult
+	if size&(size-1) != 0 || size < os.Getpagesize() {
+		return fmt.Errorf("invalid size %q: must be a power of two of at least %d bytes", in, os.Getpagesize())
+	}
+	*s = sizeValue(size)
+	return nil
+}
+
+func (s *sizeValue) Type() string { return "size" }
+
+// enumValue is a string flag with a fixed set of values.
+type enumValue struct {
+	value   string
+	allowed []string
+}
+
+func newEnum(def string, allowed ...string) *enumValue {
+	return &enumValue{value: def, allowed: allowed}
+}
+
+func (e *enumValue) String() string { return e.value }
+func (e *enumValue) Type() string   { return strings.Join(e.allowed, "|") }
+func (e *enumValue) Set(v string) error {
+	for _, a := range e.allowed {
+		if v == a {
+			e.value = v
+			return nil
+		}
+	}
+	return fmt.Errorf("invalid value %q (one of %s)", v, strings.Join(e.allowed, ", "))
+}
+
+// durationValue is a time.Duration flag that also takes a bare number of seconds.
+type durationValue time.Duration
+
+func (d *durationValue) String() string { return time.Duration(*d).String() }
+func (d *durationValue) Type() string   { return "duration" }
+func (d *durationValue) Set(in string) error {
+	v := strings.TrimSpace(in)
+	if secs, err := strconv.ParseFloat(v, 64); err == nil {
+		v = strconv.FormatFloat(secs, 'f', -1, 64) + "s"
+	}
+	dur, err := time.ParseDuration(v)
+	if err != nil || dur < 0 {
+		return fmt.Errorf("invalid duration %q (want e.g. 30s, 5m, 1h30m, or seconds)", in)
+	}
+	*d = durationValue(dur)
+	return nil
+}

@@ -1,0 +1,102 @@
+// SPDX-License-Identifier: Apache-2.0
+
+// Command tcpstate traces TCP connection states from the kernel.
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"os/signal"
+	"syscall"
+
+	"github.com/spf13/pflag"
+)
+
+// Exit codes.
+const (
+	exitOK    = 0
+	exitError = 1 // the command could not do its work
+	exitUsage = 2 // bad command line
+)
+
+// usageError marks an error in the command line.
+type usageError struct{ err error }
+
+func (u usageError) Error() string { return u.err.Error() }
+func (u usageError) Unwrap() error { return u.err }
+
+func usagef(format string, args ...any) error { return usageError{fmt.Errorf(format, args...)} }
+
+const mainUsage = `tcpstate shows TCP connection states from the Linux kernel: every state change,
+the process that owns the socket, and how long the socket spent in each state.
+
+Usage:
+  tcpstate <command> [flags]
+
+Commands:
+  trace     print TCP state transitions as they happen
+  version   print version and build information
+  help      show help for a command
+
+Run 'tcpstate <command> --help' for the flags of a command.
+`
+
+func main() {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	code := run(ctx, os.Args[1:], os.Stdout, os.Stderr)
+	stop()
+	os.Exit(code)
+}
+
+// run executes the command line args and returns the exit code.
+func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
+	err := dispatch(ctx, args, stdout, stderr)
+	var ue usageError
+	switch {
+	case err == nil, errors.Is(err, pflag.ErrHelp):
+		return exitOK
+	case errors.As(err, &ue):
+		help := "tcpstate --help"
+		if len(args) > 0 && isCommand(args[0]) {
+			help = "tcpstate " + args[0] + " --help"
+		}
+		fmt.Fprintf(stderr, "tcpstate: %v\nRun '%s' for usage.\n", err, help)
+		return exitUsage
+	default:
+		fmt.Fprintf(stderr, "tcpstate: %v\n", err)
+		return exitError
+	}
+}
+
+func isCommand(s string) bool {
+	switch s {
+	case "trace", "version":
+		return true
+	}
+	return false
+}
+
+func dispatch(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	if len(args) == 0 {
+		fmt.Fprint(stderr, mainUsage)
+		return usagef("no command given")
+	}
+	switch cmd, rest := args[0], args[1:]; cmd {
+	case "trace":
+		return runTrace(ctx, rest, stdout, stderr)
+	case "version", "--version":
+		fmt.Fprintln(stdout, versionString())
+		return nil
+	case "help", "-h", "--help":
+		if len(rest) > 0 && rest[0] != "help" {
+			return dispatch(ctx, []string{rest[0], "--help"}, stdout, stderr)
+		}
+		fmt.Fprint(stdout, mainUsage)
+		return nil
+	default:
+		return usagef("unknown command %q (commands: trace, version, help)", cmd)
+	}
+}

@@ -1,0 +1,116 @@
+// SPDX-License-Identifier: Apache-2.0
+
+// Package output renders tcpstate events as text or JSON lines. Renderers own
+// their options and an io.Writer, and allocate nothing per event.
+package output
+
+import (
+	"strconv"
+	"syscall"
+	"time"
+	"unicode/utf8"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/tcpstate/tcpstate/tracer"
+)
+
+// Renderer writes events. Output is buffered until Flush.
+type Renderer interface {
+	Render(e *tracer.Event) error
+	Flush() error
+}
+
+// AppendDuration appends d in a unit a person reads at a glance, at most 7
+// bytes: 0.013ms, 100.4ms, 1.52s, 60.00s, 12m05s, 3h20m.
+func AppendDuration(b []byte, d time.Duration) []byte {
+	switch {
+	case d < time.Millisecond:
+		return append(strconv.AppendFloat(b, float64(d)/1e6, 'f', 3, 64), "ms"...)
+	case d < 10*time.Millisecond:
+		return append(strconv.AppendFloat(b, float64(d)/1e6, 'f', 2, 64), "ms"...)
+	case d < time.Second:
+		return append(strconv.AppendFloat(b, float64(d)/1e6, 'f', 1, 64), "ms"...)
+	case d < 100*time.Second:
+		return append(strconv.AppendFloat(b, d.Seconds(), 'f', 2, 64), 's')
+	case d < 100*time.Minute:
+		s := int64(d / time.Second)
+		b = strconv.AppendInt(b, s/60, 10)
+		b = append(b, 'm')
+		return append(append2(b, s%60), 's')
+	default:
+		m := int64(d / time.Minute)
+		b = strconv.AppendInt(b, m/60, 10)
+		b = append(b, 'h')
+		return append(append2(b, m%60), 'm')
+	}
+}
+
+func append2(b []byte, v int64) []byte {
+	if v < 10 {
+		b = append(b, '0')
+	}
+	return strconv.AppendInt(b, v, 10)
+}
+
+// ErrnoName names an errno as in C (ECONNREFUSED), or "" for 0.
+func ErrnoName(errno int32) string {
+	if errno == 0 {
+		return ""
+	}
+	if errno < 0 {
+		errno = -errno
+	}
+	if name := unix.ErrnoName(syscall.Errno(errno)); name != "" {
+		return name
+	}
+	return "errno " + strconv.Itoa(int(errno))
+}
+
+const hexDigits = "0123456789abcdef"
+
+// appendJSONString appends s as a JSON string. Task names are bytes, not
+// always UTF-8: invalid sequences become U+FFFD.
+func appendJSONString(b []byte, s []byte) []byte {
+	b = append(b, '"')
+	for i := 0; i < len(s); {
+		c := s[i]
+		if c < utf8.RuneSelf {
+			switch {
+			case c == '"' || c == '\\':
+				b = append(b, '\\', c)
+			case c < 0x20:
+				b = append(b, '\\', 'u', '0', '0', hexDigits[c>>4], hexDigits[c&0xf])
+			default:
+				b = append(b, c)
+			}
+			i++
+			continue
+		}
+		r, size := utf8.DecodeRune(s[i:])
+		if r == utf8.RuneError && size == 1 {
+			b = append(b, `\ufffd`...)
+		} else {
+			b = append(b, s[i:i+size]...)
+		}
+		i += size
+	}
+	return append(b, '"')
+}
+
+// padRight appends s and spaces up to width runes.
+func padRight(b []byte, s []byte, width int) []byte {
+	b = append(b, s...)
+	for n := utf8.RuneCount(s); n < width; n++ {
+		b = append(b, ' ')
+	}
+	return b
+}
+
+// padLeft appends spaces, then s, to fill width runes.
+func padLeft(b []byte, s []byte, width int) []byte {
+	for n := utf8.RuneCount(s); n < width; n++ {
+		b = append(b, ' ')
+	}
+	return append(b, s...)
+}

@@ -1,0 +1,102 @@
+// SPDX-License-Identifier: Apache-2.0
+
+package output
+
+import (
+	"bufio"
+	"io"
+	"strconv"
+
+	"github.com/tcpstate/tcpstate/tracer"
+)
+
+// JSONOptions configure the JSON lines renderer.
+type JSONOptions struct {
+	Clock tracer.Clock
+}
+
+// JSON renders one object per line. The fields are documented in README.md
+// ("JSON output") and kept stable: add, never rename.
+type JSON struct {
+	opts      JSONOptions
+	w         *bufio.Writer
+	buf       []byte
+	lostTotal uint64
+}
+
+// NewJSON returns a JSON lines renderer writing to w.
+func NewJSON(w io.Writer, opts JSONOptions) *JSON {
+	return &JSON{opts: opts, w: bufio.NewWriterSize(w, 64<<10), buf: make([]byte, 0, 512)}
+}
+
+// Render writes e as one line.
+func (j *JSON) Render(e *tracer.Event) error {
+	b := append(j.buf[:0], `{"time":"`...)
+	b = j.opts.Clock.Wall(e.Time).AppendFormat(b, "2006-01-02T15:04:05.000000000Z07:00")
+	b = append(b, `","type":`...)
+	b = appendJSONString(b, []byte(e.Type.String()))
+	if e.Type == tracer.EventLost {
+		j.lostTotal += e.Lost
+		b = append(b, `,"count":`...)
+		b = strconv.AppendUint(b, e.Lost, 10)
+		b = append(b, `,"total":`...)
+		b = strconv.AppendUint(b, j.lostTotal, 10)
+		return j.line(b)
+	}
+	b = append(b, `,"cookie":`...)
+	b = strconv.AppendUint(b, e.Cookie, 10)
+	b = append(b, `,"netns":`...)
+	b = strconv.AppendUint(b, uint64(e.NetNS), 10)
+	b = append(b, `,"family":"`...)
+	b = append(b, e.Family.String()...)
+	b = append(b, `","saddr":"`...)
+	b = e.Local.Addr().AppendTo(b)
+	b = append(b, `","sport":`...)
+	b = strconv.AppendUint(b, uint64(e.Local.Port()), 10)
+	b = append(b, `,"daddr":"`...)
+	b = e.Remote.Addr().AppendTo(b)
+	b = append(b, `","dport":`...)
+	b = strconv.AppendUint(b, uint64(e.Remote.Port()), 10)
+	b = append(b, `,"old":"`...)
+	b = append(b, e.Old.String()...)
+	b = append(b, `","new":"`...)
+	b = append(b, e.New.String()...)
+	b = append(b, '"')
+	if e.HasDuration {
+		b = append(b, `,"duration_ns":`...)
+		b = strconv.AppendInt(b, int64(e.Duration), 10)
+	}
+	if e.OwnerKnown() {
+		b = append(b, `,"pid":`...)
+		b = strconv.AppendUint(b, uint64(e.Owner.PID), 10)
+		b = append(b, `,"tid":`...)
+		b = strconv.AppendUint(b, uint64(e.Owner.TID), 10)
+		b = append(b, `,"comm":`...)
+		b = appendJSONString(b, e.Owner.Comm.Bytes())
+		b = append(b, `,"owner_from":"`...)
+		b = append(b, e.OwnerFrom.String()...)
+		b = append(b, '"')
+	}
+	b = append(b, `,"cpu_pid":`...)
+	b = strconv.AppendUint(b, uint64(e.OnCPU.PID), 10)
+	b = append(b, `,"cpu_comm":`...)
+	b = appendJSONString(b, e.OnCPU.Comm.Bytes())
+	if e.SkErr != 0 {
+		b = append(b, `,"sk_err":`...)
+		b = strconv.AppendInt(b, int64(e.SkErr), 10)
+		b = append(b, `,"error":"`...)
+		b = append(b, ErrnoName(e.SkErr)...)
+		b = append(b, '"')
+	}
+	return j.line(b)
+}
+
+func (j *JSON) line(b []byte) error {
+	b = append(b, '}', '\n')
+	j.buf = b
+	_, err := j.w.Write(b)
+	return err
+}
+
+// Flush writes what is buffered.
+func (j *JSON) Flush() error { return j.w.Flush() }

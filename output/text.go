@@ -1,0 +1,191 @@
+// SPDX-License-Identifier: Apache-2.0
+
+package output
+
+import (
+	"bufio"
+	"fmt"
+	"io"
+	"net/netip"
+	"strconv"
+	"time"
+
+	"github.com/tcpstate/tcpstate/tracer"
+)
+
+// TextOptions configure the text renderer.
+type TextOptions struct {
+	// Wide adds the local address, microseconds, thread, owner source, the task
+	// on the CPU, cookie and network namespace. The default fits 80 columns for
+	// IPv4 peers.
+	Wide     bool
+	NoHeader bool
+	// Location of the time of day; nil for the local time zone.
+	Location *time.Location
+	Clock    tracer.Clock
+	// Diag receives lost-event reports (stderr); nil drops them.
+	Diag io.Writer
+}
+
+// Text renders one aligned line per event.
+type Text struct {
+	opts   TextOptions
+	w      *bufio.Writer
+	buf    []byte
+	header bool
+}
+
+// NewText returns a text renderer writing to w.
+func NewText(w io.Writer, opts TextOptions) *Text {
+	if opts.Location == nil {
+		opts.Location = time.Local
+	}
+	return &Text{opts: opts, w: bufio.NewWriterSize(w, 64<<10), buf: make([]byte, 0, 256), header: !opts.NoHeader}
+}
+
+// Column widths; a negative width aligns right. Values longer than their
+// column push the rest of the line, never cut it (COMM aside).
+var (
+	narrowColumns = []column{{"TIME", 8}, {"PID", -6}, {"COMM", 8}, {"LPORT", -5}, {"REMOTE", 15}, {"DUR", -7}, {" TRANSITION", 0}}
+	wideColumns   = []column{{"TIME", 15}, {"PID", -6}, {"TID", -7}, {"COMM", 15}, {"LOCAL", 21}, {"REMOTE", 21}, {"DUR", -7},
+		{" TRANSITION", 26}, {"ERROR", 12}, {"OWNER-FROM", 10}, {"CPU-PID", -7}, {"CPU-COMM", 15}, {"COOKIE", 16}, {"NETNS", 0}}
+)
+
+type column struct {
+	name  string
+	width int
+}
+
+func header(cols []column) string {
+	var b []byte
+	for i, c := range cols {
+		if i > 0 {
+			b = append(b, ' ')
+		}
+		if c.width < 0 {
+			b = padLeft(b, []byte(c.name), -c.width)
+		} else {
+			b = padRight(b, []byte(c.name), c.width)
+		}
+	}
+	for len(b) > 0 && b[len(b)-1] == ' ' {
+		b = b[:len(b)-1]
+	}
+	return string(append(b, '\n'))
+}
+
+// Render writes e.
+func (t *Text) Render(e *tracer.Event) error {
+	if e.Type == tracer.EventLost {
+		if t.opts.Diag != nil {
+			// Keep order with what was printed before the loss.
+			if err := t.w.Flush(); err != nil {
+				return err
+			}
+			fmt.Fprintf(t.opts.Diag, "tcpstate: %d events lost (ring buffer full); raise --ringbuf-size or filter more\n", e.Lost)
+		}
+		return nil
+	}
+	if t.header {
+		t.header = false
+		cols := narrowColumns
+		if t.opts.Wide {
+			cols = wideColumns
+		}
+		if _, err := t.w.WriteString(header(cols)); err != nil {
+			return err
+		}
+	}
+	b := t.buf[:0]
+	wall := t.opts.Clock.Wall(e.Time).In(t.opts.Location)
+	if t.opts.Wide {
+		b = wall.AppendFormat(b, "15:04:05.000000")
+	} else {
+		b = wall.AppendFormat(b, "15:04:05")
+	}
+	b = append(b, ' ')
+
+	var num [24]byte
+	dash := []byte("-")
+	pid, tid, comm := dash, dash, dash
+	if e.OwnerKnown() {
+		pid = strconv.AppendUint(num[:0], uint64(e.Owner.PID), 10)
+		tid = strconv.AppendUint(num[len(pid):len(pid)], uint64(e.Owner.TID), 10)
+		comm = e.Owner.Comm.Bytes()
+	}
+	b = padLeft(b, pid, 6)
+	b = append(b, ' ')
+	if t.opts.Wide {
+		b = padLeft(b, tid, 7)
+		b = append(b, ' ')
+		b = padRight(b, comm, 15)
+		b = append(b, ' ')
+		b = appendEndpoint(b, e.Local, 21)
+	} else {
+		if len(comm) > 8 {
+			comm = comm[:8]
+		}
+		b = padRight(b, comm, 8)
+		b = append(b, ' ')
+		b = padLeft(b, strconv.AppendUint(num[:0], uint64(e.Local.Port()), 10), 5)
+	}
+	b = append(b, ' ')
+	if t.opts.Wide {
+		b = appendEndpoint(b, e.Remote, 21)
+	} else {
+		b = appendEndpoint(b, e.Remote, 15)
+	}
+	b = append(b, ' ')
+	if e.HasDuration {
+		b = padLeft(b, AppendDuration(num[:0], e.Duration), 7)
+	} else {
+		b = padLeft(b, dash, 7)
+	}
+	b = append(b, ' ', ' ')
+	start := len(b)
+	b = append(b, e.Old.String()...)
+	b = append(b, " -> "...)
+	b = append(b, e.New.String()...)
+	errName := ErrnoName(e.SkErr)
+	if t.opts.Wide {
+		for len(b)-start < 25 {
+			b = append(b, ' ')
+		}
+		b = append(b, ' ')
+		if errName == "" {
+			errName = "-"
+		}
+		b = padRight(b, []byte(errName), 12)
+		b = append(b, ' ')
+		b = padRight(b, []byte(e.OwnerFrom.String()), 10)
+		b = append(b, ' ')
+		b = padLeft(b, strconv.AppendUint(num[:0], uint64(e.OnCPU.PID), 10), 7)
+		b = append(b, ' ')
+		b = padRight(b, e.OnCPU.Comm.Bytes(), 15)
+		b = append(b, ' ')
+		b = padRight(b, strconv.AppendUint(num[:0], e.Cookie, 10), 16)
+		b = append(b, ' ')
+		b = strconv.AppendUint(b, uint64(e.NetNS), 10)
+	} else if errName != "" {
+		b = append(b, " ("...)
+		b = append(b, errName...)
+		b = append(b, ')')
+	}
+	b = append(b, '\n')
+	t.buf = b
+	_, err := t.w.Write(b)
+	return err
+}
+
+// appendEndpoint appends addr:port ([v6]:port), padded to width.
+func appendEndpoint(b []byte, ap netip.AddrPort, width int) []byte {
+	start := len(b)
+	b = ap.AppendTo(b)
+	for len(b)-start < width {
+		b = append(b, ' ')
+	}
+	return b
+}
+
+// Flush writes what is buffered.
+func (t *Text) Flush() error { return t.w.Flush() }

@@ -1,0 +1,98 @@
+// SPDX-License-Identifier: Apache-2.0
+
+package tracer
+
+import (
+	"encoding/binary"
+	"fmt"
+	"net/netip"
+	"time"
+	"unsafe"
+)
+
+// Offsets into struct event, taken from the bpf2go-generated mirror of the C
+// struct so that a change on the C side moves them too.
+var rawEvent tcpstateEvent
+
+const (
+	rawEventSize = int(unsafe.Sizeof(rawEvent))
+
+	offTs       = unsafe.Offsetof(rawEvent.TsNs)
+	offCookie   = unsafe.Offsetof(rawEvent.Cookie)
+	offDuration = unsafe.Offsetof(rawEvent.DurationNs)
+	offNetns    = unsafe.Offsetof(rawEvent.Netns)
+	offPid      = unsafe.Offsetof(rawEvent.Pid)
+	offTid      = unsafe.Offsetof(rawEvent.Tid)
+	offCPUPid   = unsafe.Offsetof(rawEvent.CpuPid)
+	offSkErr    = unsafe.Offsetof(rawEvent.SkErr)
+	offFamily   = unsafe.Offsetof(rawEvent.Family)
+	offSport    = unsafe.Offsetof(rawEvent.Sport)
+	offDport    = unsafe.Offsetof(rawEvent.Dport)
+	offType     = unsafe.Offsetof(rawEvent.Type)
+	offOld      = unsafe.Offsetof(rawEvent.OldState)
+	offNew      = unsafe.Offsetof(rawEvent.NewState)
+	offOwnerSrc = unsafe.Offsetof(rawEvent.OwnerSrc)
+	offFlags    = unsafe.Offsetof(rawEvent.Flags)
+	offSaddr    = unsafe.Offsetof(rawEvent.Saddr)
+	offDaddr    = unsafe.Offsetof(rawEvent.Daddr)
+	offComm     = unsafe.Offsetof(rawEvent.Comm)
+	offCPUComm  = unsafe.Offsetof(rawEvent.CpuComm)
+)
+
+const (
+	evfDuration = uint8(tcpstateEventFlagEVF_DURATION)
+	evfOwner    = uint8(tcpstateEventFlagEVF_OWNER)
+)
+
+const (
+	afInet  = 2
+	afInet6 = 10
+)
+
+// Decode fills e from one ring buffer record. It allocates nothing.
+func Decode(b []byte, e *Event) error {
+	if len(b) < rawEventSize {
+		return fmt.Errorf("decoding event: %d bytes, want %d", len(b), rawEventSize)
+	}
+	ne := binary.NativeEndian
+	*e = Event{
+		Type:   EventType(b[offType]),
+		Time:   ne.Uint64(b[offTs:]),
+		Cookie: ne.Uint64(b[offCookie:]),
+		NetNS:  ne.Uint32(b[offNetns:]),
+		Old:    State(b[offOld]),
+		New:    State(b[offNew]),
+		SkErr:  int32(ne.Uint32(b[offSkErr:])),
+	}
+	if e.Type != EventState {
+		return fmt.Errorf("decoding event: unknown type %d", b[offType])
+	}
+	flags := b[offFlags]
+	if flags&evfDuration != 0 {
+		e.Duration = time.Duration(ne.Uint64(b[offDuration:]))
+		e.HasDuration = true
+	}
+	if flags&evfOwner != 0 {
+		e.OwnerFrom = OwnerSource(b[offOwnerSrc])
+		e.Owner.PID = ne.Uint32(b[offPid:])
+		e.Owner.TID = ne.Uint32(b[offTid:])
+		copy(e.Owner.Comm[:], b[offComm:offComm+16])
+	}
+	e.OnCPU.PID = ne.Uint32(b[offCPUPid:])
+	copy(e.OnCPU.Comm[:], b[offCPUComm:offCPUComm+16])
+
+	sport, dport := ne.Uint16(b[offSport:]), ne.Uint16(b[offDport:])
+	switch ne.Uint16(b[offFamily:]) {
+	case afInet:
+		e.Family = IPv4
+		e.Local = netip.AddrPortFrom(netip.AddrFrom4([4]byte(b[offSaddr:offSaddr+4])), sport)
+		e.Remote = netip.AddrPortFrom(netip.AddrFrom4([4]byte(b[offDaddr:offDaddr+4])), dport)
+	case afInet6:
+		e.Family = IPv6
+		e.Local = netip.AddrPortFrom(netip.AddrFrom16([16]byte(b[offSaddr:offSaddr+16])), sport)
+		e.Remote = netip.AddrPortFrom(netip.AddrFrom16([16]byte(b[offDaddr:offDaddr+16])), dport)
+	default:
+		return fmt.Errorf("decoding event: unknown address family %d", ne.Uint16(b[offFamily:]))
+	}
+	return nil
+}

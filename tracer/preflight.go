@@ -1,0 +1,92 @@
+// SPDX-License-Identifier: Apache-2.0
+
+package tracer
+
+import (
+	"bufio"
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"strconv"
+	"strings"
+
+	"github.com/cilium/ebpf/btf"
+)
+
+// Errors a user meets before any event flows. They are wrapped with details;
+// test with errors.Is.
+var (
+	ErrPrivileges  = errors.New("not enough privileges")
+	ErrNoBTF       = errors.New("no kernel BTF")
+	ErrMissingHook = errors.New("tracepoint missing on this kernel")
+)
+
+// DefaultKernelBTF is where the running kernel publishes its types.
+const DefaultKernelBTF = "/sys/kernel/btf/vmlinux"
+
+// Capability numbers (include/uapi/linux/capability.h).
+const (
+	capSysAdmin = 21
+	capPerfmon  = 38
+	capBPF      = 39
+)
+
+// CheckPrivileges tells whether this process may load and attach tracing
+// programs: CAP_BPF and CAP_PERFMON, or CAP_SYS_ADMIN.
+func CheckPrivileges() error {
+	eff, err := effectiveCaps()
+	if err != nil {
+		return fmt.Errorf("reading capabilities: %w", err)
+	}
+	has := func(c uint) bool { return eff&(1<<c) != 0 }
+	if has(capSysAdmin) || (has(capBPF) && has(capPerfmon)) {
+		return nil
+	}
+	var missing []string
+	if !has(capBPF) {
+		missing = append(missing, "CAP_BPF")
+	}
+	if !has(capPerfmon) {
+		missing = append(missing, "CAP_PERFMON")
+	}
+	return fmt.Errorf("%w: tracing needs root, or CAP_BPF and CAP_PERFMON (missing %s); run it with sudo",
+		ErrPrivileges, strings.Join(missing, " and "))
+}
+
+func effectiveCaps() (uint64, error) {
+	f, err := os.Open("/proc/self/status")
+	if err != nil {
+		return 0, err
+	}
+	defer f.Close()
+	sc := bufio.NewScanner(f)
+	for sc.Scan() {
+		if v, ok := strings.CutPrefix(sc.Text(), "CapEff:"); ok {
+			return strconv.ParseUint(strings.TrimSpace(v), 16, 64)
+		}
+	}
+	return 0, errors.New("no CapEff line in /proc/self/status")
+}
+
+// loadKernelTypes reads the kernel's BTF from path ("" for the running kernel's).
+func loadKernelTypes(path string) (*btf.Spec, error) {
+	if path == "" {
+		path = DefaultKernelBTF
+	}
+	spec, err := btf.LoadSpec(path)
+	switch {
+	case errors.Is(err, fs.ErrNotExist):
+		return nil, fmt.Errorf("%w: %s does not exist; tcpstate needs a kernel built with CONFIG_DEBUG_INFO_BTF=y "+
+			"(most distributions since 2020), or its BTF in a file given with --btf", ErrNoBTF, path)
+	case err != nil:
+		return nil, fmt.Errorf("%w: reading %s: %v", ErrNoBTF, path, err)
+	}
+	return spec, nil
+}
+
+// hasTracepoint reports whether the kernel has the raw tracepoint name.
+func hasTracepoint(spec *btf.Spec, name string) bool {
+	var td *btf.Typedef
+	return spec.TypeByName("btf_trace_"+name, &td) == nil
+}

@@ -1,0 +1,383 @@
+// SPDX-License-Identifier: Apache-2.0
+
+// Package tracer loads tcpstate's BPF programs, attaches them to the kernel's
+// TCP tracepoints and decodes what they report into Events.
+package tracer
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net/netip"
+	"os"
+	"strings"
+	"time"
+
+	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/link"
+	"github.com/cilium/ebpf/ringbuf"
+	"github.com/cilium/ebpf/rlimit"
+)
+
+// DefaultRingBufferSize holds about 65,000 events.
+const DefaultRingBufferSize = 8 << 20
+
+// Config configures a Tracer.
+type Config struct {
+	// Filter is run in the kernel as far as it can be; apply Filter.Match to
+	// what the tracer delivers for the rest.
+	Filter Filter
+	// RingBufferSize in bytes: a power of two, at least one page. 0: DefaultRingBufferSize.
+	RingBufferSize int
+	// KernelBTF is the kernel's BTF file; "" for /sys/kernel/btf/vmlinux.
+	KernelBTF string
+}
+
+// Stats are the kernel side's counters, summed over CPUs.
+type Stats struct {
+	Seen      uint64 // TCP state changes the kernel made
+	Filtered  uint64 // dropped by the in-kernel filter
+	Lost      uint64 // lost because the ring buffer was full
+	NoStorage uint64 // socket storage unavailable: owner and duration unknown
+}
+
+// Sink receives what the tracer reads.
+type Sink interface {
+	// Event is called for each event, and for EventLost reports. e is reused
+	// after the call returns.
+	Event(e *Event) error
+	// Idle is called when the ring buffer has been drained: flush output here.
+	Idle() error
+}
+
+// hook is a program and the raw tracepoint it attaches to.
+type hook struct {
+	prog       string
+	tracepoint string
+	optional   string // why the tool still works without it; "" when required
+}
+
+var hooks = []hook{
+	{"handle_set_state", "inet_sock_set_state", ""},
+	{"handle_send", "sock_send_length", "accepted sockets are attributed to their listener's process (needs Linux 6.3+)"},
+	{"handle_recv", "sock_recv_length", "accepted sockets are attributed to their listener's process (needs Linux 6.3+)"},
+}
+
+// Tracer is attached to the kernel from New until Close.
+type Tracer struct {
+	coll     *ebpf.Collection
+	links    []link.Link
+	reader   *ringbuf.Reader
+	stats    *ebpf.Map
+	warnings []string
+
+	lostSeen uint64 // lost count already reported
+	percpu   []uint64
+}
+
+// New checks privileges and kernel support, loads the programs configured by
+// cfg and attaches them. Close releases everything.
+func New(cfg Config) (*Tracer, error) {
+	if err := cfg.Filter.Validate(); err != nil {
+		return nil, err
+	}
+	size := cfg.RingBufferSize
+	if size == 0 {
+		size = DefaultRingBufferSize
+	}
+	if page := os.Getpagesize(); size < page || size&(size-1) != 0 {
+		return nil, fmt.Errorf("ring buffer size %d: want a power of two of at least %d bytes", size, page)
+	}
+	if err := CheckPrivileges(); err != nil {
+		return nil, err
+	}
+	kernelTypes, err := loadKernelTypes(cfg.KernelBTF)
+	if err != nil {
+		return nil, err
+	}
+	// Kernels before 5.11 charge BPF memory to RLIMIT_MEMLOCK.
+	if err := rlimit.RemoveMemlock(); err != nil {
+		return nil, fmt.Errorf("raising RLIMIT_MEMLOCK: %w", err)
+	}
+
+	spec, err := loadTcpstate()
+	if err != nil {
+		return nil, fmt.Errorf("reading BPF object: %w", err)
+	}
+	t := &Tracer{}
+	var attach []hook
+	for _, h := range hooks {
+		if hasTracepoint(kernelTypes, h.tracepoint) {
+			attach = append(attach, h)
+			continue
+		}
+		if h.optional == "" {
+			return nil, fmt.Errorf("%w: %s (tcpstate needs Linux 4.16 or later with BTF)", ErrMissingHook, h.tracepoint)
+		}
+		delete(spec.Programs, h.prog)
+		t.warnings = append(t.warnings, fmt.Sprintf("no tracepoint %s: %s", h.tracepoint, h.optional))
+	}
+	spec.Maps["events"].MaxEntries = uint32(size)
+	if err := configureFilter(spec, &cfg.Filter); err != nil {
+		return nil, err
+	}
+
+	coll, err := ebpf.NewCollectionWithOptions(spec, ebpf.CollectionOptions{
+		Programs: ebpf.ProgramOptions{KernelTypes: kernelTypes},
+	})
+	if err != nil {
+		var ve *ebpf.VerifierError
+		if errors.As(err, &ve) {
+			return nil, fmt.Errorf("loading BPF programs: %+v", ve)
+		}
+		if errors.Is(err, os.ErrPermission) {
+			return nil, fmt.Errorf("loading BPF programs: %w (%w: is kernel lockdown in confidentiality mode, or BPF disabled by sysctl kernel.unprivileged_bpf_disabled?)", err, ErrPrivileges)
+		}
+		return nil, fmt.Errorf("loading BPF programs: %w", err)
+	}
+	t.coll = coll
+	t.stats = coll.Maps["stats"]
+	if err := fillFilterMaps(coll, &cfg.Filter); err != nil {
+		t.Close()
+		return nil, err
+	}
+	for _, h := range attach {
+		l, err := link.AttachTracing(link.TracingOptions{Program: coll.Programs[h.prog], AttachType: ebpf.AttachTraceRawTp})
+		if err != nil {
+			t.Close()
+			return nil, fmt.Errorf("attaching to tracepoint %s: %w", h.tracepoint, err)
+		}
+		t.links = append(t.links, l)
+	}
+	t.reader, err = ringbuf.NewReader(coll.Maps["events"])
+	if err != nil {
+		t.Close()
+		return nil, fmt.Errorf("opening ring buffer: %w", err)
+	}
+	return t, nil
+}
+
+// Warnings lists what works less well on this kernel, one sentence each.
+func (t *Tracer) Warnings() []string { return t.warnings }
+
+// Close detaches and frees everything.
+func (t *Tracer) Close() error {
+	var errs []error
+	if t.reader != nil {
+		errs = append(errs, t.reader.Close())
+	}
+	for _, l := range t.links {
+		errs = append(errs, l.Close())
+	}
+	if t.coll != nil {
+		t.coll.Close()
+	}
+	return errors.Join(errs...)
+}
+
+// lostCheckInterval is how often the lost counter is read while events flow,
+// and how long the reader waits for events before checking anyway.
+const lostCheckInterval = 200 * time.Millisecond
+
+// Run reads events until ctx ends, handing each to sink. When ctx ends it
+// delivers what is still in the ring buffer, then returns nil. Drops are
+// delivered as EventLost events as soon as they are seen.
+func (t *Tracer) Run(ctx context.Context, sink Sink) error {
+	stop := make(chan struct{})
+	defer close(stop)
+	go func() {
+		select {
+		case <-ctx.Done():
+			// Flush makes the reader return what it holds, then ErrFlushed.
+			_ = t.reader.Flush()
+		case <-stop:
+		}
+	}()
+
+	var (
+		rec       ringbuf.Record
+		ev        Event
+		lastCheck = time.Now()
+		n         uint
+	)
+	for {
+		t.reader.SetDeadline(time.Now().Add(lostCheckInterval))
+		err := t.reader.ReadInto(&rec)
+		switch {
+		case err == nil:
+			if err := Decode(rec.RawSample, &ev); err != nil {
+				return err
+			}
+			if err := sink.Event(&ev); err != nil {
+				return err
+			}
+			if n++; n%256 == 0 && time.Since(lastCheck) >= lostCheckInterval {
+				lastCheck = time.Now()
+				if err := t.reportLost(sink, &ev); err != nil {
+					return err
+				}
+			}
+			if rec.Remaining == 0 {
+				if err := sink.Idle(); err != nil {
+					return err
+				}
+			}
+		case errors.Is(err, os.ErrDeadlineExceeded):
+			lastCheck = time.Now()
+			if err := t.reportLost(sink, &ev); err != nil {
+				return err
+			}
+			if err := sink.Idle(); err != nil {
+				return err
+			}
+		case errors.Is(err, ringbuf.ErrFlushed), errors.Is(err, ringbuf.ErrClosed):
+			if err := t.reportLost(sink, &ev); err != nil {
+				return err
+			}
+			return sink.Idle()
+		default:
+			return fmt.Errorf("reading ring buffer: %w", err)
+		}
+	}
+}
+
+// reportLost delivers an EventLost when the kernel's lost counter has grown.
+func (t *Tracer) reportLost(sink Sink, ev *Event) error {
+	lost, err := t.stat(uint32(tcpstateStatIndexSTAT_LOST))
+	if err != nil {
+		return err
+	}
+	if lost <= t.lostSeen {
+		return nil
+	}
+	*ev = Event{Type: EventLost, Time: BootNow(), Lost: lost - t.lostSeen}
+	t.lostSeen = lost
+	return sink.Event(ev)
+}
+
+func (t *Tracer) stat(idx uint32) (uint64, error) {
+	if err := t.stats.Lookup(idx, &t.percpu); err != nil {
+		return 0, fmt.Errorf("reading counters: %w", err)
+	}
+	var sum uint64
+	for _, v := range t.percpu {
+		sum += v
+	}
+	return sum, nil
+}
+
+// Stats reads the kernel side's counters.
+func (t *Tracer) Stats() (Stats, error) {
+	var s Stats
+	for _, f := range []struct {
+		idx tcpstateStatIndex
+		dst *uint64
+	}{
+		{tcpstateStatIndexSTAT_SEEN, &s.Seen},
+		{tcpstateStatIndexSTAT_FILTERED, &s.Filtered},
+		{tcpstateStatIndexSTAT_LOST, &s.Lost},
+		{tcpstateStatIndexSTAT_NOSTORAGE, &s.NoStorage},
+	} {
+		v, err := t.stat(uint32(f.idx))
+		if err != nil {
+			return s, err
+		}
+		*f.dst = v
+	}
+	return s, nil
+}
+
+// configureFilter sets the kernel filter's constants in spec.
+func configureFilter(spec *ebpf.CollectionSpec, f *Filter) error {
+	var ports uint8
+	if len(f.Ports) > 0 {
+		ports |= portEither
+	}
+	if len(f.LPorts) > 0 {
+		ports |= portLocal
+	}
+	if len(f.RPorts) > 0 {
+		ports |= portRemote
+	}
+	var family uint16
+	switch f.Family {
+	case IPv4:
+		family = afInet
+	case IPv6:
+		family = afInet6
+	}
+	var comm [16]byte
+	copy(comm[:15], f.Comm)
+	for name, v := range map[string]any{
+		"filter_family": family,
+		"filter_netns":  f.NetNS,
+		"filter_states": uint32(f.States),
+		"filter_ports":  ports,
+		"filter_addrs":  len(f.Addrs) > 0,
+		"filter_pids":   len(f.PIDs) > 0,
+		"filter_comm":   comm,
+	} {
+		vs, ok := spec.Variables[name]
+		if !ok {
+			return fmt.Errorf("configuring filter: BPF object has no variable %s", name)
+		}
+		if err := vs.Set(v); err != nil {
+			return fmt.Errorf("configuring filter: setting %s: %w", name, err)
+		}
+	}
+	return nil
+}
+
+const (
+	portEither = uint8(tcpstatePortSidePORT_EITHER)
+	portLocal  = uint8(tcpstatePortSidePORT_LOCAL)
+	portRemote = uint8(tcpstatePortSidePORT_REMOTE)
+)
+
+// fillFilterMaps writes the filter's sets into the kernel.
+func fillFilterMaps(coll *ebpf.Collection, f *Filter) error {
+	ports := map[uint16]uint8{}
+	for _, l := range []struct {
+		ports []uint16
+		bit   uint8
+	}{{f.Ports, portEither}, {f.LPorts, portLocal}, {f.RPorts, portRemote}} {
+		for _, p := range l.ports {
+			ports[p] |= l.bit
+		}
+	}
+	for p, bits := range ports {
+		if err := coll.Maps["filter_port_map"].Put(p, bits); err != nil {
+			return fmt.Errorf("writing port filter: %w", err)
+		}
+	}
+	for _, p := range f.Addrs {
+		if err := coll.Maps["filter_addr_map"].Put(addrKey(p), uint8(1)); err != nil {
+			return fmt.Errorf("writing address filter: %w", err)
+		}
+	}
+	for _, pid := range f.PIDs {
+		if err := coll.Maps["filter_pid_map"].Put(pid, uint8(1)); err != nil {
+			return fmt.Errorf("writing pid filter: %w", err)
+		}
+	}
+	return nil
+}
+
+// addrKey is the LPM trie key of a prefix: IPv4 is stored v4-mapped.
+func addrKey(p netip.Prefix) tcpstateAddrKey {
+	a, bits := p.Addr(), p.Bits()
+	if a.Is4() {
+		a, bits = netip.AddrFrom16(a.As16()), bits+96
+	}
+	return tcpstateAddrKey{Prefixlen: uint32(bits), Addr: a.As16()}
+}
+
+// String summarises s for the end-of-run line.
+func (s Stats) String() string {
+	var b strings.Builder
+	fmt.Fprintf(&b, "%d seen in kernel, %d filtered in kernel, %d lost", s.Seen, s.Filtered, s.Lost)
+	if s.NoStorage > 0 {
+		fmt.Fprintf(&b, ", %d without socket storage", s.NoStorage)
+	}
+	return b.String()
+}
