@@ -21,28 +21,34 @@ type Renderer interface {
 	Flush() error
 }
 
-// AppendDuration appends d in a unit a person reads at a glance, at most 7
-// bytes: 0.013ms, 100.4ms, 1.52s, 60.00s, 12m05s, 3h20m.
+// AppendDuration appends d with three significant digits in a unit a person
+// reads at a glance, at most 6 bytes: 4.2us, 250us, 4.52ms, 45.2ms, 500ms,
+// 1.52s, 60.0s, 12m05s, 3h20m, 4d07h.
 func AppendDuration(b []byte, d time.Duration) []byte {
 	switch {
+	case d < 10*time.Microsecond:
+		return append(strconv.AppendFloat(b, float64(d)/1e3, 'f', 1, 64), "us"...)
 	case d < time.Millisecond:
-		return append(strconv.AppendFloat(b, float64(d)/1e6, 'f', 3, 64), "ms"...)
+		return append(strconv.AppendInt(b, int64(d/time.Microsecond), 10), "us"...)
 	case d < 10*time.Millisecond:
 		return append(strconv.AppendFloat(b, float64(d)/1e6, 'f', 2, 64), "ms"...)
-	case d < time.Second:
+	case d < 100*time.Millisecond:
 		return append(strconv.AppendFloat(b, float64(d)/1e6, 'f', 1, 64), "ms"...)
-	case d < 100*time.Second:
+	case d < time.Second:
+		return append(strconv.AppendInt(b, int64(d/time.Millisecond), 10), "ms"...)
+	case d < 10*time.Second:
 		return append(strconv.AppendFloat(b, d.Seconds(), 'f', 2, 64), 's')
+	case d < 100*time.Second:
+		return append(strconv.AppendFloat(b, d.Seconds(), 'f', 1, 64), 's')
 	case d < 100*time.Minute:
 		s := int64(d / time.Second)
-		b = strconv.AppendInt(b, s/60, 10)
-		b = append(b, 'm')
-		return append(append2(b, s%60), 's')
-	default:
+		return append(append2(append(strconv.AppendInt(b, s/60, 10), 'm'), s%60), 's')
+	case d < 100*time.Hour:
 		m := int64(d / time.Minute)
-		b = strconv.AppendInt(b, m/60, 10)
-		b = append(b, 'h')
-		return append(append2(b, m%60), 'm')
+		return append(append2(append(strconv.AppendInt(b, m/60, 10), 'h'), m%60), 'm')
+	default:
+		h := int64(d / time.Hour)
+		return append(append2(append(strconv.AppendInt(b, h/24, 10), 'd'), h%24), 'h')
 	}
 }
 
@@ -96,6 +102,22 @@ func appendJSONString(b []byte, s []byte) []byte {
 		i += size
 	}
 	return append(b, '"')
+}
+
+// appendPrintable appends s with control characters and invalid UTF-8 shown
+// as '?', so that a task name cannot move a terminal's cursor.
+func appendPrintable(b []byte, s []byte) []byte {
+	for i := 0; i < len(s); {
+		r, size := utf8.DecodeRune(s[i:])
+		switch {
+		case r == utf8.RuneError && size == 1, r < 0x20, r == 0x7f, r >= 0x80 && r < 0xa0:
+			b = append(b, '?')
+		default:
+			b = append(b, s[i:i+size]...)
+		}
+		i += size
+	}
+	return b
 }
 
 // padRight appends s and spaces up to width runes.

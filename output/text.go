@@ -46,9 +46,9 @@ func NewText(w io.Writer, opts TextOptions) *Text {
 // Column widths; a negative width aligns right. Values longer than their
 // column push the rest of the line, never cut it (COMM aside).
 var (
-	narrowColumns = []column{{"TIME", 8}, {"PID", -6}, {"COMM", 8}, {"LPORT", -5}, {"REMOTE", 15}, {"DUR", -7}, {" TRANSITION", 0}}
-	wideColumns   = []column{{"TIME", 15}, {"PID", -6}, {"TID", -7}, {"COMM", 15}, {"LOCAL", 21}, {"REMOTE", 21}, {"DUR", -7},
-		{" TRANSITION", 26}, {"ERROR", 12}, {"OWNER-FROM", 10}, {"CPU-PID", -7}, {"CPU-COMM", 15}, {"COOKIE", 16}, {"NETNS", 0}}
+	narrowColumns = []column{{"TIME", 8}, {"PID", -6}, {"COMM", 8}, {"LPORT", -5}, {"REMOTE", 15}, {"DUR", -6}, {"TRANSITION", 0}}
+	wideColumns   = []column{{"TIME", 15}, {"PID", -6}, {"TID", -7}, {"COMM", 15}, {"LOCAL", 21}, {"REMOTE", 21}, {"DUR", -6},
+		{"TRANSITION", 25}, {"ERROR", 12}, {"OWNER-FROM", 10}, {"CPU-PID", -7}, {"CPU-COMM", 15}, {"COOKIE", 16}, {"NETNS", 0}}
 )
 
 type column struct {
@@ -106,12 +106,13 @@ func (t *Text) Render(e *tracer.Event) error {
 	b = append(b, ' ')
 
 	var num [24]byte
+	var name [64]byte
 	dash := []byte("-")
 	pid, tid, comm := dash, dash, dash
 	if e.OwnerKnown() {
 		pid = strconv.AppendUint(num[:0], uint64(e.Owner.PID), 10)
 		tid = strconv.AppendUint(num[len(pid):len(pid)], uint64(e.Owner.TID), 10)
-		comm = e.Owner.Comm.Bytes()
+		comm = appendPrintable(name[:0], e.Owner.Comm.Bytes())
 	}
 	b = padLeft(b, pid, 6)
 	b = append(b, ' ')
@@ -122,9 +123,7 @@ func (t *Text) Render(e *tracer.Event) error {
 		b = append(b, ' ')
 		b = appendEndpoint(b, e.Local, 21)
 	} else {
-		if len(comm) > 8 {
-			comm = comm[:8]
-		}
+		comm = truncRunes(comm, 8)
 		b = padRight(b, comm, 8)
 		b = append(b, ' ')
 		b = padLeft(b, strconv.AppendUint(num[:0], uint64(e.Local.Port()), 10), 5)
@@ -137,11 +136,11 @@ func (t *Text) Render(e *tracer.Event) error {
 	}
 	b = append(b, ' ')
 	if e.HasDuration {
-		b = padLeft(b, AppendDuration(num[:0], e.Duration), 7)
+		b = padLeft(b, AppendDuration(num[:0], e.Duration), 6)
 	} else {
-		b = padLeft(b, dash, 7)
+		b = padLeft(b, dash, 6)
 	}
-	b = append(b, ' ', ' ')
+	b = append(b, ' ')
 	start := len(b)
 	b = append(b, e.Old.String()...)
 	b = append(b, " -> "...)
@@ -161,7 +160,7 @@ func (t *Text) Render(e *tracer.Event) error {
 		b = append(b, ' ')
 		b = padLeft(b, strconv.AppendUint(num[:0], uint64(e.OnCPU.PID), 10), 7)
 		b = append(b, ' ')
-		b = padRight(b, e.OnCPU.Comm.Bytes(), 15)
+		b = padRight(b, appendPrintable(name[:0], e.OnCPU.Comm.Bytes()), 15)
 		b = append(b, ' ')
 		b = padRight(b, strconv.AppendUint(num[:0], e.Cookie, 10), 16)
 		b = append(b, ' ')
@@ -189,3 +188,14 @@ func appendEndpoint(b []byte, ap netip.AddrPort, width int) []byte {
 
 // Flush writes what is buffered.
 func (t *Text) Flush() error { return t.w.Flush() }
+
+// truncRunes returns the first n runes of s.
+func truncRunes(s []byte, n int) []byte {
+	for i := range string(s) {
+		if n == 0 {
+			return s[:i]
+		}
+		n--
+	}
+	return s
+}

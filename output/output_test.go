@@ -1,0 +1,253 @@
+// SPDX-License-Identifier: Apache-2.0
+
+package output
+
+import (
+	"bytes"
+	"encoding/json"
+	"flag"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/tcpstate/tcpstate/tracer"
+)
+
+var update = flag.Bool("update", false, "rewrite the golden files in testdata/")
+
+// 2026-11-21T10:00:00Z at boot time 0.
+var clock = tracer.Clock{BootWall: time.Date(2026, 11, 21, 10, 0, 0, 0, time.UTC).UnixNano()}
+
+func events() []tracer.Event {
+	owner := tracer.Task{PID: 4242, TID: 4243, Comm: tracer.CommFrom("curl")}
+	swapper := tracer.Task{Comm: tracer.CommFrom("swapper/1")}
+	v4l, v4r := netip.MustParseAddrPort("10.0.0.1:43210"), netip.MustParseAddrPort("10.0.0.20:8443")
+	v6l, v6r := netip.MustParseAddrPort("[2001:db8::1]:50000"), netip.MustParseAddrPort("[2001:db8:ffff::1234]:8443")
+	return []tracer.Event{
+		{Type: tracer.EventState, Time: 1_000_000, Cookie: 1, NetNS: 4026531840, Family: tracer.IPv4,
+			Local: netip.AddrPortFrom(v4l.Addr(), 0), Remote: v4r, Old: tracer.Close, New: tracer.SynSent,
+			Owner: owner, OwnerFrom: tracer.OwnerConnect, OnCPU: owner},
+		{Type: tracer.EventState, Time: 1_250_000, Cookie: 1, NetNS: 4026531840, Family: tracer.IPv4,
+			Local: v4l, Remote: v4r, Old: tracer.SynSent, New: tracer.Established, Duration: 250 * time.Microsecond,
+			HasDuration: true, Owner: owner, OwnerFrom: tracer.OwnerConnect, OnCPU: swapper},
+		{Type: tracer.EventState, Time: 1_501_250_000, Cookie: 1, NetNS: 4026531840, Family: tracer.IPv4,
+			Local: v4l, Remote: v4r, Old: tracer.Established, New: tracer.CloseWait, Duration: 1500 * time.Millisecond,
+			HasDuration: true, Owner: owner, OwnerFrom: tracer.OwnerConnect, OnCPU: swapper},
+		{Type: tracer.EventLost, Time: 2_000_000_000, Lost: 17},
+		{Type: tracer.EventState, Time: 3_000_000_000, Cookie: 9, NetNS: 4026532000, Family: tracer.IPv6,
+			Local: v6l, Remote: v6r, Old: tracer.Established, New: tracer.CloseWait, OnCPU: swapper},
+		{Type: tracer.EventState, Time: 3_100_000_000, Cookie: 10, NetNS: 4026531840, Family: tracer.IPv4,
+			Local: v4l, Remote: netip.MustParseAddrPort("127.0.0.1:1"), Old: tracer.SynSent, New: tracer.Close,
+			Duration: 40 * time.Microsecond, HasDuration: true, SkErr: 111,
+			Owner: tracer.Task{PID: 7, TID: 7, Comm: tracer.CommFrom("we\"ird\\name\x01\xff")}, OwnerFrom: tracer.OwnerClose,
+			OnCPU: tracer.Task{PID: 7, Comm: tracer.CommFrom("a-very-long-name")}},
+		{Type: tracer.EventState, Time: 4_000_000_000, Cookie: 11, NetNS: 4026531840, Family: tracer.IPv4,
+			Local: v4l, Remote: netip.MustParseAddrPort("93.184.216.34:443"), Old: tracer.FinWait2, New: tracer.Close, Duration: 61 * time.Minute,
+			HasDuration: true, Owner: owner, OwnerFrom: tracer.OwnerListener, OnCPU: swapper},
+	}
+}
+
+func render(t *testing.T, r Renderer) {
+	t.Helper()
+	for _, e := range events() {
+		if err := r.Render(&e); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := r.Flush(); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func golden(t *testing.T, name string, got []byte) {
+	t.Helper()
+	path := filepath.Join("testdata", name)
+	if *update {
+		if err := os.WriteFile(path, got, 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	want, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatalf("%v (run go test -update to create it)", err)
+	}
+	if !bytes.Equal(got, want) {
+		t.Errorf("%s differs from the golden file:\n--- got\n%s--- want\n%s", name, got, want)
+	}
+}
+
+func TestTextGolden(t *testing.T) {
+	var out, diag bytes.Buffer
+	render(t, NewText(&out, TextOptions{Clock: clock, Location: time.UTC, Diag: &diag}))
+	golden(t, "trace.txt", out.Bytes())
+	if diag.String() != "tcpstate: 17 events lost (ring buffer full); raise --ringbuf-size or filter more\n" {
+		t.Errorf("lost report: %q", diag.String())
+	}
+	// Lines fit 80 columns when the remote endpoint fits its 15 columns (a
+	// longer one pushes the line, it is never cut), the error suffix aside.
+	evs := events()
+	lines := strings.Split(strings.TrimSpace(out.String()), "\n")[1:]
+	for i, e := range evs {
+		if e.Type == tracer.EventLost {
+			evs = append(evs[:i:i], evs[i+1:]...)
+			break
+		}
+	}
+	for i, line := range lines {
+		line, _, _ = strings.Cut(line, " (E")
+		if n := len([]rune(line)); n > 80 && len(evs[i].Remote.String()) <= 15 {
+			t.Errorf("line %d is %d columns wide: %q", i, n, line)
+		}
+	}
+}
+
+func TestTextWideGolden(t *testing.T) {
+	var out bytes.Buffer
+	render(t, NewText(&out, TextOptions{Wide: true, Clock: clock, Location: time.UTC}))
+	golden(t, "trace-wide.txt", out.Bytes())
+}
+
+func TestTextNoHeader(t *testing.T) {
+	var out bytes.Buffer
+	render(t, NewText(&out, TextOptions{NoHeader: true, Clock: clock, Location: time.UTC}))
+	if strings.HasPrefix(out.String(), "TIME") {
+		t.Error("header printed with NoHeader")
+	}
+}
+
+func TestJSONGolden(t *testing.T) {
+	var out bytes.Buffer
+	render(t, NewJSON(&out, JSONOptions{Clock: clock}))
+	golden(t, "trace.jsonl", out.Bytes())
+
+	// Every line is valid JSON with the documented fields and types.
+	lines := strings.Split(strings.TrimSpace(out.String()), "\n")
+	if len(lines) != len(events()) {
+		t.Fatalf("%d lines for %d events", len(lines), len(events()))
+	}
+	for i, line := range lines {
+		var m map[string]any
+		if err := json.Unmarshal([]byte(line), &m); err != nil {
+			t.Fatalf("line %d: %v: %s", i, err, line)
+		}
+		ts, err := time.Parse(time.RFC3339Nano, m["time"].(string))
+		if err != nil || ts.Location() != time.UTC {
+			t.Errorf("line %d: time %v: %v", i, m["time"], err)
+		}
+		if m["type"] == "lost" {
+			if m["count"] != 17.0 || m["total"] != 17.0 {
+				t.Errorf("lost line: %s", line)
+			}
+			continue
+		}
+		for _, k := range []string{"cookie", "netns", "sport", "dport", "cpu_pid"} {
+			if _, ok := m[k].(float64); !ok {
+				t.Errorf("line %d: %s is %T, want a number", i, k, m[k])
+			}
+		}
+		for _, k := range []string{"family", "saddr", "daddr", "old", "new", "cpu_comm"} {
+			if _, ok := m[k].(string); !ok {
+				t.Errorf("line %d: %s is %T, want a string", i, k, m[k])
+			}
+		}
+	}
+	// Absent, never zero, when unknown.
+	var first map[string]any
+	_ = json.Unmarshal([]byte(lines[0]), &first)
+	if _, ok := first["duration_ns"]; ok {
+		t.Error("duration_ns present for an unobserved state")
+	}
+	var unknown map[string]any
+	_ = json.Unmarshal([]byte(lines[4]), &unknown)
+	for _, k := range []string{"pid", "comm", "duration_ns"} {
+		if _, ok := unknown[k]; ok {
+			t.Errorf("%s present for an unknown owner", k)
+		}
+	}
+	var weird map[string]any
+	_ = json.Unmarshal([]byte(lines[5]), &weird)
+	if weird["comm"] != "we\"ird\\name\x01\uFFFD" || weird["error"] != "ECONNREFUSED" || weird["sk_err"] != 111.0 {
+		t.Errorf("escaping or error: comm %q error %v sk_err %v", weird["comm"], weird["error"], weird["sk_err"])
+	}
+}
+
+func TestAppendDuration(t *testing.T) {
+	for d, want := range map[time.Duration]string{
+		0:                               "0.0us",
+		4200 * time.Nanosecond:          "4.2us",
+		13 * time.Microsecond:           "13us",
+		999 * time.Microsecond:          "999us",
+		time.Millisecond:                "1.00ms",
+		4520 * time.Microsecond:         "4.52ms",
+		45200 * time.Microsecond:        "45.2ms",
+		500 * time.Millisecond:          "500ms",
+		1520 * time.Millisecond:         "1.52s",
+		60 * time.Second:                "60.0s",
+		12*time.Minute + 5*time.Second:  "12m05s",
+		99*time.Minute + 59*time.Second: "99m59s",
+		3*time.Hour + 20*time.Minute:    "3h20m",
+		103 * time.Hour:                 "4d07h",
+	} {
+		got := string(AppendDuration(nil, d))
+		if got != want {
+			t.Errorf("AppendDuration(%v) = %q, want %q", d, got, want)
+		}
+		if len(got) > 6 {
+			t.Errorf("AppendDuration(%v) = %q, wider than its column", d, got)
+		}
+	}
+}
+
+func TestSinkFiltersAndCounts(t *testing.T) {
+	var out bytes.Buffer
+	s := &Sink{Filter: &tracer.Filter{Family: tracer.IPv6}, Renderer: NewJSON(&out, JSONOptions{Clock: clock})}
+	for _, e := range events() {
+		if err := s.Event(&e); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := s.Idle(); err != nil {
+		t.Fatal(err)
+	}
+	if s.Received != 6 || s.Shown != 1 || s.Lost != 17 {
+		t.Errorf("received %d shown %d lost %d, want 6 1 17", s.Received, s.Shown, s.Lost)
+	}
+	if n := strings.Count(out.String(), "\n"); n != 2 {
+		t.Errorf("%d lines written, want the IPv6 event and the lost report", n)
+	}
+}
+
+func benchmarkRender(b *testing.B, r Renderer) {
+	evs := events()
+	b.ReportAllocs()
+	i := 0
+	for b.Loop() {
+		e := &evs[i%len(evs)]
+		if e.Type == tracer.EventLost {
+			e = &evs[0]
+		}
+		if err := r.Render(e); err != nil {
+			b.Fatal(err)
+		}
+		i++
+	}
+}
+
+func BenchmarkRenderText(b *testing.B) {
+	benchmarkRender(b, NewText(discard{}, TextOptions{Clock: clock, Location: time.UTC}))
+}
+
+func BenchmarkRenderTextWide(b *testing.B) {
+	benchmarkRender(b, NewText(discard{}, TextOptions{Wide: true, Clock: clock, Location: time.UTC}))
+}
+
+func BenchmarkRenderJSON(b *testing.B) {
+	benchmarkRender(b, NewJSON(discard{}, JSONOptions{Clock: clock}))
+}
+
+type discard struct{}
+
+func (discard) Write(p []byte) (int, error) { return len(p), nil }

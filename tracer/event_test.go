@@ -1,0 +1,271 @@
+// SPDX-License-Identifier: Apache-2.0
+
+package tracer
+
+import (
+	"bytes"
+	"encoding/binary"
+	"net/netip"
+	"testing"
+	"time"
+)
+
+func TestParseStateSpellings(t *testing.T) {
+	for in, want := range map[string]State{
+		"CLOSE_WAIT": CloseWait, "close-wait": CloseWait, "CLOSE-WAIT": CloseWait, "closewait": CloseWait,
+		"FIN_WAIT2": FinWait2, "FIN_WAIT_2": FinWait2, "fin-wait-2": FinWait2, "FIN-WAIT-2": FinWait2,
+		"fin_wait1": FinWait1, "FIN-WAIT-1": FinWait1, "TCP_LISTEN": Listen, "listen": Listen,
+		"ESTAB": Established, "established": Established, "time-wait": TimeWait, "TIME_WAIT": TimeWait,
+		"CLOSED": Close, "close": Close, "syn-recv": SynRecv, "SYN_RECV": SynRecv, "syn-sent": SynSent,
+		"last-ack": LastAck, "closing": Closing, "new-syn-recv": NewSynRecv, " Established ": Established,
+	} {
+		got, err := ParseState(in)
+		if err != nil || got != want {
+			t.Errorf("ParseState(%q) = %v, %v; want %v", in, got, err, want)
+		}
+	}
+	for _, bad := range []string{"", "ESTABLISHEDX", "FIN", "WAIT", "7", "-"} {
+		if st, err := ParseState(bad); err == nil {
+			t.Errorf("ParseState(%q) = %v, want an error", bad, st)
+		}
+	}
+	for st := Established; st < numStates; st++ {
+		if got, err := ParseState(st.String()); err != nil || got != st {
+			t.Errorf("ParseState(%q) = %v, %v", st.String(), got, err)
+		}
+	}
+}
+
+func TestParseStatesList(t *testing.T) {
+	set, err := ParseStates("close-wait, FIN_WAIT_2,TIME-WAIT")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for st := Established; st < numStates; st++ {
+		want := st == CloseWait || st == FinWait2 || st == TimeWait
+		if set.Has(st) != want {
+			t.Errorf("set.Has(%v) = %v, want %v", st, set.Has(st), want)
+		}
+	}
+	if _, err := ParseStates("ESTABLISHED,nope"); err == nil {
+		t.Error("ParseStates accepted an unknown state")
+	}
+}
+
+func TestParsePrefix(t *testing.T) {
+	for in, want := range map[string]string{
+		"127.0.0.1":           "127.0.0.1/32",
+		"10.1.2.3/8":          "10.0.0.0/8",
+		"::1":                 "::1/128",
+		"[::1]":               "::1/128",
+		"2001:db8::/32":       "2001:db8::/32",
+		"::ffff:10.0.0.1":     "10.0.0.1/32",
+		"::ffff:10.0.0.0/104": "10.0.0.0/8",
+	} {
+		got, err := ParsePrefix(in)
+		if err != nil || got.String() != want {
+			t.Errorf("ParsePrefix(%q) = %v, %v; want %s", in, got, err, want)
+		}
+	}
+	for _, bad := range []string{"", "localhost", "1.2.3.4/33", "1.2.3"} {
+		if _, err := ParsePrefix(bad); err == nil {
+			t.Errorf("ParsePrefix(%q): want an error", bad)
+		}
+	}
+}
+
+func TestParsePorts(t *testing.T) {
+	got, err := ParsePorts("80, 443,8080")
+	if err != nil || len(got) != 3 || got[0] != 80 || got[1] != 443 || got[2] != 8080 {
+		t.Errorf("ParsePorts = %v, %v", got, err)
+	}
+	for _, bad := range []string{"0", "65536", "http", "-1"} {
+		if _, err := ParsePorts(bad); err == nil {
+			t.Errorf("ParsePorts(%q): want an error", bad)
+		}
+	}
+}
+
+func sampleEvent() Event {
+	return Event{
+		Type: EventState, Time: 5e9, Cookie: 42, NetNS: 4026531840, Family: IPv4,
+		Local:  netip.MustParseAddrPort("10.0.0.1:5000"),
+		Remote: netip.MustParseAddrPort("10.0.0.2:80"),
+		Old:    Established, New: CloseWait,
+		Duration: 1500 * time.Millisecond, HasDuration: true,
+		Owner: Task{PID: 100, TID: 101, Comm: CommFrom("curl")}, OwnerFrom: OwnerConnect,
+		OnCPU: Task{PID: 0, Comm: CommFrom("swapper/1")},
+	}
+}
+
+func TestFilterMatch(t *testing.T) {
+	e := sampleEvent()
+	unknownOwner := e
+	unknownOwner.OwnerFrom = OwnerUnknown
+	for _, tc := range []struct {
+		name string
+		f    Filter
+		e    Event
+		want bool
+	}{
+		{"zero filter", Filter{}, e, true},
+		{"either port local", Filter{Ports: []uint16{5000}}, e, true},
+		{"either port remote", Filter{Ports: []uint16{1, 80}}, e, true},
+		{"either port none", Filter{Ports: []uint16{1}}, e, false},
+		{"lport", Filter{LPorts: []uint16{5000}}, e, true},
+		{"lport is not remote", Filter{LPorts: []uint16{80}}, e, false},
+		{"rport", Filter{RPorts: []uint16{80}}, e, true},
+		{"rport is not local", Filter{RPorts: []uint16{5000}}, e, false},
+		{"addr remote cidr", Filter{Addrs: []netip.Prefix{netip.MustParsePrefix("10.0.0.0/30")}}, e, true},
+		{"addr miss", Filter{Addrs: []netip.Prefix{netip.MustParsePrefix("192.0.2.0/24")}}, e, false},
+		{"family", Filter{Family: IPv4}, e, true},
+		{"family miss", Filter{Family: IPv6}, e, false},
+		{"state new", Filter{States: 1 << CloseWait}, e, true},
+		{"state old", Filter{States: 1 << Established}, e, true},
+		{"state miss", Filter{States: 1 << TimeWait}, e, false},
+		{"pid", Filter{PIDs: []uint32{7, 100}}, e, true},
+		{"pid miss", Filter{PIDs: []uint32{7}}, e, false},
+		{"pid needs a known owner", Filter{PIDs: []uint32{100}}, unknownOwner, false},
+		{"comm", Filter{Comm: "curl"}, e, true},
+		{"comm is exact", Filter{Comm: "cur"}, e, false},
+		{"comm needs a known owner", Filter{Comm: "curl"}, unknownOwner, false},
+		{"netns", Filter{NetNS: 4026531840}, e, true},
+		{"netns miss", Filter{NetNS: 1}, e, false},
+		{"all hold", Filter{Ports: []uint16{80}, PIDs: []uint32{100}, States: 1 << CloseWait}, e, true},
+		{"one fails", Filter{Ports: []uint16{80}, PIDs: []uint32{100}, States: 1 << Listen}, e, false},
+		{"lost always passes", Filter{Ports: []uint16{1}}, Event{Type: EventLost, Lost: 3}, true},
+	} {
+		if got := tc.f.Match(&tc.e); got != tc.want {
+			t.Errorf("%s: Match = %v, want %v", tc.name, got, tc.want)
+		}
+	}
+}
+
+func TestFilterValidate(t *testing.T) {
+	if err := (&Filter{Comm: "a-sixteen-chars!"}).Validate(); err == nil {
+		t.Error("a 16-byte comm was accepted")
+	}
+	if err := (&Filter{Ports: make([]uint16, maxFilterValues+1)}).Validate(); err == nil {
+		t.Error("too many ports were accepted")
+	}
+	if err := (&Filter{Comm: "fifteen-chars!!", Ports: make([]uint16, maxFilterValues)}).Validate(); err != nil {
+		t.Error(err)
+	}
+}
+
+// encode builds a ring buffer record the way the BPF program lays it out,
+// through the bpf2go mirror of struct event.
+func encode(t testing.TB, raw tcpstateEvent) []byte {
+	var buf bytes.Buffer
+	if err := binary.Write(&buf, binary.NativeEndian, &raw); err != nil {
+		t.Fatal(err)
+	}
+	return buf.Bytes()
+}
+
+func comm16(s string) (c [16]int8) {
+	for i := 0; i < len(s) && i < 15; i++ {
+		c[i] = int8(s[i])
+	}
+	return c
+}
+
+func TestDecodeIPv4(t *testing.T) {
+	raw := tcpstateEvent{
+		TsNs: 123456789, Cookie: 77, DurationNs: 1500000000, Netns: 4026531840,
+		Pid: 100, Tid: 101, CpuPid: 0, SkErr: 111, Family: afInet, Sport: 5000, Dport: 80,
+		Type: uint8(EventState), OldState: uint8(SynSent), NewState: uint8(Close),
+		OwnerSrc: uint8(OwnerConnect), Flags: evfDuration | evfOwner,
+		Comm: comm16("curl"), CpuComm: comm16("swapper/0"),
+	}
+	copy(raw.Saddr[:], []byte{10, 0, 0, 1})
+	copy(raw.Daddr[:], []byte{10, 0, 0, 2})
+	var e Event
+	if err := Decode(encode(t, raw), &e); err != nil {
+		t.Fatal(err)
+	}
+	want := Event{
+		Type: EventState, Time: 123456789, Cookie: 77, NetNS: 4026531840, Family: IPv4,
+		Local: netip.MustParseAddrPort("10.0.0.1:5000"), Remote: netip.MustParseAddrPort("10.0.0.2:80"),
+		Old: SynSent, New: Close, Duration: 1500 * time.Millisecond, HasDuration: true,
+		Owner: Task{PID: 100, TID: 101, Comm: CommFrom("curl")}, OwnerFrom: OwnerConnect,
+		OnCPU: Task{Comm: CommFrom("swapper/0")}, SkErr: 111,
+	}
+	if e != want {
+		t.Errorf("Decode:\n got %+v\nwant %+v", e, want)
+	}
+}
+
+func TestDecodeIPv6UnknownOwnerAndDuration(t *testing.T) {
+	raw := tcpstateEvent{
+		TsNs: 1, Cookie: 2, DurationNs: 999, Pid: 5, Family: afInet6, Sport: 1, Dport: 2,
+		Type: uint8(EventState), OldState: uint8(Established), NewState: uint8(CloseWait),
+		OwnerSrc: uint8(OwnerConnect), Comm: comm16("ghost"),
+	}
+	raw.Saddr = netip.MustParseAddr("::1").As16()
+	raw.Daddr = netip.MustParseAddr("2001:db8::2").As16()
+	var e Event
+	if err := Decode(encode(t, raw), &e); err != nil {
+		t.Fatal(err)
+	}
+	if e.HasDuration || e.Duration != 0 {
+		t.Errorf("duration without EVF_DURATION: %v %v", e.HasDuration, e.Duration)
+	}
+	if e.OwnerKnown() || e.Owner != (Task{}) {
+		t.Errorf("owner without EVF_OWNER: %+v from %v", e.Owner, e.OwnerFrom)
+	}
+	if e.Family != IPv6 || e.Local.String() != "[::1]:1" || e.Remote.String() != "[2001:db8::2]:2" {
+		t.Errorf("endpoints: %v %v %v", e.Family, e.Local, e.Remote)
+	}
+}
+
+func TestDecodeRejectsBadRecords(t *testing.T) {
+	var e Event
+	good := encode(t, tcpstateEvent{Type: uint8(EventState), Family: afInet})
+	if err := Decode(good[:len(good)-1], &e); err == nil {
+		t.Error("short record decoded")
+	}
+	bad := encode(t, tcpstateEvent{Type: 99, Family: afInet})
+	if err := Decode(bad, &e); err == nil {
+		t.Error("unknown type decoded")
+	}
+	bad = encode(t, tcpstateEvent{Type: uint8(EventState), Family: 1})
+	if err := Decode(bad, &e); err == nil {
+		t.Error("unknown family decoded")
+	}
+}
+
+func TestClockWall(t *testing.T) {
+	c := NewClock()
+	now := time.Now()
+	got := c.Wall(BootNow())
+	if d := got.Sub(now); d < -time.Millisecond || d > 50*time.Millisecond {
+		t.Errorf("Wall(BootNow()) is %v away from time.Now()", d)
+	}
+	if got.Location() != time.UTC {
+		t.Errorf("Wall returns %v, want UTC", got.Location())
+	}
+}
+
+func BenchmarkDecode(b *testing.B) {
+	raw := tcpstateEvent{Type: uint8(EventState), Family: afInet6, Flags: evfDuration | evfOwner, Comm: comm16("nginx")}
+	rec := encode(b, raw)
+	var e Event
+	b.ReportAllocs()
+	for b.Loop() {
+		if err := Decode(rec, &e); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
+
+func BenchmarkFilterMatch(b *testing.B) {
+	e := sampleEvent()
+	f := Filter{Ports: []uint16{443, 80}, States: 1<<CloseWait | 1<<FinWait2, Addrs: []netip.Prefix{netip.MustParsePrefix("10.0.0.0/8")}}
+	b.ReportAllocs()
+	for b.Loop() {
+		if !f.Match(&e) {
+			b.Fatal("no match")
+		}
+	}
+}
