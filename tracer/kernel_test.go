@@ -1,0 +1,741 @@
+// SPDX-License-Identifier: Apache-2.0
+
+package tracer
+
+// Kernel tests: they load the tracer into the running kernel, make real TCP
+// connections on loopback and assert on what it reports. They need root; the
+// peer whose owner matters runs in a child process (this test binary run again,
+// see helperMain) so that owner, server and on-CPU task are different processes.
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/netip"
+	"os"
+	"os/exec"
+	"slices"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+)
+
+func TestMain(m *testing.M) {
+	if mode := os.Getenv("TCPSTATE_HELPER"); mode != "" {
+		helperMain(mode)
+		return
+	}
+	os.Exit(m.Run())
+}
+
+func requireRoot(t testing.TB) {
+	t.Helper()
+	if os.Geteuid() != 0 {
+		t.Skip("kernel test: needs root (CAP_BPF and CAP_PERFMON) to load the tracer; run `go test` as root")
+	}
+}
+
+// collector is a Sink that keeps copies of every event.
+type collector struct {
+	mu     sync.Mutex
+	events []Event
+	lost   uint64
+	nLost  int
+	slow   time.Duration // sleep in the first Event call, to let the ring fill
+}
+
+func (c *collector) Event(e *Event) error {
+	c.mu.Lock()
+	slow := c.slow
+	c.slow = 0
+	if e.Type == EventLost {
+		c.lost += e.Lost
+		c.nLost++
+	} else {
+		c.events = append(c.events, *e)
+	}
+	c.mu.Unlock()
+	time.Sleep(slow)
+	return nil
+}
+
+func (c *collector) Idle() error { return nil }
+
+// socket returns the events of the socket matching pick, in order.
+func (c *collector) socket(pick func(*Event) bool) []Event {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	var cookie uint64
+	for i := range c.events {
+		if pick(&c.events[i]) {
+			cookie = c.events[i].Cookie
+			break
+		}
+	}
+	var out []Event
+	for _, e := range c.events {
+		if cookie != 0 && e.Cookie == cookie {
+			out = append(out, e)
+		}
+	}
+	return out
+}
+
+func (c *collector) count() int {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return len(c.events)
+}
+
+// running is a tracer reading into a collector until stop.
+type running struct {
+	tr   *Tracer
+	col  *collector
+	stop func() Stats
+}
+
+func startTracer(t *testing.T, cfg Config, col *collector) *running {
+	t.Helper()
+	requireRoot(t)
+	start := time.Now()
+	tr, err := New(cfg)
+	if err != nil {
+		t.Fatalf("starting tracer: %v", err)
+	}
+	t.Logf("tracer attached in %v", time.Since(start).Round(time.Millisecond))
+	if col == nil {
+		col = &collector{}
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- tr.Run(ctx, col) }()
+	var once sync.Once
+	var stats Stats
+	stop := func() Stats {
+		once.Do(func() {
+			cancel()
+			if err := <-done; err != nil {
+				t.Errorf("Run: %v", err)
+			}
+			var err error
+			if stats, err = tr.Stats(); err != nil {
+				t.Errorf("Stats: %v", err)
+			}
+			tr.Close()
+		})
+		return stats
+	}
+	t.Cleanup(func() { stop() })
+	return &running{tr: tr, col: col, stop: stop}
+}
+
+// eventually polls cond until it holds or the deadline passes.
+func eventually(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(5 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for %s", what)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+func transitions(evs []Event) []string {
+	out := make([]string, len(evs))
+	for i, e := range evs {
+		out[i] = e.Old.String() + "->" + e.New.String()
+	}
+	return out
+}
+
+func ends(evs []Event, last string) bool {
+	return len(evs) > 0 && transitions(evs)[len(evs)-1] == last
+}
+
+func assertSequence(t *testing.T, who string, evs []Event, want ...string) {
+	t.Helper()
+	if got := transitions(evs); !slices.Equal(got, want) {
+		t.Errorf("%s transitions:\n got %v\nwant %v", who, got, want)
+	}
+}
+
+// assertDurations checks that every state but the first was seen to begin, and
+// that the time reported in it is exactly the gap between the two events.
+func assertDurations(t *testing.T, who string, evs []Event) {
+	t.Helper()
+	for i, e := range evs {
+		if i == 0 {
+			if e.HasDuration {
+				t.Errorf("%s: %v has a duration (%v) though the tracer never saw it begin", who, e.Old, e.Duration)
+			}
+			continue
+		}
+		if !e.HasDuration {
+			t.Errorf("%s: %v->%v: no duration", who, e.Old, e.New)
+			continue
+		}
+		if gap := time.Duration(e.Time - evs[i-1].Time); e.Duration != gap {
+			t.Errorf("%s: %v->%v: duration %v, but %v passed since it entered %v", who, e.Old, e.New, e.Duration, gap, e.Old)
+		}
+	}
+}
+
+func assertOwner(t *testing.T, who string, evs []Event, pid int) {
+	t.Helper()
+	for _, e := range evs {
+		if !e.OwnerKnown() || e.Owner.PID != uint32(pid) {
+			t.Errorf("%s: %v->%v: owner %d (%s, known %v), want %d", who, e.Old, e.New, e.Owner.PID, e.OwnerFrom, e.OwnerKnown(), pid)
+		}
+	}
+}
+
+func assertEndpoints(t *testing.T, who string, evs []Event, local, remote netip.AddrPort) {
+	t.Helper()
+	for i, e := range evs {
+		wantLocal := local
+		if i == 0 && e.Old == Close && e.New == SynSent {
+			wantLocal = netip.AddrPortFrom(local.Addr(), 0) // the port is picked after the transition
+		}
+		if e.Local != wantLocal || e.Remote != remote {
+			t.Errorf("%s: %v->%v: %v -> %v, want %v -> %v", who, e.Old, e.New, e.Local, e.Remote, wantLocal, remote)
+		}
+		fam := IPv4
+		if local.Addr().Is6() {
+			fam = IPv6
+		}
+		if e.Family != fam {
+			t.Errorf("%s: family %v, want %v", who, e.Family, fam)
+		}
+	}
+}
+
+// child is a helper process holding one end of a connection.
+type child struct {
+	cmd   *exec.Cmd
+	in    io.WriteCloser
+	out   *bufio.Reader
+	port  uint16 // its local port
+	local netip.AddrPort
+}
+
+// startChild runs helperMain(mode) in a new process and waits for its
+// "ready PORT" line.
+func startChild(t *testing.T, mode string, env []string, files ...*os.File) *child {
+	t.Helper()
+	cmd := exec.Command(os.Args[0], "-test.run=^$")
+	cmd.Env = append(os.Environ(), append(env, "TCPSTATE_HELPER="+mode)...)
+	cmd.ExtraFiles = files
+	cmd.Stderr = os.Stderr
+	in, err := cmd.StdinPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	outPipe, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	c := &child{cmd: cmd, in: in, out: bufio.NewReader(outPipe)}
+	t.Cleanup(func() {
+		in.Close()
+		_ = cmd.Process.Kill()
+		_ = cmd.Wait()
+	})
+	line := c.expect(t, "ready")
+	if f := strings.Fields(line); len(f) == 2 {
+		c.local = netip.MustParseAddrPort(f[1])
+		c.port = c.local.Port()
+	}
+	return c
+}
+
+// expect reads the child's next line and checks that it starts with word.
+func (c *child) expect(t *testing.T, word string) string {
+	t.Helper()
+	type result struct {
+		line string
+		err  error
+	}
+	ch := make(chan result, 1)
+	go func() {
+		l, err := c.out.ReadString('\n')
+		ch <- result{strings.TrimSpace(l), err}
+	}()
+	select {
+	case r := <-ch:
+		if r.err != nil || !strings.HasPrefix(r.line, word) {
+			t.Fatalf("child: got %q (%v), want %q", r.line, r.err, word)
+		}
+		return r.line
+	case <-time.After(10 * time.Second):
+		t.Fatalf("child: no %q line", word)
+	}
+	return ""
+}
+
+func (c *child) send(t *testing.T, cmd string) {
+	t.Helper()
+	if _, err := fmt.Fprintln(c.in, cmd); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func (c *child) pid() int { return c.cmd.Process.Pid }
+
+// helperMain is the child process. Modes:
+//
+//	client: connect to $ADDR, print "ready LOCAL", then obey stdin:
+//	  close      close and print "closed"
+//	  linger0    set SO_LINGER 0, close (RST) and print "closed"
+//	  wait-eof D read until EOF, print "eof", sleep D, close, print "closed"
+//	acceptor: accept on the listener passed as fd 3, print "ready", read a
+//	  line, answer "ok", read until EOF, close, print "closed".
+func helperMain(mode string) {
+	fail := func(err error) {
+		fmt.Fprintln(os.Stderr, "helper:", err)
+		os.Exit(3)
+	}
+	in := bufio.NewScanner(os.Stdin)
+	switch mode {
+	case "client":
+		conn, err := net.Dial("tcp", os.Getenv("ADDR"))
+		if err != nil {
+			fail(err)
+		}
+		tc := conn.(*net.TCPConn)
+		fmt.Println("ready", conn.LocalAddr())
+		for in.Scan() {
+			f := strings.Fields(in.Text())
+			switch f[0] {
+			case "close":
+				tc.Close()
+			case "linger0":
+				if err := tc.SetLinger(0); err != nil {
+					fail(err)
+				}
+				tc.Close()
+			case "wait-eof":
+				hold, _ := time.ParseDuration(f[1])
+				if _, err := io.Copy(io.Discard, tc); err != nil {
+					fail(err)
+				}
+				fmt.Println("eof")
+				time.Sleep(hold)
+				tc.Close()
+			}
+			fmt.Println("closed")
+		}
+	case "acceptor":
+		ln, err := net.FileListener(os.NewFile(3, "listener"))
+		if err != nil {
+			fail(err)
+		}
+		fmt.Println("ready")
+		conn, err := ln.Accept()
+		if err != nil {
+			fail(err)
+		}
+		r := bufio.NewReader(conn)
+		if _, err := r.ReadString('\n'); err != nil {
+			fail(err)
+		}
+		fmt.Fprintln(conn, "ok")
+		if _, err := io.Copy(io.Discard, r); err != nil {
+			fail(err)
+		}
+		conn.Close()
+		fmt.Println("closed")
+		in.Scan()
+	default:
+		fail(fmt.Errorf("unknown mode %q", mode))
+	}
+}
+
+var families = []struct {
+	name, network, loopback string
+}{
+	{"ipv4", "tcp4", "127.0.0.1:0"},
+	{"ipv6", "tcp6", "[::1]:0"},
+}
+
+func listen(t *testing.T, network, addr string) (net.Listener, netip.AddrPort) {
+	t.Helper()
+	ln, err := net.Listen(network, addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ln.Close() })
+	return ln, netip.MustParseAddrPort(ln.Addr().String())
+}
+
+func TestClientClosesFirst(t *testing.T) {
+	for _, fam := range families {
+		t.Run(fam.name, func(t *testing.T) {
+			r := startTracer(t, Config{}, nil)
+			ln, srv := listen(t, fam.network, fam.loopback)
+			cl := startChild(t, "client", []string{"ADDR=" + srv.String()})
+			conn, err := ln.Accept()
+			if err != nil {
+				t.Fatal(err)
+			}
+			cl.send(t, "close")
+			cl.expect(t, "closed")
+			if _, err := io.Copy(io.Discard, conn); err != nil {
+				t.Fatal(err)
+			}
+			time.Sleep(100 * time.Millisecond) // the client reaches FIN_WAIT2 first
+			conn.Close()
+
+			isClient := func(e *Event) bool { return e.Remote == srv && e.New == SynSent }
+			isServer := func(e *Event) bool { return e.Local == srv && e.Remote.Port() == cl.port }
+			eventually(t, "both sockets closed", func() bool {
+				return ends(r.col.socket(isClient), "FIN_WAIT2->CLOSE") && ends(r.col.socket(isServer), "LAST_ACK->CLOSE")
+			})
+			client, server := r.col.socket(isClient), r.col.socket(isServer)
+			assertSequence(t, "client", client,
+				"CLOSE->SYN_SENT", "SYN_SENT->ESTABLISHED", "ESTABLISHED->FIN_WAIT1", "FIN_WAIT1->FIN_WAIT2", "FIN_WAIT2->CLOSE")
+			assertSequence(t, "server", server,
+				"LISTEN->SYN_RECV", "SYN_RECV->ESTABLISHED", "ESTABLISHED->CLOSE_WAIT", "CLOSE_WAIT->LAST_ACK", "LAST_ACK->CLOSE")
+			assertOwner(t, "client", client, cl.pid())
+			assertOwner(t, "server", server, os.Getpid())
+			assertDurations(t, "client", client)
+			assertDurations(t, "server", server)
+			assertEndpoints(t, "client", client, cl.local, srv)
+			assertEndpoints(t, "server", server, srv, cl.local)
+			if len(client) == 5 {
+				if client[0].OwnerFrom != OwnerConnect || client[2].OwnerFrom != OwnerClose {
+					t.Errorf("client owner learnt from %v at connect, %v at close", client[0].OwnerFrom, client[2].OwnerFrom)
+				}
+			}
+			if len(server) == 5 {
+				if server[0].OwnerFrom != OwnerListener || server[3].OwnerFrom != OwnerClose {
+					t.Errorf("server owner learnt from %v at SYN_RECV, %v at LAST_ACK", server[0].OwnerFrom, server[3].OwnerFrom)
+				}
+				// The server sat in CLOSE_WAIT for the 100 ms it slept before close().
+				if d := server[3].Duration; d < 100*time.Millisecond || d > 150*time.Millisecond {
+					t.Errorf("server CLOSE_WAIT lasted %v, want 100ms (+50ms)", d)
+				}
+			}
+		})
+	}
+}
+
+func TestServerClosesFirst(t *testing.T) {
+	const hold = 1500 * time.Millisecond
+	for _, fam := range families {
+		t.Run(fam.name, func(t *testing.T) {
+			r := startTracer(t, Config{}, nil)
+			ln, srv := listen(t, fam.network, fam.loopback)
+			cl := startChild(t, "client", []string{"ADDR=" + srv.String()})
+			conn, err := ln.Accept()
+			if err != nil {
+				t.Fatal(err)
+			}
+			cl.send(t, "wait-eof "+hold.String())
+			conn.Close()
+			cl.expect(t, "eof")
+			cl.expect(t, "closed")
+
+			isClient := func(e *Event) bool { return e.Remote == srv && e.New == SynSent }
+			isServer := func(e *Event) bool { return e.Local == srv && e.Remote.Port() == cl.port }
+			eventually(t, "both sockets closed", func() bool {
+				return ends(r.col.socket(isClient), "LAST_ACK->CLOSE") && ends(r.col.socket(isServer), "FIN_WAIT2->CLOSE")
+			})
+			client, server := r.col.socket(isClient), r.col.socket(isServer)
+			assertSequence(t, "client", client,
+				"CLOSE->SYN_SENT", "SYN_SENT->ESTABLISHED", "ESTABLISHED->CLOSE_WAIT", "CLOSE_WAIT->LAST_ACK", "LAST_ACK->CLOSE")
+			assertSequence(t, "server", server,
+				"LISTEN->SYN_RECV", "SYN_RECV->ESTABLISHED", "ESTABLISHED->FIN_WAIT1", "FIN_WAIT1->FIN_WAIT2", "FIN_WAIT2->CLOSE")
+			assertOwner(t, "client", client, cl.pid())
+			assertOwner(t, "server", server, os.Getpid())
+			assertDurations(t, "client", client)
+			assertDurations(t, "server", server)
+			assertEndpoints(t, "client", client, cl.local, srv)
+			assertEndpoints(t, "server", server, srv, cl.local)
+			if len(client) != 5 {
+				return
+			}
+			// The peer's FIN is handled in softirq: the task on the CPU is not
+			// the client, yet the client is reported as the owner.
+			if cw := client[2]; cw.OnCPU.PID == uint32(cl.pid()) {
+				t.Errorf("ESTABLISHED->CLOSE_WAIT ran on the client's own task (%d): the test proves nothing", cw.OnCPU.PID)
+			}
+			// CLOSE_WAIT lasts until the application's close(): the hold, within 5%.
+			if d := client[3].Duration; d < hold || d > hold+hold/20 {
+				t.Errorf("client CLOSE_WAIT lasted %v, want %v (+5%%)", d, hold)
+			}
+		})
+	}
+}
+
+func TestConnectionRefused(t *testing.T) {
+	for _, fam := range families {
+		t.Run(fam.name, func(t *testing.T) {
+			// A port nobody listens on: bind one, note it, close it.
+			ln, dst := listen(t, fam.network, fam.loopback)
+			ln.Close()
+			r := startTracer(t, Config{}, nil)
+			if c, err := net.Dial(fam.network, dst.String()); err == nil {
+				c.Close()
+				t.Fatalf("connect to %v succeeded", dst)
+			} else if !errors.Is(err, syscall.ECONNREFUSED) {
+				t.Fatalf("connect: %v, want ECONNREFUSED", err)
+			}
+			isClient := func(e *Event) bool { return e.Remote == dst && e.New == SynSent }
+			eventually(t, "the refused socket closed", func() bool { return ends(r.col.socket(isClient), "SYN_SENT->CLOSE") })
+			client := r.col.socket(isClient)
+			assertSequence(t, "client", client, "CLOSE->SYN_SENT", "SYN_SENT->CLOSE")
+			assertOwner(t, "client", client, os.Getpid())
+			assertDurations(t, "client", client)
+			if last := client[len(client)-1]; last.SkErr != int32(syscall.ECONNREFUSED) || last.Local.Port() == 0 {
+				t.Errorf("SYN_SENT->CLOSE: sk_err %d, local %v; want ECONNREFUSED and the port it used", last.SkErr, last.Local)
+			}
+		})
+	}
+}
+
+func TestAbortiveClose(t *testing.T) {
+	for _, fam := range families {
+		t.Run(fam.name, func(t *testing.T) {
+			r := startTracer(t, Config{}, nil)
+			ln, srv := listen(t, fam.network, fam.loopback)
+			cl := startChild(t, "client", []string{"ADDR=" + srv.String()})
+			conn, err := ln.Accept()
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer conn.Close()
+			cl.send(t, "linger0")
+			cl.expect(t, "closed")
+
+			isClient := func(e *Event) bool { return e.Remote == srv && e.New == SynSent }
+			isServer := func(e *Event) bool { return e.Local == srv && e.Remote.Port() == cl.port }
+			eventually(t, "both sockets closed", func() bool {
+				return ends(r.col.socket(isClient), "ESTABLISHED->CLOSE") && ends(r.col.socket(isServer), "ESTABLISHED->CLOSE")
+			})
+			client, server := r.col.socket(isClient), r.col.socket(isServer)
+			assertSequence(t, "client", client, "CLOSE->SYN_SENT", "SYN_SENT->ESTABLISHED", "ESTABLISHED->CLOSE")
+			assertSequence(t, "server", server, "LISTEN->SYN_RECV", "SYN_RECV->ESTABLISHED", "ESTABLISHED->CLOSE")
+			assertOwner(t, "client", client, cl.pid())
+			assertOwner(t, "server", server, os.Getpid())
+			assertDurations(t, "client", client)
+			assertDurations(t, "server", server)
+			assertEndpoints(t, "client", client, cl.local, srv)
+			assertEndpoints(t, "server", server, srv, cl.local)
+			if last := client[len(client)-1]; last.SkErr != 0 {
+				t.Errorf("the resetting side has sk_err %d, want 0", last.SkErr)
+			}
+			if last := server[len(server)-1]; last.SkErr != int32(syscall.ECONNRESET) {
+				t.Errorf("the reset side has sk_err %d (%v), want ECONNRESET", last.SkErr, syscall.Errno(last.SkErr))
+			}
+		})
+	}
+}
+
+func TestListenerOpenAndClose(t *testing.T) {
+	const hold = time.Second
+	for _, fam := range families {
+		t.Run(fam.name, func(t *testing.T) {
+			r := startTracer(t, Config{}, nil)
+			ln, srv := listen(t, fam.network, fam.loopback)
+			time.Sleep(hold)
+			ln.Close()
+			isListener := func(e *Event) bool { return e.Local == srv && e.New == Listen }
+			eventually(t, "the listener closed", func() bool { return ends(r.col.socket(isListener), "LISTEN->CLOSE") })
+			evs := r.col.socket(isListener)
+			assertSequence(t, "listener", evs, "CLOSE->LISTEN", "LISTEN->CLOSE")
+			assertOwner(t, "listener", evs, os.Getpid())
+			assertDurations(t, "listener", evs)
+			zero := netip.AddrPortFrom(netip.IPv4Unspecified(), 0)
+			if fam.name == "ipv6" {
+				zero = netip.AddrPortFrom(netip.IPv6Unspecified(), 0)
+			}
+			assertEndpoints(t, "listener", evs, srv, zero)
+			if len(evs) == 2 {
+				if evs[0].OwnerFrom != OwnerListen || evs[1].OwnerFrom != OwnerClose {
+					t.Errorf("owner learnt from %v, %v; want listen, close", evs[0].OwnerFrom, evs[1].OwnerFrom)
+				}
+				if d := evs[1].Duration; d < hold || d > hold+hold/20 {
+					t.Errorf("LISTEN lasted %v, want %v (+5%%)", d, hold)
+				}
+			}
+		})
+	}
+}
+
+// An accepted socket belongs to its listener's process until a process reads
+// or writes it: then to that process, here a child that inherited the listener.
+func TestAcceptedSocketOwnedByAcceptor(t *testing.T) {
+	r := startTracer(t, Config{}, nil)
+	ln, srv := listen(t, "tcp4", "127.0.0.1:0")
+	f, err := ln.(*net.TCPListener).File()
+	if err != nil {
+		t.Fatal(err)
+	}
+	acc := startChild(t, "acceptor", nil, f)
+	f.Close()
+	conn, err := net.Dial("tcp4", srv.String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	local := netip.MustParseAddrPort(conn.LocalAddr().String())
+	fmt.Fprintln(conn, "hi")
+	if line, err := bufio.NewReader(conn).ReadString('\n'); err != nil || line != "ok\n" {
+		t.Fatalf("acceptor answered %q, %v", line, err)
+	}
+	conn.Close()
+	acc.expect(t, "closed")
+
+	isServer := func(e *Event) bool { return e.Local == srv && e.Remote == local }
+	eventually(t, "the accepted socket closed", func() bool { return ends(r.col.socket(isServer), "LAST_ACK->CLOSE") })
+	server := r.col.socket(isServer)
+	assertSequence(t, "accepted", server,
+		"LISTEN->SYN_RECV", "SYN_RECV->ESTABLISHED", "ESTABLISHED->CLOSE_WAIT", "CLOSE_WAIT->LAST_ACK", "LAST_ACK->CLOSE")
+	assertOwner(t, "before accept", server[:2], os.Getpid())
+	assertOwner(t, "after accept", server[2:], acc.pid())
+	if len(server) == 5 {
+		for i, want := range []OwnerSource{OwnerListener, OwnerListener, OwnerIO, OwnerClose, OwnerClose} {
+			if server[i].OwnerFrom != want {
+				t.Errorf("%v->%v: owner learnt from %v, want %v", server[i].Old, server[i].New, server[i].OwnerFrom, want)
+			}
+		}
+	}
+}
+
+// A connection made before the tracer started: its owner was never observed,
+// so it is reported unknown (not as the task on the CPU), and so is the time
+// spent in the state it was in.
+func TestSocketOlderThanTracer(t *testing.T) {
+	requireRoot(t)
+	ln, srv := listen(t, "tcp4", "127.0.0.1:0")
+	cl := startChild(t, "client", []string{"ADDR=" + srv.String()})
+	conn, err := ln.Accept()
+	if err != nil {
+		t.Fatal(err)
+	}
+	r := startTracer(t, Config{}, nil)
+	conn.Close()
+	isClient := func(e *Event) bool { return e.Local == cl.local }
+	isServer := func(e *Event) bool { return e.Local == srv && e.Remote == cl.local }
+	// The client does nothing with its socket until CLOSE_WAIT is reported.
+	eventually(t, "the client in CLOSE_WAIT", func() bool { return ends(r.col.socket(isClient), "ESTABLISHED->CLOSE_WAIT") })
+	cl.send(t, "close")
+	cl.expect(t, "closed")
+	eventually(t, "both sockets closed", func() bool {
+		return ends(r.col.socket(isClient), "LAST_ACK->CLOSE") && ends(r.col.socket(isServer), "FIN_WAIT2->CLOSE")
+	})
+	client, server := r.col.socket(isClient), r.col.socket(isServer)
+	assertSequence(t, "client", client, "ESTABLISHED->CLOSE_WAIT", "CLOSE_WAIT->LAST_ACK", "LAST_ACK->CLOSE")
+	assertSequence(t, "server", server, "ESTABLISHED->FIN_WAIT1", "FIN_WAIT1->FIN_WAIT2", "FIN_WAIT2->CLOSE")
+	assertDurations(t, "client", client)
+	assertDurations(t, "server", server)
+	if cw := client[0]; cw.OwnerKnown() {
+		t.Errorf("ESTABLISHED->CLOSE_WAIT of a socket older than the tracer names owner %d (%s from %v)", cw.Owner.PID, cw.Owner.Comm, cw.OwnerFrom)
+	}
+	// Its close() names it.
+	assertOwner(t, "client after its close()", client[1:], cl.pid())
+	// close() names the server's owner at once.
+	assertOwner(t, "server", server, os.Getpid())
+}
+
+func TestKernelFilter(t *testing.T) {
+	_, wanted := listen(t, "tcp4", "127.0.0.1:0")
+	_, other := listen(t, "tcp4", "127.0.0.1:0")
+	r := startTracer(t, Config{Filter: Filter{Ports: []uint16{wanted.Port()}, States: 1 << SynSent}}, nil)
+	for _, dst := range []netip.AddrPort{wanted, other} {
+		c, err := net.Dial("tcp4", dst.String())
+		if err != nil {
+			t.Fatal(err)
+		}
+		c.Close()
+	}
+	isWanted := func(e *Event) bool { return e.Remote == wanted }
+	eventually(t, "the wanted connection", func() bool { return ends(r.col.socket(isWanted), "SYN_SENT->ESTABLISHED") })
+	time.Sleep(100 * time.Millisecond)
+	stats := r.stop()
+	r.col.mu.Lock()
+	defer r.col.mu.Unlock()
+	for _, e := range r.col.events {
+		if e.Local.Port() != wanted.Port() && e.Remote.Port() != wanted.Port() || e.Old != SynSent && e.New != SynSent {
+			t.Errorf("filtered event delivered: %v -> %v %v->%v", e.Local, e.Remote, e.Old, e.New)
+		}
+	}
+	if n := len(r.col.events); n != 2 {
+		t.Errorf("%d events delivered, want the 2 with SYN_SENT on port %d", n, wanted.Port())
+	}
+	if stats.Filtered == 0 {
+		t.Error("no event filtered in the kernel")
+	}
+}
+
+// A ring buffer of one page, a reader that stalls, and a burst of connections:
+// the loss is reported to the sink and adds up with what was delivered.
+func TestLostEventsAreReported(t *testing.T) {
+	col := &collector{slow: 500 * time.Millisecond}
+	r := startTracer(t, Config{RingBufferSize: os.Getpagesize()}, col)
+	ln, srv := listen(t, "tcp4", "127.0.0.1:0")
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			c.Close()
+		}
+	}()
+	for range 200 {
+		c, err := net.Dial("tcp4", srv.String())
+		if err != nil {
+			t.Fatal(err)
+		}
+		c.Close()
+	}
+	time.Sleep(time.Second)
+	stats := r.stop()
+	col.mu.Lock()
+	defer col.mu.Unlock()
+	t.Logf("seen %d, delivered %d, lost %d in %d reports", stats.Seen, len(col.events), col.lost, col.nLost)
+	if col.lost == 0 || col.nLost == 0 {
+		t.Fatal("no loss reported to the sink")
+	}
+	if col.lost != stats.Lost {
+		t.Errorf("sink was told of %d lost events, the kernel counted %d", col.lost, stats.Lost)
+	}
+	if got := uint64(len(col.events)) + stats.Filtered + stats.Lost; got != stats.Seen {
+		t.Errorf("delivered %d + filtered %d + lost %d = %d, but %d were seen", len(col.events), stats.Filtered, stats.Lost, got, stats.Seen)
+	}
+}
+
+func TestNewErrors(t *testing.T) {
+	requireRoot(t)
+	if _, err := New(Config{KernelBTF: "/nonexistent/vmlinux"}); !errors.Is(err, ErrNoBTF) ||
+		!strings.Contains(err.Error(), "CONFIG_DEBUG_INFO_BTF") {
+		t.Errorf("missing BTF: %v", err)
+	}
+	if _, err := New(Config{RingBufferSize: 12345}); err == nil || !strings.Contains(err.Error(), "power of two") {
+		t.Errorf("bad ring size: %v", err)
+	}
+	if _, err := New(Config{Filter: Filter{Comm: strings.Repeat("x", 16)}}); err == nil {
+		t.Error("16-byte comm accepted")
+	}
+}
+
+func BenchmarkAttach(b *testing.B) {
+	requireRoot(b)
+	for b.Loop() {
+		tr, err := New(Config{})
+		if err != nil {
+			b.Fatal(err)
+		}
+		tr.Close()
+	}
+}
+
