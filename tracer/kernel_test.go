@@ -738,4 +738,3 @@ func BenchmarkAttach(b *testing.B) {
 		tr.Close()
 	}
 }
-
