@@ -112,7 +112,7 @@ func New(cfg Config) (*Tracer, error) {
 			continue
 		}
 		if h.optional == "" {
-			return nil, fmt.Errorf("%w: %s (tcpstate needs Linux 4.16 or later with BTF)", ErrMissingHook, h.tracepoint)
+			return nil, fmt.Errorf("%w: %s (tcpstate needs Linux 5.15 or later with BTF)", ErrMissingHook, h.tracepoint)
 		}
 		delete(spec.Programs, h.prog)
 		t.warnings = append(t.warnings, fmt.Sprintf("no tracepoint %s: %s", h.tracepoint, h.optional))

@@ -1,0 +1,301 @@
+// SPDX-License-Identifier: Apache-2.0
+
+package main
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+)
+
+func runCmd(ctx context.Context, args ...string) (code int, stdout, stderr string) {
+	var out, errb bytes.Buffer
+	code = run(ctx, args, &out, &errb)
+	return code, out.String(), errb.String()
+}
+
+func TestUsageErrors(t *testing.T) {
+	for _, tc := range []struct {
+		args []string
+		want string // in stderr
+	}{
+		{nil, "no command given"},
+		{[]string{"frobnicate"}, `unknown command "frobnicate"`},
+		{[]string{"trace", "--state", "bogus"}, `unknown TCP state "bogus"`},
+		{[]string{"trace", "--state", "close-wait,nope"}, `"nope"`},
+		{[]string{"trace", "--port", "http"}, `invalid port "http"`},
+		{[]string{"trace", "--lport", "70000"}, `invalid port "70000"`},
+		{[]string{"trace", "--rport", "0"}, `invalid port "0"`},
+		{[]string{"trace", "-o", "xml"}, `"xml"`},
+		{[]string{"trace", "--addr", "10.0.0.0/40"}, `"10.0.0.0/40"`},
+		{[]string{"trace", "--addr", "example.com"}, `"example.com"`},
+		{[]string{"trace", "--pid", "abc"}, `invalid process ID "abc"`},
+		{[]string{"trace", "-4", "-6"}, "exclude each other"},
+		{[]string{"trace", "--ringbuf-size", "1000"}, `"1000"`},
+		{[]string{"trace", "--ringbuf-size", "lots"}, `"lots"`},
+		{[]string{"trace", "--duration", "soon"}, `"soon"`},
+		{[]string{"trace", "--duration", "-5s"}, `"-5s"`},
+		{[]string{"trace", "--netns", "no-such-namespace"}, `"no-such-namespace"`},
+		{[]string{"trace", "--comm", "sixteen-chars-xx"}, "at most 15 bytes"},
+		{[]string{"trace", "--no-such-flag"}, "no-such-flag"},
+		{[]string{"trace", "extra"}, "takes no arguments"},
+	} {
+		code, stdout, stderr := runCmd(context.Background(), tc.args...)
+		if code != exitUsage {
+			t.Errorf("%q: exit %d, want %d", tc.args, code, exitUsage)
+		}
+		if !strings.Contains(stderr, tc.want) {
+			t.Errorf("%q: stderr %q does not name %q", tc.args, stderr, tc.want)
+		}
+		if strings.Contains(stderr, "panic") || strings.Count(stderr, "\n") > 2 && len(tc.args) > 0 {
+			t.Errorf("%q: stderr is not one clear line: %q", tc.args, stderr)
+		}
+		if stdout != "" {
+			t.Errorf("%q: wrote to stdout: %q", tc.args, stdout)
+		}
+	}
+}
+
+func TestHelpAndVersion(t *testing.T) {
+	for _, args := range [][]string{{"--help"}, {"-h"}, {"help"}} {
+		code, stdout, _ := runCmd(context.Background(), args...)
+		if code != exitOK || !strings.Contains(stdout, "Commands:") {
+			t.Errorf("%q: exit %d, stdout %q", args, code, stdout)
+		}
+	}
+	for _, args := range [][]string{{"trace", "--help"}, {"help", "trace"}, {"trace", "-h"}} {
+		code, stdout, _ := runCmd(context.Background(), args...)
+		if code != exitOK || !strings.Contains(stdout, "--state") || !strings.Contains(stdout, "Usage: tcpstate trace") {
+			t.Errorf("%q: exit %d, stdout %q", args, code, stdout)
+		}
+	}
+	code, stdout, _ := runCmd(context.Background(), "version")
+	if code != exitOK || !strings.HasPrefix(stdout, "tcpstate ") {
+		t.Errorf("version: exit %d, %q", code, stdout)
+	}
+}
+
+// The usage in README.md is the real --help.
+func TestREADMEShowsRealHelp(t *testing.T) {
+	readme, err := os.ReadFile("../../README.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	fs, _ := newTraceFlags()
+	for name, help := range map[string]string{"tcpstate --help": mainUsage, "tcpstate trace --help": traceHelp(fs)} {
+		if !bytes.Contains(readme, []byte(help)) {
+			t.Errorf("README.md does not contain the output of %s; paste it from:\n%s", name, help)
+		}
+	}
+}
+
+var (
+	buildOnce sync.Once
+	binPath   string
+	buildErr  error
+)
+
+// binary builds tcpstate into a directory any user may enter.
+func binary(t *testing.T) string {
+	t.Helper()
+	buildOnce.Do(func() {
+		dir, err := os.MkdirTemp("", "tcpstate-test-")
+		if err != nil {
+			buildErr = err
+			return
+		}
+		_ = os.Chmod(dir, 0o755)
+		binPath = filepath.Join(dir, "tcpstate")
+		out, err := exec.Command("go", "build", "-o", binPath, ".").CombinedOutput()
+		if err != nil {
+			buildErr = err
+			t.Logf("%s", out)
+		}
+	})
+	if buildErr != nil {
+		t.Fatalf("building tcpstate: %v", buildErr)
+	}
+	return binPath
+}
+
+// Without privileges: one clear line and exit 1. As root the test drops to
+// the nobody user to see it.
+func TestWithoutPrivileges(t *testing.T) {
+	cmd := exec.Command(binary(t), "trace")
+	if os.Geteuid() == 0 {
+		cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: 65534, Gid: 65534}}
+	}
+	var stderr bytes.Buffer
+	cmd.Stderr = &stderr
+	err := cmd.Run()
+	if ee, ok := err.(*exec.ExitError); !ok || ee.ExitCode() != exitError {
+		t.Fatalf("exit: %v, want %d; stderr %q", err, exitError, stderr.String())
+	}
+	if got := stderr.String(); !strings.Contains(got, "needs root") || !strings.Contains(got, "CAP_BPF") || strings.Count(got, "\n") != 1 {
+		t.Errorf("stderr %q: want one line saying root (CAP_BPF, CAP_PERFMON) is needed", got)
+	}
+}
+
+func requireRoot(t *testing.T) {
+	t.Helper()
+	if os.Geteuid() != 0 {
+		t.Skip("kernel test: needs root (CAP_BPF and CAP_PERFMON) to load the tracer; run `go test` as root")
+	}
+}
+
+func TestMissingBTF(t *testing.T) {
+	requireRoot(t)
+	code, _, stderr := runCmd(context.Background(), "trace", "--btf", "/nonexistent/vmlinux")
+	if code != exitError || !strings.Contains(stderr, "CONFIG_DEBUG_INFO_BTF") || strings.Count(stderr, "\n") != 1 {
+		t.Errorf("exit %d, stderr %q", code, stderr)
+	}
+}
+
+// connectAndClose makes one connection to a fresh listener and closes both
+// ends, server first, and returns the listener's port.
+func connectAndClose(t *testing.T) int {
+	t.Helper()
+	ln, err := net.Listen("tcp4", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	c, err := net.Dial("tcp4", ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	s, err := ln.Accept()
+	if err != nil {
+		t.Fatal(err)
+	}
+	s.Close()
+	time.Sleep(50 * time.Millisecond)
+	c.Close()
+	return ln.Addr().(*net.TCPAddr).Port
+}
+
+// traceWhile runs `tcpstate trace args...` for d, running load once the
+// tracer is attached.
+func traceWhile(t *testing.T, d time.Duration, load func(), args ...string) (int, string, string) {
+	t.Helper()
+	type result struct {
+		code           int
+		stdout, stderr string
+	}
+	done := make(chan result, 1)
+	go func() {
+		code, o, e := runCmd(context.Background(), append(append([]string{"trace"}, args...), "-d", d.String())...)
+		done <- result{code, o, e}
+	}()
+	time.Sleep(d / 3) // attaching takes about 50 ms
+	load()
+	r := <-done
+	return r.code, r.stdout, r.stderr
+}
+
+func TestTraceJSON(t *testing.T) {
+	requireRoot(t)
+	var port int
+	code, stdout, stderr := traceWhile(t, 3*time.Second, func() { port = connectAndClose(t) }, "-o", "json", "-4")
+	if code != exitOK {
+		t.Fatalf("exit %d: %s", code, stderr)
+	}
+	var client, server []string
+	for _, line := range strings.Split(strings.TrimSpace(stdout), "\n") {
+		var ev struct {
+			Type       string `json:"type"`
+			Family     string `json:"family"`
+			Sport      int    `json:"sport"`
+			Dport      int    `json:"dport"`
+			Old        string `json:"old"`
+			New        string `json:"new"`
+			PID        *int   `json:"pid"`
+			DurationNS *int64 `json:"duration_ns"`
+		}
+		if err := json.Unmarshal([]byte(line), &ev); err != nil {
+			t.Fatalf("not JSON: %q: %v", line, err)
+		}
+		if ev.Family != "ipv4" {
+			t.Errorf("-4 let through %q", line)
+		}
+		tr := ev.Old + "->" + ev.New
+		switch {
+		case ev.Dport == port:
+			client = append(client, tr)
+		case ev.Sport == port && ev.Dport != 0:
+			server = append(server, tr)
+		default:
+			continue
+		}
+		if ev.PID == nil || *ev.PID != os.Getpid() {
+			t.Errorf("owner of %q is not this process (%d)", line, os.Getpid())
+		}
+	}
+	if got := strings.Join(client, " "); got != "CLOSE->SYN_SENT SYN_SENT->ESTABLISHED ESTABLISHED->CLOSE_WAIT CLOSE_WAIT->LAST_ACK LAST_ACK->CLOSE" {
+		t.Errorf("client: %s", got)
+	}
+	if got := strings.Join(server, " "); got != "LISTEN->SYN_RECV SYN_RECV->ESTABLISHED ESTABLISHED->FIN_WAIT1 FIN_WAIT1->FIN_WAIT2 FIN_WAIT2->CLOSE" {
+		t.Errorf("server: %s", got)
+	}
+	if !strings.Contains(stderr, "events seen") || !strings.Contains(stderr, " 0 lost") {
+		t.Errorf("summary: %q", stderr)
+	}
+}
+
+func TestTraceTextStateFilter(t *testing.T) {
+	requireRoot(t)
+	var port int
+	code, stdout, stderr := traceWhile(t, 3*time.Second, func() { port = connectAndClose(t) }, "--state", "close-wait", "--comm", "tcpstate.test")
+	if code != exitOK {
+		t.Fatalf("exit %d: %s", code, stderr)
+	}
+	lines := strings.Split(strings.TrimSpace(stdout), "\n")
+	if !strings.HasPrefix(lines[0], "TIME ") {
+		t.Errorf("no header: %q", lines[0])
+	}
+	var ours int
+	for _, l := range lines[1:] {
+		if !strings.Contains(l, "CLOSE_WAIT") {
+			t.Errorf("--state close-wait let through %q", l)
+		}
+		if strings.Contains(l, "127.0.0.1:"+strconv.Itoa(port)) {
+			ours++
+		}
+	}
+	if ours != 2 {
+		t.Errorf("%d lines for our connection, want ESTABLISHED -> CLOSE_WAIT and CLOSE_WAIT -> LAST_ACK:\n%s", ours, stdout)
+	}
+	summary := strings.TrimSpace(stderr)
+	if strings.Count(summary, "\n") != 0 || !strings.Contains(summary, "shown") {
+		t.Errorf("summary: %q", summary)
+	}
+}
+
+// SIGINT ends a trace cleanly: exit 0 and the summary.
+func TestInterrupt(t *testing.T) {
+	requireRoot(t)
+	cmd := exec.Command(binary(t), "trace", "--port", "9")
+	var stderr bytes.Buffer
+	cmd.Stderr = &stderr
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(time.Second)
+	_ = cmd.Process.Signal(os.Interrupt)
+	if err := cmd.Wait(); err != nil {
+		t.Fatalf("after SIGINT: %v; stderr %q", err, stderr.String())
+	}
+	if !strings.Contains(stderr.String(), "events seen") {
+		t.Errorf("no summary: %q", stderr.String())
+	}
+}
