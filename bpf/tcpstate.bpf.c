@@ -251,6 +251,15 @@ int BPF_PROG(handle_set_state, const struct sock *sk, int oldstate, int newstate
 
 	if (sk->sk_protocol != IPPROTO_TCP)
 		return 0;
+	if (oldstate == newstate) {
+		/* Not a state change: close() after shutdown() sets FIN_WAIT1 again.
+		 * Note who closed, keep the time the state began. */
+		src = owner_call(oldstate, newstate);
+		info = bpf_sk_storage_get(&sk_infos, (void *)sk, 0, 0);
+		if (info && src != OWNER_NONE)
+			set_owner(info, src);
+		return 0;
+	}
 	stat_inc(STAT_SEEN);
 
 	now = bpf_ktime_get_boot_ns();

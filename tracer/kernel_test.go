@@ -294,6 +294,7 @@ func (c *child) pid() int { return c.cmd.Process.Pid }
 //
 //	client: connect to $ADDR, print "ready LOCAL", then obey stdin:
 //	  close      close and print "closed"
+//	  shutdown-close  shutdown(SHUT_WR), 50 ms later close(), print "closed"
 //	  linger0    set SO_LINGER 0, close (RST) and print "closed"
 //	  hold D     sleep D without touching the socket, close, print "closed"
 //	acceptor: accept on the listener passed as fd 3, print "ready", read a
@@ -316,6 +317,12 @@ func helperMain(mode string) {
 			f := strings.Fields(in.Text())
 			switch f[0] {
 			case "close":
+				tc.Close()
+			case "shutdown-close":
+				if err := tc.CloseWrite(); err != nil {
+					fail(err)
+				}
+				time.Sleep(50 * time.Millisecond)
 				tc.Close()
 			case "linger0":
 				if err := tc.SetLinger(0); err != nil {
@@ -422,6 +429,30 @@ func TestClientClosesFirst(t *testing.T) {
 			}
 		})
 	}
+}
+
+// shutdown() then close(): close() sets the state the socket is already in
+// again. Only real changes are reported, and durations span whole states.
+func TestShutdownThenClose(t *testing.T) {
+	r := startTracer(t, Config{}, nil)
+	ln, srv := listen(t, "tcp4", "127.0.0.1:0")
+	cl := startChild(t, "client", []string{"ADDR=" + srv.String()})
+	conn, err := ln.Accept()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	cl.send(t, "shutdown-close")
+	cl.expect(t, "closed")
+	isClient := func(e *Event) bool { return e.Remote == srv && e.New == SynSent }
+	// close() sets FIN_WAIT1 or FIN_WAIT2 again, whichever the socket is in;
+	// orphaned, it then hands over to a timewait socket.
+	eventually(t, "client closed", func() bool { return ends(r.col.socket(isClient), "FIN_WAIT2->CLOSE") })
+	client := r.col.socket(isClient)
+	assertSequence(t, "client", client,
+		"CLOSE->SYN_SENT", "SYN_SENT->ESTABLISHED", "ESTABLISHED->FIN_WAIT1", "FIN_WAIT1->FIN_WAIT2", "FIN_WAIT2->CLOSE")
+	assertDurations(t, "client", client)
+	assertOwner(t, "client", client, cl.pid())
 }
 
 func TestServerClosesFirst(t *testing.T) {
