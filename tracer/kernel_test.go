@@ -379,40 +379,68 @@ func listen(t *testing.T, network, addr string) (net.Listener, netip.AddrPort) {
 	return ln, netip.MustParseAddrPort(ln.Addr().String())
 }
 
+// pair is a loopback connection from a client in a child process to a server
+// in this process, made while a tracer runs.
+type pair struct {
+	r    *running
+	srv  netip.AddrPort
+	cl   *child
+	conn net.Conn // the server's accepted end
+}
+
+func newPair(t *testing.T, network, addr string) *pair {
+	t.Helper()
+	r := startTracer(t, Config{}, nil)
+	ln, srv := listen(t, network, addr)
+	cl := startChild(t, "client", []string{"ADDR=" + srv.String()})
+	conn, err := ln.Accept()
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { conn.Close() })
+	return &pair{r: r, srv: srv, cl: cl, conn: conn}
+}
+
+func (p *pair) isClient(e *Event) bool { return e.Remote == p.srv && e.New == SynSent }
+func (p *pair) isServer(e *Event) bool { return e.Local == p.srv && e.Remote.Port() == p.cl.port }
+
+// waitEnds waits until the client's and the server's last transitions are
+// clientLast and serverLast, and returns their events.
+func (p *pair) waitEnds(t *testing.T, clientLast, serverLast string) (client, server []Event) {
+	t.Helper()
+	eventually(t, "client "+clientLast+", server "+serverLast, func() bool {
+		return ends(p.r.col.socket(p.isClient), clientLast) && ends(p.r.col.socket(p.isServer), serverLast)
+	})
+	return p.r.col.socket(p.isClient), p.r.col.socket(p.isServer)
+}
+
+// checkSocket asserts a socket's whole report: its transitions, its owner, the
+// time in each state and its endpoints.
+func checkSocket(t *testing.T, who string, evs []Event, pid int, local, remote netip.AddrPort, want ...string) {
+	t.Helper()
+	assertSequence(t, who, evs, want...)
+	assertOwner(t, who, evs, pid)
+	assertDurations(t, who, evs)
+	assertEndpoints(t, who, evs, local, remote)
+}
+
 func TestClientClosesFirst(t *testing.T) {
 	for _, fam := range families {
 		t.Run(fam.name, func(t *testing.T) {
-			r := startTracer(t, Config{}, nil)
-			ln, srv := listen(t, fam.network, fam.loopback)
-			cl := startChild(t, "client", []string{"ADDR=" + srv.String()})
-			conn, err := ln.Accept()
-			if err != nil {
-				t.Fatal(err)
-			}
-			cl.send(t, "close")
-			cl.expect(t, "closed")
-			if _, err := io.Copy(io.Discard, conn); err != nil {
+			p := newPair(t, fam.network, fam.loopback)
+			p.cl.send(t, "close")
+			p.cl.expect(t, "closed")
+			if _, err := io.Copy(io.Discard, p.conn); err != nil {
 				t.Fatal(err)
 			}
 			time.Sleep(100 * time.Millisecond) // the client reaches FIN_WAIT2 first
-			conn.Close()
+			p.conn.Close()
 
-			isClient := func(e *Event) bool { return e.Remote == srv && e.New == SynSent }
-			isServer := func(e *Event) bool { return e.Local == srv && e.Remote.Port() == cl.port }
-			eventually(t, "both sockets closed", func() bool {
-				return ends(r.col.socket(isClient), "FIN_WAIT2->CLOSE") && ends(r.col.socket(isServer), "LAST_ACK->CLOSE")
-			})
-			client, server := r.col.socket(isClient), r.col.socket(isServer)
-			assertSequence(t, "client", client,
+			client, server := p.waitEnds(t, "FIN_WAIT2->CLOSE", "LAST_ACK->CLOSE")
+			checkSocket(t, "client", client, p.cl.pid(), p.cl.local, p.srv,
 				"CLOSE->SYN_SENT", "SYN_SENT->ESTABLISHED", "ESTABLISHED->FIN_WAIT1", "FIN_WAIT1->FIN_WAIT2", "FIN_WAIT2->CLOSE")
-			assertSequence(t, "server", server,
+			checkSocket(t, "server", server, os.Getpid(), p.srv, p.cl.local,
 				"LISTEN->SYN_RECV", "SYN_RECV->ESTABLISHED", "ESTABLISHED->CLOSE_WAIT", "CLOSE_WAIT->LAST_ACK", "LAST_ACK->CLOSE")
-			assertOwner(t, "client", client, cl.pid())
-			assertOwner(t, "server", server, os.Getpid())
-			assertDurations(t, "client", client)
-			assertDurations(t, "server", server)
-			assertEndpoints(t, "client", client, cl.local, srv)
-			assertEndpoints(t, "server", server, srv, cl.local)
 			if len(client) == 5 {
 				if client[0].OwnerFrom != OwnerConnect || client[2].OwnerFrom != OwnerClose {
 					t.Errorf("client owner learnt from %v at connect, %v at close", client[0].OwnerFrom, client[2].OwnerFrom)
@@ -434,67 +462,39 @@ func TestClientClosesFirst(t *testing.T) {
 // shutdown() then close(): close() sets the state the socket is already in
 // again. Only real changes are reported, and durations span whole states.
 func TestShutdownThenClose(t *testing.T) {
-	r := startTracer(t, Config{}, nil)
-	ln, srv := listen(t, "tcp4", "127.0.0.1:0")
-	cl := startChild(t, "client", []string{"ADDR=" + srv.String()})
-	conn, err := ln.Accept()
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer conn.Close()
-	cl.send(t, "shutdown-close")
-	cl.expect(t, "closed")
-	isClient := func(e *Event) bool { return e.Remote == srv && e.New == SynSent }
+	p := newPair(t, "tcp4", "127.0.0.1:0")
+	p.cl.send(t, "shutdown-close")
+	p.cl.expect(t, "closed")
 	// close() sets FIN_WAIT1 or FIN_WAIT2 again, whichever the socket is in;
 	// orphaned, it then hands over to a timewait socket.
-	eventually(t, "client closed", func() bool { return ends(r.col.socket(isClient), "FIN_WAIT2->CLOSE") })
-	client := r.col.socket(isClient)
-	assertSequence(t, "client", client,
+	client, _ := p.waitEnds(t, "FIN_WAIT2->CLOSE", "ESTABLISHED->CLOSE_WAIT")
+	checkSocket(t, "client", client, p.cl.pid(), p.cl.local, p.srv,
 		"CLOSE->SYN_SENT", "SYN_SENT->ESTABLISHED", "ESTABLISHED->FIN_WAIT1", "FIN_WAIT1->FIN_WAIT2", "FIN_WAIT2->CLOSE")
-	assertDurations(t, "client", client)
-	assertOwner(t, "client", client, cl.pid())
 }
 
 func TestServerClosesFirst(t *testing.T) {
 	const hold = 1500 * time.Millisecond
 	for _, fam := range families {
 		t.Run(fam.name, func(t *testing.T) {
-			r := startTracer(t, Config{}, nil)
-			ln, srv := listen(t, fam.network, fam.loopback)
-			cl := startChild(t, "client", []string{"ADDR=" + srv.String()})
-			conn, err := ln.Accept()
-			if err != nil {
-				t.Fatal(err)
-			}
+			p := newPair(t, fam.network, fam.loopback)
 			// Like an application that leaks the socket for a while: it does
 			// not read, so the peer's FIN is always handled in softirq (a
 			// reader holding the socket lock would process it itself).
-			cl.send(t, "hold "+hold.String())
-			conn.Close()
-			cl.expect(t, "closed")
+			p.cl.send(t, "hold "+hold.String())
+			p.conn.Close()
+			p.cl.expect(t, "closed")
 
-			isClient := func(e *Event) bool { return e.Remote == srv && e.New == SynSent }
-			isServer := func(e *Event) bool { return e.Local == srv && e.Remote.Port() == cl.port }
-			eventually(t, "both sockets closed", func() bool {
-				return ends(r.col.socket(isClient), "LAST_ACK->CLOSE") && ends(r.col.socket(isServer), "FIN_WAIT2->CLOSE")
-			})
-			client, server := r.col.socket(isClient), r.col.socket(isServer)
-			assertSequence(t, "client", client,
+			client, server := p.waitEnds(t, "LAST_ACK->CLOSE", "FIN_WAIT2->CLOSE")
+			checkSocket(t, "client", client, p.cl.pid(), p.cl.local, p.srv,
 				"CLOSE->SYN_SENT", "SYN_SENT->ESTABLISHED", "ESTABLISHED->CLOSE_WAIT", "CLOSE_WAIT->LAST_ACK", "LAST_ACK->CLOSE")
-			assertSequence(t, "server", server,
+			checkSocket(t, "server", server, os.Getpid(), p.srv, p.cl.local,
 				"LISTEN->SYN_RECV", "SYN_RECV->ESTABLISHED", "ESTABLISHED->FIN_WAIT1", "FIN_WAIT1->FIN_WAIT2", "FIN_WAIT2->CLOSE")
-			assertOwner(t, "client", client, cl.pid())
-			assertOwner(t, "server", server, os.Getpid())
-			assertDurations(t, "client", client)
-			assertDurations(t, "server", server)
-			assertEndpoints(t, "client", client, cl.local, srv)
-			assertEndpoints(t, "server", server, srv, cl.local)
 			if len(client) != 5 {
 				return
 			}
 			// The peer's FIN is handled in softirq: the task on the CPU is not
 			// the client, yet the client is reported as the owner.
-			if cw := client[2]; cw.OnCPU.PID == uint32(cl.pid()) {
+			if cw := client[2]; cw.OnCPU.PID == uint32(p.cl.pid()) {
 				t.Errorf("ESTABLISHED->CLOSE_WAIT ran on the client's own task (%d): the test proves nothing", cw.OnCPU.PID)
 			}
 			// CLOSE_WAIT lasts until the application's close(): the hold, within 5%.
@@ -536,31 +536,13 @@ func TestConnectionRefused(t *testing.T) {
 func TestAbortiveClose(t *testing.T) {
 	for _, fam := range families {
 		t.Run(fam.name, func(t *testing.T) {
-			r := startTracer(t, Config{}, nil)
-			ln, srv := listen(t, fam.network, fam.loopback)
-			cl := startChild(t, "client", []string{"ADDR=" + srv.String()})
-			conn, err := ln.Accept()
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer conn.Close()
-			cl.send(t, "linger0")
-			cl.expect(t, "closed")
+			p := newPair(t, fam.network, fam.loopback)
+			p.cl.send(t, "linger0")
+			p.cl.expect(t, "closed")
 
-			isClient := func(e *Event) bool { return e.Remote == srv && e.New == SynSent }
-			isServer := func(e *Event) bool { return e.Local == srv && e.Remote.Port() == cl.port }
-			eventually(t, "both sockets closed", func() bool {
-				return ends(r.col.socket(isClient), "ESTABLISHED->CLOSE") && ends(r.col.socket(isServer), "ESTABLISHED->CLOSE")
-			})
-			client, server := r.col.socket(isClient), r.col.socket(isServer)
-			assertSequence(t, "client", client, "CLOSE->SYN_SENT", "SYN_SENT->ESTABLISHED", "ESTABLISHED->CLOSE")
-			assertSequence(t, "server", server, "LISTEN->SYN_RECV", "SYN_RECV->ESTABLISHED", "ESTABLISHED->CLOSE")
-			assertOwner(t, "client", client, cl.pid())
-			assertOwner(t, "server", server, os.Getpid())
-			assertDurations(t, "client", client)
-			assertDurations(t, "server", server)
-			assertEndpoints(t, "client", client, cl.local, srv)
-			assertEndpoints(t, "server", server, srv, cl.local)
+			client, server := p.waitEnds(t, "ESTABLISHED->CLOSE", "ESTABLISHED->CLOSE")
+			checkSocket(t, "client", client, p.cl.pid(), p.cl.local, p.srv, "CLOSE->SYN_SENT", "SYN_SENT->ESTABLISHED", "ESTABLISHED->CLOSE")
+			checkSocket(t, "server", server, os.Getpid(), p.srv, p.cl.local, "LISTEN->SYN_RECV", "SYN_RECV->ESTABLISHED", "ESTABLISHED->CLOSE")
 			if last := client[len(client)-1]; last.SkErr != 0 {
 				t.Errorf("the resetting side has sk_err %d, want 0", last.SkErr)
 			}
