@@ -659,34 +659,89 @@ func TestSocketOlderThanTracer(t *testing.T) {
 	assertOwner(t, "server", server, os.Getpid())
 }
 
-func TestKernelFilter(t *testing.T) {
-	_, wanted := listen(t, "tcp4", "127.0.0.1:0")
-	_, other := listen(t, "tcp4", "127.0.0.1:0")
-	r := startTracer(t, Config{Filter: Filter{Ports: []uint16{wanted.Port()}, States: 1 << SynSent}}, nil)
-	for _, dst := range []netip.AddrPort{wanted, other} {
-		c, err := net.Dial("tcp4", dst.String())
-		if err != nil {
-			t.Fatal(err)
+// The in-kernel filter must agree with Filter.Match: a tracer filtering in the
+// kernel delivers exactly what an unfiltered tracer running beside it
+// delivers and Match accepts.
+func TestKernelFilterAgreesWithMatch(t *testing.T) {
+	requireRoot(t)
+	_, srv4 := listen(t, "tcp4", "127.0.0.1:0")
+	_, srv6 := listen(t, "tcp6", "[::1]:0")
+	netns, err := resolveOwnNetNS()
+	if err != nil {
+		t.Fatal(err)
+	}
+	ours := func(e *Event) bool {
+		for _, p := range []uint16{srv4.Port(), srv6.Port()} {
+			if e.Local.Port() == p || e.Remote.Port() == p {
+				return true
+			}
 		}
-		c.Close()
+		return false
 	}
-	isWanted := func(e *Event) bool { return e.Remote == wanted }
-	eventually(t, "the wanted connection", func() bool { return ends(r.col.socket(isWanted), "SYN_SENT->ESTABLISHED") })
-	time.Sleep(100 * time.Millisecond)
-	stats := r.stop()
-	r.col.mu.Lock()
-	defer r.col.mu.Unlock()
-	for _, e := range r.col.events {
-		if e.Local.Port() != wanted.Port() && e.Remote.Port() != wanted.Port() || e.Old != SynSent && e.New != SynSent {
-			t.Errorf("filtered event delivered: %v -> %v %v->%v", e.Local, e.Remote, e.Old, e.New)
-		}
+	for _, tc := range []struct {
+		name string
+		f    Filter
+	}{
+		{"port", Filter{Ports: []uint16{srv4.Port()}}},
+		{"lport", Filter{LPorts: []uint16{srv6.Port()}}},
+		{"rport", Filter{RPorts: []uint16{srv4.Port(), srv6.Port()}}},
+		{"addr ipv4", Filter{Addrs: []netip.Prefix{netip.MustParsePrefix("127.0.0.1/32")}}},
+		{"addr ipv4 cidr", Filter{Addrs: []netip.Prefix{netip.MustParsePrefix("127.0.0.0/8")}}},
+		{"addr ipv6", Filter{Addrs: []netip.Prefix{netip.MustParsePrefix("::1/128")}}},
+		{"family", Filter{Family: IPv6}},
+		{"states", Filter{States: 1<<CloseWait | 1<<LastAck}},
+		{"pid", Filter{PIDs: []uint32{uint32(os.Getpid())}}},
+		{"comm", Filter{Comm: "tracer.test"}},
+		{"netns", Filter{NetNS: netns}},
+		{"all at once", Filter{Ports: []uint16{srv6.Port()}, Family: IPv6, States: 1 << SynSent, PIDs: []uint32{uint32(os.Getpid())}}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			ref := startTracer(t, Config{}, nil)
+			got := startTracer(t, Config{Filter: tc.f}, nil)
+			for _, dst := range []netip.AddrPort{srv4, srv6} {
+				c, err := net.Dial("tcp", dst.String())
+				if err != nil {
+					t.Fatal(err)
+				}
+				c.Close()
+			}
+			time.Sleep(200 * time.Millisecond)
+			stats := got.stop()
+			ref.stop()
+			key := func(e Event) string { return fmt.Sprintf("%d %v->%v", e.Cookie, e.Old, e.New) }
+			var want, have []string
+			for _, e := range ref.col.events {
+				if ours(&e) && tc.f.Match(&e) {
+					want = append(want, key(e))
+				}
+			}
+			for _, e := range got.col.events {
+				if ours(&e) {
+					have = append(have, key(e))
+				}
+				if !tc.f.Match(&e) {
+					t.Errorf("the kernel let through what Match rejects: %+v", e)
+				}
+			}
+			if len(want) == 0 {
+				t.Fatal("the filter matches nothing: the test proves nothing")
+			}
+			if !slices.Equal(have, want) {
+				t.Errorf("kernel-filtered events differ from Match on all events:\n got %v\nwant %v", have, want)
+			}
+			if stats.Filtered == 0 && tc.name != "netns" && tc.name != "addr ipv4 cidr" {
+				t.Error("nothing filtered in the kernel")
+			}
+		})
 	}
-	if n := len(r.col.events); n != 2 {
-		t.Errorf("%d events delivered, want the 2 with SYN_SENT on port %d", n, wanted.Port())
+}
+
+func resolveOwnNetNS() (uint32, error) {
+	fi, err := os.Stat("/proc/self/ns/net")
+	if err != nil {
+		return 0, err
 	}
-	if stats.Filtered == 0 {
-		t.Error("no event filtered in the kernel")
-	}
+	return uint32(fi.Sys().(*syscall.Stat_t).Ino), nil
 }
 
 // A ring buffer of one page, a reader that stalls, and a burst of connections:
