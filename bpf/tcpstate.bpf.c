@@ -1,8 +1,10 @@
 // SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause)
 /*
  * tcpstate: TCP state transitions with their real owner and the time spent in
- * each state. Only tracepoints (tp_btf): kprobes and fentry are not available
- * on the kernels we target (see shared/kernel-notes.md).
+ * each state, including the part of a connection's life that a timewait socket
+ * carries (orphaned FIN_WAIT2, TIME_WAIT). Only tracepoints (tp_btf) and the
+ * tcp iterator: kprobes and fentry are not available on the kernels we target
+ * (see shared/kernel-notes.md).
  */
 #include "vmlinux.h"
 #include "bpf_helpers.h"
@@ -14,6 +16,8 @@
 
 #define AF_INET		2
 #define AF_INET6	10
+#define ECONNREFUSED	111
+#define ETIMEDOUT	110
 
 char LICENSE[] SEC("license") = "Dual BSD/GPL";
 
@@ -23,6 +27,8 @@ const enum stat_index *unused_stat_index __attribute__((unused));
 const enum event_type *unused_event_type __attribute__((unused));
 const enum event_flag *unused_event_flag __attribute__((unused));
 const enum port_side *unused_port_side __attribute__((unused));
+const enum close_reason *unused_close_reason __attribute__((unused));
+const struct iter_rec *unused_iter_rec __attribute__((unused));
 
 /* Set from user space before loading (tracer.Config). Zero means "no filter". */
 volatile const __u16 filter_family;	/* AF_INET or AF_INET6 */
@@ -33,9 +39,15 @@ volatile const bool filter_addrs;	/* filter_addr_map in use */
 volatile const bool filter_pids;	/* filter_pid_map in use */
 volatile const char filter_comm[TASK_COMM_LEN];	/* owner comm, exact */
 
+/* Kernel addresses from /proc/kallsyms; 0 disables what depends on them. */
+volatile const __u64 tw_timer_fn;	/* tw_timer_handler */
+volatile const __u32 hz = 250;		/* CONFIG_HZ, to turn jiffies into time */
+
+#define TIMEWAIT_LEN_NS	(60ULL * 1000000000ULL)	/* TCP_TIMEWAIT_LEN, fixed in the kernel */
+
 /*
  * Event stream to user space. Sized by user space (--ringbuf-size). Entries are
- * reserved in emit_state() and consumed by tracer.(*Tracer).Run.
+ * reserved by reserve_event() and consumed by tracer.(*Tracer).Run.
  */
 struct {
 	__uint(type, BPF_MAP_TYPE_RINGBUF);
@@ -55,10 +67,11 @@ struct {
 } stats SEC(".maps");
 
 /*
- * Per-socket state. Created on a socket's first state change or read/write seen
- * by the tracer; freed by the kernel with the socket. BPF_F_CLONE copies a
- * listener's entry into each socket accepted from it, which is how an accepted
- * socket learns its listener's owner before anyone calls accept().
+ * Per-socket state. Created on a socket's first state change, read/write or
+ * reset seen by the tracer, or by the start-up walk; freed by the kernel with
+ * the socket. BPF_F_CLONE copies a listener's entry into each socket accepted
+ * from it, which is how an accepted socket learns its listener's owner before
+ * anyone calls accept().
  */
 struct {
 	__uint(type, BPF_MAP_TYPE_SK_STORAGE);
@@ -66,6 +79,21 @@ struct {
 	__type(key, int);
 	__type(value, struct sk_info);
 } sk_infos SEC(".maps");
+
+/*
+ * Connections living in timewait sockets, keyed by cookie (or, for a socket
+ * whose cookie was never generated, by the timewait socket's address). Added
+ * when a timewait timer is first armed (or by the start-up walk), deleted when
+ * it fires or is cancelled for good. LRU: a host with more timewait sockets
+ * than entries loses the oldest, counted in STAT_TW_UNTRACKED when they end.
+ * Sized by user space.
+ */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 65536);
+	__type(key, __u64);
+	__type(value, struct tw_info);
+} tw_infos SEC(".maps");
 
 /* Filter sets, written by user space before attaching, read-only here. */
 struct {
@@ -112,48 +140,53 @@ static __always_inline bool is_any6(const __u8 *a)
 	return (w[0] | w[1] | w[2] | w[3]) == 0;
 }
 
-/* Fills family, addresses and ports; v4-mapped IPv6 is reported as IPv4. */
-static __always_inline void read_endpoints(const struct sock *sk, struct event *e)
+/*
+ * Family, addresses and ports of a full or timewait socket (both start with a
+ * sock_common); v4-mapped IPv6 is reported as IPv4. Fields are 16 bytes so
+ * that struct event and struct iter_rec share this.
+ */
+static __always_inline void read_endpoints(const struct sock_common *skc, __u16 *family,
+					   __u16 *sport, __u16 *dport, __u8 *saddr, __u8 *daddr)
 {
-	e->family = sk->__sk_common.skc_family;
-	e->sport = sk->__sk_common.skc_num;
-	/* On the way to CLOSE the kernel releases the port (inet_put_port zeroes
-	 * inet_num) before the tracepoint fires; inet_sport still holds it. */
-	if (!e->sport)
-		e->sport = bpf_ntohs(BPF_CORE_READ((struct inet_sock *)sk, inet_sport));
-	e->dport = bpf_ntohs(sk->__sk_common.skc_dport);
+	*family = BPF_CORE_READ(skc, skc_family);
+	*sport = BPF_CORE_READ(skc, skc_num);
+	*dport = bpf_ntohs(BPF_CORE_READ(skc, skc_dport));
 
-	if (e->family == AF_INET) {
-		__builtin_memset(e->saddr, 0, sizeof(e->saddr));
-		__builtin_memset(e->daddr, 0, sizeof(e->daddr));
-		*(__u32 *)e->saddr = sk->__sk_common.skc_rcv_saddr;
-		*(__u32 *)e->daddr = sk->__sk_common.skc_daddr;
+	__builtin_memset(saddr, 0, 16);
+	__builtin_memset(daddr, 0, 16);
+	if (*family == AF_INET) {
+		*(__u32 *)saddr = BPF_CORE_READ(skc, skc_rcv_saddr);
+		*(__u32 *)daddr = BPF_CORE_READ(skc, skc_daddr);
 		return;
 	}
-	BPF_CORE_READ_INTO(&e->saddr, sk, __sk_common.skc_v6_rcv_saddr);
-	BPF_CORE_READ_INTO(&e->daddr, sk, __sk_common.skc_v6_daddr);
-	if (is_v4mapped(e->daddr) && (is_v4mapped(e->saddr) || is_any6(e->saddr))) {
-		__u32 s = is_v4mapped(e->saddr) ? ((__u32 *)e->saddr)[3] : 0;
-		__u32 d = ((__u32 *)e->daddr)[3];
+	BPF_CORE_READ_INTO((struct in6_addr *)saddr, skc, skc_v6_rcv_saddr);
+	BPF_CORE_READ_INTO((struct in6_addr *)daddr, skc, skc_v6_daddr);
+	if (is_v4mapped(daddr) && (is_v4mapped(saddr) || is_any6(saddr))) {
+		__u32 s = is_v4mapped(saddr) ? ((__u32 *)saddr)[3] : 0;
+		__u32 d = ((__u32 *)daddr)[3];
 
-		__builtin_memset(e->saddr, 0, sizeof(e->saddr));
-		__builtin_memset(e->daddr, 0, sizeof(e->daddr));
-		*(__u32 *)e->saddr = s;
-		*(__u32 *)e->daddr = d;
-		e->family = AF_INET;
+		__builtin_memset(saddr, 0, 16);
+		__builtin_memset(daddr, 0, 16);
+		*(__u32 *)saddr = s;
+		*(__u32 *)daddr = d;
+		*family = AF_INET;
 	}
+}
+
+static __always_inline __u32 netns_of(const struct sock_common *skc)
+{
+	return BPF_CORE_READ(skc, skc_net.net, ns.inum);
 }
 
 static __always_inline bool addr_listed(__u16 family, const __u8 *addr)
 {
 	struct addr_key key = {};
 
+	key.prefixlen = 128;
 	if (family == AF_INET) {
-		key.prefixlen = 128;
 		((__u32 *)key.addr)[2] = bpf_htonl(0x0000ffff);
 		((__u32 *)key.addr)[3] = *(const __u32 *)addr;
 	} else {
-		key.prefixlen = 128;
 		__builtin_memcpy(key.addr, addr, 16);
 	}
 	return bpf_map_lookup_elem(&filter_addr_map, &key) != NULL;
@@ -177,7 +210,11 @@ static __always_inline bool comm_matches(const char *comm)
 	return true;
 }
 
-/* The filters of tracer.Filter that can run here; user space applies them all again. */
+/*
+ * The filters of tracer.Filter that can run here; user space applies them all
+ * again. An event whose owner is unknown passes the owner filters: user space
+ * may still learn the owner (start-up walk, timewait join) and decide.
+ */
 static __always_inline bool wanted(const struct event *e)
 {
 	if (filter_family && e->family != filter_family)
@@ -197,17 +234,55 @@ static __always_inline bool wanted(const struct event *e)
 	if (filter_addrs &&
 	    !addr_listed(e->family, e->saddr) && !addr_listed(e->family, e->daddr))
 		return false;
-	if (filter_pids) {
-		if (!(e->flags & EVF_OWNER))
-			return false;
-		if (!bpf_map_lookup_elem(&filter_pid_map, &e->pid))
-			return false;
-	}
-	if (filter_comm[0]) {
-		if (!(e->flags & EVF_OWNER) || !comm_matches(e->comm))
-			return false;
-	}
+	if (!(e->flags & EVF_OWNER))
+		return true;
+	if (filter_pids && !bpf_map_lookup_elem(&filter_pid_map, &e->pid))
+		return false;
+	if (filter_comm[0] && !comm_matches(e->comm))
+		return false;
 	return true;
+}
+
+/* Reserves an event with the fields every type shares filled in. */
+static __always_inline struct event *reserve_event(__u8 type, __u64 now, __u64 cookie)
+{
+	struct event *e = bpf_ringbuf_reserve(&events, sizeof(*e), 0);
+
+	if (!e) {
+		stat_inc(STAT_SEEN);
+		stat_inc(STAT_LOST);
+		return NULL;
+	}
+	__builtin_memset(e, 0, sizeof(*e));
+	e->type = type;
+	e->ts_ns = now;
+	e->cookie = cookie;
+	e->cpu_pid = bpf_get_current_pid_tgid() >> 32;
+	bpf_get_current_comm(e->cpu_comm, sizeof(e->cpu_comm));
+	return e;
+}
+
+/* Submits e if the filters want it. */
+static __always_inline void submit_event(struct event *e)
+{
+	stat_inc(STAT_SEEN);
+	if (!wanted(e)) {
+		stat_inc(STAT_FILTERED);
+		bpf_ringbuf_discard(e, BPF_RB_NO_WAKEUP);
+		return;
+	}
+	bpf_ringbuf_submit(e, 0);
+}
+
+static __always_inline void event_owner(struct event *e, __u8 src, __u32 pid, __u32 tid, const char *comm)
+{
+	if (src == OWNER_NONE)
+		return;
+	e->flags |= EVF_OWNER;
+	e->owner_src = src;
+	e->pid = pid;
+	e->tid = tid;
+	__builtin_memcpy(e->comm, comm, TASK_COMM_LEN);
 }
 
 /*
@@ -241,6 +316,70 @@ static __always_inline void set_owner(struct sk_info *info, __u8 src)
 	bpf_get_current_comm(info->comm, sizeof(info->comm));
 }
 
+/* Why a full socket is reaching CLOSE. */
+static __always_inline __u8 close_reason(int oldstate, int sk_err, const struct sk_info *info)
+{
+	if (sk_err == ECONNREFUSED)
+		return REASON_REFUSED;
+	if (sk_err == ETIMEDOUT)
+		return REASON_TIMEOUT;
+	if (info && info->flags & INFO_RST_RECEIVED)
+		return REASON_RST_RECEIVED;
+	if (info && info->flags & INFO_RST_SENT)
+		return REASON_RST_SENT;
+	if (sk_err)
+		return REASON_ERROR;
+	switch (oldstate) {
+	case TCP_LAST_ACK:
+	case TCP_CLOSING:
+	case TCP_FIN_WAIT2:
+	case TCP_TIME_WAIT:
+		return REASON_FIN;
+	}
+	/* LISTEN, SYN_SENT, and closes that a RST reported later may still explain. */
+	return REASON_CLOSED;
+}
+
+static __always_inline __u64 tw_key(__u64 cookie, const void *tw)
+{
+	return cookie ? cookie : (__u64)tw;
+}
+
+/*
+ * The full socket reaches CLOSE right after tcp_time_wait() handed the
+ * connection to a timewait socket, whose timer_start came first. Then the
+ * connection did not close: FIN_WAIT2 goes on in the timewait socket, or it
+ * moved to TIME_WAIT. Returns true when the event must not be reported as a
+ * close (e is rewritten or discarded).
+ */
+static __always_inline bool handover(struct event *e, __u64 now, __u64 cookie, int oldstate,
+				     const struct sk_info *info)
+{
+	struct tw_info *tw = bpf_map_lookup_elem(&tw_infos, &cookie);
+
+	if (!tw || !(tw->flags & INFO_HANDOVER))
+		return false;
+	tw->flags &= ~INFO_HANDOVER;
+	if (info) {
+		tw->owner_src = info->owner_src;
+		tw->pid = info->pid;
+		tw->tid = info->tid;
+		__builtin_memcpy(tw->comm, info->comm, TASK_COMM_LEN);
+		tw->flags |= info->flags & INFO_SINCE_START;
+	}
+	if (tw->state == oldstate) {
+		/* Same state, new home: the state goes on, from when it began. */
+		tw->state_ts = info ? info->state_ts : 0;
+		return true;
+	}
+	if (e) {
+		e->new_state = tw->state;
+		e->flags |= EVF_TIMEWAIT;
+	}
+	tw->state_ts = now;
+	return false;
+}
+
 SEC("tp_btf/inet_sock_set_state")
 int BPF_PROG(handle_set_state, const struct sock *sk, int oldstate, int newstate)
 {
@@ -260,34 +399,26 @@ int BPF_PROG(handle_set_state, const struct sock *sk, int oldstate, int newstate
 			set_owner(info, src);
 		return 0;
 	}
-	stat_inc(STAT_SEEN);
 
 	now = bpf_ktime_get_boot_ns();
 	cookie = bpf_get_socket_cookie((void *)sk);
 
-	e = bpf_ringbuf_reserve(&events, sizeof(*e), 0);
+	e = reserve_event(EVENT_STATE, now, cookie);
 	/* Socket storage is updated even when the event is lost or filtered,
 	 * so that the next event of this socket still has its duration. */
 	info = bpf_sk_storage_get(&sk_infos, (void *)sk, 0, BPF_SK_STORAGE_GET_F_CREATE);
 	if (!info)
 		stat_inc(STAT_NOSTORAGE);
 
-	if (!e) {
-		stat_inc(STAT_LOST);
-	} else {
-		e->type = EVENT_STATE;
-		e->ts_ns = now;
-		e->cookie = cookie;
+	if (e) {
 		e->old_state = oldstate;
 		e->new_state = newstate;
-		e->flags = 0;
-		e->_pad = 0;
-		e->duration_ns = 0;
-		e->sk_err = newstate == TCP_CLOSE ? sk->sk_err : 0;
-		e->netns = BPF_CORE_READ(sk, __sk_common.skc_net.net, ns.inum);
-		e->cpu_pid = bpf_get_current_pid_tgid() >> 32;
-		bpf_get_current_comm(e->cpu_comm, sizeof(e->cpu_comm));
-		read_endpoints(sk, e);
+		e->netns = netns_of(&sk->__sk_common);
+		read_endpoints(&sk->__sk_common, &e->family, &e->sport, &e->dport, e->saddr, e->daddr);
+		/* On the way to CLOSE the kernel releases the port (inet_put_port
+		 * zeroes inet_num) before the tracepoint fires; inet_sport keeps it. */
+		if (!e->sport)
+			e->sport = bpf_ntohs(BPF_CORE_READ((struct inet_sock *)sk, inet_sport));
 	}
 
 	if (info) {
@@ -300,38 +431,38 @@ int BPF_PROG(handle_set_state, const struct sock *sk, int oldstate, int newstate
 				info->owner_src = OWNER_NONE;
 			info->cookie = cookie;
 			info->state_ts = 0;
+			info->flags = 0;
 		} else if (e && info->state_ts && info->state == oldstate) {
 			e->duration_ns = now - info->state_ts;
 			e->flags |= EVF_DURATION;
+			if (info->flags & INFO_SINCE_START)
+				e->flags |= EVF_DURATION_MIN;
 		}
 		src = owner_call(oldstate, newstate);
 		if (src != OWNER_NONE)
 			set_owner(info, src);
+	}
+
+	if (newstate == TCP_CLOSE && handover(e, now, cookie, oldstate, info)) {
+		if (e)
+			bpf_ringbuf_discard(e, BPF_RB_NO_WAKEUP);
+		return 0;
+	}
+	if (e && newstate == TCP_CLOSE && !(e->flags & EVF_TIMEWAIT)) {
+		e->sk_err = sk->sk_err;
+		e->reason = close_reason(oldstate, e->sk_err, info);
+		if (e->reason == REASON_RST_SENT && info)
+			e->rst_reason = info->rst_reason;
+	}
+	if (info) {
 		info->state = newstate;
 		info->state_ts = now;
+		info->flags &= ~INFO_SINCE_START;
+		if (e)
+			event_owner(e, info->owner_src, info->pid, info->tid, info->comm);
 	}
-
-	if (!e)
-		return 0;
-	if (info && info->owner_src != OWNER_NONE) {
-		e->flags |= EVF_OWNER;
-		e->pid = info->pid;
-		e->tid = info->tid;
-		e->owner_src = info->owner_src;
-		__builtin_memcpy(e->comm, info->comm, sizeof(e->comm));
-	} else {
-		e->pid = 0;
-		e->tid = 0;
-		e->owner_src = OWNER_NONE;
-		__builtin_memset(e->comm, 0, sizeof(e->comm));
-	}
-
-	if (!wanted(e)) {
-		stat_inc(STAT_FILTERED);
-		bpf_ringbuf_discard(e, BPF_RB_NO_WAKEUP);
-		return 0;
-	}
-	bpf_ringbuf_submit(e, 0);
+	if (e)
+		submit_event(e);
 	return 0;
 }
 
@@ -375,5 +506,308 @@ SEC("tp_btf/sock_recv_length")
 int BPF_PROG(handle_recv, struct sock *sk, int ret, int flags)
 {
 	note_io(sk);
+	return 0;
+}
+
+/* A RST arrived; the socket reaches CLOSE next (tcp_reset -> tcp_done). */
+SEC("tp_btf/tcp_receive_reset")
+int BPF_PROG(handle_rst_in, struct sock *sk)
+{
+	struct sk_info *info = bpf_sk_storage_get(&sk_infos, sk, 0, 0);
+
+	if (info)
+		info->flags |= INFO_RST_RECEIVED;
+	return 0;
+}
+
+/*
+ * This socket sends a RST. Before CLOSE (keepalive timeout) the coming CLOSE
+ * reads it from the storage; after CLOSE (close() with unread data, linger 0)
+ * an EVENT_RESET follows the CLOSE event and user space joins the two.
+ */
+SEC("tp_btf/tcp_send_reset")
+int BPF_PROG(handle_rst_out, const struct sock *sk, const struct sk_buff *skb, int reason)
+{
+	struct sk_info *info;
+	struct event *e;
+	__u64 cookie;
+
+	if (!sk || sk->sk_protocol != IPPROTO_TCP)
+		return 0;
+	info = bpf_sk_storage_get(&sk_infos, (void *)sk, 0, 0);
+	if (!info)
+		return 0;
+	info->flags |= INFO_RST_SENT;
+	info->rst_reason = reason;
+	if (sk->__sk_common.skc_state != TCP_CLOSE)
+		return 0;
+	cookie = bpf_get_socket_cookie((void *)sk);
+	e = reserve_event(EVENT_RESET, bpf_ktime_get_boot_ns(), cookie);
+	if (!e)
+		return 0;
+	e->old_state = TCP_CLOSE;
+	e->new_state = TCP_CLOSE;
+	e->rst_reason = reason;
+	e->reason = REASON_RST_SENT;
+	e->netns = netns_of(&sk->__sk_common);
+	read_endpoints(&sk->__sk_common, &e->family, &e->sport, &e->dport, e->saddr, e->daddr);
+	if (!e->sport)
+		e->sport = bpf_ntohs(BPF_CORE_READ((struct inet_sock *)sk, inet_sport));
+	event_owner(e, info->owner_src, info->pid, info->tid, info->comm);
+	submit_event(e);
+	return 0;
+}
+
+/* The timewait socket behind a timer that runs tw_timer_handler. */
+static __always_inline struct inet_timewait_sock *tw_of(struct timer_list *t)
+{
+	return (void *)t - bpf_core_field_offset(struct inet_timewait_sock, tw_timer);
+}
+
+/* Fills e from a timewait socket read through its address (not a BTF pointer). */
+static __always_inline void tw_event(struct event *e, struct inet_timewait_sock *tw,
+				     const struct tw_info *info, struct timer_list *t)
+{
+	e->flags |= EVF_TIMEWAIT;
+	e->netns = netns_of(&tw->__tw_common);
+	read_endpoints(&tw->__tw_common, &e->family, &e->sport, &e->dport, e->saddr, e->daddr);
+	e->timer_expires = BPF_CORE_READ(t, expires);
+	e->jiffies = bpf_jiffies64();
+	if (info)
+		event_owner(e, info->owner_src, info->pid, info->tid, info->comm);
+}
+
+static __always_inline void tw_duration(struct event *e, const struct tw_info *info, __u64 now)
+{
+	if (!info || !info->state_ts)
+		return;
+	e->duration_ns = now - info->state_ts;
+	e->flags |= EVF_DURATION;
+	if (info->flags & INFO_SINCE_START)
+		e->flags |= EVF_DURATION_MIN;
+}
+
+/*
+ * A timewait socket in FIN_WAIT2 turns TIME_WAIT when the peer's FIN arrives,
+ * and its timer is set to 60 s from then. When the new expiry falls in the same
+ * timer-wheel bucket the kernel only rewrites timer->expires: no tracepoint
+ * fires. So the change is found at the timer's next event (re-arm, kill or
+ * expiry) and dated from the expiry: the event carries that time, in the past.
+ */
+static __always_inline void tw_sync(struct tw_info *info, struct inet_timewait_sock *tw,
+				    struct timer_list *t, __u64 now, __u64 cookie)
+{
+	__u8 substate = BPF_CORE_READ(tw, tw_substate);
+	__u64 entered, expires;
+	__s64 left_ns;
+	struct event *e;
+
+	if (substate == info->state)
+		return;
+	/* An expiry unchanged since last seen: the timer is being re-armed for
+	 * the change right now (timer_cancel fires before the new expiry is
+	 * set). A changed one was rewritten in place: date the change from it. */
+	entered = now;
+	expires = BPF_CORE_READ(t, expires);
+	if (substate == TCP_TIME_WAIT && hz && expires != info->expires) {
+		left_ns = (__s64)(expires - bpf_jiffies64()) * (1000000000LL / hz);
+		if (left_ns >= 0 && left_ns <= TIMEWAIT_LEN_NS)
+			entered = now - (TIMEWAIT_LEN_NS - left_ns);
+		if (info->state_ts && entered < info->state_ts)
+			entered = info->state_ts;
+	}
+	e = reserve_event(EVENT_STATE, entered, cookie);
+	if (e) {
+		e->old_state = info->state;
+		e->new_state = substate;
+		tw_duration(e, info, entered);
+		tw_event(e, tw, info, t);
+		submit_event(e);
+	}
+	info->state = substate;
+	info->state_ts = entered;
+	info->flags &= ~INFO_SINCE_START;
+}
+
+/*
+ * Every timer armed in the system comes through here: leave at once unless it
+ * is a timewait timer. Armed the first time by tcp_time_wait() (before the full
+ * socket's CLOSE), and again when the timer moves (TIME_WAIT restarts, or
+ * FIN_WAIT2 turned TIME_WAIT into another wheel bucket).
+ */
+SEC("tp_btf/timer_start")
+int BPF_PROG(handle_timer_start, struct timer_list *t, unsigned long bucket_expiry)
+{
+	struct inet_timewait_sock *tw;
+	struct tw_info *info, fresh = {};
+	struct event *e;
+	__u64 now, cookie, key;
+	__u8 state;
+
+	if (!tw_timer_fn || (__u64)t->function != tw_timer_fn)
+		return 0;
+	tw = tw_of(t);
+	now = bpf_ktime_get_boot_ns();
+	cookie = BPF_CORE_READ(tw, __tw_common.skc_cookie.counter);
+	key = tw_key(cookie, tw);
+
+	info = bpf_map_lookup_elem(&tw_infos, &key);
+	if (!info) {
+		fresh.state = BPF_CORE_READ(tw, tw_substate);
+		fresh.state_ts = now;
+		fresh.expires = t->expires;
+		fresh.flags = INFO_HANDOVER;
+		bpf_map_update_elem(&tw_infos, &key, &fresh, BPF_ANY);
+		return 0;
+	}
+	state = info->state;
+	tw_sync(info, tw, t, now, cookie);
+	info->expires = t->expires;
+	if (info->state != state)
+		return 0;
+	/* Re-armed in the same state: tells user space that a preceding
+	 * EVENT_TW_CANCEL was not a kill. */
+	e = reserve_event(EVENT_TW_REARM, now, cookie);
+	if (!e)
+		return 0;
+	e->old_state = state;
+	e->new_state = state;
+	tw_event(e, tw, info, t);
+	submit_event(e);
+	return 0;
+}
+
+/* A timewait timer fired: the connection is over. */
+SEC("tp_btf/timer_expire_entry")
+int BPF_PROG(handle_timer_expire, struct timer_list *t, unsigned long baseclk)
+{
+	struct inet_timewait_sock *tw;
+	struct tw_info *info;
+	struct event *e;
+	__u64 now, cookie, key;
+
+	if (!tw_timer_fn || (__u64)t->function != tw_timer_fn)
+		return 0;
+	tw = tw_of(t);
+	now = bpf_ktime_get_boot_ns();
+	cookie = BPF_CORE_READ(tw, __tw_common.skc_cookie.counter);
+	key = tw_key(cookie, tw);
+	info = bpf_map_lookup_elem(&tw_infos, &key);
+	if (info)
+		tw_sync(info, tw, t, now, cookie);
+	else
+		stat_inc(STAT_TW_UNTRACKED);
+	e = reserve_event(EVENT_STATE, now, cookie);
+	if (e) {
+		e->old_state = info ? info->state : BPF_CORE_READ(tw, tw_substate);
+		e->new_state = TCP_CLOSE;
+		e->reason = e->old_state == TCP_FIN_WAIT2 ? REASON_FIN_TIMEOUT : REASON_TW_EXPIRED;
+		tw_duration(e, info, now);
+		tw_event(e, tw, info, t);
+		submit_event(e);
+	}
+	if (info)
+		bpf_map_delete_elem(&tw_infos, &key);
+	return 0;
+}
+
+/*
+ * A timewait timer removed. The kernel also reports this on the way to firing
+ * (the timer is due then: timer_expire_entry follows) and when re-arming (a
+ * timer_start of the same timer follows at once, on this CPU). Otherwise the
+ * timewait socket was killed early: reused by a new connection, or reset.
+ */
+SEC("tp_btf/timer_cancel")
+int BPF_PROG(handle_timer_cancel, struct timer_list *t)
+{
+	struct inet_timewait_sock *tw;
+	struct tw_info *info;
+	struct event *e;
+	__u64 now, cookie, key;
+
+	if (!tw_timer_fn || (__u64)t->function != tw_timer_fn)
+		return 0;
+	if ((long)(bpf_jiffies64() - t->expires) >= 0)
+		return 0;
+	tw = tw_of(t);
+	now = bpf_ktime_get_boot_ns();
+	cookie = BPF_CORE_READ(tw, __tw_common.skc_cookie.counter);
+	key = tw_key(cookie, tw);
+	info = bpf_map_lookup_elem(&tw_infos, &key);
+	if (info)
+		tw_sync(info, tw, t, now, cookie);
+	e = reserve_event(EVENT_TW_CANCEL, now, cookie);
+	if (e) {
+		e->old_state = info ? info->state : BPF_CORE_READ(tw, tw_substate);
+		e->new_state = TCP_CLOSE;
+		e->reason = REASON_TW_KILLED;
+		tw_duration(e, info, now);
+		tw_event(e, tw, info, t);
+		submit_event(e);
+	}
+	/* Kept for a re-arm; a killed socket's entry ages out of the LRU. */
+	return 0;
+}
+
+/*
+ * Start-up walk of the TCP sockets of one network namespace (the one of the
+ * task that opens the iterator): full, timewait and request sockets. Seeds
+ * the socket and timewait storage so that the first event of a socket older
+ * than the tracer carries a lower bound of its state's duration, and writes one
+ * iter_rec per socket for user space, then a trailer.
+ */
+SEC("iter/tcp")
+int iter_tcp(struct bpf_iter__tcp *ctx)
+{
+	struct sock_common *skc = ctx->sk_common;
+	struct seq_file *seq = ctx->meta->seq;
+	struct iter_rec r = {};
+
+	r.jiffies = bpf_jiffies64();
+	r.ts_ns = bpf_ktime_get_boot_ns();
+	if (!skc) {
+		r.end = 1;
+		bpf_seq_write(seq, &r, sizeof(r));
+		return 0;
+	}
+	r.state = skc->skc_state;
+	r.netns = netns_of(skc);
+	read_endpoints(skc, &r.family, &r.sport, &r.dport, r.saddr, r.daddr);
+	r.cookie = bpf_get_socket_cookie(skc);
+
+	if (r.state == TCP_TIME_WAIT) {
+		struct tcp_timewait_sock *ttw = bpf_skc_to_tcp_timewait_sock(skc);
+		struct tw_info fresh = {};
+
+		if (!ttw)
+			return 0;
+		r.timewait = 1;
+		r.state = ttw->tw_sk.tw_substate;
+		r.timer_expires = ttw->tw_sk.tw_timer.expires;
+		fresh.state = r.state;
+		fresh.state_ts = r.ts_ns;
+		fresh.expires = r.timer_expires;
+		fresh.flags = INFO_SINCE_START;
+		bpf_map_update_elem(&tw_infos, &r.cookie, &fresh, BPF_NOEXIST);
+	} else if (r.state != TCP_NEW_SYN_RECV) {
+		struct tcp_sock *tp = bpf_skc_to_tcp_sock(skc);
+		struct sk_info *info;
+
+		if (!tp)
+			return 0;
+		r.rcv_tstamp = tp->rcv_tstamp;
+		r.lsndtime = tp->lsndtime;
+		r.uid = tp->inet_conn.icsk_inet.sk.sk_uid.val;
+		r.ino = BPF_CORE_READ(tp, inet_conn.icsk_inet.sk.sk_socket, file, f_inode, i_ino);
+		info = bpf_sk_storage_get(&sk_infos, tp, 0, BPF_SK_STORAGE_GET_F_CREATE);
+		if (info && info->cookie != r.cookie) {
+			info->cookie = r.cookie;
+			info->state = r.state;
+			info->state_ts = r.ts_ns;
+			info->flags = INFO_SINCE_START;
+			info->owner_src = OWNER_NONE;
+		}
+	}
+	bpf_seq_write(seq, &r, sizeof(r));
 	return 0;
 }

@@ -5,6 +5,7 @@ package output
 import (
 	"bufio"
 	"io"
+	"net/netip"
 	"strconv"
 
 	"github.com/tcpstate/tcpstate/tracer"
@@ -12,7 +13,8 @@ import (
 
 // JSONOptions configure the JSON lines renderer.
 type JSONOptions struct {
-	Clock tracer.Clock
+	Clock  tracer.Clock
+	Kernel tracer.KernelInfo // names reset reasons
 }
 
 // JSON renders one object per line. The fields are documented in README.md
@@ -45,42 +47,51 @@ func (j *JSON) Render(e *tracer.Event) error {
 	}
 	b = append(b, `,"cookie":`...)
 	b = strconv.AppendUint(b, e.Cookie, 10)
-	b = append(b, `,"netns":`...)
-	b = strconv.AppendUint(b, uint64(e.NetNS), 10)
-	b = append(b, `,"family":"`...)
-	b = append(b, e.Family.String()...)
-	b = append(b, `","saddr":"`...)
-	b = e.Local.Addr().AppendTo(b)
-	b = append(b, `","sport":`...)
-	b = strconv.AppendUint(b, uint64(e.Local.Port()), 10)
-	b = append(b, `,"daddr":"`...)
-	b = e.Remote.Addr().AppendTo(b)
-	b = append(b, `","dport":`...)
-	b = strconv.AppendUint(b, uint64(e.Remote.Port()), 10)
-	b = append(b, `,"old":"`...)
-	b = append(b, e.Old.String()...)
-	b = append(b, `","new":"`...)
-	b = append(b, e.New.String()...)
-	b = append(b, '"')
-	if e.HasDuration {
-		b = append(b, `,"duration_ns":`...)
+	b = appendEndpoints(b, e.NetNS, e.Family, e.Local, e.Remote)
+	if e.Type == tracer.EventLinger {
+		b = append(b, `,"state":"`...)
+		b = append(b, e.New.String()...)
+		b = append(b, `","age_ns":`...)
 		b = strconv.AppendInt(b, int64(e.Duration), 10)
+	} else {
+		b = append(b, `,"old":"`...)
+		b = append(b, e.Old.String()...)
+		b = append(b, `","new":"`...)
+		b = append(b, e.New.String()...)
+		b = append(b, '"')
+		if e.HasDuration {
+			b = append(b, `,"duration_ns":`...)
+			b = strconv.AppendInt(b, int64(e.Duration), 10)
+		}
 	}
-	if e.OwnerKnown() {
-		b = append(b, `,"pid":`...)
-		b = strconv.AppendUint(b, uint64(e.Owner.PID), 10)
-		b = append(b, `,"tid":`...)
-		b = strconv.AppendUint(b, uint64(e.Owner.TID), 10)
-		b = append(b, `,"comm":`...)
-		b = appendJSONString(b, e.Owner.Comm.Bytes())
-		b = append(b, `,"owner_from":"`...)
-		b = append(b, e.OwnerFrom.String()...)
+	if e.DurationMin {
+		b = append(b, `,"since_start":true`...)
+	}
+	if e.Timewait {
+		b = append(b, `,"timewait":true`...)
+		if e.ExpiresIn > 0 && e.New != tracer.Close {
+			b = append(b, `,"expires_in_ns":`...)
+			b = strconv.AppendInt(b, int64(e.ExpiresIn), 10)
+		}
+	}
+	if e.Reason != tracer.ReasonNone {
+		b = append(b, `,"reason":"`...)
+		b = append(b, e.Reason.String()...)
 		b = append(b, '"')
 	}
-	b = append(b, `,"cpu_pid":`...)
-	b = strconv.AppendUint(b, uint64(e.OnCPU.PID), 10)
-	b = append(b, `,"cpu_comm":`...)
-	b = appendJSONString(b, e.OnCPU.Comm.Bytes())
+	if e.Reason == tracer.ReasonRSTSent || e.Type == tracer.EventReset {
+		b = append(b, `,"rst_reason":`...)
+		b = appendJSONString(b, []byte(j.opts.Kernel.RstReasonName(e.RstReason)))
+	}
+	if e.OwnerKnown() {
+		b = appendOwner(b, &e.Owner, e.OwnerFrom)
+	}
+	if e.Type != tracer.EventLinger {
+		b = append(b, `,"cpu_pid":`...)
+		b = strconv.AppendUint(b, uint64(e.OnCPU.PID), 10)
+		b = append(b, `,"cpu_comm":`...)
+		b = appendJSONString(b, e.OnCPU.Comm.Bytes())
+	}
 	if e.SkErr != 0 {
 		b = append(b, `,"sk_err":`...)
 		b = strconv.AppendInt(b, int64(e.SkErr), 10)
@@ -100,3 +111,35 @@ func (j *JSON) line(b []byte) error {
 
 // Flush writes what is buffered.
 func (j *JSON) Flush() error { return j.w.Flush() }
+
+// appendEndpoints appends the namespace, family, addresses and ports.
+func appendEndpoints(b []byte, netns uint32, fam tracer.Family, local, remote netip.AddrPort) []byte {
+	b = append(b, `,"netns":`...)
+	b = strconv.AppendUint(b, uint64(netns), 10)
+	b = append(b, `,"family":"`...)
+	b = append(b, fam.String()...)
+	b = append(b, `","saddr":"`...)
+	b = local.Addr().AppendTo(b)
+	b = append(b, `","sport":`...)
+	b = strconv.AppendUint(b, uint64(local.Port()), 10)
+	b = append(b, `,"daddr":"`...)
+	b = remote.Addr().AppendTo(b)
+	b = append(b, `","dport":`...)
+	return strconv.AppendUint(b, uint64(remote.Port()), 10)
+}
+
+// appendOwner appends pid, tid, comm and owner_from; nothing when unknown.
+func appendOwner(b []byte, owner *tracer.Task, from tracer.OwnerSource) []byte {
+	if from == tracer.OwnerUnknown {
+		return b
+	}
+	b = append(b, `,"pid":`...)
+	b = strconv.AppendUint(b, uint64(owner.PID), 10)
+	b = append(b, `,"tid":`...)
+	b = strconv.AppendUint(b, uint64(owner.TID), 10)
+	b = append(b, `,"comm":`...)
+	b = appendJSONString(b, owner.Comm.Bytes())
+	b = append(b, `,"owner_from":"`...)
+	b = append(b, from.String()...)
+	return append(b, '"')
+}

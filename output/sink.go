@@ -9,6 +9,8 @@ import "github.com/tcpstate/tcpstate/tracer"
 type Sink struct {
 	Filter   *tracer.Filter
 	Renderer Renderer
+	// LostOnly passes loss reports but no events (trace --timeline, watch).
+	LostOnly bool
 
 	Received uint64 // state events delivered to the sink
 	Shown    uint64 // state events that passed the filter
@@ -22,7 +24,7 @@ func (s *Sink) Event(e *tracer.Event) error {
 		return s.Renderer.Render(e)
 	}
 	s.Received++
-	if s.Filter != nil && !s.Filter.Match(e) {
+	if s.LostOnly || s.Filter != nil && !s.Filter.Match(e) {
 		return nil
 	}
 	s.Shown++

@@ -23,6 +23,7 @@ type TextOptions struct {
 	// Location of the time of day; nil for the local time zone.
 	Location *time.Location
 	Clock    tracer.Clock
+	Kernel   tracer.KernelInfo // names reset reasons
 	// Diag receives lost-event reports (stderr); nil drops them.
 	Diag io.Writer
 }
@@ -48,7 +49,7 @@ func NewText(w io.Writer, opts TextOptions) *Text {
 var (
 	narrowColumns = []column{{"TIME", 8}, {"PID", -6}, {"COMM", 8}, {"LPORT", -5}, {"REMOTE", 15}, {"DUR", -6}, {"TRANSITION", 0}}
 	wideColumns   = []column{{"TIME", 15}, {"PID", -6}, {"TID", -7}, {"COMM", 15}, {"LOCAL", 21}, {"REMOTE", 21}, {"DUR", -6},
-		{"TRANSITION", 25}, {"ERROR", 12}, {"OWNER-FROM", 10}, {"CPU-PID", -7}, {"CPU-COMM", 15}, {"COOKIE", 16}, {"NETNS", 0}}
+		{"TRANSITION", 25}, {"OWNER-FROM", 10}, {"CPU-PID", -7}, {"CPU-COMM", 15}, {"COOKIE", 16}, {"NETNS", 10}, {"NOTE", 0}}
 )
 
 type column struct {
@@ -135,26 +136,33 @@ func (t *Text) Render(e *tracer.Event) error {
 		b = appendEndpoint(b, e.Remote, 15)
 	}
 	b = append(b, ' ')
-	if e.HasDuration {
+	switch {
+	case e.HasDuration && e.DurationMin:
+		b = padLeft(b, AppendDuration(append(num[:0], '>'), e.Duration), 6)
+	case e.HasDuration:
 		b = padLeft(b, AppendDuration(num[:0], e.Duration), 6)
-	} else {
+	default:
 		b = padLeft(b, dash, 6)
 	}
 	b = append(b, ' ')
 	start := len(b)
-	b = append(b, e.Old.String()...)
-	b = append(b, " -> "...)
-	b = append(b, e.New.String()...)
-	errName := ErrnoName(e.SkErr)
+	switch e.Type {
+	case tracer.EventLinger:
+		b = append(b, e.New.String()...)
+		b = append(b, " (lingering)"...)
+	case tracer.EventReset:
+		b = append(b, "RST sent"...)
+	default:
+		b = append(b, e.Old.String()...)
+		b = append(b, " -> "...)
+		b = append(b, e.New.String()...)
+	}
+	var noteBuf [64]byte
+	note := t.note(noteBuf[:0], e)
 	if t.opts.Wide {
 		for len(b)-start < 25 {
 			b = append(b, ' ')
 		}
-		b = append(b, ' ')
-		if errName == "" {
-			errName = "-"
-		}
-		b = padRight(b, []byte(errName), 12)
 		b = append(b, ' ')
 		b = padRight(b, []byte(e.OwnerFrom.String()), 10)
 		b = append(b, ' ')
@@ -164,10 +172,14 @@ func (t *Text) Render(e *tracer.Event) error {
 		b = append(b, ' ')
 		b = padRight(b, strconv.AppendUint(num[:0], e.Cookie, 10), 16)
 		b = append(b, ' ')
-		b = strconv.AppendUint(b, uint64(e.NetNS), 10)
-	} else if errName != "" {
+		b = padRight(b, strconv.AppendUint(num[:0], uint64(e.NetNS), 10), 10)
+		if len(note) > 0 {
+			b = append(b, ' ')
+			b = append(b, note...)
+		}
+	} else if len(note) > 0 {
 		b = append(b, " ("...)
-		b = append(b, errName...)
+		b = append(b, note...)
 		b = append(b, ')')
 	}
 	b = append(b, '\n')
@@ -198,4 +210,32 @@ func truncRunes(s []byte, n int) []byte {
 		n--
 	}
 	return s
+}
+
+// note is what the text adds after a transition: why it closed, that it lives
+// in a timewait socket.
+func (t *Text) note(b []byte, e *tracer.Event) []byte {
+	switch {
+	case e.Type == tracer.EventReset:
+		return append(b, t.opts.Kernel.RstReasonName(e.RstReason)...)
+	case e.New == tracer.Close && e.Reason != tracer.ReasonNone:
+		b = append(b, e.Reason.String()...)
+		if e.Reason == tracer.ReasonRSTSent {
+			b = append(b, ' ')
+			b = append(b, t.opts.Kernel.RstReasonName(e.RstReason)...)
+		}
+		if e.SkErr != 0 && e.Reason != tracer.ReasonRefused && e.Reason != tracer.ReasonTimeout {
+			b = append(b, ' ')
+			b = append(b, ErrnoName(e.SkErr)...)
+		}
+	case e.New == tracer.Close && e.SkErr != 0:
+		b = append(b, ErrnoName(e.SkErr)...)
+	case e.Timewait:
+		b = append(b, "timewait"...)
+		if e.ExpiresIn > 0 {
+			b = append(b, ", ends in "...)
+			b = AppendDuration(b, e.ExpiresIn)
+		}
+	}
+	return b
 }

@@ -20,6 +20,10 @@ const (
 	offTs       = unsafe.Offsetof(rawEvent.TsNs)
 	offCookie   = unsafe.Offsetof(rawEvent.Cookie)
 	offDuration = unsafe.Offsetof(rawEvent.DurationNs)
+	offExpires  = unsafe.Offsetof(rawEvent.TimerExpires)
+	offJiffies  = unsafe.Offsetof(rawEvent.Jiffies)
+	offRstRsn   = unsafe.Offsetof(rawEvent.RstReason)
+	offReason   = unsafe.Offsetof(rawEvent.Reason)
 	offNetns    = unsafe.Offsetof(rawEvent.Netns)
 	offPid      = unsafe.Offsetof(rawEvent.Pid)
 	offTid      = unsafe.Offsetof(rawEvent.Tid)
@@ -40,8 +44,10 @@ const (
 )
 
 const (
-	evfDuration = uint8(tcpstateEventFlagEVF_DURATION)
-	evfOwner    = uint8(tcpstateEventFlagEVF_OWNER)
+	evfDuration    = uint8(tcpstateEventFlagEVF_DURATION)
+	evfOwner       = uint8(tcpstateEventFlagEVF_OWNER)
+	evfTimewait    = uint8(tcpstateEventFlagEVF_TIMEWAIT)
+	evfDurationMin = uint8(tcpstateEventFlagEVF_DURATION_MIN)
 )
 
 const (
@@ -49,8 +55,9 @@ const (
 	afInet6 = 10
 )
 
-// Decode fills e from one ring buffer record. It allocates nothing.
-func Decode(b []byte, e *Event) error {
+// Decode fills e from one ring buffer record; hz converts timer jiffies (0:
+// leave ExpiresIn unset). It allocates nothing.
+func Decode(b []byte, e *Event, hz uint32) error {
 	if len(b) < rawEventSize {
 		return fmt.Errorf("decoding event: %d bytes, want %d", len(b), rawEventSize)
 	}
@@ -64,10 +71,19 @@ func Decode(b []byte, e *Event) error {
 		New:    State(b[offNew]),
 		SkErr:  int32(ne.Uint32(b[offSkErr:])),
 	}
-	if e.Type != EventState {
+	switch e.Type {
+	case EventState, EventReset, EventTWCancel, EventTWRearm:
+	default:
 		return fmt.Errorf("decoding event: unknown type %d", b[offType])
 	}
+	e.Reason = Reason(b[offReason])
+	e.RstReason = ne.Uint16(b[offRstRsn:])
 	flags := b[offFlags]
+	e.Timewait = flags&evfTimewait != 0
+	e.DurationMin = flags&evfDurationMin != 0
+	if e.Timewait && hz != 0 {
+		e.ExpiresIn = JiffiesToDuration(int64(ne.Uint64(b[offExpires:])-ne.Uint64(b[offJiffies:])), hz)
+	}
 	if flags&evfDuration != 0 {
 		e.Duration = time.Duration(ne.Uint64(b[offDuration:]))
 		e.HasDuration = true
@@ -95,4 +111,9 @@ func Decode(b []byte, e *Event) error {
 		return fmt.Errorf("decoding event: unknown address family %d", ne.Uint16(b[offFamily:]))
 	}
 	return nil
+}
+
+// JiffiesToDuration converts a count of kernel ticks at hz per second.
+func JiffiesToDuration(j int64, hz uint32) time.Duration {
+	return time.Duration(j) * time.Second / time.Duration(hz)
 }

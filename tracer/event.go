@@ -16,19 +16,65 @@ type EventType uint8
 const (
 	// EventState is a TCP state transition.
 	EventState EventType = EventType(tcpstateEventTypeEVENT_STATE)
+	// EventReset: the socket sent a RST after it reached CLOSE. The timeline
+	// joins it to that CLOSE; alone, it is shown as a reset.
+	EventReset EventType = EventType(tcpstateEventTypeEVENT_RESET)
+	// EventTWCancel: a timewait timer was removed before it was due: the
+	// connection was killed, unless an EventTWRearm follows at once.
+	EventTWCancel EventType = EventType(tcpstateEventTypeEVENT_TW_CANCEL)
+	// EventTWRearm: a timewait timer was armed again in the same state.
+	EventTWRearm EventType = EventType(tcpstateEventTypeEVENT_TW_REARM)
+
 	// EventLost reports events the kernel could not deliver (ring buffer full).
 	EventLost EventType = 100
+	// EventLinger: a socket has sat longer than a threshold in CLOSE_WAIT or
+	// FIN_WAIT2 and is still there (made by the timeline).
+	EventLinger EventType = 101
 )
 
 func (t EventType) String() string {
 	switch t {
 	case EventState:
 		return "state"
+	case EventReset:
+		return "reset"
+	case EventTWCancel:
+		return "tw_cancel"
+	case EventTWRearm:
+		return "tw_rearm"
 	case EventLost:
 		return "lost"
+	case EventLinger:
+		return "linger"
 	}
 	return fmt.Sprintf("type(%d)", uint8(t))
 }
+
+// Reason says why a connection reached CLOSE.
+type Reason uint8
+
+const (
+	ReasonNone        = Reason(tcpstateCloseReasonREASON_NONE)
+	ReasonFIN         = Reason(tcpstateCloseReasonREASON_FIN)          // orderly FIN exchange
+	ReasonRSTReceived = Reason(tcpstateCloseReasonREASON_RST_RECEIVED) // the peer reset it
+	ReasonRSTSent     = Reason(tcpstateCloseReasonREASON_RST_SENT)     // this side reset it; see RstReason
+	ReasonTimeout     = Reason(tcpstateCloseReasonREASON_TIMEOUT)      // ETIMEDOUT: retransmission, keepalive or user timeout
+	ReasonRefused     = Reason(tcpstateCloseReasonREASON_REFUSED)      // ECONNREFUSED
+	ReasonClosed      = Reason(tcpstateCloseReasonREASON_CLOSED)       // closed with no connection (listener, unconnected)
+	ReasonError       = Reason(tcpstateCloseReasonREASON_ERROR)        // another socket error
+	ReasonTWExpired   = Reason(tcpstateCloseReasonREASON_TW_EXPIRED)   // TIME_WAIT ran its course
+	ReasonFinTimeout  = Reason(tcpstateCloseReasonREASON_FIN_TIMEOUT)  // orphaned FIN_WAIT2 gave up (tcp_fin_timeout)
+	ReasonTWKilled    = Reason(tcpstateCloseReasonREASON_TW_KILLED)    // timewait ended early (reuse, RST)
+)
+
+var reasonNames = map[Reason]string{
+	ReasonFIN: "fin", ReasonRSTReceived: "rst_received", ReasonRSTSent: "rst_sent", ReasonTimeout: "timeout",
+	ReasonRefused: "refused", ReasonClosed: "closed", ReasonError: "error", ReasonTWExpired: "timewait_expired",
+	ReasonFinTimeout: "fin_timeout", ReasonTWKilled: "timewait_killed",
+}
+
+// String is the name used in JSON ("rst_sent"); "" for ReasonNone.
+func (r Reason) String() string { return reasonNames[r] }
 
 // Family is the address family of a connection.
 type Family uint8
@@ -59,6 +105,9 @@ const (
 	OwnerConnect  = OwnerSource(tcpstateOwnerSrcOWNER_CONNECT)  // called connect()
 	OwnerListen   = OwnerSource(tcpstateOwnerSrcOWNER_LISTEN)   // called listen()
 	OwnerClose    = OwnerSource(tcpstateOwnerSrcOWNER_CLOSE)    // called close() or shutdown()
+	// OwnerProc: found holding the socket in /proc/PID/fd (the start-up
+	// walk, for sockets older than the tracer).
+	OwnerProc OwnerSource = 50
 )
 
 func (o OwnerSource) String() string {
@@ -73,6 +122,8 @@ func (o OwnerSource) String() string {
 		return "listen"
 	case OwnerClose:
 		return "close"
+	case OwnerProc:
+		return "proc"
 	}
 	return "unknown"
 }
@@ -134,6 +185,21 @@ type Event struct {
 	OnCPU     Task
 
 	SkErr int32 // sk->sk_err (an errno) on transitions to CLOSE
+
+	// Reason is why the connection reached CLOSE; RstReason the kernel's
+	// reset reason (enum sk_rst_reason, see RstReasonName) with ReasonRSTSent.
+	Reason    Reason
+	RstReason uint16
+
+	// Timewait: the new state lives in a timewait socket (after close(), the
+	// kernel keeps FIN_WAIT2 and TIME_WAIT there). ExpiresIn is the time left
+	// on its timer, when known.
+	Timewait  bool
+	ExpiresIn time.Duration
+
+	// DurationMin: the state began before the tracer started; Duration is
+	// only how long the tracer saw of it.
+	DurationMin bool
 
 	Lost uint64 // EventLost: events lost since the previous report
 }

@@ -181,7 +181,7 @@ func TestDecodeIPv4(t *testing.T) {
 	copy(raw.Saddr[:], []byte{10, 0, 0, 1})
 	copy(raw.Daddr[:], []byte{10, 0, 0, 2})
 	var e Event
-	if err := Decode(encode(t, raw), &e); err != nil {
+	if err := Decode(encode(t, raw), &e, 250); err != nil {
 		t.Fatal(err)
 	}
 	want := Event{
@@ -205,7 +205,7 @@ func TestDecodeIPv6UnknownOwnerAndDuration(t *testing.T) {
 	raw.Saddr = netip.MustParseAddr("::1").As16()
 	raw.Daddr = netip.MustParseAddr("2001:db8::2").As16()
 	var e Event
-	if err := Decode(encode(t, raw), &e); err != nil {
+	if err := Decode(encode(t, raw), &e, 250); err != nil {
 		t.Fatal(err)
 	}
 	if e.HasDuration || e.Duration != 0 {
@@ -222,15 +222,15 @@ func TestDecodeIPv6UnknownOwnerAndDuration(t *testing.T) {
 func TestDecodeRejectsBadRecords(t *testing.T) {
 	var e Event
 	good := encode(t, tcpstateEvent{Type: uint8(EventState), Family: afInet})
-	if err := Decode(good[:len(good)-1], &e); err == nil {
+	if err := Decode(good[:len(good)-1], &e, 250); err == nil {
 		t.Error("short record decoded")
 	}
 	bad := encode(t, tcpstateEvent{Type: 99, Family: afInet})
-	if err := Decode(bad, &e); err == nil {
+	if err := Decode(bad, &e, 250); err == nil {
 		t.Error("unknown type decoded")
 	}
 	bad = encode(t, tcpstateEvent{Type: uint8(EventState), Family: 1})
-	if err := Decode(bad, &e); err == nil {
+	if err := Decode(bad, &e, 250); err == nil {
 		t.Error("unknown family decoded")
 	}
 }
@@ -253,7 +253,7 @@ func BenchmarkDecode(b *testing.B) {
 	var e Event
 	b.ReportAllocs()
 	for b.Loop() {
-		if err := Decode(rec, &e); err != nil {
+		if err := Decode(rec, &e, 250); err != nil {
 			b.Fatal(err)
 		}
 	}

@@ -19,43 +19,90 @@ type tcpstateAddrKey struct {
 	Addr      [16]uint8
 }
 
+type tcpstateCloseReason uint32
+
+const (
+	tcpstateCloseReasonREASON_NONE         tcpstateCloseReason = 0
+	tcpstateCloseReasonREASON_FIN          tcpstateCloseReason = 1
+	tcpstateCloseReasonREASON_RST_RECEIVED tcpstateCloseReason = 2
+	tcpstateCloseReasonREASON_RST_SENT     tcpstateCloseReason = 3
+	tcpstateCloseReasonREASON_TIMEOUT      tcpstateCloseReason = 4
+	tcpstateCloseReasonREASON_REFUSED      tcpstateCloseReason = 5
+	tcpstateCloseReasonREASON_CLOSED       tcpstateCloseReason = 6
+	tcpstateCloseReasonREASON_ERROR        tcpstateCloseReason = 7
+	tcpstateCloseReasonREASON_TW_EXPIRED   tcpstateCloseReason = 8
+	tcpstateCloseReasonREASON_FIN_TIMEOUT  tcpstateCloseReason = 9
+	tcpstateCloseReasonREASON_TW_KILLED    tcpstateCloseReason = 10
+)
+
 type tcpstateEvent struct {
-	_          structs.HostLayout
-	TsNs       uint64
-	Cookie     uint64
-	DurationNs uint64
-	Netns      uint32
-	Pid        uint32
-	Tid        uint32
-	CpuPid     uint32
-	SkErr      int32
-	Family     uint16
-	Sport      uint16
-	Dport      uint16
-	Type       uint8
-	OldState   uint8
-	NewState   uint8
-	OwnerSrc   uint8
-	Flags      uint8
-	Pad        uint8
-	Saddr      [16]uint8
-	Daddr      [16]uint8
-	Comm       [16]int8
-	CpuComm    [16]int8
+	_            structs.HostLayout
+	TsNs         uint64
+	Cookie       uint64
+	DurationNs   uint64
+	TimerExpires uint64
+	Jiffies      uint64
+	Netns        uint32
+	Pid          uint32
+	Tid          uint32
+	CpuPid       uint32
+	SkErr        int32
+	Family       uint16
+	Sport        uint16
+	Dport        uint16
+	RstReason    uint16
+	Type         uint8
+	OldState     uint8
+	NewState     uint8
+	OwnerSrc     uint8
+	Flags        uint8
+	Reason       uint8
+	Pad          [6]uint8
+	Saddr        [16]uint8
+	Daddr        [16]uint8
+	Comm         [16]int8
+	CpuComm      [16]int8
 }
 
 type tcpstateEventFlag uint32
 
 const (
-	tcpstateEventFlagEVF_DURATION tcpstateEventFlag = 1
-	tcpstateEventFlagEVF_OWNER    tcpstateEventFlag = 2
+	tcpstateEventFlagEVF_DURATION     tcpstateEventFlag = 1
+	tcpstateEventFlagEVF_OWNER        tcpstateEventFlag = 2
+	tcpstateEventFlagEVF_TIMEWAIT     tcpstateEventFlag = 4
+	tcpstateEventFlagEVF_DURATION_MIN tcpstateEventFlag = 8
 )
 
 type tcpstateEventType uint32
 
 const (
-	tcpstateEventTypeEVENT_STATE tcpstateEventType = 1
+	tcpstateEventTypeEVENT_STATE     tcpstateEventType = 1
+	tcpstateEventTypeEVENT_RESET     tcpstateEventType = 2
+	tcpstateEventTypeEVENT_TW_CANCEL tcpstateEventType = 3
+	tcpstateEventTypeEVENT_TW_REARM  tcpstateEventType = 4
 )
+
+type tcpstateIterRec struct {
+	_            structs.HostLayout
+	Cookie       uint64
+	Ino          uint64
+	TimerExpires uint64
+	Jiffies      uint64
+	TsNs         uint64
+	Netns        uint32
+	Uid          uint32
+	RcvTstamp    uint32
+	Lsndtime     uint32
+	Family       uint16
+	Sport        uint16
+	Dport        uint16
+	State        uint8
+	Timewait     uint8
+	End          uint8
+	Pad          [7]uint8
+	Saddr        [16]uint8
+	Daddr        [16]uint8
+}
 
 type tcpstateOwnerSrc uint32
 
@@ -77,52 +124,79 @@ const (
 )
 
 type tcpstateSkInfo struct {
-	_        structs.HostLayout
-	Cookie   uint64
-	StateTs  uint64
-	Pid      uint32
-	Tid      uint32
-	State    uint8
-	OwnerSrc uint8
-	Pad      [6]uint8
-	Comm     [16]int8
+	_         structs.HostLayout
+	Cookie    uint64
+	StateTs   uint64
+	Pid       uint32
+	Tid       uint32
+	RstReason uint16
+	State     uint8
+	OwnerSrc  uint8
+	Flags     uint8
+	Pad       [3]uint8
+	Comm      [16]int8
 }
 
 type tcpstateStatIndex uint32
 
 const (
-	tcpstateStatIndexSTAT_SEEN      tcpstateStatIndex = 0
-	tcpstateStatIndexSTAT_FILTERED  tcpstateStatIndex = 1
-	tcpstateStatIndexSTAT_LOST      tcpstateStatIndex = 2
-	tcpstateStatIndexSTAT_NOSTORAGE tcpstateStatIndex = 3
-	tcpstateStatIndexSTAT_MAX       tcpstateStatIndex = 4
+	tcpstateStatIndexSTAT_SEEN         tcpstateStatIndex = 0
+	tcpstateStatIndexSTAT_FILTERED     tcpstateStatIndex = 1
+	tcpstateStatIndexSTAT_LOST         tcpstateStatIndex = 2
+	tcpstateStatIndexSTAT_NOSTORAGE    tcpstateStatIndex = 3
+	tcpstateStatIndexSTAT_TW_UNTRACKED tcpstateStatIndex = 4
+	tcpstateStatIndexSTAT_MAX          tcpstateStatIndex = 5
 )
+
+type tcpstateTwInfo struct {
+	_        structs.HostLayout
+	StateTs  uint64
+	Expires  uint64
+	Pid      uint32
+	Tid      uint32
+	State    uint8
+	OwnerSrc uint8
+	Flags    uint8
+	Pad      [5]uint8
+	Comm     [16]int8
+}
 
 // Names of all BPF objects in the ELF.
 //
 // Used for safe lookups in a Collection or CollectionSpec.
 const (
-	tcpstateMapEvents          = "events"
-	tcpstateMapFilterAddrMap   = "filter_addr_map"
-	tcpstateMapFilterPidMap    = "filter_pid_map"
-	tcpstateMapFilterPortMap   = "filter_port_map"
-	tcpstateMapSkInfos         = "sk_infos"
-	tcpstateMapStats           = "stats"
-	tcpstateProgHandleRecv     = "handle_recv"
-	tcpstateProgHandleSend     = "handle_send"
-	tcpstateProgHandleSetState = "handle_set_state"
-	tcpstateVarFilterAddrs     = "filter_addrs"
-	tcpstateVarFilterComm      = "filter_comm"
-	tcpstateVarFilterFamily    = "filter_family"
-	tcpstateVarFilterNetns     = "filter_netns"
-	tcpstateVarFilterPids      = "filter_pids"
-	tcpstateVarFilterPorts     = "filter_ports"
-	tcpstateVarFilterStates    = "filter_states"
-	tcpstateVarUnusedEventFlag = "unused_event_flag"
-	tcpstateVarUnusedEventType = "unused_event_type"
-	tcpstateVarUnusedOwnerSrc  = "unused_owner_src"
-	tcpstateVarUnusedPortSide  = "unused_port_side"
-	tcpstateVarUnusedStatIndex = "unused_stat_index"
+	tcpstateMapEvents             = "events"
+	tcpstateMapFilterAddrMap      = "filter_addr_map"
+	tcpstateMapFilterPidMap       = "filter_pid_map"
+	tcpstateMapFilterPortMap      = "filter_port_map"
+	tcpstateMapSkInfos            = "sk_infos"
+	tcpstateMapStats              = "stats"
+	tcpstateMapTwInfos            = "tw_infos"
+	tcpstateProgHandleRecv        = "handle_recv"
+	tcpstateProgHandleRstIn       = "handle_rst_in"
+	tcpstateProgHandleRstOut      = "handle_rst_out"
+	tcpstateProgHandleSend        = "handle_send"
+	tcpstateProgHandleSetState    = "handle_set_state"
+	tcpstateProgHandleTimerCancel = "handle_timer_cancel"
+	tcpstateProgHandleTimerExpire = "handle_timer_expire"
+	tcpstateProgHandleTimerStart  = "handle_timer_start"
+	tcpstateProgIterTcp           = "iter_tcp"
+	tcpstateVarFilterAddrs        = "filter_addrs"
+	tcpstateVarFilterComm         = "filter_comm"
+	tcpstateVarFilterFamily       = "filter_family"
+	tcpstateVarFilterNetns        = "filter_netns"
+	tcpstateVarFilterPids         = "filter_pids"
+	tcpstateVarFilterPorts        = "filter_ports"
+	tcpstateVarFilterStates       = "filter_states"
+	tcpstateVarHz                 = "hz"
+	tcpstateVarTwTimerFn          = "tw_timer_fn"
+	tcpstateVarUnusedCloseReason  = "unused_close_reason"
+	tcpstateVarUnusedEventFlag    = "unused_event_flag"
+	tcpstateVarUnusedEventType    = "unused_event_type"
+	tcpstateVarUnusedIterRec      = "unused_iter_rec"
+	tcpstateVarUnusedOwnerSrc     = "unused_owner_src"
+	tcpstateVarUnusedPortSide     = "unused_port_side"
+	tcpstateVarUnusedStatIndex    = "unused_stat_index"
 )
 
 // loadTcpstate returns the embedded CollectionSpec for tcpstate.
@@ -167,9 +241,15 @@ type tcpstateSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type tcpstateProgramSpecs struct {
-	HandleRecv     *ebpf.ProgramSpec `ebpf:"handle_recv"`
-	HandleSend     *ebpf.ProgramSpec `ebpf:"handle_send"`
-	HandleSetState *ebpf.ProgramSpec `ebpf:"handle_set_state"`
+	HandleRecv        *ebpf.ProgramSpec `ebpf:"handle_recv"`
+	HandleRstIn       *ebpf.ProgramSpec `ebpf:"handle_rst_in"`
+	HandleRstOut      *ebpf.ProgramSpec `ebpf:"handle_rst_out"`
+	HandleSend        *ebpf.ProgramSpec `ebpf:"handle_send"`
+	HandleSetState    *ebpf.ProgramSpec `ebpf:"handle_set_state"`
+	HandleTimerCancel *ebpf.ProgramSpec `ebpf:"handle_timer_cancel"`
+	HandleTimerExpire *ebpf.ProgramSpec `ebpf:"handle_timer_expire"`
+	HandleTimerStart  *ebpf.ProgramSpec `ebpf:"handle_timer_start"`
+	IterTcp           *ebpf.ProgramSpec `ebpf:"iter_tcp"`
 }
 
 // tcpstateMapSpecs contains maps before they are loaded into the kernel.
@@ -182,24 +262,29 @@ type tcpstateMapSpecs struct {
 	FilterPortMap *ebpf.MapSpec `ebpf:"filter_port_map"`
 	SkInfos       *ebpf.MapSpec `ebpf:"sk_infos"`
 	Stats         *ebpf.MapSpec `ebpf:"stats"`
+	TwInfos       *ebpf.MapSpec `ebpf:"tw_infos"`
 }
 
 // tcpstateVariableSpecs contains global variables before they are loaded into the kernel.
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type tcpstateVariableSpecs struct {
-	FilterAddrs     *ebpf.VariableSpec `ebpf:"filter_addrs"`
-	FilterComm      *ebpf.VariableSpec `ebpf:"filter_comm"`
-	FilterFamily    *ebpf.VariableSpec `ebpf:"filter_family"`
-	FilterNetns     *ebpf.VariableSpec `ebpf:"filter_netns"`
-	FilterPids      *ebpf.VariableSpec `ebpf:"filter_pids"`
-	FilterPorts     *ebpf.VariableSpec `ebpf:"filter_ports"`
-	FilterStates    *ebpf.VariableSpec `ebpf:"filter_states"`
-	UnusedEventFlag *ebpf.VariableSpec `ebpf:"unused_event_flag"`
-	UnusedEventType *ebpf.VariableSpec `ebpf:"unused_event_type"`
-	UnusedOwnerSrc  *ebpf.VariableSpec `ebpf:"unused_owner_src"`
-	UnusedPortSide  *ebpf.VariableSpec `ebpf:"unused_port_side"`
-	UnusedStatIndex *ebpf.VariableSpec `ebpf:"unused_stat_index"`
+	FilterAddrs       *ebpf.VariableSpec `ebpf:"filter_addrs"`
+	FilterComm        *ebpf.VariableSpec `ebpf:"filter_comm"`
+	FilterFamily      *ebpf.VariableSpec `ebpf:"filter_family"`
+	FilterNetns       *ebpf.VariableSpec `ebpf:"filter_netns"`
+	FilterPids        *ebpf.VariableSpec `ebpf:"filter_pids"`
+	FilterPorts       *ebpf.VariableSpec `ebpf:"filter_ports"`
+	FilterStates      *ebpf.VariableSpec `ebpf:"filter_states"`
+	Hz                *ebpf.VariableSpec `ebpf:"hz"`
+	TwTimerFn         *ebpf.VariableSpec `ebpf:"tw_timer_fn"`
+	UnusedCloseReason *ebpf.VariableSpec `ebpf:"unused_close_reason"`
+	UnusedEventFlag   *ebpf.VariableSpec `ebpf:"unused_event_flag"`
+	UnusedEventType   *ebpf.VariableSpec `ebpf:"unused_event_type"`
+	UnusedIterRec     *ebpf.VariableSpec `ebpf:"unused_iter_rec"`
+	UnusedOwnerSrc    *ebpf.VariableSpec `ebpf:"unused_owner_src"`
+	UnusedPortSide    *ebpf.VariableSpec `ebpf:"unused_port_side"`
+	UnusedStatIndex   *ebpf.VariableSpec `ebpf:"unused_stat_index"`
 }
 
 // tcpstateObjects contains all objects after they have been loaded into the kernel.
@@ -228,6 +313,7 @@ type tcpstateMaps struct {
 	FilterPortMap *ebpf.Map `ebpf:"filter_port_map"`
 	SkInfos       *ebpf.Map `ebpf:"sk_infos"`
 	Stats         *ebpf.Map `ebpf:"stats"`
+	TwInfos       *ebpf.Map `ebpf:"tw_infos"`
 }
 
 func (m *tcpstateMaps) Close() error {
@@ -238,6 +324,7 @@ func (m *tcpstateMaps) Close() error {
 		m.FilterPortMap,
 		m.SkInfos,
 		m.Stats,
+		m.TwInfos,
 	)
 }
 
@@ -245,34 +332,50 @@ func (m *tcpstateMaps) Close() error {
 //
 // It can be passed to loadTcpstateObjects or ebpf.CollectionSpec.LoadAndAssign.
 type tcpstateVariables struct {
-	FilterAddrs     *ebpf.Variable `ebpf:"filter_addrs"`
-	FilterComm      *ebpf.Variable `ebpf:"filter_comm"`
-	FilterFamily    *ebpf.Variable `ebpf:"filter_family"`
-	FilterNetns     *ebpf.Variable `ebpf:"filter_netns"`
-	FilterPids      *ebpf.Variable `ebpf:"filter_pids"`
-	FilterPorts     *ebpf.Variable `ebpf:"filter_ports"`
-	FilterStates    *ebpf.Variable `ebpf:"filter_states"`
-	UnusedEventFlag *ebpf.Variable `ebpf:"unused_event_flag"`
-	UnusedEventType *ebpf.Variable `ebpf:"unused_event_type"`
-	UnusedOwnerSrc  *ebpf.Variable `ebpf:"unused_owner_src"`
-	UnusedPortSide  *ebpf.Variable `ebpf:"unused_port_side"`
-	UnusedStatIndex *ebpf.Variable `ebpf:"unused_stat_index"`
+	FilterAddrs       *ebpf.Variable `ebpf:"filter_addrs"`
+	FilterComm        *ebpf.Variable `ebpf:"filter_comm"`
+	FilterFamily      *ebpf.Variable `ebpf:"filter_family"`
+	FilterNetns       *ebpf.Variable `ebpf:"filter_netns"`
+	FilterPids        *ebpf.Variable `ebpf:"filter_pids"`
+	FilterPorts       *ebpf.Variable `ebpf:"filter_ports"`
+	FilterStates      *ebpf.Variable `ebpf:"filter_states"`
+	Hz                *ebpf.Variable `ebpf:"hz"`
+	TwTimerFn         *ebpf.Variable `ebpf:"tw_timer_fn"`
+	UnusedCloseReason *ebpf.Variable `ebpf:"unused_close_reason"`
+	UnusedEventFlag   *ebpf.Variable `ebpf:"unused_event_flag"`
+	UnusedEventType   *ebpf.Variable `ebpf:"unused_event_type"`
+	UnusedIterRec     *ebpf.Variable `ebpf:"unused_iter_rec"`
+	UnusedOwnerSrc    *ebpf.Variable `ebpf:"unused_owner_src"`
+	UnusedPortSide    *ebpf.Variable `ebpf:"unused_port_side"`
+	UnusedStatIndex   *ebpf.Variable `ebpf:"unused_stat_index"`
 }
 
 // tcpstatePrograms contains all programs after they have been loaded into the kernel.
 //
 // It can be passed to loadTcpstateObjects or ebpf.CollectionSpec.LoadAndAssign.
 type tcpstatePrograms struct {
-	HandleRecv     *ebpf.Program `ebpf:"handle_recv"`
-	HandleSend     *ebpf.Program `ebpf:"handle_send"`
-	HandleSetState *ebpf.Program `ebpf:"handle_set_state"`
+	HandleRecv        *ebpf.Program `ebpf:"handle_recv"`
+	HandleRstIn       *ebpf.Program `ebpf:"handle_rst_in"`
+	HandleRstOut      *ebpf.Program `ebpf:"handle_rst_out"`
+	HandleSend        *ebpf.Program `ebpf:"handle_send"`
+	HandleSetState    *ebpf.Program `ebpf:"handle_set_state"`
+	HandleTimerCancel *ebpf.Program `ebpf:"handle_timer_cancel"`
+	HandleTimerExpire *ebpf.Program `ebpf:"handle_timer_expire"`
+	HandleTimerStart  *ebpf.Program `ebpf:"handle_timer_start"`
+	IterTcp           *ebpf.Program `ebpf:"iter_tcp"`
 }
 
 func (p *tcpstatePrograms) Close() error {
 	return _TcpstateClose(
 		p.HandleRecv,
+		p.HandleRstIn,
+		p.HandleRstOut,
 		p.HandleSend,
 		p.HandleSetState,
+		p.HandleTimerCancel,
+		p.HandleTimerExpire,
+		p.HandleTimerStart,
+		p.IterTcp,
 	)
 }
 

@@ -10,6 +10,7 @@ import (
 	"fmt"
 	"net/netip"
 	"os"
+	"strconv"
 	"strings"
 	"time"
 
@@ -31,14 +32,38 @@ type Config struct {
 	RingBufferSize int
 	// KernelBTF is the kernel's BTF file; "" for /sys/kernel/btf/vmlinux.
 	KernelBTF string
+	// TimewaitEntries bounds the connections followed in timewait sockets
+	// (LRU: the oldest are forgotten first). 0: DefaultTimewaitEntries.
+	TimewaitEntries int
+}
+
+// DefaultTimewaitEntries follows 65,536 timewait sockets (4.5 MiB of kernel memory).
+const DefaultTimewaitEntries = 65536
+
+// KernelInfo is what the tracer learnt about the kernel, needed to read
+// events later (also from a capture, on another machine).
+type KernelInfo struct {
+	HZ         uint32            // jiffies per second (CONFIG_HZ)
+	RstReasons map[uint16]string // enum sk_rst_reason: TCP_ABORT_ON_CLOSE, ...
+}
+
+// RstReasonName names a kernel reset reason, or gives its number.
+func (k *KernelInfo) RstReasonName(code uint16) string {
+	if name, ok := k.RstReasons[code]; ok {
+		return name
+	}
+	return "reason " + strconv.Itoa(int(code))
 }
 
 // Stats are the kernel side's counters, summed over CPUs.
 type Stats struct {
-	Seen      uint64 // TCP state changes the kernel made
+	Seen      uint64 // events the kernel side produced: delivered + Filtered + Lost
 	Filtered  uint64 // dropped by the in-kernel filter
 	Lost      uint64 // lost because the ring buffer was full
 	NoStorage uint64 // socket storage unavailable: owner and duration unknown
+	// TimewaitUntracked: timewait sockets that ended without the tracer
+	// knowing their start (older than the tracer, or evicted from its table).
+	TimewaitUntracked uint64
 }
 
 // Sink receives what the tracer reads.
@@ -54,17 +79,31 @@ type Sink interface {
 type hook struct {
 	prog       string
 	tracepoint string
-	optional   string // why the tool still works without it; "" when required
+	optional   string // what degrades without it; "" when required
+	needs      string // kernel function whose address the program compares with
 }
 
+const (
+	noAcceptor = "accepted sockets are attributed to their listener's process (needs Linux 6.3+)"
+	noTimewait = "TIME_WAIT and orphaned FIN_WAIT2 are not followed: a closed connection ends at its full socket's CLOSE"
+	noReset    = "close reasons cannot tell a reset from an orderly close"
+)
+
 var hooks = []hook{
-	{"handle_set_state", "inet_sock_set_state", ""},
-	{"handle_send", "sock_send_length", "accepted sockets are attributed to their listener's process (needs Linux 6.3+)"},
-	{"handle_recv", "sock_recv_length", "accepted sockets are attributed to their listener's process (needs Linux 6.3+)"},
+	{"handle_set_state", "inet_sock_set_state", "", ""},
+	{"handle_send", "sock_send_length", noAcceptor, ""},
+	{"handle_recv", "sock_recv_length", noAcceptor, ""},
+	{"handle_rst_in", "tcp_receive_reset", noReset, ""},
+	{"handle_rst_out", "tcp_send_reset", noReset, ""},
+	{"handle_timer_start", "timer_start", noTimewait, "tw_timer_handler"},
+	{"handle_timer_expire", "timer_expire_entry", noTimewait, "tw_timer_handler"},
+	{"handle_timer_cancel", "timer_cancel", noTimewait, "tw_timer_handler"},
 }
 
 // Tracer is attached to the kernel from New until Close.
 type Tracer struct {
+	spec     *ebpf.CollectionSpec
+	info     KernelInfo
 	coll     *ebpf.Collection
 	links    []link.Link
 	reader   *ringbuf.Reader
@@ -104,10 +143,26 @@ func New(cfg Config) (*Tracer, error) {
 	if err != nil {
 		return nil, fmt.Errorf("reading BPF object: %w", err)
 	}
-	t := &Tracer{}
+	t := &Tracer{info: KernelInfo{HZ: kernelHZ(), RstReasons: resetReasons(kernelTypes)}, spec: spec}
+	if t.info.HZ == 0 {
+		t.info.HZ = 250
+		t.warnings = append(t.warnings, "kernel config not found (/boot/config-*, /proc/config.gz): assuming CONFIG_HZ=250 for timer expiries")
+	}
+	syms, err := kallsyms("tw_timer_handler")
+	if err != nil {
+		syms = map[string]uint64{}
+	}
 	var attach []hook
+	warned := map[string]bool{}
 	for _, h := range hooks {
-		if hasTracepoint(kernelTypes, h.tracepoint) {
+		missing := ""
+		switch {
+		case !hasTracepoint(kernelTypes, h.tracepoint):
+			missing = "no tracepoint " + h.tracepoint
+		case h.needs != "" && syms[h.needs] == 0:
+			missing = "address of " + h.needs + " unknown (/proc/kallsyms hidden by kernel.kptr_restrict?)"
+		}
+		if missing == "" {
 			attach = append(attach, h)
 			continue
 		}
@@ -115,9 +170,23 @@ func New(cfg Config) (*Tracer, error) {
 			return nil, fmt.Errorf("%w: %s (tcpstate needs Linux 5.15 or later with BTF)", ErrMissingHook, h.tracepoint)
 		}
 		delete(spec.Programs, h.prog)
-		t.warnings = append(t.warnings, fmt.Sprintf("no tracepoint %s: %s", h.tracepoint, h.optional))
+		if !warned[h.optional] {
+			warned[h.optional] = true
+			t.warnings = append(t.warnings, missing+": "+h.optional)
+		}
+	}
+	if err := spec.Variables["tw_timer_fn"].Set(syms["tw_timer_handler"]); err != nil {
+		return nil, fmt.Errorf("configuring timewait hooks: %w", err)
+	}
+	if err := spec.Variables["hz"].Set(t.info.HZ); err != nil {
+		return nil, fmt.Errorf("configuring timewait hooks: %w", err)
 	}
 	spec.Maps["events"].MaxEntries = uint32(size)
+	twEntries := cfg.TimewaitEntries
+	if twEntries <= 0 {
+		twEntries = DefaultTimewaitEntries
+	}
+	spec.Maps["tw_infos"].MaxEntries = uint32(twEntries)
 	if err := configureFilter(spec, &cfg.Filter); err != nil {
 		return nil, err
 	}
@@ -159,6 +228,9 @@ func New(cfg Config) (*Tracer, error) {
 
 // Warnings lists what works less well on this kernel, one sentence each.
 func (t *Tracer) Warnings() []string { return t.warnings }
+
+// Info is what the tracer learnt about the kernel.
+func (t *Tracer) Info() KernelInfo { return t.info }
 
 // Close detaches and frees everything.
 func (t *Tracer) Close() error {
@@ -205,7 +277,7 @@ func (t *Tracer) Run(ctx context.Context, sink Sink) error {
 		err := t.reader.ReadInto(&rec)
 		switch {
 		case err == nil:
-			if err := Decode(rec.RawSample, &ev); err != nil {
+			if err := Decode(rec.RawSample, &ev, t.info.HZ); err != nil {
 				return err
 			}
 			if err := sink.Event(&ev); err != nil {
@@ -277,6 +349,7 @@ func (t *Tracer) Stats() (Stats, error) {
 		{tcpstateStatIndexSTAT_FILTERED, &s.Filtered},
 		{tcpstateStatIndexSTAT_LOST, &s.Lost},
 		{tcpstateStatIndexSTAT_NOSTORAGE, &s.NoStorage},
+		{tcpstateStatIndexSTAT_TW_UNTRACKED, &s.TimewaitUntracked},
 	} {
 		v, err := t.stat(uint32(f.idx))
 		if err != nil {

@@ -4,6 +4,7 @@ package main
 
 import (
 	"fmt"
+	"io"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -14,6 +15,7 @@ import (
 	"github.com/spf13/pflag"
 
 	"github.com/tcpstate/tcpstate/tracer"
+	"github.com/tcpstate/tcpstate/tracer/timeline"
 )
 
 // filterFlags are the connection filters every command shares.
@@ -199,4 +201,38 @@ func (d *durationValue) Set(in string) error {
 	}
 	*d = durationValue(dur)
 	return nil
+}
+
+// tracerFlags size and locate what the tracer loads.
+type tracerFlags struct {
+	ringbuf   sizeValue
+	btf       string
+	maxConns  int
+	twEntries int
+}
+
+func (f *tracerFlags) register(fs *pflag.FlagSet) {
+	f.ringbuf = tracer.DefaultRingBufferSize
+	fs.Var(&f.ringbuf, "ringbuf-size", "kernel ring buffer `size` (power of two, e.g. 256K, 8M); more absorbs bursts")
+	fs.IntVar(&f.maxConns, "max-connections", timeline.DefaultMaxConns, "connections kept in memory; beyond, the least recently active are evicted (counted)")
+	fs.IntVar(&f.twEntries, "max-timewait", tracer.DefaultTimewaitEntries, "timewait sockets followed in the kernel (LRU)")
+	fs.StringVar(&f.btf, "btf", "", "kernel BTF `file`, for kernels that do not publish /sys/kernel/btf/vmlinux")
+}
+
+// start loads and attaches the tracer, printing its warnings.
+func (f *tracerFlags) start(filter tracer.Filter, stderr io.Writer) (*tracer.Tracer, error) {
+	if f.maxConns <= 0 {
+		return nil, usagef("--max-connections %d: must be positive", f.maxConns)
+	}
+	if f.twEntries <= 0 {
+		return nil, usagef("--max-timewait %d: must be positive", f.twEntries)
+	}
+	t, err := tracer.New(tracer.Config{Filter: filter, RingBufferSize: int(f.ringbuf), KernelBTF: f.btf, TimewaitEntries: f.twEntries})
+	if err != nil {
+		return nil, err
+	}
+	for _, w := range t.Warnings() {
+		fmt.Fprintf(stderr, "tcpstate: warning: %s\n", w)
+	}
+	return t, nil
 }

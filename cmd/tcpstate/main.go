@@ -38,6 +38,7 @@ Usage:
 
 Commands:
   trace     print TCP state transitions as they happen
+  watch     live table of sockets stuck in CLOSE_WAIT, FIN_WAIT2, TIME_WAIT...
   version   print version and build information
   help      show help for a command
 
@@ -73,7 +74,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 
 func isCommand(s string) bool {
 	switch s {
-	case "trace", "version":
+	case "trace", "watch", "version":
 		return true
 	}
 	return false
@@ -87,6 +88,8 @@ func dispatch(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	switch cmd, rest := args[0], args[1:]; cmd {
 	case "trace":
 		return runTrace(ctx, rest, stdout, stderr)
+	case "watch":
+		return runWatch(ctx, rest, stdout, stderr)
 	case "version", "--version":
 		fmt.Fprintln(stdout, versionString())
 		return nil
@@ -97,6 +100,6 @@ func dispatch(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		fmt.Fprint(stdout, mainUsage)
 		return nil
 	default:
-		return usagef("unknown command %q (commands: trace, version, help)", cmd)
+		return usagef("unknown command %q (commands: trace, watch, version, help)", cmd)
 	}
 }

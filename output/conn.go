@@ -1,0 +1,129 @@
+// SPDX-License-Identifier: Apache-2.0
+
+package output
+
+import (
+	"strconv"
+
+	"github.com/tcpstate/tcpstate/tracer"
+	"github.com/tcpstate/tcpstate/tracer/timeline"
+)
+
+// ConnRenderer writes finished connections (trace --timeline).
+type ConnRenderer interface {
+	RenderConn(c *timeline.Conn) error
+	Flush() error
+}
+
+var connColumns = []column{{"END", 8}, {"PID", -6}, {"COMM", 8}, {"LOCAL", 21}, {"REMOTE", 21}, {"STATES", 0}}
+
+// RenderConn writes one line per connection: its endpoints, owner and every
+// state with the time spent in it, e.g.
+// SYN_SENT 95us, ESTABLISHED 1.52s, FIN_WAIT1 41us, FIN_WAIT2/tw 2.10s, TIME_WAIT/tw 60.0s (timewait_expired).
+// "/tw": lived in the timewait socket; ">": began before the tracer; "?": not seen to begin.
+func (t *Text) RenderConn(c *timeline.Conn) error {
+	if t.header {
+		t.header = false
+		if _, err := t.w.WriteString(header(connColumns)); err != nil {
+			return err
+		}
+	}
+	b := t.buf[:0]
+	b = t.opts.Clock.Wall(c.End).In(t.opts.Location).AppendFormat(b, "15:04:05")
+	b = append(b, ' ')
+	var num [24]byte
+	var name [64]byte
+	if c.OwnerFrom != tracer.OwnerUnknown {
+		b = padLeft(b, strconv.AppendUint(num[:0], uint64(c.Owner.PID), 10), 6)
+		b = append(b, ' ')
+		b = padRight(b, truncRunes(appendPrintable(name[:0], c.Owner.Comm.Bytes()), 8), 8)
+	} else {
+		b = append(b, "     - -       "...)
+	}
+	b = append(b, ' ')
+	b = appendEndpoint(b, c.Local, 21)
+	b = append(b, ' ')
+	b = appendEndpoint(b, c.Remote, 21)
+	b = append(b, ' ')
+	for i, s := range c.Spans {
+		if i > 0 {
+			b = append(b, ", "...)
+		}
+		b = append(b, s.State.String()...)
+		if s.Timewait {
+			b = append(b, "/tw"...)
+		}
+		b = append(b, ' ')
+		switch {
+		case !s.Known:
+			b = append(b, '?')
+		case s.Min:
+			b = append(b, '>')
+			b = AppendDuration(b, s.Duration)
+		default:
+			b = AppendDuration(b, s.Duration)
+		}
+	}
+	if c.Reason != tracer.ReasonNone {
+		b = append(b, " ("...)
+		b = append(b, c.Reason.String()...)
+		if c.Reason == tracer.ReasonRSTSent {
+			b = append(b, ' ')
+			b = append(b, t.opts.Kernel.RstReasonName(c.RstReason)...)
+		}
+		b = append(b, ')')
+	}
+	b = append(b, '\n')
+	t.buf = b
+	_, err := t.w.Write(b)
+	return err
+}
+
+// RenderConn writes one "connection" object: endpoints, owner, reason and
+// the list of states with their durations.
+func (j *JSON) RenderConn(c *timeline.Conn) error {
+	b := append(j.buf[:0], `{"time":"`...)
+	b = j.opts.Clock.Wall(c.End).AppendFormat(b, "2006-01-02T15:04:05.000000000Z07:00")
+	b = append(b, `","type":"connection","cookie":`...)
+	b = strconv.AppendUint(b, c.Cookie, 10)
+	b = appendEndpoints(b, c.NetNS, c.Family, c.Local, c.Remote)
+	b = appendOwner(b, &c.Owner, c.OwnerFrom)
+	if c.Reason != tracer.ReasonNone {
+		b = append(b, `,"reason":"`...)
+		b = append(b, c.Reason.String()...)
+		b = append(b, '"')
+		if c.Reason == tracer.ReasonRSTSent {
+			b = append(b, `,"rst_reason":`...)
+			b = appendJSONString(b, []byte(j.opts.Kernel.RstReasonName(c.RstReason)))
+		}
+	}
+	if c.SkErr != 0 {
+		b = append(b, `,"sk_err":`...)
+		b = strconv.AppendInt(b, int64(c.SkErr), 10)
+		b = append(b, `,"error":"`...)
+		b = append(b, ErrnoName(c.SkErr)...)
+		b = append(b, '"')
+	}
+	b = append(b, `,"states":[`...)
+	for i, s := range c.Spans {
+		if i > 0 {
+			b = append(b, ',')
+		}
+		b = append(b, `{"state":"`...)
+		b = append(b, s.State.String()...)
+		b = append(b, '"')
+		if s.Known {
+			b = append(b, `,"duration_ns":`...)
+			b = strconv.AppendInt(b, int64(s.Duration), 10)
+		}
+		if s.Min {
+			b = append(b, `,"since_start":true`...)
+		}
+		if s.Timewait {
+			b = append(b, `,"timewait":true`...)
+		}
+		b = append(b, '}')
+	}
+	b = append(b, ']')
+	return j.line(b)
+}

@@ -1,0 +1,254 @@
+// SPDX-License-Identifier: Apache-2.0
+
+package tracer
+
+import (
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"io"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"runtime"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+	"unsafe"
+
+	"github.com/cilium/ebpf/link"
+	"golang.org/x/sys/unix"
+)
+
+// Socket is a TCP socket as found by Scan.
+type Socket struct {
+	Cookie   uint64
+	NetNS    uint32
+	Family   Family
+	Local    netip.AddrPort
+	Remote   netip.AddrPort
+	State    State
+	Timewait bool // a timewait socket (State is FIN_WAIT2 or TIME_WAIT)
+
+	// Since is when the socket entered State (CLOCK_BOOTTIME ns), estimated
+	// from the kernel's timestamps: the last ACK received for CLOSE_WAIT and
+	// FIN_WAIT2, the last send for FIN_WAIT1, LAST_ACK and CLOSING, the timer
+	// for TIME_WAIT. 0 when the kernel keeps nothing to tell (ESTABLISHED...).
+	Since     uint64
+	ExpiresIn time.Duration // timewait: time left on its timer
+
+	Inode      uint64 // socket inode (0 for timewait sockets)
+	UID        uint32
+	Owner      Task // from /proc/PID/fd, as `ss -p` finds it
+	OwnerKnown bool
+	Scanned    uint64 // CLOCK_BOOTTIME ns of the walk
+}
+
+// Scan walks every TCP socket of every network namespace it can find (those
+// of running processes and those named under /run/netns), seeds the tracer's
+// per-socket state so that their next events carry what is known, and finds
+// the processes that hold them.
+func (t *Tracer) Scan() ([]Socket, error) {
+	prog := t.coll.Programs["iter_tcp"]
+	if prog == nil {
+		return nil, errors.New("scanning sockets: iterator program not loaded")
+	}
+	it, err := link.AttachIter(link.IterOptions{Program: prog})
+	if err != nil {
+		return nil, fmt.Errorf("scanning sockets: attaching tcp iterator: %w", err)
+	}
+	defer it.Close()
+
+	var out []Socket
+	for _, ns := range netnsPaths() {
+		socks, err := scanNetNS(it, ns, t.info.HZ)
+		if err != nil {
+			if errors.Is(err, os.ErrNotExist) || errors.Is(err, syscall.ENOENT) || errors.Is(err, syscall.ESRCH) {
+				continue // the namespace went away meanwhile
+			}
+			return nil, fmt.Errorf("scanning sockets in %s: %w", ns, err)
+		}
+		out = append(out, socks...)
+	}
+	owners := socketOwners()
+	for i := range out {
+		if task, ok := owners[out[i].Inode]; ok && out[i].Inode != 0 {
+			out[i].Owner, out[i].OwnerKnown = task, true
+		}
+	}
+	return out, nil
+}
+
+// scanNetNS runs the iterator from inside the namespace at path (the
+// iterator walks the namespace of whoever opens it).
+func scanNetNS(it *link.Iter, path string, hz uint32) ([]Socket, error) {
+	type result struct {
+		data []byte
+		err  error
+	}
+	ch := make(chan result, 1)
+	go func() {
+		// This thread changes namespace: it must not run anything else, and
+		// if it cannot go back it must die with the goroutine.
+		runtime.LockOSThread()
+		self, err := os.Open("/proc/thread-self/ns/net")
+		if err != nil {
+			runtime.UnlockOSThread()
+			ch <- result{err: err}
+			return
+		}
+		defer self.Close()
+		target, err := os.Open(path)
+		if err != nil {
+			runtime.UnlockOSThread()
+			ch <- result{err: err}
+			return
+		}
+		defer target.Close()
+		if err := unix.Setns(int(target.Fd()), unix.CLONE_NEWNET); err != nil {
+			runtime.UnlockOSThread()
+			ch <- result{err: fmt.Errorf("entering namespace: %w", err)}
+			return
+		}
+		rd, err := it.Open()
+		var data []byte
+		if err == nil {
+			data, err = io.ReadAll(rd)
+			rd.Close()
+		}
+		if unix.Setns(int(self.Fd()), unix.CLONE_NEWNET) == nil {
+			runtime.UnlockOSThread()
+		}
+		ch <- result{data, err}
+	}()
+	r := <-ch
+	if r.err != nil {
+		return nil, r.err
+	}
+	return parseIterRecords(r.data, hz)
+}
+
+var iterRecSize = int(unsafe.Sizeof(tcpstateIterRec{}))
+
+// parseIterRecords decodes what iter_tcp wrote: records, then a trailer.
+func parseIterRecords(data []byte, hz uint32) ([]Socket, error) {
+	if len(data)%iterRecSize != 0 {
+		return nil, fmt.Errorf("iterator wrote %d bytes, not a whole number of %d-byte records", len(data), iterRecSize)
+	}
+	var out []Socket
+	for off := 0; off < len(data); off += iterRecSize {
+		var r tcpstateIterRec
+		if _, err := binary.Decode(data[off:off+iterRecSize], binary.NativeEndian, &r); err != nil {
+			return nil, err
+		}
+		if r.End != 0 {
+			continue
+		}
+		s := Socket{
+			Cookie: r.Cookie, NetNS: r.Netns, State: State(r.State), Timewait: r.Timewait != 0,
+			Inode: r.Ino, UID: r.Uid, Scanned: r.TsNs,
+		}
+		switch r.Family {
+		case afInet:
+			s.Family = IPv4
+			s.Local = netip.AddrPortFrom(netip.AddrFrom4([4]byte(r.Saddr[:4])), r.Sport)
+			s.Remote = netip.AddrPortFrom(netip.AddrFrom4([4]byte(r.Daddr[:4])), r.Dport)
+		case afInet6:
+			s.Family = IPv6
+			s.Local = netip.AddrPortFrom(netip.AddrFrom16(r.Saddr), r.Sport)
+			s.Remote = netip.AddrPortFrom(netip.AddrFrom16(r.Daddr), r.Dport)
+		default:
+			continue
+		}
+		ago := func(stamp uint32) uint64 {
+			d := uint64(JiffiesToDuration(int64(uint32(r.Jiffies)-stamp), hz))
+			if d > r.TsNs {
+				return 0
+			}
+			return r.TsNs - d
+		}
+		switch {
+		case s.Timewait:
+			s.ExpiresIn = JiffiesToDuration(int64(r.TimerExpires-r.Jiffies), hz)
+			if s.State == TimeWait && s.ExpiresIn >= 0 && s.ExpiresIn <= timewaitLen {
+				s.Since = r.TsNs - uint64(timewaitLen-s.ExpiresIn)
+			}
+		case s.State == CloseWait || s.State == FinWait2:
+			s.Since = ago(r.RcvTstamp)
+		case s.State == FinWait1 || s.State == LastAck || s.State == Closing:
+			s.Since = ago(r.Lsndtime)
+		}
+		out = append(out, s)
+	}
+	return out, nil
+}
+
+// timewaitLen is TCP_TIMEWAIT_LEN, fixed in the kernel.
+const timewaitLen = 60 * time.Second
+
+// netnsPaths names one file per network namespace: a process's, or a
+// mount under /run/netns.
+func netnsPaths() []string {
+	seen := map[uint64]bool{}
+	var out []string
+	add := func(path string) {
+		var st unix.Stat_t
+		if unix.Stat(path, &st) != nil || seen[st.Ino] {
+			return
+		}
+		seen[st.Ino] = true
+		out = append(out, path)
+	}
+	add("/proc/self/ns/net")
+	if names, err := os.ReadDir("/run/netns"); err == nil {
+		for _, n := range names {
+			add(filepath.Join("/run/netns", n.Name()))
+		}
+	}
+	procs, _ := os.ReadDir("/proc")
+	for _, p := range procs {
+		if _, err := strconv.Atoi(p.Name()); err == nil {
+			add(filepath.Join("/proc", p.Name(), "ns/net"))
+		}
+	}
+	return out
+}
+
+// socketOwners maps socket inodes to a process holding them, by reading
+// every /proc/PID/fd link ("socket:[INODE]"). The lowest PID wins.
+func socketOwners() map[uint64]Task {
+	owners := map[uint64]Task{}
+	procs, _ := os.ReadDir("/proc")
+	for _, p := range procs {
+		pid, err := strconv.Atoi(p.Name())
+		if err != nil {
+			continue
+		}
+		dir := filepath.Join("/proc", p.Name(), "fd")
+		fds, err := os.ReadDir(dir)
+		if err != nil {
+			continue
+		}
+		var comm Comm
+		for _, fd := range fds {
+			target, err := os.Readlink(filepath.Join(dir, fd.Name()))
+			if err != nil || !strings.HasPrefix(target, "socket:[") {
+				continue
+			}
+			ino, err := strconv.ParseUint(strings.TrimSuffix(strings.TrimPrefix(target, "socket:["), "]"), 10, 64)
+			if err != nil {
+				continue
+			}
+			if _, ok := owners[ino]; ok {
+				continue
+			}
+			if comm == (Comm{}) {
+				b, _ := os.ReadFile(filepath.Join("/proc", p.Name(), "comm"))
+				comm = CommFrom(strings.TrimSuffix(string(b), "\n"))
+			}
+			owners[ino] = Task{PID: uint32(pid), TID: uint32(pid), Comm: comm}
+		}
+	}
+	return owners
+}

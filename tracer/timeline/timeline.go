@@ -1,0 +1,436 @@
+// SPDX-License-Identifier: Apache-2.0
+
+// Package timeline rebuilds each connection's life from tracer events: it
+// keeps a bounded table of connections keyed by socket cookie, joins what the
+// kernel reports in pieces (a RST sent after CLOSE, a timewait socket killed
+// early), names owners the kernel could not (sockets older than the tracer,
+// timewait sockets, children of old listeners), and finds sockets that linger.
+//
+// A Timeline sits between the tracer and the output: it is a tracer.Sink and
+// passes what it makes on to the next Sink. Replaying a capture feeds the
+// same Timeline, so live and replayed output are made by the same code.
+package timeline
+
+import (
+	"container/list"
+	"net/netip"
+	"time"
+
+	"github.com/tcpstate/tcpstate/tracer"
+)
+
+// DefaultMaxConns bounds the connection table.
+const DefaultMaxConns = 262144
+
+// joinWindow is how long an event is held for a later piece of it: the RST
+// that follows a CLOSE, the re-arm that follows a timewait timer's removal.
+// Both come within microseconds, from the same CPU.
+const joinWindow = 2 * time.Millisecond
+
+// Span is one state in a connection's life.
+type Span struct {
+	State    tracer.State
+	Start    uint64        // CLOCK_BOOTTIME ns; 0 when unknown
+	Duration time.Duration // valid when Known
+	Known    bool          // the tracer saw the state begin and end
+	Min      bool          // began before the tracer: Duration is a lower bound
+	Timewait bool          // lived in the timewait socket
+}
+
+// maxSpans bounds one connection's history; a connection that changes state
+// more often keeps its first and last states.
+const maxSpans = 32
+
+// Conn is one connection (or listener) as the timeline knows it.
+type Conn struct {
+	Cookie    uint64
+	NetNS     uint32
+	Family    tracer.Family
+	Local     netip.AddrPort
+	Remote    netip.AddrPort
+	Owner     tracer.Task
+	OwnerFrom tracer.OwnerSource
+
+	State      tracer.State
+	Since      uint64 // when State began (CLOCK_BOOTTIME ns); see SinceStart
+	SinceStart bool   // State began before the tracer: Since is an estimate or the start time
+	Timewait   bool   // the connection lives in a timewait socket
+	ExpiresIn  time.Duration
+	ExpiresAt  uint64 // CLOCK_BOOTTIME ns its timewait timer fires, 0 when unknown
+
+	Spans     []Span
+	Reason    tracer.Reason // how it ended
+	RstReason uint16
+	SkErr     int32
+	End       uint64 // CLOCK_BOOTTIME ns of its end
+
+	lingered bool
+	elem     *list.Element
+}
+
+// Age is how long the connection has been in its state at time now.
+func (c *Conn) Age(now uint64) time.Duration {
+	if c.Since == 0 || now < c.Since {
+		return 0
+	}
+	return time.Duration(now - c.Since)
+}
+
+// Options configure a Timeline.
+type Options struct {
+	// MaxConns bounds the table (DefaultMaxConns when 0); the connection
+	// updated least recently is evicted first, and counted.
+	MaxConns int
+	// Linger: emit an EventLinger once a socket has been in CLOSE_WAIT or
+	// FIN_WAIT2 this long. 0: never.
+	Linger time.Duration
+	// OnFinish receives each connection when it ends (its last CLOSE).
+	OnFinish func(*Conn) error
+	// Start is when tracing began (CLOCK_BOOTTIME ns).
+	Start uint64
+}
+
+// Stats count what the table did.
+type Stats struct {
+	Conns    int    // in the table now
+	Evicted  uint64 // dropped to stay within MaxConns
+	Finished uint64
+	Killed   uint64 // timewait sockets ended early
+}
+
+// Timeline is a tracer.Sink. It is not safe for concurrent use.
+type Timeline struct {
+	opts  Options
+	next  tracer.Sink
+	conns map[uint64]*Conn
+	lru   *list.List // front: most recently updated
+	// listeners by namespace and port, to name the owner of sockets accepted
+	// from a listener older than the tracer
+	listeners map[listenKey]*Conn
+	lingering map[uint64]*Conn // in CLOSE_WAIT or FIN_WAIT2 and not yet reported
+
+	held   []tracer.Event // waiting joinWindow for a later piece
+	latest uint64         // newest event time seen
+	stats  Stats
+	out    tracer.Event
+}
+
+type listenKey struct {
+	netns uint32
+	port  uint16
+}
+
+// New returns a Timeline that passes its events to next.
+func New(next tracer.Sink, opts Options) *Timeline {
+	if opts.MaxConns <= 0 {
+		opts.MaxConns = DefaultMaxConns
+	}
+	return &Timeline{
+		opts: opts, next: next,
+		conns: map[uint64]*Conn{}, lru: list.New(),
+		listeners: map[listenKey]*Conn{}, lingering: map[uint64]*Conn{},
+	}
+}
+
+// Stats reports the table's counters.
+func (t *Timeline) Stats() Stats {
+	s := t.stats
+	s.Conns = len(t.conns)
+	return s
+}
+
+// Seed puts sockets found by the start-up walk in the table.
+func (t *Timeline) Seed(socks []tracer.Socket) {
+	for i := range socks {
+		s := &socks[i]
+		if s.Cookie == 0 {
+			continue
+		}
+		c := t.conn(s.Cookie)
+		c.NetNS, c.Family, c.Local, c.Remote = s.NetNS, s.Family, s.Local, s.Remote
+		c.State, c.Timewait, c.SinceStart = s.State, s.Timewait, true
+		c.Since = s.Since
+		if c.Since == 0 {
+			c.Since = s.Scanned
+		}
+		if s.Timewait && s.ExpiresIn > 0 {
+			c.ExpiresIn = s.ExpiresIn
+			c.ExpiresAt = s.Scanned + uint64(s.ExpiresIn)
+		}
+		if s.OwnerKnown {
+			c.Owner, c.OwnerFrom = s.Owner, tracer.OwnerProc
+		}
+		c.Spans = append(c.Spans[:0], Span{State: s.State, Start: c.Since, Min: true, Timewait: s.Timewait})
+		if s.State == tracer.Listen {
+			t.listeners[listenKey{s.NetNS, s.Local.Port()}] = c
+		}
+		t.watchLinger(c)
+	}
+}
+
+// Conns calls f for every connection in the table, most recently updated first.
+func (t *Timeline) Conns(f func(*Conn) bool) {
+	for e := t.lru.Front(); e != nil; e = e.Next() {
+		if !f(e.Value.(*Conn)) {
+			return
+		}
+	}
+}
+
+// conn finds or creates the connection with cookie, marking it most recent.
+func (t *Timeline) conn(cookie uint64) *Conn {
+	if c, ok := t.conns[cookie]; ok {
+		t.lru.MoveToFront(c.elem)
+		return c
+	}
+	if len(t.conns) >= t.opts.MaxConns {
+		old := t.lru.Back().Value.(*Conn)
+		t.remove(old)
+		t.stats.Evicted++
+	}
+	c := &Conn{Cookie: cookie}
+	c.elem = t.lru.PushFront(c)
+	t.conns[cookie] = c
+	return c
+}
+
+func (t *Timeline) remove(c *Conn) {
+	t.lru.Remove(c.elem)
+	delete(t.conns, c.Cookie)
+	delete(t.lingering, c.Cookie)
+	if c.State == tracer.Listen {
+		k := listenKey{c.NetNS, c.Local.Port()}
+		if t.listeners[k] == c {
+			delete(t.listeners, k)
+		}
+	}
+}
+
+// Event takes one event from the tracer (or a capture).
+func (t *Timeline) Event(e *tracer.Event) error {
+	if e.Type == tracer.EventLost {
+		return t.next.Event(e)
+	}
+	if e.Time > t.latest {
+		t.latest = e.Time
+	}
+	if err := t.release(t.latest); err != nil {
+		return err
+	}
+	switch e.Type {
+	case tracer.EventReset:
+		// Join the RST to the CLOSE it follows; else show it alone.
+		if h := t.heldClose(e.Cookie); h != nil {
+			if h.Reason == tracer.ReasonClosed || h.Reason == tracer.ReasonFIN || h.Reason == tracer.ReasonNone {
+				h.Reason, h.RstReason = tracer.ReasonRSTSent, e.RstReason
+			}
+			return nil
+		}
+	case tracer.EventTWRearm:
+		t.dropCancel(e.Cookie)
+		return nil
+	case tracer.EventState:
+		if e.Timewait {
+			t.dropCancel(e.Cookie)
+		}
+	}
+	t.held = append(t.held, *e)
+	return nil
+}
+
+// heldClose finds a held CLOSE of a full socket with cookie.
+func (t *Timeline) heldClose(cookie uint64) *tracer.Event {
+	for i := len(t.held) - 1; i >= 0; i-- {
+		h := &t.held[i]
+		if h.Cookie == cookie && h.Type == tracer.EventState && h.New == tracer.Close && !h.Timewait {
+			return h
+		}
+	}
+	return nil
+}
+
+// dropCancel forgets a held timewait cancel of cookie: it was a re-arm.
+func (t *Timeline) dropCancel(cookie uint64) {
+	for i := range t.held {
+		if t.held[i].Cookie == cookie && t.held[i].Type == tracer.EventTWCancel {
+			t.held = append(t.held[:i], t.held[i+1:]...)
+			return
+		}
+	}
+}
+
+// release processes held events older than joinWindow at time now.
+func (t *Timeline) release(now uint64) error {
+	n := 0
+	for n < len(t.held) && t.held[n].Time+uint64(joinWindow) <= now {
+		if err := t.process(&t.held[n]); err != nil {
+			return err
+		}
+		n++
+	}
+	if n > 0 {
+		t.held = append(t.held[:0], t.held[n:]...)
+	}
+	return nil
+}
+
+// Tick releases what has waited long enough and emits linger events; now is
+// the current CLOCK_BOOTTIME (or, on replay, the time of the capture).
+func (t *Timeline) Tick(now uint64) error {
+	if err := t.release(now); err != nil {
+		return err
+	}
+	if t.opts.Linger > 0 {
+		for _, c := range t.lingering {
+			if c.Age(now) < t.opts.Linger {
+				continue
+			}
+			delete(t.lingering, c.Cookie)
+			c.lingered = true
+			t.out = tracer.Event{
+				Type: tracer.EventLinger, Time: now, Cookie: c.Cookie, NetNS: c.NetNS, Family: c.Family,
+				Local: c.Local, Remote: c.Remote, Old: c.State, New: c.State,
+				Duration: c.Age(now), HasDuration: c.Since != 0, DurationMin: c.SinceStart,
+				Owner: c.Owner, OwnerFrom: c.OwnerFrom, Timewait: c.Timewait,
+			}
+			if err := t.next.Event(&t.out); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
+}
+
+// Idle is called by the tracer when it has drained the ring buffer.
+func (t *Timeline) Idle() error {
+	if err := t.Tick(tracer.BootNow()); err != nil {
+		return err
+	}
+	return t.next.Idle()
+}
+
+// Flush releases everything held (end of a capture, or of tracing).
+func (t *Timeline) Flush() error {
+	if err := t.release(^uint64(0)); err != nil {
+		return err
+	}
+	return t.next.Idle()
+}
+
+// process applies one event to the table, enriches it, and passes it on.
+func (t *Timeline) process(e *tracer.Event) error {
+	if e.Type == tracer.EventTWCancel {
+		// Not re-armed: the timewait socket was killed early.
+		e.Type, e.New, e.Reason = tracer.EventState, tracer.Close, tracer.ReasonTWKilled
+		t.stats.Killed++
+	}
+	if e.Cookie == 0 {
+		return t.next.Event(e)
+	}
+	c := t.conn(e.Cookie)
+	if c.Family == tracer.FamilyAny || e.Local.Port() != 0 {
+		c.NetNS, c.Family, c.Local, c.Remote = e.NetNS, e.Family, e.Local, e.Remote
+	}
+	t.enrichOwner(c, e)
+	if e.Type != tracer.EventState {
+		return t.next.Event(e)
+	}
+	if e.DurationMin && c.SinceStart && c.Since != 0 && c.State == e.Old && e.Time > c.Since {
+		// The walk estimated when the state began: better than the
+		// tracer's start as a lower bound.
+		if d := time.Duration(e.Time - c.Since); d > e.Duration {
+			e.Duration = d
+		}
+	}
+	t.advance(c, e)
+	if err := t.next.Event(e); err != nil {
+		return err
+	}
+	if e.New == tracer.Close && !(e.Timewait && e.Old == e.New) {
+		t.stats.Finished++
+		t.remove(c)
+		if t.opts.OnFinish != nil {
+			return t.opts.OnFinish(c)
+		}
+	}
+	return nil
+}
+
+// enrichOwner fills the owner of e from the table, or the table from e.
+func (t *Timeline) enrichOwner(c *Conn, e *tracer.Event) {
+	if e.OwnerKnown() {
+		c.Owner, c.OwnerFrom = e.Owner, e.OwnerFrom
+		return
+	}
+	if c.OwnerFrom == tracer.OwnerUnknown && e.Old == tracer.Listen && e.New == tracer.SynRecv {
+		if l := t.listeners[listenKey{e.NetNS, e.Local.Port()}]; l != nil && l.OwnerFrom != tracer.OwnerUnknown {
+			c.Owner, c.OwnerFrom = l.Owner, tracer.OwnerListener
+		}
+	}
+	if c.OwnerFrom != tracer.OwnerUnknown {
+		e.Owner, e.OwnerFrom = c.Owner, c.OwnerFrom
+	}
+}
+
+// advance records the transition in c's history.
+func (t *Timeline) advance(c *Conn, e *tracer.Event) {
+	if n := len(c.Spans); n > 0 && c.Spans[n-1].State == e.Old {
+		last := &c.Spans[n-1]
+		last.Duration, last.Known, last.Min = e.Duration, e.HasDuration, e.DurationMin
+	} else if e.Old != tracer.Close && !(e.Old == tracer.Listen && e.New == tracer.SynRecv) {
+		// The first state the tracer saw of this connection (an accepted
+		// socket's LISTEN is its listener's).
+		c.Spans = append(c.Spans, Span{State: e.Old, Duration: e.Duration, Known: e.HasDuration, Min: e.DurationMin})
+	}
+	if e.Old == tracer.Listen && e.New == tracer.Close {
+		delete(t.listeners, listenKey{c.NetNS, c.Local.Port()})
+	}
+	c.State, c.Since, c.SinceStart, c.Timewait = e.New, e.Time, false, e.Timewait
+	c.ExpiresIn, c.ExpiresAt = 0, 0
+	if e.Timewait && e.ExpiresIn > 0 {
+		c.ExpiresIn, c.ExpiresAt = e.ExpiresIn, e.Time+uint64(e.ExpiresIn)
+	}
+	if e.New == tracer.Close {
+		c.Reason, c.RstReason, c.SkErr, c.End = e.Reason, e.RstReason, e.SkErr, e.Time
+	} else {
+		if len(c.Spans) == maxSpans {
+			c.Spans = append(c.Spans[:maxSpans/2], c.Spans[maxSpans/2+1:]...)
+		}
+		c.Spans = append(c.Spans, Span{State: e.New, Start: e.Time, Timewait: e.Timewait})
+	}
+	if e.New == tracer.Listen {
+		t.listeners[listenKey{c.NetNS, c.Local.Port()}] = c
+	}
+	t.watchLinger(c)
+}
+
+func (t *Timeline) watchLinger(c *Conn) {
+	lingerState := c.State == tracer.CloseWait || c.State == tracer.FinWait2
+	if !lingerState {
+		c.lingered = false
+	}
+	if t.opts.Linger > 0 && lingerState && !c.lingered {
+		t.lingering[c.Cookie] = c
+	} else {
+		delete(t.lingering, c.Cookie)
+	}
+}
+
+// Match reports whether c passes f: in its current state, or with finished
+// set, in any state of its life.
+func Match(f *tracer.Filter, c *Conn, finished bool) bool {
+	e := tracer.Event{
+		Type: tracer.EventState, NetNS: c.NetNS, Family: c.Family, Local: c.Local, Remote: c.Remote,
+		Old: c.State, New: c.State, Owner: c.Owner, OwnerFrom: c.OwnerFrom,
+	}
+	if !finished || f.States == 0 {
+		return f.Match(&e)
+	}
+	for _, s := range c.Spans {
+		e.Old, e.New = s.State, s.State
+		if f.Match(&e) {
+			return true
+		}
+	}
+	return false
+}
