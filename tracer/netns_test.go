@@ -1,0 +1,255 @@
+// SPDX-License-Identifier: Apache-2.0
+
+package tracer_test
+
+import (
+	"fmt"
+	"net"
+	"net/netip"
+	"os"
+	"os/exec"
+	"runtime"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/tcpstate/tcpstate/tracer"
+)
+
+// netns is a network namespace made for one test, with loopback up and its
+// own sysctls; removed when the test ends.
+type netns struct {
+	name  string
+	inode uint32
+}
+
+func newNetNS(t *testing.T, sysctls ...string) *netns {
+	t.Helper()
+	requireRoot(t)
+	name := fmt.Sprintf("tcpstate-test-%d-%d", os.Getpid(), time.Now().UnixNano()%1e6)
+	run := func(args ...string) {
+		t.Helper()
+		if out, err := exec.Command(args[0], args[1:]...).CombinedOutput(); err != nil {
+			t.Fatalf("%s: %v: %s", strings.Join(args, " "), err, out)
+		}
+	}
+	run("ip", "netns", "add", name)
+	t.Cleanup(func() { _ = exec.Command("ip", "netns", "del", name).Run() })
+	run("ip", "-n", name, "link", "set", "lo", "up")
+	for _, kv := range sysctls {
+		run("ip", "netns", "exec", name, "sysctl", "-q", "-w", kv)
+	}
+	var st unix.Stat_t
+	if err := unix.Stat("/run/netns/"+name, &st); err != nil {
+		t.Fatal(err)
+	}
+	return &netns{name: name, inode: uint32(st.Ino)}
+}
+
+// do runs f with the calling goroutine's thread in the namespace: sockets
+// f creates belong to it for their whole life.
+func (n *netns) do(t *testing.T, f func()) {
+	t.Helper()
+	runtime.LockOSThread()
+	defer runtime.UnlockOSThread()
+	self, err := os.Open("/proc/thread-self/ns/net")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer self.Close()
+	target, err := os.Open("/run/netns/" + n.name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer target.Close()
+	if err := unix.Setns(int(target.Fd()), unix.CLONE_NEWNET); err != nil {
+		t.Fatal(err)
+	}
+	defer func() {
+		if err := unix.Setns(int(self.Fd()), unix.CLONE_NEWNET); err != nil {
+			panic(err) // the thread is unusable; never hand it back
+		}
+	}()
+	f()
+}
+
+// dialFrom connects to dst from a fixed local port, with SO_REUSEADDR so that
+// the port can be taken again while its last connection is in TIME_WAIT.
+func dialFrom(t *testing.T, local, dst string) net.Conn {
+	t.Helper()
+	d := net.Dialer{
+		LocalAddr: net.TCPAddrFromAddrPort(mustAddrPort(local)),
+		Control: func(_, _ string, c syscall.RawConn) error {
+			var serr error
+			err := c.Control(func(fd uintptr) {
+				serr = syscall.SetsockoptInt(int(fd), syscall.SOL_SOCKET, syscall.SO_REUSEADDR, 1)
+			})
+			if err != nil {
+				return err
+			}
+			return serr
+		},
+	}
+	c, err := d.Dial("tcp4", dst)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return c
+}
+
+// timewaitPair makes, in ns, a connection whose client (this process) closes
+// first and whose server closes after serverDelay: the client ends in TIME_WAIT.
+func timewaitPair(t *testing.T, ns *netns, clientPort string, serverDelay time.Duration) (client, server string) {
+	t.Helper()
+	var ln net.Listener
+	var conn, srvConn net.Conn
+	ns.do(t, func() {
+		var err error
+		if ln, err = net.Listen("tcp4", "127.0.0.1:0"); err != nil {
+			t.Fatal(err)
+		}
+		conn = dialFrom(t, "127.0.0.1:"+clientPort, ln.Addr().String())
+	})
+	t.Cleanup(func() { ln.Close() })
+	srvConn, err := ln.Accept()
+	if err != nil {
+		t.Fatal(err)
+	}
+	client, server = conn.LocalAddr().String(), ln.Addr().String()
+	conn.Close()
+	time.Sleep(serverDelay)
+	srvConn.Close()
+	return client, server
+}
+
+func mustAddrPort(s string) netip.AddrPort { return parseAddrPort(s) }
+
+func parseAddrPort(s string) netip.AddrPort { return netip.MustParseAddrPort(s) }
+
+// The active closer's TIME_WAIT, followed in its timewait socket with its
+// owner, ended early when a new connection reuses the 4-tuple.
+func TestTimeWaitKilledByReuse(t *testing.T) {
+	ns := newNetNS(t, "net.ipv4.tcp_tw_reuse=1")
+	r := startTracer(t, tracer.Config{Filter: tracer.Filter{NetNS: ns.inode}}, nil)
+	const hold = 1200 * time.Millisecond // tw_reuse wants the last timestamp over a second old
+	clientAddr, serverAddr := timewaitPair(t, ns, "40001", 100*time.Millisecond)
+	time.Sleep(hold)
+	var again net.Conn
+	ns.do(t, func() { again = dialFrom(t, clientAddr, serverAddr) })
+	defer again.Close()
+
+	cl := parseAddrPort(clientAddr)
+	first := func(e *tracer.Event) bool { return e.Local == cl && e.New == tracer.SynSent }
+	eventually(t, "the first connection's TIME_WAIT killed", func() bool {
+		evs := r.col.socket(first)
+		return len(evs) > 0 && evs[len(evs)-1].Reason == tracer.ReasonTWKilled
+	})
+	evs := r.col.socket(first)
+	assertSequence(t, "client", evs, "CLOSE->SYN_SENT", "SYN_SENT->ESTABLISHED", "ESTABLISHED->FIN_WAIT1",
+		"FIN_WAIT1->FIN_WAIT2", "FIN_WAIT2->TIME_WAIT(tw)", "TIME_WAIT->CLOSE(tw)")
+	assertOwner(t, "client", evs, os.Getpid())
+	assertDurations(t, "client", evs[:5])
+	if len(evs) != 6 {
+		return
+	}
+	// FIN_WAIT2 lasted until the server's FIN, 100 ms; TIME_WAIT until the reuse.
+	if d := evs[5].Duration; d < hold-50*time.Millisecond || d > hold+100*time.Millisecond {
+		t.Errorf("TIME_WAIT lasted %v before the reuse, want about %v", d, hold)
+	}
+	if d := evs[4].Duration; d < 90*time.Millisecond || d > 150*time.Millisecond {
+		t.Errorf("FIN_WAIT2 lasted %v, want about 100ms", d)
+	}
+	if evs[5].NetNS != ns.inode {
+		t.Errorf("netns %d, want the test's %d", evs[5].NetNS, ns.inode)
+	}
+}
+
+// An orphaned FIN_WAIT2 (closed by its owner, the peer never closes) lasts
+// tcp_fin_timeout, in a timewait socket: set to 2 s in the test's namespace.
+func TestOrphanedFinWait2LastsFinTimeout(t *testing.T) {
+	const finTimeout = 2 * time.Second
+	ns := newNetNS(t, "net.ipv4.tcp_fin_timeout=2")
+	r := startTracer(t, tracer.Config{Filter: tracer.Filter{NetNS: ns.inode}}, nil)
+	var ln net.Listener
+	var conn net.Conn
+	ns.do(t, func() {
+		var err error
+		if ln, err = net.Listen("tcp4", "127.0.0.1:0"); err != nil {
+			t.Fatal(err)
+		}
+		if conn, err = net.Dial("tcp4", ln.Addr().String()); err != nil {
+			t.Fatal(err)
+		}
+	})
+	defer ln.Close()
+	peer, err := ln.Accept()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer peer.Close() // never closed before the end: the client's FIN_WAIT2 is never answered
+	srv := parseAddrPort(ln.Addr().String())
+	conn.Close()
+
+	isClient := func(e *tracer.Event) bool { return e.Remote == srv && e.New == tracer.SynSent }
+	deadline := time.Now().Add(finTimeout + 3*time.Second)
+	for {
+		evs := r.col.socket(isClient)
+		if len(evs) > 0 && evs[len(evs)-1].New == tracer.Close {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("no end of FIN_WAIT2: %v", transitions(evs))
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	evs := r.col.socket(isClient)
+	assertSequence(t, "client", evs, "CLOSE->SYN_SENT", "SYN_SENT->ESTABLISHED", "ESTABLISHED->FIN_WAIT1",
+		"FIN_WAIT1->FIN_WAIT2", "FIN_WAIT2->CLOSE(tw)")
+	assertOwner(t, "client", evs, os.Getpid())
+	assertReason(t, "client", evs, tracer.ReasonFinTimeout)
+	last := evs[len(evs)-1]
+	// The timer wheel may fire late by up to an eighth of the delay.
+	if d := last.Duration; d < finTimeout || d > finTimeout+finTimeout/8+20*time.Millisecond {
+		t.Errorf("FIN_WAIT2 lasted %v, want tcp_fin_timeout %v (+12.5%% timer slack)", d, finTimeout)
+	} else {
+		t.Logf("orphaned FIN_WAIT2 lasted %v with tcp_fin_timeout=%v", d, finTimeout)
+	}
+}
+
+// TIME_WAIT runs its fixed 60 s and the tracer reports its end. Slow: runs in
+// parallel with the rest.
+func TestTimeWaitExpires(t *testing.T) {
+	if testing.Short() {
+		t.Skip("waits 60 s for TIME_WAIT to end; not with -short")
+	}
+	t.Parallel()
+	ns := newNetNS(t)
+	r := startTracer(t, tracer.Config{Filter: tracer.Filter{NetNS: ns.inode}}, nil)
+	clientAddr, _ := timewaitPair(t, ns, "40002", 100*time.Millisecond)
+	cl := parseAddrPort(clientAddr)
+	isClient := func(e *tracer.Event) bool { return e.Local == cl && e.New == tracer.SynSent }
+	deadline := time.Now().Add(65 * time.Second)
+	for {
+		evs := r.col.socket(isClient)
+		if len(evs) > 0 && evs[len(evs)-1].New == tracer.Close {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("TIME_WAIT did not end: %v", transitions(evs))
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+	evs := r.col.socket(isClient)
+	assertSequence(t, "client", evs, "CLOSE->SYN_SENT", "SYN_SENT->ESTABLISHED", "ESTABLISHED->FIN_WAIT1",
+		"FIN_WAIT1->FIN_WAIT2", "FIN_WAIT2->TIME_WAIT(tw)", "TIME_WAIT->CLOSE(tw)")
+	assertOwner(t, "client", evs, os.Getpid())
+	assertReason(t, "client", evs, tracer.ReasonTWExpired)
+	if d := evs[len(evs)-1].Duration; d < 60*time.Second || d > 60*time.Second+60*time.Second/8 {
+		t.Errorf("TIME_WAIT lasted %v, want 60s (+12.5%% timer slack)", d)
+	} else {
+		t.Logf("TIME_WAIT lasted %v", d)
+	}
+}
