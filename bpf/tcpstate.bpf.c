@@ -610,8 +610,9 @@ static __always_inline void tw_sync(struct tw_info *info, struct inet_timewait_s
 	entered = now;
 	expires = BPF_CORE_READ(t, expires);
 	if (substate == TCP_TIME_WAIT && hz && expires != info->expires) {
+		/* Negative when the timer fires late (it is firing now). */
 		left_ns = (__s64)(expires - bpf_jiffies64()) * (1000000000LL / hz);
-		if (left_ns >= 0 && left_ns <= TIMEWAIT_LEN_NS)
+		if (left_ns > -(__s64)TIMEWAIT_LEN_NS && left_ns <= (__s64)TIMEWAIT_LEN_NS)
 			entered = now - (TIMEWAIT_LEN_NS - left_ns);
 		if (info->state_ts && entered < info->state_ts)
 			entered = info->state_ts;

@@ -12,7 +12,6 @@
 package timeline
 
 import (
-	"container/list"
 	"net/netip"
 	"time"
 
@@ -64,8 +63,8 @@ type Conn struct {
 	SkErr     int32
 	End       uint64 // CLOCK_BOOTTIME ns of its end
 
-	lingered bool
-	elem     *list.Element
+	lingered   bool
+	prev, next *Conn // LRU list, most recently updated at the head
 }
 
 // Age is how long the connection has been in its state at time now.
@@ -84,7 +83,8 @@ type Options struct {
 	// Linger: emit an EventLinger once a socket has been in CLOSE_WAIT or
 	// FIN_WAIT2 this long. 0: never.
 	Linger time.Duration
-	// OnFinish receives each connection when it ends (its last CLOSE).
+	// OnFinish receives each connection when it ends (its last CLOSE). The
+	// Conn is reused after the call: copy what you keep.
 	OnFinish func(*Conn) error
 	// Start is when tracing began (CLOCK_BOOTTIME ns).
 	Start uint64
@@ -100,19 +100,21 @@ type Stats struct {
 
 // Timeline is a tracer.Sink. It is not safe for concurrent use.
 type Timeline struct {
-	opts  Options
-	next  tracer.Sink
-	conns map[uint64]*Conn
-	lru   *list.List // front: most recently updated
+	opts       Options
+	next       tracer.Sink
+	conns      map[uint64]*Conn
+	head, tail *Conn   // LRU: head most recently updated
+	free       []*Conn // finished connections, reused
 	// listeners by namespace and port, to name the owner of sockets accepted
 	// from a listener older than the tracer
 	listeners map[listenKey]*Conn
 	lingering map[uint64]*Conn // in CLOSE_WAIT or FIN_WAIT2 and not yet reported
 
-	held   []tracer.Event // waiting joinWindow for a later piece
-	latest uint64         // newest event time seen
-	stats  Stats
-	out    tracer.Event
+	held     []tracer.Event // waiting joinWindow for a later piece, from heldHead on
+	heldHead int
+	latest   uint64 // newest event time seen
+	stats    Stats
+	out      tracer.Event
 }
 
 type listenKey struct {
@@ -127,7 +129,7 @@ func New(next tracer.Sink, opts Options) *Timeline {
 	}
 	return &Timeline{
 		opts: opts, next: next,
-		conns: map[uint64]*Conn{}, lru: list.New(),
+		conns:     map[uint64]*Conn{},
 		listeners: map[listenKey]*Conn{}, lingering: map[uint64]*Conn{},
 	}
 }
@@ -170,8 +172,8 @@ func (t *Timeline) Seed(socks []tracer.Socket) {
 
 // Conns calls f for every connection in the table, most recently updated first.
 func (t *Timeline) Conns(f func(*Conn) bool) {
-	for e := t.lru.Front(); e != nil; e = e.Next() {
-		if !f(e.Value.(*Conn)) {
+	for c := t.head; c != nil; c = c.next {
+		if !f(c) {
 			return
 		}
 	}
@@ -180,22 +182,53 @@ func (t *Timeline) Conns(f func(*Conn) bool) {
 // conn finds or creates the connection with cookie, marking it most recent.
 func (t *Timeline) conn(cookie uint64) *Conn {
 	if c, ok := t.conns[cookie]; ok {
-		t.lru.MoveToFront(c.elem)
+		t.unlink(c)
+		t.pushFront(c)
 		return c
 	}
 	if len(t.conns) >= t.opts.MaxConns {
-		old := t.lru.Back().Value.(*Conn)
-		t.remove(old)
+		t.remove(t.tail)
 		t.stats.Evicted++
 	}
-	c := &Conn{Cookie: cookie}
-	c.elem = t.lru.PushFront(c)
+	var c *Conn
+	if n := len(t.free); n > 0 {
+		c, t.free = t.free[n-1], t.free[:n-1]
+		*c = Conn{Cookie: cookie, Spans: c.Spans[:0]}
+	} else {
+		c = &Conn{Cookie: cookie, Spans: make([]Span, 0, 8)}
+	}
+	t.pushFront(c)
 	t.conns[cookie] = c
 	return c
 }
 
+func (t *Timeline) pushFront(c *Conn) {
+	c.prev, c.next = nil, t.head
+	if t.head != nil {
+		t.head.prev = c
+	}
+	t.head = c
+	if t.tail == nil {
+		t.tail = c
+	}
+}
+
+func (t *Timeline) unlink(c *Conn) {
+	if c.prev != nil {
+		c.prev.next = c.next
+	} else {
+		t.head = c.next
+	}
+	if c.next != nil {
+		c.next.prev = c.prev
+	} else {
+		t.tail = c.prev
+	}
+	c.prev, c.next = nil, nil
+}
+
 func (t *Timeline) remove(c *Conn) {
-	t.lru.Remove(c.elem)
+	t.unlink(c)
 	delete(t.conns, c.Cookie)
 	delete(t.lingering, c.Cookie)
 	if c.State == tracer.Listen {
@@ -203,6 +236,13 @@ func (t *Timeline) remove(c *Conn) {
 		if t.listeners[k] == c {
 			delete(t.listeners, k)
 		}
+	}
+}
+
+// recycle keeps a removed connection for reuse once nobody holds it.
+func (t *Timeline) recycle(c *Conn) {
+	if len(t.free) < 1024 {
+		t.free = append(t.free, c)
 	}
 }
 
@@ -240,7 +280,7 @@ func (t *Timeline) Event(e *tracer.Event) error {
 
 // heldClose finds a held CLOSE of a full socket with cookie.
 func (t *Timeline) heldClose(cookie uint64) *tracer.Event {
-	for i := len(t.held) - 1; i >= 0; i-- {
+	for i := len(t.held) - 1; i >= t.heldHead; i-- {
 		h := &t.held[i]
 		if h.Cookie == cookie && h.Type == tracer.EventState && h.New == tracer.Close && !h.Timewait {
 			return h
@@ -251,7 +291,7 @@ func (t *Timeline) heldClose(cookie uint64) *tracer.Event {
 
 // dropCancel forgets a held timewait cancel of cookie: it was a re-arm.
 func (t *Timeline) dropCancel(cookie uint64) {
-	for i := range t.held {
+	for i := len(t.held) - 1; i >= t.heldHead; i-- {
 		if t.held[i].Cookie == cookie && t.held[i].Type == tracer.EventTWCancel {
 			t.held = append(t.held[:i], t.held[i+1:]...)
 			return
@@ -261,15 +301,18 @@ func (t *Timeline) dropCancel(cookie uint64) {
 
 // release processes held events older than joinWindow at time now.
 func (t *Timeline) release(now uint64) error {
-	n := 0
-	for n < len(t.held) && t.held[n].Time+uint64(joinWindow) <= now {
-		if err := t.process(&t.held[n]); err != nil {
+	for t.heldHead < len(t.held) && t.held[t.heldHead].Time+uint64(joinWindow) <= now {
+		t.heldHead++
+		if err := t.process(&t.held[t.heldHead-1]); err != nil {
 			return err
 		}
-		n++
 	}
-	if n > 0 {
-		t.held = append(t.held[:0], t.held[n:]...)
+	// Reuse the front of the queue once it is mostly consumed.
+	if t.heldHead == len(t.held) {
+		t.held, t.heldHead = t.held[:0], 0
+	} else if t.heldHead > 1024 && t.heldHead > len(t.held)/2 {
+		n := copy(t.held, t.held[t.heldHead:])
+		t.held, t.heldHead = t.held[:n], 0
 	}
 	return nil
 }
@@ -349,9 +392,12 @@ func (t *Timeline) process(e *tracer.Event) error {
 	if e.New == tracer.Close && !(e.Timewait && e.Old == e.New) {
 		t.stats.Finished++
 		t.remove(c)
+		var err error
 		if t.opts.OnFinish != nil {
-			return t.opts.OnFinish(c)
+			err = t.opts.OnFinish(c) // must not keep c
 		}
+		t.recycle(c)
+		return err
 	}
 	return nil
 }

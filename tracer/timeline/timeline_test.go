@@ -1,0 +1,264 @@
+// SPDX-License-Identifier: Apache-2.0
+
+package timeline
+
+import (
+	"net/netip"
+	"testing"
+	"time"
+
+	"github.com/tcpstate/tcpstate/tracer"
+)
+
+type sink struct {
+	events []tracer.Event
+}
+
+func (s *sink) Event(e *tracer.Event) error { s.events = append(s.events, *e); return nil }
+func (s *sink) Idle() error                 { return nil }
+
+var (
+	local  = netip.MustParseAddrPort("10.0.0.1:5000")
+	remote = netip.MustParseAddrPort("10.0.0.2:80")
+	owner  = tracer.Task{PID: 42, TID: 42, Comm: tracer.CommFrom("app")}
+)
+
+func ev(ts uint64, cookie uint64, old, new tracer.State) tracer.Event {
+	return tracer.Event{
+		Type: tracer.EventState, Time: ts, Cookie: cookie, Family: tracer.IPv4, Local: local, Remote: remote,
+		Old: old, New: new, Owner: owner, OwnerFrom: tracer.OwnerConnect,
+	}
+}
+
+func feed(t *testing.T, tl *Timeline, evs ...tracer.Event) {
+	t.Helper()
+	for i := range evs {
+		if err := tl.Event(&evs[i]); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
+const ms = uint64(time.Millisecond)
+
+// A RST sent after CLOSE (close() with SO_LINGER 0) is joined to that CLOSE.
+func TestResetJoinsPrecedingClose(t *testing.T) {
+	s := &sink{}
+	tl := New(s, Options{})
+	cl := ev(10*ms, 1, tracer.Established, tracer.Close)
+	cl.Reason = tracer.ReasonClosed
+	rst := tracer.Event{Type: tracer.EventReset, Time: 10*ms + 5000, Cookie: 1, RstReason: 11}
+	feed(t, tl, ev(1*ms, 1, tracer.SynSent, tracer.Established), cl, rst)
+	if err := tl.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	if len(s.events) != 2 {
+		t.Fatalf("%d events, want 2 (the reset joined): %+v", len(s.events), s.events)
+	}
+	if got := s.events[1]; got.Reason != tracer.ReasonRSTSent || got.RstReason != 11 {
+		t.Errorf("close reason %v/%d, want rst_sent/11", got.Reason, got.RstReason)
+	}
+}
+
+// A reset with no CLOSE to join (too late, or none) is passed on as itself.
+func TestLateResetStandsAlone(t *testing.T) {
+	s := &sink{}
+	tl := New(s, Options{})
+	feed(t, tl, ev(10*ms, 1, tracer.Established, tracer.Close),
+		tracer.Event{Type: tracer.EventReset, Time: 20 * ms, Cookie: 1})
+	_ = tl.Flush()
+	if len(s.events) != 2 || s.events[1].Type != tracer.EventReset || s.events[0].Reason == tracer.ReasonRSTSent {
+		t.Errorf("got %+v", s.events)
+	}
+}
+
+// A timewait cancel followed by a re-arm is not a kill; one that is not is.
+func TestTimewaitCancelResolution(t *testing.T) {
+	s := &sink{}
+	tl := New(s, Options{})
+	tw := func(ts uint64, typ tracer.EventType) tracer.Event {
+		e := ev(ts, 7, tracer.TimeWait, tracer.Close)
+		e.Type, e.Timewait, e.Reason = typ, true, tracer.ReasonTWKilled
+		return e
+	}
+	feed(t, tl,
+		tw(1*ms, tracer.EventTWCancel), tw(1*ms+100, tracer.EventTWRearm), // re-armed: nothing
+		tw(50*ms, tracer.EventTWCancel), // killed
+	)
+	_ = tl.Flush()
+	if len(s.events) != 1 {
+		t.Fatalf("%d events, want only the kill: %+v", len(s.events), s.events)
+	}
+	if k := s.events[0]; k.Type != tracer.EventState || k.New != tracer.Close || k.Reason != tracer.ReasonTWKilled || k.Time != 50*ms {
+		t.Errorf("kill reported as %+v", k)
+	}
+	if tl.Stats().Killed != 1 {
+		t.Errorf("killed %d, want 1", tl.Stats().Killed)
+	}
+}
+
+// Events are held for the join window and released in order.
+func TestOrderAndRelease(t *testing.T) {
+	s := &sink{}
+	tl := New(s, Options{})
+	feed(t, tl, ev(1*ms, 1, tracer.Close, tracer.SynSent), ev(1*ms+10, 1, tracer.SynSent, tracer.Established))
+	if len(s.events) != 0 {
+		t.Errorf("released before the window: %d", len(s.events))
+	}
+	feed(t, tl, ev(10*ms, 2, tracer.Close, tracer.Listen))
+	if len(s.events) != 2 || s.events[0].New != tracer.SynSent || s.events[1].New != tracer.Established {
+		t.Errorf("after the window: %+v", s.events)
+	}
+	if err := tl.Tick(20 * ms); err != nil {
+		t.Fatal(err)
+	}
+	if len(s.events) != 3 {
+		t.Errorf("Tick did not release: %d", len(s.events))
+	}
+}
+
+// A child of a listener older than the tracer gets the listener's owner, as
+// found by the start-up walk; a socket nobody was seen to own stays unknown.
+func TestOwnerFromSeededListener(t *testing.T) {
+	s := &sink{}
+	tl := New(s, Options{})
+	lst := netip.MustParseAddrPort("0.0.0.0:8080")
+	tl.Seed([]tracer.Socket{{Cookie: 100, NetNS: 1, Family: tracer.IPv4, Local: lst, State: tracer.Listen,
+		Owner: owner, OwnerKnown: true, Scanned: 1 * ms}})
+	child := tracer.Event{Type: tracer.EventState, Time: 5 * ms, Cookie: 101, NetNS: 1, Family: tracer.IPv4,
+		Local: netip.MustParseAddrPort("10.0.0.1:8080"), Remote: remote, Old: tracer.Listen, New: tracer.SynRecv}
+	stranger := tracer.Event{Type: tracer.EventState, Time: 5 * ms, Cookie: 102, NetNS: 1, Family: tracer.IPv4,
+		Local: local, Remote: remote, Old: tracer.Established, New: tracer.CloseWait}
+	feed(t, tl, child, stranger)
+	_ = tl.Flush()
+	if got := s.events[0]; got.Owner.PID != 42 || got.OwnerFrom != tracer.OwnerListener {
+		t.Errorf("child owner %d from %v, want 42 from listener", got.Owner.PID, got.OwnerFrom)
+	}
+	if got := s.events[1]; got.OwnerKnown() {
+		t.Errorf("a socket never seen owned got owner %d from %v", got.Owner.PID, got.OwnerFrom)
+	}
+}
+
+// The table stays within its bound, and counts what it evicts.
+func TestEvictionIsBoundedAndCounted(t *testing.T) {
+	tl := New(&sink{}, Options{MaxConns: 100})
+	for i := uint64(1); i <= 1000; i++ {
+		feed(t, tl, ev(i*ms, i, tracer.Close, tracer.SynSent))
+	}
+	_ = tl.Flush()
+	st := tl.Stats()
+	if st.Conns != 100 || st.Evicted != 900 {
+		t.Errorf("conns %d evicted %d, want 100 and 900", st.Conns, st.Evicted)
+	}
+	// The most recent survive.
+	seen := 0
+	tl.Conns(func(c *Conn) bool {
+		if c.Cookie <= 900 {
+			t.Errorf("cookie %d survived, older than the 100 newest", c.Cookie)
+		}
+		seen++
+		return true
+	})
+	if seen != 100 {
+		t.Errorf("Conns visited %d", seen)
+	}
+}
+
+// A finished connection is reported once, with every state and its time.
+func TestFinishedConnectionSpans(t *testing.T) {
+	var done []Conn
+	tl := New(&sink{}, Options{OnFinish: func(c *Conn) error {
+		cp := *c
+		cp.Spans = append([]Span(nil), c.Spans...)
+		done = append(done, cp)
+		return nil
+	}})
+	withDur := func(e tracer.Event, d time.Duration) tracer.Event {
+		e.Duration, e.HasDuration = d, true
+		return e
+	}
+	twClose := withDur(ev(70_200*ms, 1, tracer.TimeWait, tracer.Close), 60*time.Second)
+	twClose.Timewait, twClose.Reason = true, tracer.ReasonTWExpired
+	tw := withDur(ev(10_200*ms, 1, tracer.FinWait2, tracer.TimeWait), 2100*time.Millisecond)
+	tw.Timewait = true
+	feed(t, tl,
+		ev(1*ms, 1, tracer.Close, tracer.SynSent),
+		withDur(ev(2*ms, 1, tracer.SynSent, tracer.Established), time.Millisecond),
+		withDur(ev(8_000*ms, 1, tracer.Established, tracer.FinWait1), 7998*time.Millisecond),
+		withDur(ev(8_100*ms, 1, tracer.FinWait1, tracer.FinWait2), 100*time.Millisecond),
+		tw, twClose)
+	_ = tl.Flush()
+	if len(done) != 1 {
+		t.Fatalf("%d finished, want 1", len(done))
+	}
+	c := &done[0]
+	want := []Span{
+		{State: tracer.SynSent, Start: 1 * ms, Duration: time.Millisecond, Known: true},
+		{State: tracer.Established, Start: 2 * ms, Duration: 7998 * time.Millisecond, Known: true},
+		{State: tracer.FinWait1, Start: 8_000 * ms, Duration: 100 * time.Millisecond, Known: true},
+		{State: tracer.FinWait2, Start: 8_100 * ms, Duration: 2100 * time.Millisecond, Known: true},
+		{State: tracer.TimeWait, Start: 10_200 * ms, Duration: 60 * time.Second, Known: true, Timewait: true},
+	}
+	if len(c.Spans) != len(want) {
+		t.Fatalf("spans %+v", c.Spans)
+	}
+	for i := range want {
+		if c.Spans[i] != want[i] {
+			t.Errorf("span %d: %+v, want %+v", i, c.Spans[i], want[i])
+		}
+	}
+	if c.Reason != tracer.ReasonTWExpired || tl.Stats().Conns != 0 {
+		t.Errorf("reason %v, %d left in the table", c.Reason, tl.Stats().Conns)
+	}
+}
+
+// trace --linger: one linger event when a socket passes the threshold in
+// CLOSE_WAIT, none for one that left in time, and again after it came back.
+func TestLinger(t *testing.T) {
+	s := &sink{}
+	tl := New(s, Options{Linger: time.Second})
+	const t0 = 1000 * ms
+	feed(t, tl, ev(t0, 1, tracer.Established, tracer.CloseWait), ev(t0, 2, tracer.Established, tracer.CloseWait),
+		ev(t0+500*ms, 2, tracer.CloseWait, tracer.LastAck))
+	_ = tl.Tick(t0 + 900*ms)
+	_ = tl.Tick(t0 + 1100*ms)
+	_ = tl.Tick(t0 + 5000*ms)
+	var lingers []tracer.Event
+	for _, e := range s.events {
+		if e.Type == tracer.EventLinger {
+			lingers = append(lingers, e)
+		}
+	}
+	if len(lingers) != 1 || lingers[0].Cookie != 1 || lingers[0].New != tracer.CloseWait || lingers[0].Duration != 1100*time.Millisecond {
+		t.Errorf("linger events %+v, want one for cookie 1 at 1.1s", lingers)
+	}
+}
+
+type countSink struct{ n int }
+
+func (s *countSink) Event(*tracer.Event) error { s.n++; return nil }
+func (s *countSink) Idle() error               { return nil }
+
+// A connection's five transitions at 1 µs apart (a million events a second).
+func BenchmarkTimelineEvent(b *testing.B) {
+	tl := New(&countSink{}, Options{MaxConns: 1 << 16})
+	evs := []tracer.Event{
+		ev(0, 0, tracer.Close, tracer.SynSent), ev(0, 0, tracer.SynSent, tracer.Established),
+		ev(0, 0, tracer.Established, tracer.FinWait1), ev(0, 0, tracer.FinWait1, tracer.FinWait2),
+		ev(0, 0, tracer.FinWait2, tracer.Close),
+	}
+	b.ReportAllocs()
+	var ts, cookie uint64
+	var e tracer.Event
+	for b.Loop() {
+		e = evs[ts%5]
+		if ts%5 == 0 {
+			cookie++
+		}
+		ts++
+		e.Time, e.Cookie = ts*1000, cookie
+		if err := tl.Event(&e); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
