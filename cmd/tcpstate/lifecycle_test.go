@@ -1,0 +1,271 @@
+// SPDX-License-Identifier: Apache-2.0
+
+package main
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"os/exec"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+)
+
+func TestMain(m *testing.M) {
+	if os.Getenv("TCPSTATE_HELPER") == "leak" {
+		// Connect, say where from, and never close: the socket sits in
+		// CLOSE_WAIT once the server hangs up, until stdin closes.
+		c, err := net.Dial("tcp", os.Getenv("ADDR"))
+		if err != nil {
+			fmt.Fprintln(os.Stderr, err)
+			os.Exit(3)
+		}
+		fmt.Println(c.LocalAddr())
+		_, _ = io.Copy(io.Discard, os.Stdin)
+		os.Exit(0)
+	}
+	os.Exit(m.Run())
+}
+
+// leaker is a child process holding a socket in CLOSE_WAIT.
+type leaker struct {
+	pid  int
+	port int
+}
+
+// leak starts a child that connects to ln; the server end is closed at once.
+func leak(t *testing.T, ln net.Listener) leaker {
+	t.Helper()
+	cmd := exec.Command(os.Args[0], "-test.run=^$")
+	cmd.Env = append(os.Environ(), "TCPSTATE_HELPER=leak", "ADDR="+ln.Addr().String())
+	stdin, _ := cmd.StdinPipe()
+	stdout, _ := cmd.StdoutPipe()
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { stdin.Close(); _ = cmd.Wait() })
+	line, err := bufio.NewReader(stdout).ReadString('\n')
+	if err != nil {
+		t.Fatal(err)
+	}
+	s, err := ln.Accept()
+	if err != nil {
+		t.Fatal(err)
+	}
+	s.Close()
+	addr, _ := net.ResolveTCPAddr("tcp", strings.TrimSpace(line))
+	return leaker{pid: cmd.Process.Pid, port: addr.Port}
+}
+
+type socketJSON struct {
+	Type       string `json:"type"`
+	State      string `json:"state"`
+	AgeNS      int64  `json:"age_ns"`
+	SinceStart bool   `json:"since_start"`
+	Sport      int    `json:"sport"`
+	Dport      int    `json:"dport"`
+	PID        int    `json:"pid"`
+	Comm       string `json:"comm"`
+	Count      int    `json:"count"`
+	By         string `json:"by"`
+	Time       string `json:"time"`
+}
+
+func parseLines(t *testing.T, out string) []socketJSON {
+	t.Helper()
+	var objs []socketJSON
+	for _, line := range strings.Split(strings.TrimSpace(out), "\n") {
+		if line == "" {
+			continue
+		}
+		var o socketJSON
+		if err := json.Unmarshal([]byte(line), &o); err != nil {
+			t.Fatalf("not JSON: %q: %v", line, err)
+		}
+		objs = append(objs, o)
+	}
+	return objs
+}
+
+func findSocket(objs []socketJSON, sport int) *socketJSON {
+	for i := range objs {
+		if objs[i].Type == "socket" && objs[i].Sport == sport {
+			return &objs[i]
+		}
+	}
+	return nil
+}
+
+// A client that never closes after its server hung up: watch --once finds it
+// in CLOSE_WAIT with its pid (from /proc) and an age from the kernel's
+// timestamps, older on a second look.
+func TestWatchOnceFindsCloseWaitLeak(t *testing.T) {
+	requireRoot(t)
+	ln, err := net.Listen("tcp4", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	l := leak(t, ln)
+	time.Sleep(300 * time.Millisecond)
+	port := strconv.Itoa(ln.Addr().(*net.TCPAddr).Port)
+
+	look := func() *socketJSON {
+		code, stdout, stderr := runCmd(context.Background(), "watch", "--once", "-o", "json", "--state", "close-wait", "--rport", port)
+		if code != exitOK {
+			t.Fatalf("exit %d: %s", code, stderr)
+		}
+		s := findSocket(parseLines(t, stdout), l.port)
+		if s == nil {
+			t.Fatalf("the CLOSE_WAIT socket from port %d is missing:\n%s", l.port, stdout)
+		}
+		return s
+	}
+	first := look()
+	if first.State != "CLOSE_WAIT" || first.PID != l.pid || !first.SinceStart || first.Dport != ln.Addr().(*net.TCPAddr).Port {
+		t.Errorf("got %+v, want CLOSE_WAIT owned by %d, since_start", first, l.pid)
+	}
+	if age := time.Duration(first.AgeNS); age < 300*time.Millisecond || age > 2*time.Second {
+		t.Errorf("age %v, want about 300ms (dated from the FIN's arrival)", age)
+	}
+	time.Sleep(time.Second)
+	second := look()
+	if grew := time.Duration(second.AgeNS - first.AgeNS); grew < 900*time.Millisecond || grew > 1500*time.Millisecond {
+		t.Errorf("age grew by %v in a second", grew)
+	}
+}
+
+// Live: a socket leaked after watch started shows up, owned and ageing, and
+// the groups count it under its process.
+func TestWatchLiveSeesNewLeak(t *testing.T) {
+	requireRoot(t)
+	ln, err := net.Listen("tcp4", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	port := strconv.Itoa(ln.Addr().(*net.TCPAddr).Port)
+	type result struct {
+		code           int
+		stdout, stderr string
+	}
+	done := make(chan result, 1)
+	go func() {
+		code, o, e := runCmd(context.Background(), "watch", "-o", "json", "-i", "400ms", "-d", "3s", "--rport", port)
+		done <- result{code, o, e}
+	}()
+	time.Sleep(800 * time.Millisecond)
+	l := leak(t, ln)
+	r := <-done
+	if r.code != exitOK {
+		t.Fatalf("exit %d: %s", r.code, r.stderr)
+	}
+	var ages []time.Duration
+	var grouped bool
+	for _, o := range parseLines(t, r.stdout) {
+		if o.Type == "socket" && o.Sport == l.port {
+			if o.State != "CLOSE_WAIT" || o.PID != l.pid || o.SinceStart {
+				t.Errorf("socket %+v, want CLOSE_WAIT owned by %d, seen from its start", o, l.pid)
+			}
+			ages = append(ages, time.Duration(o.AgeNS))
+		}
+		if o.Type == "group" && o.By == "process" && o.State == "CLOSE_WAIT" && o.PID == l.pid && o.Count == 1 {
+			grouped = true
+		}
+	}
+	if len(ages) < 3 {
+		t.Fatalf("seen in %d snapshots, want at least 3 of the ~5 after it leaked:\n%s", len(ages), r.stdout)
+	}
+	for i := 1; i < len(ages); i++ {
+		if ages[i] <= ages[i-1] {
+			t.Errorf("age did not grow: %v", ages)
+		}
+	}
+	if !grouped {
+		t.Error("no process group for the leaking child")
+	}
+}
+
+// trace --timeline prints one record per finished connection with each state.
+func TestTraceTimeline(t *testing.T) {
+	requireRoot(t)
+	var port int
+	code, stdout, stderr := traceWhile(t, 3*time.Second, func() { port = connectAndClose(t) }, "--timeline", "-o", "json")
+	if code != exitOK {
+		t.Fatalf("exit %d: %s", code, stderr)
+	}
+	var rec *struct {
+		Type   string `json:"type"`
+		Dport  int    `json:"dport"`
+		PID    int    `json:"pid"`
+		Reason string `json:"reason"`
+		States []struct {
+			State      string `json:"state"`
+			DurationNS *int64 `json:"duration_ns"`
+		} `json:"states"`
+	}
+	for _, line := range strings.Split(strings.TrimSpace(stdout), "\n") {
+		if !strings.Contains(line, `"dport":`+strconv.Itoa(port)+`,`) {
+			continue
+		}
+		if err := json.Unmarshal([]byte(line), &rec); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if rec == nil {
+		t.Fatalf("no record for the client of port %d:\n%s", port, stdout)
+	}
+	var states []string
+	for _, s := range rec.States {
+		states = append(states, s.State)
+		if s.DurationNS == nil {
+			t.Errorf("%s has no duration", s.State)
+		}
+	}
+	if rec.Type != "connection" || rec.PID != os.Getpid() || rec.Reason != "fin" ||
+		strings.Join(states, " ") != "SYN_SENT ESTABLISHED CLOSE_WAIT LAST_ACK" {
+		t.Errorf("record: type %s pid %d reason %s states %v", rec.Type, rec.PID, rec.Reason, states)
+	}
+	// The client sat 50 ms in CLOSE_WAIT (connectAndClose).
+	if d := time.Duration(*rec.States[2].DurationNS); d < 50*time.Millisecond || d > 100*time.Millisecond {
+		t.Errorf("CLOSE_WAIT %v, want about 50ms", d)
+	}
+}
+
+// trace --linger reports a socket the moment it has sat that long in CLOSE_WAIT.
+func TestTraceLinger(t *testing.T) {
+	requireRoot(t)
+	ln, err := net.Listen("tcp4", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	var l leaker
+	code, stdout, stderr := traceWhile(t, 3*time.Second, func() { l = leak(t, ln) },
+		"--linger", "1s", "-o", "json", "--state", "close-wait", "--port", strconv.Itoa(ln.Addr().(*net.TCPAddr).Port))
+	if code != exitOK {
+		t.Fatalf("exit %d: %s", code, stderr)
+	}
+	var lingers int
+	for _, o := range parseLines(t, stdout) {
+		if o.Type != "linger" {
+			continue
+		}
+		lingers++
+		if o.Sport != l.port || o.State != "CLOSE_WAIT" || o.PID != l.pid {
+			t.Errorf("linger %+v, want the child's CLOSE_WAIT socket", o)
+		}
+		if age := time.Duration(o.AgeNS); age < time.Second || age > 1500*time.Millisecond {
+			t.Errorf("reported at age %v, want just past 1s", age)
+		}
+	}
+	if lingers != 1 {
+		t.Errorf("%d linger events, want 1:\n%s", lingers, stdout)
+	}
+}
