@@ -69,7 +69,7 @@ func (t *Text) RenderConn(c *timeline.Conn) error {
 		b = append(b, c.Reason.String()...)
 		if c.Reason == tracer.ReasonRSTSent {
 			b = append(b, ' ')
-			b = append(b, t.opts.Kernel.RstReasonName(c.RstReason)...)
+			b = appendRstReason(b, &t.opts.Kernel, c.RstReason)
 		}
 		b = append(b, ')')
 	}
@@ -94,7 +94,7 @@ func (j *JSON) RenderConn(c *timeline.Conn) error {
 		b = append(b, '"')
 		if c.Reason == tracer.ReasonRSTSent {
 			b = append(b, `,"rst_reason":`...)
-			b = appendJSONString(b, []byte(j.opts.Kernel.RstReasonName(c.RstReason)))
+			b = append(appendRstReason(append(b, '"'), &j.opts.Kernel, c.RstReason), '"')
 		}
 	}
 	if c.SkErr != 0 {

@@ -136,3 +136,11 @@ func padLeft(b []byte, s []byte, width int) []byte {
 	}
 	return append(b, s...)
 }
+
+// appendRstReason appends the kernel's name of a reset reason, or its number.
+func appendRstReason(b []byte, k *tracer.KernelInfo, code uint16) []byte {
+	if name, ok := k.RstReasons[code]; ok {
+		return append(b, name...)
+	}
+	return strconv.AppendUint(append(b, "reason "...), uint64(code), 10)
+}

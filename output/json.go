@@ -81,7 +81,7 @@ func (j *JSON) Render(e *tracer.Event) error {
 	}
 	if e.Reason == tracer.ReasonRSTSent || e.Type == tracer.EventReset {
 		b = append(b, `,"rst_reason":`...)
-		b = appendJSONString(b, []byte(j.opts.Kernel.RstReasonName(e.RstReason)))
+		b = append(appendRstReason(append(b, '"'), &j.opts.Kernel, e.RstReason), '"')
 	}
 	if e.OwnerKnown() {
 		b = appendOwner(b, &e.Owner, e.OwnerFrom)

@@ -14,12 +14,15 @@ import (
 	"time"
 
 	"github.com/tcpstate/tcpstate/tracer"
+	"github.com/tcpstate/tcpstate/tracer/timeline"
 )
 
 var update = flag.Bool("update", false, "rewrite the golden files in testdata/")
 
 // 2026-11-21T10:00:00Z at boot time 0.
 var clock = tracer.Clock{BootWall: time.Date(2026, 11, 21, 10, 0, 0, 0, time.UTC).UnixNano()}
+
+var kernel = tracer.KernelInfo{HZ: 250, RstReasons: map[uint16]string{11: "TCP_ABORT_ON_CLOSE"}}
 
 func events() []tracer.Event {
 	owner := tracer.Task{PID: 4242, TID: 4243, Comm: tracer.CommFrom("curl")}
@@ -47,6 +50,20 @@ func events() []tracer.Event {
 		{Type: tracer.EventState, Time: 4_000_000_000, Cookie: 11, NetNS: 4026531840, Family: tracer.IPv4,
 			Local: v4l, Remote: netip.MustParseAddrPort("93.184.216.34:443"), Old: tracer.FinWait2, New: tracer.Close, Duration: 61 * time.Minute,
 			HasDuration: true, Owner: owner, OwnerFrom: tracer.OwnerListener, OnCPU: swapper},
+		{Type: tracer.EventState, Time: 5_000_000_000, Cookie: 12, NetNS: 4026531840, Family: tracer.IPv4,
+			Local: v4l, Remote: v4r, Old: tracer.FinWait2, New: tracer.TimeWait, Duration: 2100 * time.Millisecond, HasDuration: true,
+			Timewait: true, ExpiresIn: 60 * time.Second, Owner: owner, OwnerFrom: tracer.OwnerClose, OnCPU: swapper},
+		{Type: tracer.EventState, Time: 65_000_000_000, Cookie: 12, NetNS: 4026531840, Family: tracer.IPv4,
+			Local: v4l, Remote: v4r, Old: tracer.TimeWait, New: tracer.Close, Duration: 60 * time.Second, HasDuration: true,
+			Timewait: true, Reason: tracer.ReasonTWExpired, Owner: owner, OwnerFrom: tracer.OwnerClose, OnCPU: swapper},
+		{Type: tracer.EventState, Time: 66_000_000_000, Cookie: 13, NetNS: 4026531840, Family: tracer.IPv4,
+			Local: v4l, Remote: v4r, Old: tracer.Established, New: tracer.Close, Duration: 2 * time.Second, HasDuration: true,
+			DurationMin: true, Reason: tracer.ReasonRSTSent, RstReason: 11, Owner: owner, OwnerFrom: tracer.OwnerProc, OnCPU: owner},
+		{Type: tracer.EventLinger, Time: 67_000_000_000, Cookie: 14, NetNS: 4026531840, Family: tracer.IPv4,
+			Local: v4l, Remote: v4r, Old: tracer.CloseWait, New: tracer.CloseWait, Duration: 30 * time.Second, HasDuration: true,
+			Owner: owner, OwnerFrom: tracer.OwnerConnect},
+		{Type: tracer.EventReset, Time: 68_000_000_000, Cookie: 15, NetNS: 4026531840, Family: tracer.IPv4,
+			Local: v4l, Remote: v4r, Old: tracer.Close, New: tracer.Close, RstReason: 99, Reason: tracer.ReasonRSTSent, OnCPU: swapper},
 	}
 }
 
@@ -81,13 +98,13 @@ func golden(t *testing.T, name string, got []byte) {
 
 func TestTextGolden(t *testing.T) {
 	var out, diag bytes.Buffer
-	render(t, NewText(&out, TextOptions{Clock: clock, Location: time.UTC, Diag: &diag}))
+	render(t, NewText(&out, TextOptions{Clock: clock, Kernel: kernel, Location: time.UTC, Diag: &diag}))
 	golden(t, "trace.txt", out.Bytes())
 	if diag.String() != "tcpstate: 17 events lost (ring buffer full); raise --ringbuf-size or filter more\n" {
 		t.Errorf("lost report: %q", diag.String())
 	}
 	// Lines fit 80 columns when the remote endpoint fits its 15 columns (a
-	// longer one pushes the line, it is never cut), the error suffix aside.
+	// longer one pushes the line, it is never cut), the note in parentheses aside.
 	evs := events()
 	lines := strings.Split(strings.TrimSpace(out.String()), "\n")[1:]
 	for i, e := range evs {
@@ -97,7 +114,7 @@ func TestTextGolden(t *testing.T) {
 		}
 	}
 	for i, line := range lines {
-		line, _, _ = strings.Cut(line, " (E")
+		line, _, _ = strings.Cut(line, " (")
 		if n := len([]rune(line)); n > 80 && len(evs[i].Remote.String()) <= 15 {
 			t.Errorf("line %d is %d columns wide: %q", i, n, line)
 		}
@@ -106,7 +123,7 @@ func TestTextGolden(t *testing.T) {
 
 func TestTextWideGolden(t *testing.T) {
 	var out bytes.Buffer
-	render(t, NewText(&out, TextOptions{Wide: true, Clock: clock, Location: time.UTC}))
+	render(t, NewText(&out, TextOptions{Wide: true, Clock: clock, Kernel: kernel, Location: time.UTC}))
 	golden(t, "trace-wide.txt", out.Bytes())
 }
 
@@ -120,7 +137,7 @@ func TestTextNoHeader(t *testing.T) {
 
 func TestJSONGolden(t *testing.T) {
 	var out bytes.Buffer
-	render(t, NewJSON(&out, JSONOptions{Clock: clock}))
+	render(t, NewJSON(&out, JSONOptions{Clock: clock, Kernel: kernel}))
 	golden(t, "trace.jsonl", out.Bytes())
 
 	// Every line is valid JSON with the documented fields and types.
@@ -143,12 +160,21 @@ func TestJSONGolden(t *testing.T) {
 			}
 			continue
 		}
+		if m["type"] == "linger" {
+			if m["state"] != "CLOSE_WAIT" || m["age_ns"] != 3e10 {
+				t.Errorf("linger line: %s", line)
+			}
+			continue
+		}
 		for _, k := range []string{"cookie", "netns", "sport", "dport", "cpu_pid"} {
 			if _, ok := m[k].(float64); !ok {
 				t.Errorf("line %d: %s is %T, want a number", i, k, m[k])
 			}
 		}
 		for _, k := range []string{"family", "saddr", "daddr", "old", "new", "cpu_comm"} {
+			if m["type"] == "linger" {
+				break
+			}
 			if _, ok := m[k].(string); !ok {
 				t.Errorf("line %d: %s is %T, want a string", i, k, m[k])
 			}
@@ -212,8 +238,8 @@ func TestSinkFiltersAndCounts(t *testing.T) {
 	if err := s.Idle(); err != nil {
 		t.Fatal(err)
 	}
-	if s.Received != 6 || s.Shown != 1 || s.Lost != 17 {
-		t.Errorf("received %d shown %d lost %d, want 6 1 17", s.Received, s.Shown, s.Lost)
+	if s.Received != uint64(len(events())-1) || s.Shown != 1 || s.Lost != 17 {
+		t.Errorf("received %d shown %d lost %d, want %d 1 17", s.Received, s.Shown, s.Lost, len(events())-1)
 	}
 	if n := strings.Count(out.String(), "\n"); n != 2 {
 		t.Errorf("%d lines written, want the IPv6 event and the lost report", n)
@@ -251,3 +277,108 @@ func BenchmarkRenderJSON(b *testing.B) {
 type discard struct{}
 
 func (discard) Write(p []byte) (int, error) { return len(p), nil }
+
+func TestJSONReasonsAndTimewait(t *testing.T) {
+	var out bytes.Buffer
+	render(t, NewJSON(&out, JSONOptions{Clock: clock, Kernel: kernel}))
+	lines := strings.Split(strings.TrimSpace(out.String()), "\n")
+	var tw, expired, rst, reset map[string]any
+	_ = json.Unmarshal([]byte(lines[7]), &tw)
+	_ = json.Unmarshal([]byte(lines[8]), &expired)
+	_ = json.Unmarshal([]byte(lines[9]), &rst)
+	_ = json.Unmarshal([]byte(lines[11]), &reset)
+	if tw["timewait"] != true || tw["expires_in_ns"] != 6e10 || tw["reason"] != nil {
+		t.Errorf("entering TIME_WAIT: %s", lines[7])
+	}
+	if expired["reason"] != "timewait_expired" || expired["timewait"] != true || expired["expires_in_ns"] != nil {
+		t.Errorf("TIME_WAIT end: %s", lines[8])
+	}
+	if rst["reason"] != "rst_sent" || rst["rst_reason"] != "TCP_ABORT_ON_CLOSE" || rst["since_start"] != true || rst["owner_from"] != "proc" {
+		t.Errorf("reset close: %s", lines[9])
+	}
+	if reset["type"] != "reset" || reset["rst_reason"] != "reason 99" {
+		t.Errorf("standalone reset: %s", lines[11])
+	}
+}
+
+func conns() []*timeline.Conn {
+	owner := tracer.Task{PID: 4242, TID: 4242, Comm: tracer.CommFrom("curl")}
+	return []*timeline.Conn{{
+		Cookie: 1, NetNS: 4026531840, Family: tracer.IPv4,
+		Local: netip.MustParseAddrPort("10.0.0.1:43210"), Remote: netip.MustParseAddrPort("10.0.0.20:8443"),
+		Owner: owner, OwnerFrom: tracer.OwnerConnect, Reason: tracer.ReasonTWExpired, End: 70_000_000_000,
+		Spans: []timeline.Span{
+			{State: tracer.SynSent, Duration: 95 * time.Microsecond, Known: true},
+			{State: tracer.Established, Duration: 1520 * time.Millisecond, Known: true},
+			{State: tracer.FinWait1, Duration: 41 * time.Microsecond, Known: true},
+			{State: tracer.FinWait2, Duration: 2100 * time.Millisecond, Known: true},
+			{State: tracer.TimeWait, Duration: 60 * time.Second, Known: true, Timewait: true},
+		},
+	}, {
+		Cookie: 2, NetNS: 4026531840, Family: tracer.IPv6,
+		Local: netip.MustParseAddrPort("[::1]:8080"), Remote: netip.MustParseAddrPort("[::1]:50000"),
+		Reason: tracer.ReasonRSTSent, RstReason: 11, End: 71_000_000_000,
+		Spans: []timeline.Span{
+			{State: tracer.Established, Duration: 3 * time.Second, Known: true, Min: true},
+			{State: tracer.CloseWait},
+		},
+	}}
+}
+
+func TestTimelineGolden(t *testing.T) {
+	var txt, js bytes.Buffer
+	tr := NewText(&txt, TextOptions{Clock: clock, Kernel: kernel, Location: time.UTC})
+	jr := NewJSON(&js, JSONOptions{Clock: clock, Kernel: kernel})
+	for _, c := range conns() {
+		if err := tr.RenderConn(c); err != nil {
+			t.Fatal(err)
+		}
+		if err := jr.RenderConn(c); err != nil {
+			t.Fatal(err)
+		}
+	}
+	_ = tr.Flush()
+	_ = jr.Flush()
+	golden(t, "timeline.txt", txt.Bytes())
+	golden(t, "timeline.jsonl", js.Bytes())
+	for _, line := range strings.Split(strings.TrimSpace(js.String()), "\n") {
+		var m map[string]any
+		if err := json.Unmarshal([]byte(line), &m); err != nil {
+			t.Fatalf("%v: %s", err, line)
+		}
+	}
+}
+
+func watchRows() []Socket {
+	app := tracer.Task{PID: 77, Comm: tracer.CommFrom("leaky")}
+	var rows []Socket
+	for i := range 4 {
+		rows = append(rows, Socket{Cookie: uint64(i + 1), Family: tracer.IPv4, NetNS: 1,
+			Local: netip.AddrPortFrom(netip.MustParseAddr("10.0.0.1"), uint16(40000+i)), Remote: netip.MustParseAddrPort("10.0.0.9:5432"),
+			State: tracer.CloseWait, Age: time.Duration(i+1) * time.Minute, Owner: app, OwnerFrom: tracer.OwnerConnect, SinceStart: i == 3})
+	}
+	rows = append(rows, Socket{Cookie: 9, Family: tracer.IPv4, NetNS: 1, Local: netip.MustParseAddrPort("10.0.0.1:80"),
+		Remote: netip.MustParseAddrPort("10.0.0.7:51000"), State: tracer.TimeWait, Timewait: true, Age: 30 * time.Second})
+	SortByAge(rows)
+	return rows
+}
+
+func TestWatchGolden(t *testing.T) {
+	var txt, js bytes.Buffer
+	if err := NewWatch(&txt, WatchOptions{Clock: clock, Location: time.UTC, Top: 3}).Render(5e9, watchRows(), 2); err != nil {
+		t.Fatal(err)
+	}
+	if err := NewWatch(&js, WatchOptions{Clock: clock, JSON: true}).Render(5e9, watchRows(), 0); err != nil {
+		t.Fatal(err)
+	}
+	golden(t, "watch.txt", txt.Bytes())
+	golden(t, "watch.jsonl", js.Bytes())
+	byProc, byRemote := Groups(watchRows())
+	if len(byProc) != 2 || byProc[0].Count != 4 || byProc[0].Oldest != 4*time.Minute || byProc[0].Owner.PID != 77 {
+		t.Errorf("by process: %+v", byProc)
+	}
+	// Clients on ephemeral ports group by address.
+	if len(byRemote) != 2 || byRemote[0].Remote != "10.0.0.9:5432" || byRemote[1].Remote != "10.0.0.7:*" {
+		t.Errorf("by remote: %+v", byRemote)
+	}
+}

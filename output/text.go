@@ -217,12 +217,12 @@ func truncRunes(s []byte, n int) []byte {
 func (t *Text) note(b []byte, e *tracer.Event) []byte {
 	switch {
 	case e.Type == tracer.EventReset:
-		return append(b, t.opts.Kernel.RstReasonName(e.RstReason)...)
+		return appendRstReason(b, &t.opts.Kernel, e.RstReason)
 	case e.New == tracer.Close && e.Reason != tracer.ReasonNone:
 		b = append(b, e.Reason.String()...)
 		if e.Reason == tracer.ReasonRSTSent {
 			b = append(b, ' ')
-			b = append(b, t.opts.Kernel.RstReasonName(e.RstReason)...)
+			b = appendRstReason(b, &t.opts.Kernel, e.RstReason)
 		}
 		if e.SkErr != 0 && e.Reason != tracer.ReasonRefused && e.Reason != tracer.ReasonTimeout {
 			b = append(b, ' ')

@@ -194,7 +194,7 @@ func (w *Watch) Render(now uint64, rows []Socket, lost uint64) error {
 		b = padLeft(b, AppendDuration(num[:0], g.Oldest), 7)
 		b = append(b, ' ')
 		b = appendOwnerColumns(b, g.Owner, g.Known)
-		b = append(b, '\n')
+		b = endLine(b)
 	}
 	b = append(b, "\nBY REMOTE\n"...)
 	b = append(b, header([]column{{"STATE", 12}, {"COUNT", -7}, {"OLDEST", -7}, {"REMOTE", 0}})...)
@@ -213,6 +213,14 @@ func (w *Watch) Render(now uint64, rows []Socket, lost uint64) error {
 	}
 	w.w.Write(b)
 	return w.w.Flush()
+}
+
+// endLine ends a line without the padding of its last column.
+func endLine(b []byte) []byte {
+	for len(b) > 0 && b[len(b)-1] == ' ' {
+		b = b[:len(b)-1]
+	}
+	return append(b, '\n')
 }
 
 func appendOwnerColumns(b []byte, owner tracer.Task, known bool) []byte {

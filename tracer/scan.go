@@ -45,31 +45,49 @@ type Socket struct {
 	Scanned    uint64 // CLOCK_BOOTTIME ns of the walk
 }
 
+// NetNS is a network namespace as the walk found it.
+type NetNS struct {
+	Inode   uint32
+	Path    string            // a file that names it (/proc/PID/ns/net, /run/netns/NAME)
+	Sysctls map[string]string // net.ipv4.tcp_* values, keyed without the prefix: "keepalive_time"
+}
+
+// Sysctls read in each namespace, under /proc/sys/net/ipv4/tcp_.
+var Sysctls = []string{"keepalive_time", "keepalive_intvl", "keepalive_probes", "fin_timeout", "tw_reuse", "max_tw_buckets"}
+
 // Scan walks every TCP socket of every network namespace it can find (those
 // of running processes and those named under /run/netns), seeds the tracer's
 // per-socket state so that their next events carry what is known, and finds
 // the processes that hold them.
 func (t *Tracer) Scan() ([]Socket, error) {
+	socks, _, err := t.ScanAll()
+	return socks, err
+}
+
+// ScanAll is Scan, also returning the namespaces and their TCP sysctls.
+func (t *Tracer) ScanAll() ([]Socket, []NetNS, error) {
 	prog := t.coll.Programs["iter_tcp"]
 	if prog == nil {
-		return nil, errors.New("scanning sockets: iterator program not loaded")
+		return nil, nil, errors.New("scanning sockets: iterator program not loaded")
 	}
 	it, err := link.AttachIter(link.IterOptions{Program: prog})
 	if err != nil {
-		return nil, fmt.Errorf("scanning sockets: attaching tcp iterator: %w", err)
+		return nil, nil, fmt.Errorf("scanning sockets: attaching tcp iterator: %w", err)
 	}
 	defer it.Close()
 
 	var out []Socket
-	for _, ns := range netnsPaths() {
-		socks, err := scanNetNS(it, ns, t.info.HZ)
+	var nss []NetNS
+	for _, path := range netnsPaths() {
+		socks, ns, err := scanNetNS(it, path, t.info.HZ)
 		if err != nil {
 			if errors.Is(err, os.ErrNotExist) || errors.Is(err, syscall.ENOENT) || errors.Is(err, syscall.ESRCH) {
 				continue // the namespace went away meanwhile
 			}
-			return nil, fmt.Errorf("scanning sockets in %s: %w", ns, err)
+			return nil, nil, fmt.Errorf("scanning sockets in %s: %w", path, err)
 		}
 		out = append(out, socks...)
+		nss = append(nss, ns)
 	}
 	owners := socketOwners()
 	for i := range out {
@@ -77,12 +95,19 @@ func (t *Tracer) Scan() ([]Socket, error) {
 			out[i].Owner, out[i].OwnerKnown = task, true
 		}
 	}
-	return out, nil
+	return out, nss, nil
 }
 
 // scanNetNS runs the iterator from inside the namespace at path (the
-// iterator walks the namespace of whoever opens it).
-func scanNetNS(it *link.Iter, path string, hz uint32) ([]Socket, error) {
+// iterator walks the namespace of whoever opens it, and /proc/sys/net shows
+// the namespace of whoever reads it).
+func scanNetNS(it *link.Iter, path string, hz uint32) ([]Socket, NetNS, error) {
+	ns := NetNS{Path: path, Sysctls: map[string]string{}}
+	var st unix.Stat_t
+	if err := unix.Stat(path, &st); err != nil {
+		return nil, ns, err
+	}
+	ns.Inode = uint32(st.Ino)
 	type result struct {
 		data []byte
 		err  error
@@ -117,6 +142,11 @@ func scanNetNS(it *link.Iter, path string, hz uint32) ([]Socket, error) {
 			data, err = io.ReadAll(rd)
 			rd.Close()
 		}
+		for _, name := range Sysctls {
+			if v, err := os.ReadFile("/proc/sys/net/ipv4/tcp_" + name); err == nil {
+				ns.Sysctls[name] = strings.TrimSpace(string(v))
+			}
+		}
 		if unix.Setns(int(self.Fd()), unix.CLONE_NEWNET) == nil {
 			runtime.UnlockOSThread()
 		}
@@ -124,15 +154,22 @@ func scanNetNS(it *link.Iter, path string, hz uint32) ([]Socket, error) {
 	}()
 	r := <-ch
 	if r.err != nil {
-		return nil, r.err
+		return nil, ns, r.err
 	}
-	return parseIterRecords(r.data, hz)
+	finTimeout := time.Duration(0)
+	if v, err := strconv.Atoi(ns.Sysctls["fin_timeout"]); err == nil {
+		finTimeout = time.Duration(v) * time.Second
+	}
+	socks, err := parseIterRecords(r.data, hz, finTimeout)
+	return socks, ns, err
 }
 
 var iterRecSize = int(unsafe.Sizeof(tcpstateIterRec{}))
 
 // parseIterRecords decodes what iter_tcp wrote: records, then a trailer.
-func parseIterRecords(data []byte, hz uint32) ([]Socket, error) {
+// finTimeout is the namespace's tcp_fin_timeout, which dates an orphaned
+// FIN_WAIT2 from its timer (0: unknown).
+func parseIterRecords(data []byte, hz uint32, finTimeout time.Duration) ([]Socket, error) {
 	if len(data)%iterRecSize != 0 {
 		return nil, fmt.Errorf("iterator wrote %d bytes, not a whole number of %d-byte records", len(data), iterRecSize)
 	}
@@ -171,8 +208,12 @@ func parseIterRecords(data []byte, hz uint32) ([]Socket, error) {
 		switch {
 		case s.Timewait:
 			s.ExpiresIn = JiffiesToDuration(int64(r.TimerExpires-r.Jiffies), hz)
-			if s.State == TimeWait && s.ExpiresIn >= 0 && s.ExpiresIn <= timewaitLen {
-				s.Since = r.TsNs - uint64(timewaitLen-s.ExpiresIn)
+			total := timewaitLen
+			if s.State == FinWait2 {
+				total = finTimeout
+			}
+			if s.ExpiresIn >= 0 && s.ExpiresIn <= total {
+				s.Since = r.TsNs - uint64(total-s.ExpiresIn)
 			}
 		case s.State == CloseWait || s.State == FinWait2:
 			s.Since = ago(r.RcvTstamp)

@@ -10,7 +10,6 @@ import (
 	"fmt"
 	"net/netip"
 	"os"
-	"strconv"
 	"strings"
 	"time"
 
@@ -45,14 +44,6 @@ const DefaultTimewaitEntries = 65536
 type KernelInfo struct {
 	HZ         uint32            // jiffies per second (CONFIG_HZ)
 	RstReasons map[uint16]string // enum sk_rst_reason: TCP_ABORT_ON_CLOSE, ...
-}
-
-// RstReasonName names a kernel reset reason, or gives its number.
-func (k *KernelInfo) RstReasonName(code uint16) string {
-	if name, ok := k.RstReasons[code]; ok {
-		return name
-	}
-	return "reason " + strconv.Itoa(int(code))
 }
 
 // Stats are the kernel side's counters, summed over CPUs.
