@@ -375,6 +375,8 @@ static __always_inline bool handover(struct event *e, __u64 now, __u64 cookie, i
 	if (e) {
 		e->new_state = tw->state;
 		e->flags |= EVF_TIMEWAIT;
+		e->timer_expires = tw->expires;
+		e->jiffies = bpf_jiffies64();
 	}
 	tw->state_ts = now;
 	return false;
@@ -623,6 +625,10 @@ static __always_inline void tw_sync(struct tw_info *info, struct inet_timewait_s
 		e->new_state = substate;
 		tw_duration(e, info, entered);
 		tw_event(e, tw, info, t);
+		/* TIME_WAIT ends 60 s after it began, whatever the timer says now
+		 * (mid re-arm it still holds the FIN_WAIT2 expiry). */
+		if (substate == TCP_TIME_WAIT && hz)
+			e->timer_expires = e->jiffies + (TIMEWAIT_LEN_NS - (now - entered)) * hz / 1000000000ULL;
 		submit_event(e);
 	}
 	info->state = substate;

@@ -112,6 +112,7 @@ func runTrace(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 			if !timeline.Match(&filter, c, true) {
 				return nil
 			}
+			sink.Shown++
 			return r.RenderConn(c)
 		}
 	}
@@ -134,13 +135,17 @@ func runTrace(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	if err != nil {
 		return err
 	}
-	fmt.Fprintf(stderr, "tcpstate: %s\n", summary(stats, sink, tl.Stats()))
+	shown := "shown"
+	if f.timeline {
+		shown = "connections shown"
+	}
+	fmt.Fprintf(stderr, "tcpstate: %s\n", summary(stats, sink.Shown, shown, tl.Stats()))
 	return runErr
 }
 
 // summary is the end-of-run line.
-func summary(s tracer.Stats, sink *output.Sink, tl timeline.Stats) string {
-	line := fmt.Sprintf("%d events seen, %d shown, %d lost (%d filtered in kernel)", s.Seen, sink.Shown, s.Lost, s.Filtered)
+func summary(s tracer.Stats, shown uint64, what string, tl timeline.Stats) string {
+	line := fmt.Sprintf("%d events seen, %d %s, %d lost (%d filtered in kernel)", s.Seen, shown, what, s.Lost, s.Filtered)
 	if tl.Evicted > 0 {
 		line += fmt.Sprintf("; %d connections evicted from a full table (raise --max-connections)", tl.Evicted)
 	}
