@@ -29,6 +29,8 @@ const enum event_flag *unused_event_flag __attribute__((unused));
 const enum port_side *unused_port_side __attribute__((unused));
 const enum close_reason *unused_close_reason __attribute__((unused));
 const struct iter_rec *unused_iter_rec __attribute__((unused));
+const enum ka_event *unused_ka_event __attribute__((unused));
+const enum ka_src *unused_ka_src __attribute__((unused));
 
 /* Set from user space before loading (tracer.Config). Zero means "no filter". */
 volatile const __u16 filter_family;	/* AF_INET or AF_INET6 */
@@ -41,6 +43,7 @@ volatile const char filter_comm[TASK_COMM_LEN];	/* owner comm, exact */
 
 /* Kernel addresses from /proc/kallsyms; 0 disables what depends on them. */
 volatile const __u64 tw_timer_fn;	/* tw_timer_handler */
+volatile const __u64 ka_timer_fn;	/* tcp_keepalive_timer */
 volatile const __u32 hz = 250;		/* CONFIG_HZ, to turn jiffies into time */
 
 #define TIMEWAIT_LEN_NS	(60ULL * 1000000000ULL)	/* TCP_TIMEWAIT_LEN, fixed in the kernel */
@@ -94,6 +97,35 @@ struct {
 	__type(key, __u64);
 	__type(value, struct tw_info);
 } tw_infos SEC(".maps");
+
+/*
+ * Keepalive state between timer fires, keyed by cookie: probes outstanding
+ * after the last fire, to tell when the peer answered. Written at each fire's
+ * end, deleted when the connection dies of it. LRU, sized by user space.
+ */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 65536);
+	__type(key, __u64);
+	__type(value, __u8);
+} ka_probes SEC(".maps");
+
+/*
+ * From a keepalive timer's entry to its exit on the same CPU (timer callbacks
+ * do not migrate): the socket, and its probes and state before the callback.
+ */
+struct ka_fire {
+	__u64 timer;
+	__u8 probes_out;
+	__u8 state;
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct ka_fire);
+} ka_fires SEC(".maps");
 
 /* Filter sets, written by user space before attaching, read-only here. */
 struct {
@@ -636,6 +668,148 @@ static __always_inline void tw_sync(struct tw_info *info, struct inet_timewait_s
 	info->flags &= ~INFO_SINCE_START;
 }
 
+#define SOCK_KEEPOPEN	3
+
+/* The socket behind a timer that runs tcp_keepalive_timer (sk->sk_timer). */
+static __always_inline struct sock *ka_sock_of(struct timer_list *t)
+{
+	return (void *)t - bpf_core_field_offset(struct sock, sk_timer);
+}
+
+/*
+ * Fills e with the socket's endpoints and its effective keepalive settings:
+ * the socket's own (TCP_KEEPIDLE/KEEPINTVL/KEEPCNT, 0 when unset) else its
+ * namespace's sysctls, as the kernel's keepalive_*_when() pick them.
+ */
+static __always_inline void ka_event_fill(struct event *e, struct sock *sk, struct timer_list *t, __u8 kind)
+{
+	struct tcp_sock *tp = (struct tcp_sock *)sk;
+	struct net *net = BPF_CORE_READ(sk, __sk_common.skc_net.net);
+	__u32 v;
+	__u8 c;
+
+	e->ka_event = kind;
+	e->old_state = BPF_CORE_READ(sk, __sk_common.skc_state);
+	e->new_state = e->old_state;
+	e->netns = BPF_CORE_READ(net, ns.inum);
+	read_endpoints(&sk->__sk_common, &e->family, &e->sport, &e->dport, e->saddr, e->daddr);
+	e->timer_expires = BPF_CORE_READ(t, expires);
+	e->jiffies = bpf_jiffies64();
+	e->ka_probe = BPF_CORE_READ((struct inet_connection_sock *)sk, icsk_probes_out);
+	e->ka_user_timeout = BPF_CORE_READ((struct inet_connection_sock *)sk, icsk_user_timeout);
+	if (BPF_CORE_READ(sk, __sk_common.skc_flags) & (1UL << SOCK_KEEPOPEN))
+		e->ka_src |= KA_ON;
+	v = BPF_CORE_READ(tp, keepalive_time);
+	if (v)
+		e->ka_src |= KA_IDLE_SOCKET;
+	else
+		v = BPF_CORE_READ(net, ipv4.sysctl_tcp_keepalive_time);
+	e->ka_idle = v;
+	v = BPF_CORE_READ(tp, keepalive_intvl);
+	if (v)
+		e->ka_src |= KA_INTVL_SOCKET;
+	else
+		v = BPF_CORE_READ(net, ipv4.sysctl_tcp_keepalive_intvl);
+	e->ka_intvl = v;
+	c = BPF_CORE_READ(tp, keepalive_probes);
+	if (c)
+		e->ka_src |= KA_COUNT_SOCKET;
+	else
+		c = BPF_CORE_READ(net, ipv4.sysctl_tcp_keepalive_probes);
+	e->ka_count = c;
+}
+
+static __always_inline void ka_emit(struct sock *sk, struct timer_list *t, __u8 kind, __u64 now, __u64 cookie)
+{
+	struct event *e = reserve_event(EVENT_KEEPALIVE, now, cookie);
+
+	if (!e)
+		return;
+	ka_event_fill(e, sk, t, kind);
+	submit_event(e);
+}
+
+static __always_inline __u64 sk_cookie(struct sock *sk)
+{
+	__u64 cookie = BPF_CORE_READ(sk, __sk_common.skc_cookie.counter);
+
+	return cookie ? cookie : (__u64)sk;
+}
+
+/* The keepalive timer armed: at connect/accept with SO_KEEPALIVE, by
+ * setsockopt, and after each fire for the rest of the idle time or a probe
+ * interval. */
+static __always_inline void ka_armed(struct timer_list *t)
+{
+	struct sock *sk = ka_sock_of(t);
+	struct event *e = reserve_event(EVENT_KEEPALIVE, bpf_ktime_get_boot_ns(), sk_cookie(sk));
+
+	if (!e)
+		return;
+	ka_event_fill(e, sk, t, KA_ARMED);
+	/* setsockopt(SO_KEEPALIVE) arms the timer before it sets the flag;
+	 * outside FIN_WAIT2 the timer is only armed for keepalive. */
+	if (e->old_state != TCP_FIN_WAIT2)
+		e->ka_src |= KA_ON;
+	submit_event(e);
+}
+
+static __always_inline void ka_fire_entry(struct timer_list *t)
+{
+	struct sock *sk = ka_sock_of(t);
+	__u64 now = bpf_ktime_get_boot_ns(), cookie = sk_cookie(sk);
+	struct ka_fire *f;
+	__u32 zero = 0;
+	__u8 *last;
+
+	f = bpf_map_lookup_elem(&ka_fires, &zero);
+	if (!f)
+		return;
+	f->timer = (__u64)t;
+	f->probes_out = BPF_CORE_READ((struct inet_connection_sock *)sk, icsk_probes_out);
+	f->state = BPF_CORE_READ(sk, __sk_common.skc_state);
+	/* Probes outstanding at the last fire and none now: an ACK came. */
+	last = bpf_map_lookup_elem(&ka_probes, &cookie);
+	if (last && *last && !f->probes_out)
+		ka_emit(sk, t, KA_ANSWERED, now, cookie);
+	if (f->state == TCP_FIN_WAIT2)
+		ka_emit(sk, t, KA_FIN_WAIT2, now, cookie);
+	else
+		ka_emit(sk, t, KA_FIRED, now, cookie);
+}
+
+static __always_inline void ka_fire_exit(struct timer_list *t)
+{
+	struct sock *sk = ka_sock_of(t);
+	__u64 now = bpf_ktime_get_boot_ns(), cookie = sk_cookie(sk);
+	__u8 probes, state;
+	struct ka_fire *f;
+	__u32 zero = 0;
+
+	f = bpf_map_lookup_elem(&ka_fires, &zero);
+	if (!f || f->timer != (__u64)t)
+		return;
+	f->timer = 0;
+	probes = BPF_CORE_READ((struct inet_connection_sock *)sk, icsk_probes_out);
+	state = BPF_CORE_READ(sk, __sk_common.skc_state);
+	if (state == TCP_CLOSE && f->state != TCP_CLOSE) {
+		ka_emit(sk, t, KA_TIMEOUT, now, cookie);
+		bpf_map_delete_elem(&ka_probes, &cookie);
+		return;
+	}
+	if (probes > f->probes_out)
+		ka_emit(sk, t, KA_PROBE, now, cookie);
+	bpf_map_update_elem(&ka_probes, &cookie, &probes, BPF_ANY);
+}
+
+SEC("tp_btf/timer_expire_exit")
+int BPF_PROG(handle_timer_exit, struct timer_list *t)
+{
+	if (ka_timer_fn && (__u64)t->function == ka_timer_fn)
+		ka_fire_exit(t);
+	return 0;
+}
+
 /*
  * Every timer armed in the system comes through here: leave at once unless it
  * is a timewait timer. Armed the first time by tcp_time_wait() (before the full
@@ -651,6 +825,10 @@ int BPF_PROG(handle_timer_start, struct timer_list *t, unsigned long bucket_expi
 	__u64 now, cookie, key;
 	__u8 state;
 
+	if (ka_timer_fn && (__u64)t->function == ka_timer_fn) {
+		ka_armed(t);
+		return 0;
+	}
 	if (!tw_timer_fn || (__u64)t->function != tw_timer_fn)
 		return 0;
 	tw = tw_of(t);
@@ -693,6 +871,10 @@ int BPF_PROG(handle_timer_expire, struct timer_list *t, unsigned long baseclk)
 	struct event *e;
 	__u64 now, cookie, key;
 
+	if (ka_timer_fn && (__u64)t->function == ka_timer_fn) {
+		ka_fire_entry(t);
+		return 0;
+	}
 	if (!tw_timer_fn || (__u64)t->function != tw_timer_fn)
 		return 0;
 	tw = tw_of(t);
@@ -804,6 +986,19 @@ int iter_tcp(struct bpf_iter__tcp *ctx)
 			return 0;
 		r.rcv_tstamp = tp->rcv_tstamp;
 		r.lsndtime = tp->lsndtime;
+		r.lrcvtime = tp->inet_conn.icsk_ack.lrcvtime;
+		r.probes_out = tp->inet_conn.icsk_probes_out;
+		r.user_timeout = tp->inet_conn.icsk_user_timeout;
+		r.ka_time = tp->keepalive_time;
+		r.ka_intvl = tp->keepalive_intvl;
+		r.ka_probes = tp->keepalive_probes;
+		if (tp->inet_conn.icsk_inet.sk.__sk_common.skc_flags & (1UL << SOCK_KEEPOPEN))
+			r.ka_src |= KA_ON;
+		if (ka_timer_fn && tp->inet_conn.icsk_inet.sk.sk_timer.entry.pprev &&
+		    (__u64)tp->inet_conn.icsk_inet.sk.sk_timer.function == ka_timer_fn) {
+			r.ka_src |= KA_PENDING;
+			r.ka_expires = tp->inet_conn.icsk_inet.sk.sk_timer.expires;
+		}
 		r.uid = tp->inet_conn.icsk_inet.sk.sk_uid.val;
 		r.ino = BPF_CORE_READ(tp, inet_conn.icsk_inet.sk.sk_socket, file, f_inode, i_ino);
 		info = bpf_sk_storage_get(&sk_infos, tp, 0, BPF_SK_STORAGE_GET_F_CREATE);

@@ -10,6 +10,26 @@ enum event_type {
 	EVENT_RESET,		/* this socket sent a RST after it reached CLOSE (linger 0, unread data) */
 	EVENT_TW_CANCEL,	/* a timewait timer removed before it was due: killed, unless EVENT_TW_REARM follows */
 	EVENT_TW_REARM,		/* a timewait timer armed again in the same substate */
+	EVENT_KEEPALIVE,	/* the keepalive timer acted: event.ka_event says how */
+};
+
+/* event.ka_event */
+enum ka_event {
+	KA_ARMED = 1,	/* timer armed: timer_expires says when it fires */
+	KA_FIRED,	/* timer fired (it will probe, or re-arm for the rest of the idle time) */
+	KA_PROBE,	/* a probe went out: ka_probe is its number */
+	KA_ANSWERED,	/* the peer answered: probes reset (seen at the next fire) */
+	KA_TIMEOUT,	/* no answer to ka_count probes (or TCP_USER_TIMEOUT): connection killed */
+	KA_FIN_WAIT2,	/* the timer acting for an orphaned FIN_WAIT2 (tcp_fin_timeout > 60 s) */
+};
+
+/* event.ka_src bits */
+enum ka_src {
+	KA_ON = 1 << 0,			/* SO_KEEPALIVE set */
+	KA_IDLE_SOCKET = 1 << 1,	/* TCP_KEEPIDLE set on the socket, else the namespace sysctl */
+	KA_INTVL_SOCKET = 1 << 2,	/* TCP_KEEPINTVL */
+	KA_COUNT_SOCKET = 1 << 3,	/* TCP_KEEPCNT */
+	KA_PENDING = 1 << 4,		/* iter_rec: the keepalive timer is armed */
 };
 
 /* Why a connection reached CLOSE (event.reason). */
@@ -77,7 +97,15 @@ struct event {
 	__u8 owner_src;		/* enum owner_src */
 	__u8 flags;		/* EVF_* */
 	__u8 reason;		/* enum close_reason, on transitions to CLOSE */
-	__u8 _pad[6];
+	__u8 ka_event;		/* EVENT_KEEPALIVE: enum ka_event */
+	__u8 ka_probe;		/* probes sent and unanswered (icsk_probes_out) */
+	__u8 ka_count;		/* effective keepalive_probes */
+	__u8 ka_src;		/* enum ka_src */
+	__u8 _pad[2];
+	__u32 ka_idle;		/* effective keepalive_time, jiffies */
+	__u32 ka_intvl;		/* effective keepalive_intvl, jiffies */
+	__u32 ka_user_timeout;	/* TCP_USER_TIMEOUT, ms (0: unset) */
+	__u32 _pad2;
 	__u8 saddr[16];		/* local address; IPv4 in the first 4 bytes */
 	__u8 daddr[16];		/* remote address */
 	char comm[TASK_COMM_LEN];	/* owner */
@@ -136,7 +164,15 @@ struct iter_rec {
 	__u8 state;		/* sk_state; for timewait sockets the tw_substate */
 	__u8 timewait;		/* 1: a timewait socket */
 	__u8 end;		/* 1: the trailer written after the last socket (no socket data) */
-	__u8 _pad[7];
+	__u8 ka_src;		/* enum ka_src, with KA_PENDING */
+	__u8 ka_probes;		/* socket's TCP_KEEPCNT (0: unset) */
+	__u8 probes_out;
+	__u8 _pad[4];
+	__u32 ka_time;		/* socket's TCP_KEEPIDLE, jiffies (0: unset) */
+	__u32 ka_intvl;		/* socket's TCP_KEEPINTVL, jiffies (0: unset) */
+	__u32 lrcvtime;		/* last data received, tcp_jiffies32 */
+	__u32 user_timeout;	/* ms */
+	__u64 ka_expires;	/* keepalive timer expiry, jiffies, with KA_PENDING */
 	__u8 saddr[16];
 	__u8 daddr[16];
 };

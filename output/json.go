@@ -48,7 +48,9 @@ func (j *JSON) Render(e *tracer.Event) error {
 	b = append(b, `,"cookie":`...)
 	b = strconv.AppendUint(b, e.Cookie, 10)
 	b = appendEndpoints(b, e.NetNS, e.Family, e.Local, e.Remote)
-	if e.Type == tracer.EventLinger {
+	if e.Type == tracer.EventKeepalive {
+		b = appendKeepaliveJSON(b, e)
+	} else if e.Type == tracer.EventLinger {
 		b = append(b, `,"state":"`...)
 		b = append(b, e.New.String()...)
 		b = append(b, `","age_ns":`...)
@@ -67,7 +69,7 @@ func (j *JSON) Render(e *tracer.Event) error {
 	if e.DurationMin {
 		b = append(b, `,"since_start":true`...)
 	}
-	if e.Timewait {
+	if e.Timewait && e.Type != tracer.EventKeepalive {
 		b = append(b, `,"timewait":true`...)
 		if e.ExpiresIn > 0 && e.New != tracer.Close {
 			b = append(b, `,"expires_in_ns":`...)
@@ -142,4 +144,41 @@ func appendOwner(b []byte, owner *tracer.Task, from tracer.OwnerSource) []byte {
 	b = append(b, `,"owner_from":"`...)
 	b = append(b, from.String()...)
 	return append(b, '"')
+}
+
+// appendKeepaliveJSON appends the fields of a keepalive event.
+func appendKeepaliveJSON(b []byte, e *tracer.Event) []byte {
+	k := &e.Keepalive
+	b = append(b, `,"event":"`...)
+	b = append(b, k.Event.String()...)
+	b = append(b, `","state":"`...)
+	b = append(b, e.New.String()...)
+	b = append(b, `","keepalive":`...)
+	b = strconv.AppendBool(b, k.On)
+	if k.Event == tracer.KeepaliveProbe || k.Event == tracer.KeepaliveTimeout {
+		b = append(b, `,"probe":`...)
+		b = strconv.AppendUint(b, uint64(k.Probes), 10)
+	}
+	b = append(b, `,"idle_ns":`...)
+	b = strconv.AppendInt(b, int64(k.Idle), 10)
+	b = append(b, `,"intvl_ns":`...)
+	b = strconv.AppendInt(b, int64(k.Intvl), 10)
+	b = append(b, `,"count":`...)
+	b = strconv.AppendUint(b, uint64(k.Count), 10)
+	b = append(b, `,"idle_from":"`...)
+	b = append(b, tracer.Source(k.IdleFromSocket)...)
+	b = append(b, `","intvl_from":"`...)
+	b = append(b, tracer.Source(k.IntvlFromSocket)...)
+	b = append(b, `","count_from":"`...)
+	b = append(b, tracer.Source(k.CountFromSocket)...)
+	b = append(b, '"')
+	if k.Event == tracer.KeepaliveArmed {
+		b = append(b, `,"expires_in_ns":`...)
+		b = strconv.AppendInt(b, int64(e.ExpiresIn), 10)
+	}
+	if k.UserTimeout > 0 {
+		b = append(b, `,"user_timeout_ns":`...)
+		b = strconv.AppendInt(b, int64(k.UserTimeout), 10)
+	}
+	return b
 }

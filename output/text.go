@@ -152,6 +152,15 @@ func (t *Text) Render(e *tracer.Event) error {
 		b = append(b, " (lingering)"...)
 	case tracer.EventReset:
 		b = append(b, "RST sent"...)
+	case tracer.EventKeepalive:
+		b = append(b, "keepalive "...)
+		b = append(b, e.Keepalive.Event.String()...)
+		if k := &e.Keepalive; k.Event == tracer.KeepaliveProbe {
+			b = append(b, ' ')
+			b = strconv.AppendUint(b, uint64(k.Probes), 10)
+			b = append(b, '/')
+			b = strconv.AppendUint(b, uint64(k.Count), 10)
+		}
 	default:
 		b = append(b, e.Old.String()...)
 		b = append(b, " -> "...)
@@ -216,6 +225,8 @@ func truncRunes(s []byte, n int) []byte {
 // in a timewait socket.
 func (t *Text) note(b []byte, e *tracer.Event) []byte {
 	switch {
+	case e.Type == tracer.EventKeepalive:
+		return appendKeepaliveNote(b, e)
 	case e.Type == tracer.EventReset:
 		return appendRstReason(b, &t.opts.Kernel, e.RstReason)
 	case e.New == tracer.Close && e.Reason != tracer.ReasonNone:
@@ -238,4 +249,30 @@ func (t *Text) note(b []byte, e *tracer.Event) []byte {
 		}
 	}
 	return b
+}
+
+// appendKeepaliveNote appends when an armed timer fires and the effective
+// settings with their source: "in 1.00s; idle 1.00s sysctl, intvl 1.00s socket, count 3 socket".
+func appendKeepaliveNote(b []byte, e *tracer.Event) []byte {
+	k := &e.Keepalive
+	if k.Event == tracer.KeepaliveArmed {
+		b = append(b, "in "...)
+		b = AppendDuration(b, e.ExpiresIn)
+		b = append(b, "; "...)
+	}
+	if !k.On {
+		b = append(b, "SO_KEEPALIVE off; "...)
+	}
+	b = append(b, "idle "...)
+	b = AppendDuration(b, k.Idle)
+	b = append(b, ' ')
+	b = append(b, tracer.Source(k.IdleFromSocket)...)
+	b = append(b, ", intvl "...)
+	b = AppendDuration(b, k.Intvl)
+	b = append(b, ' ')
+	b = append(b, tracer.Source(k.IntvlFromSocket)...)
+	b = append(b, ", count "...)
+	b = strconv.AppendUint(b, uint64(k.Count), 10)
+	b = append(b, ' ')
+	return append(b, tracer.Source(k.CountFromSocket)...)
 }

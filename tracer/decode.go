@@ -24,6 +24,13 @@ const (
 	offJiffies  = unsafe.Offsetof(rawEvent.Jiffies)
 	offRstRsn   = unsafe.Offsetof(rawEvent.RstReason)
 	offReason   = unsafe.Offsetof(rawEvent.Reason)
+	offKaEvent  = unsafe.Offsetof(rawEvent.KaEvent)
+	offKaProbe  = unsafe.Offsetof(rawEvent.KaProbe)
+	offKaCount  = unsafe.Offsetof(rawEvent.KaCount)
+	offKaSrc    = unsafe.Offsetof(rawEvent.KaSrc)
+	offKaIdle   = unsafe.Offsetof(rawEvent.KaIdle)
+	offKaIntvl  = unsafe.Offsetof(rawEvent.KaIntvl)
+	offKaUTO    = unsafe.Offsetof(rawEvent.KaUserTimeout)
 	offNetns    = unsafe.Offsetof(rawEvent.Netns)
 	offPid      = unsafe.Offsetof(rawEvent.Pid)
 	offTid      = unsafe.Offsetof(rawEvent.Tid)
@@ -51,6 +58,14 @@ const (
 )
 
 const (
+	kaOn          = uint8(tcpstateKaSrcKA_ON)
+	kaIdleSocket  = uint8(tcpstateKaSrcKA_IDLE_SOCKET)
+	kaIntvlSocket = uint8(tcpstateKaSrcKA_INTVL_SOCKET)
+	kaCountSocket = uint8(tcpstateKaSrcKA_COUNT_SOCKET)
+	kaPending     = uint8(tcpstateKaSrcKA_PENDING)
+)
+
+const (
 	afInet  = 2
 	afInet6 = 10
 )
@@ -72,7 +87,7 @@ func Decode(b []byte, e *Event, hz uint32) error {
 		SkErr:  int32(ne.Uint32(b[offSkErr:])),
 	}
 	switch e.Type {
-	case EventState, EventReset, EventTWCancel, EventTWRearm:
+	case EventState, EventReset, EventTWCancel, EventTWRearm, EventKeepalive:
 	default:
 		return fmt.Errorf("decoding event: unknown type %d", b[offType])
 	}
@@ -81,8 +96,20 @@ func Decode(b []byte, e *Event, hz uint32) error {
 	flags := b[offFlags]
 	e.Timewait = flags&evfTimewait != 0
 	e.DurationMin = flags&evfDurationMin != 0
-	if e.Timewait && hz != 0 {
+	if (e.Timewait || e.Type == EventKeepalive) && hz != 0 {
 		e.ExpiresIn = JiffiesToDuration(int64(ne.Uint64(b[offExpires:])-ne.Uint64(b[offJiffies:])), hz)
+	}
+	if e.Type == EventKeepalive {
+		src := b[offKaSrc]
+		e.Keepalive = Keepalive{
+			Event: KeepaliveEvent(b[offKaEvent]), On: src&kaOn != 0, Probes: b[offKaProbe], Count: b[offKaCount],
+			IdleFromSocket: src&kaIdleSocket != 0, IntvlFromSocket: src&kaIntvlSocket != 0, CountFromSocket: src&kaCountSocket != 0,
+			UserTimeout: time.Duration(ne.Uint32(b[offKaUTO:])) * time.Millisecond,
+		}
+		if hz != 0 {
+			e.Keepalive.Idle = JiffiesToDuration(int64(ne.Uint32(b[offKaIdle:])), hz)
+			e.Keepalive.Intvl = JiffiesToDuration(int64(ne.Uint32(b[offKaIntvl:])), hz)
+		}
 	}
 	if flags&evfDuration != 0 {
 		e.Duration = time.Duration(ne.Uint64(b[offDuration:]))

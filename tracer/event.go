@@ -24,6 +24,8 @@ const (
 	EventTWCancel EventType = EventType(tcpstateEventTypeEVENT_TW_CANCEL)
 	// EventTWRearm: a timewait timer was armed again in the same state.
 	EventTWRearm EventType = EventType(tcpstateEventTypeEVENT_TW_REARM)
+	// EventKeepalive: the keepalive timer acted; see Keepalive.
+	EventKeepalive EventType = EventType(tcpstateEventTypeEVENT_KEEPALIVE)
 
 	// EventLost reports events the kernel could not deliver (ring buffer full).
 	EventLost EventType = 100
@@ -42,6 +44,8 @@ func (t EventType) String() string {
 		return "tw_cancel"
 	case EventTWRearm:
 		return "tw_rearm"
+	case EventKeepalive:
+		return "keepalive"
 	case EventLost:
 		return "lost"
 	case EventLinger:
@@ -201,6 +205,9 @@ type Event struct {
 	// only how long the tracer saw of it.
 	DurationMin bool
 
+	// Keepalive describes EventKeepalive; ExpiresIn is when an armed timer fires.
+	Keepalive Keepalive
+
 	Lost uint64 // EventLost: events lost since the previous report
 }
 
@@ -283,3 +290,48 @@ type StateSet uint32
 
 func (s StateSet) Has(st State) bool { return st < 32 && s&(1<<st) != 0 }
 func (s *StateSet) Add(st State)     { *s |= 1 << st }
+
+// KeepaliveEvent says what the keepalive timer did.
+type KeepaliveEvent uint8
+
+const (
+	KeepaliveArmed    = KeepaliveEvent(tcpstateKaEventKA_ARMED)
+	KeepaliveFired    = KeepaliveEvent(tcpstateKaEventKA_FIRED)
+	KeepaliveProbe    = KeepaliveEvent(tcpstateKaEventKA_PROBE)
+	KeepaliveAnswered = KeepaliveEvent(tcpstateKaEventKA_ANSWERED)
+	KeepaliveTimeout  = KeepaliveEvent(tcpstateKaEventKA_TIMEOUT)
+	KeepaliveFinWait2 = KeepaliveEvent(tcpstateKaEventKA_FIN_WAIT2)
+)
+
+var keepaliveNames = map[KeepaliveEvent]string{
+	KeepaliveArmed: "armed", KeepaliveFired: "fired", KeepaliveProbe: "probe", KeepaliveAnswered: "answered",
+	KeepaliveTimeout: "timeout", KeepaliveFinWait2: "fin_wait2",
+}
+
+func (k KeepaliveEvent) String() string {
+	if n, ok := keepaliveNames[k]; ok {
+		return n
+	}
+	return fmt.Sprintf("keepalive(%d)", uint8(k))
+}
+
+// Keepalive is a socket's keepalive as the kernel applies it at one moment:
+// each value is the socket's own option when set, else its namespace's sysctl.
+type Keepalive struct {
+	Event                                            KeepaliveEvent
+	On                                               bool          // SO_KEEPALIVE
+	Probes                                           uint8         // probes sent and not answered (icsk_probes_out)
+	Idle                                             time.Duration // tcp_keepalive_time / TCP_KEEPIDLE
+	Intvl                                            time.Duration // tcp_keepalive_intvl / TCP_KEEPINTVL
+	Count                                            uint8         // tcp_keepalive_probes / TCP_KEEPCNT
+	IdleFromSocket, IntvlFromSocket, CountFromSocket bool
+	UserTimeout                                      time.Duration // TCP_USER_TIMEOUT (0: unset)
+}
+
+// Source names where a value comes from: "socket" or "sysctl".
+func Source(fromSocket bool) string {
+	if fromSocket {
+		return "socket"
+	}
+	return "sysctl"
+}

@@ -4,4 +4,4 @@ package tracer
 
 // The generated files are committed so that `go build` needs no clang; CI
 // regenerates them and fails on any difference.
-//go:generate go tool bpf2go -tags linux -target amd64,arm64 -type event -type addr_key -type stat_index -type owner_src -type event_type -type event_flag -type port_side -type close_reason -type iter_rec tcpstate ../bpf/tcpstate.bpf.c -- -I../bpf/headers -I../bpf -Wall -Werror
+//go:generate go tool bpf2go -tags linux -target amd64,arm64 -type event -type addr_key -type stat_index -type owner_src -type event_type -type event_flag -type port_side -type close_reason -type iter_rec -type ka_event -type ka_src tcpstate ../bpf/tcpstate.bpf.c -- -I../bpf/headers -I../bpf -Wall -Werror

@@ -38,6 +38,18 @@ type Socket struct {
 	Since     uint64
 	ExpiresIn time.Duration // timewait: time left on its timer
 
+	// Keepalive: the socket's own options (0: unset, the sysctl applies),
+	// whether SO_KEEPALIVE is on, and its timer if armed.
+	KeepaliveOn    bool
+	SockIdle       time.Duration
+	SockIntvl      time.Duration
+	SockCount      uint8
+	KeepaliveArmed bool
+	KeepaliveIn    time.Duration // time left on the keepalive timer
+	LastRecv       uint64        // CLOCK_BOOTTIME ns of the last segment received
+	ProbesOut      uint8
+	UserTimeout    time.Duration
+
 	Inode      uint64 // socket inode (0 for timewait sockets)
 	UID        uint32
 	Owner      Task // from /proc/PID/fd, as `ss -p` finds it
@@ -108,59 +120,27 @@ func scanNetNS(it *link.Iter, path string, hz uint32) ([]Socket, NetNS, error) {
 		return nil, ns, err
 	}
 	ns.Inode = uint32(st.Ino)
-	type result struct {
-		data []byte
-		err  error
-	}
-	ch := make(chan result, 1)
-	go func() {
-		// This thread changes namespace: it must not run anything else, and
-		// if it cannot go back it must die with the goroutine.
-		runtime.LockOSThread()
-		self, err := os.Open("/proc/thread-self/ns/net")
-		if err != nil {
-			runtime.UnlockOSThread()
-			ch <- result{err: err}
-			return
-		}
-		defer self.Close()
-		target, err := os.Open(path)
-		if err != nil {
-			runtime.UnlockOSThread()
-			ch <- result{err: err}
-			return
-		}
-		defer target.Close()
-		if err := unix.Setns(int(target.Fd()), unix.CLONE_NEWNET); err != nil {
-			runtime.UnlockOSThread()
-			ch <- result{err: fmt.Errorf("entering namespace: %w", err)}
-			return
-		}
+	var data []byte
+	err := inNetNS(path, func() error {
 		rd, err := it.Open()
-		var data []byte
-		if err == nil {
-			data, err = io.ReadAll(rd)
-			rd.Close()
+		if err != nil {
+			return err
 		}
-		for _, name := range Sysctls {
-			if v, err := os.ReadFile("/proc/sys/net/ipv4/tcp_" + name); err == nil {
-				ns.Sysctls[name] = strings.TrimSpace(string(v))
-			}
+		defer rd.Close()
+		if data, err = io.ReadAll(rd); err != nil {
+			return err
 		}
-		if unix.Setns(int(self.Fd()), unix.CLONE_NEWNET) == nil {
-			runtime.UnlockOSThread()
-		}
-		ch <- result{data, err}
-	}()
-	r := <-ch
-	if r.err != nil {
-		return nil, ns, r.err
+		readSysctls(ns.Sysctls)
+		return nil
+	})
+	if err != nil {
+		return nil, ns, err
 	}
 	finTimeout := time.Duration(0)
 	if v, err := strconv.Atoi(ns.Sysctls["fin_timeout"]); err == nil {
 		finTimeout = time.Duration(v) * time.Second
 	}
-	socks, err := parseIterRecords(r.data, hz, finTimeout)
+	socks, err := parseIterRecords(data, hz, finTimeout)
 	return socks, ns, err
 }
 
@@ -217,6 +197,26 @@ func parseIterRecords(data []byte, hz uint32, finTimeout time.Duration) ([]Socke
 			}
 		case s.State == CloseWait || s.State == FinWait2:
 			s.Since = ago(r.RcvTstamp)
+		}
+		if !s.Timewait && s.State != NewSynRecv {
+			s.KeepaliveOn = r.KaSrc&kaOn != 0
+			s.SockIdle = JiffiesToDuration(int64(r.KaTime), hz)
+			s.SockIntvl = JiffiesToDuration(int64(r.KaIntvl), hz)
+			s.SockCount = r.KaProbes
+			s.ProbesOut = r.ProbesOut
+			s.UserTimeout = time.Duration(r.UserTimeout) * time.Millisecond
+			// keepalive_time_elapsed() counts from the later of the two.
+			last := r.RcvTstamp
+			if int32(r.Lrcvtime-last) > 0 {
+				last = r.Lrcvtime
+			}
+			s.LastRecv = ago(last)
+			if r.KaSrc&kaPending != 0 {
+				s.KeepaliveArmed = true
+				s.KeepaliveIn = JiffiesToDuration(int64(r.KaExpires-r.Jiffies), hz)
+			}
+		}
+		switch {
 		case s.State == FinWait1 || s.State == LastAck || s.State == Closing:
 			s.Since = ago(r.Lsndtime)
 		}
@@ -292,4 +292,55 @@ func socketOwners() map[uint64]Task {
 		}
 	}
 	return owners
+}
+
+// readSysctls reads Sysctls as the current thread's namespace sees them.
+func readSysctls(into map[string]string) {
+	for _, name := range Sysctls {
+		if v, err := os.ReadFile("/proc/sys/net/ipv4/tcp_" + name); err == nil {
+			into[name] = strings.TrimSpace(string(v))
+		}
+	}
+}
+
+// ReadSysctls reads the TCP sysctls of the namespace at path (a NetNS.Path).
+func ReadSysctls(path string) (map[string]string, error) {
+	out := map[string]string{}
+	err := inNetNS(path, func() error { readSysctls(out); return nil })
+	return out, err
+}
+
+// inNetNS runs f on a thread that has entered the network namespace at path.
+// The thread runs nothing else; if it cannot go back, it dies with its
+// goroutine.
+func inNetNS(path string, f func() error) error {
+	errc := make(chan error, 1)
+	go func() {
+		runtime.LockOSThread()
+		self, err := os.Open("/proc/thread-self/ns/net")
+		if err != nil {
+			runtime.UnlockOSThread()
+			errc <- err
+			return
+		}
+		defer self.Close()
+		target, err := os.Open(path)
+		if err != nil {
+			runtime.UnlockOSThread()
+			errc <- err
+			return
+		}
+		defer target.Close()
+		if err := unix.Setns(int(target.Fd()), unix.CLONE_NEWNET); err != nil {
+			runtime.UnlockOSThread()
+			errc <- fmt.Errorf("entering namespace: %w", err)
+			return
+		}
+		err = f()
+		if unix.Setns(int(self.Fd()), unix.CLONE_NEWNET) == nil {
+			runtime.UnlockOSThread()
+		}
+		errc <- err
+	}()
+	return <-errc
 }

@@ -36,32 +36,40 @@ const (
 )
 
 type tcpstateEvent struct {
-	_            structs.HostLayout
-	TsNs         uint64
-	Cookie       uint64
-	DurationNs   uint64
-	TimerExpires uint64
-	Jiffies      uint64
-	Netns        uint32
-	Pid          uint32
-	Tid          uint32
-	CpuPid       uint32
-	SkErr        int32
-	Family       uint16
-	Sport        uint16
-	Dport        uint16
-	RstReason    uint16
-	Type         uint8
-	OldState     uint8
-	NewState     uint8
-	OwnerSrc     uint8
-	Flags        uint8
-	Reason       uint8
-	Pad          [6]uint8
-	Saddr        [16]uint8
-	Daddr        [16]uint8
-	Comm         [16]int8
-	CpuComm      [16]int8
+	_             structs.HostLayout
+	TsNs          uint64
+	Cookie        uint64
+	DurationNs    uint64
+	TimerExpires  uint64
+	Jiffies       uint64
+	Netns         uint32
+	Pid           uint32
+	Tid           uint32
+	CpuPid        uint32
+	SkErr         int32
+	Family        uint16
+	Sport         uint16
+	Dport         uint16
+	RstReason     uint16
+	Type          uint8
+	OldState      uint8
+	NewState      uint8
+	OwnerSrc      uint8
+	Flags         uint8
+	Reason        uint8
+	KaEvent       uint8
+	KaProbe       uint8
+	KaCount       uint8
+	KaSrc         uint8
+	Pad           [2]uint8
+	KaIdle        uint32
+	KaIntvl       uint32
+	KaUserTimeout uint32
+	Pad2          uint32
+	Saddr         [16]uint8
+	Daddr         [16]uint8
+	Comm          [16]int8
+	CpuComm       [16]int8
 }
 
 type tcpstateEventFlag uint32
@@ -80,6 +88,7 @@ const (
 	tcpstateEventTypeEVENT_RESET     tcpstateEventType = 2
 	tcpstateEventTypeEVENT_TW_CANCEL tcpstateEventType = 3
 	tcpstateEventTypeEVENT_TW_REARM  tcpstateEventType = 4
+	tcpstateEventTypeEVENT_KEEPALIVE tcpstateEventType = 5
 )
 
 type tcpstateIterRec struct {
@@ -99,10 +108,47 @@ type tcpstateIterRec struct {
 	State        uint8
 	Timewait     uint8
 	End          uint8
-	Pad          [7]uint8
+	KaSrc        uint8
+	KaProbes     uint8
+	ProbesOut    uint8
+	Pad          [4]uint8
+	KaTime       uint32
+	KaIntvl      uint32
+	Lrcvtime     uint32
+	UserTimeout  uint32
+	KaExpires    uint64
 	Saddr        [16]uint8
 	Daddr        [16]uint8
 }
+
+type tcpstateKaEvent uint32
+
+const (
+	tcpstateKaEventKA_ARMED     tcpstateKaEvent = 1
+	tcpstateKaEventKA_FIRED     tcpstateKaEvent = 2
+	tcpstateKaEventKA_PROBE     tcpstateKaEvent = 3
+	tcpstateKaEventKA_ANSWERED  tcpstateKaEvent = 4
+	tcpstateKaEventKA_TIMEOUT   tcpstateKaEvent = 5
+	tcpstateKaEventKA_FIN_WAIT2 tcpstateKaEvent = 6
+)
+
+type tcpstateKaFire struct {
+	_         structs.HostLayout
+	Timer     uint64
+	ProbesOut uint8
+	State     uint8
+	_         [6]byte
+}
+
+type tcpstateKaSrc uint32
+
+const (
+	tcpstateKaSrcKA_ON           tcpstateKaSrc = 1
+	tcpstateKaSrcKA_IDLE_SOCKET  tcpstateKaSrc = 2
+	tcpstateKaSrcKA_INTVL_SOCKET tcpstateKaSrc = 4
+	tcpstateKaSrcKA_COUNT_SOCKET tcpstateKaSrc = 8
+	tcpstateKaSrcKA_PENDING      tcpstateKaSrc = 16
+)
 
 type tcpstateOwnerSrc uint32
 
@@ -169,6 +215,8 @@ const (
 	tcpstateMapFilterAddrMap      = "filter_addr_map"
 	tcpstateMapFilterPidMap       = "filter_pid_map"
 	tcpstateMapFilterPortMap      = "filter_port_map"
+	tcpstateMapKaFires            = "ka_fires"
+	tcpstateMapKaProbes           = "ka_probes"
 	tcpstateMapSkInfos            = "sk_infos"
 	tcpstateMapStats              = "stats"
 	tcpstateMapTwInfos            = "tw_infos"
@@ -178,6 +226,7 @@ const (
 	tcpstateProgHandleSend        = "handle_send"
 	tcpstateProgHandleSetState    = "handle_set_state"
 	tcpstateProgHandleTimerCancel = "handle_timer_cancel"
+	tcpstateProgHandleTimerExit   = "handle_timer_exit"
 	tcpstateProgHandleTimerExpire = "handle_timer_expire"
 	tcpstateProgHandleTimerStart  = "handle_timer_start"
 	tcpstateProgIterTcp           = "iter_tcp"
@@ -189,11 +238,14 @@ const (
 	tcpstateVarFilterPorts        = "filter_ports"
 	tcpstateVarFilterStates       = "filter_states"
 	tcpstateVarHz                 = "hz"
+	tcpstateVarKaTimerFn          = "ka_timer_fn"
 	tcpstateVarTwTimerFn          = "tw_timer_fn"
 	tcpstateVarUnusedCloseReason  = "unused_close_reason"
 	tcpstateVarUnusedEventFlag    = "unused_event_flag"
 	tcpstateVarUnusedEventType    = "unused_event_type"
 	tcpstateVarUnusedIterRec      = "unused_iter_rec"
+	tcpstateVarUnusedKaEvent      = "unused_ka_event"
+	tcpstateVarUnusedKaSrc        = "unused_ka_src"
 	tcpstateVarUnusedOwnerSrc     = "unused_owner_src"
 	tcpstateVarUnusedPortSide     = "unused_port_side"
 	tcpstateVarUnusedStatIndex    = "unused_stat_index"
@@ -247,6 +299,7 @@ type tcpstateProgramSpecs struct {
 	HandleSend        *ebpf.ProgramSpec `ebpf:"handle_send"`
 	HandleSetState    *ebpf.ProgramSpec `ebpf:"handle_set_state"`
 	HandleTimerCancel *ebpf.ProgramSpec `ebpf:"handle_timer_cancel"`
+	HandleTimerExit   *ebpf.ProgramSpec `ebpf:"handle_timer_exit"`
 	HandleTimerExpire *ebpf.ProgramSpec `ebpf:"handle_timer_expire"`
 	HandleTimerStart  *ebpf.ProgramSpec `ebpf:"handle_timer_start"`
 	IterTcp           *ebpf.ProgramSpec `ebpf:"iter_tcp"`
@@ -260,6 +313,8 @@ type tcpstateMapSpecs struct {
 	FilterAddrMap *ebpf.MapSpec `ebpf:"filter_addr_map"`
 	FilterPidMap  *ebpf.MapSpec `ebpf:"filter_pid_map"`
 	FilterPortMap *ebpf.MapSpec `ebpf:"filter_port_map"`
+	KaFires       *ebpf.MapSpec `ebpf:"ka_fires"`
+	KaProbes      *ebpf.MapSpec `ebpf:"ka_probes"`
 	SkInfos       *ebpf.MapSpec `ebpf:"sk_infos"`
 	Stats         *ebpf.MapSpec `ebpf:"stats"`
 	TwInfos       *ebpf.MapSpec `ebpf:"tw_infos"`
@@ -277,11 +332,14 @@ type tcpstateVariableSpecs struct {
 	FilterPorts       *ebpf.VariableSpec `ebpf:"filter_ports"`
 	FilterStates      *ebpf.VariableSpec `ebpf:"filter_states"`
 	Hz                *ebpf.VariableSpec `ebpf:"hz"`
+	KaTimerFn         *ebpf.VariableSpec `ebpf:"ka_timer_fn"`
 	TwTimerFn         *ebpf.VariableSpec `ebpf:"tw_timer_fn"`
 	UnusedCloseReason *ebpf.VariableSpec `ebpf:"unused_close_reason"`
 	UnusedEventFlag   *ebpf.VariableSpec `ebpf:"unused_event_flag"`
 	UnusedEventType   *ebpf.VariableSpec `ebpf:"unused_event_type"`
 	UnusedIterRec     *ebpf.VariableSpec `ebpf:"unused_iter_rec"`
+	UnusedKaEvent     *ebpf.VariableSpec `ebpf:"unused_ka_event"`
+	UnusedKaSrc       *ebpf.VariableSpec `ebpf:"unused_ka_src"`
 	UnusedOwnerSrc    *ebpf.VariableSpec `ebpf:"unused_owner_src"`
 	UnusedPortSide    *ebpf.VariableSpec `ebpf:"unused_port_side"`
 	UnusedStatIndex   *ebpf.VariableSpec `ebpf:"unused_stat_index"`
@@ -311,6 +369,8 @@ type tcpstateMaps struct {
 	FilterAddrMap *ebpf.Map `ebpf:"filter_addr_map"`
 	FilterPidMap  *ebpf.Map `ebpf:"filter_pid_map"`
 	FilterPortMap *ebpf.Map `ebpf:"filter_port_map"`
+	KaFires       *ebpf.Map `ebpf:"ka_fires"`
+	KaProbes      *ebpf.Map `ebpf:"ka_probes"`
 	SkInfos       *ebpf.Map `ebpf:"sk_infos"`
 	Stats         *ebpf.Map `ebpf:"stats"`
 	TwInfos       *ebpf.Map `ebpf:"tw_infos"`
@@ -322,6 +382,8 @@ func (m *tcpstateMaps) Close() error {
 		m.FilterAddrMap,
 		m.FilterPidMap,
 		m.FilterPortMap,
+		m.KaFires,
+		m.KaProbes,
 		m.SkInfos,
 		m.Stats,
 		m.TwInfos,
@@ -340,11 +402,14 @@ type tcpstateVariables struct {
 	FilterPorts       *ebpf.Variable `ebpf:"filter_ports"`
 	FilterStates      *ebpf.Variable `ebpf:"filter_states"`
 	Hz                *ebpf.Variable `ebpf:"hz"`
+	KaTimerFn         *ebpf.Variable `ebpf:"ka_timer_fn"`
 	TwTimerFn         *ebpf.Variable `ebpf:"tw_timer_fn"`
 	UnusedCloseReason *ebpf.Variable `ebpf:"unused_close_reason"`
 	UnusedEventFlag   *ebpf.Variable `ebpf:"unused_event_flag"`
 	UnusedEventType   *ebpf.Variable `ebpf:"unused_event_type"`
 	UnusedIterRec     *ebpf.Variable `ebpf:"unused_iter_rec"`
+	UnusedKaEvent     *ebpf.Variable `ebpf:"unused_ka_event"`
+	UnusedKaSrc       *ebpf.Variable `ebpf:"unused_ka_src"`
 	UnusedOwnerSrc    *ebpf.Variable `ebpf:"unused_owner_src"`
 	UnusedPortSide    *ebpf.Variable `ebpf:"unused_port_side"`
 	UnusedStatIndex   *ebpf.Variable `ebpf:"unused_stat_index"`
@@ -360,6 +425,7 @@ type tcpstatePrograms struct {
 	HandleSend        *ebpf.Program `ebpf:"handle_send"`
 	HandleSetState    *ebpf.Program `ebpf:"handle_set_state"`
 	HandleTimerCancel *ebpf.Program `ebpf:"handle_timer_cancel"`
+	HandleTimerExit   *ebpf.Program `ebpf:"handle_timer_exit"`
 	HandleTimerExpire *ebpf.Program `ebpf:"handle_timer_expire"`
 	HandleTimerStart  *ebpf.Program `ebpf:"handle_timer_start"`
 	IterTcp           *ebpf.Program `ebpf:"iter_tcp"`
@@ -373,6 +439,7 @@ func (p *tcpstatePrograms) Close() error {
 		p.HandleSend,
 		p.HandleSetState,
 		p.HandleTimerCancel,
+		p.HandleTimerExit,
 		p.HandleTimerExpire,
 		p.HandleTimerStart,
 		p.IterTcp,

@@ -75,9 +75,10 @@ type hook struct {
 }
 
 const (
-	noAcceptor = "accepted sockets are attributed to their listener's process (needs Linux 6.3+)"
-	noTimewait = "TIME_WAIT and orphaned FIN_WAIT2 are not followed: a closed connection ends at its full socket's CLOSE"
-	noReset    = "close reasons cannot tell a reset from an orderly close"
+	noAcceptor  = "accepted sockets are attributed to their listener's process (needs Linux 6.3+)"
+	noTimewait  = "TIME_WAIT and orphaned FIN_WAIT2 are not followed: a closed connection ends at its full socket's CLOSE"
+	noReset     = "close reasons cannot tell a reset from an orderly close"
+	noKeepalive = "keepalive timers are not followed"
 )
 
 var hooks = []hook{
@@ -89,6 +90,7 @@ var hooks = []hook{
 	{"handle_timer_start", "timer_start", noTimewait, "tw_timer_handler"},
 	{"handle_timer_expire", "timer_expire_entry", noTimewait, "tw_timer_handler"},
 	{"handle_timer_cancel", "timer_cancel", noTimewait, "tw_timer_handler"},
+	{"handle_timer_exit", "timer_expire_exit", noKeepalive, "tcp_keepalive_timer"},
 }
 
 // Tracer is attached to the kernel from New until Close.
@@ -139,7 +141,7 @@ func New(cfg Config) (*Tracer, error) {
 		t.info.HZ = 250
 		t.warnings = append(t.warnings, "kernel config not found (/boot/config-*, /proc/config.gz): assuming CONFIG_HZ=250 for timer expiries")
 	}
-	syms, err := kallsyms("tw_timer_handler")
+	syms, err := kallsyms("tw_timer_handler", "tcp_keepalive_timer")
 	if err != nil {
 		syms = map[string]uint64{}
 	}
@@ -168,6 +170,9 @@ func New(cfg Config) (*Tracer, error) {
 	}
 	if err := spec.Variables["tw_timer_fn"].Set(syms["tw_timer_handler"]); err != nil {
 		return nil, fmt.Errorf("configuring timewait hooks: %w", err)
+	}
+	if err := spec.Variables["ka_timer_fn"].Set(syms["tcp_keepalive_timer"]); err != nil {
+		return nil, fmt.Errorf("configuring keepalive hooks: %w", err)
 	}
 	if err := spec.Variables["hz"].Set(t.info.HZ); err != nil {
 		return nil, fmt.Errorf("configuring timewait hooks: %w", err)
