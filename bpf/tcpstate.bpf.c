@@ -793,7 +793,15 @@ static __always_inline void ka_fire_exit(struct timer_list *t)
 	probes = BPF_CORE_READ((struct inet_connection_sock *)sk, icsk_probes_out);
 	state = BPF_CORE_READ(sk, __sk_common.skc_state);
 	if (state == TCP_CLOSE && f->state != TCP_CLOSE) {
-		ka_emit(sk, t, KA_TIMEOUT, now, cookie);
+		struct event *e = reserve_event(EVENT_KEEPALIVE, now, cookie);
+
+		if (e) {
+			ka_event_fill(e, sk, t, KA_TIMEOUT);
+			e->sk_err = BPF_CORE_READ(sk, sk_err);
+			e->reason = REASON_TIMEOUT;
+			e->rst_reason = bpf_core_enum_value(enum sk_rst_reason, SK_RST_REASON_TCP_KEEPALIVE_TIMEOUT);
+			submit_event(e);
+		}
 		bpf_map_delete_elem(&ka_probes, &cookie);
 		return;
 	}

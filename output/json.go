@@ -81,7 +81,8 @@ func (j *JSON) Render(e *tracer.Event) error {
 		b = append(b, e.Reason.String()...)
 		b = append(b, '"')
 	}
-	if e.Reason == tracer.ReasonRSTSent || e.Type == tracer.EventReset {
+	if e.Reason == tracer.ReasonRSTSent || e.Type == tracer.EventReset ||
+		e.Type == tracer.EventKeepalive && e.Keepalive.Event == tracer.KeepaliveTimeout {
 		b = append(b, `,"rst_reason":`...)
 		b = append(appendRstReason(append(b, '"'), &j.opts.Kernel, e.RstReason), '"')
 	}

@@ -255,6 +255,11 @@ func (t *Text) note(b []byte, e *tracer.Event) []byte {
 // settings with their source: "in 1.00s; idle 1.00s sysctl, intvl 1.00s socket, count 3 socket".
 func appendKeepaliveNote(b []byte, e *tracer.Event) []byte {
 	k := &e.Keepalive
+	if k.Event == tracer.KeepaliveTimeout {
+		b = append(b, "RST, "...)
+		b = append(b, ErrnoName(e.SkErr)...)
+		b = append(b, "; "...)
+	}
 	if k.Event == tracer.KeepaliveArmed {
 		b = append(b, "in "...)
 		b = AppendDuration(b, e.ExpiresIn)

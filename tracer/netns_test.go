@@ -3,77 +3,20 @@
 package tracer_test
 
 import (
-	"fmt"
 	"net"
 	"net/netip"
 	"os"
-	"os/exec"
-	"runtime"
-	"strings"
 	"syscall"
 	"testing"
 	"time"
 
-	"golang.org/x/sys/unix"
-
+	"github.com/tcpstate/tcpstate/internal/testnet"
 	"github.com/tcpstate/tcpstate/tracer"
 )
 
-// netns is a network namespace made for one test, with loopback up and its
-// own sysctls; removed when the test ends.
-type netns struct {
-	name  string
-	inode uint32
-}
-
-func newNetNS(t *testing.T, sysctls ...string) *netns {
-	t.Helper()
+func newNetNS(t *testing.T, sysctls ...string) *testnet.NetNS {
 	requireRoot(t)
-	name := fmt.Sprintf("tcpstate-test-%d-%d", os.Getpid(), time.Now().UnixNano()%1e6)
-	run := func(args ...string) {
-		t.Helper()
-		if out, err := exec.Command(args[0], args[1:]...).CombinedOutput(); err != nil {
-			t.Fatalf("%s: %v: %s", strings.Join(args, " "), err, out)
-		}
-	}
-	run("ip", "netns", "add", name)
-	t.Cleanup(func() { _ = exec.Command("ip", "netns", "del", name).Run() })
-	run("ip", "-n", name, "link", "set", "lo", "up")
-	for _, kv := range sysctls {
-		run("ip", "netns", "exec", name, "sysctl", "-q", "-w", kv)
-	}
-	var st unix.Stat_t
-	if err := unix.Stat("/run/netns/"+name, &st); err != nil {
-		t.Fatal(err)
-	}
-	return &netns{name: name, inode: uint32(st.Ino)}
-}
-
-// do runs f with the calling goroutine's thread in the namespace: sockets
-// f creates belong to it for their whole life.
-func (n *netns) do(t *testing.T, f func()) {
-	t.Helper()
-	runtime.LockOSThread()
-	defer runtime.UnlockOSThread()
-	self, err := os.Open("/proc/thread-self/ns/net")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer self.Close()
-	target, err := os.Open("/run/netns/" + n.name)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer target.Close()
-	if err := unix.Setns(int(target.Fd()), unix.CLONE_NEWNET); err != nil {
-		t.Fatal(err)
-	}
-	defer func() {
-		if err := unix.Setns(int(self.Fd()), unix.CLONE_NEWNET); err != nil {
-			panic(err) // the thread is unusable; never hand it back
-		}
-	}()
-	f()
+	return testnet.New(t, sysctls...)
 }
 
 // dialFrom connects to dst from a fixed local port, with SO_REUSEADDR so that
@@ -102,11 +45,11 @@ func dialFrom(t *testing.T, local, dst string) net.Conn {
 
 // timewaitPair makes, in ns, a connection whose client (this process) closes
 // first and whose server closes after serverDelay: the client ends in TIME_WAIT.
-func timewaitPair(t *testing.T, ns *netns, clientPort string, serverDelay time.Duration) (client, server string) {
+func timewaitPair(t *testing.T, ns *testnet.NetNS, clientPort string, serverDelay time.Duration) (client, server string) {
 	t.Helper()
 	var ln net.Listener
 	var conn, srvConn net.Conn
-	ns.do(t, func() {
+	ns.Do(t, func() {
 		var err error
 		if ln, err = net.Listen("tcp4", "127.0.0.1:0"); err != nil {
 			t.Fatal(err)
@@ -133,12 +76,12 @@ func parseAddrPort(s string) netip.AddrPort { return netip.MustParseAddrPort(s) 
 // owner, ended early when a new connection reuses the 4-tuple.
 func TestTimeWaitKilledByReuse(t *testing.T) {
 	ns := newNetNS(t, "net.ipv4.tcp_tw_reuse=1")
-	r := startTracer(t, tracer.Config{Filter: tracer.Filter{NetNS: ns.inode}}, nil)
+	r := startTracer(t, tracer.Config{Filter: tracer.Filter{NetNS: ns.Inode}}, nil)
 	const hold = 1200 * time.Millisecond // tw_reuse wants the last timestamp over a second old
 	clientAddr, serverAddr := timewaitPair(t, ns, "40001", 100*time.Millisecond)
 	time.Sleep(hold)
 	var again net.Conn
-	ns.do(t, func() { again = dialFrom(t, clientAddr, serverAddr) })
+	ns.Do(t, func() { again = dialFrom(t, clientAddr, serverAddr) })
 	defer again.Close()
 
 	cl := parseAddrPort(clientAddr)
@@ -162,8 +105,8 @@ func TestTimeWaitKilledByReuse(t *testing.T) {
 	if d := evs[4].Duration; d < 90*time.Millisecond || d > 150*time.Millisecond {
 		t.Errorf("FIN_WAIT2 lasted %v, want about 100ms", d)
 	}
-	if evs[5].NetNS != ns.inode {
-		t.Errorf("netns %d, want the test's %d", evs[5].NetNS, ns.inode)
+	if evs[5].NetNS != ns.Inode {
+		t.Errorf("netns %d, want the test's %d", evs[5].NetNS, ns.Inode)
 	}
 }
 
@@ -172,10 +115,10 @@ func TestTimeWaitKilledByReuse(t *testing.T) {
 func TestOrphanedFinWait2LastsFinTimeout(t *testing.T) {
 	const finTimeout = 2 * time.Second
 	ns := newNetNS(t, "net.ipv4.tcp_fin_timeout=2")
-	r := startTracer(t, tracer.Config{Filter: tracer.Filter{NetNS: ns.inode}}, nil)
+	r := startTracer(t, tracer.Config{Filter: tracer.Filter{NetNS: ns.Inode}}, nil)
 	var ln net.Listener
 	var conn net.Conn
-	ns.do(t, func() {
+	ns.Do(t, func() {
 		var err error
 		if ln, err = net.Listen("tcp4", "127.0.0.1:0"); err != nil {
 			t.Fatal(err)
@@ -227,7 +170,7 @@ func TestTimeWaitExpires(t *testing.T) {
 	}
 	t.Parallel()
 	ns := newNetNS(t)
-	r := startTracer(t, tracer.Config{Filter: tracer.Filter{NetNS: ns.inode}}, nil)
+	r := startTracer(t, tracer.Config{Filter: tracer.Filter{NetNS: ns.Inode}}, nil)
 	clientAddr, _ := timewaitPair(t, ns, "40002", 100*time.Millisecond)
 	cl := parseAddrPort(clientAddr)
 	isClient := func(e *tracer.Event) bool { return e.Local == cl && e.New == tracer.SynSent }

@@ -20,6 +20,7 @@ const (
 	exitOK    = 0
 	exitError = 1 // the command could not do its work
 	exitUsage = 2 // bad command line
+	exitCheck = 3 // verify: some sockets do not run with the expected values
 )
 
 // usageError marks an error in the command line.
@@ -39,6 +40,7 @@ Usage:
 Commands:
   trace     print TCP state transitions as they happen
   watch     live table of sockets stuck in CLOSE_WAIT, FIN_WAIT2, TIME_WAIT...
+  verify    check that live sockets run with the keepalive and fin_timeout you set
   version   print version and build information
   help      show help for a command
 
@@ -59,6 +61,9 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	switch {
 	case err == nil, errors.Is(err, pflag.ErrHelp):
 		return exitOK
+	case errors.Is(err, errStragglers):
+		fmt.Fprintf(stderr, "tcpstate: %v\n", err)
+		return exitCheck
 	case errors.As(err, &ue):
 		help := "tcpstate --help"
 		if len(args) > 0 && isCommand(args[0]) {
@@ -74,7 +79,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 
 func isCommand(s string) bool {
 	switch s {
-	case "trace", "watch", "version":
+	case "trace", "watch", "verify", "version":
 		return true
 	}
 	return false
@@ -90,6 +95,8 @@ func dispatch(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		return runTrace(ctx, rest, stdout, stderr)
 	case "watch":
 		return runWatch(ctx, rest, stdout, stderr)
+	case "verify":
+		return runVerify(ctx, rest, stdout, stderr)
 	case "version", "--version":
 		fmt.Fprintln(stdout, versionString())
 		return nil
@@ -100,6 +107,6 @@ func dispatch(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		fmt.Fprint(stdout, mainUsage)
 		return nil
 	default:
-		return usagef("unknown command %q (commands: trace, watch, version, help)", cmd)
+		return usagef("unknown command %q (commands: trace, watch, verify, version, help)", cmd)
 	}
 }

@@ -1,0 +1,140 @@
+// SPDX-License-Identifier: Apache-2.0
+
+package tracer_test
+
+import (
+	"net"
+	"net/netip"
+	"os"
+	"slices"
+	"testing"
+	"time"
+
+	"github.com/tcpstate/tcpstate/tracer"
+)
+
+// keepaliveClient connects, in ns, a client with its own keepalive settings
+// and returns it, the accepted end and the server address.
+func keepaliveClient(t *testing.T, ns interface{ Do(testing.TB, func()) }, cfg net.KeepAliveConfig) (net.Conn, net.Conn, netip.AddrPort) {
+	t.Helper()
+	var ln net.Listener
+	var c net.Conn
+	ns.Do(t, func() {
+		var err error
+		if ln, err = net.Listen("tcp4", "127.0.0.1:0"); err != nil {
+			t.Fatal(err)
+		}
+		d := net.Dialer{KeepAliveConfig: cfg}
+		if c, err = d.Dial("tcp4", ln.Addr().String()); err != nil {
+			t.Fatal(err)
+		}
+	})
+	t.Cleanup(func() { ln.Close(); c.Close() })
+	s, err := ln.Accept()
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { s.Close() })
+	return c, s, netip.MustParseAddrPort(ln.Addr().String())
+}
+
+// keepalives returns the client's keepalive events of one kind.
+func keepalives(evs []tracer.Event, kind tracer.KeepaliveEvent) []tracer.Event {
+	var out []tracer.Event
+	for _, e := range evs {
+		if e.Type == tracer.EventKeepalive && e.Keepalive.Event == kind {
+			out = append(out, e)
+		}
+	}
+	return out
+}
+
+func near(got, want, tol time.Duration) bool { return got >= want-tol && got <= want+tol }
+
+// A peer that stops answering: exactly three probes one interval apart, then
+// the kill with its RST and ETIMEDOUT, at the expected times.
+func TestKeepaliveDeadPeer(t *testing.T) {
+	ns := newNetNS(t)
+	r := startTracer(t, tracer.Config{Filter: tracer.Filter{NetNS: ns.Inode}}, nil)
+	const idle = 2 * time.Second // leaves time to cut the link before the first probe
+	_, _, srv := keepaliveClient(t, ns, net.KeepAliveConfig{Enable: true, Idle: idle, Interval: time.Second, Count: 3})
+	isClient := func(e *tracer.Event) bool { return e.Remote == srv && e.New == tracer.SynSent }
+	// setsockopt(TCP_KEEPIDLE) arms the timer for 2s (interval and count
+	// are set right after; they are read when the timer fires).
+	var t0 uint64
+	eventually(t, "the keepalive timer armed with 2s", func() bool {
+		for _, e := range keepalives(r.col.socket(isClient), tracer.KeepaliveArmed) {
+			if e.Keepalive.Idle == idle && e.ExpiresIn == idle {
+				t0 = e.Time
+				return true
+			}
+		}
+		return false
+	})
+	ns.LoopbackDown(t) // from now on nothing answers
+
+	deadline := time.Now().Add(8 * time.Second)
+	for len(keepalives(r.col.socket(isClient), tracer.KeepaliveTimeout)) == 0 {
+		if time.Now().After(deadline) {
+			t.Fatalf("no keepalive kill: %v", transitions(r.col.socket(isClient)))
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	time.Sleep(100 * time.Millisecond)
+	evs := r.col.socket(isClient)
+	probes := keepalives(evs, tracer.KeepaliveProbe)
+	if len(probes) != 3 {
+		t.Fatalf("%d probes, want exactly 3: %v", len(probes), transitions(evs))
+	}
+	const tol = 150 * time.Millisecond
+	for i, p := range probes {
+		at := time.Duration(p.Time - t0)
+		if want := idle + time.Duration(i)*time.Second; int(p.Keepalive.Probes) != i+1 || !near(at, want, tol) {
+			t.Errorf("probe %d: number %d at +%v, want number %d at +%v", i, p.Keepalive.Probes, at, i+1, want)
+		}
+		k := p.Keepalive
+		if !k.On || !k.IdleFromSocket || !k.IntvlFromSocket || !k.CountFromSocket {
+			t.Errorf("probe %d: settings %+v, want on and all from the socket", i, k)
+		}
+	}
+	kill := keepalives(evs, tracer.KeepaliveTimeout)[0]
+	if at := time.Duration(kill.Time - t0); !near(at, idle+3*time.Second, tol) {
+		t.Errorf("killed at +%v, want +%v (idle, then 3 probes 1s apart)", at, idle+3*time.Second)
+	}
+	if kill.SkErr != 110 || kill.Reason != tracer.ReasonTimeout || kill.RstReason == 0 {
+		t.Errorf("kill: sk_err %d reason %v rst %d, want ETIMEDOUT, timeout, a reset reason", kill.SkErr, kill.Reason, kill.RstReason)
+	}
+	states := slices.DeleteFunc(evs, func(e tracer.Event) bool { return e.Type != tracer.EventState })
+	assertSequence(t, "client", states, "CLOSE->SYN_SENT", "SYN_SENT->ESTABLISHED", "ESTABLISHED->CLOSE")
+	assertReason(t, "client", states, tracer.ReasonTimeout)
+	assertOwner(t, "client", states, os.Getpid())
+}
+
+// A live peer answers each probe; the probes come every keepalive_time.
+func TestKeepaliveLivePeer(t *testing.T) {
+	ns := newNetNS(t)
+	r := startTracer(t, tracer.Config{Filter: tracer.Filter{NetNS: ns.Inode}}, nil)
+	_, _, srv := keepaliveClient(t, ns, net.KeepAliveConfig{Enable: true, Idle: 2 * time.Second, Interval: time.Second, Count: 3})
+	isClient := func(e *tracer.Event) bool { return e.Remote == srv && e.New == tracer.SynSent }
+	time.Sleep(6500 * time.Millisecond)
+	evs := r.col.socket(isClient)
+	probes := keepalives(evs, tracer.KeepaliveProbe)
+	answered := keepalives(evs, tracer.KeepaliveAnswered)
+	if len(probes) != 3 {
+		t.Fatalf("%d probes in 6.5s, want 3 (at 2, 4, 6s): %v", len(probes), transitions(evs))
+	}
+	for i := 1; i < len(probes); i++ {
+		if gap := time.Duration(probes[i].Time - probes[i-1].Time); !near(gap, 2*time.Second, 100*time.Millisecond) {
+			t.Errorf("probes %d and %d are %v apart, want keepalive_time 2s", i-1, i, gap)
+		}
+		if probes[i].Keepalive.Probes != 1 {
+			t.Errorf("probe %d is number %d: the answer should have reset the count", i, probes[i].Keepalive.Probes)
+		}
+	}
+	if len(answered) < 2 {
+		t.Errorf("%d answers seen, want one per probe before the last", len(answered))
+	}
+	if n := len(keepalives(evs, tracer.KeepaliveTimeout)); n != 0 {
+		t.Errorf("%d kills of a live connection", n)
+	}
+}
