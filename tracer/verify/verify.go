@@ -254,6 +254,9 @@ func (c *Checker) Event(e *tracer.Event) error {
 	if e.OwnerKnown() {
 		k.Owner, k.OwnerFrom = e.Owner, e.OwnerFrom
 	}
+	if e.Local.Port() != 0 { // not chosen yet at CLOSE -> SYN_SENT
+		k.Local, k.Remote = e.Local, e.Remote
+	}
 	switch e.Type {
 	case tracer.EventKeepalive:
 		c.keepalive(k, e)
@@ -261,12 +264,16 @@ func (c *Checker) Event(e *tracer.Event) error {
 		if e.New == tracer.FinWait2 {
 			k.FinWait2Since = e.Time
 		}
-		// Only a FIN_WAIT2 that timed out tells what fin_timeout it ran with.
-		if e.Old == tracer.FinWait2 && e.Reason == tracer.ReasonFinTimeout && e.HasDuration && !e.DurationMin {
-			k.FinWait2Took = e.Duration
-		}
 		k.State = e.New
-		if e.New == tracer.Close && k.FinWait2Took == 0 {
+		// Only a FIN_WAIT2 that timed out, and began after the last change
+		// of fin_timeout, tells what fin_timeout the namespace applies. One
+		// armed before keeps its timer: when it ends it leaves the scope.
+		if e.Old == tracer.FinWait2 && e.Reason == tracer.ReasonFinTimeout && e.HasDuration && !e.DurationMin &&
+			e.Time-uint64(e.Duration) > c.changed[k.NetNS][FinTimeout] {
+			k.FinWait2Took = e.Duration
+			return nil
+		}
+		if e.New == tracer.Close || e.Old == tracer.FinWait2 && e.New == tracer.TimeWait {
 			delete(c.socks, e.Cookie)
 		}
 	}
@@ -386,12 +393,12 @@ func (c *Checker) rate(k *Socket, name string, now uint64) (Result, bool) {
 	} else if !keepaliveState {
 		return r, false
 	}
+	if name != FinTimeout && k.KeepaliveOn && c.fromSocket(k, name) && c.value(k, name) != r.Expect {
+		r.Status, r.Detail = Unaffected, fmt.Sprintf("%s set on the socket overrides the sysctl", socketOption(k, name))
+		return r, true
+	}
 	if haveSys && sys != want {
 		r.Status, r.Detail = Mismatch, fmt.Sprintf("namespace %d has net.ipv4.tcp_%s=%d, not %d", k.NetNS, name, sys, want)
-		if name != FinTimeout && c.fromSocket(k, name) {
-			r.Status = Unaffected
-			r.Detail = fmt.Sprintf("%s; this socket sets its own (%s), the sysctl does not apply", r.Detail, c.socketValue(k, name))
-		}
 		return r, true
 	}
 	switch name {
@@ -404,8 +411,6 @@ func (c *Checker) rate(k *Socket, name string, now uint64) (Result, bool) {
 	switch {
 	case !k.KeepaliveOn:
 		r.Status, r.Detail = Unaffected, "SO_KEEPALIVE is off: no keepalive probes"
-	case c.fromSocket(k, name) && c.value(k, name) != r.Expect:
-		r.Status, r.Detail = Unaffected, fmt.Sprintf("the socket sets its own %s (%s)", name, c.socketValue(k, name))
 	case c.value(k, name) != r.Expect:
 		r.Status, r.Detail = Mismatch, fmt.Sprintf("runs with %s", c.socketValue(k, name))
 	default:
@@ -441,6 +446,17 @@ func (c *Checker) value(k *Socket, name string) time.Duration {
 	return 0
 }
 
+// socketOption names the socket option behind a setting, with its value.
+func socketOption(k *Socket, name string) string {
+	switch name {
+	case KeepaliveTime:
+		return fmt.Sprintf("TCP_KEEPIDLE=%s", k.Idle)
+	case KeepaliveIntvl:
+		return fmt.Sprintf("TCP_KEEPINTVL=%s", k.Intvl)
+	}
+	return fmt.Sprintf("TCP_KEEPCNT=%d", k.Count)
+}
+
 func (c *Checker) socketValue(k *Socket, name string) string {
 	if name == KeepaliveProbes {
 		return fmt.Sprintf("%s=%d", name, k.Count)
@@ -452,8 +468,6 @@ func (c *Checker) rateIdle(r Result, k *Socket, now uint64) Result {
 	switch {
 	case !k.KeepaliveOn:
 		r.Status, r.Detail = Unaffected, "SO_KEEPALIVE is off: no keepalive timer"
-	case k.IdleFromSocket && k.Idle != r.Expect:
-		r.Status, r.Detail = Unaffected, fmt.Sprintf("TCP_KEEPIDLE=%s set on the socket overrides the sysctl", k.Idle)
 	case k.Idle != r.Expect:
 		r.Status, r.Detail = Mismatch, fmt.Sprintf("runs with keepalive_time=%s", k.Idle)
 	case k.Expires == 0:
@@ -483,8 +497,8 @@ func (c *Checker) rateFinTimeout(r Result, k *Socket, now uint64) Result {
 		} else {
 			r.Status, r.Detail = Mismatch, fmt.Sprintf("orphaned FIN_WAIT2 ended after %s", d.Round(time.Millisecond))
 		}
-	case k.FinWait2Since != 0 && c.changedAfter(k.NetNS, FinTimeout, k.FinWait2Since):
-		r.Status, r.Detail = Pending, "in FIN_WAIT2 since before the change: keeps its timer"
+	case k.FinWait2Since == 0 || c.changedAfter(k.NetNS, FinTimeout, k.FinWait2Since):
+		r.Status, r.Detail = Pending, "in FIN_WAIT2 since before the change (or before tcpstate): keeps its timer, leaves when it ends"
 	default:
 		r.Status, r.Detail = Pending, "in FIN_WAIT2: rated when it ends"
 		if k.FinWait2Since != 0 {

@@ -1,0 +1,205 @@
+// SPDX-License-Identifier: Apache-2.0
+
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"net"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/tcpstate/tcpstate/internal/testnet"
+)
+
+type verifyLine struct {
+	Type        string `json:"type"`
+	Check       string `json:"check"`
+	Status      string `json:"status"`
+	Detail      string `json:"detail"`
+	Sport       int    `json:"sport"`
+	ArmedWithNS int64  `json:"armed_with_ns"`
+	ExpiresInNS int64  `json:"expires_in_ns"`
+	AdoptedAt   string `json:"adopted_at"`
+	FinWait2NS  int64  `json:"fin_wait2_ns"`
+	Time        string `json:"time"`
+	Name        string `json:"name"`
+	Old, New    string
+}
+
+func parseVerify(t *testing.T, out string) []verifyLine {
+	t.Helper()
+	var lines []verifyLine
+	for _, l := range strings.Split(strings.TrimSpace(out), "\n") {
+		if l == "" {
+			continue
+		}
+		var v verifyLine
+		if err := json.Unmarshal([]byte(l), &v); err != nil {
+			t.Fatalf("not JSON: %q: %v", l, err)
+		}
+		lines = append(lines, v)
+	}
+	return lines
+}
+
+func statuses(lines []verifyLine, sport int, check string) []verifyLine {
+	var out []verifyLine
+	for _, l := range lines {
+		if l.Type == "verify" && l.Sport == sport && l.Check == check {
+			out = append(out, l)
+		}
+	}
+	return out
+}
+
+func localPort(c net.Conn) int { return c.LocalAddr().(*net.TCPAddr).Port }
+
+// The namespace's tcp_keepalive_time is lowered while sockets live: verify
+// shows the expiry armed before the change as pending, then the moment the
+// socket adopts the new value at its next fire; a socket with its own
+// TCP_KEEPIDLE is unaffected. Exit 0 once all run with it.
+func TestVerifyKeepaliveTimeChange(t *testing.T) {
+	requireRoot(t)
+	ns := testnet.New(t, "net.ipv4.tcp_keepalive_time=4", "net.ipv4.tcp_keepalive_intvl=1")
+	var ln net.Listener
+	var plain, own net.Conn
+	ns.Do(t, func() {
+		var err error
+		if ln, err = net.Listen("tcp4", "127.0.0.1:0"); err != nil {
+			t.Fatal(err)
+		}
+		// SO_KEEPALIVE only: the namespace's values apply.
+		d := net.Dialer{KeepAliveConfig: net.KeepAliveConfig{Enable: true, Idle: -1, Interval: -1, Count: -1}}
+		if plain, err = d.Dial("tcp4", ln.Addr().String()); err != nil {
+			t.Fatal(err)
+		}
+		d.KeepAliveConfig.Idle = 3 * time.Second
+		if own, err = d.Dial("tcp4", ln.Addr().String()); err != nil {
+			t.Fatal(err)
+		}
+	})
+	defer ln.Close()
+	defer plain.Close()
+	defer own.Close()
+	armed := time.Now()
+	type result struct {
+		code           int
+		stdout, stderr string
+		took           time.Duration
+	}
+	done := make(chan result, 1)
+	go func() {
+		start := time.Now()
+		code, o, e := runCmd(context.Background(), "verify", "--netns", ns.Name, "--rport", strconv.Itoa(ln.Addr().(*net.TCPAddr).Port),
+			"--expect", "keepalive_time=1", "--within", "12s", "-i", "200ms", "-o", "json")
+		done <- result{code, o, e, time.Since(start)}
+	}()
+	time.Sleep(time.Second)
+	ns.Sysctl(t, "net.ipv4.tcp_keepalive_time=1")
+	r := <-done
+	if r.code != exitOK {
+		t.Fatalf("exit %d after %v: %s\n%s", r.code, r.took, r.stderr, r.stdout)
+	}
+	lines := parseVerify(t, r.stdout)
+	var changed bool
+	for _, l := range lines {
+		if l.Type == "sysctl" && l.Name == "net.ipv4.tcp_keepalive_time" && l.Old == "4" && l.New == "1" {
+			changed = true
+		}
+	}
+	if !changed {
+		t.Errorf("the sysctl change was not reported:\n%s", r.stdout)
+	}
+	seq := statuses(lines, localPort(plain), "keepalive_time")
+	var got []string
+	for _, l := range seq {
+		got = append(got, l.Status)
+	}
+	if strings.Join(got, " ") != "mismatch pending ok" {
+		t.Fatalf("plain socket statuses %v, want mismatch pending ok:\n%s", got, r.stdout)
+	}
+	if p := seq[1]; p.ArmedWithNS != int64(4*time.Second) || p.ExpiresInNS <= 0 || !strings.Contains(p.Detail, "picks up 1s") {
+		t.Errorf("pending: armed with %v, expires in %v, %q; want the 4s expiry from before the change",
+			time.Duration(p.ArmedWithNS), time.Duration(p.ExpiresInNS), p.Detail)
+	}
+	ok := seq[2]
+	adopted, err := time.Parse(time.RFC3339Nano, ok.AdoptedAt)
+	if err != nil {
+		t.Fatalf("ok without adopted_at: %+v", ok)
+	}
+	// Armed with 4s at connect: it fires, and reads the new value, 4s later.
+	if d := adopted.Sub(armed); d < 3500*time.Millisecond || d > 5*time.Second {
+		t.Errorf("adopted %v after the timer was armed, want about 4s", d)
+	}
+	if own := statuses(lines, localPort(own), "keepalive_time"); len(own) != 1 || own[0].Status != "unaffected" || !strings.Contains(own[0].Detail, "TCP_KEEPIDLE=3s") {
+		t.Errorf("socket with TCP_KEEPIDLE: %+v", own)
+	}
+	if r.took > 7*time.Second {
+		t.Errorf("verify took %v: it should stop as soon as all sockets comply", r.took)
+	}
+}
+
+// tcp_fin_timeout lowered: an orphaned FIN_WAIT2 made after the change ends
+// at the new value and verify says so; one armed before leaves when it ends.
+func TestVerifyFinTimeoutLowered(t *testing.T) {
+	requireRoot(t)
+	ns := testnet.New(t, "net.ipv4.tcp_fin_timeout=5")
+	var ln net.Listener
+	orphan := func() (client, peer net.Conn) {
+		ns.Do(t, func() {
+			var err error
+			if client, err = net.Dial("tcp4", ln.Addr().String()); err != nil {
+				t.Fatal(err)
+			}
+		})
+		peer, err := ln.Accept()
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { peer.Close() }) // the peer never closes
+		client.Close()
+		return client, peer
+	}
+	ns.Do(t, func() {
+		var err error
+		if ln, err = net.Listen("tcp4", "127.0.0.1:0"); err != nil {
+			t.Fatal(err)
+		}
+	})
+	defer ln.Close()
+	before, _ := orphan()
+	type result struct {
+		code           int
+		stdout, stderr string
+	}
+	done := make(chan result, 1)
+	go func() {
+		code, o, e := runCmd(context.Background(), "verify", "--netns", ns.Name, "--rport", strconv.Itoa(ln.Addr().(*net.TCPAddr).Port),
+			"--expect", "fin_timeout=2", "--within", "10s", "-i", "200ms", "-o", "json")
+		done <- result{code, o, e}
+	}()
+	time.Sleep(700 * time.Millisecond)
+	ns.Sysctl(t, "net.ipv4.tcp_fin_timeout=2")
+	time.Sleep(500 * time.Millisecond)
+	after, _ := orphan()
+	r := <-done
+	if r.code != exitOK {
+		t.Fatalf("exit %d: %s\n%s", r.code, r.stderr, r.stdout)
+	}
+	lines := parseVerify(t, r.stdout)
+	got := statuses(lines, localPort(after), "fin_timeout")
+	if len(got) == 0 || got[len(got)-1].Status != "ok" {
+		t.Fatalf("the FIN_WAIT2 made after the change (port %d, before %d): %+v\n%s", localPort(after), localPort(before), got, r.stdout)
+	}
+	if d := time.Duration(got[len(got)-1].FinWait2NS); d < 2*time.Second || d > 2400*time.Millisecond {
+		t.Errorf("it lasted %v, want the new tcp_fin_timeout 2s", d)
+	}
+	for _, l := range statuses(lines, localPort(before), "fin_timeout") {
+		if l.Status == "ok" {
+			t.Errorf("the FIN_WAIT2 armed before the change rated ok: %+v", l)
+		}
+	}
+}
