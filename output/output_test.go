@@ -15,6 +15,7 @@ import (
 
 	"github.com/tcpstate/tcpstate/tracer"
 	"github.com/tcpstate/tcpstate/tracer/timeline"
+	"github.com/tcpstate/tcpstate/tracer/verify"
 )
 
 var update = flag.Bool("update", false, "rewrite the golden files in testdata/")
@@ -64,6 +65,20 @@ func events() []tracer.Event {
 			Owner: owner, OwnerFrom: tracer.OwnerConnect},
 		{Type: tracer.EventReset, Time: 68_000_000_000, Cookie: 15, NetNS: 4026531840, Family: tracer.IPv4,
 			Local: v4l, Remote: v4r, Old: tracer.Close, New: tracer.Close, RstReason: 99, Reason: tracer.ReasonRSTSent, OnCPU: swapper},
+		{Type: tracer.EventKeepalive, Time: 69_000_000_000, Cookie: 16, NetNS: 4026531840, Family: tracer.IPv4,
+			Local: v4l, Remote: v4r, Old: tracer.Established, New: tracer.Established, ExpiresIn: time.Second,
+			Keepalive: tracer.Keepalive{Event: tracer.KeepaliveArmed, On: true, Idle: time.Second, Intvl: 75 * time.Second, Count: 9, IdleFromSocket: true},
+			Owner: owner, OwnerFrom: tracer.OwnerConnect, OnCPU: owner},
+		{Type: tracer.EventKeepalive, Time: 70_000_000_000, Cookie: 16, NetNS: 4026531840, Family: tracer.IPv4,
+			Local: v4l, Remote: v4r, Old: tracer.Established, New: tracer.Established, ExpiresIn: time.Second,
+			Keepalive: tracer.Keepalive{Event: tracer.KeepaliveProbe, On: true, Probes: 2, Idle: time.Second, Intvl: time.Second, Count: 3,
+				IdleFromSocket: true, IntvlFromSocket: true, CountFromSocket: true},
+			Owner: owner, OwnerFrom: tracer.OwnerConnect, OnCPU: swapper},
+		{Type: tracer.EventKeepalive, Time: 71_000_000_000, Cookie: 16, NetNS: 4026531840, Family: tracer.IPv4,
+			Local: v4l, Remote: v4r, Old: tracer.Close, New: tracer.Close, SkErr: 110, Reason: tracer.ReasonTimeout, RstReason: 11,
+			Keepalive: tracer.Keepalive{Event: tracer.KeepaliveTimeout, On: true, Probes: 3, Idle: time.Second, Intvl: time.Second, Count: 3,
+				IdleFromSocket: true, IntvlFromSocket: true, CountFromSocket: true},
+			Owner: owner, OwnerFrom: tracer.OwnerConnect, OnCPU: swapper},
 	}
 }
 
@@ -172,8 +187,8 @@ func TestJSONGolden(t *testing.T) {
 			}
 		}
 		for _, k := range []string{"family", "saddr", "daddr", "old", "new", "cpu_comm"} {
-			if m["type"] == "linger" {
-				break
+			if m["type"] == "linger" || m["type"] == "keepalive" && (k == "old" || k == "new") {
+				continue
 			}
 			if _, ok := m[k].(string); !ok {
 				t.Errorf("line %d: %s is %T, want a string", i, k, m[k])
@@ -380,5 +395,57 @@ func TestWatchGolden(t *testing.T) {
 	// Clients on ephemeral ports group by address.
 	if len(byRemote) != 2 || byRemote[0].Remote != "10.0.0.9:5432" || byRemote[1].Remote != "10.0.0.7:*" {
 		t.Errorf("by remote: %+v", byRemote)
+	}
+}
+
+func TestKeepaliveJSON(t *testing.T) {
+	var out bytes.Buffer
+	render(t, NewJSON(&out, JSONOptions{Clock: clock, Kernel: kernel}))
+	lines := strings.Split(strings.TrimSpace(out.String()), "\n")
+	var armed, probe, kill map[string]any
+	_ = json.Unmarshal([]byte(lines[12]), &armed)
+	_ = json.Unmarshal([]byte(lines[13]), &probe)
+	_ = json.Unmarshal([]byte(lines[14]), &kill)
+	if armed["type"] != "keepalive" || armed["event"] != "armed" || armed["expires_in_ns"] != 1e9 || armed["idle_from"] != "socket" ||
+		armed["intvl_from"] != "sysctl" || armed["count"] != 9.0 || armed["keepalive"] != true || armed["probe"] != nil {
+		t.Errorf("armed: %s", lines[12])
+	}
+	if probe["event"] != "probe" || probe["probe"] != 2.0 || probe["expires_in_ns"] != nil {
+		t.Errorf("probe: %s", lines[13])
+	}
+	if kill["event"] != "timeout" || kill["error"] != "ETIMEDOUT" || kill["rst_reason"] != "TCP_ABORT_ON_CLOSE" || kill["reason"] != "timeout" {
+		t.Errorf("timeout: %s", lines[14])
+	}
+}
+
+func TestVerifyGolden(t *testing.T) {
+	k := &verify.Socket{Cookie: 3, NetNS: 4026531840, Family: tracer.IPv4, State: tracer.Established,
+		Local: netip.MustParseAddrPort("10.0.0.1:40000"), Remote: netip.MustParseAddrPort("10.0.0.9:5432"),
+		Owner: tracer.Task{PID: 77, TID: 77, Comm: tracer.CommFrom("app")}, OwnerFrom: tracer.OwnerProc,
+		KeepaliveOn: true, Idle: time.Minute, Intvl: 75 * time.Second, Count: 9, ArmedWith: 2 * time.Hour,
+		Expires: 7_000_000_000_000, AdoptedAt: 0}
+	rs := []verify.Result{{Socket: k, Check: verify.KeepaliveTime, Status: verify.Pending, Expect: time.Minute,
+		Detail: "armed with 2h0m0s from before the change; picks up 1m0s when it fires in 1h56m40s"}}
+	for _, js := range []bool{false, true} {
+		var out bytes.Buffer
+		v := NewVerify(&out, VerifyOptions{Clock: clock, Location: time.UTC, JSON: js})
+		if err := v.Change(verify.Change{Time: 1e9, NetNS: 4026531840, Name: "keepalive_time", Old: "7200", New: "60"}); err != nil {
+			t.Fatal(err)
+		}
+		if err := v.Result(rs[0], 2e9); err != nil {
+			t.Fatal(err)
+		}
+		_ = v.Flush()
+		name := "verify.txt"
+		if js {
+			name = "verify.jsonl"
+			for _, line := range strings.Split(strings.TrimSpace(out.String()), "\n") {
+				var m map[string]any
+				if err := json.Unmarshal([]byte(line), &m); err != nil {
+					t.Fatalf("%v: %s", err, line)
+				}
+			}
+		}
+		golden(t, name, out.Bytes())
 	}
 }

@@ -3,12 +3,17 @@
 package tracer_test
 
 import (
+	"context"
+	"io"
 	"net"
 	"net/netip"
 	"os"
 	"slices"
 	"testing"
 	"time"
+
+	"github.com/cilium/ebpf"
+	"golang.org/x/sys/unix"
 
 	"github.com/tcpstate/tcpstate/tracer"
 )
@@ -136,5 +141,77 @@ func TestKeepaliveLivePeer(t *testing.T) {
 	}
 	if n := len(keepalives(evs, tracer.KeepaliveTimeout)); n != 0 {
 		t.Errorf("%d kills of a live connection", n)
+	}
+}
+
+// BenchmarkHookCost measures, in the kernel, what each hook costs per run
+// under loopback connection churn with idle keepalive sockets open: the timer
+// hooks run for every timer in the system and must leave at once unless it is
+// a keepalive or timewait timer. Reports ns/run per hook and runs per
+// connection.
+func BenchmarkHookCost(b *testing.B) {
+	requireRoot(b)
+	stats, err := ebpf.EnableStats(unix.BPF_STATS_RUN_TIME)
+	if err != nil {
+		b.Skipf("kernel BPF statistics unavailable: %v", err)
+	}
+	defer stats.Close()
+	tr, err := tracer.New(tracer.Config{})
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer tr.Close()
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- tr.Run(ctx, &collector{discard: true}) }()
+	defer func() { cancel(); <-done }()
+
+	ln, err := net.Listen("tcp4", "127.0.0.1:0")
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer ln.Close()
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			go func() { _, _ = io.Copy(io.Discard, c); c.Close() }()
+		}
+	}()
+	// Idle keepalive sockets: their timers are armed and fire meanwhile.
+	for range 200 {
+		d := net.Dialer{KeepAliveConfig: net.KeepAliveConfig{Enable: true, Idle: time.Second, Interval: time.Second, Count: 5}}
+		c, err := d.Dial("tcp4", ln.Addr().String())
+		if err != nil {
+			b.Fatal(err)
+		}
+		defer c.Close()
+	}
+	before, err := tr.HookCosts()
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.ResetTimer()
+	for b.Loop() {
+		c, err := net.Dial("tcp4", ln.Addr().String())
+		if err != nil {
+			b.Fatal(err)
+		}
+		c.Close()
+	}
+	b.StopTimer()
+	after, err := tr.HookCosts()
+	if err != nil {
+		b.Fatal(err)
+	}
+	for name, a := range after {
+		d := tracer.HookCost{Runs: a.Runs - before[name].Runs, Runtime: a.Runtime - before[name].Runtime}
+		if d.Runs == 0 {
+			continue
+		}
+		b.ReportMetric(float64(d.PerRun().Nanoseconds()), name+"-ns/run")
+		b.ReportMetric(float64(d.Runs)/float64(b.N), name+"-runs/conn")
 	}
 }

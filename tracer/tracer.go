@@ -450,3 +450,36 @@ func (s Stats) String() string {
 	}
 	return b.String()
 }
+
+// HookCost is how often a program ran and for how long, while kernel BPF
+// statistics were enabled (ebpf.EnableStats).
+type HookCost struct {
+	Runs    uint64
+	Runtime time.Duration
+}
+
+// PerRun is the average cost of one run.
+func (h HookCost) PerRun() time.Duration {
+	if h.Runs == 0 {
+		return 0
+	}
+	return h.Runtime / time.Duration(h.Runs)
+}
+
+// HookCosts reads the kernel's counters of each attached program, by
+// tracepoint name.
+func (t *Tracer) HookCosts() (map[string]HookCost, error) {
+	out := map[string]HookCost{}
+	for _, h := range hooks {
+		p := t.coll.Programs[h.prog]
+		if p == nil {
+			continue
+		}
+		st, err := p.Stats()
+		if err != nil {
+			return nil, fmt.Errorf("reading statistics of %s: %w", h.prog, err)
+		}
+		out[h.tracepoint] = HookCost{Runs: st.RunCount, Runtime: st.Runtime}
+	}
+	return out, nil
+}

@@ -50,6 +50,11 @@ func TestUsageErrors(t *testing.T) {
 		{[]string{"trace", "--comm", "sixteen-chars-xx"}, "at most 15 bytes"},
 		{[]string{"trace", "--no-such-flag"}, "no-such-flag"},
 		{[]string{"trace", "extra"}, "takes no arguments"},
+		{[]string{"verify", "--expect", "keepalive_time=soon"}, `"keepalive_time=soon"`},
+		{[]string{"verify", "--expect", "rmem=1"}, `"rmem"`},
+		{[]string{"verify", "--state", "close-wait"}, "does not apply to verify"},
+		{[]string{"watch", "--interval", "0"}, "--interval must be positive"},
+		{[]string{"watch", "--max-connections", "0"}, "--max-connections 0"},
 	} {
 		code, stdout, stderr := runCmd(context.Background(), tc.args...)
 		if code != exitUsage {
@@ -97,11 +102,13 @@ func TestREADMEShowsRealHelp(t *testing.T) {
 	}
 	traceFS, _ := newTraceFlags()
 	watchFS, _ := newWatchFlags()
+	verifyFS, _ := newVerifyFlags()
 	updated := string(readme)
 	for _, sec := range []struct{ name, cmd, help string }{
 		{"main", "tcpstate --help", mainUsage},
 		{"trace", "tcpstate trace --help", traceHelp(traceFS)},
 		{"watch", "tcpstate watch --help", watchHelp(watchFS)},
+		{"verify", "tcpstate verify --help", verifyHelp(verifyFS)},
 	} {
 		begin, end := "<!-- help:"+sec.name+" -->\n", "<!-- /help:"+sec.name+" -->"
 		i, j := strings.Index(updated, begin), strings.Index(updated, end)
