@@ -68,7 +68,7 @@ func events() []tracer.Event {
 		{Type: tracer.EventKeepalive, Time: 69_000_000_000, Cookie: 16, NetNS: 4026531840, Family: tracer.IPv4,
 			Local: v4l, Remote: v4r, Old: tracer.Established, New: tracer.Established, ExpiresIn: time.Second,
 			Keepalive: tracer.Keepalive{Event: tracer.KeepaliveArmed, On: true, Idle: time.Second, Intvl: 75 * time.Second, Count: 9, IdleFromSocket: true},
-			Owner: owner, OwnerFrom: tracer.OwnerConnect, OnCPU: owner},
+			Owner:     owner, OwnerFrom: tracer.OwnerConnect, OnCPU: owner},
 		{Type: tracer.EventKeepalive, Time: 70_000_000_000, Cookie: 16, NetNS: 4026531840, Family: tracer.IPv4,
 			Local: v4l, Remote: v4r, Old: tracer.Established, New: tracer.Established, ExpiresIn: time.Second,
 			Keepalive: tracer.Keepalive{Event: tracer.KeepaliveProbe, On: true, Probes: 2, Idle: time.Second, Intvl: time.Second, Count: 3,
