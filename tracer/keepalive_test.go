@@ -68,7 +68,7 @@ func TestKeepaliveDeadPeer(t *testing.T) {
 	// are set right after; they are read when the timer fires).
 	var t0 uint64
 	eventually(t, "the keepalive timer armed with 2s", func() bool {
-		for _, e := range keepalives(r.col.socket(isClient), tracer.KeepaliveArmed) {
+		for _, e := range keepalives(r.col.socketAll(isClient), tracer.KeepaliveArmed) {
 			if e.Keepalive.Idle == idle && e.ExpiresIn == idle {
 				t0 = e.Time
 				return true
@@ -79,14 +79,14 @@ func TestKeepaliveDeadPeer(t *testing.T) {
 	ns.LoopbackDown(t) // from now on nothing answers
 
 	deadline := time.Now().Add(8 * time.Second)
-	for len(keepalives(r.col.socket(isClient), tracer.KeepaliveTimeout)) == 0 {
+	for len(keepalives(r.col.socketAll(isClient), tracer.KeepaliveTimeout)) == 0 {
 		if time.Now().After(deadline) {
-			t.Fatalf("no keepalive kill: %v", transitions(r.col.socket(isClient)))
+			t.Fatalf("no keepalive kill: %v", transitions(r.col.socketAll(isClient)))
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
 	time.Sleep(100 * time.Millisecond)
-	evs := r.col.socket(isClient)
+	evs := r.col.socketAll(isClient)
 	probes := keepalives(evs, tracer.KeepaliveProbe)
 	if len(probes) != 3 {
 		t.Fatalf("%d probes, want exactly 3: %v", len(probes), transitions(evs))
@@ -122,7 +122,7 @@ func TestKeepaliveLivePeer(t *testing.T) {
 	_, _, srv := keepaliveClient(t, ns, net.KeepAliveConfig{Enable: true, Idle: 2 * time.Second, Interval: time.Second, Count: 3})
 	isClient := func(e *tracer.Event) bool { return e.Remote == srv && e.New == tracer.SynSent }
 	time.Sleep(6500 * time.Millisecond)
-	evs := r.col.socket(isClient)
+	evs := r.col.socketAll(isClient)
 	probes := keepalives(evs, tracer.KeepaliveProbe)
 	answered := keepalives(evs, tracer.KeepaliveAnswered)
 	if len(probes) != 3 {

@@ -73,8 +73,13 @@ func (c *collector) Event(e *tracer.Event) error {
 
 func (c *collector) Idle() error { return nil }
 
-// socket returns the events of the socket matching pick, in order.
+// socket returns the state events of the socket matching pick, in order.
 func (c *collector) socket(pick func(*tracer.Event) bool) []tracer.Event {
+	return slices.DeleteFunc(c.socketAll(pick), func(e tracer.Event) bool { return e.Type != tracer.EventState })
+}
+
+// socketAll returns every event of the socket matching pick (keepalive too).
+func (c *collector) socketAll(pick func(*tracer.Event) bool) []tracer.Event {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	var cookie uint64
