@@ -393,7 +393,11 @@ func (c *Checker) rate(k *Socket, name string, now uint64) (Result, bool) {
 	} else if !keepaliveState {
 		return r, false
 	}
-	if name != FinTimeout && k.KeepaliveOn && c.fromSocket(k, name) && c.value(k, name) != r.Expect {
+	if name != FinTimeout && !k.KeepaliveOn {
+		r.Status, r.Detail = Unaffected, "SO_KEEPALIVE is off: no keepalive timer"
+		return r, true
+	}
+	if name != FinTimeout && c.fromSocket(k, name) && c.value(k, name) != r.Expect {
 		r.Status, r.Detail = Unaffected, fmt.Sprintf("%s set on the socket overrides the sysctl", socketOption(k, name))
 		return r, true
 	}
@@ -409,8 +413,6 @@ func (c *Checker) rate(k *Socket, name string, now uint64) (Result, bool) {
 	}
 	// Interval and count are read at each fire: the effective value is it.
 	switch {
-	case !k.KeepaliveOn:
-		r.Status, r.Detail = Unaffected, "SO_KEEPALIVE is off: no keepalive probes"
 	case c.value(k, name) != r.Expect:
 		r.Status, r.Detail = Mismatch, fmt.Sprintf("runs with %s", c.socketValue(k, name))
 	default:
@@ -466,8 +468,6 @@ func (c *Checker) socketValue(k *Socket, name string) string {
 
 func (c *Checker) rateIdle(r Result, k *Socket, now uint64) Result {
 	switch {
-	case !k.KeepaliveOn:
-		r.Status, r.Detail = Unaffected, "SO_KEEPALIVE is off: no keepalive timer"
 	case k.Idle != r.Expect:
 		r.Status, r.Detail = Mismatch, fmt.Sprintf("runs with keepalive_time=%s", k.Idle)
 	case k.Expires == 0:

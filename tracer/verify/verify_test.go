@@ -96,7 +96,7 @@ func TestUnaffectedAndMismatch(t *testing.T) {
 	if r := only(t, c2.Results(sec), KeepaliveTime); r.Status != Mismatch || !strings.Contains(r.Detail, "tcp_keepalive_time=7200, not 60") {
 		t.Errorf("sysctl differs: %+v", r)
 	}
-	c3, _ := seeded(t, nil, tracer.Socket{State: tracer.Established})
+	c3, _ := seeded(t, Expect{KeepaliveTime: 60}, tracer.Socket{State: tracer.Established})
 	if r := only(t, c3.Results(sec), KeepaliveTime); r.Status != Unaffected || !strings.Contains(r.Detail, "SO_KEEPALIVE is off") {
 		t.Errorf("keepalive off: %+v", r)
 	}
