@@ -1,0 +1,354 @@
+// SPDX-License-Identifier: Apache-2.0
+
+package capture
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"io"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/tcpstate/tcpstate/tracer"
+)
+
+func sampleEvents(n int) []tracer.Event {
+	out := make([]tracer.Event, n)
+	for i := range out {
+		e := tracer.Event{
+			Type: tracer.EventState, Time: uint64(1e9 + i*1000), Cookie: uint64(100 + i/5), NetNS: 4026531840,
+			Family: tracer.IPv4, Local: netip.MustParseAddrPort("10.0.0.1:40000"), Remote: netip.MustParseAddrPort("10.0.0.2:80"),
+			Old: tracer.State(1 + i%5), New: tracer.State(2 + i%5), Duration: time.Duration(i) * time.Microsecond, HasDuration: i%3 != 0,
+			Owner: tracer.Task{PID: 42, TID: 43, Comm: tracer.CommFrom("app")}, OwnerFrom: tracer.OwnerConnect,
+			OnCPU: tracer.Task{PID: 7, Comm: tracer.CommFrom("swapper/1")}, SkErr: int32(i % 2 * 104), Reason: tracer.Reason(i % 4),
+			RstReason: uint16(i % 7), Timewait: i%4 == 0, DurationMin: i%6 == 0, ExpiresIn: time.Duration(i) * time.Millisecond,
+		}
+		switch i % 10 {
+		case 7:
+			e.Family = tracer.IPv6
+			e.Local, e.Remote = netip.MustParseAddrPort("[2001:db8::1]:5000"), netip.MustParseAddrPort("[::1]:443")
+		case 8:
+			e.Type, e.Keepalive = tracer.EventKeepalive, tracer.Keepalive{Event: tracer.KeepaliveProbe, On: true, Probes: 2,
+				Idle: time.Second, Intvl: 3 * time.Second, Count: 5, IdleFromSocket: true, CountFromSocket: true, UserTimeout: time.Minute}
+		case 9:
+			e = tracer.Event{Type: tracer.EventLost, Time: e.Time, Lost: 12345}
+		}
+		out[i] = e
+	}
+	return out
+}
+
+var header = Header{Tcpstate: "test", Hostname: "h", Kernel: "6.18", BootWall: 1_700_000_000_000_000_000, HZ: 250,
+	RstReasons: map[uint16]string{11: "TCP_ABORT_ON_CLOSE"}, Options: []string{"record", "-w", "x"},
+	Namespaces: []Namespace{{Inode: 1, Sysctls: map[string]string{"fin_timeout": "60"}}}}
+
+// writeCapture writes evs in small blocks and returns the file's bytes and
+// the offsets where blocks start.
+func writeCapture(t testing.TB, evs []tracer.Event) ([]byte, []int) {
+	t.Helper()
+	path := filepath.Join(t.TempDir(), "c.tcpstate")
+	w, err := Create(path, header, Options{BlockSize: 10 * EventSize})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var offsets []int
+	mark := func() { offsets = append(offsets, int(w.Size())) }
+	mark()
+	if err := w.Sockets([]tracer.Socket{{Cookie: 9, State: tracer.Listen, Local: netip.MustParseAddrPort("0.0.0.0:80")}}); err != nil {
+		t.Fatal(err)
+	}
+	for i := range evs {
+		if w.count == 0 {
+			mark()
+		}
+		if err := w.Event(&evs[i]); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := w.Close(); err != nil {
+		t.Fatal(err)
+	}
+	data, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return data, offsets
+}
+
+// readAll reads everything it can; it must never fail after the header.
+func readAll(t testing.TB, data []byte) ([]tracer.Event, [][]tracer.Socket, []string, error) {
+	t.Helper()
+	r, err := NewReader(bytes.NewReader(data), int64(len(data)), "test")
+	if err != nil {
+		return nil, nil, nil, err
+	}
+	var evs []tracer.Event
+	var socks [][]tracer.Socket
+	for {
+		rec, err := r.Next()
+		if err == io.EOF {
+			break
+		}
+		if err != nil {
+			t.Fatalf("Next: %v", err)
+		}
+		if rec.Event != nil {
+			evs = append(evs, *rec.Event)
+		}
+		if rec.Sockets != nil {
+			socks = append(socks, rec.Sockets)
+		}
+	}
+	return evs, socks, r.Warnings(), nil
+}
+
+func TestRoundTrip(t *testing.T) {
+	in := sampleEvents(95)
+	data, _ := writeCapture(t, in)
+	out, socks, warnings, err := readAll(t, data)
+	if err != nil || len(warnings) != 0 {
+		t.Fatalf("err %v, warnings %v", err, warnings)
+	}
+	if len(out) != len(in) {
+		t.Fatalf("%d events back of %d", len(out), len(in))
+	}
+	for i := range in {
+		if out[i] != in[i] {
+			t.Fatalf("event %d:\n got %+v\nwant %+v", i, out[i], in[i])
+		}
+	}
+	if len(socks) != 1 || socks[0][0].Cookie != 9 || socks[0][0].Local.String() != "0.0.0.0:80" {
+		t.Errorf("sockets %+v", socks)
+	}
+	r, _ := NewReader(bytes.NewReader(data), int64(len(data)), "t")
+	if r.Header.Hostname != "h" || r.Header.BootWall != header.BootWall || r.Header.RstReasons[11] != "TCP_ABORT_ON_CLOSE" || r.Header.Format != Version {
+		t.Errorf("header %+v", r.Header)
+	}
+}
+
+// Cut anywhere: everything in the complete blocks before the cut reads back,
+// with a warning naming the offset when the cut is inside a block.
+func TestTruncationEverywhere(t *testing.T) {
+	in := sampleEvents(40)
+	data, offsets := writeCapture(t, in)
+	hdrEnd := offsets[0]
+	for cut := 0; cut <= len(data); cut++ {
+		out, _, warnings, err := readAll(t, data[:cut])
+		if cut < hdrEnd {
+			if err == nil {
+				t.Fatalf("cut %d inside the header: no error", cut)
+			}
+			continue
+		}
+		// Events in blocks that end at or before the cut.
+		want := 0
+		for b := 2; b < len(offsets); b++ {
+			if offsets[b] <= cut {
+				want = (b - 1) * 10
+			}
+		}
+		if cut == len(data) {
+			want = len(in)
+		}
+		if len(out) != want {
+			t.Fatalf("cut at %d: %d events back, want %d", cut, len(out), want)
+		}
+		atBoundary := cut == len(data)
+		for _, o := range offsets {
+			atBoundary = atBoundary || o == cut
+		}
+		if atBoundary != (len(warnings) == 0) {
+			t.Fatalf("cut at %d (boundary %v): warnings %v", cut, atBoundary, warnings)
+		}
+		if !atBoundary && !strings.Contains(warnings[0], fmt.Sprintf("offset %d", lastBefore(offsets, cut))) {
+			t.Fatalf("cut at %d: warning %q does not name the block's offset", cut, warnings[0])
+		}
+	}
+}
+
+func lastBefore(offsets []int, cut int) int {
+	last := 0
+	for _, o := range offsets {
+		if o < cut {
+			last = o
+		}
+	}
+	return last
+}
+
+// A flipped byte loses at most the block it is in, and says so.
+func TestFlippedBytes(t *testing.T) {
+	in := sampleEvents(40)
+	data, offsets := writeCapture(t, in)
+	for b := 2; b < len(offsets); b++ {
+		for _, at := range []int{offsets[b], offsets[b] + 5, offsets[b] + 9, offsets[b] + 17, offsets[b] + 20, offsets[b] + 100} {
+			bad := bytes.Clone(data)
+			bad[at] ^= 0x40
+			out, _, warnings, err := readAll(t, bad)
+			if err != nil {
+				t.Fatalf("flip at %d: %v", at, err)
+			}
+			if len(warnings) == 0 {
+				t.Fatalf("flip at %d: no warning", at)
+			}
+			if len(out) != len(in)-10 {
+				t.Fatalf("flip at %d (block %d): %d events back, want %d", at, b, len(out), len(in)-10)
+			}
+		}
+	}
+}
+
+func TestNotACapture(t *testing.T) {
+	for name, data := range map[string][]byte{
+		"empty":   nil,
+		"text":    []byte("hello, this is not a capture\n"),
+		"elf":     {0x7f, 'E', 'L', 'F', 2, 1, 1, 0},
+		"short":   []byte("TCPST"),
+		"newer":   append([]byte("TCPSTATE"), 99, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0),
+		"badjson": func() []byte { b, _ := encodeHeader(&Header{}); b[fileHdrSize] = '!'; return b }(),
+	} {
+		_, err := NewReader(bytes.NewReader(data), int64(len(data)), name)
+		if err == nil {
+			t.Errorf("%s: accepted", name)
+			continue
+		}
+		if !strings.HasPrefix(err.Error(), name+": ") {
+			t.Errorf("%s: error %q does not name the file", name, err)
+		}
+		if (name == "empty" || name == "text" || name == "elf" || name == "short") && !errors.Is(err, ErrNotCapture) {
+			t.Errorf("%s: %v, want ErrNotCapture", name, err)
+		}
+	}
+}
+
+func TestRotationAndMode(t *testing.T) {
+	dir := t.TempDir()
+	path := filepath.Join(dir, "c.tcpstate")
+	w, err := Create(path, header, Options{BlockSize: 10 * EventSize, MaxSize: 4 * 10 * EventSize, Keep: 2})
+	if err != nil {
+		t.Fatal(err)
+	}
+	evs := sampleEvents(200)
+	for i := range evs {
+		if err := w.Event(&evs[i]); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := w.Close(); err != nil {
+		t.Fatal(err)
+	}
+	names, _ := filepath.Glob(path + "*")
+	if len(names) != 3 {
+		t.Fatalf("files %v, want the current one and 2 kept", names)
+	}
+	for _, n := range names {
+		fi, err := os.Stat(n)
+		if err != nil || fi.Mode().Perm() != 0o600 {
+			t.Errorf("%s: mode %v (%v), want 0600", n, fi.Mode().Perm(), err)
+		}
+		data, _ := os.ReadFile(n)
+		if _, _, warnings, err := readAll(t, data); err != nil || len(warnings) > 0 {
+			t.Errorf("%s: %v %v", n, err, warnings)
+		}
+	}
+}
+
+func TestFlightKeepsTheLatest(t *testing.T) {
+	f := NewFlight(header, 3*flightBlockSize, 0)
+	evs := sampleEvents(10 * flightBlockSize / EventSize)
+	for i := range evs {
+		_ = f.Event(&evs[i])
+	}
+	path := filepath.Join(t.TempDir(), "flight.tcpstate")
+	if err := f.Dump(path); err != nil {
+		t.Fatal(err)
+	}
+	data, _ := os.ReadFile(path)
+	out, _, warnings, err := readAll(t, data)
+	if err != nil || len(warnings) > 0 {
+		t.Fatal(err, warnings)
+	}
+	if len(out) == 0 || len(out)*EventSize > 4*flightBlockSize || out[len(out)-1] != evs[len(evs)-1] {
+		t.Errorf("kept %d events, last %+v", len(out), out[len(out)-1])
+	}
+	if f.Dropped()+uint64(len(out)) != uint64(len(evs)) {
+		t.Errorf("dropped %d + kept %d != %d", f.Dropped(), len(out), len(evs))
+	}
+	r, _ := NewReader(bytes.NewReader(data), int64(len(data)), "t")
+	if r.Header.FlightStart != out[0].Time {
+		t.Errorf("flight start %d, first event %d", r.Header.FlightStart, out[0].Time)
+	}
+}
+
+func FuzzReader(f *testing.F) {
+	data, _ := writeCapture(f, sampleEvents(25))
+	f.Add(data)
+	f.Add(data[:len(data)/2])
+	f.Add([]byte("TCPSTATE"))
+	f.Add([]byte{})
+	f.Fuzz(func(t *testing.T, data []byte) {
+		r, err := NewReader(bytes.NewReader(data), int64(len(data)), "fuzz")
+		if err != nil {
+			return
+		}
+		for range 100000 {
+			if _, err := r.Next(); err != nil {
+				if err != io.EOF {
+					t.Fatalf("Next: %v", err)
+				}
+				return
+			}
+		}
+	})
+}
+
+func BenchmarkWrite(b *testing.B) {
+	w, err := Create(filepath.Join(b.TempDir(), "c"), header, Options{})
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer w.Close()
+	evs := sampleEvents(100)
+	b.ReportAllocs()
+	i := 0
+	for b.Loop() {
+		if err := w.Event(&evs[i%len(evs)]); err != nil {
+			b.Fatal(err)
+		}
+		i++
+	}
+}
+
+func BenchmarkReplay(b *testing.B) {
+	path := filepath.Join(b.TempDir(), "c")
+	w, _ := Create(path, header, Options{})
+	evs := sampleEvents(1000)
+	for range 200 {
+		for i := range evs {
+			_ = w.Event(&evs[i])
+		}
+	}
+	_ = w.Close()
+	data, _ := os.ReadFile(path)
+	b.ReportAllocs()
+	b.SetBytes(int64(len(data)))
+	n := 0
+	for b.Loop() {
+		r, err := NewReader(bytes.NewReader(data), int64(len(data)), "bench")
+		if err != nil {
+			b.Fatal(err)
+		}
+		for {
+			if _, err := r.Next(); err != nil {
+				break
+			}
+			n++
+		}
+	}
+	b.ReportMetric(float64(n)/b.Elapsed().Seconds(), "events/s")
+}

@@ -1,0 +1,191 @@
+// SPDX-License-Identifier: Apache-2.0
+
+package capture
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"syscall"
+	"time"
+
+	"github.com/tcpstate/tcpstate/tracer"
+)
+
+// Options configure a Writer.
+type Options struct {
+	// BlockSize: events are written in blocks of about this many bytes
+	// (default 64 KiB), and at least every FlushEvery (default 1 s), each
+	// with one write: a killed recorder loses at most the block in progress.
+	BlockSize  int
+	FlushEvery time.Duration
+	// MaxSize rotates the file when it reaches this many bytes (0: never):
+	// FILE becomes FILE.1, FILE.1 becomes FILE.2, ... up to Keep old files.
+	MaxSize int64
+	Keep    int
+}
+
+// Writer appends to a capture file. It is a tracer.Sink.
+type Writer struct {
+	path   string
+	opts   Options
+	header Header
+	f      *os.File
+	size   int64
+	block  []byte // events of the block in progress, encoded
+	out    []byte // a block, header and payload, for its one write
+	count  uint32
+	opened time.Time // when the block in progress got its first event
+	err    error     // sticky: a failed write stops the writer
+}
+
+// Create makes (or truncates) a capture file, mode 0600: it holds addresses
+// and process names.
+func Create(path string, h Header, opts Options) (*Writer, error) {
+	if opts.BlockSize <= 0 {
+		opts.BlockSize = 64 << 10
+	}
+	if opts.FlushEvery <= 0 {
+		opts.FlushEvery = time.Second
+	}
+	w := &Writer{path: path, opts: opts, header: h, block: make([]byte, 0, opts.BlockSize+EventSize)}
+	if err := w.open(); err != nil {
+		return nil, err
+	}
+	return w, nil
+}
+
+func (w *Writer) open() error {
+	f, err := os.OpenFile(w.path, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o600)
+	if err != nil {
+		return fmt.Errorf("creating capture: %w", err)
+	}
+	// An existing file keeps its mode with O_CREATE: enforce it.
+	if err := f.Chmod(0o600); err != nil {
+		f.Close()
+		return fmt.Errorf("creating capture: %w", err)
+	}
+	hdr, err := encodeHeader(&w.header)
+	if err != nil {
+		f.Close()
+		return err
+	}
+	w.f, w.size = f, 0
+	return w.write(hdr)
+}
+
+// write writes b whole or fails; a full disk is ErrFull.
+func (w *Writer) write(b []byte) error {
+	n, err := w.f.Write(b)
+	w.size += int64(n)
+	if err != nil {
+		if errors.Is(err, syscall.ENOSPC) || errors.Is(err, syscall.EDQUOT) {
+			err = fmt.Errorf("writing %s: %w (the file is readable up to its last complete block)", w.path, ErrFull)
+		} else {
+			err = fmt.Errorf("writing %s: %w", w.path, err)
+		}
+		w.err = err
+	}
+	return err
+}
+
+// Event adds e to the block in progress.
+func (w *Writer) Event(e *tracer.Event) error {
+	if w.err != nil {
+		return w.err
+	}
+	if w.count == 0 {
+		w.opened = time.Now()
+	}
+	w.block = appendEvent(w.block, e)
+	w.count++
+	if len(w.block) >= w.opts.BlockSize {
+		return w.Flush()
+	}
+	return nil
+}
+
+// Idle writes the block in progress once it is FlushEvery old.
+func (w *Writer) Idle() error {
+	if w.err != nil {
+		return w.err
+	}
+	if w.count > 0 && time.Since(w.opened) >= w.opts.FlushEvery {
+		return w.Flush()
+	}
+	return nil
+}
+
+// Flush writes the block in progress.
+func (w *Writer) Flush() error {
+	if w.err != nil || w.count == 0 {
+		return w.err
+	}
+	err := w.writeBlock(blockEvents, w.block, w.count)
+	w.block, w.count = w.block[:0], 0
+	return err
+}
+
+func (w *Writer) writeBlock(typ uint8, payload []byte, count uint32) error {
+	h := blockHeader(typ, payload, count)
+	// One write per block: header and payload together.
+	w.out = append(append(w.out[:0], h[:]...), payload...)
+	if err := w.write(w.out); err != nil {
+		return err
+	}
+	if w.opts.MaxSize > 0 && w.size >= w.opts.MaxSize {
+		return w.rotate()
+	}
+	return nil
+}
+
+// rotate shifts FILE to FILE.1 (and so on) and starts a new FILE.
+func (w *Writer) rotate() error {
+	if err := w.f.Close(); err != nil {
+		return fmt.Errorf("closing %s: %w", w.path, err)
+	}
+	keep := max(w.opts.Keep, 1)
+	_ = os.Remove(fmt.Sprintf("%s.%d", w.path, keep))
+	for i := keep - 1; i >= 1; i-- {
+		_ = os.Rename(fmt.Sprintf("%s.%d", w.path, i), fmt.Sprintf("%s.%d", w.path, i+1))
+	}
+	if err := os.Rename(w.path, w.path+".1"); err != nil {
+		return fmt.Errorf("rotating %s: %w", w.path, err)
+	}
+	w.header.Started = time.Now().UTC()
+	return w.open()
+}
+
+// Sockets writes the start-up walk, which replay needs to name owners.
+func (w *Writer) Sockets(socks []tracer.Socket) error {
+	return w.jsonBlock(blockSockets, socks, uint32(len(socks)))
+}
+
+// Sysctls writes a snapshot of the namespaces' sysctls.
+func (w *Writer) Sysctls(s SysctlSnapshot) error {
+	return w.jsonBlock(blockSysctls, s, uint32(len(s.Namespaces)))
+}
+
+func (w *Writer) jsonBlock(typ uint8, v any, count uint32) error {
+	if err := w.Flush(); err != nil {
+		return err
+	}
+	js, err := json.Marshal(v)
+	if err != nil {
+		return fmt.Errorf("encoding capture block: %w", err)
+	}
+	return w.writeBlock(typ, js, count)
+}
+
+// Close writes what is pending and closes the file.
+func (w *Writer) Close() error {
+	err := w.Flush()
+	if cerr := w.f.Close(); err == nil && cerr != nil {
+		err = fmt.Errorf("closing %s: %w", w.path, cerr)
+	}
+	return err
+}
+
+// Size is the current file's size.
+func (w *Writer) Size() int64 { return w.size }
