@@ -41,6 +41,8 @@ Commands:
   trace     print TCP state transitions as they happen
   watch     live table of sockets stuck in CLOSE_WAIT, FIN_WAIT2, TIME_WAIT...
   verify    check that live sockets run with the keepalive and fin_timeout you set
+  record    write what tcpstate sees to a capture file (or keep it in memory until asked)
+  report    summarise captures: durations, lingering sockets, TIME_WAIT, keepalive, losses
   version   print version and build information
   help      show help for a command
 
@@ -79,7 +81,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 
 func isCommand(s string) bool {
 	switch s {
-	case "trace", "watch", "verify", "version":
+	case "trace", "watch", "verify", "record", "report", "version":
 		return true
 	}
 	return false
@@ -97,6 +99,10 @@ func dispatch(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		return runWatch(ctx, rest, stdout, stderr)
 	case "verify":
 		return runVerify(ctx, rest, stdout, stderr)
+	case "record":
+		return runRecord(ctx, rest, stdout, stderr)
+	case "report":
+		return runReport(rest, stdout, stderr)
 	case "version", "--version":
 		fmt.Fprintln(stdout, versionString())
 		return nil
@@ -107,6 +113,6 @@ func dispatch(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		fmt.Fprint(stdout, mainUsage)
 		return nil
 	default:
-		return usagef("unknown command %q (commands: trace, watch, verify, version, help)", cmd)
+		return usagef("unknown command %q (commands: trace, watch, verify, record, report, version, help)", cmd)
 	}
 }

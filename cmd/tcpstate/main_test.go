@@ -103,12 +103,16 @@ func TestREADMEShowsRealHelp(t *testing.T) {
 	traceFS, _ := newTraceFlags()
 	watchFS, _ := newWatchFlags()
 	verifyFS, _ := newVerifyFlags()
+	recordFS, _ := newRecordFlags()
+	reportFS, _ := newReportFlags()
 	updated := string(readme)
 	for _, sec := range []struct{ name, cmd, help string }{
 		{"main", "tcpstate --help", mainUsage},
 		{"trace", "tcpstate trace --help", traceHelp(traceFS)},
 		{"watch", "tcpstate watch --help", watchHelp(watchFS)},
 		{"verify", "tcpstate verify --help", verifyHelp(verifyFS)},
+		{"record", "tcpstate record --help", recordHelp(recordFS)},
+		{"report", "tcpstate report --help", reportHelp(reportFS)},
 	} {
 		begin, end := "<!-- help:"+sec.name+" -->\n", "<!-- /help:"+sec.name+" -->"
 		i, j := strings.Index(updated, begin), strings.Index(updated, end)

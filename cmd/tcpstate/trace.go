@@ -6,11 +6,15 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"os"
 	"time"
 
 	"github.com/spf13/pflag"
 
+	"golang.org/x/sys/unix"
+
 	"github.com/tcpstate/tcpstate/output"
+	"github.com/tcpstate/tcpstate/output/capture"
 	"github.com/tcpstate/tcpstate/tracer"
 	"github.com/tcpstate/tcpstate/tracer/timeline"
 )
@@ -46,6 +50,8 @@ type traceFlags struct {
 	duration durationValue
 	timeline bool
 	linger   durationValue
+	read     string
+	write    string
 }
 
 func newTraceFlags() (*pflag.FlagSet, *traceFlags) {
@@ -53,10 +59,12 @@ func newTraceFlags() (*pflag.FlagSet, *traceFlags) {
 	fs := pflag.NewFlagSet("trace", pflag.ContinueOnError)
 	fs.SortFlags = false
 	fs.VarP(f.output, "output", "o", "output format: text or json (JSON lines)")
-	fs.BoolVarP(&f.wide, "wide", "w", false, "text: more columns (local address, owner source, task on CPU, cookie, netns)")
+	fs.BoolVarP(&f.wide, "wide", "W", false, "text: more columns (local address, owner source, task on CPU, cookie, netns)")
 	fs.BoolVar(&f.noHeader, "no-header", false, "text: no header line")
 	fs.BoolVar(&f.timeline, "timeline", false, "print one record per finished connection, with every state and its duration, instead of each transition")
 	fs.Var(&f.linger, "linger", "also report a socket the moment it has sat this `long` in CLOSE_WAIT or FIN_WAIT2 (e.g. 30s)")
+	fs.StringVarP(&f.read, "read", "r", "", "replay a capture `file` (from record or -w) instead of tracing live")
+	fs.StringVarP(&f.write, "write", "w", "", "also record what is traced to a capture `file` (see record)")
 	f.filterFlags.register(fs)
 	fs.VarP(&f.duration, "duration", "d", "stop after this long (e.g. 30s, 5m, or seconds); default: until interrupted")
 	f.tracerFlags.register(fs)
@@ -85,6 +93,13 @@ func runTrace(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		return err
 	}
 
+	if f.read != "" {
+		if f.write != "" {
+			return usagef("-r/--read and -w/--write exclude each other")
+		}
+		return replayTrace(f, filter, stdout, stderr)
+	}
+
 	kernelFilter := filter
 	if f.timeline || f.linger > 0 {
 		kernelFilter.States = 0 // a connection's history needs all its transitions
@@ -96,51 +111,190 @@ func runTrace(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	defer t.Close()
 
 	clock, info := tracer.NewClock(), t.Info()
-	var r interface {
-		output.Renderer
-		output.ConnRenderer
-	}
-	if f.output.value == "json" {
-		r = output.NewJSON(stdout, output.JSONOptions{Clock: clock, Kernel: info})
-	} else {
-		r = output.NewText(stdout, output.TextOptions{Wide: f.wide, NoHeader: f.noHeader, Clock: clock, Kernel: info, Diag: stderr})
-	}
-	sink := &output.Sink{Filter: &filter, Renderer: r, LostOnly: f.timeline}
-	opts := timeline.Options{MaxConns: f.maxConns, Linger: time.Duration(f.linger), Start: tracer.BootNow()}
-	if f.timeline {
-		opts.OnFinish = func(c *timeline.Conn) error {
-			if !timeline.Match(&filter, c, true) {
-				return nil
-			}
-			sink.Shown++
-			return r.RenderConn(c)
+	p := newTracePipeline(f, filter, clock, info, stdout, stderr)
+	socks, nss := scanAll(t, stderr)
+	p.tl.Seed(socks)
+	var src tracer.Sink = p.tl
+	var w *capture.Writer
+	if f.write != "" {
+		if w, err = capture.Create(f.write, newHeader(clock, info, nss), capture.Options{}); err != nil {
+			return err
 		}
+		if err := w.Sockets(socks); err != nil {
+			w.Close()
+			return err
+		}
+		src = tee{w, p.tl}
 	}
-	tl := timeline.New(sink, opts)
-	seed(t, tl, stderr)
 
 	if f.duration > 0 {
 		var cancel context.CancelFunc
 		ctx, cancel = context.WithTimeout(ctx, time.Duration(f.duration))
 		defer cancel()
 	}
-	runErr := t.Run(ctx, tl)
-	if err := tl.Flush(); err != nil && runErr == nil {
-		runErr = fmt.Errorf("writing output: %w", err)
+	runErr := t.Run(ctx, src)
+	if w != nil {
+		if err := w.Close(); err != nil && runErr == nil {
+			runErr = err
+		}
 	}
-	if err := r.Flush(); err != nil && runErr == nil {
-		runErr = fmt.Errorf("writing output: %w", err)
+	if err := p.finish(); err != nil && runErr == nil {
+		runErr = err
 	}
 	stats, err := t.Stats()
 	if err != nil {
 		return err
 	}
-	shown := "shown"
-	if f.timeline {
-		shown = "connections shown"
-	}
-	fmt.Fprintf(stderr, "tcpstate: %s\n", summary(stats, sink.Shown, shown, tl.Stats()))
+	fmt.Fprintf(stderr, "tcpstate: %s\n", summary(stats, p.sink.Shown, p.shownWhat(), p.tl.Stats()))
 	return runErr
+}
+
+// tracePipeline is what trace does with events, live or replayed: timeline,
+// filter, renderer.
+type tracePipeline struct {
+	f    *traceFlags
+	tl   *timeline.Timeline
+	sink *output.Sink
+	r    interface {
+		output.Renderer
+		output.ConnRenderer
+	}
+}
+
+func newTracePipeline(f *traceFlags, filter tracer.Filter, clock tracer.Clock, info tracer.KernelInfo, stdout, stderr io.Writer) *tracePipeline {
+	p := &tracePipeline{f: f}
+	if f.output.value == "json" {
+		p.r = output.NewJSON(stdout, output.JSONOptions{Clock: clock, Kernel: info})
+	} else {
+		p.r = output.NewText(stdout, output.TextOptions{Wide: f.wide, NoHeader: f.noHeader, Clock: clock, Kernel: info, Diag: stderr})
+	}
+	p.sink = &output.Sink{Filter: &filter, Renderer: p.r, LostOnly: f.timeline}
+	opts := timeline.Options{MaxConns: f.maxConns, Linger: time.Duration(f.linger)}
+	if f.timeline {
+		opts.OnFinish = func(c *timeline.Conn) error {
+			if !timeline.Match(&filter, c, true) {
+				return nil
+			}
+			p.sink.Shown++
+			return p.r.RenderConn(c)
+		}
+	}
+	p.tl = timeline.New(p.sink, opts)
+	return p
+}
+
+func (p *tracePipeline) shownWhat() string {
+	if p.f.timeline {
+		return "connections shown"
+	}
+	return "shown"
+}
+
+// finish releases what the timeline holds and flushes the output.
+func (p *tracePipeline) finish() error {
+	if err := p.tl.Flush(); err != nil {
+		return fmt.Errorf("writing output: %w", err)
+	}
+	if err := p.r.Flush(); err != nil {
+		return fmt.Errorf("writing output: %w", err)
+	}
+	return nil
+}
+
+// replayTrace feeds a capture through the same pipeline as live tracing.
+func replayTrace(f *traceFlags, filter tracer.Filter, stdout, stderr io.Writer) error {
+	rd, file, err := capture.Open(f.read)
+	if err != nil {
+		return err
+	}
+	defer file.Close()
+	p := newTracePipeline(f, filter, rd.Header.Clock(), rd.Header.KernelInfo(), stdout, stderr)
+	n, err := replay(rd, p.tl)
+	if ferr := p.finish(); err == nil {
+		err = ferr
+	}
+	for _, w := range rd.Warnings() {
+		fmt.Fprintf(stderr, "tcpstate: warning: %s: %s\n", f.read, w)
+	}
+	fmt.Fprintf(stderr, "tcpstate: %d events read, %d %s, %d lost when recorded\n", n, p.sink.Shown, p.shownWhat(), p.sink.Lost)
+	return err
+}
+
+// replay feeds every record of rd to tl, ticking it on the capture's own
+// clock (linger events fire as they did live); it returns the events read.
+func replay(rd *capture.Reader, tl *timeline.Timeline) (uint64, error) {
+	var n, lastTick uint64
+	for {
+		rec, err := rd.Next()
+		if err == io.EOF {
+			return n, nil
+		}
+		if err != nil {
+			return n, err
+		}
+		switch {
+		case rec.Sockets != nil:
+			tl.Seed(rec.Sockets)
+		case rec.Event != nil:
+			n++
+			t := rec.Event.Time
+			if err := tl.Event(rec.Event); err != nil {
+				return n, err
+			}
+			if t > lastTick+uint64(200*time.Millisecond) {
+				lastTick = t
+				if err := tl.Tick(t); err != nil {
+					return n, err
+				}
+			}
+		}
+	}
+}
+
+// tee records every event before the timeline sees it.
+type tee struct {
+	w    *capture.Writer
+	next tracer.Sink
+}
+
+func (t tee) Event(e *tracer.Event) error {
+	if err := t.w.Event(e); err != nil {
+		return err
+	}
+	return t.next.Event(e)
+}
+
+func (t tee) Idle() error {
+	if err := t.w.Idle(); err != nil {
+		return err
+	}
+	return t.next.Idle()
+}
+
+// newHeader describes a capture made here, now.
+func newHeader(clock tracer.Clock, info tracer.KernelInfo, nss []tracer.NetNS) capture.Header {
+	var uts unix.Utsname
+	_ = unix.Uname(&uts)
+	host, _ := os.Hostname()
+	h := capture.Header{
+		Tcpstate: version, Hostname: host, Kernel: unix.ByteSliceToString(uts.Release[:]),
+		Arch: unix.ByteSliceToString(uts.Machine[:]), Started: time.Now().UTC(), BootWall: clock.BootWall,
+		HZ: info.HZ, RstReasons: info.RstReasons, Options: os.Args[1:],
+	}
+	for _, ns := range nss {
+		h.Namespaces = append(h.Namespaces, capture.Namespace{Inode: ns.Inode, Sysctls: ns.Sysctls})
+	}
+	return h
+}
+
+// scanAll walks the existing sockets; a failure costs only what the walk
+// would have told, so it is a warning.
+func scanAll(t *tracer.Tracer, stderr io.Writer) ([]tracer.Socket, []tracer.NetNS) {
+	socks, nss, err := t.ScanAll()
+	if err != nil {
+		fmt.Fprintf(stderr, "tcpstate: warning: %v: sockets older than the tracer start unnamed\n", err)
+	}
+	return socks, nss
 }
 
 // summary is the end-of-run line.
@@ -155,13 +309,8 @@ func summary(s tracer.Stats, shown uint64, what string, tl timeline.Stats) strin
 	return line
 }
 
-// seed walks the existing sockets into the timeline; a failure costs only
-// what the walk would have told, so it is a warning.
+// seed walks the existing sockets into the timeline.
 func seed(t *tracer.Tracer, tl *timeline.Timeline, stderr io.Writer) {
-	socks, err := t.Scan()
-	if err != nil {
-		fmt.Fprintf(stderr, "tcpstate: warning: %v: sockets older than the tracer start unnamed\n", err)
-		return
-	}
+	socks, _ := scanAll(t, stderr)
 	tl.Seed(socks)
 }

@@ -352,3 +352,47 @@ func BenchmarkReplay(b *testing.B) {
 	}
 	b.ReportMetric(float64(n)/b.Elapsed().Seconds(), "events/s")
 }
+
+// A full disk stops the writer with ErrFull; what was written reads back.
+func TestDiskFull(t *testing.T) {
+	if _, err := Create("/dev/full", header, Options{}); !errors.Is(err, ErrFull) {
+		t.Fatalf("header to /dev/full: %v, want ErrFull", err)
+	}
+	path := filepath.Join(t.TempDir(), "c")
+	w, err := Create(path, header, Options{BlockSize: 10 * EventSize})
+	if err != nil {
+		t.Fatal(err)
+	}
+	evs := sampleEvents(25)
+	for i := range 20 {
+		if err := w.Event(&evs[i]); err != nil {
+			t.Fatal(err)
+		}
+	}
+	full, err := os.OpenFile("/dev/full", os.O_WRONLY, 0)
+	if err != nil {
+		t.Skip(err)
+	}
+	good := w.f
+	w.f = full // the disk fills up
+	var werr error
+	for i := 20; i < 25 && werr == nil; i++ {
+		werr = w.Event(&evs[i])
+	}
+	if werr == nil {
+		werr = w.Flush()
+	}
+	if !errors.Is(werr, ErrFull) || !strings.Contains(werr.Error(), "readable up to its last complete block") {
+		t.Fatalf("write on a full disk: %v", werr)
+	}
+	if err := w.Event(&evs[0]); !errors.Is(err, ErrFull) {
+		t.Errorf("the writer went on after a full disk: %v", err)
+	}
+	good.Close()
+	full.Close()
+	data, _ := os.ReadFile(path)
+	out, _, warnings, err := readAll(t, data)
+	if err != nil || len(warnings) != 0 || len(out) != 20 {
+		t.Errorf("after a full disk: %d events, %v %v", len(out), warnings, err)
+	}
+}

@@ -61,10 +61,13 @@ func (w *Writer) open() error {
 	if err != nil {
 		return fmt.Errorf("creating capture: %w", err)
 	}
-	// An existing file keeps its mode with O_CREATE: enforce it.
-	if err := f.Chmod(0o600); err != nil {
-		f.Close()
-		return fmt.Errorf("creating capture: %w", err)
+	// An existing file keeps its mode with O_CREATE: enforce it (on files
+	// only: never on a device such as /dev/full).
+	if fi, err := f.Stat(); err == nil && fi.Mode().IsRegular() {
+		if err := f.Chmod(0o600); err != nil {
+			f.Close()
+			return fmt.Errorf("creating capture: %w", err)
+		}
 	}
 	hdr, err := encodeHeader(&w.header)
 	if err != nil {
