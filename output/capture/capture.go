@@ -106,8 +106,8 @@ func NewReader(ra io.ReaderAt, size int64, name string) (*Reader, error) {
 		return nil, fmt.Errorf("%s: capture format %d, this tcpstate reads up to %d", name, v, Version)
 	}
 	hlen := le.Uint32(fh[12:])
-	if hlen > maxBlock {
-		return nil, fmt.Errorf("%s: header length %d: corrupted", name, hlen)
+	if hlen > maxBlock || int64(hlen) > size-fileHdrSize {
+		return nil, fmt.Errorf("%s: header length %d past the end of the file: corrupted or cut short", name, hlen)
 	}
 	js := make([]byte, hlen)
 	if _, err := io.ReadFull(rd.r, js); err != nil {
@@ -146,10 +146,15 @@ func Open(path string) (*Reader, *os.File, error) {
 	return r, f, nil
 }
 
-// seek continues reading at off.
+// seek continues reading at off, reusing the buffer.
 func (r *Reader) seek(off int64) {
 	r.off = off
-	r.r = bufio.NewReaderSize(io.NewSectionReader(r.ra, off, max(r.size-off, 0)), 1<<20)
+	sec := io.NewSectionReader(r.ra, off, max(r.size-off, 0))
+	if r.r == nil {
+		r.r = bufio.NewReaderSize(sec, 256<<10)
+	} else {
+		r.r.Reset(sec)
+	}
 }
 
 // Warnings lists the damage met so far, one sentence each.

@@ -1,0 +1,187 @@
+// SPDX-License-Identifier: Apache-2.0
+
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"io"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/tcpstate/tcpstate/output/capture"
+)
+
+// Trace and record the same scenario at once: the replay prints exactly what
+// the live trace printed, timestamps included.
+func TestReplayEqualsLive(t *testing.T) {
+	requireRoot(t)
+	path := filepath.Join(t.TempDir(), "c.tcpstate")
+	code, live, stderr := traceWhile(t, 3*time.Second, func() {
+		connectAndClose(t)
+		if c, err := net.Dial("tcp4", "127.0.0.1:1"); err == nil {
+			c.Close()
+		}
+	}, "-o", "json", "-w", path)
+	if code != exitOK {
+		t.Fatalf("exit %d: %s", code, stderr)
+	}
+	fi, err := os.Stat(path)
+	if err != nil || fi.Mode().Perm() != 0o600 {
+		t.Fatalf("capture %v, mode %v; want 0600", err, fi.Mode().Perm())
+	}
+	code, replayed, stderr := runCmd(context.Background(), "trace", "-r", path, "-o", "json")
+	if code != exitOK {
+		t.Fatalf("replay: exit %d: %s", code, stderr)
+	}
+	if live == "" || replayed != live {
+		t.Fatalf("replay differs from live:\n--- live\n%s--- replay\n%s", live, replayed)
+	}
+	// Filters and renderers apply to captures as to live tracing.
+	code, text, _ := runCmd(context.Background(), "trace", "-r", path, "--state", "syn-sent", "--no-header")
+	if code != exitOK || !strings.Contains(text, "SYN_SENT -> CLOSE (refused)") || strings.Contains(text, "LISTEN") {
+		t.Errorf("filtered text replay (exit %d):\n%s", code, text)
+	}
+	code, rep, _ := runCmd(context.Background(), "report", "-o", "json", path)
+	var r struct {
+		Transitions map[string]int `json:"transitions"`
+		Reasons     map[string]int `json:"close_reasons"`
+	}
+	if err := json.Unmarshal([]byte(rep), &r); code != exitOK || err != nil {
+		t.Fatalf("report: exit %d, %v", code, err)
+	}
+	if r.Transitions["CLOSE -> SYN_SENT"] < 2 || r.Reasons["refused"] < 1 {
+		t.Errorf("report: %+v", r)
+	}
+}
+
+func TestReadingBadFiles(t *testing.T) {
+	dir := t.TempDir()
+	empty := filepath.Join(dir, "empty")
+	_ = os.WriteFile(empty, nil, 0o600)
+	for _, path := range []string{empty, "/etc/hostname", dir, filepath.Join(dir, "missing")} {
+		for _, args := range [][]string{{"trace", "-r", path}, {"report", path}} {
+			code, stdout, stderr := runCmd(context.Background(), args...)
+			if code != exitError || strings.Count(stderr, "\n") != 1 || !strings.Contains(stderr, path) || stdout != "" {
+				t.Errorf("%q: exit %d, stdout %q, stderr %q", args, code, stdout, stderr)
+			}
+		}
+	}
+}
+
+// churn makes short loopback connections until stop is closed.
+func churn(t *testing.T, stop chan struct{}) {
+	ln, err := net.Listen("tcp4", "127.0.0.1:0")
+	if err != nil {
+		t.Error(err)
+		return
+	}
+	defer ln.Close()
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			c.Close()
+		}
+	}()
+	for {
+		select {
+		case <-stop:
+			return
+		default:
+		}
+		if c, err := net.Dial("tcp4", ln.Addr().String()); err == nil {
+			c.Close()
+		}
+	}
+}
+
+// A recorder killed with SIGKILL under load leaves a file whose complete
+// blocks all read back.
+func TestRecordSurvivesSIGKILL(t *testing.T) {
+	requireRoot(t)
+	path := filepath.Join(t.TempDir(), "killed.tcpstate")
+	cmd := exec.Command(binary(t), "record", "-w", path)
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	stop := make(chan struct{})
+	done := make(chan struct{})
+	go func() { churn(t, stop); close(done) }()
+	time.Sleep(2500 * time.Millisecond)
+	_ = cmd.Process.Signal(syscall.SIGKILL)
+	_ = cmd.Wait()
+	close(stop)
+	<-done
+	rd, f, err := capture.Open(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	var n int
+	for {
+		rec, err := rd.Next()
+		if err == io.EOF {
+			break
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		if rec.Event != nil {
+			n++
+		}
+	}
+	for _, w := range rd.Warnings() {
+		if !strings.HasPrefix(w, "truncated at offset") {
+			t.Errorf("damage other than the block being written: %s", w)
+		}
+	}
+	if len(rd.Warnings()) > 1 || n < 1000 {
+		t.Errorf("%d events back, warnings %v", n, rd.Warnings())
+	}
+	t.Logf("%d events read back after SIGKILL; %v", n, rd.Warnings())
+}
+
+// The flight recorder writes nothing until SIGUSR1, then the latest events.
+func TestFlightRecorderDumpsOnSIGUSR1(t *testing.T) {
+	requireRoot(t)
+	path := filepath.Join(t.TempDir(), "flight.tcpstate")
+	cmd := exec.Command(binary(t), "record", "--flight-recorder", "--keep-time", "10s", "-w", path)
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer func() { _ = cmd.Process.Kill(); _ = cmd.Wait() }()
+	time.Sleep(time.Second)
+	connectAndClose(t)
+	time.Sleep(300 * time.Millisecond)
+	if _, err := os.Stat(path); err == nil {
+		t.Fatal("the flight recorder wrote before being asked")
+	}
+	_ = cmd.Process.Signal(syscall.SIGUSR1)
+	deadline := time.Now().Add(3 * time.Second)
+	for {
+		if _, err := os.Stat(path); err == nil {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("no file after SIGUSR1")
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	code, out, stderr := runCmd(context.Background(), "trace", "-r", path, "--no-header", "--comm", "tcpstate.test")
+	if code != exitOK || !strings.Contains(out, "CLOSE -> SYN_SENT") {
+		t.Errorf("replay of the dump: exit %d\n%s%s", code, out, stderr)
+	}
+	_ = cmd.Process.Signal(syscall.SIGTERM)
+	if err := cmd.Wait(); err != nil {
+		t.Errorf("flight recorder exit: %v", err)
+	}
+}
