@@ -449,3 +449,64 @@ func TestVerifyGolden(t *testing.T) {
 		golden(t, name, out.Bytes())
 	}
 }
+
+func TestHistQuantiles(t *testing.T) {
+	var h Hist
+	for i := 1; i <= 1000; i++ {
+		h.Add(time.Duration(i) * time.Millisecond)
+	}
+	for q, want := range map[float64]time.Duration{0.5: 500 * time.Millisecond, 0.9: 900 * time.Millisecond, 0.99: 990 * time.Millisecond, 1: time.Second} {
+		got := h.Quantile(q)
+		if d := float64(got-want) / float64(want); d < -0.02 || d > 0.02 {
+			t.Errorf("q%.2f = %v, want %v within 2%%", q, got, want)
+		}
+	}
+	b := h.Buckets()
+	// 1ms..9ms, 10ms..99ms, 100ms..999ms, 1s
+	if b[1] != 9 || b[2] != 90 || b[3] != 900 || b[4] != 1 {
+		t.Errorf("buckets %v", b)
+	}
+}
+
+func TestReportAggregates(t *testing.T) {
+	r := NewReport()
+	app := tracer.Task{PID: 9, Comm: tracer.CommFrom("leaky")}
+	for i := range 5 {
+		e := tracer.Event{Type: tracer.EventState, Time: uint64(i+1) * 1e9, Cookie: uint64(i), Family: tracer.IPv4,
+			Local: netip.MustParseAddrPort("10.0.0.1:40000"), Remote: netip.MustParseAddrPort("10.0.0.2:80"),
+			Old: tracer.Established, New: tracer.CloseWait, Owner: app, OwnerFrom: tracer.OwnerConnect}
+		_ = r.Event(&e)
+		e.Old, e.New, e.Duration, e.HasDuration = tracer.CloseWait, tracer.LastAck, time.Duration(i+1)*time.Second, true
+		_ = r.Event(&e)
+	}
+	_ = r.Event(&tracer.Event{Type: tracer.EventLost, Time: 3e9, Lost: 7})
+	var out bytes.Buffer
+	if err := r.Render(&out, clock, time.UTC, true); err != nil {
+		t.Fatal(err)
+	}
+	var js struct {
+		Lost      uint64 `json:"lost"`
+		CloseWait []struct {
+			PID   uint32 `json:"pid"`
+			Count uint64 `json:"count"`
+		} `json:"close_wait_by_process"`
+		States []struct {
+			State string `json:"state"`
+			Max   int64  `json:"max_ns"`
+		} `json:"states"`
+		Lingers []struct {
+			Duration int64 `json:"duration_ns"`
+		} `json:"longest_lingering"`
+	}
+	if err := json.Unmarshal(out.Bytes(), &js); err != nil {
+		t.Fatal(err)
+	}
+	if js.Lost != 7 || len(js.CloseWait) != 1 || js.CloseWait[0].Count != 5 || js.States[0].State != "CLOSE_WAIT" ||
+		js.States[0].Max != 5e9 || js.Lingers[0].Duration != 5e9 {
+		t.Errorf("report %s", out.String())
+	}
+	out.Reset()
+	if err := r.Render(&out, clock, time.UTC, false); err != nil || !strings.Contains(out.String(), "PROCESSES WITH THE MOST CLOSE_WAIT") {
+		t.Errorf("text report: %v\n%s", err, out.String())
+	}
+}

@@ -20,9 +20,10 @@ import (
 // Hist is a log-scale duration histogram: about 2% relative precision in
 // bounded memory, whatever the number of samples.
 type Hist struct {
-	counts map[int]uint64
-	n      uint64
-	max    time.Duration
+	counts  map[int]uint64
+	buckets [8]uint64 // exact counts in the ranges of BucketLabels
+	n       uint64
+	max     time.Duration
 }
 
 const histBase = 1.02
@@ -40,6 +41,8 @@ func (h *Hist) Add(d time.Duration) {
 		h.counts = map[int]uint64{}
 	}
 	h.counts[histIndex(d)]++
+	i, _ := slices.BinarySearch(bucketEdges, d+1)
+	h.buckets[i]++
 	h.n++
 	h.max = max(h.max, d)
 }
@@ -69,16 +72,9 @@ func (h *Hist) Quantile(q float64) time.Duration {
 	return h.max
 }
 
-// Buckets counts samples in the report's coarse ranges (see BucketLabels).
-func (h *Hist) Buckets() []uint64 {
-	out := make([]uint64, len(bucketEdges)+1)
-	for k, c := range h.counts {
-		d := time.Duration(math.Pow(histBase, float64(k)+0.5))
-		i, _ := slices.BinarySearch(bucketEdges, d)
-		out[i] += c
-	}
-	return out
-}
+// Buckets counts samples in the report's coarse ranges (see BucketLabels):
+// a range includes its lower edge.
+func (h *Hist) Buckets() []uint64 { return h.buckets[:] }
 
 var bucketEdges = []time.Duration{time.Millisecond, 10 * time.Millisecond, 100 * time.Millisecond, time.Second,
 	10 * time.Second, time.Minute, 10 * time.Minute}
@@ -225,6 +221,7 @@ func procLess(a, b procKey) int { return cmp.Compare(a.pid, b.pid) }
 
 // Render writes the report as text or JSON.
 func (r *Report) Render(w io.Writer, clock tracer.Clock, loc *time.Location, asJSON bool) error {
+	r.trimLingers()
 	if loc == nil {
 		loc = time.Local
 	}
