@@ -45,6 +45,9 @@ volatile const char filter_comm[TASK_COMM_LEN];	/* owner comm, exact */
 volatile const __u64 tw_timer_fn;	/* tw_timer_handler */
 volatile const __u64 ka_timer_fn;	/* tcp_keepalive_timer */
 volatile const __u32 hz = 250;		/* CONFIG_HZ, to turn jiffies into time */
+/* Wake the reader only when this much is waiting (0: at every event); it
+ * also reads every 100 ms. Saves a wakeup per event under load. */
+volatile const __u64 wakeup_bytes;
 
 #define TIMEWAIT_LEN_NS	(60ULL * 1000000000ULL)	/* TCP_TIMEWAIT_LEN, fixed in the kernel */
 
@@ -175,24 +178,30 @@ static __always_inline bool is_any6(const __u8 *a)
 /*
  * Family, addresses and ports of a full or timewait socket (both start with a
  * sock_common); v4-mapped IPv6 is reported as IPv4. Fields are 16 bytes so
- * that struct event and struct iter_rec share this.
+ * that struct event and struct iter_rec share this. READ is a direct load for
+ * a trusted BTF pointer (the state tracepoint's sk: a plain load) or
+ * BPF_CORE_READ for one computed from a timer (a probe read).
  */
-static __always_inline void read_endpoints(const struct sock_common *skc, __u16 *family,
-					   __u16 *sport, __u16 *dport, __u8 *saddr, __u8 *daddr)
-{
-	*family = BPF_CORE_READ(skc, skc_family);
-	*sport = BPF_CORE_READ(skc, skc_num);
-	*dport = bpf_ntohs(BPF_CORE_READ(skc, skc_dport));
+#define DIRECT_READ(p, field) ((p)->field)
+#define READ_ENDPOINTS(skc, family, sport, dport, saddr, daddr, READ)				\
+	do {											\
+		*(family) = READ(skc, skc_family);						\
+		*(sport) = READ(skc, skc_num);							\
+		*(dport) = bpf_ntohs(READ(skc, skc_dport));					\
+		__builtin_memset(saddr, 0, 16);							\
+		__builtin_memset(daddr, 0, 16);							\
+		if (*(family) == AF_INET) {							\
+			*(__u32 *)(saddr) = READ(skc, skc_rcv_saddr);				\
+			*(__u32 *)(daddr) = READ(skc, skc_daddr);				\
+		} else {									\
+			__builtin_memcpy(saddr, &READ(skc, skc_v6_rcv_saddr), 16);		\
+			__builtin_memcpy(daddr, &READ(skc, skc_v6_daddr), 16);			\
+			unmap_v4(family, saddr, daddr);						\
+		}										\
+	} while (0)
 
-	__builtin_memset(saddr, 0, 16);
-	__builtin_memset(daddr, 0, 16);
-	if (*family == AF_INET) {
-		*(__u32 *)saddr = BPF_CORE_READ(skc, skc_rcv_saddr);
-		*(__u32 *)daddr = BPF_CORE_READ(skc, skc_daddr);
-		return;
-	}
-	BPF_CORE_READ_INTO((struct in6_addr *)saddr, skc, skc_v6_rcv_saddr);
-	BPF_CORE_READ_INTO((struct in6_addr *)daddr, skc, skc_v6_daddr);
+static __always_inline void unmap_v4(__u16 *family, __u8 *saddr, __u8 *daddr)
+{
 	if (is_v4mapped(daddr) && (is_v4mapped(saddr) || is_any6(saddr))) {
 		__u32 s = is_v4mapped(saddr) ? ((__u32 *)saddr)[3] : 0;
 		__u32 d = ((__u32 *)daddr)[3];
@@ -203,6 +212,25 @@ static __always_inline void read_endpoints(const struct sock_common *skc, __u16 
 		*(__u32 *)daddr = d;
 		*family = AF_INET;
 	}
+}
+
+/* For sockets reached through a timer: probe reads. */
+static __always_inline void read_endpoints(const struct sock_common *skc, __u16 *family,
+					   __u16 *sport, __u16 *dport, __u8 *saddr, __u8 *daddr)
+{
+	*family = BPF_CORE_READ(skc, skc_family);
+	*sport = BPF_CORE_READ(skc, skc_num);
+	*dport = bpf_ntohs(BPF_CORE_READ(skc, skc_dport));
+	__builtin_memset(saddr, 0, 16);
+	__builtin_memset(daddr, 0, 16);
+	if (*family == AF_INET) {
+		*(__u32 *)saddr = BPF_CORE_READ(skc, skc_rcv_saddr);
+		*(__u32 *)daddr = BPF_CORE_READ(skc, skc_daddr);
+		return;
+	}
+	BPF_CORE_READ_INTO((struct in6_addr *)saddr, skc, skc_v6_rcv_saddr);
+	BPF_CORE_READ_INTO((struct in6_addr *)daddr, skc, skc_v6_daddr);
+	unmap_v4(family, saddr, daddr);
 }
 
 static __always_inline __u32 netns_of(const struct sock_common *skc)
@@ -297,13 +325,17 @@ static __always_inline struct event *reserve_event(__u8 type, __u64 now, __u64 c
 /* Submits e if the filters want it. */
 static __always_inline void submit_event(struct event *e)
 {
+	__u64 flags = 0;
+
 	stat_inc(STAT_SEEN);
 	if (!wanted(e)) {
 		stat_inc(STAT_FILTERED);
 		bpf_ringbuf_discard(e, BPF_RB_NO_WAKEUP);
 		return;
 	}
-	bpf_ringbuf_submit(e, 0);
+	if (wakeup_bytes)
+		flags = bpf_ringbuf_query(&events, BPF_RB_AVAIL_DATA) >= wakeup_bytes ? BPF_RB_FORCE_WAKEUP : BPF_RB_NO_WAKEUP;
+	bpf_ringbuf_submit(e, flags);
 }
 
 static __always_inline void event_owner(struct event *e, __u8 src, __u32 pid, __u32 tid, const char *comm)
@@ -445,10 +477,12 @@ int BPF_PROG(handle_set_state, const struct sock *sk, int oldstate, int newstate
 		stat_inc(STAT_NOSTORAGE);
 
 	if (e) {
+		const struct sock_common *skc = &sk->__sk_common;
+
 		e->old_state = oldstate;
 		e->new_state = newstate;
-		e->netns = netns_of(&sk->__sk_common);
-		read_endpoints(&sk->__sk_common, &e->family, &e->sport, &e->dport, e->saddr, e->daddr);
+		e->netns = skc->skc_net.net->ns.inum;
+		READ_ENDPOINTS(skc, &e->family, &e->sport, &e->dport, e->saddr, e->daddr, DIRECT_READ);
 		/* On the way to CLOSE the kernel releases the port (inet_put_port
 		 * zeroes inet_num) before the tracepoint fires; inet_sport keeps it. */
 		if (!e->sport)

@@ -249,6 +249,7 @@ const (
 	tcpstateVarUnusedOwnerSrc     = "unused_owner_src"
 	tcpstateVarUnusedPortSide     = "unused_port_side"
 	tcpstateVarUnusedStatIndex    = "unused_stat_index"
+	tcpstateVarWakeupBytes        = "wakeup_bytes"
 )
 
 // loadTcpstate returns the embedded CollectionSpec for tcpstate.
@@ -343,6 +344,7 @@ type tcpstateVariableSpecs struct {
 	UnusedOwnerSrc    *ebpf.VariableSpec `ebpf:"unused_owner_src"`
 	UnusedPortSide    *ebpf.VariableSpec `ebpf:"unused_port_side"`
 	UnusedStatIndex   *ebpf.VariableSpec `ebpf:"unused_stat_index"`
+	WakeupBytes       *ebpf.VariableSpec `ebpf:"wakeup_bytes"`
 }
 
 // tcpstateObjects contains all objects after they have been loaded into the kernel.
@@ -413,6 +415,7 @@ type tcpstateVariables struct {
 	UnusedOwnerSrc    *ebpf.Variable `ebpf:"unused_owner_src"`
 	UnusedPortSide    *ebpf.Variable `ebpf:"unused_port_side"`
 	UnusedStatIndex   *ebpf.Variable `ebpf:"unused_stat_index"`
+	WakeupBytes       *ebpf.Variable `ebpf:"wakeup_bytes"`
 }
 
 // tcpstatePrograms contains all programs after they have been loaded into the kernel.

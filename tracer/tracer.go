@@ -34,7 +34,14 @@ type Config struct {
 	// TimewaitEntries bounds the connections followed in timewait sockets
 	// (LRU: the oldest are forgotten first). 0: DefaultTimewaitEntries.
 	TimewaitEntries int
+	// WakeupBytes: the kernel wakes the reader when this much is waiting in
+	// the ring buffer; the reader also reads every 100 ms. Negative: at
+	// every event. 0: DefaultWakeupBytes.
+	WakeupBytes int
 }
+
+// DefaultWakeupBytes wakes the reader for about 450 events at a time.
+const DefaultWakeupBytes = 64 << 10
 
 // DefaultTimewaitEntries follows 65,536 timewait sockets (4.5 MiB of kernel memory).
 const DefaultTimewaitEntries = 65536
@@ -178,6 +185,16 @@ func New(cfg Config) (*Tracer, error) {
 		return nil, fmt.Errorf("configuring timewait hooks: %w", err)
 	}
 	spec.Maps["events"].MaxEntries = uint32(size)
+	wake := cfg.WakeupBytes
+	switch {
+	case wake == 0:
+		wake = min(DefaultWakeupBytes, size/4)
+	case wake < 0:
+		wake = 0
+	}
+	if err := spec.Variables["wakeup_bytes"].Set(uint64(wake)); err != nil {
+		return nil, fmt.Errorf("configuring the ring buffer: %w", err)
+	}
 	twEntries := cfg.TimewaitEntries
 	if twEntries <= 0 {
 		twEntries = DefaultTimewaitEntries
@@ -244,8 +261,9 @@ func (t *Tracer) Close() error {
 }
 
 // lostCheckInterval is how often the lost counter is read while events flow,
-// and how long the reader waits for events before checking anyway.
-const lostCheckInterval = 200 * time.Millisecond
+// and how long the reader waits for events before reading anyway (the
+// kernel wakes it only for batches, see Config.WakeupBytes).
+const lostCheckInterval = 100 * time.Millisecond
 
 // Run reads events until ctx ends, handing each to sink. When ctx ends it
 // delivers what is still in the ring buffer, then returns nil. Drops are
