@@ -141,7 +141,7 @@ func TestRecordSurvivesSIGKILL(t *testing.T) {
 	}
 	for _, w := range rd.Warnings() {
 		if !strings.HasPrefix(w, "truncated at offset") {
-			t.Errorf("damage other than the block being written: %s", w)
+			t.Errorf("damage other than the block being written: %s (%d events back)", w, n)
 		}
 	}
 	if len(rd.Warnings()) > 1 || n < 1000 {

@@ -113,6 +113,7 @@ func runTrace(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	clock, info := tracer.NewClock(), t.Info()
 	p := newTracePipeline(f, filter, clock, info, stdout, stderr)
 	socks, nss := scanAll(t, stderr)
+	socks = fullSockets(socks)
 	p.tl.Seed(socks)
 	var src tracer.Sink = p.tl
 	var w *capture.Writer
@@ -297,6 +298,19 @@ func scanAll(t *tracer.Tracer, stderr io.Writer) ([]tracer.Socket, []tracer.NetN
 	return socks, nss
 }
 
+// fullSockets keeps the walk's full sockets: trace and record name owners
+// from it, and a timewait socket has none (the kernel side follows those, so
+// a host with many does not fill the table or the capture).
+func fullSockets(socks []tracer.Socket) []tracer.Socket {
+	out := socks[:0:0]
+	for _, s := range socks {
+		if !s.Timewait {
+			out = append(out, s)
+		}
+	}
+	return out
+}
+
 // summary is the end-of-run line.
 func summary(s tracer.Stats, shown uint64, what string, tl timeline.Stats) string {
 	line := fmt.Sprintf("%d events seen, %d %s, %d lost (%d filtered in kernel)", s.Seen, shown, what, s.Lost, s.Filtered)
@@ -309,7 +323,7 @@ func summary(s tracer.Stats, shown uint64, what string, tl timeline.Stats) strin
 	return line
 }
 
-// seed walks the existing sockets into the timeline.
+// seed walks the existing sockets, timewait ones included, into the timeline.
 func seed(t *tracer.Tracer, tl *timeline.Timeline, stderr io.Writer) {
 	socks, _ := scanAll(t, stderr)
 	tl.Seed(socks)

@@ -396,3 +396,29 @@ func TestDiskFull(t *testing.T) {
 		t.Errorf("after a full disk: %d events, %v %v", len(out), warnings, err)
 	}
 }
+
+// A large walk is split into blocks the reader accepts.
+func TestLargeWalk(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "c")
+	w, err := Create(path, header, Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	socks := make([]tracer.Socket, 2*socketsPerBlock+5)
+	for i := range socks {
+		socks[i] = tracer.Socket{Cookie: uint64(i + 1), State: tracer.TimeWait, Timewait: true,
+			Local: netip.MustParseAddrPort("10.0.0.1:80"), Remote: netip.AddrPortFrom(netip.MustParseAddr("10.0.0.2"), uint16(i))}
+	}
+	if err := w.Sockets(socks); err != nil {
+		t.Fatal(err)
+	}
+	_ = w.Close()
+	data, _ := os.ReadFile(path)
+	_, got, warnings, err := readAll(t, data)
+	if err != nil || len(warnings) > 0 || len(got) != 3 {
+		t.Fatalf("%d socket records, %v %v", len(got), warnings, err)
+	}
+	if n := len(got[0]) + len(got[1]) + len(got[2]); n != len(socks) || got[2][4].Cookie != uint64(len(socks)) {
+		t.Errorf("%d sockets back of %d", n, len(socks))
+	}
+}

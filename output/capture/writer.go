@@ -160,8 +160,17 @@ func (w *Writer) rotate() error {
 	return w.open()
 }
 
+// socketsPerBlock keeps a walk's blocks far below the reader's bound.
+const socketsPerBlock = 10000
+
 // Sockets writes the start-up walk, which replay needs to name owners.
 func (w *Writer) Sockets(socks []tracer.Socket) error {
+	for len(socks) > socketsPerBlock {
+		if err := w.jsonBlock(blockSockets, socks[:socketsPerBlock], socketsPerBlock); err != nil {
+			return err
+		}
+		socks = socks[socketsPerBlock:]
+	}
 	return w.jsonBlock(blockSockets, socks, uint32(len(socks)))
 }
 
