@@ -170,7 +170,7 @@ func newTracePipeline(f *traceFlags, filter tracer.Filter, clock tracer.Clock, i
 		p.r = output.NewText(stdout, output.TextOptions{Wide: f.wide, NoHeader: f.noHeader, Clock: clock, Kernel: info, Diag: stderr})
 	}
 	p.sink = &output.Sink{Filter: &filter, Renderer: p.r, LostOnly: f.timeline}
-	opts := timeline.Options{MaxConns: f.maxConns, Linger: time.Duration(f.linger)}
+	opts := timeline.Options{MaxConns: f.maxConns, Linger: time.Duration(f.linger), Spans: f.timeline}
 	if f.timeline {
 		opts.OnFinish = func(c *timeline.Conn) error {
 			if !timeline.Match(&filter, c, true) {

@@ -60,16 +60,9 @@ var le = binary.LittleEndian
 func appendEvent(b []byte, e *tracer.Event) []byte {
 	var r [EventSize]byte
 	k := &e.Keepalive
-	var fl uint8
-	for _, f := range []struct {
-		on  bool
-		bit uint8
-	}{{e.HasDuration, flHasDuration}, {e.DurationMin, flDurationMin}, {e.Timewait, flTimewait}, {k.On, flKaOn},
-		{k.IdleFromSocket, flKaIdleSocket}, {k.IntvlFromSocket, flKaIntvlSocket}, {k.CountFromSocket, flKaCountSocket}} {
-		if f.on {
-			fl |= f.bit
-		}
-	}
+	fl := bit(e.HasDuration, flHasDuration) | bit(e.DurationMin, flDurationMin) | bit(e.Timewait, flTimewait) |
+		bit(k.On, flKaOn) | bit(k.IdleFromSocket, flKaIdleSocket) | bit(k.IntvlFromSocket, flKaIntvlSocket) |
+		bit(k.CountFromSocket, flKaCountSocket)
 	r[0], r[1], r[2], r[3] = uint8(e.Type), uint8(e.Family), uint8(e.Old), uint8(e.New)
 	r[4], r[5], r[6], r[7] = uint8(e.OwnerFrom), uint8(e.Reason), fl, uint8(k.Event)
 	le.PutUint16(r[8:], e.Local.Port())
@@ -147,4 +140,11 @@ func blockCRCOK(h []byte, payload []byte) bool {
 	copy(z[:], h)
 	le.PutUint32(z[16:], 0)
 	return crc32.Update(crc32.Checksum(z[:], castagnoli), castagnoli, payload) == le.Uint32(h[16:])
+}
+
+func bit(on bool, b uint8) uint8 {
+	if on {
+		return b
+	}
+	return 0
 }

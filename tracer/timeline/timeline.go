@@ -18,8 +18,8 @@ import (
 	"github.com/tcpstate/tcpstate/tracer"
 )
 
-// DefaultMaxConns bounds the connection table.
-const DefaultMaxConns = 262144
+// DefaultMaxConns bounds the connection table: about 25 MiB.
+const DefaultMaxConns = 100000
 
 // joinWindow is how long an event is held for a later piece of it: the RST
 // that follows a CLOSE, the re-arm that follows a timewait timer's removal.
@@ -88,6 +88,9 @@ type Options struct {
 	OnFinish func(*Conn) error
 	// Start is when tracing began (CLOCK_BOOTTIME ns).
 	Start uint64
+	// Spans keeps each connection's history of states (for OnFinish);
+	// without it Conn.Spans stays empty and a connection costs less memory.
+	Spans bool
 }
 
 // Stats count what the table did.
@@ -162,7 +165,9 @@ func (t *Timeline) Seed(socks []tracer.Socket) {
 		if s.OwnerKnown {
 			c.Owner, c.OwnerFrom = s.Owner, tracer.OwnerProc
 		}
-		c.Spans = append(c.Spans[:0], Span{State: s.State, Start: c.Since, Min: true, Timewait: s.Timewait})
+		if t.opts.Spans {
+			c.Spans = append(c.Spans[:0], Span{State: s.State, Start: c.Since, Min: true, Timewait: s.Timewait})
+		}
 		if s.State == tracer.Listen {
 			t.listeners[listenKey{s.NetNS, s.Local.Port()}] = c
 		}
@@ -195,7 +200,7 @@ func (t *Timeline) conn(cookie uint64) *Conn {
 		c, t.free = t.free[n-1], t.free[:n-1]
 		*c = Conn{Cookie: cookie, Spans: c.Spans[:0]}
 	} else {
-		c = &Conn{Cookie: cookie, Spans: make([]Span, 0, 8)}
+		c = &Conn{Cookie: cookie}
 	}
 	t.pushFront(c)
 	t.conns[cookie] = c
@@ -420,13 +425,15 @@ func (t *Timeline) enrichOwner(c *Conn, e *tracer.Event) {
 
 // advance records the transition in c's history.
 func (t *Timeline) advance(c *Conn, e *tracer.Event) {
-	if n := len(c.Spans); n > 0 && c.Spans[n-1].State == e.Old {
-		last := &c.Spans[n-1]
-		last.Duration, last.Known, last.Min = e.Duration, e.HasDuration, e.DurationMin
-	} else if e.Old != tracer.Close && !(e.Old == tracer.Listen && e.New == tracer.SynRecv) {
-		// The first state the tracer saw of this connection (an accepted
-		// socket's LISTEN is its listener's).
-		c.Spans = append(c.Spans, Span{State: e.Old, Duration: e.Duration, Known: e.HasDuration, Min: e.DurationMin})
+	if t.opts.Spans {
+		if n := len(c.Spans); n > 0 && c.Spans[n-1].State == e.Old {
+			last := &c.Spans[n-1]
+			last.Duration, last.Known, last.Min = e.Duration, e.HasDuration, e.DurationMin
+		} else if e.Old != tracer.Close && !(e.Old == tracer.Listen && e.New == tracer.SynRecv) {
+			// The first state the tracer saw of this connection (an accepted
+			// socket's LISTEN is its listener's).
+			c.Spans = append(c.Spans, Span{State: e.Old, Duration: e.Duration, Known: e.HasDuration, Min: e.DurationMin})
+		}
 	}
 	if e.Old == tracer.Listen && e.New == tracer.Close {
 		delete(t.listeners, listenKey{c.NetNS, c.Local.Port()})
@@ -438,7 +445,7 @@ func (t *Timeline) advance(c *Conn, e *tracer.Event) {
 	}
 	if e.New == tracer.Close {
 		c.Reason, c.RstReason, c.SkErr, c.End = e.Reason, e.RstReason, e.SkErr, e.Time
-	} else {
+	} else if t.opts.Spans {
 		if len(c.Spans) == maxSpans {
 			c.Spans = append(c.Spans[:maxSpans/2], c.Spans[maxSpans/2+1:]...)
 		}

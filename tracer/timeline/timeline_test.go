@@ -167,7 +167,7 @@ func TestEvictionIsBoundedAndCounted(t *testing.T) {
 // A finished connection is reported once, with every state and its time.
 func TestFinishedConnectionSpans(t *testing.T) {
 	var done []Conn
-	tl := New(&sink{}, Options{OnFinish: func(c *Conn) error {
+	tl := New(&sink{}, Options{Spans: true, OnFinish: func(c *Conn) error {
 		cp := *c
 		cp.Spans = append([]Span(nil), c.Spans...)
 		done = append(done, cp)

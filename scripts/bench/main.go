@@ -1,0 +1,234 @@
+// SPDX-License-Identifier: Apache-2.0
+
+// Command bench measures what tracing costs a busy host: it runs rounds of a
+// loopback connection churn under each tracer, interleaved (rounds of the same
+// mode vary by about 15%, so only interleaved medians mean anything), and
+// prints one table: churn throughput as a ratio to the untraced rounds, tracer
+// CPU per million events, events lost, peak RSS. Run it through
+// scripts/bench.sh, which installs the peers and mounts tracefs.
+package main
+
+import (
+	"bufio"
+	"bytes"
+	"flag"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"slices"
+	"strconv"
+	"strings"
+	"syscall"
+	"text/tabwriter"
+	"time"
+)
+
+type mode struct {
+	name   string
+	cmd    []string // tracer command line; nil: no tracer
+	churn  []string // extra churn flags
+	settle time.Duration
+	ours   bool // tcpstate: read its summary line
+}
+
+type sample struct {
+	rate  float64 // connections/s
+	conns float64
+	cpu   time.Duration
+	rss   int64 // KiB
+	seen  float64
+	lost  float64
+}
+
+func main() {
+	rounds := flag.Int("rounds", 5, "interleaved rounds")
+	secs := flag.Duration("d", 5*time.Second, "churn time per round")
+	bin := flag.String("tcpstate", "", "tcpstate binary")
+	churnBin := flag.String("churn", "", "churn binary")
+	only := flag.String("modes", "", "comma-separated modes to run (default: all)")
+	mem := flag.Int("hold", 100000, "sockets held open for the memory check (0: skip)")
+	flag.Parse()
+	if *bin == "" || *churnBin == "" {
+		fmt.Fprintln(os.Stderr, "bench: -tcpstate and -churn are required (use scripts/bench.sh)")
+		os.Exit(2)
+	}
+	out := filepath.Join(os.TempDir(), "tcpstate-bench.tcpstate")
+	defer os.Remove(out)
+	const oneLiner = `tracepoint:sock:inet_sock_set_state { printf("%d %s %d %d %d\n", pid, comm, args->sport, args->oldstate, args->newstate); }`
+	modes := []mode{
+		{name: "none"},
+		{name: "tcpstate record", cmd: []string{*bin, "record", "-w", out}, settle: time.Second, ours: true},
+		{name: "tcpstate trace", cmd: []string{*bin, "trace"}, settle: time.Second, ours: true},
+		{name: "tcpstate trace -o json", cmd: []string{*bin, "trace", "-o", "json"}, settle: time.Second, ours: true},
+		{name: "tcpstates (libbpf-tools)", cmd: []string{"tcpstates"}, settle: 2 * time.Second},
+		{name: "bpftrace one-liner", cmd: []string{"bpftrace", "-e", oneLiner}, settle: 3 * time.Second},
+		{name: "tcpstate record, 10k keepalive", cmd: []string{*bin, "record", "-w", out}, churn: []string{"-keepalive", "10000"}, settle: time.Second, ours: true},
+	}
+	if *only != "" {
+		want := strings.Split(*only, ",")
+		modes = slices.DeleteFunc(modes, func(m mode) bool { return m.name != "none" && !slices.Contains(want, m.name) })
+	}
+	results := map[string][]sample{}
+	for r := range *rounds {
+		for _, m := range modes {
+			s, err := runRound(m, *churnBin, *secs)
+			if err != nil {
+				fmt.Fprintf(os.Stderr, "bench: round %d, %s: %v\n", r+1, m.name, err)
+				continue
+			}
+			fmt.Fprintf(os.Stderr, "round %d %-32s %8.0f conn/s  lost %.0f\n", r+1, m.name, s.rate, s.lost)
+			results[m.name] = append(results[m.name], s)
+		}
+	}
+	base := median(results["none"], func(s sample) float64 { return s.rate })
+	tw := tabwriter.NewWriter(os.Stdout, 0, 0, 2, ' ', tabwriter.AlignRight)
+	fmt.Fprintln(tw, "mode\tconn/s\tratio\tCPU ms/1M events\tlost\tpeak RSS MiB\t")
+	for _, m := range modes {
+		ss := results[m.name]
+		if len(ss) == 0 {
+			continue
+		}
+		rate := median(ss, func(s sample) float64 { return s.rate })
+		cpu, lost, rss := "-", "-", "-"
+		if m.cmd != nil {
+			cpu = fmt.Sprintf("%.0f", median(ss, func(s sample) float64 {
+				return float64(s.cpu.Milliseconds()) / max(s.seen, 1) * 1e6
+			}))
+			lost = fmt.Sprintf("%.0f", median(ss, func(s sample) float64 { return s.lost }))
+			rss = fmt.Sprintf("%.1f", float64(slices.MaxFunc(ss, func(a, b sample) int { return int(a.rss - b.rss) }).rss)/1024)
+		}
+		fmt.Fprintf(tw, "%s\t%.0f\t%.2f\t%s\t%s\t%s\t\n", m.name, rate, rate/base, cpu, lost, rss)
+	}
+	tw.Flush()
+	fmt.Printf("median of %d interleaved rounds of %v; events: the tracer's own count, else 10 per connection\n", *rounds, *secs)
+	if *mem > 0 {
+		if err := memory(*bin, *churnBin, *mem); err != nil {
+			fmt.Fprintln(os.Stderr, "bench: memory:", err)
+		}
+	}
+	if err := startup(*bin); err != nil {
+		fmt.Fprintln(os.Stderr, "bench: start-up:", err)
+	}
+}
+
+var (
+	rateRe    = regexp.MustCompile(`(\d+) connections in [0-9.]+s: (\d+) connections/s`)
+	summaryRe = regexp.MustCompile(`(\d+) events (?:seen|recorded[^,]*), (?:(\d+) shown, )?(\d+) lost`)
+	lostRe    = regexp.MustCompile(`(?i)lost (\d+) (?:events|samples)`)
+)
+
+func runRound(m mode, churnBin string, secs time.Duration) (sample, error) {
+	var s sample
+	var tracer *exec.Cmd
+	var stderr bytes.Buffer
+	if m.cmd != nil {
+		tracer = exec.Command(m.cmd[0], m.cmd[1:]...)
+		tracer.Stderr = &stderr
+		if err := tracer.Start(); err != nil {
+			return s, err
+		}
+		time.Sleep(m.settle)
+	}
+	churn := exec.Command(churnBin, append([]string{"-d", secs.String()}, m.churn...)...)
+	out, err := churn.CombinedOutput()
+	if tracer != nil {
+		_ = tracer.Process.Signal(syscall.SIGINT)
+		_ = tracer.Wait()
+		if ru, ok := tracer.ProcessState.SysUsage().(*syscall.Rusage); ok {
+			s.cpu = time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
+			s.rss = ru.Maxrss
+		}
+	}
+	if err != nil {
+		return s, fmt.Errorf("churn: %v: %s", err, out)
+	}
+	mm := rateRe.FindSubmatch(out)
+	if mm == nil {
+		return s, fmt.Errorf("churn said %q", out)
+	}
+	s.conns, _ = strconv.ParseFloat(string(mm[1]), 64)
+	s.rate, _ = strconv.ParseFloat(string(mm[2]), 64)
+	s.seen = s.conns * 10
+	if m.ours {
+		if mm := summaryRe.FindSubmatch(stderr.Bytes()); mm != nil {
+			s.seen, _ = strconv.ParseFloat(string(mm[1]), 64)
+			s.lost, _ = strconv.ParseFloat(string(mm[3]), 64)
+		} else {
+			return s, fmt.Errorf("no summary from tcpstate: %s", stderr.String())
+		}
+	} else {
+		for _, mm := range lostRe.FindAllSubmatch(stderr.Bytes(), -1) {
+			n, _ := strconv.ParseFloat(string(mm[1]), 64)
+			s.lost += n
+		}
+	}
+	return s, nil
+}
+
+// memory holds sockets open (several processes: one may have 20,000 fds),
+// then runs tcpstate trace briefly: the walk puts every one in its table.
+func memory(bin, churnBin string, sockets int) error {
+	per := 9000 // connections per holder: 18,000 sockets
+	var holders []*exec.Cmd
+	defer func() {
+		for _, h := range holders {
+			_ = h.Process.Kill()
+			_ = h.Wait()
+		}
+	}()
+	for i := 0; i*2*per < sockets; i++ {
+		h := exec.Command(churnBin, "-hold", strconv.Itoa(per), "-d", "10m", "-addr", fmt.Sprintf("127.0.%d.1:0", i+1))
+		pipe, _ := h.StdoutPipe()
+		h.Stderr = os.Stderr
+		if err := h.Start(); err != nil {
+			return err
+		}
+		holders = append(holders, h)
+		if line, err := bufio.NewReader(pipe).ReadString('\n'); err != nil || !strings.HasPrefix(line, "holding") {
+			return fmt.Errorf("holder: %q %v", line, err)
+		}
+	}
+	t := exec.Command(bin, "trace", "-d", "3s")
+	var stderr bytes.Buffer
+	t.Stderr = &stderr
+	if err := t.Run(); err != nil {
+		return fmt.Errorf("%v: %s", err, stderr.String())
+	}
+	ru := t.ProcessState.SysUsage().(*syscall.Rusage)
+	fmt.Printf("memory: tcpstate trace with %d live TCP sockets (%d connections, both ends) in its table: peak RSS %.1f MiB\n",
+		len(holders)*2*per, len(holders)*per, float64(ru.Maxrss)/1024)
+	return nil
+}
+
+// startup times `watch --once`: load, attach, walk, print, exit.
+func startup(bin string) error {
+	var best time.Duration
+	for range 5 {
+		start := time.Now()
+		if out, err := exec.Command(bin, "watch", "--once").CombinedOutput(); err != nil {
+			return fmt.Errorf("%v: %s", err, out)
+		}
+		if d := time.Since(start); best == 0 || d < best {
+			best = d
+		}
+	}
+	fmt.Printf("start-up: tcpstate watch --once (load, attach, walk every socket, print, exit): %v (best of 5)\n", best.Round(time.Millisecond))
+	return nil
+}
+
+func median(ss []sample, f func(sample) float64) float64 {
+	if len(ss) == 0 {
+		return 0
+	}
+	v := make([]float64, len(ss))
+	for i, s := range ss {
+		v[i] = f(s)
+	}
+	slices.Sort(v)
+	if len(v)%2 == 1 {
+		return v[len(v)/2]
+	}
+	return (v[len(v)/2-1] + v[len(v)/2]) / 2
+}
