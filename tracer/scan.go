@@ -67,17 +67,25 @@ type NetNS struct {
 // Sysctls read in each namespace, under /proc/sys/net/ipv4/tcp_.
 var Sysctls = []string{"keepalive_time", "keepalive_intvl", "keepalive_probes", "fin_timeout", "tw_reuse", "max_tw_buckets"}
 
+// ScanOptions choose what a scan returns. The kernel side is seeded with
+// every socket whatever they say.
+type ScanOptions struct {
+	// TimeWait returns the timewait sockets in TIME_WAIT too: a busy host
+	// may have hundreds of thousands, which only watch shows.
+	TimeWait bool
+}
+
 // Scan walks every TCP socket of every network namespace it can find (those
 // of running processes and those named under /run/netns), seeds the tracer's
 // per-socket state so that their next events carry what is known, and finds
 // the processes that hold them.
 func (t *Tracer) Scan() ([]Socket, error) {
-	socks, _, err := t.ScanAll()
+	socks, _, err := t.ScanAll(ScanOptions{TimeWait: true})
 	return socks, err
 }
 
 // ScanAll is Scan, also returning the namespaces and their TCP sysctls.
-func (t *Tracer) ScanAll() ([]Socket, []NetNS, error) {
+func (t *Tracer) ScanAll(opts ScanOptions) ([]Socket, []NetNS, error) {
 	prog := t.coll.Programs["iter_tcp"]
 	if prog == nil {
 		return nil, nil, errors.New("scanning sockets: iterator program not loaded")
@@ -91,7 +99,7 @@ func (t *Tracer) ScanAll() ([]Socket, []NetNS, error) {
 	var out []Socket
 	var nss []NetNS
 	for _, path := range netnsPaths() {
-		socks, ns, err := scanNetNS(it, path, t.info.HZ)
+		socks, ns, err := scanNetNS(it, path, t.info.HZ, opts)
 		if err != nil {
 			if errors.Is(err, os.ErrNotExist) || errors.Is(err, syscall.ENOENT) || errors.Is(err, syscall.ESRCH) {
 				continue // the namespace went away meanwhile
@@ -112,117 +120,125 @@ func (t *Tracer) ScanAll() ([]Socket, []NetNS, error) {
 
 // scanNetNS runs the iterator from inside the namespace at path (the
 // iterator walks the namespace of whoever opens it, and /proc/sys/net shows
-// the namespace of whoever reads it).
-func scanNetNS(it *link.Iter, path string, hz uint32) ([]Socket, NetNS, error) {
+// the namespace of whoever reads it), reading its records as a stream.
+func scanNetNS(it *link.Iter, path string, hz uint32, opts ScanOptions) ([]Socket, NetNS, error) {
 	ns := NetNS{Path: path, Sysctls: map[string]string{}}
 	var st unix.Stat_t
 	if err := unix.Stat(path, &st); err != nil {
 		return nil, ns, err
 	}
 	ns.Inode = uint32(st.Ino)
-	var data []byte
+	var out []Socket
 	err := inNetNS(path, func() error {
+		readSysctls(ns.Sysctls)
+		finTimeout := time.Duration(0)
+		if v, err := strconv.Atoi(ns.Sysctls["fin_timeout"]); err == nil {
+			finTimeout = time.Duration(v) * time.Second
+		}
 		rd, err := it.Open()
 		if err != nil {
 			return err
 		}
 		defer rd.Close()
-		if data, err = io.ReadAll(rd); err != nil {
-			return err
+		buf := make([]byte, 512*iterRecSize)
+		for {
+			n, err := io.ReadFull(rd, buf)
+			if n%iterRecSize != 0 {
+				return fmt.Errorf("iterator wrote a partial %d-byte record", iterRecSize)
+			}
+			for off := 0; off < n; off += iterRecSize {
+				rec := buf[off : off+iterRecSize]
+				if !opts.TimeWait && rec[offIterTimewait] != 0 && State(rec[offIterState]) == TimeWait {
+					continue
+				}
+				if s, ok := parseIterRecord(rec, hz, finTimeout); ok {
+					out = append(out, s)
+				}
+			}
+			if err == io.EOF || err == io.ErrUnexpectedEOF {
+				return nil
+			}
+			if err != nil {
+				return err
+			}
 		}
-		readSysctls(ns.Sysctls)
-		return nil
 	})
-	if err != nil {
-		return nil, ns, err
-	}
-	finTimeout := time.Duration(0)
-	if v, err := strconv.Atoi(ns.Sysctls["fin_timeout"]); err == nil {
-		finTimeout = time.Duration(v) * time.Second
-	}
-	socks, err := parseIterRecords(data, hz, finTimeout)
-	return socks, ns, err
+	return out, ns, err
 }
 
-var iterRecSize = int(unsafe.Sizeof(tcpstateIterRec{}))
+var (
+	iterRecSize     = int(unsafe.Sizeof(tcpstateIterRec{}))
+	offIterTimewait = int(unsafe.Offsetof(tcpstateIterRec{}.Timewait))
+	offIterState    = int(unsafe.Offsetof(tcpstateIterRec{}.State))
+)
 
-// parseIterRecords decodes what iter_tcp wrote: records, then a trailer.
+// parseIterRecord decodes one record of iter_tcp; false for the trailer.
 // finTimeout is the namespace's tcp_fin_timeout, which dates an orphaned
 // FIN_WAIT2 from its timer (0: unknown).
-func parseIterRecords(data []byte, hz uint32, finTimeout time.Duration) ([]Socket, error) {
-	if len(data)%iterRecSize != 0 {
-		return nil, fmt.Errorf("iterator wrote %d bytes, not a whole number of %d-byte records", len(data), iterRecSize)
+func parseIterRecord(data []byte, hz uint32, finTimeout time.Duration) (Socket, bool) {
+	var r tcpstateIterRec
+	if _, err := binary.Decode(data, binary.NativeEndian, &r); err != nil || r.End != 0 {
+		return Socket{}, false
 	}
-	var out []Socket
-	for off := 0; off < len(data); off += iterRecSize {
-		var r tcpstateIterRec
-		if _, err := binary.Decode(data[off:off+iterRecSize], binary.NativeEndian, &r); err != nil {
-			return nil, err
-		}
-		if r.End != 0 {
-			continue
-		}
-		s := Socket{
-			Cookie: r.Cookie, NetNS: r.Netns, State: State(r.State), Timewait: r.Timewait != 0,
-			Inode: r.Ino, UID: r.Uid, Scanned: r.TsNs,
-		}
-		switch r.Family {
-		case afInet:
-			s.Family = IPv4
-			s.Local = netip.AddrPortFrom(netip.AddrFrom4([4]byte(r.Saddr[:4])), r.Sport)
-			s.Remote = netip.AddrPortFrom(netip.AddrFrom4([4]byte(r.Daddr[:4])), r.Dport)
-		case afInet6:
-			s.Family = IPv6
-			s.Local = netip.AddrPortFrom(netip.AddrFrom16(r.Saddr), r.Sport)
-			s.Remote = netip.AddrPortFrom(netip.AddrFrom16(r.Daddr), r.Dport)
-		default:
-			continue
-		}
-		ago := func(stamp uint32) uint64 {
-			d := uint64(JiffiesToDuration(int64(uint32(r.Jiffies)-stamp), hz))
-			if d > r.TsNs {
-				return 0
-			}
-			return r.TsNs - d
-		}
-		switch {
-		case s.Timewait:
-			s.ExpiresIn = JiffiesToDuration(int64(r.TimerExpires-r.Jiffies), hz)
-			total := timewaitLen
-			if s.State == FinWait2 {
-				total = finTimeout
-			}
-			if s.ExpiresIn >= 0 && s.ExpiresIn <= total {
-				s.Since = r.TsNs - uint64(total-s.ExpiresIn)
-			}
-		case s.State == CloseWait || s.State == FinWait2:
-			s.Since = ago(r.RcvTstamp)
-		}
-		if !s.Timewait && s.State != NewSynRecv {
-			s.KeepaliveOn = r.KaSrc&kaOn != 0
-			s.SockIdle = JiffiesToDuration(int64(r.KaTime), hz)
-			s.SockIntvl = JiffiesToDuration(int64(r.KaIntvl), hz)
-			s.SockCount = r.KaProbes
-			s.ProbesOut = r.ProbesOut
-			s.UserTimeout = time.Duration(r.UserTimeout) * time.Millisecond
-			// keepalive_time_elapsed() counts from the later of the two.
-			last := r.RcvTstamp
-			if int32(r.Lrcvtime-last) > 0 {
-				last = r.Lrcvtime
-			}
-			s.LastRecv = ago(last)
-			if r.KaSrc&kaPending != 0 {
-				s.KeepaliveArmed = true
-				s.KeepaliveIn = JiffiesToDuration(int64(r.KaExpires-r.Jiffies), hz)
-			}
-		}
-		switch {
-		case s.State == FinWait1 || s.State == LastAck || s.State == Closing:
-			s.Since = ago(r.Lsndtime)
-		}
-		out = append(out, s)
+	s := Socket{
+		Cookie: r.Cookie, NetNS: r.Netns, State: State(r.State), Timewait: r.Timewait != 0,
+		Inode: r.Ino, UID: r.Uid, Scanned: r.TsNs,
 	}
-	return out, nil
+	switch r.Family {
+	case afInet:
+		s.Family = IPv4
+		s.Local = netip.AddrPortFrom(netip.AddrFrom4([4]byte(r.Saddr[:4])), r.Sport)
+		s.Remote = netip.AddrPortFrom(netip.AddrFrom4([4]byte(r.Daddr[:4])), r.Dport)
+	case afInet6:
+		s.Family = IPv6
+		s.Local = netip.AddrPortFrom(netip.AddrFrom16(r.Saddr), r.Sport)
+		s.Remote = netip.AddrPortFrom(netip.AddrFrom16(r.Daddr), r.Dport)
+	default:
+		return Socket{}, false
+	}
+	ago := func(stamp uint32) uint64 {
+		d := uint64(JiffiesToDuration(int64(uint32(r.Jiffies)-stamp), hz))
+		if d > r.TsNs {
+			return 0
+		}
+		return r.TsNs - d
+	}
+	switch {
+	case s.Timewait:
+		s.ExpiresIn = JiffiesToDuration(int64(r.TimerExpires-r.Jiffies), hz)
+		total := timewaitLen
+		if s.State == FinWait2 {
+			total = finTimeout
+		}
+		if s.ExpiresIn >= 0 && s.ExpiresIn <= total {
+			s.Since = r.TsNs - uint64(total-s.ExpiresIn)
+		}
+	case s.State == CloseWait || s.State == FinWait2:
+		s.Since = ago(r.RcvTstamp)
+	}
+	if !s.Timewait && s.State != NewSynRecv {
+		s.KeepaliveOn = r.KaSrc&kaOn != 0
+		s.SockIdle = JiffiesToDuration(int64(r.KaTime), hz)
+		s.SockIntvl = JiffiesToDuration(int64(r.KaIntvl), hz)
+		s.SockCount = r.KaProbes
+		s.ProbesOut = r.ProbesOut
+		s.UserTimeout = time.Duration(r.UserTimeout) * time.Millisecond
+		// keepalive_time_elapsed() counts from the later of the two.
+		last := r.RcvTstamp
+		if int32(r.Lrcvtime-last) > 0 {
+			last = r.Lrcvtime
+		}
+		s.LastRecv = ago(last)
+		if r.KaSrc&kaPending != 0 {
+			s.KeepaliveArmed = true
+			s.KeepaliveIn = JiffiesToDuration(int64(r.KaExpires-r.Jiffies), hz)
+		}
+	}
+	switch {
+	case s.State == FinWait1 || s.State == LastAck || s.State == Closing:
+		s.Since = ago(r.Lsndtime)
+	}
+	return s, true
 }
 
 // timewaitLen is TCP_TIMEWAIT_LEN, fixed in the kernel.

@@ -10,6 +10,7 @@ import (
 	"io"
 	"os"
 	"os/signal"
+	"runtime/debug"
 	"syscall"
 
 	"github.com/spf13/pflag"
@@ -87,10 +88,17 @@ func isCommand(s string) bool {
 	return false
 }
 
+// softMemoryLimit makes the collector work harder before a long-running
+// tracer's memory grows past it (GOMEMLIMIT, when set, wins).
+const softMemoryLimit = 48 << 20
+
 func dispatch(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	if len(args) == 0 {
 		fmt.Fprint(stderr, mainUsage)
 		return usagef("no command given")
+	}
+	if os.Getenv("GOMEMLIMIT") == "" {
+		debug.SetMemoryLimit(softMemoryLimit)
 	}
 	switch cmd, rest := args[0], args[1:]; cmd {
 	case "trace":

@@ -291,7 +291,7 @@ func newHeader(clock tracer.Clock, info tracer.KernelInfo, nss []tracer.NetNS) c
 // scanAll walks the existing sockets; a failure costs only what the walk
 // would have told, so it is a warning.
 func scanAll(t *tracer.Tracer, stderr io.Writer) ([]tracer.Socket, []tracer.NetNS) {
-	socks, nss, err := t.ScanAll()
+	socks, nss, err := t.ScanAll(tracer.ScanOptions{})
 	if err != nil {
 		fmt.Fprintf(stderr, "tcpstate: warning: %v: sockets older than the tracer start unnamed\n", err)
 	}

@@ -105,7 +105,7 @@ func runVerify(ctx context.Context, args []string, stdout, stderr io.Writer) err
 		return err
 	}
 	defer t.Close()
-	socks, nss, err := t.ScanAll()
+	socks, nss, err := t.ScanAll(tracer.ScanOptions{})
 	if err != nil {
 		return err
 	}
