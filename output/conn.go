@@ -31,15 +31,7 @@ func (t *Text) RenderConn(c *timeline.Conn) error {
 	b := t.buf[:0]
 	b = t.opts.Clock.Wall(c.End).In(t.opts.Location).AppendFormat(b, "15:04:05")
 	b = append(b, ' ')
-	var num [24]byte
-	var name [64]byte
-	if c.OwnerFrom != tracer.OwnerUnknown {
-		b = padLeft(b, strconv.AppendUint(num[:0], uint64(c.Owner.PID), 10), 6)
-		b = append(b, ' ')
-		b = padRight(b, truncRunes(appendPrintable(name[:0], c.Owner.Comm.Bytes()), 8), 8)
-	} else {
-		b = append(b, "     - -       "...)
-	}
+	b = appendOwnerNarrow(b, &c.Owner, c.OwnerFrom != tracer.OwnerUnknown)
 	b = append(b, ' ')
 	b = appendEndpoint(b, c.Local, 21)
 	b = append(b, ' ')

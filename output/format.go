@@ -144,3 +144,15 @@ func appendRstReason(b []byte, k *tracer.KernelInfo, code uint16) []byte {
 	}
 	return strconv.AppendUint(append(b, "reason "...), uint64(code), 10)
 }
+
+// appendOwnerNarrow appends the owner as the narrow columns do: pid in 6,
+// name cut to 8; "- -" when unknown.
+func appendOwnerNarrow(b []byte, owner *tracer.Task, known bool) []byte {
+	if !known {
+		return append(b, "     - -       "...)
+	}
+	var name [64]byte
+	b = padLeft(b, strconv.AppendUint(name[:0], uint64(owner.PID), 10), 6)
+	b = append(b, ' ')
+	return padRight(b, truncRunes(appendPrintable(name[:0], owner.Comm.Bytes()), 8), 8)
+}

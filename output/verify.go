@@ -70,14 +70,7 @@ func (v *Verify) Result(r verify.Result, now uint64) error {
 	b = append(b, ' ')
 	b = padRight(b, []byte(r.Status), 10)
 	b = append(b, ' ')
-	var name [64]byte
-	if k.OwnerFrom != tracer.OwnerUnknown {
-		b = padLeft(b, strconv.AppendUint(nil, uint64(k.Owner.PID), 10), 6)
-		b = append(b, ' ')
-		b = padRight(b, truncRunes(appendPrintable(name[:0], k.Owner.Comm.Bytes()), 8), 8)
-	} else {
-		b = append(b, "     - -       "...)
-	}
+	b = appendOwnerNarrow(b, &k.Owner, k.OwnerFrom != tracer.OwnerUnknown)
 	b = append(b, ' ')
 	b = appendEndpoint(b, k.Local, 21)
 	b = append(b, ' ')

@@ -236,3 +236,21 @@ func (f *tracerFlags) start(filter tracer.Filter, stderr io.Writer) (*tracer.Tra
 	}
 	return t, nil
 }
+
+// parseFlags parses a command's flags: --help prints help (and returns
+// pflag.ErrHelp), a bad flag is a usage error, and so are arguments unless
+// args are allowed.
+func parseFlags(fs *pflag.FlagSet, args []string, help func(*pflag.FlagSet) string, stdout io.Writer, allowArgs bool) error {
+	fs.SetOutput(io.Discard)
+	if err := fs.Parse(args); err != nil {
+		if err == pflag.ErrHelp {
+			fmt.Fprint(stdout, help(fs))
+			return err
+		}
+		return usageError{err}
+	}
+	if !allowArgs && fs.NArg() > 0 {
+		return usagef("%s takes no arguments (got %q)", fs.Name(), fs.Args())
+	}
+	return nil
+}

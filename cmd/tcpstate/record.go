@@ -71,17 +71,10 @@ func recordHelp(fs *pflag.FlagSet) string {
 
 func runRecord(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs, f := newRecordFlags()
-	fs.SetOutput(io.Discard)
-	if err := fs.Parse(args); err != nil {
-		if err == pflag.ErrHelp {
-			fmt.Fprint(stdout, recordHelp(fs))
-			return err
-		}
-		return usageError{err}
+	if err := parseFlags(fs, args, recordHelp, stdout, false); err != nil {
+		return err
 	}
 	switch {
-	case fs.NArg() > 0:
-		return usagef("record takes no arguments (got %q)", fs.Args())
 	case f.write == "":
 		return usagef("record needs -w FILE")
 	case f.flight && f.maxSize > 0:
@@ -235,13 +228,8 @@ func reportHelp(fs *pflag.FlagSet) string {
 
 func runReport(args []string, stdout, stderr io.Writer) error {
 	fs, f := newReportFlags()
-	fs.SetOutput(io.Discard)
-	if err := fs.Parse(args); err != nil {
-		if err == pflag.ErrHelp {
-			fmt.Fprint(stdout, reportHelp(fs))
-			return err
-		}
-		return usageError{err}
+	if err := parseFlags(fs, args, reportHelp, stdout, true); err != nil {
+		return err
 	}
 	if fs.NArg() == 0 {
 		return usagef("report needs at least one capture file")

@@ -77,16 +77,8 @@ func traceHelp(fs *pflag.FlagSet) string {
 
 func runTrace(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs, f := newTraceFlags()
-	fs.SetOutput(io.Discard)
-	if err := fs.Parse(args); err != nil {
-		if err == pflag.ErrHelp {
-			fmt.Fprint(stdout, traceHelp(fs))
-			return err
-		}
-		return usageError{err}
-	}
-	if fs.NArg() > 0 {
-		return usagef("trace takes no arguments (got %q)", fs.Args())
+	if err := parseFlags(fs, args, traceHelp, stdout, false); err != nil {
+		return err
 	}
 	filter, err := f.filter()
 	if err != nil {

@@ -74,16 +74,8 @@ var errStragglers = errors.New("some sockets do not run with the expected values
 
 func runVerify(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs, f := newVerifyFlags()
-	fs.SetOutput(io.Discard)
-	if err := fs.Parse(args); err != nil {
-		if err == pflag.ErrHelp {
-			fmt.Fprint(stdout, verifyHelp(fs))
-			return err
-		}
-		return usageError{err}
-	}
-	if fs.NArg() > 0 {
-		return usagef("verify takes no arguments (got %q)", fs.Args())
+	if err := parseFlags(fs, args, verifyHelp, stdout, false); err != nil {
+		return err
 	}
 	expect, err := verify.ParseExpect(f.expect)
 	if err != nil {

@@ -62,16 +62,8 @@ func watchHelp(fs *pflag.FlagSet) string {
 
 func runWatch(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs, f := newWatchFlags()
-	fs.SetOutput(io.Discard)
-	if err := fs.Parse(args); err != nil {
-		if err == pflag.ErrHelp {
-			fmt.Fprint(stdout, watchHelp(fs))
-			return err
-		}
-		return usageError{err}
-	}
-	if fs.NArg() > 0 {
-		return usagef("watch takes no arguments (got %q)", fs.Args())
+	if err := parseFlags(fs, args, watchHelp, stdout, false); err != nil {
+		return err
 	}
 	if f.interval <= 0 {
 		return usagef("--interval must be positive")
