@@ -13,8 +13,11 @@ import (
 	"os/exec"
 	"strconv"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
+
+	"github.com/tcpstate/tcpstate/internal/testnet"
 )
 
 func TestMain(m *testing.M) {
@@ -267,5 +270,55 @@ func TestTraceLinger(t *testing.T) {
 	}
 	if lingers != 1 {
 		t.Errorf("%d linger events, want 1:\n%s", lingers, stdout)
+	}
+}
+
+// TIME_WAIT sockets older than tcpstate are in the watch table too, dated
+// from their timer. Plain blocking sockets: the 6.18 tcp iterator has been
+// seen to skip the timewait sockets of Go's net package.
+func TestWatchOnceShowsTimeWait(t *testing.T) {
+	requireRoot(t)
+	ns := testnet.New(t)
+	var port int
+	ns.Do(t, func() {
+		must := func(err error) {
+			t.Helper()
+			if err != nil {
+				t.Fatal(err)
+			}
+		}
+		lfd, err := syscall.Socket(syscall.AF_INET, syscall.SOCK_STREAM|syscall.SOCK_CLOEXEC, 0)
+		must(err)
+		defer syscall.Close(lfd)
+		must(syscall.Bind(lfd, &syscall.SockaddrInet4{Addr: [4]byte{127, 0, 0, 1}}))
+		must(syscall.Listen(lfd, 8))
+		sa, err := syscall.Getsockname(lfd)
+		must(err)
+		port = sa.(*syscall.SockaddrInet4).Port
+		c, err := syscall.Socket(syscall.AF_INET, syscall.SOCK_STREAM|syscall.SOCK_CLOEXEC, 0)
+		must(err)
+		must(syscall.Connect(c, sa))
+		s, _, err := syscall.Accept(lfd)
+		must(err)
+		syscall.Close(s) // the server closes first: its side ends in TIME_WAIT
+		time.Sleep(50 * time.Millisecond)
+		syscall.Close(c)
+	})
+	time.Sleep(100 * time.Millisecond) // once the client's FIN has arrived
+	code, stdout, stderr := runCmd(context.Background(), "watch", "--once", "-o", "json", "--netns", ns.Name, "--state", "time-wait")
+	if code != exitOK {
+		t.Fatalf("exit %d: %s", code, stderr)
+	}
+	var found bool
+	for _, o := range parseLines(t, stdout) {
+		if o.Type == "socket" && o.Sport == port && o.State == "TIME_WAIT" {
+			found = true
+			if age := time.Duration(o.AgeNS); !o.SinceStart || age <= 0 || age > 5*time.Second {
+				t.Errorf("TIME_WAIT socket: %+v", o)
+			}
+		}
+	}
+	if !found {
+		t.Errorf("the server's TIME_WAIT socket on port %d is missing:\n%s", port, stdout)
 	}
 }

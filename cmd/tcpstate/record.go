@@ -94,7 +94,7 @@ func runRecord(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	}
 	defer t.Close()
 	clock, info := tracer.NewClock(), t.Info()
-	socks, nss := scanAll(t, stderr)
+	socks, nss := scanAll(t, tracer.ScanOptions{}, stderr)
 	socks = fullSockets(socks)
 	h := newHeader(clock, info, nss)
 	rec := &recorder{nss: nss, interval: time.Duration(f.sysctls), path: f.write, stderr: stderr, last: time.Now()}

@@ -104,7 +104,7 @@ func runTrace(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 
 	clock, info := tracer.NewClock(), t.Info()
 	p := newTracePipeline(f, filter, clock, info, stdout, stderr)
-	socks, nss := scanAll(t, stderr)
+	socks, nss := scanAll(t, tracer.ScanOptions{}, stderr)
 	socks = fullSockets(socks)
 	p.tl.Seed(socks)
 	var src tracer.Sink = p.tl
@@ -282,8 +282,8 @@ func newHeader(clock tracer.Clock, info tracer.KernelInfo, nss []tracer.NetNS) c
 
 // scanAll walks the existing sockets; a failure costs only what the walk
 // would have told, so it is a warning.
-func scanAll(t *tracer.Tracer, stderr io.Writer) ([]tracer.Socket, []tracer.NetNS) {
-	socks, nss, err := t.ScanAll(tracer.ScanOptions{})
+func scanAll(t *tracer.Tracer, opts tracer.ScanOptions, stderr io.Writer) ([]tracer.Socket, []tracer.NetNS) {
+	socks, nss, err := t.ScanAll(opts)
 	if err != nil {
 		fmt.Fprintf(stderr, "tcpstate: warning: %v: sockets older than the tracer start unnamed\n", err)
 	}
@@ -315,8 +315,8 @@ func summary(s tracer.Stats, shown uint64, what string, tl timeline.Stats) strin
 	return line
 }
 
-// seed walks the existing sockets, timewait ones included, into the timeline.
+// seed walks the existing sockets, TIME_WAIT included, into the timeline.
 func seed(t *tracer.Tracer, tl *timeline.Timeline, stderr io.Writer) {
-	socks, _ := scanAll(t, stderr)
+	socks, _ := scanAll(t, tracer.ScanOptions{TimeWait: true}, stderr)
 	tl.Seed(socks)
 }
