@@ -98,12 +98,6 @@ func (c *collector) socketAll(pick func(*tracer.Event) bool) []tracer.Event {
 	return out
 }
 
-func (c *collector) count() int {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return len(c.events)
-}
-
 // running is a tracer reading into a collector until stop, through a
 // timeline (as the tool does) unless raw.
 type running struct {

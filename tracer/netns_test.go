@@ -24,7 +24,7 @@ func newNetNS(t *testing.T, sysctls ...string) *testnet.NetNS {
 func dialFrom(t *testing.T, local, dst string) net.Conn {
 	t.Helper()
 	d := net.Dialer{
-		LocalAddr: net.TCPAddrFromAddrPort(mustAddrPort(local)),
+		LocalAddr: net.TCPAddrFromAddrPort(parseAddrPort(local)),
 		Control: func(_, _ string, c syscall.RawConn) error {
 			var serr error
 			err := c.Control(func(fd uintptr) {
@@ -67,8 +67,6 @@ func timewaitPair(t *testing.T, ns *testnet.NetNS, clientPort string, serverDela
 	srvConn.Close()
 	return client, server
 }
-
-func mustAddrPort(s string) netip.AddrPort { return parseAddrPort(s) }
 
 func parseAddrPort(s string) netip.AddrPort { return netip.MustParseAddrPort(s) }
 

@@ -103,10 +103,10 @@ func runVerify(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	}
 	clock := tracer.NewClock()
 	out := output.NewVerify(stdout, output.VerifyOptions{Clock: clock, JSON: f.output.value == "json"})
-	v := &verifier{c: verify.New(expect, &filter, t.Info().HZ), out: out, nss: nss, interval: time.Duration(f.interval),
+	v := &verifier{c: verify.New(expect, &filter), out: out, nss: nss, interval: time.Duration(f.interval),
 		strict: f.strict, shown: map[resultKey]verify.Status{}}
 	v.c.Seed(socks, nss)
-	tl := timeline.New(v.c, timeline.Options{MaxConns: f.maxConns, Start: tracer.BootNow()})
+	tl := timeline.New(v.c, timeline.Options{MaxConns: f.maxConns})
 	tl.Seed(socks)
 
 	now := tracer.BootNow()

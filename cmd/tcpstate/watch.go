@@ -93,7 +93,7 @@ func runWatch(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		Clock: tracer.NewClock(), Top: f.top, Clear: isTTY && !f.once, JSON: f.output.value == "json",
 	})
 	ws := &watchSink{w: w, filter: filter, states: states, linger: time.Duration(f.linger), interval: time.Duration(f.interval)}
-	ws.tl = timeline.New(ws, timeline.Options{MaxConns: f.maxConns, Start: tracer.BootNow()})
+	ws.tl = timeline.New(ws, timeline.Options{MaxConns: f.maxConns})
 	seed(t, ws.tl, stderr)
 	if f.once {
 		return ws.render(tracer.BootNow())

@@ -54,8 +54,6 @@ type Conn struct {
 	Since      uint64 // when State began (CLOCK_BOOTTIME ns); see SinceStart
 	SinceStart bool   // State began before the tracer: Since is an estimate or the start time
 	Timewait   bool   // the connection lives in a timewait socket
-	ExpiresIn  time.Duration
-	ExpiresAt  uint64 // CLOCK_BOOTTIME ns its timewait timer fires, 0 when unknown
 
 	Spans     []Span
 	Reason    tracer.Reason // how it ended
@@ -86,8 +84,6 @@ type Options struct {
 	// OnFinish receives each connection when it ends (its last CLOSE). The
 	// Conn is reused after the call: copy what you keep.
 	OnFinish func(*Conn) error
-	// Start is when tracing began (CLOCK_BOOTTIME ns).
-	Start uint64
 	// Spans keeps each connection's history of states (for OnFinish);
 	// without it Conn.Spans stays empty and a connection costs less memory.
 	Spans bool
@@ -157,10 +153,6 @@ func (t *Timeline) Seed(socks []tracer.Socket) {
 		c.Since = s.Since
 		if c.Since == 0 {
 			c.Since = s.Scanned
-		}
-		if s.Timewait && s.ExpiresIn > 0 {
-			c.ExpiresIn = s.ExpiresIn
-			c.ExpiresAt = s.Scanned + uint64(s.ExpiresIn)
 		}
 		if s.OwnerKnown {
 			c.Owner, c.OwnerFrom = s.Owner, tracer.OwnerProc
@@ -439,10 +431,6 @@ func (t *Timeline) advance(c *Conn, e *tracer.Event) {
 		delete(t.listeners, listenKey{c.NetNS, c.Local.Port()})
 	}
 	c.State, c.Since, c.SinceStart, c.Timewait = e.New, e.Time, false, e.Timewait
-	c.ExpiresIn, c.ExpiresAt = 0, 0
-	if e.Timewait && e.ExpiresIn > 0 {
-		c.ExpiresIn, c.ExpiresAt = e.ExpiresIn, e.Time+uint64(e.ExpiresIn)
-	}
 	if e.New == tracer.Close {
 		c.Reason, c.RstReason, c.SkErr, c.End = e.Reason, e.RstReason, e.SkErr, e.Time
 	} else if t.opts.Spans {

@@ -124,7 +124,6 @@ type Change struct {
 type Checker struct {
 	expect  Expect
 	filter  *tracer.Filter
-	hz      uint32
 	socks   map[uint64]*Socket
 	sysctls map[uint32]map[string]string
 	changed map[uint32]map[string]uint64 // when each sysctl last changed
@@ -132,8 +131,8 @@ type Checker struct {
 }
 
 // New returns a Checker for the sockets passing filter.
-func New(expect Expect, filter *tracer.Filter, hz uint32) *Checker {
-	return &Checker{expect: expect, filter: filter, hz: hz, socks: map[uint64]*Socket{},
+func New(expect Expect, filter *tracer.Filter) *Checker {
+	return &Checker{expect: expect, filter: filter, socks: map[uint64]*Socket{},
 		sysctls: map[uint32]map[string]string{}, changed: map[uint32]map[string]uint64{}}
 }
 

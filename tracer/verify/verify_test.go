@@ -32,7 +32,7 @@ const sec = uint64(time.Second)
 // fin_timeout 60) and one socket, seeded from the walk.
 func seeded(t *testing.T, expect Expect, s tracer.Socket) (*Checker, *Socket) {
 	t.Helper()
-	c := New(expect, nil, 250)
+	c := New(expect, nil)
 	s.Cookie, s.NetNS, s.Family = 1, 7, tracer.IPv4
 	s.Local, s.Remote = netip.MustParseAddrPort("10.0.0.1:5000"), netip.MustParseAddrPort("10.0.0.2:80")
 	c.Seed([]tracer.Socket{s}, []tracer.NetNS{{Inode: 7, Sysctls: map[string]string{
@@ -106,7 +106,7 @@ func TestUnaffectedAndMismatch(t *testing.T) {
 }
 
 func TestFinTimeoutFromTheEnd(t *testing.T) {
-	c := New(Expect{FinTimeout: 2}, nil, 250)
+	c := New(Expect{FinTimeout: 2}, nil)
 	c.Seed(nil, []tracer.NetNS{{Inode: 7, Sysctls: map[string]string{"fin_timeout": "2"}}})
 	base := tracer.Event{Type: tracer.EventState, Cookie: 5, NetNS: 7, Family: tracer.IPv4,
 		Local: netip.MustParseAddrPort("10.0.0.1:5000"), Remote: netip.MustParseAddrPort("10.0.0.2:80")}
