@@ -4,13 +4,13 @@
  * each state, including the part of a connection's life that a timewait socket
  * carries (orphaned FIN_WAIT2, TIME_WAIT). Only tracepoints (tp_btf) and the
  * tcp iterator: kprobes and fentry are not available on the kernels we target
- * (see shared/kernel-notes.md).
+ * (README.md, "How it works" and "Requirements").
  */
 #include "vmlinux.h"
-#include "bpf_helpers.h"
-#include "bpf_core_read.h"
-#include "bpf_tracing.h"
-#include "bpf_endian.h"
+#include <bpf/bpf_helpers.h>
+#include <bpf/bpf_core_read.h>
+#include <bpf/bpf_tracing.h>
+#include <bpf/bpf_endian.h>
 
 #include "tcpstate.h"
 
@@ -270,6 +270,26 @@ static __always_inline bool comm_matches(const char *comm)
 	return true;
 }
 
+/* The endpoint filters: those that hold for a connection's whole life. */
+static __always_inline bool endpoints_wanted(__u16 family, __u32 netns, __u16 sport, __u16 dport,
+					     const __u8 *saddr, const __u8 *daddr)
+{
+	if (filter_family && family != filter_family)
+		return false;
+	if (filter_netns && netns != filter_netns)
+		return false;
+	if (filter_ports & PORT_EITHER &&
+	    !port_listed(sport, PORT_EITHER) && !port_listed(dport, PORT_EITHER))
+		return false;
+	if (filter_ports & PORT_LOCAL && !port_listed(sport, PORT_LOCAL))
+		return false;
+	if (filter_ports & PORT_REMOTE && !port_listed(dport, PORT_REMOTE))
+		return false;
+	if (filter_addrs && !addr_listed(family, saddr) && !addr_listed(family, daddr))
+		return false;
+	return true;
+}
+
 /*
  * The filters of tracer.Filter that can run here; user space applies them all
  * again. An event whose owner is unknown passes the owner filters: user space
@@ -277,22 +297,10 @@ static __always_inline bool comm_matches(const char *comm)
  */
 static __always_inline bool wanted(const struct event *e)
 {
-	if (filter_family && e->family != filter_family)
-		return false;
-	if (filter_netns && e->netns != filter_netns)
+	if (!endpoints_wanted(e->family, e->netns, e->sport, e->dport, e->saddr, e->daddr))
 		return false;
 	if (filter_states &&
 	    !(filter_states & ((1U << e->old_state) | (1U << e->new_state))))
-		return false;
-	if (filter_ports & PORT_EITHER &&
-	    !port_listed(e->sport, PORT_EITHER) && !port_listed(e->dport, PORT_EITHER))
-		return false;
-	if (filter_ports & PORT_LOCAL && !port_listed(e->sport, PORT_LOCAL))
-		return false;
-	if (filter_ports & PORT_REMOTE && !port_listed(e->dport, PORT_REMOTE))
-		return false;
-	if (filter_addrs &&
-	    !addr_listed(e->family, e->saddr) && !addr_listed(e->family, e->daddr))
 		return false;
 	if (!(e->flags & EVF_OWNER))
 		return true;
@@ -645,6 +653,18 @@ static __always_inline void tw_event(struct event *e, struct inet_timewait_sock 
 		event_owner(e, info->owner_src, info->pid, info->tid, info->comm);
 }
 
+/* Whether the endpoint filters want the connection of a timewait socket. */
+static __always_inline bool tw_wanted(struct inet_timewait_sock *tw)
+{
+	__u8 saddr[16], daddr[16];
+	__u16 family, sport, dport;
+
+	if (!filter_family && !filter_netns && !filter_ports && !filter_addrs)
+		return true;
+	read_endpoints(&tw->__tw_common, &family, &sport, &dport, saddr, daddr);
+	return endpoints_wanted(family, netns_of(&tw->__tw_common), sport, dport, saddr, daddr);
+}
+
 static __always_inline void tw_duration(struct event *e, const struct tw_info *info, __u64 now)
 {
 	if (!info || !info->state_ts)
@@ -880,6 +900,11 @@ int BPF_PROG(handle_timer_start, struct timer_list *t, unsigned long bucket_expi
 
 	info = bpf_map_lookup_elem(&tw_infos, &key);
 	if (!info) {
+		/* Follow only the connections the filters want: tw_infos is
+		 * bounded, and a host's other timewait sockets must not evict
+		 * the ones asked about. */
+		if (!tw_wanted(tw))
+			return 0;
 		fresh.state = BPF_CORE_READ(tw, tw_substate);
 		fresh.state_ts = now;
 		fresh.expires = t->expires;

@@ -206,7 +206,7 @@ func parseIterRecord(data []byte, hz uint32, finTimeout time.Duration) (Socket, 
 	switch {
 	case s.Timewait:
 		s.ExpiresIn = JiffiesToDuration(int64(r.TimerExpires-r.Jiffies), hz)
-		total := timewaitLen
+		total := TimewaitLen
 		if s.State == FinWait2 {
 			total = finTimeout
 		}
@@ -241,8 +241,8 @@ func parseIterRecord(data []byte, hz uint32, finTimeout time.Duration) (Socket, 
 	return s, true
 }
 
-// timewaitLen is TCP_TIMEWAIT_LEN, fixed in the kernel.
-const timewaitLen = 60 * time.Second
+// TimewaitLen is TCP_TIMEWAIT_LEN, fixed in the kernel: how long TIME_WAIT lasts.
+const TimewaitLen = 60 * time.Second
 
 // netnsPaths names one file per network namespace: a process's, or a
 // mount under /run/netns.

@@ -219,13 +219,22 @@ func (f *tracerFlags) register(fs *pflag.FlagSet) {
 	fs.StringVar(&f.btf, "btf", "", "kernel BTF `file`, for kernels that do not publish /sys/kernel/btf/vmlinux")
 }
 
-// start loads and attaches the tracer, printing its warnings.
-func (f *tracerFlags) start(filter tracer.Filter, stderr io.Writer) (*tracer.Tracer, error) {
+// validate checks the values that need no kernel (also on replay, which
+// uses --max-connections).
+func (f *tracerFlags) validate() error {
 	if f.maxConns <= 0 {
-		return nil, usagef("--max-connections %d: must be positive", f.maxConns)
+		return usagef("--max-connections %d: must be positive", f.maxConns)
 	}
 	if f.twEntries <= 0 {
-		return nil, usagef("--max-timewait %d: must be positive", f.twEntries)
+		return usagef("--max-timewait %d: must be positive", f.twEntries)
+	}
+	return nil
+}
+
+// start loads and attaches the tracer, printing its warnings.
+func (f *tracerFlags) start(filter tracer.Filter, stderr io.Writer) (*tracer.Tracer, error) {
+	if err := f.validate(); err != nil {
+		return nil, err
 	}
 	t, err := tracer.New(tracer.Config{Filter: filter, RingBufferSize: int(f.ringbuf), KernelBTF: f.btf, TimewaitEntries: f.twEntries})
 	if err != nil {

@@ -55,6 +55,7 @@ func TestUsageErrors(t *testing.T) {
 		{[]string{"verify", "--state", "close-wait"}, "does not apply to verify"},
 		{[]string{"watch", "--interval", "0"}, "--interval must be positive"},
 		{[]string{"watch", "--max-connections", "0"}, "--max-connections 0"},
+		{[]string{"trace", "-r", "/nonexistent.tcpstate", "--max-connections", "0"}, "--max-connections 0"},
 	} {
 		code, stdout, stderr := runCmd(context.Background(), tc.args...)
 		if code != exitUsage {

@@ -84,6 +84,9 @@ func runTrace(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	if err != nil {
 		return err
 	}
+	if err := f.tracerFlags.validate(); err != nil {
+		return err
+	}
 
 	if f.read != "" {
 		if f.write != "" {

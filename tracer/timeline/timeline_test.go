@@ -262,3 +262,33 @@ func BenchmarkTimelineEvent(b *testing.B) {
 		}
 	}
 }
+
+// The kernel side forgot a timewait connection (its table is an LRU: a host
+// with more timewait sockets than it holds evicts some). Its expiry comes
+// without a duration and in TIME_WAIT although the table last saw FIN_WAIT2:
+// the table dates TIME_WAIT from the timer (TimewaitLen before it expired)
+// and restores the missing transition and both durations.
+func TestUntrackedTimewaitExpiryIsCompleted(t *testing.T) {
+	s := &sink{}
+	tl := New(s, Options{})
+	const sec = uint64(time.Second)
+	expiry := ev(100*sec+100*ms, 1, tracer.TimeWait, tracer.Close)
+	expiry.Timewait, expiry.Reason = true, tracer.ReasonTWExpired
+	expiry.ExpiresIn = -20 * time.Millisecond // the timer fired 20 ms late
+	feed(t, tl, ev(1*sec, 1, tracer.Established, tracer.FinWait1), ev(1*sec+ms, 1, tracer.FinWait1, tracer.FinWait2), expiry)
+	_ = tl.Flush()
+	if len(s.events) != 4 {
+		t.Fatalf("%d events, want 4: %+v", len(s.events), s.events)
+	}
+	tw, end := s.events[2], s.events[3]
+	entered := 100*sec + 80*ms - 60*sec
+	if tw.Old != tracer.FinWait2 || tw.New != tracer.TimeWait || !tw.Timewait || tw.Time != entered {
+		t.Errorf("restored transition %v->%v timewait=%v at %d, want FIN_WAIT2->TIME_WAIT timewait at %d", tw.Old, tw.New, tw.Timewait, tw.Time, entered)
+	}
+	if want := time.Duration(entered - (1*sec + ms)); !tw.HasDuration || tw.Duration != want {
+		t.Errorf("FIN_WAIT2 lasted %v (known %v), want %v", tw.Duration, tw.HasDuration, want)
+	}
+	if want := 60*time.Second + 20*time.Millisecond; !end.HasDuration || end.Duration != want {
+		t.Errorf("TIME_WAIT lasted %v (known %v), want %v", end.Duration, end.HasDuration, want)
+	}
+}
