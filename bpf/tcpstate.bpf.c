@@ -49,6 +49,14 @@ volatile const __u32 hz = 250;		/* CONFIG_HZ, to turn jiffies into time */
  * also reads every 100 ms. Saves a wakeup per event under load. */
 volatile const __u64 wakeup_bytes;
 
+/*
+ * What the running kernel lets tracing programs do, probed by user space
+ * before loading (tracer/kernel.go). Code behind a false flag is dead: the
+ * verifier never visits it, so helpers the kernel lacks may appear there.
+ */
+volatile const bool have_sk_storage = true;	/* bpf_sk_storage_get: Linux 5.11 */
+volatile const bool have_cookie = true;		/* bpf_get_socket_cookie: Linux 5.12 */
+
 #define TIMEWAIT_LEN_NS	(60ULL * 1000000000ULL)	/* TCP_TIMEWAIT_LEN, fixed in the kernel */
 
 /*
@@ -85,6 +93,48 @@ struct {
 	__type(key, int);
 	__type(value, struct sk_info);
 } sk_infos SEC(".maps");
+
+/*
+ * Per-socket state where tracing programs cannot use socket storage (before
+ * Linux 5.11): keyed by the socket's address, which the kernel reuses quickly,
+ * so an entry only counts for the socket it was written for (sk_info_get).
+ * Entries are added like socket storage and age out of the LRU (a closed
+ * socket's entry is kept for the RST that may follow its CLOSE). Sized by user
+ * space; one entry when socket storage is used.
+ */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 1);
+	__type(key, __u64);
+	__type(value, struct sk_info);
+} sk_info_map SEC(".maps");
+
+/*
+ * Per CPU: the timewait socket armed last, when it had no cookie to find it
+ * by. tcp_time_wait() arms its timer and closes the full socket right after,
+ * on the same CPU; the full socket's CLOSE then finds its timewait socket here.
+ */
+struct tw_last {
+	__u64 key;
+	__u16 sport;
+	__u16 dport;
+	__u32 netns;
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct tw_last);
+} tw_lasts SEC(".maps");
+
+/* Per CPU: the next connection id made here when the kernel has no cookie. */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, __u64);
+} next_ids SEC(".maps");
 
 /*
  * Connections living in timewait sockets, keyed by cookie (or, for a socket
@@ -311,39 +361,36 @@ static __always_inline bool wanted(const struct event *e)
 	return true;
 }
 
-/* Reserves an event with the fields every type shares filled in. */
-static __always_inline struct event *reserve_event(__u8 type, __u64 now, __u64 cookie)
+/* Starts an event with the fields every type shares. */
+static __always_inline void event_init(struct event *e, __u8 type, __u64 now, __u64 cookie)
 {
-	struct event *e = bpf_ringbuf_reserve(&events, sizeof(*e), 0);
-
-	if (!e) {
-		stat_inc(STAT_SEEN);
-		stat_inc(STAT_LOST);
-		return NULL;
-	}
 	__builtin_memset(e, 0, sizeof(*e));
 	e->type = type;
 	e->ts_ns = now;
 	e->cookie = cookie;
 	e->cpu_pid = bpf_get_current_pid_tgid() >> 32;
 	bpf_get_current_comm(e->cpu_comm, sizeof(e->cpu_comm));
-	return e;
 }
 
-/* Submits e if the filters want it. */
-static __always_inline void submit_event(struct event *e)
+/*
+ * Sends e to user space if the filters want it, counting it either way. The
+ * event is built on the stack and copied (no ring buffer reservation to hold
+ * and release on every path, which older verifiers cannot always follow, and
+ * none at all for filtered events).
+ */
+static __always_inline void emit(struct event *e)
 {
 	__u64 flags = 0;
 
 	stat_inc(STAT_SEEN);
 	if (!wanted(e)) {
 		stat_inc(STAT_FILTERED);
-		bpf_ringbuf_discard(e, BPF_RB_NO_WAKEUP);
 		return;
 	}
 	if (wakeup_bytes)
 		flags = bpf_ringbuf_query(&events, BPF_RB_AVAIL_DATA) >= wakeup_bytes ? BPF_RB_FORCE_WAKEUP : BPF_RB_NO_WAKEUP;
-	bpf_ringbuf_submit(e, flags);
+	if (bpf_ringbuf_output(&events, e, sizeof(*e), flags))
+		stat_inc(STAT_LOST);
 }
 
 static __always_inline void event_owner(struct event *e, __u8 src, __u32 pid, __u32 tid, const char *comm)
@@ -355,6 +402,68 @@ static __always_inline void event_owner(struct event *e, __u8 src, __u32 pid, __
 	e->pid = pid;
 	e->tid = tid;
 	__builtin_memcpy(e->comm, comm, TASK_COMM_LEN);
+}
+
+/*
+ * A connection id where the kernel has no cookie to give (tracing programs
+ * may make cookies from Linux 5.12): the top bit set, so that it never meets
+ * a kernel cookie (those count up from 1).
+ */
+static __always_inline __u64 new_id(void)
+{
+	__u32 zero = 0;
+	__u64 *n = bpf_map_lookup_elem(&next_ids, &zero);
+
+	if (!n)
+		return 0;
+	*n += 1;
+	return (1ULL << 63) | ((__u64)bpf_get_smp_processor_id() << 48) | (*n & 0xffffffffffffULL);
+}
+
+/*
+ * The kernel's cookie of a full socket (a BTF pointer), made now if it had
+ * none; before Linux 5.12 only read: 0 unless something made it (ss, SO_COOKIE).
+ */
+static __always_inline __u64 kernel_cookie(const struct sock *sk)
+{
+	if (have_cookie)
+		return bpf_get_socket_cookie((void *)sk);
+	return BPF_CORE_READ(sk, __sk_common.skc_cookie.counter);
+}
+
+/*
+ * The tracer's state of a full socket (a BTF pointer), created with create:
+ * socket storage where tracing programs may use it, else an entry keyed by the
+ * socket's address, which may be left from an earlier socket (see is_new).
+ */
+static __always_inline struct sk_info *sk_info_get(const struct sock *sk, bool create)
+{
+	struct sk_info *info, fresh = {};
+	__u64 key = (__u64)sk;
+
+	if (have_sk_storage)
+		return bpf_sk_storage_get(&sk_infos, (void *)sk, 0, create ? BPF_SK_STORAGE_GET_F_CREATE : 0);
+	info = bpf_map_lookup_elem(&sk_info_map, &key);
+	if (info || !create)
+		return info;
+	bpf_map_update_elem(&sk_info_map, &key, &fresh, BPF_NOEXIST);
+	return bpf_map_lookup_elem(&sk_info_map, &key);
+}
+
+/*
+ * Whether info was written for another socket than the one now changing from
+ * oldstate to newstate with this kernel cookie: then the socket is new to the
+ * tracer. Socket storage is the socket's own, unless it was cloned from the
+ * listener with the socket (a different cookie tells). An entry keyed by
+ * address is another socket's when the cookies differ, and whenever a socket
+ * starts (leaves CLOSE, or is born from a listener).
+ */
+static __always_inline bool is_new(const struct sk_info *info, __u64 cookie, int oldstate, int newstate)
+{
+	if (have_sk_storage && have_cookie)
+		return info->cookie != cookie;
+	return !info->cookie || (cookie && info->cookie != cookie) || oldstate == TCP_CLOSE ||
+	       (oldstate == TCP_LISTEN && newstate == TCP_SYN_RECV);
 }
 
 /*
@@ -418,20 +527,42 @@ static __always_inline __u64 tw_key(__u64 cookie, const void *tw)
 }
 
 /*
+ * The timewait socket that took over the connection of a full socket now
+ * reaching CLOSE: by cookie, which it inherits when the full socket had one;
+ * else the one armed last on this CPU, if its endpoints are the same.
+ */
+static __always_inline struct tw_info *tw_taking_over(__u64 cookie, const struct event *e)
+{
+	struct tw_info *tw = bpf_map_lookup_elem(&tw_infos, &cookie);
+	struct tw_last *last;
+	__u32 zero = 0;
+
+	if (tw || have_cookie)
+		return tw;
+	last = bpf_map_lookup_elem(&tw_lasts, &zero);
+	if (!last || !last->key || last->sport != e->sport || last->dport != e->dport || last->netns != e->netns)
+		return NULL;
+	tw = bpf_map_lookup_elem(&tw_infos, &last->key);
+	last->key = 0;
+	return tw;
+}
+
+/*
  * The full socket reaches CLOSE right after tcp_time_wait() handed the
  * connection to a timewait socket, whose timer_start came first. Then the
  * connection did not close: FIN_WAIT2 goes on in the timewait socket, or it
  * moved to TIME_WAIT. Returns true when the event must not be reported as a
- * close (e is rewritten or discarded).
+ * close (else e may have been rewritten into the move to TIME_WAIT).
  */
 static __always_inline bool handover(struct event *e, __u64 now, __u64 cookie, int oldstate,
 				     const struct sk_info *info)
 {
-	struct tw_info *tw = bpf_map_lookup_elem(&tw_infos, &cookie);
+	struct tw_info *tw = tw_taking_over(cookie, e);
 
 	if (!tw || !(tw->flags & INFO_HANDOVER))
 		return false;
 	tw->flags &= ~INFO_HANDOVER;
+	tw->cookie = cookie;
 	if (info) {
 		tw->owner_src = info->owner_src;
 		tw->pid = info->pid;
@@ -444,12 +575,10 @@ static __always_inline bool handover(struct event *e, __u64 now, __u64 cookie, i
 		tw->state_ts = info ? info->state_ts : 0;
 		return true;
 	}
-	if (e) {
-		e->new_state = tw->state;
-		e->flags |= EVF_TIMEWAIT;
-		e->timer_expires = tw->expires;
-		e->jiffies = bpf_jiffies64();
-	}
+	e->new_state = tw->state;
+	e->flags |= EVF_TIMEWAIT;
+	e->timer_expires = tw->expires;
+	e->jiffies = bpf_jiffies64();
 	tw->state_ts = now;
 	return false;
 }
@@ -457,8 +586,9 @@ static __always_inline bool handover(struct event *e, __u64 now, __u64 cookie, i
 SEC("tp_btf/inet_sock_set_state")
 int BPF_PROG(handle_set_state, const struct sock *sk, int oldstate, int newstate)
 {
+	const struct sock_common *skc = &sk->__sk_common;
 	struct sk_info *info;
-	struct event *e;
+	struct event e;
 	__u64 now, cookie;
 	__u8 src;
 
@@ -468,77 +598,68 @@ int BPF_PROG(handle_set_state, const struct sock *sk, int oldstate, int newstate
 		/* Not a state change: close() after shutdown() sets FIN_WAIT1 again.
 		 * Note who closed, keep the time the state began. */
 		src = owner_call(oldstate, newstate);
-		info = bpf_sk_storage_get(&sk_infos, (void *)sk, 0, 0);
+		info = sk_info_get(sk, false);
 		if (info && src != OWNER_NONE)
 			set_owner(info, src);
 		return 0;
 	}
 
 	now = bpf_ktime_get_boot_ns();
-	cookie = bpf_get_socket_cookie((void *)sk);
+	cookie = kernel_cookie(sk);
+	event_init(&e, EVENT_STATE, now, cookie);
+	e.old_state = oldstate;
+	e.new_state = newstate;
+	e.netns = skc->skc_net.net->ns.inum;
+	READ_ENDPOINTS(skc, &e.family, &e.sport, &e.dport, e.saddr, e.daddr, DIRECT_READ);
+	/* On the way to CLOSE the kernel releases the port (inet_put_port
+	 * zeroes inet_num) before the tracepoint fires; inet_sport keeps it. */
+	if (!e.sport)
+		e.sport = bpf_ntohs(BPF_CORE_READ((struct inet_sock *)sk, inet_sport));
 
-	e = reserve_event(EVENT_STATE, now, cookie);
-	/* Socket storage is updated even when the event is lost or filtered,
-	 * so that the next event of this socket still has its duration. */
-	info = bpf_sk_storage_get(&sk_infos, (void *)sk, 0, BPF_SK_STORAGE_GET_F_CREATE);
+	/* The socket's state is updated even when the event is filtered or
+	 * lost, so that its next event still has its duration. */
+	info = sk_info_get(sk, true);
 	if (!info)
 		stat_inc(STAT_NOSTORAGE);
-
-	if (e) {
-		const struct sock_common *skc = &sk->__sk_common;
-
-		e->old_state = oldstate;
-		e->new_state = newstate;
-		e->netns = skc->skc_net.net->ns.inum;
-		READ_ENDPOINTS(skc, &e->family, &e->sport, &e->dport, e->saddr, e->daddr, DIRECT_READ);
-		/* On the way to CLOSE the kernel releases the port (inet_put_port
-		 * zeroes inet_num) before the tracepoint fires; inet_sport keeps it. */
-		if (!e->sport)
-			e->sport = bpf_ntohs(BPF_CORE_READ((struct inet_sock *)sk, inet_sport));
-	}
-
 	if (info) {
-		if (info->cookie != cookie) {
-			/* First sight of this socket. A cookie that is set but not ours
-			 * means the entry was cloned from the listener at accept time. */
-			if (info->cookie && oldstate == TCP_LISTEN && info->owner_src != OWNER_NONE)
+		if (is_new(info, cookie, oldstate, newstate)) {
+			/* A cookie that is set but not ours means the entry was
+			 * cloned from the listener at accept time. */
+			if (have_sk_storage && info->cookie && oldstate == TCP_LISTEN && info->owner_src != OWNER_NONE)
 				info->owner_src = OWNER_LISTENER;
 			else
 				info->owner_src = OWNER_NONE;
-			info->cookie = cookie;
+			info->cookie = cookie ? cookie : new_id();
 			info->state_ts = 0;
 			info->flags = 0;
-		} else if (e && info->state_ts && info->state == oldstate) {
-			e->duration_ns = now - info->state_ts;
-			e->flags |= EVF_DURATION;
+		} else if (info->state_ts && info->state == oldstate) {
+			e.duration_ns = now - info->state_ts;
+			e.flags |= EVF_DURATION;
 			if (info->flags & INFO_SINCE_START)
-				e->flags |= EVF_DURATION_MIN;
+				e.flags |= EVF_DURATION_MIN;
 		}
+		cookie = info->cookie;
+		e.cookie = cookie;
 		src = owner_call(oldstate, newstate);
 		if (src != OWNER_NONE)
 			set_owner(info, src);
 	}
 
-	if (newstate == TCP_CLOSE && handover(e, now, cookie, oldstate, info)) {
-		if (e)
-			bpf_ringbuf_discard(e, BPF_RB_NO_WAKEUP);
+	if (newstate == TCP_CLOSE && handover(&e, now, cookie, oldstate, info))
 		return 0;
-	}
-	if (e && newstate == TCP_CLOSE && !(e->flags & EVF_TIMEWAIT)) {
-		e->sk_err = sk->sk_err;
-		e->reason = close_reason(oldstate, e->sk_err, info);
-		if (e->reason == REASON_RST_SENT && info)
-			e->rst_reason = info->rst_reason;
+	if (newstate == TCP_CLOSE && !(e.flags & EVF_TIMEWAIT)) {
+		e.sk_err = sk->sk_err;
+		e.reason = close_reason(oldstate, e.sk_err, info);
+		if (e.reason == REASON_RST_SENT && info)
+			e.rst_reason = info->rst_reason;
 	}
 	if (info) {
 		info->state = newstate;
 		info->state_ts = now;
 		info->flags &= ~INFO_SINCE_START;
-		if (e)
-			event_owner(e, info->owner_src, info->pid, info->tid, info->comm);
+		event_owner(&e, info->owner_src, info->pid, info->tid, info->comm);
 	}
-	if (e)
-		submit_event(e);
+	emit(&e);
 	return 0;
 }
 
@@ -554,23 +675,26 @@ static __always_inline void note_io(struct sock *sk)
 
 	if (!sk || sk->sk_protocol != IPPROTO_TCP)
 		return;
-	info = bpf_sk_storage_get(&sk_infos, sk, 0, 0);
+	info = sk_info_get(sk, false);
 	if (info) {
 		if (info->owner_src > OWNER_LISTENER)
 			return;
 	} else {
 		/* A socket older than the tracer: learn its owner now, and that its
 		 * current state began at an unknown time. */
-		info = bpf_sk_storage_get(&sk_infos, sk, 0, BPF_SK_STORAGE_GET_F_CREATE);
+		info = sk_info_get(sk, true);
 		if (!info)
 			return;
-		info->cookie = bpf_get_socket_cookie(sk);
+		info->cookie = kernel_cookie(sk);
+		if (!info->cookie)
+			info->cookie = new_id();
 		info->state = sk->__sk_common.skc_state;
 		info->state_ts = 0;
 	}
 	set_owner(info, OWNER_IO);
 }
 
+/* sock_send_length and sock_recv_length: Linux 6.3. */
 SEC("tp_btf/sock_send_length")
 int BPF_PROG(handle_send, struct sock *sk, int ret, int flags)
 {
@@ -589,7 +713,7 @@ int BPF_PROG(handle_recv, struct sock *sk, int ret, int flags)
 SEC("tp_btf/tcp_receive_reset")
 int BPF_PROG(handle_rst_in, struct sock *sk)
 {
-	struct sk_info *info = bpf_sk_storage_get(&sk_infos, sk, 0, 0);
+	struct sk_info *info = sk_info_get(sk, false);
 
 	if (info)
 		info->flags |= INFO_RST_RECEIVED;
@@ -601,36 +725,46 @@ int BPF_PROG(handle_rst_in, struct sock *sk)
  * reads it from the storage; after CLOSE (close() with unread data, linger 0)
  * an EVENT_RESET follows the CLOSE event and user space joins the two.
  */
-SEC("tp_btf/tcp_send_reset")
-int BPF_PROG(handle_rst_out, const struct sock *sk, const struct sk_buff *skb, int reason)
+static __always_inline void rst_out(const struct sock *sk, __u16 reason)
 {
 	struct sk_info *info;
-	struct event *e;
-	__u64 cookie;
+	struct event e;
 
 	if (!sk || sk->sk_protocol != IPPROTO_TCP)
-		return 0;
-	info = bpf_sk_storage_get(&sk_infos, (void *)sk, 0, 0);
+		return;
+	info = sk_info_get(sk, false);
 	if (!info)
-		return 0;
+		return;
 	info->flags |= INFO_RST_SENT;
 	info->rst_reason = reason;
 	if (sk->__sk_common.skc_state != TCP_CLOSE)
-		return 0;
-	cookie = bpf_get_socket_cookie((void *)sk);
-	e = reserve_event(EVENT_RESET, bpf_ktime_get_boot_ns(), cookie);
-	if (!e)
-		return 0;
-	e->old_state = TCP_CLOSE;
-	e->new_state = TCP_CLOSE;
-	e->rst_reason = reason;
-	e->reason = REASON_RST_SENT;
-	e->netns = netns_of(&sk->__sk_common);
-	read_endpoints(&sk->__sk_common, &e->family, &e->sport, &e->dport, e->saddr, e->daddr);
-	if (!e->sport)
-		e->sport = bpf_ntohs(BPF_CORE_READ((struct inet_sock *)sk, inet_sport));
-	event_owner(e, info->owner_src, info->pid, info->tid, info->comm);
-	submit_event(e);
+		return;
+	event_init(&e, EVENT_RESET, bpf_ktime_get_boot_ns(), info->cookie);
+	e.old_state = TCP_CLOSE;
+	e.new_state = TCP_CLOSE;
+	e.rst_reason = reason;
+	e.reason = REASON_RST_SENT;
+	e.netns = netns_of(&sk->__sk_common);
+	read_endpoints(&sk->__sk_common, &e.family, &e.sport, &e.dport, e.saddr, e.daddr);
+	if (!e.sport)
+		e.sport = bpf_ntohs(BPF_CORE_READ((struct inet_sock *)sk, inet_sport));
+	event_owner(&e, info->owner_src, info->pid, info->tid, info->comm);
+	emit(&e);
+}
+
+/* tcp_send_reset with the reset reason (enum sk_rst_reason): Linux 6.10. */
+SEC("tp_btf/tcp_send_reset")
+int BPF_PROG(handle_rst_out, const struct sock *sk, const struct sk_buff *skb, int reason)
+{
+	rst_out(sk, reason);
+	return 0;
+}
+
+/* tcp_send_reset before Linux 6.10: no reason. */
+SEC("tp_btf/tcp_send_reset")
+int BPF_PROG(handle_rst_out_old, const struct sock *sk, const struct sk_buff *skb)
+{
+	rst_out(sk, 0);
 	return 0;
 }
 
@@ -651,6 +785,12 @@ static __always_inline void tw_event(struct event *e, struct inet_timewait_sock 
 	e->jiffies = bpf_jiffies64();
 	if (info)
 		event_owner(e, info->owner_src, info->pid, info->tid, info->comm);
+}
+
+/* The id of the connection a timewait socket carries. */
+static __always_inline __u64 tw_cookie(const struct tw_info *info, __u64 key)
+{
+	return info && info->cookie ? info->cookie : key;
 }
 
 /* Whether the endpoint filters want the connection of a timewait socket. */
@@ -681,14 +821,14 @@ static __always_inline void tw_duration(struct event *e, const struct tw_info *i
  * timer-wheel bucket the kernel only rewrites timer->expires: no tracepoint
  * fires. So the change is found at the timer's next event (re-arm, kill or
  * expiry) and dated from the expiry: the event carries that time, in the past.
+ * e is scratch space for the event.
  */
-static __always_inline void tw_sync(struct tw_info *info, struct inet_timewait_sock *tw,
-				    struct timer_list *t, __u64 now, __u64 cookie)
+static __always_inline void tw_sync(struct event *e, struct tw_info *info, struct inet_timewait_sock *tw,
+				    struct timer_list *t, __u64 now, __u64 key)
 {
 	__u8 substate = BPF_CORE_READ(tw, tw_substate);
 	__u64 entered, expires;
 	__s64 left_ns;
-	struct event *e;
 
 	if (substate == info->state)
 		return;
@@ -705,18 +845,16 @@ static __always_inline void tw_sync(struct tw_info *info, struct inet_timewait_s
 		if (info->state_ts && entered < info->state_ts)
 			entered = info->state_ts;
 	}
-	e = reserve_event(EVENT_STATE, entered, cookie);
-	if (e) {
-		e->old_state = info->state;
-		e->new_state = substate;
-		tw_duration(e, info, entered);
-		tw_event(e, tw, info, t);
-		/* TIME_WAIT ends 60 s after it began, whatever the timer says now
-		 * (mid re-arm it still holds the FIN_WAIT2 expiry). */
-		if (substate == TCP_TIME_WAIT && hz)
-			e->timer_expires = e->jiffies + (TIMEWAIT_LEN_NS - (now - entered)) * hz / 1000000000ULL;
-		submit_event(e);
-	}
+	event_init(e, EVENT_STATE, entered, tw_cookie(info, key));
+	e->old_state = info->state;
+	e->new_state = substate;
+	tw_duration(e, info, entered);
+	tw_event(e, tw, info, t);
+	/* TIME_WAIT ends 60 s after it began, whatever the timer says now
+	 * (mid re-arm it still holds the FIN_WAIT2 expiry). */
+	if (substate == TCP_TIME_WAIT && hz)
+		e->timer_expires = e->jiffies + (TIMEWAIT_LEN_NS - (now - entered)) * hz / 1000000000ULL;
+	emit(e);
 	info->state = substate;
 	info->state_ts = entered;
 	info->flags &= ~INFO_SINCE_START;
@@ -731,17 +869,40 @@ static __always_inline struct sock *ka_sock_of(struct timer_list *t)
 }
 
 /*
+ * The id of a socket reached through its keepalive timer (not a BTF pointer):
+ * its cookie, which its first state change made (Linux 5.12+); before, the
+ * tracer's own id of it, else its address.
+ */
+static __always_inline __u64 ka_cookie(struct sock *sk)
+{
+	__u64 cookie = BPF_CORE_READ(sk, __sk_common.skc_cookie.counter);
+	__u64 key = (__u64)sk;
+	struct sk_info *info;
+
+	if (cookie)
+		return cookie;
+	if (!have_sk_storage) {
+		info = bpf_map_lookup_elem(&sk_info_map, &key);
+		if (info && info->cookie)
+			return info->cookie;
+	}
+	return key;
+}
+
+/*
  * Fills e with the socket's endpoints and its effective keepalive settings:
  * the socket's own (TCP_KEEPIDLE/KEEPINTVL/KEEPCNT, 0 when unset) else its
  * namespace's sysctls, as the kernel's keepalive_*_when() pick them.
  */
-static __always_inline void ka_event_fill(struct event *e, struct sock *sk, struct timer_list *t, __u8 kind)
+static __always_inline void ka_event(struct event *e, struct sock *sk, struct timer_list *t, __u8 kind,
+				     __u64 now, __u64 cookie)
 {
 	struct tcp_sock *tp = (struct tcp_sock *)sk;
 	struct net *net = BPF_CORE_READ(sk, __sk_common.skc_net.net);
 	__u32 v;
 	__u8 c;
 
+	event_init(e, EVENT_KEEPALIVE, now, cookie);
 	e->ka_event = kind;
 	e->old_state = BPF_CORE_READ(sk, __sk_common.skc_state);
 	e->new_state = e->old_state;
@@ -773,45 +934,32 @@ static __always_inline void ka_event_fill(struct event *e, struct sock *sk, stru
 	e->ka_count = c;
 }
 
-static __always_inline void ka_emit(struct sock *sk, struct timer_list *t, __u8 kind, __u64 now, __u64 cookie)
+static __always_inline void ka_emit(struct event *e, struct sock *sk, struct timer_list *t, __u8 kind,
+				    __u64 now, __u64 cookie)
 {
-	struct event *e = reserve_event(EVENT_KEEPALIVE, now, cookie);
-
-	if (!e)
-		return;
-	ka_event_fill(e, sk, t, kind);
-	submit_event(e);
-}
-
-static __always_inline __u64 sk_cookie(struct sock *sk)
-{
-	__u64 cookie = BPF_CORE_READ(sk, __sk_common.skc_cookie.counter);
-
-	return cookie ? cookie : (__u64)sk;
+	ka_event(e, sk, t, kind, now, cookie);
+	emit(e);
 }
 
 /* The keepalive timer armed: at connect/accept with SO_KEEPALIVE, by
  * setsockopt, and after each fire for the rest of the idle time or a probe
  * interval. */
-static __always_inline void ka_armed(struct timer_list *t)
+static __always_inline void ka_armed(struct event *e, struct timer_list *t)
 {
 	struct sock *sk = ka_sock_of(t);
-	struct event *e = reserve_event(EVENT_KEEPALIVE, bpf_ktime_get_boot_ns(), sk_cookie(sk));
 
-	if (!e)
-		return;
-	ka_event_fill(e, sk, t, KA_ARMED);
+	ka_event(e, sk, t, KA_ARMED, bpf_ktime_get_boot_ns(), ka_cookie(sk));
 	/* setsockopt(SO_KEEPALIVE) arms the timer before it sets the flag;
 	 * outside FIN_WAIT2 the timer is only armed for keepalive. */
 	if (e->old_state != TCP_FIN_WAIT2)
 		e->ka_src |= KA_ON;
-	submit_event(e);
+	emit(e);
 }
 
-static __always_inline void ka_fire_entry(struct timer_list *t)
+static __always_inline void ka_fire_entry(struct event *e, struct timer_list *t)
 {
 	struct sock *sk = ka_sock_of(t);
-	__u64 now = bpf_ktime_get_boot_ns(), cookie = sk_cookie(sk);
+	__u64 now = bpf_ktime_get_boot_ns(), cookie = ka_cookie(sk);
 	struct ka_fire *f;
 	__u32 zero = 0;
 	__u8 *last;
@@ -825,17 +973,22 @@ static __always_inline void ka_fire_entry(struct timer_list *t)
 	/* Probes outstanding at the last fire and none now: an ACK came. */
 	last = bpf_map_lookup_elem(&ka_probes, &cookie);
 	if (last && *last && !f->probes_out)
-		ka_emit(sk, t, KA_ANSWERED, now, cookie);
-	if (f->state == TCP_FIN_WAIT2)
-		ka_emit(sk, t, KA_FIN_WAIT2, now, cookie);
-	else
-		ka_emit(sk, t, KA_FIRED, now, cookie);
+		ka_emit(e, sk, t, KA_ANSWERED, now, cookie);
+	ka_emit(e, sk, t, f->state == TCP_FIN_WAIT2 ? KA_FIN_WAIT2 : KA_FIRED, now, cookie);
 }
 
-static __always_inline void ka_fire_exit(struct timer_list *t)
+/* The kernel's reset reason for a keepalive kill, where it has reasons (6.10). */
+static __always_inline __u16 ka_rst_reason(void)
+{
+	if (bpf_core_enum_value_exists(enum sk_rst_reason, SK_RST_REASON_TCP_KEEPALIVE_TIMEOUT))
+		return bpf_core_enum_value(enum sk_rst_reason, SK_RST_REASON_TCP_KEEPALIVE_TIMEOUT);
+	return 0;
+}
+
+static __always_inline void ka_fire_exit(struct event *e, struct timer_list *t)
 {
 	struct sock *sk = ka_sock_of(t);
-	__u64 now = bpf_ktime_get_boot_ns(), cookie = sk_cookie(sk);
+	__u64 now = bpf_ktime_get_boot_ns(), cookie = ka_cookie(sk);
 	__u8 probes, state;
 	struct ka_fire *f;
 	__u32 zero = 0;
@@ -847,48 +1000,78 @@ static __always_inline void ka_fire_exit(struct timer_list *t)
 	probes = BPF_CORE_READ((struct inet_connection_sock *)sk, icsk_probes_out);
 	state = BPF_CORE_READ(sk, __sk_common.skc_state);
 	if (state == TCP_CLOSE && f->state != TCP_CLOSE) {
-		struct event *e = reserve_event(EVENT_KEEPALIVE, now, cookie);
-
-		if (e) {
-			ka_event_fill(e, sk, t, KA_TIMEOUT);
-			e->sk_err = BPF_CORE_READ(sk, sk_err);
-			e->reason = REASON_TIMEOUT;
-			e->rst_reason = bpf_core_enum_value(enum sk_rst_reason, SK_RST_REASON_TCP_KEEPALIVE_TIMEOUT);
-			submit_event(e);
-		}
+		ka_event(e, sk, t, KA_TIMEOUT, now, cookie);
+		e->sk_err = BPF_CORE_READ(sk, sk_err);
+		e->reason = REASON_TIMEOUT;
+		e->rst_reason = ka_rst_reason();
+		emit(e);
 		bpf_map_delete_elem(&ka_probes, &cookie);
 		return;
 	}
 	if (probes > f->probes_out)
-		ka_emit(sk, t, KA_PROBE, now, cookie);
+		ka_emit(e, sk, t, KA_PROBE, now, cookie);
 	bpf_map_update_elem(&ka_probes, &cookie, &probes, BPF_ANY);
 }
 
 SEC("tp_btf/timer_expire_exit")
 int BPF_PROG(handle_timer_exit, struct timer_list *t)
 {
+	struct event e;
+
 	if (ka_timer_fn && (__u64)t->function == ka_timer_fn)
-		ka_fire_exit(t);
+		ka_fire_exit(&e, t);
 	return 0;
+}
+
+/* A timewait socket armed for the first time: start following it. */
+static __always_inline void tw_first_arm(struct inet_timewait_sock *tw, struct timer_list *t, __u64 now,
+					 __u64 cookie, __u64 key)
+{
+	struct tw_info fresh = {};
+	struct tw_last *last;
+	__u32 zero = 0;
+
+	/* Follow only the connections the filters want: tw_infos is bounded,
+	 * and a host's other timewait sockets must not evict the ones asked
+	 * about. */
+	if (!tw_wanted(tw))
+		return;
+	fresh.cookie = cookie;
+	fresh.state = BPF_CORE_READ(tw, tw_substate);
+	fresh.state_ts = now;
+	fresh.expires = t->expires;
+	fresh.flags = INFO_HANDOVER;
+	bpf_map_update_elem(&tw_infos, &key, &fresh, BPF_ANY);
+	if (cookie)
+		return;
+	/* No cookie to find it by: the full socket's CLOSE, next on this
+	 * CPU, finds it here. */
+	last = bpf_map_lookup_elem(&tw_lasts, &zero);
+	if (!last)
+		return;
+	last->key = key;
+	last->sport = BPF_CORE_READ(tw, __tw_common.skc_num);
+	last->dport = bpf_ntohs(BPF_CORE_READ(tw, __tw_common.skc_dport));
+	last->netns = netns_of(&tw->__tw_common);
 }
 
 /*
  * Every timer armed in the system comes through here: leave at once unless it
- * is a timewait timer. Armed the first time by tcp_time_wait() (before the full
- * socket's CLOSE), and again when the timer moves (TIME_WAIT restarts, or
- * FIN_WAIT2 turned TIME_WAIT into another wheel bucket).
+ * is a timewait or keepalive timer. A timewait timer is armed the first time
+ * by tcp_time_wait() (before the full socket's CLOSE), and again when it moves
+ * (TIME_WAIT restarts, or FIN_WAIT2 turned TIME_WAIT into another wheel bucket).
  */
 SEC("tp_btf/timer_start")
 int BPF_PROG(handle_timer_start, struct timer_list *t, unsigned long bucket_expiry)
 {
 	struct inet_timewait_sock *tw;
-	struct tw_info *info, fresh = {};
-	struct event *e;
+	struct tw_info *info;
+	struct event e;
 	__u64 now, cookie, key;
 	__u8 state;
 
 	if (ka_timer_fn && (__u64)t->function == ka_timer_fn) {
-		ka_armed(t);
+		ka_armed(&e, t);
 		return 0;
 	}
 	if (!tw_timer_fn || (__u64)t->function != tw_timer_fn)
@@ -900,32 +1083,21 @@ int BPF_PROG(handle_timer_start, struct timer_list *t, unsigned long bucket_expi
 
 	info = bpf_map_lookup_elem(&tw_infos, &key);
 	if (!info) {
-		/* Follow only the connections the filters want: tw_infos is
-		 * bounded, and a host's other timewait sockets must not evict
-		 * the ones asked about. */
-		if (!tw_wanted(tw))
-			return 0;
-		fresh.state = BPF_CORE_READ(tw, tw_substate);
-		fresh.state_ts = now;
-		fresh.expires = t->expires;
-		fresh.flags = INFO_HANDOVER;
-		bpf_map_update_elem(&tw_infos, &key, &fresh, BPF_ANY);
+		tw_first_arm(tw, t, now, cookie, key);
 		return 0;
 	}
 	state = info->state;
-	tw_sync(info, tw, t, now, cookie);
+	tw_sync(&e, info, tw, t, now, key);
 	info->expires = t->expires;
 	if (info->state != state)
 		return 0;
 	/* Re-armed in the same state: tells user space that a preceding
 	 * EVENT_TW_CANCEL was not a kill. */
-	e = reserve_event(EVENT_TW_REARM, now, cookie);
-	if (!e)
-		return 0;
-	e->old_state = state;
-	e->new_state = state;
-	tw_event(e, tw, info, t);
-	submit_event(e);
+	event_init(&e, EVENT_TW_REARM, now, tw_cookie(info, key));
+	e.old_state = state;
+	e.new_state = state;
+	tw_event(&e, tw, info, t);
+	emit(&e);
 	return 0;
 }
 
@@ -935,11 +1107,11 @@ int BPF_PROG(handle_timer_expire, struct timer_list *t, unsigned long baseclk)
 {
 	struct inet_timewait_sock *tw;
 	struct tw_info *info;
-	struct event *e;
+	struct event e;
 	__u64 now, cookie, key;
 
 	if (ka_timer_fn && (__u64)t->function == ka_timer_fn) {
-		ka_fire_entry(t);
+		ka_fire_entry(&e, t);
 		return 0;
 	}
 	if (!tw_timer_fn || (__u64)t->function != tw_timer_fn)
@@ -950,18 +1122,16 @@ int BPF_PROG(handle_timer_expire, struct timer_list *t, unsigned long baseclk)
 	key = tw_key(cookie, tw);
 	info = bpf_map_lookup_elem(&tw_infos, &key);
 	if (info)
-		tw_sync(info, tw, t, now, cookie);
+		tw_sync(&e, info, tw, t, now, key);
 	else
 		stat_inc(STAT_TW_UNTRACKED);
-	e = reserve_event(EVENT_STATE, now, cookie);
-	if (e) {
-		e->old_state = info ? info->state : BPF_CORE_READ(tw, tw_substate);
-		e->new_state = TCP_CLOSE;
-		e->reason = e->old_state == TCP_FIN_WAIT2 ? REASON_FIN_TIMEOUT : REASON_TW_EXPIRED;
-		tw_duration(e, info, now);
-		tw_event(e, tw, info, t);
-		submit_event(e);
-	}
+	event_init(&e, EVENT_STATE, now, tw_cookie(info, key));
+	e.old_state = info ? info->state : BPF_CORE_READ(tw, tw_substate);
+	e.new_state = TCP_CLOSE;
+	e.reason = e.old_state == TCP_FIN_WAIT2 ? REASON_FIN_TIMEOUT : REASON_TW_EXPIRED;
+	tw_duration(&e, info, now);
+	tw_event(&e, tw, info, t);
+	emit(&e);
 	if (info)
 		bpf_map_delete_elem(&tw_infos, &key);
 	return 0;
@@ -978,7 +1148,7 @@ int BPF_PROG(handle_timer_cancel, struct timer_list *t)
 {
 	struct inet_timewait_sock *tw;
 	struct tw_info *info;
-	struct event *e;
+	struct event e;
 	__u64 now, cookie, key;
 
 	if (!tw_timer_fn || (__u64)t->function != tw_timer_fn)
@@ -991,16 +1161,14 @@ int BPF_PROG(handle_timer_cancel, struct timer_list *t)
 	key = tw_key(cookie, tw);
 	info = bpf_map_lookup_elem(&tw_infos, &key);
 	if (info)
-		tw_sync(info, tw, t, now, cookie);
-	e = reserve_event(EVENT_TW_CANCEL, now, cookie);
-	if (e) {
-		e->old_state = info ? info->state : BPF_CORE_READ(tw, tw_substate);
-		e->new_state = TCP_CLOSE;
-		e->reason = REASON_TW_KILLED;
-		tw_duration(e, info, now);
-		tw_event(e, tw, info, t);
-		submit_event(e);
-	}
+		tw_sync(&e, info, tw, t, now, key);
+	event_init(&e, EVENT_TW_CANCEL, now, tw_cookie(info, key));
+	e.old_state = info ? info->state : BPF_CORE_READ(tw, tw_substate);
+	e.new_state = TCP_CLOSE;
+	e.reason = REASON_TW_KILLED;
+	tw_duration(&e, info, now);
+	tw_event(&e, tw, info, t);
+	emit(&e);
 	/* Kept for a re-arm; a killed socket's entry ages out of the LRU. */
 	return 0;
 }
@@ -1029,22 +1197,29 @@ int iter_tcp(struct bpf_iter__tcp *ctx)
 	r.state = skc->skc_state;
 	r.netns = netns_of(skc);
 	read_endpoints(skc, &r.family, &r.sport, &r.dport, r.saddr, r.daddr);
-	r.cookie = bpf_get_socket_cookie(skc);
+	if (have_cookie)
+		r.cookie = bpf_get_socket_cookie(skc);
+	else
+		r.cookie = skc->skc_cookie.counter;
 
 	if (r.state == TCP_TIME_WAIT) {
 		struct tcp_timewait_sock *ttw = bpf_skc_to_tcp_timewait_sock(skc);
 		struct tw_info fresh = {};
+		__u64 key;
 
 		if (!ttw)
 			return 0;
+		key = tw_key(r.cookie, ttw);
+		r.cookie = key;
 		r.timewait = 1;
 		r.state = ttw->tw_sk.tw_substate;
 		r.timer_expires = ttw->tw_sk.tw_timer.expires;
+		fresh.cookie = key;
 		fresh.state = r.state;
 		fresh.state_ts = r.ts_ns;
 		fresh.expires = r.timer_expires;
 		fresh.flags = INFO_SINCE_START;
-		bpf_map_update_elem(&tw_infos, &r.cookie, &fresh, BPF_NOEXIST);
+		bpf_map_update_elem(&tw_infos, &key, &fresh, BPF_NOEXIST);
 	} else if (r.state != TCP_NEW_SYN_RECV) {
 		struct tcp_sock *tp = bpf_skc_to_tcp_sock(skc);
 		struct sk_info *info;
@@ -1068,8 +1243,13 @@ int iter_tcp(struct bpf_iter__tcp *ctx)
 		}
 		r.uid = tp->inet_conn.icsk_inet.sk.sk_uid.val;
 		r.ino = BPF_CORE_READ(tp, inet_conn.icsk_inet.sk.sk_socket, file, f_inode, i_ino);
-		info = bpf_sk_storage_get(&sk_infos, tp, 0, BPF_SK_STORAGE_GET_F_CREATE);
-		if (info && info->cookie != r.cookie) {
+		info = sk_info_get((struct sock *)tp, true);
+		if (info && !r.cookie && info->cookie && info->state == r.state) {
+			/* Followed already, under the tracer's own id (no cookie). */
+			r.cookie = info->cookie;
+		} else if (info && (info->cookie != r.cookie || !r.cookie)) {
+			if (!r.cookie)
+				r.cookie = new_id();
 			info->cookie = r.cookie;
 			info->state = r.state;
 			info->state_ts = r.ts_ns;
@@ -1079,4 +1259,21 @@ int iter_tcp(struct bpf_iter__tcp *ctx)
 	}
 	bpf_seq_write(seq, &r, sizeof(r));
 	return 0;
+}
+
+/*
+ * Probes, loaded alone by user space (never attached) to learn what tracing
+ * programs may do on this kernel; see have_sk_storage and have_cookie.
+ */
+SEC("tp_btf/inet_sock_set_state")
+int BPF_PROG(probe_sk_storage, const struct sock *sk)
+{
+	bpf_sk_storage_get(&sk_infos, (void *)sk, 0, 0);
+	return 0;
+}
+
+SEC("tp_btf/inet_sock_set_state")
+int BPF_PROG(probe_cookie, const struct sock *sk)
+{
+	return bpf_get_socket_cookie((void *)sk) != 0;
 }

@@ -136,6 +136,7 @@ struct sk_info {
 
 /* A connection living in a timewait socket (tw_infos), keyed by cookie. */
 struct tw_info {
+	__u64 cookie;		/* the connection's: differs from the key when the timewait socket has no cookie */
 	__u64 state_ts;		/* when the connection entered `state` (carried over from the full socket) */
 	__u64 expires;		/* the timer's expiry when last seen armed, jiffies */
 	__u32 pid;

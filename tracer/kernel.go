@@ -11,6 +11,7 @@ import (
 	"strconv"
 	"strings"
 
+	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/btf"
 	"golang.org/x/sys/unix"
 )
@@ -100,4 +101,105 @@ func resetReasons(spec *btf.Spec) map[uint16]string {
 		names[uint16(v.Value)] = strings.TrimPrefix(v.Name, "SK_RST_REASON_")
 	}
 	return names
+}
+
+// tracepointArgs is the number of arguments the kernel passes to the raw
+// tracepoint name's programs, from the BTF of its btf_trace_ typedef; -1
+// when unknown.
+func tracepointArgs(spec *btf.Spec, name string) int {
+	var td *btf.Typedef
+	if spec.TypeByName("btf_trace_"+name, &td) != nil {
+		return -1
+	}
+	ptr, ok := td.Type.(*btf.Pointer)
+	if !ok {
+		return -1
+	}
+	fp, ok := ptr.Target.(*btf.FuncProto)
+	if !ok || len(fp.Params) == 0 {
+		return -1
+	}
+	return len(fp.Params) - 1 // the first is the tracepoint's own data
+}
+
+// kernelCaps is what tracing programs may do on this kernel.
+type kernelCaps struct {
+	skStorage bool // bpf_sk_storage_get (Linux 5.11)
+	cookie    bool // bpf_get_socket_cookie (Linux 5.12)
+}
+
+// probeKernel loads each probe program alone (never attached): the kernel's
+// verifier says whether the helper it calls is allowed here. This follows
+// what the kernel does, not its version number, so backports count.
+func probeKernel(spec *ebpf.CollectionSpec, kernelTypes *btf.Spec) kernelCaps {
+	try := func(name string) bool {
+		ps, ok := spec.Programs[name]
+		if !ok {
+			return false
+		}
+		one := spec.Copy()
+		one.Programs = map[string]*ebpf.ProgramSpec{name: ps.Copy()}
+		var objs struct {
+			Prog *ebpf.Program `ebpf:"prog"`
+		}
+		one.Programs["prog"] = one.Programs[name]
+		delete(one.Programs, name)
+		err := one.LoadAndAssign(&objs, &ebpf.CollectionOptions{Programs: ebpf.ProgramOptions{KernelTypes: kernelTypes}})
+		if err != nil {
+			return false
+		}
+		objs.Prog.Close()
+		return true
+	}
+	return kernelCaps{
+		skStorage: try(tcpstateProgProbeSkStorage),
+		cookie:    try(tcpstateProgProbeCookie),
+	}
+}
+
+// hasMember reports whether the kernel's struct has the member.
+func hasMember(spec *btf.Spec, typ, member string) bool {
+	var st *btf.Struct
+	if spec.TypeByName(typ, &st) != nil {
+		return false
+	}
+	for _, m := range st.Members {
+		if m.Name == member {
+			return true
+		}
+	}
+	return false
+}
+
+// Feature is something tcpstate does that depends on the kernel.
+type Feature struct {
+	Name   string // short name, as in README's kernel table
+	OK     bool
+	Detail string // what it gives, or what is missing and since when Linux has it
+	// Warn is the warning line printed at start when the feature is
+	// missing; "" when a hook's warning already says it.
+	Warn string
+}
+
+// features lists what works here, given the probes and the hooks attached.
+func features(kernelTypes *btf.Spec, caps kernelCaps, attached map[string]bool) []Feature {
+	f := []Feature{
+		{Name: "transitions", OK: true, Detail: "every state change of a TCP socket (inet_sock_set_state)"},
+		{Name: "socket storage", OK: caps.skStorage, Detail: "per-socket state freed with the socket (bpf_sk_storage_get in tracing programs, Linux 5.11)",
+			Warn: fmt.Sprintf("no socket storage for tracing programs (Linux 5.11): per-socket state is kept in a table of %d sockets (LRU), and accepted sockets are named from their listener by tcpstate itself", DefaultSocketEntries)},
+		{Name: "cookies", OK: caps.cookie, Detail: "connections identified by the kernel's socket cookie, as ss -e shows it (bpf_get_socket_cookie in tracing programs, Linux 5.12)",
+			Warn: "no socket cookies from tracing programs (Linux 5.12): connections get tcpstate's own ids (top bit set) unless the kernel had made a cookie"},
+		{Name: "acceptor", OK: attached["sock_send_length"] && attached["sock_recv_length"], Detail: "an accepted socket is named after the process that accepted it (sock_send_length, sock_recv_length: Linux 6.3)"},
+		{Name: "resets", OK: attached["tcp_receive_reset"] && attached["tcp_send_reset"], Detail: "close reasons tell resets from orderly closes (tcp_receive_reset, tcp_send_reset)"},
+		{Name: "reset reasons", OK: tracepointArgs(kernelTypes, "tcp_send_reset") >= 3, Detail: "the kernel's reason for each reset sent (tcp_send_reset's reason, Linux 6.10)",
+			Warn: "tcp_send_reset has no reason argument (Linux 6.10): resets sent are reported without the kernel's reason"},
+		{Name: "timewait", OK: attached["timer_start"] && attached["timer_expire_entry"] && attached["timer_cancel"], Detail: "TIME_WAIT and orphaned FIN_WAIT2 followed in the timewait socket (timer tracepoints, tw_timer_handler)"},
+		{Name: "keepalive", OK: attached["timer_start"] && attached["timer_expire_entry"] && attached["timer_expire_exit"], Detail: "keepalive timers, probes and kills (timer tracepoints, tcp_keepalive_timer)"},
+		{Name: "recursion misses", OK: hasMember(kernelTypes, "bpf_prog_info", "recursion_misses"), Detail: "events the kernel skipped (a program interrupted by itself) are counted (Linux 5.12)",
+			Warn: "the kernel does not count skipped program runs (Linux 5.12): events lost to recursion go unreported"},
+	}
+	if f[5].OK && !f[4].OK {
+		f[5].OK = false // no reset hooks at all: said by their warning
+	}
+	return f
 }

@@ -196,6 +196,7 @@ const (
 
 type tcpstateTwInfo struct {
 	_        structs.HostLayout
+	Cookie   uint64
 	StateTs  uint64
 	Expires  uint64
 	Pid      uint32
@@ -205,6 +206,14 @@ type tcpstateTwInfo struct {
 	Flags    uint8
 	Pad      [5]uint8
 	Comm     [16]int8
+}
+
+type tcpstateTwLast struct {
+	_     structs.HostLayout
+	Key   uint64
+	Sport uint16
+	Dport uint16
+	Netns uint32
 }
 
 // Names of all BPF objects in the ELF.
@@ -217,12 +226,16 @@ const (
 	tcpstateMapFilterPortMap      = "filter_port_map"
 	tcpstateMapKaFires            = "ka_fires"
 	tcpstateMapKaProbes           = "ka_probes"
+	tcpstateMapNextIds            = "next_ids"
+	tcpstateMapSkInfoMap          = "sk_info_map"
 	tcpstateMapSkInfos            = "sk_infos"
 	tcpstateMapStats              = "stats"
 	tcpstateMapTwInfos            = "tw_infos"
+	tcpstateMapTwLasts            = "tw_lasts"
 	tcpstateProgHandleRecv        = "handle_recv"
 	tcpstateProgHandleRstIn       = "handle_rst_in"
 	tcpstateProgHandleRstOut      = "handle_rst_out"
+	tcpstateProgHandleRstOutOld   = "handle_rst_out_old"
 	tcpstateProgHandleSend        = "handle_send"
 	tcpstateProgHandleSetState    = "handle_set_state"
 	tcpstateProgHandleTimerCancel = "handle_timer_cancel"
@@ -230,6 +243,8 @@ const (
 	tcpstateProgHandleTimerExpire = "handle_timer_expire"
 	tcpstateProgHandleTimerStart  = "handle_timer_start"
 	tcpstateProgIterTcp           = "iter_tcp"
+	tcpstateProgProbeCookie       = "probe_cookie"
+	tcpstateProgProbeSkStorage    = "probe_sk_storage"
 	tcpstateVarFilterAddrs        = "filter_addrs"
 	tcpstateVarFilterComm         = "filter_comm"
 	tcpstateVarFilterFamily       = "filter_family"
@@ -237,6 +252,8 @@ const (
 	tcpstateVarFilterPids         = "filter_pids"
 	tcpstateVarFilterPorts        = "filter_ports"
 	tcpstateVarFilterStates       = "filter_states"
+	tcpstateVarHaveCookie         = "have_cookie"
+	tcpstateVarHaveSkStorage      = "have_sk_storage"
 	tcpstateVarHz                 = "hz"
 	tcpstateVarKaTimerFn          = "ka_timer_fn"
 	tcpstateVarTwTimerFn          = "tw_timer_fn"
@@ -297,6 +314,7 @@ type tcpstateProgramSpecs struct {
 	HandleRecv        *ebpf.ProgramSpec `ebpf:"handle_recv"`
 	HandleRstIn       *ebpf.ProgramSpec `ebpf:"handle_rst_in"`
 	HandleRstOut      *ebpf.ProgramSpec `ebpf:"handle_rst_out"`
+	HandleRstOutOld   *ebpf.ProgramSpec `ebpf:"handle_rst_out_old"`
 	HandleSend        *ebpf.ProgramSpec `ebpf:"handle_send"`
 	HandleSetState    *ebpf.ProgramSpec `ebpf:"handle_set_state"`
 	HandleTimerCancel *ebpf.ProgramSpec `ebpf:"handle_timer_cancel"`
@@ -304,6 +322,8 @@ type tcpstateProgramSpecs struct {
 	HandleTimerExpire *ebpf.ProgramSpec `ebpf:"handle_timer_expire"`
 	HandleTimerStart  *ebpf.ProgramSpec `ebpf:"handle_timer_start"`
 	IterTcp           *ebpf.ProgramSpec `ebpf:"iter_tcp"`
+	ProbeCookie       *ebpf.ProgramSpec `ebpf:"probe_cookie"`
+	ProbeSkStorage    *ebpf.ProgramSpec `ebpf:"probe_sk_storage"`
 }
 
 // tcpstateMapSpecs contains maps before they are loaded into the kernel.
@@ -316,9 +336,12 @@ type tcpstateMapSpecs struct {
 	FilterPortMap *ebpf.MapSpec `ebpf:"filter_port_map"`
 	KaFires       *ebpf.MapSpec `ebpf:"ka_fires"`
 	KaProbes      *ebpf.MapSpec `ebpf:"ka_probes"`
+	NextIds       *ebpf.MapSpec `ebpf:"next_ids"`
+	SkInfoMap     *ebpf.MapSpec `ebpf:"sk_info_map"`
 	SkInfos       *ebpf.MapSpec `ebpf:"sk_infos"`
 	Stats         *ebpf.MapSpec `ebpf:"stats"`
 	TwInfos       *ebpf.MapSpec `ebpf:"tw_infos"`
+	TwLasts       *ebpf.MapSpec `ebpf:"tw_lasts"`
 }
 
 // tcpstateVariableSpecs contains global variables before they are loaded into the kernel.
@@ -332,6 +355,8 @@ type tcpstateVariableSpecs struct {
 	FilterPids        *ebpf.VariableSpec `ebpf:"filter_pids"`
 	FilterPorts       *ebpf.VariableSpec `ebpf:"filter_ports"`
 	FilterStates      *ebpf.VariableSpec `ebpf:"filter_states"`
+	HaveCookie        *ebpf.VariableSpec `ebpf:"have_cookie"`
+	HaveSkStorage     *ebpf.VariableSpec `ebpf:"have_sk_storage"`
 	Hz                *ebpf.VariableSpec `ebpf:"hz"`
 	KaTimerFn         *ebpf.VariableSpec `ebpf:"ka_timer_fn"`
 	TwTimerFn         *ebpf.VariableSpec `ebpf:"tw_timer_fn"`
@@ -373,9 +398,12 @@ type tcpstateMaps struct {
 	FilterPortMap *ebpf.Map `ebpf:"filter_port_map"`
 	KaFires       *ebpf.Map `ebpf:"ka_fires"`
 	KaProbes      *ebpf.Map `ebpf:"ka_probes"`
+	NextIds       *ebpf.Map `ebpf:"next_ids"`
+	SkInfoMap     *ebpf.Map `ebpf:"sk_info_map"`
 	SkInfos       *ebpf.Map `ebpf:"sk_infos"`
 	Stats         *ebpf.Map `ebpf:"stats"`
 	TwInfos       *ebpf.Map `ebpf:"tw_infos"`
+	TwLasts       *ebpf.Map `ebpf:"tw_lasts"`
 }
 
 func (m *tcpstateMaps) Close() error {
@@ -386,9 +414,12 @@ func (m *tcpstateMaps) Close() error {
 		m.FilterPortMap,
 		m.KaFires,
 		m.KaProbes,
+		m.NextIds,
+		m.SkInfoMap,
 		m.SkInfos,
 		m.Stats,
 		m.TwInfos,
+		m.TwLasts,
 	)
 }
 
@@ -403,6 +434,8 @@ type tcpstateVariables struct {
 	FilterPids        *ebpf.Variable `ebpf:"filter_pids"`
 	FilterPorts       *ebpf.Variable `ebpf:"filter_ports"`
 	FilterStates      *ebpf.Variable `ebpf:"filter_states"`
+	HaveCookie        *ebpf.Variable `ebpf:"have_cookie"`
+	HaveSkStorage     *ebpf.Variable `ebpf:"have_sk_storage"`
 	Hz                *ebpf.Variable `ebpf:"hz"`
 	KaTimerFn         *ebpf.Variable `ebpf:"ka_timer_fn"`
 	TwTimerFn         *ebpf.Variable `ebpf:"tw_timer_fn"`
@@ -425,6 +458,7 @@ type tcpstatePrograms struct {
 	HandleRecv        *ebpf.Program `ebpf:"handle_recv"`
 	HandleRstIn       *ebpf.Program `ebpf:"handle_rst_in"`
 	HandleRstOut      *ebpf.Program `ebpf:"handle_rst_out"`
+	HandleRstOutOld   *ebpf.Program `ebpf:"handle_rst_out_old"`
 	HandleSend        *ebpf.Program `ebpf:"handle_send"`
 	HandleSetState    *ebpf.Program `ebpf:"handle_set_state"`
 	HandleTimerCancel *ebpf.Program `ebpf:"handle_timer_cancel"`
@@ -432,6 +466,8 @@ type tcpstatePrograms struct {
 	HandleTimerExpire *ebpf.Program `ebpf:"handle_timer_expire"`
 	HandleTimerStart  *ebpf.Program `ebpf:"handle_timer_start"`
 	IterTcp           *ebpf.Program `ebpf:"iter_tcp"`
+	ProbeCookie       *ebpf.Program `ebpf:"probe_cookie"`
+	ProbeSkStorage    *ebpf.Program `ebpf:"probe_sk_storage"`
 }
 
 func (p *tcpstatePrograms) Close() error {
@@ -439,6 +475,7 @@ func (p *tcpstatePrograms) Close() error {
 		p.HandleRecv,
 		p.HandleRstIn,
 		p.HandleRstOut,
+		p.HandleRstOutOld,
 		p.HandleSend,
 		p.HandleSetState,
 		p.HandleTimerCancel,
@@ -446,6 +483,8 @@ func (p *tcpstatePrograms) Close() error {
 		p.HandleTimerExpire,
 		p.HandleTimerStart,
 		p.IterTcp,
+		p.ProbeCookie,
+		p.ProbeSkStorage,
 	)
 }
 

@@ -46,6 +46,11 @@ const DefaultWakeupBytes = 64 << 10
 // DefaultTimewaitEntries follows 65,536 timewait sockets (4.5 MiB of kernel memory).
 const DefaultTimewaitEntries = 65536
 
+// DefaultSocketEntries bounds the table of sockets the kernel side keeps
+// where tracing programs cannot use socket storage (before Linux 5.11):
+// about 100 bytes each, LRU.
+const DefaultSocketEntries = 131072
+
 // KernelInfo is what the tracer learnt about the kernel, needed to read
 // events later (also from a capture, on another machine).
 type KernelInfo struct {
@@ -79,6 +84,9 @@ type hook struct {
 	tracepoint string
 	optional   string // what degrades without it; "" when required
 	needs      string // kernel function whose address the program compares with
+	// args: the program reads this many tracepoint arguments; a kernel
+	// whose tracepoint has another number needs another variant (0: any).
+	args int
 }
 
 const (
@@ -88,17 +96,25 @@ const (
 	noKeepalive = "keepalive timers are not followed"
 )
 
+// hooks are tried in order; of two variants for one tracepoint, the first
+// that fits the kernel is attached.
 var hooks = []hook{
-	{"handle_set_state", "inet_sock_set_state", "", ""},
-	{"handle_send", "sock_send_length", noAcceptor, ""},
-	{"handle_recv", "sock_recv_length", noAcceptor, ""},
-	{"handle_rst_in", "tcp_receive_reset", noReset, ""},
-	{"handle_rst_out", "tcp_send_reset", noReset, ""},
-	{"handle_timer_start", "timer_start", noTimewait, "tw_timer_handler"},
-	{"handle_timer_expire", "timer_expire_entry", noTimewait, "tw_timer_handler"},
-	{"handle_timer_cancel", "timer_cancel", noTimewait, "tw_timer_handler"},
-	{"handle_timer_exit", "timer_expire_exit", noKeepalive, "tcp_keepalive_timer"},
+	{prog: tcpstateProgHandleSetState, tracepoint: "inet_sock_set_state"},
+	{prog: tcpstateProgHandleSend, tracepoint: "sock_send_length", optional: noAcceptor},
+	{prog: tcpstateProgHandleRecv, tracepoint: "sock_recv_length", optional: noAcceptor},
+	{prog: tcpstateProgHandleRstIn, tracepoint: "tcp_receive_reset", optional: noReset},
+	// The reset reason is tcp_send_reset's third argument from Linux 6.10.
+	{prog: tcpstateProgHandleRstOut, tracepoint: "tcp_send_reset", optional: noReset, args: 3},
+	{prog: tcpstateProgHandleRstOutOld, tracepoint: "tcp_send_reset", optional: noReset, args: 2},
+	{prog: tcpstateProgHandleTimerStart, tracepoint: "timer_start", optional: noTimewait, needs: "tw_timer_handler"},
+	{prog: tcpstateProgHandleTimerExpire, tracepoint: "timer_expire_entry", optional: noTimewait, needs: "tw_timer_handler"},
+	{prog: tcpstateProgHandleTimerCancel, tracepoint: "timer_cancel", optional: noTimewait, needs: "tw_timer_handler"},
+	{prog: tcpstateProgHandleTimerExit, tracepoint: "timer_expire_exit", optional: noKeepalive, needs: "tcp_keepalive_timer"},
 }
+
+// probes are programs loaded alone to learn what tracing programs may do
+// here; they are never attached.
+var probes = []string{tcpstateProgProbeSkStorage, tcpstateProgProbeCookie}
 
 // Tracer is attached to the kernel from New until Close.
 type Tracer struct {
@@ -109,6 +125,7 @@ type Tracer struct {
 	reader   *ringbuf.Reader
 	stats    *ebpf.Map
 	warnings []string
+	features []Feature
 
 	lostSeen uint64 // lost count already reported
 	percpu   []uint64
@@ -148,26 +165,38 @@ func New(cfg Config) (*Tracer, error) {
 		t.info.HZ = 250
 		t.warnings = append(t.warnings, "kernel config not found (/boot/config-*, /proc/config.gz): assuming CONFIG_HZ=250 for timer expiries")
 	}
+	if !hasTracepoint(kernelTypes, "inet_sock_set_state") {
+		return nil, fmt.Errorf("%w: inet_sock_set_state (tcpstate needs Linux 5.10 or later with BTF)", ErrMissingHook)
+	}
+	caps := probeKernel(spec, kernelTypes)
 	syms, err := kallsyms("tw_timer_handler", "tcp_keepalive_timer")
 	if err != nil {
 		syms = map[string]uint64{}
 	}
 	var attach []hook
 	warned := map[string]bool{}
+	attached := map[string]bool{}
 	for _, h := range hooks {
 		missing := ""
 		switch {
+		case attached[h.tracepoint]:
+			delete(spec.Programs, h.prog) // another variant fits
+			continue
 		case !hasTracepoint(kernelTypes, h.tracepoint):
 			missing = "no tracepoint " + h.tracepoint
+		case h.args != 0 && tracepointArgs(kernelTypes, h.tracepoint) != h.args:
+			delete(spec.Programs, h.prog) // the next variant may fit
+			continue
 		case h.needs != "" && syms[h.needs] == 0:
 			missing = "address of " + h.needs + " unknown (/proc/kallsyms hidden by kernel.kptr_restrict?)"
 		}
 		if missing == "" {
 			attach = append(attach, h)
+			attached[h.tracepoint] = true
 			continue
 		}
 		if h.optional == "" {
-			return nil, fmt.Errorf("%w: %s (tcpstate needs Linux 5.15 or later with BTF)", ErrMissingHook, h.tracepoint)
+			return nil, fmt.Errorf("%w: %s (tcpstate needs Linux 5.10 or later with BTF)", ErrMissingHook, h.tracepoint)
 		}
 		delete(spec.Programs, h.prog)
 		if !warned[h.optional] {
@@ -175,16 +204,30 @@ func New(cfg Config) (*Tracer, error) {
 			t.warnings = append(t.warnings, missing+": "+h.optional)
 		}
 	}
-	if err := spec.Variables["tw_timer_fn"].Set(syms["tw_timer_handler"]); err != nil {
-		return nil, fmt.Errorf("configuring timewait hooks: %w", err)
+	for _, p := range probes {
+		delete(spec.Programs, p)
 	}
-	if err := spec.Variables["ka_timer_fn"].Set(syms["tcp_keepalive_timer"]); err != nil {
-		return nil, fmt.Errorf("configuring keepalive hooks: %w", err)
+	t.features = features(kernelTypes, caps, attached)
+	for _, f := range t.features {
+		if !f.OK && f.Warn != "" {
+			t.warnings = append(t.warnings, f.Warn)
+		}
 	}
-	if err := spec.Variables["hz"].Set(t.info.HZ); err != nil {
-		return nil, fmt.Errorf("configuring timewait hooks: %w", err)
+	for _, v := range []struct {
+		name  string
+		value any
+	}{
+		{"tw_timer_fn", syms["tw_timer_handler"]},
+		{"ka_timer_fn", syms["tcp_keepalive_timer"]},
+		{"hz", t.info.HZ},
+		{"have_sk_storage", caps.skStorage},
+		{"have_cookie", caps.cookie},
+	} {
+		if err := setVariable(spec, v.name, v.value); err != nil {
+			return nil, err
+		}
 	}
-	spec.Maps["events"].MaxEntries = uint32(size)
+	spec.Maps[tcpstateMapEvents].MaxEntries = uint32(size)
 	wake := cfg.WakeupBytes
 	switch {
 	case wake == 0:
@@ -192,14 +235,17 @@ func New(cfg Config) (*Tracer, error) {
 	case wake < 0:
 		wake = 0
 	}
-	if err := spec.Variables["wakeup_bytes"].Set(uint64(wake)); err != nil {
-		return nil, fmt.Errorf("configuring the ring buffer: %w", err)
+	if err := setVariable(spec, "wakeup_bytes", uint64(wake)); err != nil {
+		return nil, err
 	}
 	twEntries := cfg.TimewaitEntries
 	if twEntries <= 0 {
 		twEntries = DefaultTimewaitEntries
 	}
-	spec.Maps["tw_infos"].MaxEntries = uint32(twEntries)
+	spec.Maps[tcpstateMapTwInfos].MaxEntries = uint32(twEntries)
+	if !caps.skStorage {
+		spec.Maps[tcpstateMapSkInfoMap].MaxEntries = DefaultSocketEntries
+	}
 	if err := configureFilter(spec, &cfg.Filter); err != nil {
 		return nil, err
 	}
@@ -218,7 +264,7 @@ func New(cfg Config) (*Tracer, error) {
 		return nil, fmt.Errorf("loading BPF programs: %w", err)
 	}
 	t.coll = coll
-	t.stats = coll.Maps["stats"]
+	t.stats = coll.Maps[tcpstateMapStats]
 	if err := fillFilterMaps(coll, &cfg.Filter); err != nil {
 		t.Close()
 		return nil, err
@@ -231,7 +277,7 @@ func New(cfg Config) (*Tracer, error) {
 		}
 		t.links = append(t.links, l)
 	}
-	t.reader, err = ringbuf.NewReader(coll.Maps["events"])
+	t.reader, err = ringbuf.NewReader(coll.Maps[tcpstateMapEvents])
 	if err != nil {
 		t.Close()
 		return nil, fmt.Errorf("opening ring buffer: %w", err)
@@ -241,6 +287,21 @@ func New(cfg Config) (*Tracer, error) {
 
 // Warnings lists what works less well on this kernel, one sentence each.
 func (t *Tracer) Warnings() []string { return t.warnings }
+
+// Features says what works on this kernel and what does not.
+func (t *Tracer) Features() []Feature { return t.features }
+
+// setVariable sets a `volatile const` of the BPF object before loading.
+func setVariable(spec *ebpf.CollectionSpec, name string, value any) error {
+	v, ok := spec.Variables[name]
+	if !ok {
+		return fmt.Errorf("configuring BPF programs: the object has no variable %s", name)
+	}
+	if err := v.Set(value); err != nil {
+		return fmt.Errorf("configuring BPF programs: setting %s: %w", name, err)
+	}
+	return nil
+}
 
 // Info is what the tracer learnt about the kernel.
 func (t *Tracer) Info() KernelInfo { return t.info }
@@ -404,12 +465,8 @@ func configureFilter(spec *ebpf.CollectionSpec, f *Filter) error {
 		"filter_pids":   len(f.PIDs) > 0,
 		"filter_comm":   comm,
 	} {
-		vs, ok := spec.Variables[name]
-		if !ok {
-			return fmt.Errorf("configuring filter: BPF object has no variable %s", name)
-		}
-		if err := vs.Set(v); err != nil {
-			return fmt.Errorf("configuring filter: setting %s: %w", name, err)
+		if err := setVariable(spec, name, v); err != nil {
+			return err
 		}
 	}
 	return nil
@@ -433,17 +490,17 @@ func fillFilterMaps(coll *ebpf.Collection, f *Filter) error {
 		}
 	}
 	for p, bits := range ports {
-		if err := coll.Maps["filter_port_map"].Put(p, bits); err != nil {
+		if err := coll.Maps[tcpstateMapFilterPortMap].Put(p, bits); err != nil {
 			return fmt.Errorf("writing port filter: %w", err)
 		}
 	}
 	for _, p := range f.Addrs {
-		if err := coll.Maps["filter_addr_map"].Put(addrKey(p), uint8(1)); err != nil {
+		if err := coll.Maps[tcpstateMapFilterAddrMap].Put(addrKey(p), uint8(1)); err != nil {
 			return fmt.Errorf("writing address filter: %w", err)
 		}
 	}
 	for _, pid := range f.PIDs {
-		if err := coll.Maps["filter_pid_map"].Put(pid, uint8(1)); err != nil {
+		if err := coll.Maps[tcpstateMapFilterPidMap].Put(pid, uint8(1)); err != nil {
 			return fmt.Errorf("writing pid filter: %w", err)
 		}
 	}

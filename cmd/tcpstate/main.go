@@ -32,6 +32,12 @@ func (u usageError) Unwrap() error { return u.err }
 
 func usagef(format string, args ...any) error { return usageError{fmt.Errorf(format, args...)} }
 
+// silentError fails the command (exit 1) when its output already said why.
+type silentError struct{ err error }
+
+func (s silentError) Error() string { return s.err.Error() }
+func (s silentError) Unwrap() error { return s.err }
+
 const mainUsage = `tcpstate shows TCP connection states from the Linux kernel: every state change,
 the process that owns the socket, and how long the socket spent in each state.
 
@@ -44,6 +50,7 @@ Commands:
   verify    check that live sockets run with the keepalive and fin_timeout you set
   record    write what tcpstate sees to a capture file (or keep it in memory until asked)
   report    summarise captures: durations, lingering sockets, TIME_WAIT, keepalive, losses
+  check     say what tcpstate can do on this kernel, and what it cannot
   version   print version and build information
   help      show help for a command
 
@@ -61,9 +68,12 @@ func main() {
 func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	err := dispatch(ctx, args, stdout, stderr)
 	var ue usageError
+	var se silentError
 	switch {
 	case err == nil, errors.Is(err, pflag.ErrHelp):
 		return exitOK
+	case errors.As(err, &se):
+		return exitError
 	case errors.Is(err, errStragglers):
 		fmt.Fprintf(stderr, "tcpstate: %v\n", err)
 		return exitCheck
@@ -82,7 +92,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 
 func isCommand(s string) bool {
 	switch s {
-	case "trace", "watch", "verify", "record", "report", "version":
+	case "trace", "watch", "verify", "record", "report", "check", "version":
 		return true
 	}
 	return false
@@ -111,6 +121,8 @@ func dispatch(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		return runRecord(ctx, rest, stdout, stderr)
 	case "report":
 		return runReport(rest, stdout, stderr)
+	case "check":
+		return runCheck(ctx, rest, stdout, stderr)
 	case "version", "--version":
 		fmt.Fprintln(stdout, versionString())
 		return nil
@@ -121,6 +133,6 @@ func dispatch(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		fmt.Fprint(stdout, mainUsage)
 		return nil
 	default:
-		return usagef("unknown command %q (commands: trace, watch, verify, record, report, version, help)", cmd)
+		return usagef("unknown command %q (commands: trace, watch, verify, record, report, check, version, help)", cmd)
 	}
 }

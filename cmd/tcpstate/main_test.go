@@ -106,6 +106,7 @@ func TestREADMEShowsRealHelp(t *testing.T) {
 	verifyFS, _ := newVerifyFlags()
 	recordFS, _ := newRecordFlags()
 	reportFS, _ := newReportFlags()
+	checkFS, _ := newCheckFlags()
 	updated := string(readme)
 	for _, sec := range []struct{ name, cmd, help string }{
 		{"main", "tcpstate --help", mainUsage},
@@ -114,6 +115,7 @@ func TestREADMEShowsRealHelp(t *testing.T) {
 		{"verify", "tcpstate verify --help", verifyHelp(verifyFS)},
 		{"record", "tcpstate record --help", recordHelp(recordFS)},
 		{"report", "tcpstate report --help", reportHelp(reportFS)},
+		{"check", "tcpstate check --help", checkHelp(checkFS)},
 	} {
 		begin, end := "<!-- help:"+sec.name+" -->\n", "<!-- /help:"+sec.name+" -->"
 		i, j := strings.Index(updated, begin), strings.Index(updated, end)
