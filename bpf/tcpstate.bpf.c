@@ -583,6 +583,59 @@ static __always_inline bool handover(struct event *e, __u64 now, __u64 cookie, i
 	return false;
 }
 
+/*
+ * A socket accepted from a listener is born in SYN_RECV (LISTEN -> SYN_RECV,
+ * inet_csk_clone_lock). Its cookie is not its own yet: it still holds the
+ * listener's on some kernels (6.1), and the kernel replaces it right after.
+ * So the birth is noted and reported with the socket's next transition, under
+ * its final cookie (child_report). Socket storage cloned from the listener
+ * (BPF_F_CLONE) names the listener's process as the owner until an accepting
+ * process reads or writes.
+ */
+static __always_inline void child_born(const struct sock *sk, __u64 now)
+{
+	struct sk_info *info = sk_info_get(sk, true);
+
+	if (!info) {
+		stat_inc(STAT_NOSTORAGE);
+		return;
+	}
+	if (have_sk_storage && info->cookie && info->state == TCP_LISTEN && info->owner_src != OWNER_NONE)
+		info->owner_src = OWNER_LISTENER;
+	else
+		info->owner_src = OWNER_NONE;
+	info->cookie = 0;
+	info->state = TCP_SYN_RECV;
+	info->state_ts = now;
+	info->flags = INFO_BORN;
+}
+
+/* Reports the birth noted by child_born, now that the socket has its cookie.
+ * e holds the current transition, without owner yet: it is sent as the birth
+ * first, and given back as it was. */
+static __always_inline void child_report(struct event *e, struct sk_info *info, __u64 cookie)
+{
+	__u64 ts = e->ts_ns;
+	__u8 old_state = e->old_state, new_state = e->new_state;
+
+	e->ts_ns = info->state_ts;
+	e->cookie = cookie;
+	e->old_state = TCP_LISTEN;
+	e->new_state = TCP_SYN_RECV;
+	event_owner(e, info->owner_src, info->pid, info->tid, info->comm);
+	emit(e);
+	e->ts_ns = ts;
+	e->old_state = old_state;
+	e->new_state = new_state;
+	e->flags &= ~EVF_OWNER;
+	e->owner_src = OWNER_NONE;
+	e->pid = 0;
+	e->tid = 0;
+	__builtin_memset(e->comm, 0, sizeof(e->comm));
+	info->cookie = cookie ? cookie : new_id();
+	info->flags &= ~INFO_BORN;
+}
+
 SEC("tp_btf/inet_sock_set_state")
 int BPF_PROG(handle_set_state, const struct sock *sk, int oldstate, int newstate)
 {
@@ -605,6 +658,10 @@ int BPF_PROG(handle_set_state, const struct sock *sk, int oldstate, int newstate
 	}
 
 	now = bpf_ktime_get_boot_ns();
+	if (oldstate == TCP_LISTEN && newstate == TCP_SYN_RECV) {
+		child_born(sk, now);
+		return 0;
+	}
 	cookie = kernel_cookie(sk);
 	event_init(&e, EVENT_STATE, now, cookie);
 	e.old_state = oldstate;
@@ -621,6 +678,8 @@ int BPF_PROG(handle_set_state, const struct sock *sk, int oldstate, int newstate
 	info = sk_info_get(sk, true);
 	if (!info)
 		stat_inc(STAT_NOSTORAGE);
+	if (info && info->flags & INFO_BORN)
+		child_report(&e, info, cookie);
 	if (info) {
 		if (is_new(info, cookie, oldstate, newstate)) {
 			/* A cookie that is set but not ours means the entry was

@@ -118,6 +118,7 @@ enum info_flag {
 	INFO_RST_RECEIVED = 1 << 1,
 	INFO_RST_SENT = 1 << 2,
 	INFO_HANDOVER = 1 << 3,		/* tw_info: the full socket's CLOSE has not been seen yet */
+	INFO_BORN = 1 << 4,		/* sk_info: born from a listener at state_ts, not reported yet */
 };
 
 /* Per-socket state kept in socket storage. */

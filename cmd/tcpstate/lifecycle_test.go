@@ -115,11 +115,13 @@ func TestWatchOnceFindsCloseWaitLeak(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer ln.Close()
-	l := leak(t, ln)
+	before := time.Now()
+	l := leak(t, ln) // returns once the server has closed: the FIN is in
+	after := time.Now()
 	time.Sleep(300 * time.Millisecond)
 	port := strconv.Itoa(ln.Addr().(*net.TCPAddr).Port)
 
-	look := func() *socketJSON {
+	look := func() (*socketJSON, time.Time) {
 		code, stdout, stderr := runCmd(context.Background(), "watch", "--once", "-o", "json", "--state", "close-wait", "--rport", port)
 		if code != exitOK {
 			t.Fatalf("exit %d: %s", code, stderr)
@@ -128,19 +130,26 @@ func TestWatchOnceFindsCloseWaitLeak(t *testing.T) {
 		if s == nil {
 			t.Fatalf("the CLOSE_WAIT socket from port %d is missing:\n%s", l.port, stdout)
 		}
-		return s
+		at, err := time.Parse(time.RFC3339Nano, s.Time)
+		if err != nil {
+			t.Fatalf("snapshot time %q: %v", s.Time, err)
+		}
+		return s, at
 	}
-	first := look()
+	// The kernel dates CLOSE_WAIT in jiffies (4 ms at HZ=250): ages are
+	// right within two of them, whatever the load.
+	const jiffies = 10 * time.Millisecond
+	first, at1 := look()
 	if first.State != "CLOSE_WAIT" || first.PID != l.pid || !first.SinceStart || first.Dport != ln.Addr().(*net.TCPAddr).Port {
 		t.Errorf("got %+v, want CLOSE_WAIT owned by %d, since_start", first, l.pid)
 	}
-	if age := time.Duration(first.AgeNS); age < 300*time.Millisecond || age > 2*time.Second {
-		t.Errorf("age %v, want about 300ms (dated from the FIN's arrival)", age)
+	if age := time.Duration(first.AgeNS); age < at1.Sub(after)-jiffies || age > at1.Sub(before)+jiffies {
+		t.Errorf("age %v at %v, want between %v and %v (dated from the FIN's arrival)", age, at1, at1.Sub(after), at1.Sub(before))
 	}
 	time.Sleep(time.Second)
-	second := look()
-	if grew := time.Duration(second.AgeNS - first.AgeNS); grew < 900*time.Millisecond || grew > 1500*time.Millisecond {
-		t.Errorf("age grew by %v in a second", grew)
+	second, at2 := look()
+	if grew, want := time.Duration(second.AgeNS-first.AgeNS), at2.Sub(at1); grew < want-jiffies || grew > want+jiffies {
+		t.Errorf("age grew by %v between snapshots %v apart", grew, want)
 	}
 }
 
@@ -154,18 +163,9 @@ func TestWatchLiveSeesNewLeak(t *testing.T) {
 	}
 	defer ln.Close()
 	port := strconv.Itoa(ln.Addr().(*net.TCPAddr).Port)
-	type result struct {
-		code           int
-		stdout, stderr string
-	}
-	done := make(chan result, 1)
-	go func() {
-		code, o, e := runCmd(context.Background(), "watch", "-o", "json", "-i", "400ms", "-d", "3s", "--rport", port)
-		done <- result{code, o, e}
-	}()
-	time.Sleep(800 * time.Millisecond)
+	wait := startCmd(t, "watch", "-o", "json", "-i", "400ms", "-d", "3s", "--rport", port)
 	l := leak(t, ln)
-	r := <-done
+	r := wait()
 	if r.code != exitOK {
 		t.Fatalf("exit %d: %s", r.code, r.stderr)
 	}

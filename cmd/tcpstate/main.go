@@ -32,6 +32,21 @@ func (u usageError) Unwrap() error { return u.err }
 
 func usagef(format string, args ...any) error { return usageError{fmt.Errorf(format, args...)} }
 
+// readyKey carries a function that a command calls once it is tracing
+// (attached, existing sockets walked): tests wait for it rather than guess how
+// long loading takes on a busy machine or an emulated one.
+type readyKey struct{}
+
+func withReady(ctx context.Context, f func()) context.Context {
+	return context.WithValue(ctx, readyKey{}, f)
+}
+
+func ready(ctx context.Context) {
+	if f, ok := ctx.Value(readyKey{}).(func()); ok {
+		f()
+	}
+}
+
 // silentError fails the command (exit 1) when its output already said why.
 type silentError struct{ err error }
 

@@ -3,6 +3,7 @@
 package main
 
 import (
+	"bufio"
 	"bytes"
 	"context"
 	"encoding/json"
@@ -23,6 +24,89 @@ func runCmd(ctx context.Context, args ...string) (code int, stdout, stderr strin
 	var out, errb bytes.Buffer
 	code = run(ctx, args, &out, &errb)
 	return code, out.String(), errb.String()
+}
+
+type cmdResult struct {
+	code           int
+	stdout, stderr string
+	tracing        time.Duration // from the moment it was tracing to its exit
+}
+
+// startCmd runs a command in the background and returns once it is tracing
+// (attached, existing sockets walked) or has ended; the function it returns
+// waits for the command's end. Loading takes 50 ms on an idle machine and
+// seconds on a busy or emulated one: tests wait for it instead of sleeping.
+func startCmd(t *testing.T, args ...string) func() cmdResult {
+	t.Helper()
+	tracing := make(chan struct{})
+	var once sync.Once
+	var ctx context.Context
+	done := make(chan cmdResult, 1)
+	var began time.Time // written before tracing is closed
+	ctx = withReady(context.Background(), func() {
+		once.Do(func() {
+			began = time.Now()
+			close(tracing)
+		})
+	})
+	go func() {
+		code, o, e := runCmd(ctx, args...)
+		r := cmdResult{code: code, stdout: o, stderr: e}
+		if !began.IsZero() {
+			r.tracing = time.Since(began)
+		}
+		done <- r
+	}()
+	select {
+	case <-tracing:
+	case r := <-done:
+		done <- r // ended before tracing: the caller sees why
+	case <-time.After(2 * time.Minute):
+		t.Fatalf("%q: not tracing after 2 minutes", args)
+	}
+	return func() cmdResult { return <-done }
+}
+
+// startBinary runs the tcpstate binary and returns once it says on stderr
+// that it is running (a line containing want); the rest of stderr is
+// drained meanwhile.
+func startBinary(t *testing.T, want string, args ...string) *exec.Cmd {
+	t.Helper()
+	cmd := exec.Command(binary(t), args...)
+	stderr, err := cmd.StderrPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	lines := make(chan string, 64)
+	go func() {
+		sc := bufio.NewScanner(stderr)
+		for sc.Scan() {
+			select {
+			case lines <- sc.Text():
+			default:
+			}
+		}
+		close(lines)
+	}()
+	timeout := time.After(2 * time.Minute)
+	for {
+		select {
+		case l, ok := <-lines:
+			if !ok {
+				_ = cmd.Wait()
+				t.Fatalf("tcpstate %q ended before saying %q", args, want)
+			}
+			if strings.Contains(l, want) {
+				return cmd
+			}
+		case <-timeout:
+			_ = cmd.Process.Kill()
+			t.Fatalf("tcpstate %q: no %q after 2 minutes", args, want)
+		}
+	}
 }
 
 func TestUsageErrors(t *testing.T) {
@@ -227,22 +311,13 @@ func connectAndClose(t *testing.T) int {
 	return ln.Addr().(*net.TCPAddr).Port
 }
 
-// traceWhile runs `tcpstate trace args...` for d, running load once the
-// tracer is attached.
+// traceWhile runs `tcpstate trace args...` for d from the moment it is
+// tracing, running load then.
 func traceWhile(t *testing.T, d time.Duration, load func(), args ...string) (int, string, string) {
 	t.Helper()
-	type result struct {
-		code           int
-		stdout, stderr string
-	}
-	done := make(chan result, 1)
-	go func() {
-		code, o, e := runCmd(context.Background(), append(append([]string{"trace"}, args...), "-d", d.String())...)
-		done <- result{code, o, e}
-	}()
-	time.Sleep(d / 3) // attaching takes about 50 ms
+	wait := startCmd(t, append(append([]string{"trace"}, args...), "-d", d.String())...)
 	load()
-	r := <-done
+	r := wait()
 	return r.code, r.stdout, r.stderr
 }
 

@@ -88,6 +88,19 @@ func runRecord(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	if err != nil {
 		return err
 	}
+	rec := &recorder{interval: time.Duration(f.sysctls), path: f.write, stderr: stderr, last: time.Now()}
+	if f.flight {
+		// From the start: a SIGUSR1 while loading must not kill the recorder
+		// (its default action); it asks for a dump as soon as there is one.
+		usr1 := make(chan os.Signal, 1)
+		signal.Notify(usr1, syscall.SIGUSR1)
+		defer signal.Stop(usr1)
+		go func() {
+			for range usr1 {
+				rec.dump.Store(true)
+			}
+		}()
+	}
 	t, err := f.tracerFlags.start(filter, stderr)
 	if err != nil {
 		return err
@@ -97,18 +110,10 @@ func runRecord(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	socks, nss := scanAll(t, tracer.ScanOptions{}, stderr)
 	socks = fullSockets(socks)
 	h := newHeader(clock, info, nss)
-	rec := &recorder{nss: nss, interval: time.Duration(f.sysctls), path: f.write, stderr: stderr, last: time.Now()}
+	rec.nss = nss
 	if f.flight {
 		rec.flight = capture.NewFlight(h, int(f.keepSize), time.Duration(f.keepTime))
 		rec.flight.SetSockets(socks)
-		usr1 := make(chan os.Signal, 1)
-		signal.Notify(usr1, syscall.SIGUSR1)
-		defer signal.Stop(usr1)
-		go func() {
-			for range usr1 {
-				rec.dump.Store(true)
-			}
-		}()
 	} else {
 		rec.w, err = capture.Create(f.write, h, capture.Options{MaxSize: int64(f.maxSize), Keep: f.keep})
 		if err != nil {
@@ -124,6 +129,12 @@ func runRecord(ctx context.Context, args []string, stdout, stderr io.Writer) err
 		ctx, cancel = context.WithTimeout(ctx, time.Duration(f.duration))
 		defer cancel()
 	}
+	if f.flight {
+		fmt.Fprintf(stderr, "tcpstate: flight recorder running: kill -USR1 %d writes what it holds to %s\n", os.Getpid(), f.write)
+	} else {
+		fmt.Fprintf(stderr, "tcpstate: recording to %s\n", f.write)
+	}
+	ready(ctx)
 	runErr := t.Run(ctx, rec)
 	if err := rec.close(); err != nil && runErr == nil {
 		runErr = err

@@ -8,7 +8,6 @@ import (
 	"io"
 	"net"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
 	"syscall"
@@ -109,14 +108,11 @@ func churn(t *testing.T, stop chan struct{}) {
 func TestRecordSurvivesSIGKILL(t *testing.T) {
 	requireRoot(t)
 	path := filepath.Join(t.TempDir(), "killed.tcpstate")
-	cmd := exec.Command(binary(t), "record", "-w", path)
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
+	cmd := startBinary(t, "recording to", "record", "-w", path)
 	stop := make(chan struct{})
 	done := make(chan struct{})
 	go func() { churn(t, stop); close(done) }()
-	time.Sleep(2500 * time.Millisecond)
+	time.Sleep(2500 * time.Millisecond) // churn meanwhile: the kill comes mid-block
 	_ = cmd.Process.Signal(syscall.SIGKILL)
 	_ = cmd.Wait()
 	close(stop)
@@ -154,12 +150,8 @@ func TestRecordSurvivesSIGKILL(t *testing.T) {
 func TestFlightRecorderDumpsOnSIGUSR1(t *testing.T) {
 	requireRoot(t)
 	path := filepath.Join(t.TempDir(), "flight.tcpstate")
-	cmd := exec.Command(binary(t), "record", "--flight-recorder", "--keep-time", "10s", "-w", path)
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
+	cmd := startBinary(t, "flight recorder running", "record", "--flight-recorder", "--keep-time", "10s", "-w", path)
 	defer func() { _ = cmd.Process.Kill(); _ = cmd.Wait() }()
-	time.Sleep(time.Second)
 	connectAndClose(t)
 	time.Sleep(300 * time.Millisecond)
 	if _, err := os.Stat(path); err == nil {

@@ -128,6 +128,7 @@ func runTrace(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		ctx, cancel = context.WithTimeout(ctx, time.Duration(f.duration))
 		defer cancel()
 	}
+	ready(ctx)
 	runErr := t.Run(ctx, src)
 	if w != nil {
 		if err := w.Close(); err != nil && runErr == nil {

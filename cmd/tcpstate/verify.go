@@ -116,6 +116,7 @@ func runVerify(ctx context.Context, args []string, stdout, stderr io.Writer) err
 		ctx, cancel := context.WithTimeout(ctx, time.Duration(f.within))
 		defer cancel()
 		v.cancel = cancel
+		ready(ctx)
 		if err := t.Run(ctx, &verifySink{tl: tl, v: v}); err != nil {
 			return err
 		}

@@ -106,6 +106,7 @@ func runWatch(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		ctx, cancel = context.WithTimeout(ctx, time.Duration(f.duration))
 		defer cancel()
 	}
+	ready(ctx)
 	return t.Run(ctx, ws.tl)
 }
 

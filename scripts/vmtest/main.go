@@ -341,6 +341,9 @@ func (a *apt) kernel(ctx context.Context, k kernel, into string) (*kernelPkg, er
 	}
 	if _, err := os.Stat(p.vmlinuz); err != nil {
 		_ = os.RemoveAll(dir)
+		if err := os.MkdirAll(dir, 0o755); err != nil {
+			return nil, err
+		}
 		if out, err := exec.CommandContext(ctx, "dpkg-deb", "-x", deb, dir).CombinedOutput(); err != nil {
 			return nil, fmt.Errorf("dpkg-deb -x %s: %v\n%s", deb, err, out)
 		}
