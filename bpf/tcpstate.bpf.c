@@ -618,6 +618,8 @@ static __always_inline void child_report(struct event *e, struct sk_info *info, 
 	__u64 ts = e->ts_ns;
 	__u8 old_state = e->old_state, new_state = e->new_state;
 
+	if (!cookie)
+		cookie = new_id();
 	e->ts_ns = info->state_ts;
 	e->cookie = cookie;
 	e->old_state = TCP_LISTEN;
@@ -632,7 +634,7 @@ static __always_inline void child_report(struct event *e, struct sk_info *info, 
 	e->pid = 0;
 	e->tid = 0;
 	__builtin_memset(e->comm, 0, sizeof(e->comm));
-	info->cookie = cookie ? cookie : new_id();
+	info->cookie = cookie;
 	info->flags &= ~INFO_BORN;
 }
 

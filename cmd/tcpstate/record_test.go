@@ -168,7 +168,7 @@ func TestFlightRecorderDumpsOnSIGUSR1(t *testing.T) {
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
-	code, out, stderr := runCmd(context.Background(), "trace", "-r", path, "--no-header", "--comm", "tcpstate.test")
+	code, out, stderr := runCmd(context.Background(), "trace", "-r", path, "--no-header", "--comm", selfComm(t))
 	if code != exitOK || !strings.Contains(out, "CLOSE -> SYN_SENT") {
 		t.Errorf("replay of the dump: exit %d\n%s%s", code, out, stderr)
 	}
