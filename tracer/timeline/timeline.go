@@ -22,10 +22,31 @@ import (
 // (without spans), 22 MiB.
 const DefaultMaxConns = 100000
 
-// joinWindow is how long an event is held for a later piece of it: the RST
-// that follows a CLOSE, the re-arm that follows a timewait timer's removal.
-// Both come within microseconds, from the same CPU.
+// joinWindow is how long an event is held for a later piece of it, in the
+// kernel's time: most pieces come within microseconds, from the same CPU.
 const joinWindow = 2 * time.Millisecond
+
+// pieceWindow is how long an event is held when a later piece is expected
+// from the same kernel call: the re-arm that follows a timewait timer's
+// removal (unless the socket was killed), the RST that follows an abortive
+// close() (SO_LINGER 0, unread data). Natively microseconds apart, but the
+// CPU may stall in between on a busy virtual machine (steal time) or under
+// emulation, and a kill or reset reported 200 ms late is still on time.
+const pieceWindow = 200 * time.Millisecond
+
+// holdFor is how long e waits for a later piece.
+func holdFor(e *tracer.Event) uint64 {
+	switch {
+	case e.Type == tracer.EventTWCancel:
+		return uint64(pieceWindow)
+	case e.Type == tracer.EventState && e.New == tracer.Close && !e.Timewait && e.Reason == tracer.ReasonClosed:
+		switch e.Old {
+		case tracer.Established, tracer.CloseWait, tracer.FinWait1, tracer.FinWait2, tracer.SynRecv:
+			return uint64(pieceWindow) // tcp_need_reset(): a RST follows
+		}
+	}
+	return uint64(joinWindow)
+}
 
 // Span is one state in a connection's life.
 type Span struct {
@@ -110,7 +131,7 @@ type Timeline struct {
 	listeners map[listenKey]*Conn
 	lingering map[uint64]*Conn // in CLOSE_WAIT or FIN_WAIT2 and not yet reported
 
-	held     []tracer.Event // waiting joinWindow for a later piece, from heldHead on
+	held     []tracer.Event // waiting for a later piece (holdFor), from heldHead on
 	heldHead int
 	latest   uint64 // newest event time seen
 	stats    Stats
@@ -297,9 +318,10 @@ func (t *Timeline) dropCancel(cookie uint64) {
 	}
 }
 
-// release processes held events older than joinWindow at time now.
+// release processes, in order, the held events that have waited long enough
+// at time now.
 func (t *Timeline) release(now uint64) error {
-	for t.heldHead < len(t.held) && t.held[t.heldHead].Time+uint64(joinWindow) <= now {
+	for t.heldHead < len(t.held) && t.held[t.heldHead].Time+holdFor(&t.held[t.heldHead]) <= now {
 		t.heldHead++
 		if err := t.process(&t.held[t.heldHead-1]); err != nil {
 			return err
