@@ -65,6 +65,8 @@ type options struct {
 	verbose  bool
 	features string
 	mirror   string
+	cpu      string
+	accel    string
 }
 
 func main() {
@@ -79,6 +81,8 @@ func main() {
 	flag.BoolVar(&o.verbose, "v", false, "copy each VM's console to stdout")
 	flag.StringVar(&o.features, "features", "", "rewrite the kernel table between <!-- vmtest:features --> markers in this file")
 	flag.StringVar(&o.mirror, "mirror", "http://deb.debian.org/debian", "Debian mirror")
+	flag.StringVar(&o.accel, "accel", "tcg", "qemu -accel")
+	flag.StringVar(&o.cpu, "cpu-x86", "max,-cx16", "qemu -cpu for x86_64 guests (without cmpxchg16b: QEMU 7.2 under TCG double-faults Linux 6.12 in the slab allocator's cmpxchg16b)")
 	flag.Parse()
 	if list == "" {
 		o.kernels = matrix
@@ -381,7 +385,12 @@ func buildPayload(ctx context.Context, root, dir, arch string, a *apt) error {
 	if out, err := exec.CommandContext(ctx, "dpkg-deb", "-x", deb, bb).CombinedOutput(); err != nil {
 		return fmt.Errorf("dpkg-deb -x %s: %v\n%s", deb, err, out)
 	}
-	return os.Rename(filepath.Join(bb, "bin", "busybox"), filepath.Join(dir, "busybox"))
+	for _, p := range []string{"bin/busybox", "usr/bin/busybox"} { // usr-merged from trixie on
+		if err := os.Rename(filepath.Join(bb, p), filepath.Join(dir, "busybox")); err == nil {
+			return nil
+		}
+	}
+	return fmt.Errorf("no busybox binary in %s", deb)
 }
 
 // initScript is /init in the VM. It prints "vmtest: " lines that boot()
@@ -590,7 +599,7 @@ func boot(ctx context.Context, k kernel, pkg *kernelPkg, initrd string, o option
 
 	ctx, cancel := context.WithTimeout(ctx, o.timeout)
 	defer cancel()
-	args := []string{"-accel", "tcg", "-smp", "2", "-m", "1536", "-kernel", pkg.vmlinuz, "-initrd", initrd,
+	args := []string{"-accel", o.accel, "-smp", "2", "-m", "1536", "-kernel", pkg.vmlinuz, "-initrd", initrd,
 		"-display", "none", "-serial", "stdio", "-monitor", "none", "-nodefaults", "-no-reboot"}
 	console := "ttyS0"
 	if k.Arch == "arm64" {
@@ -598,7 +607,7 @@ func boot(ctx context.Context, k kernel, pkg *kernelPkg, initrd string, o option
 		args = append([]string{"-M", "virt", "-cpu", "max,pauth-impdef=on"}, args...)
 		console = "ttyAMA0"
 	} else {
-		args = append([]string{"-cpu", "max"}, args...)
+		args = append([]string{"-cpu", o.cpu}, args...)
 	}
 	args = append(args, "-append", "console="+console+" panic=-1 oops=panic loglevel=4")
 	cmd := exec.CommandContext(ctx, qemuBinary(k.Arch), args...)
