@@ -1,7 +1,7 @@
 # SPDX-License-Identifier: Apache-2.0
 GO ?= go
 
-.PHONY: build generate headers test bench lint ci
+.PHONY: build generate headers test bench lint ci vmtest
 
 build:
 	$(GO) build -o tcpstate ./cmd/tcpstate
@@ -26,3 +26,7 @@ lint:
 
 ci:
 	bash .ci/run
+
+# The kernel tests on Debian's 5.10, 6.1 and 6.12 kernels in qemu (as root).
+vmtest:
+	$(GO) run ./scripts/vmtest -j 2

@@ -181,8 +181,8 @@ type Feature struct {
 	Warn string
 }
 
-// features lists what works here, given the probes and the hooks attached.
-func features(kernelTypes *btf.Spec, caps kernelCaps, attached map[string]bool) []Feature {
+// kernelFeatures lists what works here, given the probes and the hooks attached.
+func kernelFeatures(kernelTypes *btf.Spec, caps kernelCaps, attached map[string]bool) []Feature {
 	f := []Feature{
 		{Name: "transitions", OK: true, Detail: "every state change of a TCP socket (inet_sock_set_state)"},
 		{Name: "socket storage", OK: caps.skStorage, Detail: "per-socket state freed with the socket (bpf_sk_storage_get in tracing programs, Linux 5.11)",

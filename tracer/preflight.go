@@ -11,7 +11,10 @@ import (
 	"strconv"
 	"strings"
 
+	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/btf"
+	"github.com/cilium/ebpf/features"
+	"golang.org/x/sys/unix"
 )
 
 // Errors a user meets before any event flows. They are wrapped with details;
@@ -20,7 +23,27 @@ var (
 	ErrPrivileges  = errors.New("not enough privileges")
 	ErrNoBTF       = errors.New("no kernel BTF")
 	ErrMissingHook = errors.New("tracepoint missing on this kernel")
+	ErrOldKernel   = errors.New("kernel too old")
 )
+
+// checkKernel fails early, with what is missing, on kernels older than the
+// oldest tcpstate supports (Linux 5.10): the BPF ring buffer (5.8) is what
+// it cannot do without and has no BTF to tell. (BTF tracing programs, 5.5, are
+// not probed here: the library's probe attaches fentry, which kernels in
+// lockdown refuse; the tracepoints' BTF and the load tell instead.)
+func checkKernel() error {
+	if err := features.HaveMapType(ebpf.RingBuf); errors.Is(err, ebpf.ErrNotSupported) {
+		return fmt.Errorf("%w: no BPF ring buffer (Linux 5.8) on Linux %s; tcpstate needs Linux 5.10 or later", ErrOldKernel, kernelRelease())
+	}
+	return nil
+}
+
+// kernelRelease is `uname -r`.
+func kernelRelease() string {
+	var uts unix.Utsname
+	_ = unix.Uname(&uts)
+	return unix.ByteSliceToString(uts.Release[:])
+}
 
 // DefaultKernelBTF is where the running kernel publishes its types.
 const DefaultKernelBTF = "/sys/kernel/btf/vmlinux"

@@ -155,6 +155,9 @@ func New(cfg Config) (*Tracer, error) {
 	if err := rlimit.RemoveMemlock(); err != nil {
 		return nil, fmt.Errorf("raising RLIMIT_MEMLOCK: %w", err)
 	}
+	if err := checkKernel(); err != nil {
+		return nil, err
+	}
 
 	spec, err := loadTcpstate()
 	if err != nil {
@@ -207,7 +210,7 @@ func New(cfg Config) (*Tracer, error) {
 	for _, p := range probes {
 		delete(spec.Programs, p)
 	}
-	t.features = features(kernelTypes, caps, attached)
+	t.features = kernelFeatures(kernelTypes, caps, attached)
 	for _, f := range t.features {
 		if !f.OK && f.Warn != "" {
 			t.warnings = append(t.warnings, f.Warn)
@@ -256,7 +259,7 @@ func New(cfg Config) (*Tracer, error) {
 	if err != nil {
 		var ve *ebpf.VerifierError
 		if errors.As(err, &ve) {
-			return nil, fmt.Errorf("loading BPF programs: %+v", ve)
+			return nil, fmt.Errorf("loading BPF programs on Linux %s: %+v", kernelRelease(), ve)
 		}
 		if errors.Is(err, os.ErrPermission) {
 			return nil, fmt.Errorf("loading BPF programs: %w (%w: is kernel lockdown in confidentiality mode, or BPF disabled by sysctl kernel.unprivileged_bpf_disabled?)", err, ErrPrivileges)

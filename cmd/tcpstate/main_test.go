@@ -280,6 +280,39 @@ func requireRoot(t *testing.T) {
 	}
 }
 
+// check loads and attaches everything, names each feature, and takes the
+// kernel's types from --btf when asked (for kernels that ship BTF apart).
+func TestCheck(t *testing.T) {
+	requireRoot(t)
+	code, stdout, stderr := runCmd(context.Background(), "check", "-o", "json", "--btf", "/sys/kernel/btf/vmlinux")
+	if code != exitOK {
+		t.Fatalf("exit %d: %s%s", code, stdout, stderr)
+	}
+	var rep checkReport
+	if err := json.Unmarshal([]byte(stdout), &rep); err != nil {
+		t.Fatalf("not one JSON object: %v: %q", err, stdout)
+	}
+	names := map[string]bool{}
+	for _, f := range rep.Features {
+		names[f.Name] = true
+		if f.Detail == "" {
+			t.Errorf("feature %s has no detail", f.Name)
+		}
+	}
+	for _, n := range []string{"transitions", "timewait", "keepalive", "walk"} {
+		if !names[n] {
+			t.Errorf("no feature %q in %s", n, stdout)
+		}
+	}
+	if !rep.Usable || rep.Kernel == "" {
+		t.Errorf("report %+v", rep)
+	}
+	code, stdout, _ = runCmd(context.Background(), "check", "-o", "json", "--btf", "/nonexistent/vmlinux")
+	if code != exitError || !strings.Contains(stdout, `"usable":false`) || !strings.Contains(stdout, "CONFIG_DEBUG_INFO_BTF") {
+		t.Errorf("without BTF: exit %d, %s", code, stdout)
+	}
+}
+
 func TestMissingBTF(t *testing.T) {
 	requireRoot(t)
 	code, _, stderr := runCmd(context.Background(), "trace", "--btf", "/nonexistent/vmlinux")

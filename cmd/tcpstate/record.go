@@ -109,7 +109,7 @@ func runRecord(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	clock, info := tracer.NewClock(), t.Info()
 	socks, nss := scanAll(t, tracer.ScanOptions{}, stderr)
 	socks = fullSockets(socks)
-	h := newHeader(clock, info, nss)
+	h := newHeader(clock, info, nss, t.Warnings())
 	rec.nss = nss
 	if f.flight {
 		rec.flight = capture.NewFlight(h, int(f.keepSize), time.Duration(f.keepTime))
@@ -268,6 +268,7 @@ func runReport(args []string, stdout, stderr io.Writer) error {
 		for _, w := range rd.Warnings() {
 			fmt.Fprintf(stderr, "tcpstate: warning: %s: %s\n", path, w)
 		}
+		kernelNotes(stderr, path, &rd.Header)
 		if err != nil {
 			return fmt.Errorf("%s: %w", path, err)
 		}

@@ -113,7 +113,7 @@ func runTrace(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	var src tracer.Sink = p.tl
 	var w *capture.Writer
 	if f.write != "" {
-		if w, err = capture.Create(f.write, newHeader(clock, info, nss), capture.Options{}); err != nil {
+		if w, err = capture.Create(f.write, newHeader(clock, info, nss, t.Warnings()), capture.Options{}); err != nil {
 			return err
 		}
 		if err := w.Sockets(socks); err != nil {
@@ -213,6 +213,7 @@ func replayTrace(f *traceFlags, filter tracer.Filter, stdout, stderr io.Writer) 
 	for _, w := range rd.Warnings() {
 		fmt.Fprintf(stderr, "tcpstate: warning: %s: %s\n", f.read, w)
 	}
+	kernelNotes(stderr, f.read, &rd.Header)
 	fmt.Fprintf(stderr, "tcpstate: %d events read, %d %s, %d lost when recorded\n", n, p.sink.Shown, p.shownWhat(), p.sink.Lost)
 	return err
 }
@@ -269,19 +270,26 @@ func (t tee) Idle() error {
 }
 
 // newHeader describes a capture made here, now.
-func newHeader(clock tracer.Clock, info tracer.KernelInfo, nss []tracer.NetNS) capture.Header {
+func newHeader(clock tracer.Clock, info tracer.KernelInfo, nss []tracer.NetNS, warnings []string) capture.Header {
 	var uts unix.Utsname
 	_ = unix.Uname(&uts)
 	host, _ := os.Hostname()
 	h := capture.Header{
 		Tcpstate: version, Hostname: host, Kernel: unix.ByteSliceToString(uts.Release[:]),
 		Arch: unix.ByteSliceToString(uts.Machine[:]), Started: time.Now().UTC(), BootWall: clock.BootWall,
-		HZ: info.HZ, RstReasons: info.RstReasons, Options: os.Args[1:],
+		HZ: info.HZ, RstReasons: info.RstReasons, Options: os.Args[1:], KernelWarnings: warnings,
 	}
 	for _, ns := range nss {
 		h.Namespaces = append(h.Namespaces, capture.Namespace{Inode: ns.Inode, Sysctls: ns.Sysctls})
 	}
 	return h
+}
+
+// kernelNotes says what the kernel that recorded a capture could not do.
+func kernelNotes(stderr io.Writer, path string, h *capture.Header) {
+	for _, w := range h.KernelWarnings {
+		fmt.Fprintf(stderr, "tcpstate: note: %s was recorded on Linux %s: %s\n", path, h.Kernel, w)
+	}
 }
 
 // scanAll walks the existing sockets; a failure costs only what the walk

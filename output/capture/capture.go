@@ -31,6 +31,10 @@ type Header struct {
 	Options     []string          `json:"options,omitempty"` // the command line that made it
 	Namespaces  []Namespace       `json:"namespaces,omitempty"`
 	FlightStart uint64            `json:"flight_start,omitempty"` // flight recorder: events before this were dropped
+	// KernelWarnings: what the kernel that made the capture could not do
+	// (tcpstate check), one sentence each, so that a reader knows what the
+	// capture cannot contain.
+	KernelWarnings []string `json:"kernel_warnings,omitempty"`
 }
 
 // Namespace is a network namespace's TCP sysctls at one time.

@@ -16,7 +16,8 @@
 //	go run ./scripts/vmtest -features README.md      # also rewrite README's kernel table
 //
 // Needs root (the tests inside need it anyway, and apt-get download), and the
-// Debian packages qemu-system-x86, qemu-system-arm and dpkg.
+// Debian packages qemu-system-x86 and qemu-system-arm, which it installs when
+// they are missing.
 package main
 
 import (
@@ -118,10 +119,14 @@ func run(ctx context.Context, o options) error {
 	for _, k := range o.kernels {
 		need[qemuBinary(k.Arch)] = qemuPackage(k.Arch)
 	}
+	var missing []string
 	for bin, pkg := range need {
-		if _, err := exec.LookPath(bin); err != nil {
-			return fmt.Errorf("%s not found (apt-get install -y %s)", bin, pkg)
+		if _, err := exec.LookPath(bin); err != nil && !slices.Contains(missing, pkg) {
+			missing = append(missing, pkg)
 		}
+	}
+	if err := install(ctx, missing); err != nil {
+		return err
 	}
 	root, err := repoRoot()
 	if err != nil {
@@ -194,6 +199,26 @@ func run(ctx context.Context, o options) error {
 	}
 	if len(failed) > 0 {
 		return fmt.Errorf("failed on %s (consoles in %s/logs)", strings.Join(failed, ", "), o.cache)
+	}
+	return nil
+}
+
+// install installs Debian packages the harness needs (as root, on Debian).
+func install(ctx context.Context, pkgs []string) error {
+	if len(pkgs) == 0 {
+		return nil
+	}
+	sort.Strings(pkgs)
+	if os.Geteuid() != 0 {
+		return fmt.Errorf("missing %s: apt-get install -y %s", strings.Join(pkgs, ", "), strings.Join(pkgs, " "))
+	}
+	fmt.Println("vmtest: installing " + strings.Join(pkgs, " "))
+	for _, args := range [][]string{{"update", "-qq"}, append([]string{"install", "-y", "-qq"}, pkgs...)} {
+		c := exec.CommandContext(ctx, "apt-get", args...)
+		c.Env = append(os.Environ(), "DEBIAN_FRONTEND=noninteractive")
+		if out, err := c.CombinedOutput(); err != nil {
+			return fmt.Errorf("apt-get %s: %v\n%s", strings.Join(args, " "), err, out)
+		}
 	}
 	return nil
 }
