@@ -325,6 +325,19 @@ func TestMissingBTF(t *testing.T) {
 // ends, server first, and returns the listener's port.
 func connectAndClose(t *testing.T) int {
 	t.Helper()
+	port, _ := connectAndCloseTimed(t)
+	return port
+}
+
+// closeWaitHold is how long connectAndClose's client waits before close().
+const closeWaitHold = 50 * time.Millisecond
+
+// connectAndCloseTimed is connectAndClose, also returning the span the test
+// measured around the client's CLOSE_WAIT: from before the server's close()
+// to after the client's. On any machine, however busy, the client's
+// CLOSE_WAIT lasts at least closeWaitHold and at most that span.
+func connectAndCloseTimed(t *testing.T) (port int, span time.Duration) {
+	t.Helper()
 	ln, err := net.Listen("tcp4", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
@@ -338,10 +351,11 @@ func connectAndClose(t *testing.T) int {
 	if err != nil {
 		t.Fatal(err)
 	}
+	begin := time.Now()
 	s.Close()
-	time.Sleep(50 * time.Millisecond)
+	time.Sleep(closeWaitHold)
 	c.Close()
-	return ln.Addr().(*net.TCPAddr).Port
+	return ln.Addr().(*net.TCPAddr).Port, time.Since(begin)
 }
 
 // traceWhile runs `tcpstate trace args...` for d from the moment it is

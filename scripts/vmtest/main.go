@@ -82,7 +82,7 @@ func main() {
 	flag.BoolVar(&o.verbose, "v", false, "copy each VM's console to stdout")
 	flag.StringVar(&o.features, "features", "", "rewrite the kernel table between <!-- vmtest:features --> markers in this file")
 	flag.StringVar(&o.mirror, "mirror", "http://deb.debian.org/debian", "Debian mirror")
-	flag.StringVar(&o.accel, "accel", "tcg", "qemu -accel")
+	flag.StringVar(&o.accel, "accel", "tcg,thread=single", "qemu -accel (one host thread for the VM's CPUs: with one each, QEMU 7.2 races on the code the kernel patches when a tracer attaches, an int3 oops in 6.12)")
 	flag.StringVar(&o.cpu, "cpu-x86", "max,-cx16", "qemu -cpu for x86_64 guests (without cmpxchg16b: QEMU 7.2 under TCG double-faults Linux 6.12 in the slab allocator's cmpxchg16b)")
 	flag.Parse()
 	if list == "" {
