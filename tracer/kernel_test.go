@@ -26,6 +26,8 @@ import (
 
 	"github.com/tcpstate/tcpstate/tracer"
 	"github.com/tcpstate/tcpstate/tracer/timeline"
+
+	"github.com/tcpstate/tcpstate/internal/testnet"
 )
 
 func TestMain(m *testing.M) {
@@ -832,7 +834,7 @@ func TestKernelFilterAgreesWithMatch(t *testing.T) {
 		{"family", tracer.Filter{Family: tracer.IPv6}},
 		{"states", tracer.Filter{States: 1<<tracer.CloseWait | 1<<tracer.LastAck}},
 		{"pid", tracer.Filter{PIDs: []uint32{uint32(os.Getpid())}}},
-		{"comm", tracer.Filter{Comm: selfComm(t)}},
+		{"comm", tracer.Filter{Comm: testnet.SelfComm(t)}},
 		{"netns", tracer.Filter{NetNS: netns}},
 		{"all at once", tracer.Filter{Ports: []uint16{srv6.Port()}, Family: tracer.IPv6, States: 1 << tracer.SynSent, PIDs: []uint32{uint32(os.Getpid())}}},
 	} {
@@ -964,15 +966,4 @@ func BenchmarkAttach(b *testing.B) {
 		}
 		tr.Close()
 	}
-}
-
-// selfComm is this process's task name (the test binary's name, cut to 15
-// bytes: tcpstate.test, cmd.test in scripts/vmtest).
-func selfComm(t *testing.T) string {
-	t.Helper()
-	b, err := os.ReadFile("/proc/self/comm")
-	if err != nil {
-		t.Fatal(err)
-	}
-	return strings.TrimSpace(string(b))
 }

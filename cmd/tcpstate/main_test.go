@@ -18,6 +18,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/tcpstate/tcpstate/internal/testnet"
 )
 
 func runCmd(ctx context.Context, args ...string) (code int, stdout, stderr string) {
@@ -424,7 +426,7 @@ func TestTraceJSON(t *testing.T) {
 func TestTraceTextStateFilter(t *testing.T) {
 	requireRoot(t)
 	var port int
-	code, stdout, stderr := traceWhile(t, 3*time.Second, func() { port = connectAndClose(t) }, "--state", "close-wait", "--comm", selfComm(t))
+	code, stdout, stderr := traceWhile(t, 3*time.Second, func() { port = connectAndClose(t) }, "--state", "close-wait", "--comm", testnet.SelfComm(t))
 	if code != exitOK {
 		t.Fatalf("exit %d: %s", code, stderr)
 	}
@@ -437,8 +439,8 @@ func TestTraceTextStateFilter(t *testing.T) {
 	// keepalive events included (those name the timer, not the state).
 	var ours int
 	for _, l := range lines[1:] {
-		if !strings.Contains(l, " "+selfComm(t)[:min(8, len(selfComm(t)))]) {
-			t.Errorf("--comm %s let through %q", selfComm(t), l)
+		if !strings.Contains(l, " "+testnet.SelfComm(t)[:min(8, len(testnet.SelfComm(t)))]) {
+			t.Errorf("--comm %s let through %q", testnet.SelfComm(t), l)
 		}
 		if !strings.Contains(l, "CLOSE_WAIT") && !strings.Contains(l, " keepalive ") {
 			t.Errorf("--state close-wait let through %q", l)
@@ -480,15 +482,4 @@ func TestInterrupt(t *testing.T) {
 	if !strings.Contains(stderr.String(), "events seen") {
 		t.Errorf("no summary: %q", stderr.String())
 	}
-}
-
-// selfComm is this process's task name (the test binary's name, cut to 15
-// bytes: tcpstate.test, cmd.test in scripts/vmtest).
-func selfComm(t *testing.T) string {
-	t.Helper()
-	b, err := os.ReadFile("/proc/self/comm")
-	if err != nil {
-		t.Fatal(err)
-	}
-	return strings.TrimSpace(string(b))
 }

@@ -14,6 +14,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/tcpstate/tcpstate/internal/testnet"
 	"github.com/tcpstate/tcpstate/output/capture"
 )
 
@@ -168,7 +169,7 @@ func TestFlightRecorderDumpsOnSIGUSR1(t *testing.T) {
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
-	code, out, stderr := runCmd(context.Background(), "trace", "-r", path, "--no-header", "--comm", selfComm(t))
+	code, out, stderr := runCmd(context.Background(), "trace", "-r", path, "--no-header", "--comm", testnet.SelfComm(t))
 	if code != exitOK || !strings.Contains(out, "CLOSE -> SYN_SENT") {
 		t.Errorf("replay of the dump: exit %d\n%s%s", code, out, stderr)
 	}

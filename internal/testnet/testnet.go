@@ -198,3 +198,14 @@ func (n *NetNS) do(f func()) error {
 	f()
 	return nil
 }
+
+// SelfComm is this process's task name: the test binary's name cut to 15
+// bytes (tcpstate.test, tracer.test; cmd.test in scripts/vmtest).
+func SelfComm(t testing.TB) string {
+	t.Helper()
+	b, err := os.ReadFile("/proc/self/comm")
+	if err != nil {
+		t.Fatal(err)
+	}
+	return strings.TrimSpace(string(b))
+}
