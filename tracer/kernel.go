@@ -175,7 +175,9 @@ func hasMember(spec *btf.Spec, typ, member string) bool {
 type Feature struct {
 	Name   string // short name, as in README's kernel table
 	OK     bool
-	Detail string // what it gives, or what is missing and since when Linux has it
+	Detail string // what it gives, and since when Linux has it
+	// Missing is what is lost where the kernel lacks it.
+	Missing string
 	// Warn is the warning line printed at start when the feature is
 	// missing; "" when a hook's warning already says it.
 	Warn string
@@ -186,20 +188,43 @@ func kernelFeatures(kernelTypes *btf.Spec, caps kernelCaps, attached map[string]
 	f := []Feature{
 		{Name: "transitions", OK: true, Detail: "every state change of a TCP socket (inet_sock_set_state)"},
 		{Name: "socket storage", OK: caps.skStorage, Detail: "per-socket state freed with the socket (bpf_sk_storage_get in tracing programs, Linux 5.11)",
-			Warn: fmt.Sprintf("no socket storage for tracing programs (Linux 5.11): per-socket state is kept in a table of %d sockets (LRU), and accepted sockets are named from their listener by tcpstate itself", DefaultSocketEntries)},
+			Missing: fmt.Sprintf("per-socket state in a table of %d sockets (LRU) keyed by address; accepted sockets named from their listener by tcpstate", DefaultSocketEntries)},
 		{Name: "cookies", OK: caps.cookie, Detail: "connections identified by the kernel's socket cookie, as ss -e shows it (bpf_get_socket_cookie in tracing programs, Linux 5.12)",
-			Warn: "no socket cookies from tracing programs (Linux 5.12): connections get tcpstate's own ids (top bit set) unless the kernel had made a cookie"},
-		{Name: "acceptor", OK: attached["sock_send_length"] && attached["sock_recv_length"], Detail: "an accepted socket is named after the process that accepted it (sock_send_length, sock_recv_length: Linux 6.3)"},
-		{Name: "resets", OK: attached["tcp_receive_reset"] && attached["tcp_send_reset"], Detail: "close reasons tell resets from orderly closes (tcp_receive_reset, tcp_send_reset)"},
+			Missing: "connections get tcpstate's own ids (top bit set) unless the kernel had made a cookie"},
+		{Name: "acceptor", OK: attached["sock_send_length"] && attached["sock_recv_length"], Detail: "an accepted socket is named after the process that accepted it (sock_send_length, sock_recv_length: Linux 6.3)",
+			Missing: "an accepted socket stays attributed to its listener's process until the acceptor closes it"},
+		{Name: "resets", OK: attached["tcp_receive_reset"] && attached["tcp_send_reset"], Detail: "close reasons tell resets from orderly closes (tcp_receive_reset, tcp_send_reset)",
+			Missing: noReset},
 		{Name: "reset reasons", OK: tracepointArgs(kernelTypes, "tcp_send_reset") >= 3, Detail: "the kernel's reason for each reset sent (tcp_send_reset's reason, Linux 6.10)",
-			Warn: "tcp_send_reset has no reason argument (Linux 6.10): resets sent are reported without the kernel's reason"},
-		{Name: "timewait", OK: attached["timer_start"] && attached["timer_expire_entry"] && attached["timer_cancel"], Detail: "TIME_WAIT and orphaned FIN_WAIT2 followed in the timewait socket (timer tracepoints, tw_timer_handler)"},
-		{Name: "keepalive", OK: attached["timer_start"] && attached["timer_expire_entry"] && attached["timer_expire_exit"], Detail: "keepalive timers, probes and kills (timer tracepoints, tcp_keepalive_timer)"},
+			Missing: "resets sent are reported without the kernel's reason"},
+		{Name: "timewait", OK: attached["timer_start"] && attached["timer_expire_entry"] && attached["timer_cancel"], Detail: "TIME_WAIT and orphaned FIN_WAIT2 followed in the timewait socket (timer tracepoints, tw_timer_handler)",
+			Missing: noTimewait},
+		{Name: "keepalive", OK: attached["timer_start"] && attached["timer_expire_entry"] && attached["timer_expire_exit"], Detail: "keepalive timers, probes and kills (timer tracepoints, tcp_keepalive_timer)",
+			Missing: noKeepalive},
 		{Name: "recursion misses", OK: hasMember(kernelTypes, "bpf_prog_info", "recursion_misses"), Detail: "events the kernel skipped (a program interrupted by itself) are counted (Linux 5.12)",
-			Warn: "the kernel does not count skipped program runs (Linux 5.12): events lost to recursion go unreported"},
+			Missing: "events lost to the kernel's recursion guard go uncounted"},
+	}
+	// Features no hook warning covers get a warning of their own.
+	for i := range f {
+		if lack, ok := map[string]string{
+			"socket storage":   "no socket storage for tracing programs",
+			"cookies":          "no socket cookies from tracing programs",
+			"reset reasons":    "tcp_send_reset has no reason argument",
+			"recursion misses": "the kernel does not count skipped program runs",
+		}[f[i].Name]; ok {
+			f[i].Warn = lack + " (" + linuxOf(f[i].Detail) + "): " + f[i].Missing
+		}
 	}
 	if f[5].OK && !f[4].OK {
-		f[5].OK = false // no reset hooks at all: said by their warning
+		f[5].OK, f[5].Warn = false, "" // no reset hooks at all: said by their warning
 	}
 	return f
+}
+
+// linuxOf picks "Linux N.M" out of a feature's detail.
+func linuxOf(detail string) string {
+	if i := strings.LastIndex(detail, "Linux "); i >= 0 {
+		return strings.TrimRight(detail[i:], ")")
+	}
+	return "this kernel"
 }

@@ -94,14 +94,19 @@ func effectiveCaps() (uint64, error) {
 
 // loadKernelTypes reads the kernel's BTF from path ("" for the running kernel's).
 func loadKernelTypes(path string) (*btf.Spec, error) {
-	if path == "" {
+	given := path != ""
+	if !given {
 		path = DefaultKernelBTF
 	}
 	spec, err := btf.LoadSpec(path)
 	switch {
+	case errors.Is(err, fs.ErrNotExist) && given:
+		return nil, fmt.Errorf("%w: --btf %s does not exist", ErrNoBTF, path)
 	case errors.Is(err, fs.ErrNotExist):
 		return nil, fmt.Errorf("%w: %s does not exist; tcpstate needs a kernel built with CONFIG_DEBUG_INFO_BTF=y "+
 			"(most distributions since 2020), or its BTF in a file given with --btf", ErrNoBTF, path)
+	case err != nil && given:
+		return nil, fmt.Errorf("%w: --btf %s is not a BTF file (a kernel's .BTF or /sys/kernel/btf/vmlinux): %v", ErrNoBTF, path, err)
 	case err != nil:
 		return nil, fmt.Errorf("%w: reading %s: %v", ErrNoBTF, path, err)
 	}

@@ -57,9 +57,10 @@ type checkReport struct {
 }
 
 type checkFeature struct {
-	Name   string `json:"name"`
-	OK     bool   `json:"ok"`
-	Detail string `json:"detail"`
+	Name    string `json:"name"`
+	OK      bool   `json:"ok"`
+	Detail  string `json:"detail"`
+	Missing string `json:"missing,omitempty"` // with ok false: what is lost here
 }
 
 func runCheck(_ context.Context, args []string, stdout, stderr io.Writer) error {
@@ -77,7 +78,11 @@ func runCheck(_ context.Context, args []string, stdout, stderr io.Writer) error 
 		defer t.Close()
 		rep.Usable = true
 		for _, ft := range t.Features() {
-			rep.Features = append(rep.Features, checkFeature{ft.Name, ft.OK, ft.Detail})
+			f := checkFeature{Name: ft.Name, OK: ft.OK, Detail: ft.Detail}
+			if !ft.OK {
+				f.Missing = ft.Missing
+			}
+			rep.Features = append(rep.Features, f)
 		}
 		rep.Warnings = t.Warnings()
 		socks, _, serr := t.ScanAll(tracer.ScanOptions{TimeWait: true})
@@ -109,11 +114,11 @@ func runCheck(_ context.Context, args []string, stdout, stderr io.Writer) error 
 	tw := tabwriter.NewWriter(stdout, 0, 0, 2, ' ', 0)
 	fmt.Fprintln(tw, "FEATURE\tHERE\tWHAT")
 	for _, ft := range rep.Features {
-		ok := "yes"
+		ok, what := "yes", ft.Detail
 		if !ft.OK {
-			ok = "no"
+			ok, what = "no", ft.Detail+"; here: "+ft.Missing
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\n", ft.Name, ok, ft.Detail)
+		fmt.Fprintf(tw, "%s\t%s\t%s\n", ft.Name, ok, what)
 	}
 	if err := tw.Flush(); err != nil {
 		return err

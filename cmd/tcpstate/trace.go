@@ -36,9 +36,12 @@ unknown), LPORT (local port), REMOTE (peer address:port), DUR (time spent in the
 old state; ">" began before tcpstate, "-" not seen to begin), TRANSITION, and in
 parentheses why it closed (fin, rst_sent REASON, rst_received, refused, timeout,
 timewait_expired, fin_timeout, timewait_killed, closed) or that the new state
-lives in the timewait socket. --wide adds the local address, thread, how the
-owner was learnt, the task on the CPU, cookie and netns. JSON lines: one object
-per event; the fields are listed in README.md.
+lives in the timewait socket. The keepalive timer's events show in TRANSITION as
+"keepalive armed|fired|probe N/M|answered|timeout|fin_wait2" with the effective
+idle, interval and count and where each comes from (socket option or sysctl).
+--wide adds the local address, thread, how the owner was learnt, the task on the
+CPU, cookie and netns. JSON lines: one object per event; the fields are listed
+in README.md.
 `
 
 type traceFlags struct {
