@@ -171,6 +171,11 @@ struct ka_fire {
 	__u64 timer;
 	__u8 probes_out;
 	__u8 state;
+	__u8 owner_src;		/* the owner, noted by the CLOSE a keepalive kill makes */
+	__u8 _pad[5];
+	__u32 pid;
+	__u32 tid;
+	char comm[TASK_COMM_LEN];
 };
 
 struct {
@@ -638,6 +643,24 @@ static __always_inline void child_report(struct event *e, struct sk_info *info, 
 	info->flags &= ~INFO_BORN;
 }
 
+/*
+ * A CLOSE inside this socket's keepalive timer (a keepalive kill): note the
+ * owner for the timeout event that follows at the timer's exit, which reaches
+ * the socket only through its timer and cannot read its storage.
+ */
+static __always_inline void ka_note_owner(const struct sock *sk, const struct sk_info *info)
+{
+	__u32 zero = 0;
+	struct ka_fire *f = bpf_map_lookup_elem(&ka_fires, &zero);
+
+	if (!f || !f->timer || f->timer != (__u64)&sk->sk_timer)
+		return;
+	f->owner_src = info->owner_src;
+	f->pid = info->pid;
+	f->tid = info->tid;
+	__builtin_memcpy(f->comm, info->comm, TASK_COMM_LEN);
+}
+
 SEC("tp_btf/inet_sock_set_state")
 int BPF_PROG(handle_set_state, const struct sock *sk, int oldstate, int newstate)
 {
@@ -719,6 +742,8 @@ int BPF_PROG(handle_set_state, const struct sock *sk, int oldstate, int newstate
 		info->state_ts = now;
 		info->flags &= ~INFO_SINCE_START;
 		event_owner(&e, info->owner_src, info->pid, info->tid, info->comm);
+		if (newstate == TCP_CLOSE)
+			ka_note_owner(sk, info);
 	}
 	emit(&e);
 	return 0;
@@ -969,6 +994,10 @@ static __always_inline void ka_event(struct event *e, struct sock *sk, struct ti
 	e->new_state = e->old_state;
 	e->netns = BPF_CORE_READ(net, ns.inum);
 	read_endpoints(&sk->__sk_common, &e->family, &e->sport, &e->dport, e->saddr, e->daddr);
+	/* A keepalive kill has closed the socket: its port is released
+	 * (inet_num zeroed), inet_sport keeps it. */
+	if (!e->sport)
+		e->sport = bpf_ntohs(BPF_CORE_READ((struct inet_sock *)sk, inet_sport));
 	e->timer_expires = BPF_CORE_READ(t, expires);
 	e->jiffies = bpf_jiffies64();
 	e->ka_probe = BPF_CORE_READ((struct inet_connection_sock *)sk, icsk_probes_out);
@@ -1029,6 +1058,7 @@ static __always_inline void ka_fire_entry(struct event *e, struct timer_list *t)
 	if (!f)
 		return;
 	f->timer = (__u64)t;
+	f->owner_src = OWNER_NONE;
 	f->probes_out = BPF_CORE_READ((struct inet_connection_sock *)sk, icsk_probes_out);
 	f->state = BPF_CORE_READ(sk, __sk_common.skc_state);
 	/* Probes outstanding at the last fire and none now: an ACK came. */
@@ -1062,6 +1092,7 @@ static __always_inline void ka_fire_exit(struct event *e, struct timer_list *t)
 	state = BPF_CORE_READ(sk, __sk_common.skc_state);
 	if (state == TCP_CLOSE && f->state != TCP_CLOSE) {
 		ka_event(e, sk, t, KA_TIMEOUT, now, cookie);
+		event_owner(e, f->owner_src, f->pid, f->tid, f->comm);
 		e->sk_err = BPF_CORE_READ(sk, sk_err);
 		e->reason = REASON_TIMEOUT;
 		e->rst_reason = ka_rst_reason();

@@ -137,7 +137,11 @@ type tcpstateKaFire struct {
 	Timer     uint64
 	ProbesOut uint8
 	State     uint8
-	_         [6]byte
+	OwnerSrc  uint8
+	Pad       [5]uint8
+	Pid       uint32
+	Tid       uint32
+	Comm      [16]int8
 }
 
 type tcpstateKaSrc uint32

@@ -67,7 +67,19 @@ type Stats struct {
 	// TimewaitUntracked: timewait sockets that ended without the tracer
 	// knowing their start (older than the tracer, or evicted from its table).
 	TimewaitUntracked uint64
+	// Skipped: state changes the kernel did not let tcpstate see: its
+	// recursion guard skips a tracing program that is already running on the
+	// CPU (a softirq's transition interrupting a system call's). Each is a
+	// lost transition, reported as lost with the ring buffer's losses.
+	// Linux 5.12+ counts them (Features: "recursion misses").
+	Skipped uint64
+	// SkippedTimers: runs of the timer programs skipped the same way; a
+	// TCP timer among them costs a timewait or keepalive event.
+	SkippedTimers uint64
 }
+
+// AllLost is every event lost: ring buffer full, or skipped by the kernel.
+func (s Stats) AllLost() uint64 { return s.Lost + s.Skipped }
 
 // Sink receives what the tracer reads.
 type Sink interface {
@@ -391,12 +403,14 @@ func (t *Tracer) Run(ctx context.Context, sink Sink) error {
 	}
 }
 
-// reportLost delivers an EventLost when the kernel's lost counter has grown.
+// reportLost delivers an EventLost when the kernel's lost counter, or its
+// count of skipped state changes, has grown.
 func (t *Tracer) reportLost(sink Sink, ev *Event) error {
 	lost, err := t.stat(uint32(tcpstateStatIndexSTAT_LOST))
 	if err != nil {
 		return err
 	}
+	lost += t.skipped(tcpstateProgHandleSetState)
 	if lost <= t.lostSeen {
 		return nil
 	}
@@ -414,6 +428,20 @@ func (t *Tracer) stat(idx uint32) (uint64, error) {
 		sum += v
 	}
 	return sum, nil
+}
+
+// skipped is how often the kernel skipped the named programs (0 where it
+// does not count, before 5.12).
+func (t *Tracer) skipped(progs ...string) uint64 {
+	var n uint64
+	for _, name := range progs {
+		if p := t.coll.Programs[name]; p != nil {
+			if st, err := p.Stats(); err == nil {
+				n += st.RecursionMisses
+			}
+		}
+	}
+	return n
 }
 
 // Stats reads the kernel side's counters.
@@ -435,6 +463,8 @@ func (t *Tracer) Stats() (Stats, error) {
 		}
 		*f.dst = v
 	}
+	s.Skipped = t.skipped(tcpstateProgHandleSetState)
+	s.SkippedTimers = t.skipped(tcpstateProgHandleTimerStart, tcpstateProgHandleTimerExpire, tcpstateProgHandleTimerCancel, tcpstateProgHandleTimerExit)
 	return s, nil
 }
 
@@ -522,7 +552,7 @@ func addrKey(p netip.Prefix) tcpstateAddrKey {
 // String summarises s for the end-of-run line.
 func (s Stats) String() string {
 	var b strings.Builder
-	fmt.Fprintf(&b, "%d seen in kernel, %d filtered in kernel, %d lost", s.Seen, s.Filtered, s.Lost)
+	fmt.Fprintf(&b, "%d seen in kernel, %d filtered in kernel, %d lost", s.Seen, s.Filtered, s.AllLost())
 	if s.NoStorage > 0 {
 		fmt.Fprintf(&b, ", %d without socket storage", s.NoStorage)
 	}

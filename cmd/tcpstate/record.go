@@ -143,7 +143,7 @@ func runRecord(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	if err != nil {
 		return err
 	}
-	fmt.Fprintf(stderr, "tcpstate: %d events recorded to %s, %d lost (%d filtered in kernel)\n", rec.events, f.write, stats.Lost, stats.Filtered)
+	fmt.Fprintf(stderr, "tcpstate: %d events recorded to %s, %d lost (%d filtered in kernel)%s\n", rec.events, f.write, stats.AllLost(), stats.Filtered, skippedNote(stats))
 	return runErr
 }
 

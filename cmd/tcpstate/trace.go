@@ -318,9 +318,22 @@ func fullSockets(socks []tracer.Socket) []tracer.Socket {
 	return out
 }
 
+// skippedNote says how much of the loss the kernel's recursion guard made.
+func skippedNote(s tracer.Stats) string {
+	var n string
+	if s.Skipped > 0 {
+		n += fmt.Sprintf("; %d of the lost are state changes the kernel skipped (a softirq interrupting tcpstate on the same CPU)", s.Skipped)
+	}
+	if s.SkippedTimers > 0 {
+		n += fmt.Sprintf("; the kernel skipped %d runs of the timer hooks (a TIME_WAIT or keepalive event lost if one was a TCP timer)", s.SkippedTimers)
+	}
+	return n
+}
+
 // summary is the end-of-run line.
 func summary(s tracer.Stats, shown uint64, what string, tl timeline.Stats) string {
-	line := fmt.Sprintf("%d events seen, %d %s, %d lost (%d filtered in kernel)", s.Seen, shown, what, s.Lost, s.Filtered)
+	line := fmt.Sprintf("%d events seen, %d %s, %d lost (%d filtered in kernel)", s.Seen, shown, what, s.AllLost(), s.Filtered)
+	line += skippedNote(s)
 	if tl.Evicted > 0 {
 		line += fmt.Sprintf("; %d connections evicted from a full table (raise --max-connections)", tl.Evicted)
 	}
