@@ -856,7 +856,7 @@ func TestKernelFilterAgreesWithMatch(t *testing.T) {
 			// ring buffer when it ends: far less than 100 ms, even emulated.)
 			cut := tracer.BootNow() - uint64(100*time.Millisecond)
 			stats := got.stop()
-			ref.stop()
+			refStats := ref.stop()
 			// By endpoints, not cookie: where the kernel makes no cookies for
 			// tracing programs (before 5.12) each tracer has its own ids.
 			key := func(e tracer.Event) string { return fmt.Sprintf("%v %v %v->%v", e.Local, e.Remote, e.Old, e.New) }
@@ -886,8 +886,15 @@ func TestKernelFilterAgreesWithMatch(t *testing.T) {
 			// ring buffers; the order within a socket is tested elsewhere.
 			slices.Sort(have)
 			slices.Sort(want)
-			if !slices.Equal(have, want) {
-				t.Errorf("kernel-filtered events differ from Match on all events:\n got %v\nwant %v", have, want)
+			// A transition in softirq that interrupts one tracer's program on
+			// the same CPU is skipped by the kernel for that tracer only
+			// (counted, Stats.Skipped): such a difference must be counted.
+			onlyWant, onlyHave := minus(want, have), minus(have, want)
+			if uint64(len(onlyWant)) > stats.AllLost() || uint64(len(onlyHave)) > refStats.AllLost() {
+				t.Errorf("kernel-filtered events differ from Match on all events beyond what the kernel counted as lost (%d, %d):\n got %v\nwant %v\nonly in got %v\nonly in want %v",
+					stats.AllLost(), refStats.AllLost(), have, want, onlyHave, onlyWant)
+			} else if len(onlyWant)+len(onlyHave) > 0 {
+				t.Logf("the kernel skipped %v for the filtered tracer and %v for the other (counted as lost)", onlyWant, onlyHave)
 			}
 			// (unknown owners pass the kernel's pid and comm filters)
 			if stats.Filtered == 0 && tc.f.PIDs == nil && tc.f.Comm == "" && tc.name != "netns" && tc.name != "addr ipv4 cidr" {
@@ -895,6 +902,22 @@ func TestKernelFilterAgreesWithMatch(t *testing.T) {
 			}
 		})
 	}
+}
+
+// minus is a without the elements of b (multisets, both sorted).
+func minus(a, b []string) []string {
+	var out []string
+	for i, j := 0, 0; i < len(a); i++ {
+		for j < len(b) && b[j] < a[i] {
+			j++
+		}
+		if j < len(b) && b[j] == a[i] {
+			j++
+			continue
+		}
+		out = append(out, a[i])
+	}
+	return out
 }
 
 func resolveOwnNetNS() (uint32, error) {
@@ -946,7 +969,7 @@ func TestLostEventsAreReported(t *testing.T) {
 func TestNewErrors(t *testing.T) {
 	requireRoot(t)
 	if _, err := tracer.New(tracer.Config{KernelBTF: "/nonexistent/vmlinux"}); !errors.Is(err, tracer.ErrNoBTF) ||
-		!strings.Contains(err.Error(), "CONFIG_DEBUG_INFO_BTF") {
+		!strings.Contains(err.Error(), "/nonexistent/vmlinux does not exist") {
 		t.Errorf("missing BTF: %v", err)
 	}
 	if _, err := tracer.New(tracer.Config{RingBufferSize: 12345}); err == nil || !strings.Contains(err.Error(), "power of two") {
