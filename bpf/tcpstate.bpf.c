@@ -152,6 +152,22 @@ struct {
 } tw_infos SEC(".maps");
 
 /*
+ * Timewait sockets still in FIN_WAIT2, keyed as in tw_infos, valued by the
+ * timewait socket's address. The peer's FIN turns one TIME_WAIT; when the new
+ * expiry stays in the same timer-wheel bucket the kernel only rewrites
+ * timer->expires, with no tracepoint. iter_fin_wait2 walks this map (user
+ * space runs it every 100 ms) to find those. Added when a timewait socket is
+ * followed in FIN_WAIT2 (first arm, start-up walk), deleted when it is seen in
+ * TIME_WAIT or ends, or found gone. LRU, sized as tw_infos.
+ */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 65536);
+	__type(key, __u64);
+	__type(value, __u64);
+} tw_fin_wait2 SEC(".maps");
+
+/*
  * Keepalive state between timer fires, keyed by cookie: probes outstanding
  * after the last fire, to tell when the peer answered. Written at each fire's
  * end, deleted when the connection dies of it. LRU, sized by user space.
@@ -383,7 +399,7 @@ static __always_inline void event_init(struct event *e, __u8 type, __u64 now, __
  * and release on every path, which older verifiers cannot always follow, and
  * none at all for filtered events).
  */
-static __always_inline void emit(struct event *e)
+static __always_inline void emit_wake(struct event *e, bool wake)
 {
 	__u64 flags = 0;
 
@@ -392,10 +408,18 @@ static __always_inline void emit(struct event *e)
 		stat_inc(STAT_FILTERED);
 		return;
 	}
-	if (wakeup_bytes)
+	if (wake)
+		flags = BPF_RB_FORCE_WAKEUP;
+	else if (wakeup_bytes)
 		flags = bpf_ringbuf_query(&events, BPF_RB_AVAIL_DATA) >= wakeup_bytes ? BPF_RB_FORCE_WAKEUP : BPF_RB_NO_WAKEUP;
 	if (bpf_ringbuf_output(&events, e, sizeof(*e), flags))
 		stat_inc(STAT_LOST);
+}
+
+/* Sends e, waking the reader once enough is waiting (it also reads every 100 ms). */
+static __always_inline void emit(struct event *e)
+{
+	emit_wake(e, false);
 }
 
 static __always_inline void event_owner(struct event *e, __u8 src, __u32 pid, __u32 tid, const char *comm)
@@ -910,7 +934,7 @@ static __always_inline void tw_duration(struct event *e, const struct tw_info *i
  * e is scratch space for the event.
  */
 static __always_inline void tw_sync(struct event *e, struct tw_info *info, struct inet_timewait_sock *tw,
-				    struct timer_list *t, __u64 now, __u64 key)
+				    struct timer_list *t, __u64 now, __u64 key, bool wake)
 {
 	__u8 substate = BPF_CORE_READ(tw, tw_substate);
 	__u64 entered, expires;
@@ -940,10 +964,11 @@ static __always_inline void tw_sync(struct event *e, struct tw_info *info, struc
 	 * (mid re-arm it still holds the FIN_WAIT2 expiry). */
 	if (substate == TCP_TIME_WAIT && hz)
 		e->timer_expires = e->jiffies + (TIMEWAIT_LEN_NS - (now - entered)) * hz / 1000000000ULL;
-	emit(e);
+	emit_wake(e, wake);
 	info->state = substate;
 	info->state_ts = entered;
 	info->flags &= ~INFO_SINCE_START;
+	bpf_map_delete_elem(&tw_fin_wait2, &key);
 }
 
 #define SOCK_KEEPOPEN	3
@@ -1134,6 +1159,11 @@ static __always_inline void tw_first_arm(struct inet_timewait_sock *tw, struct t
 	fresh.expires = t->expires;
 	fresh.flags = INFO_HANDOVER;
 	bpf_map_update_elem(&tw_infos, &key, &fresh, BPF_ANY);
+	if (fresh.state == TCP_FIN_WAIT2) {
+		__u64 addr = (__u64)tw;
+
+		bpf_map_update_elem(&tw_fin_wait2, &key, &addr, BPF_ANY);
+	}
 	if (cookie)
 		return;
 	/* No cookie to find it by: the full socket's CLOSE, next on this
@@ -1179,7 +1209,7 @@ int BPF_PROG(handle_timer_start, struct timer_list *t, unsigned long bucket_expi
 		return 0;
 	}
 	state = info->state;
-	tw_sync(&e, info, tw, t, now, key);
+	tw_sync(&e, info, tw, t, now, key, false);
 	info->expires = t->expires;
 	if (info->state != state)
 		return 0;
@@ -1214,7 +1244,7 @@ int BPF_PROG(handle_timer_expire, struct timer_list *t, unsigned long baseclk)
 	key = tw_key(cookie, tw);
 	info = bpf_map_lookup_elem(&tw_infos, &key);
 	if (info)
-		tw_sync(&e, info, tw, t, now, key);
+		tw_sync(&e, info, tw, t, now, key, false);
 	else
 		stat_inc(STAT_TW_UNTRACKED);
 	event_init(&e, EVENT_STATE, now, tw_cookie(info, key));
@@ -1226,6 +1256,7 @@ int BPF_PROG(handle_timer_expire, struct timer_list *t, unsigned long baseclk)
 	emit(&e);
 	if (info)
 		bpf_map_delete_elem(&tw_infos, &key);
+	bpf_map_delete_elem(&tw_fin_wait2, &key);
 	return 0;
 }
 
@@ -1253,7 +1284,7 @@ int BPF_PROG(handle_timer_cancel, struct timer_list *t)
 	key = tw_key(cookie, tw);
 	info = bpf_map_lookup_elem(&tw_infos, &key);
 	if (info)
-		tw_sync(&e, info, tw, t, now, key);
+		tw_sync(&e, info, tw, t, now, key, false);
 	event_init(&e, EVENT_TW_CANCEL, now, tw_cookie(info, key));
 	e.old_state = info ? info->state : BPF_CORE_READ(tw, tw_substate);
 	e.new_state = TCP_CLOSE;
@@ -1312,6 +1343,11 @@ int iter_tcp(struct bpf_iter__tcp *ctx)
 		fresh.expires = r.timer_expires;
 		fresh.flags = INFO_SINCE_START;
 		bpf_map_update_elem(&tw_infos, &key, &fresh, BPF_NOEXIST);
+		if (r.state == TCP_FIN_WAIT2) {
+			__u64 addr = (__u64)ttw;
+
+			bpf_map_update_elem(&tw_fin_wait2, &key, &addr, BPF_NOEXIST);
+		}
 	} else if (r.state != TCP_NEW_SYN_RECV) {
 		struct tcp_sock *tp = bpf_skc_to_tcp_sock(skc);
 		struct sk_info *info;
@@ -1350,6 +1386,40 @@ int iter_tcp(struct bpf_iter__tcp *ctx)
 		}
 	}
 	bpf_seq_write(seq, &r, sizeof(r));
+	return 0;
+}
+
+/*
+ * Walks tw_fin_wait2 (user space runs it every 100 ms): a timewait socket that
+ * turned TIME_WAIT in place is reported now, dated from its rewritten expiry
+ * (TIME_WAIT began TCP_TIMEWAIT_LEN before it: exact to the jiffy). The
+ * socket is read through its address: an entry whose socket is gone (its key
+ * no longer matches, or it is no longer a timewait socket) is dropped.
+ */
+SEC("iter/bpf_map_elem")
+int iter_fin_wait2(struct bpf_iter__bpf_map_elem *ctx)
+{
+	struct inet_timewait_sock *tw;
+	struct tw_info *info;
+	struct event e;
+	__u64 *key = ctx->key, *addr = ctx->value;
+	__u64 k, cookie;
+
+	if (!key || !addr)
+		return 0;
+	k = *key;
+	tw = (struct inet_timewait_sock *)*addr;
+	info = bpf_map_lookup_elem(&tw_infos, &k);
+	cookie = BPF_CORE_READ(tw, __tw_common.skc_cookie.counter);
+	if (!info || tw_key(cookie, tw) != k || BPF_CORE_READ(tw, __tw_common.skc_state) != TCP_TIME_WAIT) {
+		bpf_map_delete_elem(&tw_fin_wait2, &k);
+		return 0;
+	}
+	if (BPF_CORE_READ(tw, tw_substate) != TCP_TIME_WAIT || info->state != TCP_FIN_WAIT2)
+		return 0;
+	/* Woken at once: the walk is the reader's own, and late already. */
+	tw_sync(&e, info, tw, (void *)tw + bpf_core_field_offset(struct inet_timewait_sock, tw_timer),
+		bpf_ktime_get_boot_ns(), k, true);
 	return 0;
 }
 

@@ -50,6 +50,7 @@ type collector struct {
 	discard bool // count only
 	mu      sync.Mutex
 	events  []tracer.Event
+	arrived []uint64 // CLOCK_BOOTTIME when each event reached the collector
 	lost    uint64
 	nLost   int
 	slow    time.Duration // sleep in the first tracer.Event call, to let the ring fill
@@ -67,6 +68,7 @@ func (c *collector) Event(e *tracer.Event) error {
 		c.nLost++
 	} else {
 		c.events = append(c.events, *e)
+		c.arrived = append(c.arrived, tracer.BootNow())
 	}
 	c.mu.Unlock()
 	time.Sleep(slow)
@@ -78,6 +80,18 @@ func (c *collector) Idle() error { return nil }
 // socket returns the state events of the socket matching pick, in order.
 func (c *collector) socket(pick func(*tracer.Event) bool) []tracer.Event {
 	return slices.DeleteFunc(c.socketAll(pick), func(e tracer.Event) bool { return e.Type != tracer.EventState })
+}
+
+// first returns the first event matching pick and when it arrived.
+func (c *collector) first(pick func(*tracer.Event) bool) (tracer.Event, uint64, bool) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	for i := range c.events {
+		if pick(&c.events[i]) {
+			return c.events[i], c.arrived[i], true
+		}
+	}
+	return tracer.Event{}, 0, false
 }
 
 // socketAll returns every event of the socket matching pick (keepalive too).

@@ -194,3 +194,79 @@ func TestTimeWaitExpires(t *testing.T) {
 		t.Logf("TIME_WAIT lasted %v", d)
 	}
 }
+
+// The server closes first and the client some time later, the commonest
+// pattern there is: the server's timewait socket turns from FIN_WAIT2 to
+// TIME_WAIT when the client's FIN arrives, often without a tracepoint (the
+// kernel rewrites the timer's expiry in place). Every one must be reported
+// within 200 ms of the FIN (the walk of FIN_WAIT2 timewait sockets runs every
+// 100 ms), dated to the FIN (two jiffies), for any delay.
+func TestTimeWaitReportedInTime(t *testing.T) {
+	ns := newNetNS(t)
+	r := startTracer(t, tracer.Config{Filter: tracer.Filter{NetNS: ns.Inode}}, nil)
+	var ln net.Listener
+	ns.Do(t, func() {
+		var err error
+		if ln, err = net.Listen("tcp4", "127.0.0.1:0"); err != nil {
+			t.Fatal(err)
+		}
+	})
+	defer ln.Close()
+	srv := parseAddrPort(ln.Addr().String())
+	delays := []time.Duration{10 * time.Millisecond, 100 * time.Millisecond, 300 * time.Millisecond,
+		700 * time.Millisecond, 1500 * time.Millisecond, 2500 * time.Millisecond}
+	type result struct {
+		client             netip.AddrPort
+		delay              time.Duration
+		finSent, finSentBy uint64 // CLOCK_BOOTTIME before and after the client's close()
+	}
+	results := make(chan result, len(delays))
+	for _, d := range delays {
+		var c net.Conn
+		ns.Do(t, func() {
+			var err error
+			if c, err = net.Dial("tcp4", srv.String()); err != nil {
+				t.Fatal(err)
+			}
+		})
+		s, err := ln.Accept()
+		if err != nil {
+			t.Fatal(err)
+		}
+		s.Close() // the server closes first: FIN_WAIT1, then FIN_WAIT2 in a timewait socket
+		go func() {
+			time.Sleep(d)
+			before := tracer.BootNow()
+			c.Close()
+			results <- result{parseAddrPort(c.LocalAddr().String()), d, before, tracer.BootNow()}
+		}()
+	}
+	const jiffies = timerJiffies
+	for range delays {
+		res := <-results
+		isServer := func(e *tracer.Event) bool {
+			return e.Local == srv && e.Remote == res.client && e.Old == tracer.FinWait2 && e.New == tracer.TimeWait
+		}
+		deadline := time.Now().Add(5 * time.Second)
+		var tw tracer.Event
+		var arrived uint64
+		for ok := false; !ok; {
+			if tw, arrived, ok = r.col.first(isServer); !ok && time.Now().After(deadline) {
+				t.Fatalf("client close delay %v: no FIN_WAIT2->TIME_WAIT for the server (client %v)", res.delay, res.client)
+			}
+			time.Sleep(5 * time.Millisecond)
+		}
+		late := time.Duration(arrived - res.finSent)
+		if late > 200*time.Millisecond {
+			t.Errorf("client close delay %v: TIME_WAIT reported %v after the FIN, want within 200ms", res.delay, late)
+		}
+		if tw.Time+uint64(jiffies) < res.finSent || tw.Time > res.finSentBy+uint64(jiffies) {
+			t.Errorf("client close delay %v: TIME_WAIT dated %v from the client's close(), want at its FIN", res.delay,
+				time.Duration(int64(tw.Time)-int64(res.finSent)))
+		}
+		if !tw.Timewait || !tw.HasDuration || tw.Duration < res.delay-jiffies {
+			t.Errorf("client close delay %v: FIN_WAIT2 lasted %v (known %v, timewait %v)", res.delay, tw.Duration, tw.HasDuration, tw.Timewait)
+		}
+		t.Logf("client close delay %v: TIME_WAIT reported %v after the FIN", res.delay, late.Round(time.Millisecond))
+	}
+}

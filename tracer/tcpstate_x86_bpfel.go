@@ -234,6 +234,7 @@ const (
 	tcpstateMapSkInfoMap          = "sk_info_map"
 	tcpstateMapSkInfos            = "sk_infos"
 	tcpstateMapStats              = "stats"
+	tcpstateMapTwFinWait2         = "tw_fin_wait2"
 	tcpstateMapTwInfos            = "tw_infos"
 	tcpstateMapTwLasts            = "tw_lasts"
 	tcpstateProgHandleRecv        = "handle_recv"
@@ -246,6 +247,7 @@ const (
 	tcpstateProgHandleTimerExit   = "handle_timer_exit"
 	tcpstateProgHandleTimerExpire = "handle_timer_expire"
 	tcpstateProgHandleTimerStart  = "handle_timer_start"
+	tcpstateProgIterFinWait2      = "iter_fin_wait2"
 	tcpstateProgIterTcp           = "iter_tcp"
 	tcpstateProgProbeCookie       = "probe_cookie"
 	tcpstateProgProbeSkStorage    = "probe_sk_storage"
@@ -325,6 +327,7 @@ type tcpstateProgramSpecs struct {
 	HandleTimerExit   *ebpf.ProgramSpec `ebpf:"handle_timer_exit"`
 	HandleTimerExpire *ebpf.ProgramSpec `ebpf:"handle_timer_expire"`
 	HandleTimerStart  *ebpf.ProgramSpec `ebpf:"handle_timer_start"`
+	IterFinWait2      *ebpf.ProgramSpec `ebpf:"iter_fin_wait2"`
 	IterTcp           *ebpf.ProgramSpec `ebpf:"iter_tcp"`
 	ProbeCookie       *ebpf.ProgramSpec `ebpf:"probe_cookie"`
 	ProbeSkStorage    *ebpf.ProgramSpec `ebpf:"probe_sk_storage"`
@@ -344,6 +347,7 @@ type tcpstateMapSpecs struct {
 	SkInfoMap     *ebpf.MapSpec `ebpf:"sk_info_map"`
 	SkInfos       *ebpf.MapSpec `ebpf:"sk_infos"`
 	Stats         *ebpf.MapSpec `ebpf:"stats"`
+	TwFinWait2    *ebpf.MapSpec `ebpf:"tw_fin_wait2"`
 	TwInfos       *ebpf.MapSpec `ebpf:"tw_infos"`
 	TwLasts       *ebpf.MapSpec `ebpf:"tw_lasts"`
 }
@@ -406,6 +410,7 @@ type tcpstateMaps struct {
 	SkInfoMap     *ebpf.Map `ebpf:"sk_info_map"`
 	SkInfos       *ebpf.Map `ebpf:"sk_infos"`
 	Stats         *ebpf.Map `ebpf:"stats"`
+	TwFinWait2    *ebpf.Map `ebpf:"tw_fin_wait2"`
 	TwInfos       *ebpf.Map `ebpf:"tw_infos"`
 	TwLasts       *ebpf.Map `ebpf:"tw_lasts"`
 }
@@ -422,6 +427,7 @@ func (m *tcpstateMaps) Close() error {
 		m.SkInfoMap,
 		m.SkInfos,
 		m.Stats,
+		m.TwFinWait2,
 		m.TwInfos,
 		m.TwLasts,
 	)
@@ -469,6 +475,7 @@ type tcpstatePrograms struct {
 	HandleTimerExit   *ebpf.Program `ebpf:"handle_timer_exit"`
 	HandleTimerExpire *ebpf.Program `ebpf:"handle_timer_expire"`
 	HandleTimerStart  *ebpf.Program `ebpf:"handle_timer_start"`
+	IterFinWait2      *ebpf.Program `ebpf:"iter_fin_wait2"`
 	IterTcp           *ebpf.Program `ebpf:"iter_tcp"`
 	ProbeCookie       *ebpf.Program `ebpf:"probe_cookie"`
 	ProbeSkStorage    *ebpf.Program `ebpf:"probe_sk_storage"`
@@ -486,6 +493,7 @@ func (p *tcpstatePrograms) Close() error {
 		p.HandleTimerExit,
 		p.HandleTimerExpire,
 		p.HandleTimerStart,
+		p.IterFinWait2,
 		p.IterTcp,
 		p.ProbeCookie,
 		p.ProbeSkStorage,

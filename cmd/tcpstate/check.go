@@ -86,7 +86,7 @@ func runCheck(_ context.Context, args []string, stdout, stderr io.Writer) error 
 		}
 		rep.Warnings = t.Warnings()
 		socks, _, serr := t.ScanAll(tracer.ScanOptions{TimeWait: true})
-		walk := checkFeature{Name: "walk", OK: serr == nil,
+		walk := checkFeature{Name: "start-up walk", OK: serr == nil,
 			Detail: fmt.Sprintf("sockets older than tcpstate found at start (iter/tcp): %d now", len(socks))}
 		if serr != nil {
 			walk.Detail = serr.Error()

@@ -78,6 +78,8 @@ type socketJSON struct {
 	Count      int    `json:"count"`
 	By         string `json:"by"`
 	Time       string `json:"time"`
+	Old        string `json:"old"`
+	New        string `json:"new"`
 }
 
 func parseLines(t *testing.T, out string) []socketJSON {
@@ -324,5 +326,49 @@ func TestWatchOnceShowsTimeWait(t *testing.T) {
 	}
 	if !found {
 		t.Errorf("the server's TIME_WAIT socket on port %d is missing:\n%s", port, stdout)
+	}
+}
+
+// The server closes first, the client 100 ms later: the server's FIN_WAIT2
+// (in its timewait socket) turns TIME_WAIT then, often with no tracepoint.
+// trace must show it as TIME_WAIT at once, so --linger 1s raises nothing for
+// it, and the connection's states say 100 ms of FIN_WAIT2 then TIME_WAIT.
+func TestLingerIgnoresTimeWait(t *testing.T) {
+	requireRoot(t)
+	ln, err := net.Listen("tcp4", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	port := ln.Addr().(*net.TCPAddr).Port
+	var clientPort int
+	code, stdout, stderr := traceWhile(t, 2500*time.Millisecond, func() {
+		c, err := net.Dial("tcp4", ln.Addr().String())
+		if err != nil {
+			t.Fatal(err)
+		}
+		clientPort = c.LocalAddr().(*net.TCPAddr).Port
+		s, err := ln.Accept()
+		if err != nil {
+			t.Fatal(err)
+		}
+		s.Close()
+		time.Sleep(100 * time.Millisecond)
+		c.Close()
+	}, "--linger", "1s", "-o", "json", "--lport", strconv.Itoa(port))
+	if code != exitOK {
+		t.Fatalf("exit %d: %s", code, stderr)
+	}
+	var toTimeWait bool
+	for _, o := range parseLines(t, stdout) {
+		if o.Type == "linger" {
+			t.Errorf("linger event for a socket that left FIN_WAIT2 after 100 ms: %+v", o)
+		}
+		if o.Type == "state" && o.Dport == clientPort && o.New == "TIME_WAIT" && o.Old == "FIN_WAIT2" {
+			toTimeWait = true
+		}
+	}
+	if !toTimeWait {
+		t.Errorf("no FIN_WAIT2 -> TIME_WAIT for the server side of client port %d:\n%s", clientPort, stdout)
 	}
 }

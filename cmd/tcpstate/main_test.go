@@ -301,7 +301,7 @@ func TestCheck(t *testing.T) {
 			t.Errorf("feature %s has no detail", f.Name)
 		}
 	}
-	for _, n := range []string{"transitions", "timewait", "keepalive", "walk"} {
+	for _, n := range []string{"transitions", "timewait", "keepalive", "timewait walk", "start-up walk"} {
 		if !names[n] {
 			t.Errorf("no feature %q in %s", n, stdout)
 		}
