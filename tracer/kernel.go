@@ -13,16 +13,12 @@ import (
 
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/btf"
-	"golang.org/x/sys/unix"
 )
 
 // kernelHZ reads CONFIG_HZ, the rate of jiffies, from the kernel's config
 // (/boot/config-RELEASE, then /proc/config.gz). 0 when neither says.
 func kernelHZ() uint32 {
-	var uts unix.Utsname
-	_ = unix.Uname(&uts)
-	release := unix.ByteSliceToString(uts.Release[:])
-	for _, path := range []string{"/boot/config-" + release, "/proc/config.gz"} {
+	for _, path := range []string{"/boot/config-" + kernelRelease(), "/proc/config.gz"} {
 		f, err := os.Open(path)
 		if err != nil {
 			continue
@@ -138,12 +134,10 @@ func probeKernel(spec *ebpf.CollectionSpec, kernelTypes *btf.Spec) kernelCaps {
 			return false
 		}
 		one := spec.Copy()
-		one.Programs = map[string]*ebpf.ProgramSpec{name: ps.Copy()}
+		one.Programs = map[string]*ebpf.ProgramSpec{"prog": ps.Copy()}
 		var objs struct {
 			Prog *ebpf.Program `ebpf:"prog"`
 		}
-		one.Programs["prog"] = one.Programs[name]
-		delete(one.Programs, name)
 		err := one.LoadAndAssign(&objs, &ebpf.CollectionOptions{Programs: ebpf.ProgramOptions{KernelTypes: kernelTypes}})
 		if err != nil {
 			return false

@@ -395,10 +395,7 @@ func (t *Tracer) Run(ctx context.Context, sink Sink) error {
 			// under load, and whenever the buffer is drained.
 			if n++; (n%256 == 0 || rec.Remaining == 0) && time.Since(lastCheck) >= lostCheckInterval {
 				lastCheck = time.Now()
-				if err := t.reportLost(sink, &ev); err != nil {
-					return err
-				}
-				if err := t.walkFinWait2(); err != nil {
+				if err := t.periodic(sink, &ev); err != nil {
 					return err
 				}
 			}
@@ -409,10 +406,7 @@ func (t *Tracer) Run(ctx context.Context, sink Sink) error {
 			}
 		case errors.Is(err, os.ErrDeadlineExceeded):
 			lastCheck = time.Now()
-			if err := t.reportLost(sink, &ev); err != nil {
-				return err
-			}
-			if err := t.walkFinWait2(); err != nil {
+			if err := t.periodic(sink, &ev); err != nil {
 				return err
 			}
 			if err := sink.Idle(); err != nil {
@@ -427,6 +421,15 @@ func (t *Tracer) Run(ctx context.Context, sink Sink) error {
 			return fmt.Errorf("reading ring buffer: %w", err)
 		}
 	}
+}
+
+// periodic is the reader's work every lostCheckInterval: report losses, and
+// walk the timewait sockets still in FIN_WAIT2.
+func (t *Tracer) periodic(sink Sink, ev *Event) error {
+	if err := t.reportLost(sink, ev); err != nil {
+		return err
+	}
+	return t.walkFinWait2()
 }
 
 // walkFinWait2 runs iter_fin_wait2: the timewait sockets in FIN_WAIT2 that

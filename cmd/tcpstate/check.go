@@ -10,7 +10,6 @@ import (
 	"text/tabwriter"
 
 	"github.com/spf13/pflag"
-	"golang.org/x/sys/unix"
 
 	"github.com/tcpstate/tcpstate/tracer"
 )
@@ -68,11 +67,8 @@ func runCheck(_ context.Context, args []string, stdout, stderr io.Writer) error 
 	if err := parseFlags(fs, args, checkHelp, stdout, false); err != nil {
 		return err
 	}
-	var uts unix.Utsname
-	_ = unix.Uname(&uts)
-	rep := checkReport{
-		Kernel: unix.ByteSliceToString(uts.Release[:]), Arch: unix.ByteSliceToString(uts.Machine[:]), Tcpstate: version,
-	}
+	rep := checkReport{Tcpstate: version}
+	rep.Kernel, rep.Arch = uname()
 	t, err := tracer.New(tracer.Config{KernelBTF: f.btf})
 	if err == nil {
 		defer t.Close()

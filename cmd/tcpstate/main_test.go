@@ -42,10 +42,9 @@ func startCmd(t *testing.T, args ...string) func() cmdResult {
 	t.Helper()
 	tracing := make(chan struct{})
 	var once sync.Once
-	var ctx context.Context
 	done := make(chan cmdResult, 1)
 	var began time.Time // written before tracing is closed
-	ctx = withReady(context.Background(), func() {
+	ctx := withReady(context.Background(), func() {
 		once.Do(func() {
 			began = time.Now()
 			close(tracing)
@@ -447,10 +446,12 @@ func TestTraceTextStateFilter(t *testing.T) {
 	// Other processes of the same name may run meanwhile (another test
 	// binary): they pass --comm, and their sockets in CLOSE_WAIT pass --state,
 	// keepalive events included (those name the timer, not the state).
+	comm := testnet.SelfComm(t)
+	shown := comm[:min(8, len(comm))] // the text COMM column is 8 wide
 	var ours int
 	for _, l := range lines[1:] {
-		if !strings.Contains(l, " "+testnet.SelfComm(t)[:min(8, len(testnet.SelfComm(t)))]) {
-			t.Errorf("--comm %s let through %q", testnet.SelfComm(t), l)
+		if !strings.Contains(l, " "+shown) {
+			t.Errorf("--comm %s let through %q", comm, l)
 		}
 		if !strings.Contains(l, "CLOSE_WAIT") && !strings.Contains(l, " keepalive ") {
 			t.Errorf("--state close-wait let through %q", l)

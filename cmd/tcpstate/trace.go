@@ -274,18 +274,24 @@ func (t tee) Idle() error {
 
 // newHeader describes a capture made here, now.
 func newHeader(clock tracer.Clock, info tracer.KernelInfo, nss []tracer.NetNS, warnings []string) capture.Header {
-	var uts unix.Utsname
-	_ = unix.Uname(&uts)
+	release, arch := uname()
 	host, _ := os.Hostname()
 	h := capture.Header{
-		Tcpstate: version, Hostname: host, Kernel: unix.ByteSliceToString(uts.Release[:]),
-		Arch: unix.ByteSliceToString(uts.Machine[:]), Started: time.Now().UTC(), BootWall: clock.BootWall,
+		Tcpstate: version, Hostname: host, Kernel: release,
+		Arch: arch, Started: time.Now().UTC(), BootWall: clock.BootWall,
 		HZ: info.HZ, RstReasons: info.RstReasons, Options: os.Args[1:], KernelWarnings: warnings,
 	}
 	for _, ns := range nss {
 		h.Namespaces = append(h.Namespaces, capture.Namespace{Inode: ns.Inode, Sysctls: ns.Sysctls})
 	}
 	return h
+}
+
+// uname is this machine's kernel release and architecture.
+func uname() (release, arch string) {
+	var uts unix.Utsname
+	_ = unix.Uname(&uts)
+	return unix.ByteSliceToString(uts.Release[:]), unix.ByteSliceToString(uts.Machine[:])
 }
 
 // kernelNotes says what the kernel that recorded a capture could not do.
