@@ -152,9 +152,10 @@ func TestOrphanedFinWait2LastsFinTimeout(t *testing.T) {
 	assertOwner(t, "client", evs, os.Getpid())
 	assertReason(t, "client", evs, tracer.ReasonFinTimeout)
 	last := evs[len(evs)-1]
-	// The timer wheel may fire late by up to an eighth of the delay.
-	if d := last.Duration; d < finTimeout || d > finTimeout+finTimeout/8+20*time.Millisecond {
-		t.Errorf("FIN_WAIT2 lasted %v, want tcp_fin_timeout %v (+12.5%% timer slack)", d, finTimeout)
+	// The timer counts whole jiffies from the one FIN_WAIT2 began in (up to
+	// a jiffy short), and the wheel may fire it late by an eighth of the delay.
+	if d := last.Duration; d < finTimeout-timerJiffies || d > finTimeout+finTimeout/8+timerJiffies {
+		t.Errorf("FIN_WAIT2 lasted %v, want tcp_fin_timeout %v (-%v, +12.5%% timer slack)", d, finTimeout, timerJiffies)
 	} else {
 		t.Logf("orphaned FIN_WAIT2 lasted %v with tcp_fin_timeout=%v", d, finTimeout)
 	}

@@ -599,6 +599,9 @@ func addrKey(p netip.Prefix) tcpstateAddrKey {
 func (s Stats) String() string {
 	var b strings.Builder
 	fmt.Fprintf(&b, "%d seen in kernel, %d filtered in kernel, %d lost", s.Seen, s.Filtered, s.AllLost())
+	if s.SkippedTimers > 0 {
+		fmt.Fprintf(&b, ", %d timer hook runs skipped", s.SkippedTimers)
+	}
 	if s.NoStorage > 0 {
 		fmt.Fprintf(&b, ", %d without socket storage", s.NoStorage)
 	}

@@ -180,7 +180,7 @@ func run(ctx context.Context, o options) error {
 			sem <- struct{}{}
 			defer func() { <-sem }()
 			results[i] = boot(ctx, r.k, r.pkg, r.initrd, o)
-			fmt.Println(results[i].line())
+			fmt.Print(results[i].line() + "\n" + results[i].why())
 		}()
 	}
 	wg.Wait()
@@ -556,6 +556,7 @@ type result struct {
 	passed   int
 	skipped  int
 	failed   []string
+	output   map[string][]string // failed test -> what it printed
 	check    *checkReport
 	checkErr string
 	err      error
@@ -589,6 +590,26 @@ func (r result) line() string {
 	}
 }
 
+// why is what the failed tests printed, indented, for a log that has only
+// the harness's output (CI): the console file may be gone by the time it is read.
+func (r result) why() string {
+	var b strings.Builder
+	for _, name := range r.failed {
+		lines := r.output[name]
+		if len(lines) == 0 {
+			continue
+		}
+		fmt.Fprintf(&b, "    %s %s:\n", r.k, name)
+		for _, l := range lines {
+			fmt.Fprintf(&b, "    | %s\n", l)
+		}
+	}
+	return b.String()
+}
+
+// maxFailLines bounds what why prints of one test.
+const maxFailLines = 40
+
 // checkReport is `tcpstate check -o json`.
 type checkReport struct {
 	Kernel   string `json:"kernel"`
@@ -604,13 +625,66 @@ type checkReport struct {
 
 var (
 	failLine = regexp.MustCompile(`^\s*--- FAIL: (\S+)`)
+	testLine = regexp.MustCompile(`^=== (?:RUN|CONT|NAME|PAUSE)\s+(\S+)`)
 	passLine = regexp.MustCompile(`^\s*--- PASS: `)
 	skipLine = regexp.MustCompile(`^\s*--- SKIP: `)
 )
 
+// console reads a VM's console into a result: the harness's lines, and go
+// test's verbose output.
+type console struct {
+	r       *result
+	check   bytes.Buffer        // tcpstate check's output
+	current string              // the test printing now
+	printed map[string][]string // the last lines each test printed
+}
+
+func newConsole(r *result) *console {
+	if r.rc == nil {
+		r.rc = map[string]int{}
+	}
+	if r.output == nil {
+		r.output = map[string][]string{}
+	}
+	return &console{r: r, printed: map[string][]string{}}
+}
+
+func (c *console) read(line string) {
+	r := c.r
+	switch {
+	case strings.HasPrefix(line, "vmtest: kernel "):
+		r.booted = true
+	case strings.HasPrefix(line, "vmtest: check "):
+		c.check.WriteString(strings.TrimPrefix(line, "vmtest: check ") + "\n")
+	case strings.HasPrefix(line, "vmtest: result "):
+		var pkgName string
+		var rc int
+		if _, err := fmt.Sscanf(line, "vmtest: result %s %d", &pkgName, &rc); err == nil {
+			r.rc[pkgName] = rc
+		}
+	case line == "vmtest: done":
+		r.done = true
+	case testLine.MatchString(line):
+		c.current = testLine.FindStringSubmatch(line)[1]
+	case failLine.MatchString(line):
+		name := failLine.FindStringSubmatch(line)[1]
+		if !slices.Contains(r.failed, name) {
+			r.failed = append(r.failed, name)
+			r.output[name] = c.printed[name]
+		}
+	case passLine.MatchString(line):
+		r.passed++
+	case skipLine.MatchString(line):
+		r.skipped++
+	case c.current != "" && strings.HasPrefix(line, "    "):
+		p := append(c.printed[c.current], strings.TrimPrefix(line, "    "))
+		c.printed[c.current] = p[max(len(p)-maxFailLines, 0):]
+	}
+}
+
 // boot runs one VM to its end and reads its console.
 func boot(ctx context.Context, k kernel, pkg *kernelPkg, initrd string, o options) result {
-	r := result{k: k, pkg: pkg, rc: map[string]int{}}
+	r := result{k: k, pkg: pkg}
 	logDir := filepath.Join(o.cache, "logs")
 	_ = os.MkdirAll(logDir, 0o755)
 	r.log = filepath.Join(logDir, pkg.release+".log")
@@ -648,39 +722,17 @@ func boot(ctx context.Context, k kernel, pkg *kernelPkg, initrd string, o option
 	}
 	sc := bufio.NewScanner(io.TeeReader(out, logf))
 	sc.Buffer(make([]byte, 1<<20), 1<<20)
-	var check bytes.Buffer
+	c := newConsole(&r)
 	for sc.Scan() {
 		line := strings.TrimRight(sc.Text(), "\r")
 		if o.verbose {
 			fmt.Printf("%s| %s\n", k, line)
 		}
-		switch {
-		case strings.HasPrefix(line, "vmtest: kernel "):
-			r.booted = true
-		case strings.HasPrefix(line, "vmtest: check "):
-			check.WriteString(strings.TrimPrefix(line, "vmtest: check ") + "\n")
-		case strings.HasPrefix(line, "vmtest: result "):
-			var pkgName string
-			var rc int
-			if _, err := fmt.Sscanf(line, "vmtest: result %s %d", &pkgName, &rc); err == nil {
-				r.rc[pkgName] = rc
-			}
-		case line == "vmtest: done":
-			r.done = true
-		case failLine.MatchString(line):
-			name := failLine.FindStringSubmatch(line)[1]
-			if !slices.Contains(r.failed, name) {
-				r.failed = append(r.failed, name)
-			}
-		case passLine.MatchString(line):
-			r.passed++
-		case skipLine.MatchString(line):
-			r.skipped++
-		}
+		c.read(line)
 	}
 	werr := cmd.Wait()
 	r.took = time.Since(begin)
-	for _, l := range strings.Split(check.String(), "\n") {
+	for _, l := range strings.Split(c.check.String(), "\n") {
 		if strings.HasPrefix(l, "{") {
 			var c checkReport
 			if json.Unmarshal([]byte(l), &c) == nil {
