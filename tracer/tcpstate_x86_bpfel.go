@@ -173,6 +173,12 @@ const (
 	tcpstatePortSidePORT_REMOTE tcpstatePortSide = 4
 )
 
+type tcpstateSetStateNest struct {
+	_         structs.HostLayout
+	Depth     uint32
+	NestedRan uint32
+}
+
 type tcpstateSkInfo struct {
 	_         structs.HostLayout
 	Cookie    uint64
@@ -195,7 +201,8 @@ const (
 	tcpstateStatIndexSTAT_LOST         tcpstateStatIndex = 2
 	tcpstateStatIndexSTAT_NOSTORAGE    tcpstateStatIndex = 3
 	tcpstateStatIndexSTAT_TW_UNTRACKED tcpstateStatIndex = 4
-	tcpstateStatIndexSTAT_MAX          tcpstateStatIndex = 5
+	tcpstateStatIndexSTAT_CAUGHT       tcpstateStatIndex = 5
+	tcpstateStatIndexSTAT_MAX          tcpstateStatIndex = 6
 )
 
 type tcpstateTwInfo struct {
@@ -231,12 +238,14 @@ const (
 	tcpstateMapKaFires            = "ka_fires"
 	tcpstateMapKaProbes           = "ka_probes"
 	tcpstateMapNextIds            = "next_ids"
+	tcpstateMapSetStateNests      = "set_state_nests"
 	tcpstateMapSkInfoMap          = "sk_info_map"
 	tcpstateMapSkInfos            = "sk_infos"
 	tcpstateMapStats              = "stats"
 	tcpstateMapTwFinWait2         = "tw_fin_wait2"
 	tcpstateMapTwInfos            = "tw_infos"
 	tcpstateMapTwLasts            = "tw_lasts"
+	tcpstateProgCatchSetState     = "catch_set_state"
 	tcpstateProgHandleRecv        = "handle_recv"
 	tcpstateProgHandleRstIn       = "handle_rst_in"
 	tcpstateProgHandleRstOut      = "handle_rst_out"
@@ -317,6 +326,7 @@ type tcpstateSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type tcpstateProgramSpecs struct {
+	CatchSetState     *ebpf.ProgramSpec `ebpf:"catch_set_state"`
 	HandleRecv        *ebpf.ProgramSpec `ebpf:"handle_recv"`
 	HandleRstIn       *ebpf.ProgramSpec `ebpf:"handle_rst_in"`
 	HandleRstOut      *ebpf.ProgramSpec `ebpf:"handle_rst_out"`
@@ -344,6 +354,7 @@ type tcpstateMapSpecs struct {
 	KaFires       *ebpf.MapSpec `ebpf:"ka_fires"`
 	KaProbes      *ebpf.MapSpec `ebpf:"ka_probes"`
 	NextIds       *ebpf.MapSpec `ebpf:"next_ids"`
+	SetStateNests *ebpf.MapSpec `ebpf:"set_state_nests"`
 	SkInfoMap     *ebpf.MapSpec `ebpf:"sk_info_map"`
 	SkInfos       *ebpf.MapSpec `ebpf:"sk_infos"`
 	Stats         *ebpf.MapSpec `ebpf:"stats"`
@@ -407,6 +418,7 @@ type tcpstateMaps struct {
 	KaFires       *ebpf.Map `ebpf:"ka_fires"`
 	KaProbes      *ebpf.Map `ebpf:"ka_probes"`
 	NextIds       *ebpf.Map `ebpf:"next_ids"`
+	SetStateNests *ebpf.Map `ebpf:"set_state_nests"`
 	SkInfoMap     *ebpf.Map `ebpf:"sk_info_map"`
 	SkInfos       *ebpf.Map `ebpf:"sk_infos"`
 	Stats         *ebpf.Map `ebpf:"stats"`
@@ -424,6 +436,7 @@ func (m *tcpstateMaps) Close() error {
 		m.KaFires,
 		m.KaProbes,
 		m.NextIds,
+		m.SetStateNests,
 		m.SkInfoMap,
 		m.SkInfos,
 		m.Stats,
@@ -465,6 +478,7 @@ type tcpstateVariables struct {
 //
 // It can be passed to loadTcpstateObjects or ebpf.CollectionSpec.LoadAndAssign.
 type tcpstatePrograms struct {
+	CatchSetState     *ebpf.Program `ebpf:"catch_set_state"`
 	HandleRecv        *ebpf.Program `ebpf:"handle_recv"`
 	HandleRstIn       *ebpf.Program `ebpf:"handle_rst_in"`
 	HandleRstOut      *ebpf.Program `ebpf:"handle_rst_out"`
@@ -483,6 +497,7 @@ type tcpstatePrograms struct {
 
 func (p *tcpstatePrograms) Close() error {
 	return _TcpstateClose(
+		p.CatchSetState,
 		p.HandleRecv,
 		p.HandleRstIn,
 		p.HandleRstOut,

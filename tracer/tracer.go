@@ -72,8 +72,12 @@ type Stats struct {
 	// recursion guard skips a tracing program that is already running on the
 	// CPU (a softirq's transition interrupting a system call's). Each is a
 	// lost transition, reported as lost with the ring buffer's losses.
-	// Linux 5.12+ counts them (Features: "recursion misses").
+	// Linux 5.12+ counts them (Features: "recursion misses"). Only those
+	// the second program on the tracepoint could not take over (Caught).
 	Skipped uint64
+	// Caught: state changes the kernel skipped for the first program on the
+	// state tracepoint that the second one took over: not lost.
+	Caught uint64
 	// SkippedTimers: runs of the timer programs skipped the same way; a
 	// TCP timer among them costs a timewait or keepalive event.
 	SkippedTimers uint64
@@ -97,6 +101,9 @@ type hook struct {
 	tracepoint string
 	optional   string // what degrades without it; "" when required
 	needs      string // kernel function whose address the program compares with
+	// second: a second program on the tracepoint, run after the first
+	// (not a variant of it)
+	second bool
 	// args: the program reads this many tracepoint arguments; a kernel
 	// whose tracepoint has another number needs another variant (0: any).
 	args int
@@ -113,6 +120,9 @@ const (
 // that fits the kernel is attached.
 var hooks = []hook{
 	{prog: tcpstateProgHandleSetState, tracepoint: "inet_sock_set_state"},
+	// Takes the state changes the kernel skipped for handle_set_state; the
+	// kernel runs a tracepoint's programs in the order they were attached.
+	{prog: tcpstateProgCatchSetState, tracepoint: "inet_sock_set_state", second: true},
 	{prog: tcpstateProgHandleSend, tracepoint: "sock_send_length", optional: noAcceptor},
 	{prog: tcpstateProgHandleRecv, tracepoint: "sock_recv_length", optional: noAcceptor},
 	{prog: tcpstateProgHandleRstIn, tracepoint: "tcp_receive_reset", optional: noReset},
@@ -196,7 +206,7 @@ func New(cfg Config) (*Tracer, error) {
 	for _, h := range hooks {
 		missing := ""
 		switch {
-		case attached[h.tracepoint]:
+		case attached[h.tracepoint] && !h.second:
 			delete(spec.Programs, h.prog) // another variant fits
 			continue
 		case !hasTracepoint(kernelTypes, h.tracepoint):
@@ -456,7 +466,11 @@ func (t *Tracer) reportLost(sink Sink, ev *Event) error {
 	if err != nil {
 		return err
 	}
-	lost += t.skipped(tcpstateProgHandleSetState)
+	skipped, _, err := t.skippedStateChanges()
+	if err != nil {
+		return err
+	}
+	lost += skipped
 	if lost <= t.lostSeen {
 		return nil
 	}
@@ -474,6 +488,21 @@ func (t *Tracer) stat(idx uint32) (uint64, error) {
 		sum += v
 	}
 	return sum, nil
+}
+
+// skippedStateChanges is how many state changes the kernel skipped for
+// handle_set_state and catch_set_state did not take over (lost), and how many
+// it did (caught).
+func (t *Tracer) skippedStateChanges() (lost, caught uint64, err error) {
+	caught, err = t.stat(uint32(tcpstateStatIndexSTAT_CAUGHT))
+	if err != nil {
+		return 0, 0, err
+	}
+	missed := t.skipped(tcpstateProgHandleSetState)
+	if missed < caught { // (the two counters are not read at one instant)
+		return 0, caught, nil
+	}
+	return missed - caught, caught, nil
 }
 
 // skipped is how often the kernel skipped the named programs (0 where it
@@ -509,7 +538,10 @@ func (t *Tracer) Stats() (Stats, error) {
 		}
 		*f.dst = v
 	}
-	s.Skipped = t.skipped(tcpstateProgHandleSetState)
+	var err error
+	if s.Skipped, s.Caught, err = t.skippedStateChanges(); err != nil {
+		return s, err
+	}
 	s.SkippedTimers = t.skipped(tcpstateProgHandleTimerStart, tcpstateProgHandleTimerExpire, tcpstateProgHandleTimerCancel, tcpstateProgHandleTimerExit)
 	return s, nil
 }
@@ -636,7 +668,13 @@ func (t *Tracer) HookCosts() (map[string]HookCost, error) {
 		if err != nil {
 			return nil, fmt.Errorf("reading statistics of %s: %w", h.prog, err)
 		}
-		out[h.tracepoint] = HookCost{Runs: st.RunCount, Runtime: st.Runtime}
+		// (a second program's runs are part of its tracepoint's cost)
+		c := out[h.tracepoint]
+		if !h.second {
+			c.Runs = st.RunCount
+		}
+		c.Runtime += st.Runtime
+		out[h.tracepoint] = c
 	}
 	return out, nil
 }

@@ -1,0 +1,132 @@
+package tracer_test
+
+import (
+	"fmt"
+	"net"
+	"os"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/tcpstate/tcpstate/tracer"
+)
+
+// A server holding many loopback connections is killed: its sockets go
+// FIN_WAIT1 in its exit (process context) while the ACKs and FINs arrive in
+// softirqs that interrupt the tracer on the same CPU, where the kernel skips
+// a program already running. Every transition is either seen or counted as
+// lost, and the second program takes over nearly all the skipped ones.
+func TestKillBurstLossIsCounted(t *testing.T) {
+	requireRoot(t)
+	const conns = 2000
+	ln, srv := listen(t, "tcp4", "127.0.0.1:0")
+	f, err := ln.(*net.TCPListener).File()
+	if err != nil {
+		t.Fatal(err)
+	}
+	holder := startChild(t, "holder", []string{"CONNS=" + strconv.Itoa(conns)}, f)
+	f.Close()
+	clients := make([]net.Conn, 0, conns)
+	t.Cleanup(func() {
+		for _, c := range clients {
+			c.Close()
+		}
+	})
+	for range conns {
+		c, err := net.Dial("tcp4", srv.String())
+		if err != nil {
+			t.Fatalf("connection %d: %v", len(clients)+1, err)
+		}
+		clients = append(clients, c)
+	}
+	holder.expect(t, "held")
+
+	col := &collector{}
+	r := startRaw(t, tracer.Config{Filter: tracer.Filter{Ports: []uint16{srv.Port()}}}, col)
+	before, err := r.tr.Stats()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := holder.cmd.Process.Kill(); err != nil {
+		t.Fatal(err)
+	}
+	want := map[string]int{"ESTABLISHED->FIN_WAIT1": conns, "FIN_WAIT1->FIN_WAIT2": conns, "ESTABLISHED->CLOSE_WAIT": conns}
+	count := func() (map[string]int, int) {
+		col.mu.Lock()
+		defer col.mu.Unlock()
+		got, n := map[string]int{}, 0
+		for _, e := range col.events {
+			k := e.Old.String() + "->" + e.New.String()
+			if w, ok := want[k]; ok && got[k] < w {
+				got[k]++
+				n++
+			}
+		}
+		return got, n
+	}
+	// Loopback delivers every packet at once; the wait is for the reader.
+	for deadline := time.Now().Add(10 * time.Second); time.Now().Before(deadline); time.Sleep(100 * time.Millisecond) {
+		if _, n := count(); n == 3*conns {
+			break
+		}
+	}
+	time.Sleep(200 * time.Millisecond) // a last loss report, if any
+	after := r.stop()
+	got, n := count()
+	missing := uint64(3*conns - n)
+	lost := after.AllLost() - before.AllLost()
+	caught := after.Caught - before.Caught
+	t.Logf("%d transitions, %d missing; the kernel skipped %d for the first program, the second took %d over, %d lost (%v)",
+		3*conns, missing, caught+after.Skipped-before.Skipped, caught, lost, got)
+	// Other sockets' losses count too (the kernel counts per program), so
+	// what is missing is at most what was counted, never more.
+	if missing > lost {
+		all := map[string]int{}
+		col.mu.Lock()
+		for _, e := range col.events {
+			all[e.Old.String()+"->"+e.New.String()+" "+e.Reason.String()]++
+		}
+		col.mu.Unlock()
+		t.Errorf("%d transitions missing, only %d counted as lost; all: %v; sockets of the port by state now (/proc/net/tcp): %v",
+			missing, lost, all, procNetTCPStates(t, srv.Port()))
+	}
+	// Taken over once: by the second program or the first, never both.
+	seen := map[string]bool{}
+	col.mu.Lock()
+	for _, e := range col.events {
+		k := strconv.FormatUint(e.Cookie, 10) + " " + e.Old.String() + "->" + e.New.String()
+		if seen[k] {
+			t.Errorf("reported twice: %v %v %s", e.Local, e.Remote, k)
+		}
+		seen[k] = true
+		if e.Old == tracer.FinWait1 && e.New == tracer.FinWait2 && e.Duration <= 0 {
+			t.Errorf("%v %v FIN_WAIT1->FIN_WAIT2 without the time in FIN_WAIT1", e.Local, e.Remote)
+		}
+	}
+	col.mu.Unlock()
+	if col.lost != after.AllLost() {
+		t.Errorf("the sink was told of %d lost, the kernel counted %d", col.lost, after.AllLost())
+	}
+}
+
+// procNetTCPStates counts the IPv4 sockets with the local port by state, as
+// /proc/net/tcp lists them.
+func procNetTCPStates(t *testing.T, port uint16) map[tracer.State]int {
+	b, err := os.ReadFile("/proc/net/tcp")
+	if err != nil {
+		t.Log(err)
+		return nil
+	}
+	out := map[tracer.State]int{}
+	for _, l := range strings.Split(string(b), "\n")[1:] {
+		f := strings.Fields(l)
+		if len(f) < 4 || !strings.HasSuffix(f[1], fmt.Sprintf(":%04X", port)) {
+			continue
+		}
+		if st, err := strconv.ParseUint(f[3], 16, 8); err == nil {
+			out[tracer.State(st)]++
+		}
+	}
+	return out
+}
