@@ -600,8 +600,19 @@ static __always_inline bool handover(struct event *e, __u64 now, __u64 cookie, i
 		tw->flags |= info->flags & INFO_SINCE_START;
 	}
 	if (tw->state == oldstate) {
-		/* Same state, new home: the state goes on, from when it began. */
+		/* Same state, new home: the state goes on, from when it began.
+		 * Said apart from a close, so that a live view shows where the
+		 * connection lives now. */
 		tw->state_ts = info ? info->state_ts : 0;
+		e->type = EVENT_TW_HANDOVER;
+		e->new_state = tw->state;
+		e->flags = (e->flags & ~(EVF_DURATION | EVF_DURATION_MIN)) | EVF_TIMEWAIT;
+		e->duration_ns = 0;
+		e->timer_expires = tw->expires;
+		e->jiffies = bpf_jiffies64();
+		if (info)
+			event_owner(e, info->owner_src, info->pid, info->tid, info->comm);
+		emit(e);
 		return true;
 	}
 	e->new_state = tw->state;

@@ -11,6 +11,7 @@ enum event_type {
 	EVENT_TW_CANCEL,	/* a timewait timer removed before it was due: killed, unless EVENT_TW_REARM follows */
 	EVENT_TW_REARM,		/* a timewait timer armed again in the same substate */
 	EVENT_KEEPALIVE,	/* the keepalive timer acted: event.ka_event says how */
+	EVENT_TW_HANDOVER,	/* a timewait socket took over the connection in the same state (FIN_WAIT2) */
 };
 
 /* event.ka_event */

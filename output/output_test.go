@@ -510,3 +510,48 @@ func TestReportAggregates(t *testing.T) {
 		t.Errorf("text report: %v\n%s", err, out.String())
 	}
 }
+
+// Ages the kernel only bounds print as ranges and rank by their upper end; a
+// timewait socket's owner is the process that closed it; the clients of a
+// listening port group by address whatever their port; a namespace column
+// appears when the rows span namespaces.
+func TestWatchBoundsOwnersNamespaces(t *testing.T) {
+	app := tracer.Task{PID: 77, Comm: tracer.CommFrom("grpc-server")}
+	cli := tracer.Task{PID: 88, Comm: tracer.CommFrom("client")}
+	svc := netip.MustParseAddrPort("10.0.0.1:50051")
+	rows := []Socket{
+		{Cookie: 1, Family: tracer.IPv4, NetNS: 1, Local: svc, Remote: netip.MustParseAddrPort("10.0.0.8:50100"),
+			State: tracer.CloseWait, Age: 5 * time.Second, Owner: app, OwnerFrom: tracer.OwnerIO, Service: true},
+		{Cookie: 2, Family: tracer.IPv4, NetNS: 1, Local: svc, Remote: netip.MustParseAddrPort("10.0.0.8:50200"),
+			State: tracer.CloseWait, Age: 300 * time.Millisecond, AgeMax: 13200 * time.Millisecond, SinceStart: true,
+			Owner: app, OwnerFrom: tracer.OwnerProc, Service: true},
+		{Cookie: 3, Family: tracer.IPv4, NetNS: 2, Local: netip.MustParseAddrPort("10.0.0.8:50300"), Remote: svc,
+			State: tracer.FinWait2, Timewait: true, Age: 2 * time.Second, AgeMax: 2*time.Second + 4*time.Millisecond, SinceStart: true,
+			Owner: cli, OwnerFrom: tracer.OwnerClose},
+		{Cookie: 4, Family: tracer.IPv4, NetNS: 2, Local: netip.MustParseAddrPort("10.0.0.8:50400"), Remote: svc,
+			State: tracer.FinWait1, Age: time.Second, SinceStart: true},
+	}
+	SortByAge(rows)
+	if rows[0].Cookie != 2 {
+		t.Errorf("first row %d, want the CLOSE_WAIT that may be 13.2s old", rows[0].Cookie)
+	}
+	names := func(inode uint32) string {
+		if inode == 2 {
+			return "client-ns"
+		}
+		return ""
+	}
+	var txt, js bytes.Buffer
+	if err := NewWatch(&txt, WatchOptions{Clock: clock, Location: time.UTC, NetNSName: names}).Render(5e9, rows, 0); err != nil {
+		t.Fatal(err)
+	}
+	if err := NewWatch(&js, WatchOptions{Clock: clock, JSON: true}).Render(5e9, rows, 0); err != nil {
+		t.Fatal(err)
+	}
+	golden(t, "watch-bounds.txt", txt.Bytes())
+	golden(t, "watch-bounds.jsonl", js.Bytes())
+	_, byRemote := Groups(rows)
+	if byRemote[0].Remote != "10.0.0.8:*" || byRemote[0].Count != 2 || byRemote[0].Oldest != 13200*time.Millisecond {
+		t.Errorf("by remote: %+v, want the service's two clients as 10.0.0.8:*, oldest 13.2s", byRemote)
+	}
+}

@@ -27,9 +27,44 @@ type Socket struct {
 	Timewait   bool
 	Age        time.Duration
 	SinceStart bool // the state began before the tracer; Age is estimated from kernel timestamps or a lower bound
-	Owner      tracer.Task
-	OwnerFrom  tracer.OwnerSource
+	// AgeMax: with SinceStart, the most the socket can have been in its
+	// state, where the kernel bounds it (Age is then the least); 0: no bound.
+	AgeMax    time.Duration
+	Owner     tracer.Task
+	OwnerFrom tracer.OwnerSource
+	// Service: the local port is listening, so the remote is a client.
+	Service bool
 }
+
+// Oldest is the most the socket can have been in its state: how it ranks, so
+// that an old socket never passes for a new one.
+func (r *Socket) Oldest() time.Duration {
+	return max(r.Age, r.AgeMax)
+}
+
+// Closed reports whether Owner is the process that closed the socket rather
+// than one that holds it: a timewait socket belongs to no process.
+func (r *Socket) Closed() bool {
+	return r.Timewait && r.OwnerFrom != tracer.OwnerUnknown
+}
+
+// appendAge appends the age column: exact, a range the kernel's timestamps
+// bound ("300ms..13.2s"), or an estimate ("~5.00s").
+func appendAge(b []byte, r *Socket) []byte {
+	switch {
+	case !r.SinceStart:
+		return AppendDuration(b, r.Age)
+	case r.AgeMax == 0:
+		return AppendDuration(append(b, '~'), r.Age)
+	case r.AgeMax-r.Age <= ageExact:
+		return AppendDuration(b, r.Age)
+	}
+	return AppendDuration(append(AppendDuration(b, r.Age), ".."...), r.AgeMax)
+}
+
+// ageExact is how close two bounds of an age must be to print as one value:
+// a few jiffies (10 ms at the lowest HZ).
+const ageExact = 20 * time.Millisecond
 
 // WatchOptions configure snapshots.
 type WatchOptions struct {
@@ -38,6 +73,9 @@ type WatchOptions struct {
 	Top      int            // text: rows of the socket table (0: all)
 	Clear    bool           // text: clear the terminal before each snapshot
 	JSON     bool
+	// NetNSName names a network namespace by inode for the text table (nil:
+	// the inode), shown when the sockets in view span namespaces.
+	NetNSName func(inode uint32) string
 }
 
 // Watch renders snapshots of lingering sockets.
@@ -61,15 +99,17 @@ type Group struct {
 	Oldest time.Duration
 	Owner  tracer.Task
 	Known  bool   // Owner is known (process groups)
-	Remote string // remote groups: address:port, or address:* for clients on ephemeral ports
+	Closed bool   // Owner closed these timewait sockets (Socket.Closed)
+	Remote string // remote groups: address:port, or address:* for the clients of a local service
 }
 
 // Groups summarises rows per state and process, and per state and remote.
 func Groups(rows []Socket) (byProcess, byRemote []Group) {
 	type pk struct {
-		state tracer.State
-		pid   uint32
-		known bool
+		state  tracer.State
+		pid    uint32
+		known  bool
+		closed bool
 	}
 	type rk struct {
 		state  tracer.State
@@ -78,14 +118,17 @@ func Groups(rows []Socket) (byProcess, byRemote []Group) {
 	procs, remotes := map[pk]*Group{}, map[rk]*Group{}
 	for _, r := range rows {
 		known := r.OwnerFrom != tracer.OwnerUnknown
-		p := procs[pk{r.State, r.Owner.PID, known}]
+		key := pk{r.State, r.Owner.PID, known, r.Closed()}
+		p := procs[key]
 		if p == nil {
-			p = &Group{State: r.State, Owner: r.Owner, Known: known}
-			procs[pk{r.State, r.Owner.PID, known}] = p
+			p = &Group{State: r.State, Owner: r.Owner, Known: known, Closed: key.closed}
+			procs[key] = p
 		}
 		remote := r.Remote.String()
-		if r.Remote.Port() >= 32768 && r.Local.Port() < 32768 {
-			// The peer is a client on an ephemeral port: group by its address.
+		if r.Service || r.Remote.Port() >= 32768 && r.Local.Port() < 32768 {
+			// The peer is a client of a local service (its port listens,
+			// or lacking a listener, the peer's port is ephemeral and ours
+			// is not): group the clients by address.
 			remote = r.Remote.Addr().String() + ":*"
 		}
 		q := remotes[rk{r.State, remote}]
@@ -95,7 +138,7 @@ func Groups(rows []Socket) (byProcess, byRemote []Group) {
 		}
 		for _, g := range []*Group{p, q} {
 			g.Count++
-			g.Oldest = max(g.Oldest, r.Age)
+			g.Oldest = max(g.Oldest, r.Oldest())
 		}
 	}
 	sorted := func(m []*Group) []Group {
@@ -118,10 +161,10 @@ func Groups(rows []Socket) (byProcess, byRemote []Group) {
 	return sorted(pl), sorted(rl)
 }
 
-// SortByAge orders rows oldest first.
+// SortByAge orders rows oldest first (Socket.Oldest).
 func SortByAge(rows []Socket) {
 	slices.SortFunc(rows, func(a, b Socket) int {
-		return cmp.Or(cmp.Compare(b.Age, a.Age), cmp.Compare(a.Cookie, b.Cookie))
+		return cmp.Or(cmp.Compare(b.Oldest(), a.Oldest()), cmp.Compare(b.Age, a.Age), cmp.Compare(a.Cookie, b.Cookie))
 	})
 }
 
@@ -150,28 +193,51 @@ func (w *Watch) Render(now uint64, rows []Socket, lost uint64) error {
 	w.w.WriteString("\n\n")
 
 	var b []byte
-	var num [24]byte
+	var num [48]byte
 	var name [64]byte
-	b = append(b, header([]column{{"STATE", 12}, {"AGE", -7}, {"PID", -7}, {"COMM", 15}, {"LOCAL", 21}, {"REMOTE", 0}})...)
 	shown := rows
 	if w.opts.Top > 0 && len(shown) > w.opts.Top {
 		shown = shown[:w.opts.Top]
 	}
-	for _, r := range shown {
+	// The columns fit what they show: ranges of ages are wider, and the
+	// namespace is named only when more than one is in view.
+	ageWidth, nsWidth, closed := 7, 0, false
+	for i := range shown {
+		ageWidth = max(ageWidth, len(appendAge(num[:0], &shown[i])))
+		closed = closed || shown[i].Closed()
+	}
+	for i := range rows {
+		if rows[i].NetNS != rows[0].NetNS {
+			nsWidth = len("NETNS")
+			break
+		}
+	}
+	if nsWidth > 0 {
+		for i := range shown {
+			nsWidth = max(nsWidth, len(w.netnsName(name[:0], shown[i].NetNS)))
+		}
+	}
+	cols := []column{{"STATE", 12}, {"AGE", -ageWidth}, {"PID", -7}, {"COMM", 15}}
+	if nsWidth > 0 {
+		cols = append(cols, column{"NETNS", nsWidth})
+	}
+	b = append(b, header(append(cols, column{"LOCAL", 21}, column{"REMOTE", 0}))...)
+	for i := range shown {
+		r := &shown[i]
 		st := append(name[:0], r.State.String()...)
 		if r.Timewait {
 			st = append(st, "/tw"...)
 		}
 		b = padRight(b, st, 12)
 		b = append(b, ' ')
-		age := num[:0]
-		if r.SinceStart {
-			age = append(age, '~')
+		b = padLeft(b, appendAge(num[:0], r), ageWidth)
+		b = append(b, ' ')
+		b = appendOwnerColumns(b, r.Owner, r.OwnerFrom != tracer.OwnerUnknown, r.Closed())
+		b = append(b, ' ')
+		if nsWidth > 0 {
+			b = padRight(b, w.netnsName(name[:0], r.NetNS), nsWidth)
+			b = append(b, ' ')
 		}
-		b = padLeft(b, AppendDuration(age, r.Age), 7)
-		b = append(b, ' ')
-		b = appendOwnerColumns(b, r.Owner, r.OwnerFrom != tracer.OwnerUnknown)
-		b = append(b, ' ')
 		b = appendEndpoint(b, r.Local, 21)
 		b = append(b, ' ')
 		b = r.Remote.AppendTo(b)
@@ -179,6 +245,9 @@ func (w *Watch) Render(now uint64, rows []Socket, lost uint64) error {
 	}
 	if len(shown) < len(rows) {
 		b = fmt.Appendf(b, "... %d more\n", len(rows)-len(shown))
+	}
+	if closed {
+		b = append(b, "(PID): the process that closed it; a timewait socket belongs to no process\n"...)
 	}
 	w.w.Write(b)
 
@@ -193,7 +262,7 @@ func (w *Watch) Render(now uint64, rows []Socket, lost uint64) error {
 		b = append(b, ' ')
 		b = padLeft(b, AppendDuration(num[:0], g.Oldest), 7)
 		b = append(b, ' ')
-		b = appendOwnerColumns(b, g.Owner, g.Known)
+		b = appendOwnerColumns(b, g.Owner, g.Known, g.Closed)
 		b = endLine(b)
 	}
 	b = append(b, "\nBY REMOTE\n"...)
@@ -215,6 +284,15 @@ func (w *Watch) Render(now uint64, rows []Socket, lost uint64) error {
 	return w.w.Flush()
 }
 
+func (w *Watch) netnsName(b []byte, inode uint32) []byte {
+	if w.opts.NetNSName != nil {
+		if n := w.opts.NetNSName(inode); n != "" {
+			return append(b, n...)
+		}
+	}
+	return strconv.AppendUint(b, uint64(inode), 10)
+}
+
 // endLine ends a line without the padding of its last column.
 func endLine(b []byte) []byte {
 	for len(b) > 0 && b[len(b)-1] == ' ' {
@@ -223,13 +301,23 @@ func endLine(b []byte) []byte {
 	return append(b, '\n')
 }
 
-func appendOwnerColumns(b []byte, owner tracer.Task, known bool) []byte {
+// appendOwnerColumns appends PID and COMM; the PID of a process that closed
+// the socket, and holds it no more, in parentheses.
+func appendOwnerColumns(b []byte, owner tracer.Task, known, closed bool) []byte {
 	if !known {
 		return append(b, "      - -              "...)
 	}
 	var num [16]byte
 	var name [64]byte
-	b = padLeft(b, strconv.AppendUint(num[:0], uint64(owner.PID), 10), 7)
+	pid := num[:0]
+	if closed {
+		pid = append(pid, '(')
+	}
+	pid = strconv.AppendUint(pid, uint64(owner.PID), 10)
+	if closed {
+		pid = append(pid, ')')
+	}
+	b = padLeft(b, pid, 7)
 	b = append(b, ' ')
 	return padRight(b, appendPrintable(name[:0], owner.Comm.Bytes()), 15)
 }
@@ -247,6 +335,10 @@ func (w *Watch) renderJSON(now uint64, rows []Socket) error {
 		b = append(b, r.State.String()...)
 		b = append(b, `","age_ns":`...)
 		b = strconv.AppendInt(b, int64(r.Age), 10)
+		if r.AgeMax > 0 {
+			b = append(b, `,"age_max_ns":`...)
+			b = strconv.AppendInt(b, int64(r.AgeMax), 10)
+		}
 		b = append(b, `,"since_start":`...)
 		b = strconv.AppendBool(b, r.SinceStart)
 		if r.Timewait {
@@ -254,6 +346,9 @@ func (w *Watch) renderJSON(now uint64, rows []Socket) error {
 		}
 		b = appendEndpoints(b, r.NetNS, r.Family, r.Local, r.Remote)
 		b = appendOwner(b, &r.Owner, r.OwnerFrom)
+		if r.Closed() {
+			b = append(b, `,"owner_closed":true`...)
+		}
 		b = append(b, "}\n"...)
 		w.w.Write(b)
 	}
@@ -281,6 +376,9 @@ func (w *Watch) renderJSON(now uint64, rows []Socket) error {
 				b = strconv.AppendUint(b, uint64(g.Owner.PID), 10)
 				b = append(b, `,"comm":`...)
 				b = appendJSONString(b, g.Owner.Comm.Bytes())
+				if g.Closed {
+					b = append(b, `,"owner_closed":true`...)
+				}
 			}
 			b = append(b, "}\n"...)
 			w.w.Write(b)
@@ -303,8 +401,8 @@ func Snapshot(tl *timeline.Timeline, now uint64, f *tracer.Filter, states tracer
 		}
 		rows = append(rows, Socket{
 			Cookie: c.Cookie, NetNS: c.NetNS, Family: c.Family, Local: c.Local, Remote: c.Remote,
-			State: c.State, Timewait: c.Timewait, Age: c.Age(now), SinceStart: c.SinceStart,
-			Owner: c.Owner, OwnerFrom: c.OwnerFrom,
+			State: c.State, Timewait: c.Timewait, Age: c.Age(now), SinceStart: c.SinceStart, AgeMax: c.AgeMax(now),
+			Owner: c.Owner, OwnerFrom: c.OwnerFrom, Service: tl.Listening(c.NetNS, c.Local.Port()),
 		})
 		return true
 	})

@@ -87,7 +87,7 @@ func Decode(b []byte, e *Event, hz uint32) error {
 		SkErr:  int32(ne.Uint32(b[offSkErr:])),
 	}
 	switch e.Type {
-	case EventState, EventReset, EventTWCancel, EventTWRearm, EventKeepalive:
+	case EventState, EventReset, EventTWCancel, EventTWRearm, EventKeepalive, EventTWHandover:
 	default:
 		return fmt.Errorf("decoding event: unknown type %d", b[offType])
 	}

@@ -26,6 +26,10 @@ const (
 	EventTWRearm EventType = EventType(tcpstateEventTypeEVENT_TW_REARM)
 	// EventKeepalive: the keepalive timer acted; see Keepalive.
 	EventKeepalive EventType = EventType(tcpstateEventTypeEVENT_KEEPALIVE)
+	// EventTWHandover: a timewait socket took over the connection in the
+	// same state (an orphaned FIN_WAIT2): not a transition, only where the
+	// connection lives now (Timewait). The timeline keeps it to itself.
+	EventTWHandover EventType = EventType(tcpstateEventTypeEVENT_TW_HANDOVER)
 
 	// EventLost reports events the kernel could not deliver (ring buffer full).
 	EventLost EventType = 100
@@ -46,6 +50,8 @@ func (t EventType) String() string {
 		return "tw_rearm"
 	case EventKeepalive:
 		return "keepalive"
+	case EventTWHandover:
+		return "tw_handover"
 	case EventLost:
 		return "lost"
 	case EventLinger:

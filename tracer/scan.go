@@ -31,11 +31,18 @@ type Socket struct {
 	State    State
 	Timewait bool // a timewait socket (State is FIN_WAIT2 or TIME_WAIT)
 
-	// Since is when the socket entered State (CLOCK_BOOTTIME ns), estimated
-	// from the kernel's timestamps: the last ACK received for CLOSE_WAIT and
-	// FIN_WAIT2, the last send for FIN_WAIT1, LAST_ACK and CLOSING, the timer
-	// for TIME_WAIT. 0 when the kernel keeps nothing to tell (ESTABLISHED...).
-	Since     uint64
+	// Since is when the socket entered State (CLOCK_BOOTTIME ns) as the
+	// kernel's timestamps tell: exact for timewait sockets (their timer);
+	// the latest it can have been for CLOSE_WAIT and FIN_WAIT2 (the last ACK
+	// received: every later ACK moves it); an estimate for FIN_WAIT1,
+	// LAST_ACK and CLOSING (the last data sent). 0 when the kernel keeps
+	// nothing to tell (ESTABLISHED...).
+	Since uint64
+	// SinceEarliest is the earliest State can have begun, where the kernel
+	// bounds it: the last data received for CLOSE_WAIT (the FIN came after
+	// it), the last data sent for FIN_WAIT2 (our FIN followed it); Since for
+	// timewait sockets. 0: no bound.
+	SinceEarliest uint64
 	ExpiresIn time.Duration // timewait: time left on its timer
 
 	// Keepalive: the socket's own options (0: unset, the sysctl applies),
@@ -212,9 +219,15 @@ func parseIterRecord(data []byte, hz uint32, finTimeout time.Duration) (Socket, 
 		}
 		if s.ExpiresIn >= 0 && s.ExpiresIn <= total {
 			s.Since = r.TsNs - uint64(total-s.ExpiresIn)
+			s.SinceEarliest = s.Since
 		}
-	case s.State == CloseWait || s.State == FinWait2:
-		s.Since = ago(r.RcvTstamp)
+	case s.State == CloseWait:
+		s.Since, s.SinceEarliest = ago(r.RcvTstamp), ago(r.Lrcvtime)
+	case s.State == FinWait2:
+		s.Since, s.SinceEarliest = ago(r.RcvTstamp), ago(r.Lsndtime)
+	}
+	if s.SinceEarliest > s.Since {
+		s.SinceEarliest = s.Since // (one jiffy apart, read at different times)
 	}
 	if !s.Timewait && s.State != NewSynRecv {
 		s.KeepaliveOn = r.KaSrc&kaOn != 0

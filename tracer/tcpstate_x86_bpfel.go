@@ -84,11 +84,12 @@ const (
 type tcpstateEventType uint32
 
 const (
-	tcpstateEventTypeEVENT_STATE     tcpstateEventType = 1
-	tcpstateEventTypeEVENT_RESET     tcpstateEventType = 2
-	tcpstateEventTypeEVENT_TW_CANCEL tcpstateEventType = 3
-	tcpstateEventTypeEVENT_TW_REARM  tcpstateEventType = 4
-	tcpstateEventTypeEVENT_KEEPALIVE tcpstateEventType = 5
+	tcpstateEventTypeEVENT_STATE       tcpstateEventType = 1
+	tcpstateEventTypeEVENT_RESET       tcpstateEventType = 2
+	tcpstateEventTypeEVENT_TW_CANCEL   tcpstateEventType = 3
+	tcpstateEventTypeEVENT_TW_REARM    tcpstateEventType = 4
+	tcpstateEventTypeEVENT_KEEPALIVE   tcpstateEventType = 5
+	tcpstateEventTypeEVENT_TW_HANDOVER tcpstateEventType = 6
 )
 
 type tcpstateIterRec struct {

@@ -121,6 +121,23 @@ func resolveNetNS(v string) (uint32, error) {
 	return uint32(st.Ino), nil
 }
 
+// netnsNames names the namespaces mounted under /run/netns ('ip netns'), by
+// inode, and the one tcpstate runs in "host"; others go by their inode.
+func netnsNames() func(uint32) string {
+	names := map[uint32]string{}
+	if fi, err := os.Stat("/proc/self/ns/net"); err == nil {
+		names[uint32(fi.Sys().(*syscall.Stat_t).Ino)] = "host"
+	}
+	if ents, err := os.ReadDir("/run/netns"); err == nil {
+		for _, e := range ents {
+			if fi, err := os.Stat(filepath.Join("/run/netns", e.Name())); err == nil {
+				names[uint32(fi.Sys().(*syscall.Stat_t).Ino)] = e.Name()
+			}
+		}
+	}
+	return func(inode uint32) string { return names[inode] }
+}
+
 // sizeValue is a byte size flag: 4096, 64K, 8M, 1G.
 type sizeValue int
 

@@ -70,7 +70,11 @@ type socketJSON struct {
 	Type       string `json:"type"`
 	State      string `json:"state"`
 	AgeNS      int64  `json:"age_ns"`
+	AgeMaxNS   int64  `json:"age_max_ns"`
 	SinceStart bool   `json:"since_start"`
+	Timewait   bool   `json:"timewait"`
+	Closed     bool   `json:"owner_closed"`
+	Remote     string `json:"remote"`
 	Sport      int    `json:"sport"`
 	Dport      int    `json:"dport"`
 	PID        int    `json:"pid"`
@@ -370,5 +374,131 @@ func TestLingerIgnoresTimeWait(t *testing.T) {
 	}
 	if !toTimeWait {
 		t.Errorf("no FIN_WAIT2 -> TIME_WAIT for the server side of client port %d:\n%s", clientPort, stdout)
+	}
+}
+
+// lastSocket is the socket from port in the last snapshot of a live watch.
+func lastSocket(objs []socketJSON, sport int) *socketJSON {
+	for i := len(objs) - 1; i >= 0; i-- {
+		if objs[i].Type == "socket" && objs[i].Sport == sport {
+			return &objs[i]
+		}
+	}
+	return nil
+}
+
+// An orphaned FIN_WAIT2 lives in a timewait socket, which no process holds:
+// live (seen closing) and --once (found by the walk) agree on that, live
+// naming the process that closed it.
+func TestWatchOrphanedFinWait2LiveAndOnce(t *testing.T) {
+	requireRoot(t)
+	ns := testnet.New(t, "net.ipv4.tcp_fin_timeout=30")
+	var ln net.Listener
+	ns.Do(t, func() {
+		var err error
+		if ln, err = net.Listen("tcp4", "127.0.0.1:0"); err != nil {
+			t.Fatal(err)
+		}
+	})
+	defer ln.Close()
+	wait := startCmd(t, "watch", "-o", "json", "-i", "300ms", "-d", "2s", "--netns", ns.Name, "--state", "fin-wait-2")
+	var client net.Conn
+	ns.Do(t, func() {
+		var err error
+		if client, err = net.Dial("tcp4", ln.Addr().String()); err != nil {
+			t.Fatal(err)
+		}
+	})
+	peer, err := ln.Accept()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer peer.Close() // never before the test ends
+	port := client.LocalAddr().(*net.TCPAddr).Port
+	client.Close()
+	r := wait()
+	if r.code != exitOK {
+		t.Fatalf("exit %d: %s", r.code, r.stderr)
+	}
+	live := lastSocket(parseLines(t, r.stdout), port)
+	if live == nil || live.State != "FIN_WAIT2" || !live.Timewait || live.PID != os.Getpid() || !live.Closed {
+		t.Errorf("live: %+v, want FIN_WAIT2 in a timewait socket, closed by %d", live, os.Getpid())
+	}
+	code, stdout, stderr := runCmd(context.Background(), "watch", "--once", "-o", "json", "--netns", ns.Name, "--state", "fin-wait-2")
+	if code != exitOK {
+		t.Fatalf("exit %d: %s", code, stderr)
+	}
+	once := findSocket(parseLines(t, stdout), port)
+	if once == nil || once.State != "FIN_WAIT2" || !once.Timewait || once.PID != 0 {
+		t.Errorf("--once: %+v, want FIN_WAIT2 in a timewait socket, no process", once)
+	}
+}
+
+// Sockets older than tcpstate whose last ACK keeps moving: a CLOSE_WAIT that
+// goes on sending and a half-closed FIN_WAIT2 that goes on receiving. Their
+// ages are bounds, and the true age lies within them: never shown as new.
+func TestWatchOnceAgesAreBounds(t *testing.T) {
+	requireRoot(t)
+	ln, err := net.Listen("tcp4", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	client, err := net.Dial("tcp4", ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer client.Close()
+	server, err := ln.Accept()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer server.Close()
+	before := time.Now()
+	// The server half-closes: it is in FIN_WAIT2 (a full socket, still
+	// reading), the client in CLOSE_WAIT, and the client goes on writing.
+	if err := server.(*net.TCPConn).CloseWrite(); err != nil {
+		t.Fatal(err)
+	}
+	go io.Copy(io.Discard, server)
+	stop := make(chan struct{})
+	defer close(stop)
+	go func() {
+		for {
+			select {
+			case <-stop:
+				return
+			case <-time.After(50 * time.Millisecond):
+				client.Write([]byte("more\n"))
+			}
+		}
+	}()
+	time.Sleep(2 * time.Second)
+	code, stdout, stderr := runCmd(context.Background(), "watch", "--once", "-o", "json", "--port", strconv.Itoa(ln.Addr().(*net.TCPAddr).Port))
+	if code != exitOK {
+		t.Fatalf("exit %d: %s", code, stderr)
+	}
+	objs := parseLines(t, stdout)
+	const jiffies = 20 * time.Millisecond
+	for _, c := range []struct {
+		state string
+		port  int
+	}{{"CLOSE_WAIT", client.LocalAddr().(*net.TCPAddr).Port}, {"FIN_WAIT2", ln.Addr().(*net.TCPAddr).Port}} {
+		s := findSocket(objs, c.port)
+		if s == nil || s.State != c.state {
+			t.Errorf("%s: %+v, want it in the snapshot\n%s", c.state, s, stdout)
+			continue
+		}
+		at, err := time.Parse(time.RFC3339Nano, s.Time)
+		if err != nil {
+			t.Fatal(err)
+		}
+		age := at.Sub(before)
+		if !s.SinceStart || time.Duration(s.AgeNS) > age+jiffies || time.Duration(s.AgeMaxNS) < age-jiffies {
+			t.Errorf("%s: age %v..%v, want bounds around its true age %v", c.state, time.Duration(s.AgeNS), time.Duration(s.AgeMaxNS), age)
+		}
+		if time.Duration(s.AgeNS) > 500*time.Millisecond {
+			t.Errorf("%s: the lower bound %v did not move with the ACKs: the test shows nothing", c.state, time.Duration(s.AgeNS))
+		}
 	}
 }

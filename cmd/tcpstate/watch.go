@@ -23,9 +23,15 @@ A live table, like top, of the sockets sitting in CLOSE_WAIT, FIN_WAIT1,
 FIN_WAIT2 (full or timewait socket), CLOSING, LAST_ACK and TIME_WAIT: age in
 state, owner, endpoints, oldest first; then the same grouped per process and
 per remote endpoint, so that a leaking process stands out. Sockets older than
-tcpstate are found at start; their age ("~") comes from the kernel's timestamps
-(last ACK received, last send, timewait timer) or, lacking those, counts from
-start. Needs root.
+tcpstate are found at start; their age comes from the kernel's timestamps:
+exact for timewait sockets (their timer), a range where the kernel bounds it
+("300ms..13.2s": CLOSE_WAIT began between the last data and the last ACK
+received, FIN_WAIT2 between the last data sent and the last ACK received),
+else an estimate ("~": the last send for FIN_WAIT1, LAST_ACK, CLOSING) or the
+time since start. Rows rank by the oldest they can be. A timewait socket
+belongs to no process: its PID, when known, is the one that closed it, in
+parentheses. A NETNS column appears when the sockets span namespaces. Needs
+root.
 
 Flags:
 %s`
@@ -91,6 +97,7 @@ func runWatch(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	}
 	w := output.NewWatch(stdout, output.WatchOptions{
 		Clock: tracer.NewClock(), Top: f.top, Clear: isTTY && !f.once, JSON: f.output.value == "json",
+		NetNSName: netnsNames(),
 	})
 	ws := &watchSink{w: w, filter: filter, states: states, linger: time.Duration(f.linger), interval: time.Duration(f.interval)}
 	ws.tl = timeline.New(ws, timeline.Options{MaxConns: f.maxConns})

@@ -75,6 +75,9 @@ type Conn struct {
 	State      tracer.State
 	Since      uint64 // when State began (CLOCK_BOOTTIME ns); see SinceStart
 	SinceStart bool   // State began before the tracer: Since is an estimate or the start time
+	// SinceEarliest: with SinceStart, the earliest State can have begun
+	// (tracer.Socket.SinceEarliest); 0 when nothing bounds it.
+	SinceEarliest uint64
 	Timewait   bool   // the connection lives in a timewait socket
 
 	Spans     []Span
@@ -93,6 +96,15 @@ func (c *Conn) Age(now uint64) time.Duration {
 		return 0
 	}
 	return time.Duration(now - c.Since)
+}
+
+// AgeMax is the most the connection can have been in its state at time now,
+// when the kernel bounds it (a state older than the tracer); 0 otherwise.
+func (c *Conn) AgeMax(now uint64) time.Duration {
+	if !c.SinceStart || c.SinceEarliest == 0 || now < c.SinceEarliest {
+		return 0
+	}
+	return time.Duration(now - c.SinceEarliest)
 }
 
 // Options configure a Timeline.
@@ -172,7 +184,7 @@ func (t *Timeline) Seed(socks []tracer.Socket) {
 		c := t.conn(s.Cookie)
 		c.NetNS, c.Family, c.Local, c.Remote = s.NetNS, s.Family, s.Local, s.Remote
 		c.State, c.Timewait, c.SinceStart = s.State, s.Timewait, true
-		c.Since = s.Since
+		c.Since, c.SinceEarliest = s.Since, s.SinceEarliest
 		if c.Since == 0 {
 			c.Since = s.Scanned
 		}
@@ -196,6 +208,13 @@ func (t *Timeline) Conns(f func(*Conn) bool) {
 			return
 		}
 	}
+}
+
+// Listening reports whether a socket listens on port in namespace netns (one
+// the walk found or the tracer saw begin): connections to that port are its
+// clients'.
+func (t *Timeline) Listening(netns uint32, port uint16) bool {
+	return t.listeners[listenKey{netns, port}] != nil
 }
 
 // conn finds or creates the connection with cookie, marking it most recent.
@@ -382,6 +401,15 @@ func (t *Timeline) Flush() error {
 
 // process applies one event to the table, enriches it, and passes it on.
 func (t *Timeline) process(e *tracer.Event) error {
+	if e.Type == tracer.EventTWHandover {
+		// The connection goes on in a timewait socket, in the same state:
+		// nothing to show, only where it lives now.
+		if c, ok := t.conns[e.Cookie]; ok && c.State == e.New {
+			c.Timewait = true
+			t.enrichOwner(c, e)
+		}
+		return nil
+	}
 	if e.Type == tracer.EventTWCancel {
 		// Not re-armed: the timewait socket was killed early.
 		e.Type, e.New, e.Reason = tracer.EventState, tracer.Close, tracer.ReasonTWKilled
@@ -486,7 +514,7 @@ func (t *Timeline) advance(c *Conn, e *tracer.Event) {
 	if e.Old == tracer.Listen && e.New == tracer.Close {
 		delete(t.listeners, listenKey{c.NetNS, c.Local.Port()})
 	}
-	c.State, c.Since, c.SinceStart, c.Timewait = e.New, e.Time, false, e.Timewait
+	c.State, c.Since, c.SinceStart, c.SinceEarliest, c.Timewait = e.New, e.Time, false, 0, e.Timewait
 	if e.New == tracer.Close {
 		c.Reason, c.RstReason, c.SkErr, c.End = e.Reason, e.RstReason, e.SkErr, e.Time
 	} else if t.opts.Spans {

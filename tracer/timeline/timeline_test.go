@@ -292,3 +292,45 @@ func TestUntrackedTimewaitExpiryIsCompleted(t *testing.T) {
 		t.Errorf("TIME_WAIT lasted %v (known %v), want %v", end.Duration, end.HasDuration, want)
 	}
 }
+
+// An orphaned FIN_WAIT2 handed to a timewait socket: the connection stays in
+// FIN_WAIT2 from when it began, now in a timewait socket, and nothing is
+// shown for the handover itself.
+func TestTimewaitHandover(t *testing.T) {
+	s := &sink{}
+	tl := New(s, Options{})
+	hand := ev(12*ms, 1, tracer.FinWait2, tracer.FinWait2)
+	hand.Type, hand.Timewait = tracer.EventTWHandover, true
+	feed(t, tl, ev(1*ms, 1, tracer.Established, tracer.FinWait1), ev(10*ms, 1, tracer.FinWait1, tracer.FinWait2), hand)
+	if err := tl.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	if len(s.events) != 2 {
+		t.Fatalf("%d events shown, want the 2 transitions: %+v", len(s.events), s.events)
+	}
+	var c *Conn
+	tl.Conns(func(x *Conn) bool { c = x; return false })
+	if c == nil || c.State != tracer.FinWait2 || !c.Timewait || c.Since != 10*ms || c.OwnerFrom == tracer.OwnerUnknown {
+		t.Errorf("after the handover: %+v, want FIN_WAIT2 in a timewait socket since 10 ms, with its owner", c)
+	}
+}
+
+// A state older than the tracer that the kernel bounds: Age is the least it
+// can be, AgeMax the most; both go once the tracer sees the next transition.
+func TestSeededAgeBounds(t *testing.T) {
+	tl := New(&sink{}, Options{})
+	tl.Seed([]tracer.Socket{{Cookie: 1, Family: tracer.IPv4, Local: local, Remote: remote, State: tracer.CloseWait,
+		Since: 900 * ms, SinceEarliest: 200 * ms, Scanned: 1000 * ms}})
+	var c *Conn
+	tl.Conns(func(x *Conn) bool { c = x; return false })
+	if got, max := c.Age(1000*ms), c.AgeMax(1000*ms); got != 100*time.Millisecond || max != 800*time.Millisecond {
+		t.Errorf("age %v..%v, want 100ms..800ms", got, max)
+	}
+	feed(t, tl, ev(1100*ms, 1, tracer.CloseWait, tracer.LastAck))
+	if err := tl.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	if max := c.AgeMax(1200 * ms); max != 0 || c.Age(1200*ms) != 100*time.Millisecond {
+		t.Errorf("in LAST_ACK seen begin: age %v, max %v; want 100ms exact", c.Age(1200*ms), max)
+	}
+}
