@@ -43,7 +43,7 @@ type Socket struct {
 	// it), the last data sent for FIN_WAIT2 (our FIN followed it); Since for
 	// timewait sockets. 0: no bound.
 	SinceEarliest uint64
-	ExpiresIn time.Duration // timewait: time left on its timer
+	ExpiresIn     time.Duration // timewait: time left on its timer
 
 	// Keepalive: the socket's own options (0: unset, the sysctl applies),
 	// whether SO_KEEPALIVE is on, and its timer if armed.

@@ -78,7 +78,7 @@ type Conn struct {
 	// SinceEarliest: with SinceStart, the earliest State can have begun
 	// (tracer.Socket.SinceEarliest); 0 when nothing bounds it.
 	SinceEarliest uint64
-	Timewait   bool   // the connection lives in a timewait socket
+	Timewait      bool // the connection lives in a timewait socket
 
 	Spans     []Span
 	Reason    tracer.Reason // how it ended
