@@ -1403,17 +1403,22 @@ int iter_tcp(struct bpf_iter__tcp *ctx)
 		r.cookie = skc->skc_cookie.counter;
 
 	if (r.state == TCP_TIME_WAIT) {
-		struct tcp_timewait_sock *ttw = bpf_skc_to_tcp_timewait_sock(skc);
+		/* Every TIME_WAIT socket in TCP's tables is a timewait socket,
+		 * read here through its address. Not through
+		 * bpf_skc_to_tcp_timewait_sock(): that helper knows only
+		 * tcp_prot and tcpv6_prot, and the timewait sockets of
+		 * connections accepted by an MPTCP listener (Go's listeners
+		 * since Go 1.24, even when the client falls back to plain TCP)
+		 * carry MPTCP's copies of them: it would skip those. */
+		struct inet_timewait_sock *tw = (void *)skc;
 		struct tw_info fresh = {};
 		__u64 key;
 
-		if (!ttw)
-			return 0;
-		key = tw_key(r.cookie, ttw);
+		key = tw_key(r.cookie, tw);
 		r.cookie = key;
 		r.timewait = 1;
-		r.state = ttw->tw_sk.tw_substate;
-		r.timer_expires = ttw->tw_sk.tw_timer.expires;
+		r.state = BPF_CORE_READ(tw, tw_substate);
+		r.timer_expires = BPF_CORE_READ(tw, tw_timer.expires);
 		fresh.cookie = key;
 		fresh.state = r.state;
 		fresh.state_ts = r.ts_ns;
@@ -1421,7 +1426,7 @@ int iter_tcp(struct bpf_iter__tcp *ctx)
 		fresh.flags = INFO_SINCE_START;
 		bpf_map_update_elem(&tw_infos, &key, &fresh, BPF_NOEXIST);
 		if (r.state == TCP_FIN_WAIT2) {
-			__u64 addr = (__u64)ttw;
+			__u64 addr = (__u64)tw;
 
 			bpf_map_update_elem(&tw_fin_wait2, &key, &addr, BPF_NOEXIST);
 		}

@@ -69,6 +69,10 @@ type NetNS struct {
 	Inode   uint32
 	Path    string            // a file that names it (/proc/PID/ns/net, /run/netns/NAME)
 	Sysctls map[string]string // net.ipv4.tcp_* values, keyed without the prefix: "keepalive_time"
+	// DiagOnly counts the timewait sockets that sock_diag listed and the
+	// kernel's iterator did not (added to the walk's sockets; some may be
+	// new since the iterator ran).
+	DiagOnly int
 }
 
 // Sysctls read in each namespace, under /proc/sys/net/ipv4/tcp_.
@@ -163,7 +167,8 @@ func scanNetNS(it *link.Iter, path string, hz uint32, opts ScanOptions) ([]Socke
 				}
 			}
 			if err == io.EOF || err == io.ErrUnexpectedEOF {
-				return nil
+				ns.DiagOnly, err = addDiagTimewait(&out, ns.Inode, finTimeout, opts)
+				return err
 			}
 			if err != nil {
 				return err
@@ -171,6 +176,32 @@ func scanNetNS(it *link.Iter, path string, hz uint32, opts ScanOptions) ([]Socke
 		}
 	})
 	return out, ns, err
+}
+
+// addDiagTimewait adds to out the timewait sockets that sock_diag lists in
+// the calling thread's namespace and the iterator did not find, and says how
+// many.
+func addDiagTimewait(out *[]Socket, netns uint32, finTimeout time.Duration, opts ScanOptions) (int, error) {
+	tws, err := diagTimewait(netns, finTimeout, BootNow())
+	if err != nil {
+		return 0, err
+	}
+	type ends struct{ local, remote netip.AddrPort }
+	seen := map[ends]bool{}
+	for _, s := range *out {
+		if s.Timewait {
+			seen[ends{s.Local, s.Remote}] = true
+		}
+	}
+	n := 0
+	for _, s := range tws {
+		if seen[ends{s.Local, s.Remote}] || !opts.TimeWait && s.State == TimeWait {
+			continue
+		}
+		*out = append(*out, s)
+		n++
+	}
+	return n, nil
 }
 
 var (

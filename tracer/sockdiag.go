@@ -1,0 +1,140 @@
+// SPDX-License-Identifier: Apache-2.0
+
+package tracer
+
+import (
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"net/netip"
+	"syscall"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+// sock_diag (what ss uses) lists the timewait sockets of a namespace as a
+// second source for the walk. The kernel's TCP iterator resumes each read at
+// an offset in a hash bucket: sockets leaving the bucket between two reads
+// can make it skip others on a busy host. A timewait socket is the one kind
+// the tracer cannot learn about from its own events before it ends.
+
+const (
+	inetDiagReqV2Len = 56 // struct inet_diag_req_v2
+	inetDiagMsgLen   = 72 // struct inet_diag_msg
+	// The states asked for: the kernel matches a timewait socket by its
+	// substate, so FIN_WAIT2 brings full sockets too (told apart by timer).
+	diagStates  = 1<<TimeWait | 1<<FinWait2
+	diagTimerTW = 3 // inet_diag_msg.idiag_timer of a timewait socket
+)
+
+// diagTimewait lists the timewait sockets (TIME_WAIT or FIN_WAIT2) of the
+// calling thread's network namespace. finTimeout dates a FIN_WAIT2 from its
+// timer, as the walk does (0: unknown); scanned is when the list was taken.
+func diagTimewait(netns uint32, finTimeout time.Duration, scanned uint64) ([]Socket, error) {
+	fd, err := unix.Socket(unix.AF_NETLINK, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, unix.NETLINK_INET_DIAG)
+	if err != nil {
+		return nil, fmt.Errorf("sock_diag: %w", err)
+	}
+	defer unix.Close(fd)
+	var out []Socket
+	for _, family := range []uint8{unix.AF_INET, unix.AF_INET6} {
+		if err := diagDump(fd, family, func(m []byte) {
+			if s, ok := parseDiagMsg(m, netns, finTimeout, scanned); ok {
+				out = append(out, s)
+			}
+		}); err != nil {
+			return nil, err
+		}
+	}
+	return out, nil
+}
+
+// diagDump asks for the timewait sockets of one family and passes each
+// inet_diag_msg to f.
+func diagDump(fd int, family uint8, f func([]byte)) error {
+	req := make([]byte, unix.NLMSG_HDRLEN+inetDiagReqV2Len)
+	ne := binary.NativeEndian
+	ne.PutUint32(req[0:], uint32(len(req)))
+	ne.PutUint16(req[4:], unix.SOCK_DIAG_BY_FAMILY)
+	ne.PutUint16(req[6:], unix.NLM_F_REQUEST|unix.NLM_F_DUMP)
+	ne.PutUint32(req[8:], 1) // sequence
+	r := req[unix.NLMSG_HDRLEN:]
+	r[0], r[1] = family, unix.IPPROTO_TCP
+	ne.PutUint32(r[4:], diagStates)
+	if err := unix.Sendto(fd, req, 0, &unix.SockaddrNetlink{Family: unix.AF_NETLINK}); err != nil {
+		return fmt.Errorf("sock_diag: %w", err)
+	}
+	buf := make([]byte, 64<<10)
+	for {
+		n, _, err := unix.Recvfrom(fd, buf, 0)
+		if errors.Is(err, unix.EINTR) {
+			continue
+		}
+		if err != nil {
+			return fmt.Errorf("sock_diag: %w", err)
+		}
+		msgs, err := syscall.ParseNetlinkMessage(buf[:n])
+		if err != nil {
+			return fmt.Errorf("sock_diag: %w", err)
+		}
+		for _, m := range msgs {
+			switch m.Header.Type {
+			case unix.NLMSG_DONE:
+				return nil
+			case unix.NLMSG_ERROR:
+				if len(m.Data) >= 4 {
+					if errno := int32(ne.Uint32(m.Data)); errno != 0 {
+						return fmt.Errorf("sock_diag: %w", unix.Errno(-errno))
+					}
+				}
+				return nil
+			case unix.SOCK_DIAG_BY_FAMILY:
+				f(m.Data)
+			}
+		}
+	}
+}
+
+// parseDiagMsg reads one inet_diag_msg of a timewait socket.
+func parseDiagMsg(m []byte, netns uint32, finTimeout time.Duration, scanned uint64) (Socket, bool) {
+	if len(m) < inetDiagMsgLen || m[2] != diagTimerTW {
+		return Socket{}, false
+	}
+	ne := binary.NativeEndian
+	id := m[4:52] // struct inet_diag_sockid
+	sport, dport := binary.BigEndian.Uint16(id[0:]), binary.BigEndian.Uint16(id[2:])
+	s := Socket{
+		Cookie: uint64(ne.Uint32(id[40:])) | uint64(ne.Uint32(id[44:]))<<32,
+		NetNS:  netns, State: State(m[1]), Timewait: true, Scanned: scanned,
+		ExpiresIn: time.Duration(ne.Uint32(m[52:])) * time.Millisecond,
+	}
+	switch m[0] {
+	case unix.AF_INET:
+		s.Family = IPv4
+		s.Local = netip.AddrPortFrom(netip.AddrFrom4([4]byte(id[4:8])), sport)
+		s.Remote = netip.AddrPortFrom(netip.AddrFrom4([4]byte(id[20:24])), dport)
+	case unix.AF_INET6:
+		s.Family = IPv6
+		src, dst := netip.AddrFrom16([16]byte(id[4:20])), netip.AddrFrom16([16]byte(id[20:36]))
+		if src.Is4In6() && dst.Is4In6() {
+			// As the walk reports it: an IPv4 connection on an IPv6 socket.
+			s.Family, src, dst = IPv4, src.Unmap(), dst.Unmap()
+		}
+		s.Local, s.Remote = netip.AddrPortFrom(src, sport), netip.AddrPortFrom(dst, dport)
+	default:
+		return Socket{}, false
+	}
+	if s.State != TimeWait && s.State != FinWait2 {
+		return Socket{}, false
+	}
+	total := TimewaitLen
+	if s.State == FinWait2 {
+		total = finTimeout
+	}
+	if s.ExpiresIn <= total && uint64(total-s.ExpiresIn) <= scanned {
+		s.Since = scanned - uint64(total-s.ExpiresIn)
+		s.SinceEarliest = s.Since
+	}
+	return s, true
+}

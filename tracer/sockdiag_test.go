@@ -1,0 +1,125 @@
+// SPDX-License-Identifier: Apache-2.0
+
+package tracer_test
+
+import (
+	"net"
+	"net/netip"
+	"slices"
+	"testing"
+	"time"
+
+	"github.com/tcpstate/tcpstate/internal/testnet"
+	"github.com/tcpstate/tcpstate/tracer"
+)
+
+// The walk and sock_diag (what ss reads) agree on a namespace's timewait
+// sockets, TIME_WAIT and FIN_WAIT2 alike, IPv4, IPv6 and IPv4 on an IPv6
+// socket: nothing is found by one only, and each has its state, endpoints
+// and the time left on its timer.
+func TestWalkAndSockDiagAgreeOnTimewait(t *testing.T) {
+	requireRoot(t)
+	ns := testnet.New(t, "net.ipv4.tcp_fin_timeout=30")
+	var want []conn
+	ns.Do(t, func() {
+		for _, c := range []struct{ network, listen, dial string }{
+			{"tcp4", "127.0.0.1:0", "127.0.0.1"},
+			{"tcp6", "[::1]:0", "::1"},
+			{"tcp", "[::]:0", "127.0.0.1"}, // dual-stack listener: v4-mapped sockets
+		} {
+			ln, err := net.Listen(c.network, c.listen)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer ln.Close()
+			port := ln.Addr().(*net.TCPAddr).Port
+			for _, serverFirst := range []bool{true, false} {
+				cl, err := net.Dial("tcp", netip.AddrPortFrom(netip.MustParseAddr(c.dial), uint16(port)).String())
+				if err != nil {
+					t.Fatal(err)
+				}
+				sv, err := ln.Accept()
+				if err != nil {
+					t.Fatal(err)
+				}
+				srvEnd := conn{local: addrPort(sv.LocalAddr()), remote: addrPort(sv.RemoteAddr())}
+				cliEnd := conn{local: addrPort(cl.LocalAddr()), remote: addrPort(cl.RemoteAddr())}
+				if serverFirst {
+					// The server closes, then the client: the server's end
+					// in TIME_WAIT.
+					sv.Close()
+					time.Sleep(20 * time.Millisecond)
+					cl.Close()
+					srvEnd.state = tracer.TimeWait
+					want = append(want, srvEnd)
+				} else {
+					// The client closes, the server never: the client's
+					// orphaned FIN_WAIT2 in a timewait socket.
+					cl.Close()
+					t.Cleanup(func() { sv.Close() })
+					cliEnd.state = tracer.FinWait2
+					want = append(want, cliEnd)
+				}
+			}
+		}
+	})
+	time.Sleep(100 * time.Millisecond)
+	r := startRaw(t, tracer.Config{}, nil)
+	socks, nss, err := r.tr.ScanAll(tracer.ScanOptions{TimeWait: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var diag []tracer.Socket
+	ns.Do(t, func() {
+		if diag, err = tracer.DiagTimewait(ns.Inode, 30*time.Second, tracer.BootNow()); err != nil {
+			t.Fatal(err)
+		}
+	})
+	for _, n := range nss {
+		if n.Inode == ns.Inode && n.DiagOnly != 0 {
+			t.Errorf("%d timewait sockets found by sock_diag only", n.DiagOnly)
+		}
+	}
+	key := func(s tracer.Socket) conn { return conn{s.Local, s.Remote, s.State} }
+	for _, src := range []struct {
+		name  string
+		socks []tracer.Socket
+	}{{"walk", socks}, {"sock_diag", diag}} {
+		var got []conn
+		for _, s := range src.socks {
+			if s.NetNS != ns.Inode || !s.Timewait {
+				continue
+			}
+			got = append(got, key(s))
+			total := tracer.TimewaitLen
+			if s.State == tracer.FinWait2 {
+				total = 30 * time.Second
+			}
+			if s.ExpiresIn <= total-2*time.Second || s.ExpiresIn > total || s.Since == 0 {
+				t.Errorf("%s: %v %v %v expires in %v, since %d; want about %v", src.name, s.Local, s.Remote, s.State, s.ExpiresIn, s.Since, total)
+			}
+		}
+		if len(got) != len(want) {
+			t.Errorf("%s: %d timewait sockets %v, want %d %v", src.name, len(got), got, len(want), want)
+		}
+		for _, w := range want {
+			if !slices.Contains(got, w) {
+				t.Errorf("%s: missing %v", src.name, w)
+			}
+		}
+	}
+}
+
+type conn struct {
+	local, remote netip.AddrPort
+	state         tracer.State
+}
+
+func (c conn) String() string {
+	return c.local.String() + " " + c.remote.String() + " " + c.state.String()
+}
+
+func addrPort(a net.Addr) netip.AddrPort {
+	ap := a.(*net.TCPAddr).AddrPort()
+	return netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port())
+}
