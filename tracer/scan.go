@@ -73,6 +73,8 @@ type NetNS struct {
 	// kernel's iterator did not (added to the walk's sockets; some may be
 	// new since the iterator ran).
 	DiagOnly int
+	// DiagErr: why sock_diag could not list them (the walk stands alone).
+	DiagErr error
 }
 
 // Sysctls read in each namespace, under /proc/sys/net/ipv4/tcp_.
@@ -167,8 +169,10 @@ func scanNetNS(it *link.Iter, path string, hz uint32, opts ScanOptions) ([]Socke
 				}
 			}
 			if err == io.EOF || err == io.ErrUnexpectedEOF {
-				ns.DiagOnly, err = addDiagTimewait(&out, ns.Inode, finTimeout, opts)
-				return err
+				// A second source only: without it (no inet_diag module, or
+				// none can be loaded) the walk stands alone.
+				ns.DiagOnly, ns.DiagErr = addDiagTimewait(&out, ns.Inode, finTimeout, opts)
+				return nil
 			}
 			if err != nil {
 				return err
