@@ -21,7 +21,7 @@ import (
 // bounded memory, whatever the number of samples.
 type Hist struct {
 	counts  map[int]uint64
-	buckets [8]uint64 // exact counts in the ranges of BucketLabels
+	buckets [len(bucketLabels)]uint64 // exact counts in the ranges of bucketLabels
 	n       uint64
 	max     time.Duration
 }
@@ -72,15 +72,15 @@ func (h *Hist) Quantile(q float64) time.Duration {
 	return h.max
 }
 
-// Buckets counts samples in the report's coarse ranges (see BucketLabels):
+// Buckets counts samples in the report's coarse ranges (see bucketLabels):
 // a range includes its lower edge.
 func (h *Hist) Buckets() []uint64 { return h.buckets[:] }
 
 var bucketEdges = []time.Duration{time.Millisecond, 10 * time.Millisecond, 100 * time.Millisecond, time.Second,
 	10 * time.Second, time.Minute, 10 * time.Minute}
 
-// BucketLabels name the ranges of Buckets.
-var BucketLabels = []string{"<1ms", "1-10ms", "10-100ms", "0.1-1s", "1-10s", "10-60s", "1-10m", ">10m"}
+// bucketLabels name the ranges of Buckets.
+var bucketLabels = [...]string{"<1ms", "1-10ms", "10-100ms", "0.1-1s", "1-10s", "10-60s", "1-10m", ">10m"}
 
 // Linger is one connection that sat long in CLOSE_WAIT or FIN_WAIT2.
 type Linger struct {
@@ -244,7 +244,7 @@ func (r *Report) Render(w io.Writer, clock tracer.Clock, loc *time.Location, asJ
 		}
 	}
 	p("\nTIME IN STATE          COUNT      P50      P90      P99      MAX   ")
-	for _, l := range BucketLabels {
+	for _, l := range bucketLabels {
 		p("%9s", l)
 	}
 	p("\n")
@@ -385,7 +385,7 @@ func (r *Report) renderJSON(w io.Writer, clock tracer.Clock) error {
 		s := stateJSON{State: st.String(), Count: h.n, P50: int64(h.Quantile(.5)), P90: int64(h.Quantile(.9)),
 			P99: int64(h.Quantile(.99)), Max: int64(h.max), Buckets: map[string]uint64{}}
 		for i, c := range h.Buckets() {
-			s.Buckets[BucketLabels[i]] = c
+			s.Buckets[bucketLabels[i]] = c
 		}
 		out.States = append(out.States, s)
 	}

@@ -388,7 +388,7 @@ func (w *Watch) renderJSON(now uint64, rows []Socket) error {
 }
 
 // LingerStates are the states watch shows by default: where sockets pile up.
-var LingerStates = tracer.StateSet(1<<tracer.CloseWait | 1<<tracer.FinWait1 | 1<<tracer.FinWait2 |
+const LingerStates = tracer.StateSet(1<<tracer.CloseWait | 1<<tracer.FinWait1 | 1<<tracer.FinWait2 |
 	1<<tracer.Closing | 1<<tracer.LastAck | 1<<tracer.TimeWait)
 
 // Snapshot lists the connections of tl in states, passing f, that have been

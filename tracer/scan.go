@@ -77,8 +77,8 @@ type NetNS struct {
 	DiagErr error
 }
 
-// Sysctls read in each namespace, under /proc/sys/net/ipv4/tcp_.
-var Sysctls = []string{"keepalive_time", "keepalive_intvl", "keepalive_probes", "fin_timeout", "tw_reuse", "max_tw_buckets"}
+// sysctls are read in each namespace, under /proc/sys/net/ipv4/tcp_.
+var sysctls = [...]string{"keepalive_time", "keepalive_intvl", "keepalive_probes", "fin_timeout", "tw_reuse", "max_tw_buckets"}
 
 // ScanOptions choose what a scan returns. The kernel side is seeded with
 // every socket whatever they say.
@@ -99,7 +99,7 @@ func (t *Tracer) Scan() ([]Socket, error) {
 
 // ScanAll is Scan, also returning the namespaces and their TCP sysctls.
 func (t *Tracer) ScanAll(opts ScanOptions) ([]Socket, []NetNS, error) {
-	prog := t.coll.Programs["iter_tcp"]
+	prog := t.coll.Programs[tcpstateProgIterTcp]
 	if prog == nil {
 		return nil, nil, errors.New("scanning sockets: iterator program not loaded")
 	}
@@ -358,9 +358,9 @@ func socketOwners() map[uint64]Task {
 	return owners
 }
 
-// readSysctls reads Sysctls as the current thread's namespace sees them.
+// readSysctls reads the sysctls as the current thread's namespace sees them.
 func readSysctls(into map[string]string) {
-	for _, name := range Sysctls {
+	for _, name := range sysctls {
 		if v, err := os.ReadFile("/proc/sys/net/ipv4/tcp_" + name); err == nil {
 			into[name] = strings.TrimSpace(string(v))
 		}
