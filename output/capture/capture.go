@@ -181,10 +181,14 @@ func (r *Reader) Next() (Record, error) {
 		}
 		switch r.blkType {
 		case blockSockets:
-			var socks []tracer.Socket
-			if err := json.Unmarshal(r.block, &socks); err != nil {
+			var recs []socketRecord
+			if err := json.Unmarshal(r.block, &recs); err != nil {
 				r.warn("sockets block at offset %d: %v; skipped", r.off, err)
 				continue
+			}
+			socks := make([]tracer.Socket, len(recs))
+			for i := range recs {
+				socks[i] = recs[i].socket()
 			}
 			return Record{Sockets: socks}, nil
 		case blockSysctls:

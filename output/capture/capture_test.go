@@ -10,6 +10,7 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"reflect"
 	"strings"
 	"testing"
 	"time"
@@ -420,5 +421,50 @@ func TestLargeWalk(t *testing.T) {
 	}
 	if n := len(got[0]) + len(got[1]) + len(got[2]); n != len(socks) || got[2][4].Cookie != uint64(len(socks)) {
 		t.Errorf("%d sockets back of %d", n, len(socks))
+	}
+}
+
+// A capture written by an earlier tcpstate (testdata/v1.tcpcap, committed)
+// still reads, field by field: the sockets block's JSON names are the file
+// format, not whatever the Go fields are called now.
+func TestReadsV1Capture(t *testing.T) {
+	r, f, err := Open("testdata/v1.tcpcap")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	if h := r.Header; h.Hostname != "testhost" || h.HZ != 250 || h.BootWall != 1_700_000_000_000_000_000 {
+		t.Errorf("header %+v", h)
+	}
+	var socks []tracer.Socket
+	var events []tracer.Event
+	for {
+		rec, err := r.Next()
+		if err == io.EOF {
+			break
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		socks = append(socks, rec.Sockets...)
+		if rec.Event != nil {
+			events = append(events, *rec.Event)
+		}
+	}
+	want := []tracer.Socket{
+		{Cookie: 7, NetNS: 4026531840, Family: tracer.IPv4, Local: netip.MustParseAddrPort("127.0.0.1:8080"),
+			Remote: netip.MustParseAddrPort("127.0.0.1:40000"), State: tracer.CloseWait, Since: 1_000_000_000,
+			KeepaliveOn: true, SockIdle: 30 * time.Second, Inode: 123, UID: 1000,
+			Owner: tracer.Task{PID: 42, TID: 43, Comm: tracer.CommFrom("leaky")}, OwnerKnown: true, Scanned: 2_000_000_000},
+		{Cookie: 8, NetNS: 4026531840, Family: tracer.IPv6, Local: netip.MustParseAddrPort("[::1]:40001"),
+			Remote: netip.MustParseAddrPort("[::1]:443"), State: tracer.TimeWait, Timewait: true, Since: 1_500_000_000,
+			ExpiresIn: 59 * time.Second, Scanned: 2_000_000_000},
+	}
+	if !reflect.DeepEqual(socks, want) {
+		t.Errorf("sockets\n got %+v\nwant %+v", socks, want)
+	}
+	if len(events) != 1 || events[0].Cookie != 7 || events[0].Old != tracer.CloseWait || events[0].New != tracer.LastAck ||
+		events[0].Owner.PID != 42 || events[0].Duration != 1100*time.Millisecond || !events[0].DurationMin {
+		t.Errorf("events %+v", events)
 	}
 }

@@ -165,13 +165,19 @@ const socketsPerBlock = 10000
 
 // Sockets writes the start-up walk, which replay needs to name owners.
 func (w *Writer) Sockets(socks []tracer.Socket) error {
-	for len(socks) > socketsPerBlock {
-		if err := w.jsonBlock(blockSockets, socks[:socketsPerBlock], socketsPerBlock); err != nil {
+	for {
+		n := min(len(socks), socketsPerBlock)
+		recs := make([]socketRecord, n)
+		for i := range recs {
+			recs[i] = socketRecordOf(&socks[i])
+		}
+		if err := w.jsonBlock(blockSockets, recs, uint32(n)); err != nil {
 			return err
 		}
-		socks = socks[socketsPerBlock:]
+		if socks = socks[n:]; len(socks) == 0 {
+			return nil
+		}
 	}
-	return w.jsonBlock(blockSockets, socks, uint32(len(socks)))
 }
 
 // Sysctls writes a snapshot of the namespaces' sysctls.
