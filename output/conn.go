@@ -31,7 +31,7 @@ func (t *Text) RenderConn(c *timeline.Conn) error {
 	b := t.buf[:0]
 	b = t.opts.Clock.Wall(c.End).In(t.opts.Location).AppendFormat(b, "15:04:05")
 	b = append(b, ' ')
-	b = appendOwnerNarrow(b, &c.Owner, c.OwnerFrom != tracer.OwnerUnknown)
+	b = appendOwnerText(b, &c.Owner, ownerNarrow, false)
 	b = append(b, ' ')
 	b = appendEndpoint(b, c.Local, 21)
 	b = append(b, ' ')
@@ -79,7 +79,7 @@ func (j *JSON) RenderConn(c *timeline.Conn) error {
 	b = append(b, `","type":"connection","cookie":`...)
 	b = strconv.AppendUint(b, c.Cookie, 10)
 	b = appendEndpoints(b, c.NetNS, c.Family, c.Local, c.Remote)
-	b = appendOwner(b, &c.Owner, c.OwnerFrom)
+	b = appendOwner(b, &c.Owner)
 	if c.Reason != tracer.ReasonNone {
 		b = append(b, `,"reason":"`...)
 		b = append(b, c.Reason.String()...)

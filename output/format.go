@@ -145,14 +145,40 @@ func appendRstReason(b []byte, k *tracer.KernelInfo, code uint16) []byte {
 	return strconv.AppendUint(append(b, "reason "...), uint64(code), 10)
 }
 
-// appendOwnerNarrow appends the owner as the narrow columns do: pid in 6,
-// name cut to 8; "- -" when unknown.
-func appendOwnerNarrow(b []byte, owner *tracer.Task, known bool) []byte {
-	if !known {
-		return append(b, "     - -       "...)
-	}
+// ownerColumns lay out the owner in a text table: PID, TID (0: no column)
+// and COMM (the name cut to it), each "-" when the owner is unknown.
+type ownerColumns struct{ pid, tid, comm int }
+
+var (
+	ownerNarrow = ownerColumns{pid: 6, comm: 8}
+	ownerWide   = ownerColumns{pid: 6, tid: 7, comm: 15}
+	ownerWatch  = ownerColumns{pid: 7, comm: 15}
+)
+
+// appendOwnerText appends the owner columns; the PID of a process that
+// closed the socket, and holds it no more, in parentheses.
+func appendOwnerText(b []byte, o *tracer.Owner, cols ownerColumns, closed bool) []byte {
+	var num [24]byte
 	var name [64]byte
-	b = padLeft(b, strconv.AppendUint(name[:0], uint64(owner.PID), 10), 6)
+	dash := []byte("-")
+	pid, tid, comm := dash, dash, dash
+	if o.Known() {
+		pid = num[:0]
+		if closed {
+			pid = append(pid, '(')
+		}
+		pid = strconv.AppendUint(pid, uint64(o.PID), 10)
+		if closed {
+			pid = append(pid, ')')
+		}
+		tid = strconv.AppendUint(num[len(pid):len(pid)], uint64(o.TID), 10)
+		comm = truncRunes(appendPrintable(name[:0], o.Comm.Bytes()), cols.comm)
+	}
+	b = padLeft(b, pid, cols.pid)
 	b = append(b, ' ')
-	return padRight(b, truncRunes(appendPrintable(name[:0], owner.Comm.Bytes()), 8), 8)
+	if cols.tid > 0 {
+		b = padLeft(b, tid, cols.tid)
+		b = append(b, ' ')
+	}
+	return padRight(b, comm, cols.comm)
 }

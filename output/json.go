@@ -86,8 +86,8 @@ func (j *JSON) Render(e *tracer.Event) error {
 		b = append(b, `,"rst_reason":`...)
 		b = append(appendRstReason(append(b, '"'), &j.opts.Kernel, e.RstReason), '"')
 	}
-	if e.OwnerKnown() {
-		b = appendOwner(b, &e.Owner, e.OwnerFrom)
+	if e.Owner.Known() {
+		b = appendOwner(b, &e.Owner)
 	}
 	if e.Type != tracer.EventLinger {
 		b = append(b, `,"cpu_pid":`...)
@@ -132,8 +132,8 @@ func appendEndpoints(b []byte, netns uint32, fam tracer.Family, local, remote ne
 }
 
 // appendOwner appends pid, tid, comm and owner_from; nothing when unknown.
-func appendOwner(b []byte, owner *tracer.Task, from tracer.OwnerSource) []byte {
-	if from == tracer.OwnerUnknown {
+func appendOwner(b []byte, owner *tracer.Owner) []byte {
+	if !owner.Known() {
 		return b
 	}
 	b = append(b, `,"pid":`...)
@@ -143,7 +143,7 @@ func appendOwner(b []byte, owner *tracer.Task, from tracer.OwnerSource) []byte {
 	b = append(b, `,"comm":`...)
 	b = appendJSONString(b, owner.Comm.Bytes())
 	b = append(b, `,"owner_from":"`...)
-	b = append(b, from.String()...)
+	b = append(b, owner.From.String()...)
 	return append(b, '"')
 }
 

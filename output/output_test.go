@@ -31,54 +31,40 @@ func events() []tracer.Event {
 	v4l, v4r := netip.MustParseAddrPort("10.0.0.1:43210"), netip.MustParseAddrPort("10.0.0.20:8443")
 	v6l, v6r := netip.MustParseAddrPort("[2001:db8::1]:50000"), netip.MustParseAddrPort("[2001:db8:ffff::1234]:8443")
 	return []tracer.Event{
-		{Type: tracer.EventState, Time: 1_000_000, Cookie: 1, NetNS: 4026531840, Family: tracer.IPv4,
-			Local: netip.AddrPortFrom(v4l.Addr(), 0), Remote: v4r, Old: tracer.Close, New: tracer.SynSent,
-			Owner: owner, OwnerFrom: tracer.OwnerConnect, OnCPU: owner},
-		{Type: tracer.EventState, Time: 1_250_000, Cookie: 1, NetNS: 4026531840, Family: tracer.IPv4,
-			Local: v4l, Remote: v4r, Old: tracer.SynSent, New: tracer.Established, Duration: 250 * time.Microsecond,
-			HasDuration: true, Owner: owner, OwnerFrom: tracer.OwnerConnect, OnCPU: swapper},
-		{Type: tracer.EventState, Time: 1_501_250_000, Cookie: 1, NetNS: 4026531840, Family: tracer.IPv4,
-			Local: v4l, Remote: v4r, Old: tracer.Established, New: tracer.CloseWait, Duration: 1500 * time.Millisecond,
-			HasDuration: true, Owner: owner, OwnerFrom: tracer.OwnerConnect, OnCPU: swapper},
+		{Type: tracer.EventState, Time: 1_000_000, Cookie: 1, Endpoints: tracer.Endpoints{NetNS: 4026531840, Family: tracer.IPv4, Local: netip.AddrPortFrom(v4l.Addr(), 0), Remote: v4r}, Old: tracer.Close, New: tracer.SynSent,
+			Owner: tracer.Owner{Task: owner, From: tracer.OwnerConnect}, OnCPU: owner},
+		{Type: tracer.EventState, Time: 1_250_000, Cookie: 1, Endpoints: tracer.Endpoints{NetNS: 4026531840, Family: tracer.IPv4, Local: v4l, Remote: v4r}, Old: tracer.SynSent, New: tracer.Established, Duration: 250 * time.Microsecond,
+			HasDuration: true, Owner: tracer.Owner{Task: owner, From: tracer.OwnerConnect}, OnCPU: swapper},
+		{Type: tracer.EventState, Time: 1_501_250_000, Cookie: 1, Endpoints: tracer.Endpoints{NetNS: 4026531840, Family: tracer.IPv4, Local: v4l, Remote: v4r}, Old: tracer.Established, New: tracer.CloseWait, Duration: 1500 * time.Millisecond,
+			HasDuration: true, Owner: tracer.Owner{Task: owner, From: tracer.OwnerConnect}, OnCPU: swapper},
 		{Type: tracer.EventLost, Time: 2_000_000_000, Lost: 17},
-		{Type: tracer.EventState, Time: 3_000_000_000, Cookie: 9, NetNS: 4026532000, Family: tracer.IPv6,
-			Local: v6l, Remote: v6r, Old: tracer.Established, New: tracer.CloseWait, OnCPU: swapper},
-		{Type: tracer.EventState, Time: 3_100_000_000, Cookie: 10, NetNS: 4026531840, Family: tracer.IPv4,
-			Local: v4l, Remote: netip.MustParseAddrPort("127.0.0.1:1"), Old: tracer.SynSent, New: tracer.Close,
+		{Type: tracer.EventState, Time: 3_000_000_000, Cookie: 9, Endpoints: tracer.Endpoints{NetNS: 4026532000, Family: tracer.IPv6, Local: v6l, Remote: v6r}, Old: tracer.Established, New: tracer.CloseWait, OnCPU: swapper},
+		{Type: tracer.EventState, Time: 3_100_000_000, Cookie: 10, Endpoints: tracer.Endpoints{NetNS: 4026531840, Family: tracer.IPv4, Local: v4l, Remote: netip.MustParseAddrPort("127.0.0.1:1")}, Old: tracer.SynSent, New: tracer.Close,
 			Duration: 40 * time.Microsecond, HasDuration: true, SkErr: 111,
-			Owner: tracer.Task{PID: 7, TID: 7, Comm: tracer.CommFrom("we\"ird\\name\x01\xff")}, OwnerFrom: tracer.OwnerClose,
+			Owner: tracer.Owner{Task: tracer.Task{PID: 7, TID: 7, Comm: tracer.CommFrom("we\"ird\\name\x01\xff")}, From: tracer.OwnerClose},
 			OnCPU: tracer.Task{PID: 7, Comm: tracer.CommFrom("a-very-long-name")}},
-		{Type: tracer.EventState, Time: 4_000_000_000, Cookie: 11, NetNS: 4026531840, Family: tracer.IPv4,
-			Local: v4l, Remote: netip.MustParseAddrPort("93.184.216.34:443"), Old: tracer.FinWait2, New: tracer.Close, Duration: 61 * time.Minute,
-			HasDuration: true, Owner: owner, OwnerFrom: tracer.OwnerListener, OnCPU: swapper},
-		{Type: tracer.EventState, Time: 5_000_000_000, Cookie: 12, NetNS: 4026531840, Family: tracer.IPv4,
-			Local: v4l, Remote: v4r, Old: tracer.FinWait2, New: tracer.TimeWait, Duration: 2100 * time.Millisecond, HasDuration: true,
-			Timewait: true, ExpiresIn: 60 * time.Second, Owner: owner, OwnerFrom: tracer.OwnerClose, OnCPU: swapper},
-		{Type: tracer.EventState, Time: 65_000_000_000, Cookie: 12, NetNS: 4026531840, Family: tracer.IPv4,
-			Local: v4l, Remote: v4r, Old: tracer.TimeWait, New: tracer.Close, Duration: 60 * time.Second, HasDuration: true,
-			Timewait: true, Reason: tracer.ReasonTWExpired, Owner: owner, OwnerFrom: tracer.OwnerClose, OnCPU: swapper},
-		{Type: tracer.EventState, Time: 66_000_000_000, Cookie: 13, NetNS: 4026531840, Family: tracer.IPv4,
-			Local: v4l, Remote: v4r, Old: tracer.Established, New: tracer.Close, Duration: 2 * time.Second, HasDuration: true,
-			DurationMin: true, Reason: tracer.ReasonRSTSent, RstReason: 11, Owner: owner, OwnerFrom: tracer.OwnerProc, OnCPU: owner},
-		{Type: tracer.EventLinger, Time: 67_000_000_000, Cookie: 14, NetNS: 4026531840, Family: tracer.IPv4,
-			Local: v4l, Remote: v4r, Old: tracer.CloseWait, New: tracer.CloseWait, Duration: 30 * time.Second, HasDuration: true,
-			Owner: owner, OwnerFrom: tracer.OwnerConnect},
-		{Type: tracer.EventReset, Time: 68_000_000_000, Cookie: 15, NetNS: 4026531840, Family: tracer.IPv4,
-			Local: v4l, Remote: v4r, Old: tracer.Close, New: tracer.Close, RstReason: 99, Reason: tracer.ReasonRSTSent, OnCPU: swapper},
-		{Type: tracer.EventKeepalive, Time: 69_000_000_000, Cookie: 16, NetNS: 4026531840, Family: tracer.IPv4,
-			Local: v4l, Remote: v4r, Old: tracer.Established, New: tracer.Established, ExpiresIn: time.Second,
+		{Type: tracer.EventState, Time: 4_000_000_000, Cookie: 11, Endpoints: tracer.Endpoints{NetNS: 4026531840, Family: tracer.IPv4, Local: v4l, Remote: netip.MustParseAddrPort("93.184.216.34:443")}, Old: tracer.FinWait2, New: tracer.Close, Duration: 61 * time.Minute,
+			HasDuration: true, Owner: tracer.Owner{Task: owner, From: tracer.OwnerListener}, OnCPU: swapper},
+		{Type: tracer.EventState, Time: 5_000_000_000, Cookie: 12, Endpoints: tracer.Endpoints{NetNS: 4026531840, Family: tracer.IPv4, Local: v4l, Remote: v4r}, Old: tracer.FinWait2, New: tracer.TimeWait, Duration: 2100 * time.Millisecond, HasDuration: true,
+			Timewait: true, ExpiresIn: 60 * time.Second, Owner: tracer.Owner{Task: owner, From: tracer.OwnerClose}, OnCPU: swapper},
+		{Type: tracer.EventState, Time: 65_000_000_000, Cookie: 12, Endpoints: tracer.Endpoints{NetNS: 4026531840, Family: tracer.IPv4, Local: v4l, Remote: v4r}, Old: tracer.TimeWait, New: tracer.Close, Duration: 60 * time.Second, HasDuration: true,
+			Timewait: true, Reason: tracer.ReasonTWExpired, Owner: tracer.Owner{Task: owner, From: tracer.OwnerClose}, OnCPU: swapper},
+		{Type: tracer.EventState, Time: 66_000_000_000, Cookie: 13, Endpoints: tracer.Endpoints{NetNS: 4026531840, Family: tracer.IPv4, Local: v4l, Remote: v4r}, Old: tracer.Established, New: tracer.Close, Duration: 2 * time.Second, HasDuration: true,
+			DurationMin: true, Reason: tracer.ReasonRSTSent, RstReason: 11, Owner: tracer.Owner{Task: owner, From: tracer.OwnerProc}, OnCPU: owner},
+		{Type: tracer.EventLinger, Time: 67_000_000_000, Cookie: 14, Endpoints: tracer.Endpoints{NetNS: 4026531840, Family: tracer.IPv4, Local: v4l, Remote: v4r}, Old: tracer.CloseWait, New: tracer.CloseWait, Duration: 30 * time.Second, HasDuration: true,
+			Owner: tracer.Owner{Task: owner, From: tracer.OwnerConnect}},
+		{Type: tracer.EventReset, Time: 68_000_000_000, Cookie: 15, Endpoints: tracer.Endpoints{NetNS: 4026531840, Family: tracer.IPv4, Local: v4l, Remote: v4r}, Old: tracer.Close, New: tracer.Close, RstReason: 99, Reason: tracer.ReasonRSTSent, OnCPU: swapper},
+		{Type: tracer.EventKeepalive, Time: 69_000_000_000, Cookie: 16, Endpoints: tracer.Endpoints{NetNS: 4026531840, Family: tracer.IPv4, Local: v4l, Remote: v4r}, Old: tracer.Established, New: tracer.Established, ExpiresIn: time.Second,
 			Keepalive: tracer.Keepalive{Event: tracer.KeepaliveArmed, On: true, Idle: time.Second, Intvl: 75 * time.Second, Count: 9, IdleFromSocket: true},
-			Owner:     owner, OwnerFrom: tracer.OwnerConnect, OnCPU: owner},
-		{Type: tracer.EventKeepalive, Time: 70_000_000_000, Cookie: 16, NetNS: 4026531840, Family: tracer.IPv4,
-			Local: v4l, Remote: v4r, Old: tracer.Established, New: tracer.Established, ExpiresIn: time.Second,
+			Owner:     tracer.Owner{Task: owner, From: tracer.OwnerConnect}, OnCPU: owner},
+		{Type: tracer.EventKeepalive, Time: 70_000_000_000, Cookie: 16, Endpoints: tracer.Endpoints{NetNS: 4026531840, Family: tracer.IPv4, Local: v4l, Remote: v4r}, Old: tracer.Established, New: tracer.Established, ExpiresIn: time.Second,
 			Keepalive: tracer.Keepalive{Event: tracer.KeepaliveProbe, On: true, Probes: 2, Idle: time.Second, Intvl: time.Second, Count: 3,
 				IdleFromSocket: true, IntvlFromSocket: true, CountFromSocket: true},
-			Owner: owner, OwnerFrom: tracer.OwnerConnect, OnCPU: swapper},
-		{Type: tracer.EventKeepalive, Time: 71_000_000_000, Cookie: 16, NetNS: 4026531840, Family: tracer.IPv4,
-			Local: v4l, Remote: v4r, Old: tracer.Close, New: tracer.Close, SkErr: 110, Reason: tracer.ReasonTimeout, RstReason: 11,
+			Owner: tracer.Owner{Task: owner, From: tracer.OwnerConnect}, OnCPU: swapper},
+		{Type: tracer.EventKeepalive, Time: 71_000_000_000, Cookie: 16, Endpoints: tracer.Endpoints{NetNS: 4026531840, Family: tracer.IPv4, Local: v4l, Remote: v4r}, Old: tracer.Close, New: tracer.Close, SkErr: 110, Reason: tracer.ReasonTimeout, RstReason: 11,
 			Keepalive: tracer.Keepalive{Event: tracer.KeepaliveTimeout, On: true, Probes: 3, Idle: time.Second, Intvl: time.Second, Count: 3,
 				IdleFromSocket: true, IntvlFromSocket: true, CountFromSocket: true},
-			Owner: owner, OwnerFrom: tracer.OwnerConnect, OnCPU: swapper},
+			Owner: tracer.Owner{Task: owner, From: tracer.OwnerConnect}, OnCPU: swapper},
 	}
 }
 
@@ -319,9 +305,9 @@ func TestJSONReasonsAndTimewait(t *testing.T) {
 func conns() []*timeline.Conn {
 	owner := tracer.Task{PID: 4242, TID: 4242, Comm: tracer.CommFrom("curl")}
 	return []*timeline.Conn{{
-		Cookie: 1, NetNS: 4026531840, Family: tracer.IPv4,
-		Local: netip.MustParseAddrPort("10.0.0.1:43210"), Remote: netip.MustParseAddrPort("10.0.0.20:8443"),
-		Owner: owner, OwnerFrom: tracer.OwnerConnect, Reason: tracer.ReasonTWExpired, End: 70_000_000_000,
+		Cookie: 1, Endpoints: tracer.Endpoints{NetNS: 4026531840, Family: tracer.IPv4,
+			Local: netip.MustParseAddrPort("10.0.0.1:43210"), Remote: netip.MustParseAddrPort("10.0.0.20:8443")},
+		Owner: tracer.Owner{Task: owner, From: tracer.OwnerConnect}, Reason: tracer.ReasonTWExpired, End: 70_000_000_000,
 		Spans: []timeline.Span{
 			{State: tracer.SynSent, Duration: 95 * time.Microsecond, Known: true},
 			{State: tracer.Established, Duration: 1520 * time.Millisecond, Known: true},
@@ -330,8 +316,8 @@ func conns() []*timeline.Conn {
 			{State: tracer.TimeWait, Duration: 60 * time.Second, Known: true, Timewait: true},
 		},
 	}, {
-		Cookie: 2, NetNS: 4026531840, Family: tracer.IPv6,
-		Local: netip.MustParseAddrPort("[::1]:8080"), Remote: netip.MustParseAddrPort("[::1]:50000"),
+		Cookie: 2, Endpoints: tracer.Endpoints{NetNS: 4026531840, Family: tracer.IPv6,
+			Local: netip.MustParseAddrPort("[::1]:8080"), Remote: netip.MustParseAddrPort("[::1]:50000")},
 		Reason: tracer.ReasonRSTSent, RstReason: 11, End: 71_000_000_000,
 		Spans: []timeline.Span{
 			{State: tracer.Established, Duration: 3 * time.Second, Known: true, Min: true},
@@ -368,12 +354,10 @@ func watchRows() []Socket {
 	app := tracer.Task{PID: 77, Comm: tracer.CommFrom("leaky")}
 	var rows []Socket
 	for i := range 4 {
-		rows = append(rows, Socket{Cookie: uint64(i + 1), Family: tracer.IPv4, NetNS: 1,
-			Local: netip.AddrPortFrom(netip.MustParseAddr("10.0.0.1"), uint16(40000+i)), Remote: netip.MustParseAddrPort("10.0.0.9:5432"),
-			State: tracer.CloseWait, Age: time.Duration(i+1) * time.Minute, Owner: app, OwnerFrom: tracer.OwnerConnect, SinceStart: i == 3})
+		rows = append(rows, Socket{Cookie: uint64(i + 1), Endpoints: tracer.Endpoints{Family: tracer.IPv4, NetNS: 1, Local: netip.AddrPortFrom(netip.MustParseAddr("10.0.0.1"), uint16(40000+i)), Remote: netip.MustParseAddrPort("10.0.0.9:5432")},
+			State: tracer.CloseWait, Age: time.Duration(i+1) * time.Minute, Owner: tracer.Owner{Task: app, From: tracer.OwnerConnect}, SinceStart: i == 3})
 	}
-	rows = append(rows, Socket{Cookie: 9, Family: tracer.IPv4, NetNS: 1, Local: netip.MustParseAddrPort("10.0.0.1:80"),
-		Remote: netip.MustParseAddrPort("10.0.0.7:51000"), State: tracer.TimeWait, Timewait: true, Age: 30 * time.Second})
+	rows = append(rows, Socket{Cookie: 9, Endpoints: tracer.Endpoints{Family: tracer.IPv4, NetNS: 1, Local: netip.MustParseAddrPort("10.0.0.1:80"), Remote: netip.MustParseAddrPort("10.0.0.7:51000")}, State: tracer.TimeWait, Timewait: true, Age: 30 * time.Second})
 	SortByAge(rows)
 	return rows
 }
@@ -419,9 +403,8 @@ func TestKeepaliveJSON(t *testing.T) {
 }
 
 func TestVerifyGolden(t *testing.T) {
-	k := &verify.Socket{Cookie: 3, NetNS: 4026531840, Family: tracer.IPv4, State: tracer.Established,
-		Local: netip.MustParseAddrPort("10.0.0.1:40000"), Remote: netip.MustParseAddrPort("10.0.0.9:5432"),
-		Owner: tracer.Task{PID: 77, TID: 77, Comm: tracer.CommFrom("app")}, OwnerFrom: tracer.OwnerProc,
+	k := &verify.Socket{Cookie: 3, Endpoints: tracer.Endpoints{NetNS: 4026531840, Family: tracer.IPv4, Local: netip.MustParseAddrPort("10.0.0.1:40000"), Remote: netip.MustParseAddrPort("10.0.0.9:5432")}, State: tracer.Established,
+		Owner:       tracer.Owner{Task: tracer.Task{PID: 77, TID: 77, Comm: tracer.CommFrom("app")}, From: tracer.OwnerProc},
 		KeepaliveOn: true, Idle: time.Minute, Intvl: 75 * time.Second, Count: 9, ArmedWith: 2 * time.Hour,
 		Expires: 7_000_000_000_000, AdoptedAt: 0}
 	rs := []verify.Result{{Socket: k, Check: verify.KeepaliveTime, Status: verify.Pending, Expect: time.Minute,
@@ -472,9 +455,8 @@ func TestReportAggregates(t *testing.T) {
 	r := NewReport()
 	app := tracer.Task{PID: 9, Comm: tracer.CommFrom("leaky")}
 	for i := range 5 {
-		e := tracer.Event{Type: tracer.EventState, Time: uint64(i+1) * 1e9, Cookie: uint64(i), Family: tracer.IPv4,
-			Local: netip.MustParseAddrPort("10.0.0.1:40000"), Remote: netip.MustParseAddrPort("10.0.0.2:80"),
-			Old: tracer.Established, New: tracer.CloseWait, Owner: app, OwnerFrom: tracer.OwnerConnect}
+		e := tracer.Event{Type: tracer.EventState, Time: uint64(i+1) * 1e9, Cookie: uint64(i), Endpoints: tracer.Endpoints{Family: tracer.IPv4, Local: netip.MustParseAddrPort("10.0.0.1:40000"), Remote: netip.MustParseAddrPort("10.0.0.2:80")},
+			Old: tracer.Established, New: tracer.CloseWait, Owner: tracer.Owner{Task: app, From: tracer.OwnerConnect}}
 		_ = r.Event(&e)
 		e.Old, e.New, e.Duration, e.HasDuration = tracer.CloseWait, tracer.LastAck, time.Duration(i+1)*time.Second, true
 		_ = r.Event(&e)
@@ -520,15 +502,15 @@ func TestWatchBoundsOwnersNamespaces(t *testing.T) {
 	cli := tracer.Task{PID: 88, Comm: tracer.CommFrom("client")}
 	svc := netip.MustParseAddrPort("10.0.0.1:50051")
 	rows := []Socket{
-		{Cookie: 1, Family: tracer.IPv4, NetNS: 1, Local: svc, Remote: netip.MustParseAddrPort("10.0.0.8:50100"),
-			State: tracer.CloseWait, Age: 5 * time.Second, Owner: app, OwnerFrom: tracer.OwnerIO, Service: true},
-		{Cookie: 2, Family: tracer.IPv4, NetNS: 1, Local: svc, Remote: netip.MustParseAddrPort("10.0.0.8:50200"),
+		{Cookie: 1, Endpoints: tracer.Endpoints{Family: tracer.IPv4, NetNS: 1, Local: svc, Remote: netip.MustParseAddrPort("10.0.0.8:50100")},
+			State: tracer.CloseWait, Age: 5 * time.Second, Owner: tracer.Owner{Task: app, From: tracer.OwnerIO}, Service: true},
+		{Cookie: 2, Endpoints: tracer.Endpoints{Family: tracer.IPv4, NetNS: 1, Local: svc, Remote: netip.MustParseAddrPort("10.0.0.8:50200")},
 			State: tracer.CloseWait, Age: 300 * time.Millisecond, AgeMax: 13200 * time.Millisecond, SinceStart: true,
-			Owner: app, OwnerFrom: tracer.OwnerProc, Service: true},
-		{Cookie: 3, Family: tracer.IPv4, NetNS: 2, Local: netip.MustParseAddrPort("10.0.0.8:50300"), Remote: svc,
+			Owner: tracer.Owner{Task: app, From: tracer.OwnerProc}, Service: true},
+		{Cookie: 3, Endpoints: tracer.Endpoints{Family: tracer.IPv4, NetNS: 2, Local: netip.MustParseAddrPort("10.0.0.8:50300"), Remote: svc},
 			State: tracer.FinWait2, Timewait: true, Age: 2 * time.Second, AgeMax: 2*time.Second + 4*time.Millisecond, SinceStart: true,
-			Owner: cli, OwnerFrom: tracer.OwnerClose},
-		{Cookie: 4, Family: tracer.IPv4, NetNS: 2, Local: netip.MustParseAddrPort("10.0.0.8:50400"), Remote: svc,
+			Owner: tracer.Owner{Task: cli, From: tracer.OwnerClose}},
+		{Cookie: 4, Endpoints: tracer.Endpoints{Family: tracer.IPv4, NetNS: 2, Local: netip.MustParseAddrPort("10.0.0.8:50400"), Remote: svc},
 			State: tracer.FinWait1, Age: time.Second, SinceStart: true},
 	}
 	SortByAge(rows)

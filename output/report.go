@@ -84,15 +84,14 @@ var bucketLabels = [...]string{"<1ms", "1-10ms", "10-100ms", "0.1-1s", "1-10s", 
 
 // Linger is one connection that sat long in CLOSE_WAIT or FIN_WAIT2.
 type Linger struct {
-	Cookie    uint64
-	State     tracer.State
-	Duration  time.Duration
-	Min       bool // began before the capture: at least this long
-	Open      bool // still in that state when the capture ended
-	Local     netip.AddrPort
-	Remote    netip.AddrPort
-	Owner     tracer.Task
-	OwnerKnow bool
+	Cookie   uint64
+	State    tracer.State
+	Duration time.Duration
+	Min      bool // began before the capture: at least this long
+	Open     bool // still in that state when the capture ended
+	Local    netip.AddrPort
+	Remote   netip.AddrPort
+	Owner    tracer.Owner
 }
 
 type procKey struct {
@@ -138,7 +137,7 @@ func (r *Report) Event(e *tracer.Event) error {
 		r.LostTotal += e.Lost
 	case tracer.EventKeepalive:
 		r.Keepalive[e.Keepalive.Event.String()]++
-		if e.Keepalive.Event == tracer.KeepaliveProbe && e.OwnerKnown() {
+		if e.Keepalive.Event == tracer.KeepaliveProbe && e.Owner.Known() {
 			r.KAByProc[procKey{e.Owner.PID, e.Owner.Comm}]++
 		}
 	case tracer.EventState:
@@ -156,9 +155,9 @@ func (r *Report) Event(e *tracer.Event) error {
 		}
 		if e.HasDuration && (e.Old == tracer.CloseWait || e.Old == tracer.FinWait2) {
 			r.addLinger(Linger{Cookie: e.Cookie, State: e.Old, Duration: e.Duration, Min: e.DurationMin,
-				Local: e.Local, Remote: e.Remote, Owner: e.Owner, OwnerKnow: e.OwnerKnown()})
+				Local: e.Local, Remote: e.Remote, Owner: e.Owner})
 		}
-		if e.New == tracer.CloseWait && e.OwnerKnown() {
+		if e.New == tracer.CloseWait && e.Owner.Known() {
 			r.CloseWait[procKey{e.Owner.PID, e.Owner.Comm}]++
 		}
 		if e.New == tracer.TimeWait {
@@ -192,8 +191,8 @@ func (r *Report) Finish(tl *timeline.Timeline, keep func(*timeline.Conn) bool) {
 	tl.Conns(func(c *timeline.Conn) bool {
 		if (c.State == tracer.CloseWait || c.State == tracer.FinWait2) && keep(c) {
 			r.addLinger(Linger{Cookie: c.Cookie, State: c.State, Duration: c.Age(r.End), Min: c.SinceStart, Open: true,
-				Local: c.Local, Remote: c.Remote, Owner: c.Owner, OwnerKnow: c.OwnerFrom != tracer.OwnerUnknown})
-			if c.State == tracer.CloseWait && c.OwnerFrom != tracer.OwnerUnknown && c.SinceStart {
+				Local: c.Local, Remote: c.Remote, Owner: c.Owner})
+			if c.State == tracer.CloseWait && c.Owner.Known() && c.SinceStart {
 				// Seen only by the start-up walk: count its holder too.
 				r.CloseWait[procKey{c.Owner.PID, c.Owner.Comm}]++
 			}
@@ -273,7 +272,7 @@ func (r *Report) Render(w io.Writer, clock tracer.Clock, loc *time.Location, asJ
 				dur = append([]byte(">"), dur...)
 			}
 			owner := "     - -"
-			if l.OwnerKnow {
+			if l.Owner.Known() {
 				owner = fmt.Sprintf("%6d %s", l.Owner.PID, appendPrintable(nil, l.Owner.Comm.Bytes()))
 			}
 			p("%s %-10s %8s %-24s %-24s %s\n", flag, l.State, dur, l.Local, l.Remote, owner)
@@ -392,7 +391,7 @@ func (r *Report) renderJSON(w io.Writer, clock tracer.Clock) error {
 	for _, l := range r.Lingers {
 		lj := lingerJSON{Cookie: l.Cookie, State: l.State.String(), Duration: int64(l.Duration), Min: l.Min, Open: l.Open,
 			Local: l.Local.String(), Remote: l.Remote.String()}
-		if l.OwnerKnow {
+		if l.Owner.Known() {
 			lj.PID, lj.Comm = l.Owner.PID, l.Owner.Comm.String()
 		}
 		out.Lingers = append(out.Lingers, lj)

@@ -107,25 +107,12 @@ func (t *Text) Render(e *tracer.Event) error {
 	b = append(b, ' ')
 
 	var num [24]byte
-	var name [64]byte
-	dash := []byte("-")
-	pid, tid, comm := dash, dash, dash
-	if e.OwnerKnown() {
-		pid = strconv.AppendUint(num[:0], uint64(e.Owner.PID), 10)
-		tid = strconv.AppendUint(num[len(pid):len(pid)], uint64(e.Owner.TID), 10)
-		comm = appendPrintable(name[:0], e.Owner.Comm.Bytes())
-	}
-	b = padLeft(b, pid, 6)
-	b = append(b, ' ')
 	if t.opts.Wide {
-		b = padLeft(b, tid, 7)
-		b = append(b, ' ')
-		b = padRight(b, comm, 15)
+		b = appendOwnerText(b, &e.Owner, ownerWide, false)
 		b = append(b, ' ')
 		b = appendEndpoint(b, e.Local, 21)
 	} else {
-		comm = truncRunes(comm, 8)
-		b = padRight(b, comm, 8)
+		b = appendOwnerText(b, &e.Owner, ownerNarrow, false)
 		b = append(b, ' ')
 		b = padLeft(b, strconv.AppendUint(num[:0], uint64(e.Local.Port()), 10), 5)
 	}
@@ -142,7 +129,7 @@ func (t *Text) Render(e *tracer.Event) error {
 	case e.HasDuration:
 		b = padLeft(b, AppendDuration(num[:0], e.Duration), 6)
 	default:
-		b = padLeft(b, dash, 6)
+		b = append(b, "     -"...)
 	}
 	b = append(b, ' ')
 	start := len(b)
@@ -173,10 +160,11 @@ func (t *Text) Render(e *tracer.Event) error {
 			b = append(b, ' ')
 		}
 		b = append(b, ' ')
-		b = padRight(b, []byte(e.OwnerFrom.String()), 10)
+		b = padRight(b, []byte(e.Owner.From.String()), 10)
 		b = append(b, ' ')
 		b = padLeft(b, strconv.AppendUint(num[:0], uint64(e.OnCPU.PID), 10), 7)
 		b = append(b, ' ')
+		var name [64]byte
 		b = padRight(b, appendPrintable(name[:0], e.OnCPU.Comm.Bytes()), 15)
 		b = append(b, ' ')
 		b = padRight(b, strconv.AppendUint(num[:0], e.Cookie, 10), 16)

@@ -7,7 +7,6 @@ import (
 	"cmp"
 	"fmt"
 	"io"
-	"net/netip"
 	"slices"
 	"strconv"
 	"time"
@@ -18,20 +17,16 @@ import (
 
 // Socket is one row of a watch snapshot.
 type Socket struct {
-	Cookie     uint64
-	NetNS      uint32
-	Family     tracer.Family
-	Local      netip.AddrPort
-	Remote     netip.AddrPort
+	Cookie uint64
+	tracer.Endpoints
 	State      tracer.State
 	Timewait   bool
 	Age        time.Duration
 	SinceStart bool // the state began before the tracer; Age is estimated from kernel timestamps or a lower bound
 	// AgeMax: with SinceStart, the most the socket can have been in its
 	// state, where the kernel bounds it (Age is then the least); 0: no bound.
-	AgeMax    time.Duration
-	Owner     tracer.Task
-	OwnerFrom tracer.OwnerSource
+	AgeMax time.Duration
+	Owner  tracer.Owner
 	// Service: the local port is listening, so the remote is a client.
 	Service bool
 }
@@ -45,7 +40,7 @@ func (r *Socket) Oldest() time.Duration {
 // Closed reports whether Owner is the process that closed the socket rather
 // than one that holds it: a timewait socket belongs to no process.
 func (r *Socket) Closed() bool {
-	return r.Timewait && r.OwnerFrom != tracer.OwnerUnknown
+	return r.Timewait && r.Owner.Known()
 }
 
 // appendAge appends the age column: exact, a range the kernel's timestamps
@@ -97,10 +92,9 @@ type Group struct {
 	State  tracer.State
 	Count  int
 	Oldest time.Duration
-	Owner  tracer.Task
-	Known  bool   // Owner is known (process groups)
-	Closed bool   // Owner closed these timewait sockets (Socket.Closed)
-	Remote string // remote groups: address:port, or address:* for the clients of a local service
+	Owner  tracer.Owner // process groups
+	Closed bool         // Owner closed these timewait sockets (Socket.Closed)
+	Remote string       // remote groups: address:port, or address:* for the clients of a local service
 }
 
 // Groups summarises rows per state and process, and per state and remote.
@@ -117,11 +111,10 @@ func Groups(rows []Socket) (byProcess, byRemote []Group) {
 	}
 	procs, remotes := map[pk]*Group{}, map[rk]*Group{}
 	for _, r := range rows {
-		known := r.OwnerFrom != tracer.OwnerUnknown
-		key := pk{r.State, r.Owner.PID, known, r.Closed()}
+		key := pk{r.State, r.Owner.PID, r.Owner.Known(), r.Closed()}
 		p := procs[key]
 		if p == nil {
-			p = &Group{State: r.State, Owner: r.Owner, Known: known, Closed: key.closed}
+			p = &Group{State: r.State, Owner: r.Owner, Closed: key.closed}
 			procs[key] = p
 		}
 		remote := r.Remote.String()
@@ -232,7 +225,7 @@ func (w *Watch) Render(now uint64, rows []Socket, lost uint64) error {
 		b = append(b, ' ')
 		b = padLeft(b, appendAge(num[:0], r), ageWidth)
 		b = append(b, ' ')
-		b = appendOwnerColumns(b, r.Owner, r.OwnerFrom != tracer.OwnerUnknown, r.Closed())
+		b = appendOwnerText(b, &r.Owner, ownerWatch, r.Closed())
 		b = append(b, ' ')
 		if nsWidth > 0 {
 			b = padRight(b, w.netnsName(name[:0], r.NetNS), nsWidth)
@@ -262,7 +255,7 @@ func (w *Watch) Render(now uint64, rows []Socket, lost uint64) error {
 		b = append(b, ' ')
 		b = padLeft(b, AppendDuration(num[:0], g.Oldest), 7)
 		b = append(b, ' ')
-		b = appendOwnerColumns(b, g.Owner, g.Known, g.Closed)
+		b = appendOwnerText(b, &g.Owner, ownerWatch, g.Closed)
 		b = endLine(b)
 	}
 	b = append(b, "\nBY REMOTE\n"...)
@@ -301,27 +294,6 @@ func endLine(b []byte) []byte {
 	return append(b, '\n')
 }
 
-// appendOwnerColumns appends PID and COMM; the PID of a process that closed
-// the socket, and holds it no more, in parentheses.
-func appendOwnerColumns(b []byte, owner tracer.Task, known, closed bool) []byte {
-	if !known {
-		return append(b, "      - -              "...)
-	}
-	var num [16]byte
-	var name [64]byte
-	pid := num[:0]
-	if closed {
-		pid = append(pid, '(')
-	}
-	pid = strconv.AppendUint(pid, uint64(owner.PID), 10)
-	if closed {
-		pid = append(pid, ')')
-	}
-	b = padLeft(b, pid, 7)
-	b = append(b, ' ')
-	return padRight(b, appendPrintable(name[:0], owner.Comm.Bytes()), 15)
-}
-
 // renderJSON writes one "socket" object per row, then "group" objects.
 func (w *Watch) renderJSON(now uint64, rows []Socket) error {
 	ts := w.opts.Clock.Wall(now).AppendFormat(nil, "2006-01-02T15:04:05.000000000Z07:00")
@@ -345,7 +317,7 @@ func (w *Watch) renderJSON(now uint64, rows []Socket) error {
 			b = append(b, `,"timewait":true`...)
 		}
 		b = appendEndpoints(b, r.NetNS, r.Family, r.Local, r.Remote)
-		b = appendOwner(b, &r.Owner, r.OwnerFrom)
+		b = appendOwner(b, &r.Owner)
 		if r.Closed() {
 			b = append(b, `,"owner_closed":true`...)
 		}
@@ -371,7 +343,7 @@ func (w *Watch) renderJSON(now uint64, rows []Socket) error {
 			if set.by == "remote" {
 				b = append(b, `,"remote":`...)
 				b = appendJSONString(b, []byte(g.Remote))
-			} else if g.Known {
+			} else if g.Owner.Known() {
 				b = append(b, `,"pid":`...)
 				b = strconv.AppendUint(b, uint64(g.Owner.PID), 10)
 				b = append(b, `,"comm":`...)
@@ -400,9 +372,9 @@ func Snapshot(tl *timeline.Timeline, now uint64, f *tracer.Filter, states tracer
 			return true
 		}
 		rows = append(rows, Socket{
-			Cookie: c.Cookie, NetNS: c.NetNS, Family: c.Family, Local: c.Local, Remote: c.Remote,
-			State: c.State, Timewait: c.Timewait, Age: c.Age(now), SinceStart: c.SinceStart, AgeMax: c.AgeMax(now),
-			Owner: c.Owner, OwnerFrom: c.OwnerFrom, Service: tl.Listening(c.NetNS, c.Local.Port()),
+			Cookie: c.Cookie, Endpoints: c.Endpoints, State: c.State, Timewait: c.Timewait,
+			Age: c.Age(now), SinceStart: c.SinceStart, AgeMax: c.AgeMax(now),
+			Owner: c.Owner, Service: tl.Listening(c.NetNS, c.Local.Port()),
 		})
 		return true
 	})

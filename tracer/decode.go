@@ -78,13 +78,13 @@ func Decode(b []byte, e *Event, hz uint32) error {
 	}
 	ne := binary.NativeEndian
 	*e = Event{
-		Type:   EventType(b[offType]),
-		Time:   ne.Uint64(b[offTs:]),
-		Cookie: ne.Uint64(b[offCookie:]),
-		NetNS:  ne.Uint32(b[offNetns:]),
-		Old:    State(b[offOld]),
-		New:    State(b[offNew]),
-		SkErr:  int32(ne.Uint32(b[offSkErr:])),
+		Type:      EventType(b[offType]),
+		Time:      ne.Uint64(b[offTs:]),
+		Cookie:    ne.Uint64(b[offCookie:]),
+		Endpoints: Endpoints{NetNS: ne.Uint32(b[offNetns:])},
+		Old:       State(b[offOld]),
+		New:       State(b[offNew]),
+		SkErr:     int32(ne.Uint32(b[offSkErr:])),
 	}
 	switch e.Type {
 	case EventState, EventReset, EventTWCancel, EventTWRearm, EventKeepalive, EventTWHandover:
@@ -116,7 +116,7 @@ func Decode(b []byte, e *Event, hz uint32) error {
 		e.HasDuration = true
 	}
 	if flags&evfOwner != 0 {
-		e.OwnerFrom = OwnerSource(b[offOwnerSrc])
+		e.Owner.From = OwnerSource(b[offOwnerSrc])
 		e.Owner.PID = ne.Uint32(b[offPid:])
 		e.Owner.TID = ne.Uint32(b[offTid:])
 		copy(e.Owner.Comm[:], b[offComm:offComm+16])

@@ -170,29 +170,43 @@ type Task struct {
 	Comm Comm
 }
 
+// Endpoints are where a connection is: its network namespace, its address
+// family and its two ends.
+type Endpoints struct {
+	NetNS  uint32 // network namespace inode
+	Family Family
+	Local  netip.AddrPort
+	Remote netip.AddrPort
+}
+
+// Owner is the process a socket belongs to, and how tcpstate learnt it.
+type Owner struct {
+	Task
+	From OwnerSource // OwnerUnknown: no owner is known, Task is empty
+}
+
+// Known reports whether the owner is known.
+func (o *Owner) Known() bool { return o.From != OwnerUnknown }
+
 // Event is one observation, decoded from the kernel or read from a capture.
 // The tracer reuses one Event for every call of the handler: copy what you keep.
 type Event struct {
 	Type   EventType
 	Time   uint64 // nanoseconds since boot (CLOCK_BOOTTIME); see Clock
 	Cookie uint64 // socket cookie: one id for the connection's whole life
-	NetNS  uint32 // network namespace inode
-	Family Family
-	Local  netip.AddrPort
-	Remote netip.AddrPort
-	Old    State
-	New    State
+	Endpoints
+	Old State
+	New State
 
 	// Duration is the time spent in Old, valid when HasDuration: the tracer saw
 	// the socket enter Old. It is never a made-up zero.
 	Duration    time.Duration
 	HasDuration bool
 
-	// Owner is the process the socket belongs to, valid when OwnerFrom is not
-	// OwnerUnknown. OnCPU is whatever task the kernel was running.
-	Owner     Task
-	OwnerFrom OwnerSource
-	OnCPU     Task
+	// Owner is the process the socket belongs to, if known. OnCPU is
+	// whatever task the kernel was running.
+	Owner Owner
+	OnCPU Task
 
 	SkErr int32 // sk->sk_err (an errno) on transitions to CLOSE
 
@@ -216,9 +230,6 @@ type Event struct {
 
 	Lost uint64 // EventLost: events lost since the previous report
 }
-
-// OwnerKnown reports whether the event names the socket's owner.
-func (e *Event) OwnerKnown() bool { return e.OwnerFrom != OwnerUnknown }
 
 // State is a TCP state, numbered as in the kernel (include/net/tcp_states.h).
 type State uint8

@@ -88,12 +88,10 @@ func TestParsePorts(t *testing.T) {
 
 func sampleEvent() Event {
 	return Event{
-		Type: EventState, Time: 5e9, Cookie: 42, NetNS: 4026531840, Family: IPv4,
-		Local:  netip.MustParseAddrPort("10.0.0.1:5000"),
-		Remote: netip.MustParseAddrPort("10.0.0.2:80"),
-		Old:    Established, New: CloseWait,
+		Type: EventState, Time: 5e9, Cookie: 42, Endpoints: Endpoints{NetNS: 4026531840, Family: IPv4, Local: netip.MustParseAddrPort("10.0.0.1:5000"), Remote: netip.MustParseAddrPort("10.0.0.2:80")},
+		Old: Established, New: CloseWait,
 		Duration: 1500 * time.Millisecond, HasDuration: true,
-		Owner: Task{PID: 100, TID: 101, Comm: CommFrom("curl")}, OwnerFrom: OwnerConnect,
+		Owner: Owner{Task: Task{PID: 100, TID: 101, Comm: CommFrom("curl")}, From: OwnerConnect},
 		OnCPU: Task{PID: 0, Comm: CommFrom("swapper/1")},
 	}
 }
@@ -101,7 +99,7 @@ func sampleEvent() Event {
 func TestFilterMatch(t *testing.T) {
 	e := sampleEvent()
 	unknownOwner := e
-	unknownOwner.OwnerFrom = OwnerUnknown
+	unknownOwner.Owner.From = OwnerUnknown
 	for _, tc := range []struct {
 		name string
 		f    Filter
@@ -185,10 +183,9 @@ func TestDecodeIPv4(t *testing.T) {
 		t.Fatal(err)
 	}
 	want := Event{
-		Type: EventState, Time: 123456789, Cookie: 77, NetNS: 4026531840, Family: IPv4,
-		Local: netip.MustParseAddrPort("10.0.0.1:5000"), Remote: netip.MustParseAddrPort("10.0.0.2:80"),
+		Type: EventState, Time: 123456789, Cookie: 77, Endpoints: Endpoints{NetNS: 4026531840, Family: IPv4, Local: netip.MustParseAddrPort("10.0.0.1:5000"), Remote: netip.MustParseAddrPort("10.0.0.2:80")},
 		Old: SynSent, New: Close, Duration: 1500 * time.Millisecond, HasDuration: true,
-		Owner: Task{PID: 100, TID: 101, Comm: CommFrom("curl")}, OwnerFrom: OwnerConnect,
+		Owner: Owner{Task: Task{PID: 100, TID: 101, Comm: CommFrom("curl")}, From: OwnerConnect},
 		OnCPU: Task{Comm: CommFrom("swapper/0")}, SkErr: 111,
 	}
 	if e != want {
@@ -211,8 +208,8 @@ func TestDecodeIPv6UnknownOwnerAndDuration(t *testing.T) {
 	if e.HasDuration || e.Duration != 0 {
 		t.Errorf("duration without EVF_DURATION: %v %v", e.HasDuration, e.Duration)
 	}
-	if e.OwnerKnown() || e.Owner != (Task{}) {
-		t.Errorf("owner without EVF_OWNER: %+v from %v", e.Owner, e.OwnerFrom)
+	if e.Owner.Known() || e.Owner != (Owner{}) {
+		t.Errorf("owner without EVF_OWNER: %+v from %v", e.Owner, e.Owner.From)
 	}
 	if e.Family != IPv6 || e.Local.String() != "[::1]:1" || e.Remote.String() != "[2001:db8::2]:2" {
 		t.Errorf("endpoints: %v %v %v", e.Family, e.Local, e.Remote)

@@ -49,19 +49,22 @@ func (f *Filter) Validate() error {
 
 // Match reports whether e passes the filter. Lost-event reports always pass.
 func (f *Filter) Match(e *Event) bool {
-	if e.Type == EventLost {
-		return true
-	}
-	if f.Family != FamilyAny && e.Family != f.Family {
+	return e.Type == EventLost || f.MatchConn(&e.Endpoints, &e.Owner, e.Old, e.New)
+}
+
+// MatchConn reports whether a connection at ep, owned by o, passes the
+// filter in state old or new (the states filter wants either).
+func (f *Filter) MatchConn(ep *Endpoints, o *Owner, old, new State) bool {
+	if f.Family != FamilyAny && ep.Family != f.Family {
 		return false
 	}
-	if f.NetNS != 0 && e.NetNS != f.NetNS {
+	if f.NetNS != 0 && ep.NetNS != f.NetNS {
 		return false
 	}
-	if f.States != 0 && !f.States.Has(e.Old) && !f.States.Has(e.New) {
+	if f.States != 0 && !f.States.Has(old) && !f.States.Has(new) {
 		return false
 	}
-	lport, rport := e.Local.Port(), e.Remote.Port()
+	lport, rport := ep.Local.Port(), ep.Remote.Port()
 	if len(f.Ports) > 0 && !slices.Contains(f.Ports, lport) && !slices.Contains(f.Ports, rport) {
 		return false
 	}
@@ -71,13 +74,13 @@ func (f *Filter) Match(e *Event) bool {
 	if len(f.RPorts) > 0 && !slices.Contains(f.RPorts, rport) {
 		return false
 	}
-	if len(f.Addrs) > 0 && !prefixesContain(f.Addrs, e.Local.Addr()) && !prefixesContain(f.Addrs, e.Remote.Addr()) {
+	if len(f.Addrs) > 0 && !prefixesContain(f.Addrs, ep.Local.Addr()) && !prefixesContain(f.Addrs, ep.Remote.Addr()) {
 		return false
 	}
-	if len(f.PIDs) > 0 && (!e.OwnerKnown() || !slices.Contains(f.PIDs, e.Owner.PID)) {
+	if len(f.PIDs) > 0 && (!o.Known() || !slices.Contains(f.PIDs, o.PID)) {
 		return false
 	}
-	if f.Comm != "" && (!e.OwnerKnown() || string(e.Owner.Comm.Bytes()) != f.Comm) {
+	if f.Comm != "" && (!o.Known() || string(o.Comm.Bytes()) != f.Comm) {
 		return false
 	}
 	return true

@@ -107,8 +107,8 @@ func TestKeepaliveDeadPeer(t *testing.T) {
 	// The kill names its socket fully (the kernel has released the port by
 	// then), and its owner, so that --lport, --pid and --comm keep it.
 	if states := slices.DeleteFunc(slices.Clone(evs), func(e tracer.Event) bool { return e.Type != tracer.EventState }); len(states) > 1 {
-		if kill.Local != states[1].Local || !kill.OwnerKnown() || kill.Owner.PID != uint32(os.Getpid()) {
-			t.Errorf("kill from %v owned by %d (known %v), want %v owned by %d", kill.Local, kill.Owner.PID, kill.OwnerKnown(), states[1].Local, os.Getpid())
+		if kill.Local != states[1].Local || !kill.Owner.Known() || kill.Owner.PID != uint32(os.Getpid()) {
+			t.Errorf("kill from %v owned by %d (known %v), want %v owned by %d", kill.Local, kill.Owner.PID, kill.Owner.Known(), states[1].Local, os.Getpid())
 		}
 	}
 	if at := time.Duration(kill.Time - t0); !near(at, idle+3*time.Second, tol) {

@@ -255,8 +255,8 @@ func assertDurations(t *testing.T, who string, evs []tracer.Event) {
 func assertOwner(t *testing.T, who string, evs []tracer.Event, pid int) {
 	t.Helper()
 	for _, e := range evs {
-		if !e.OwnerKnown() || e.Owner.PID != uint32(pid) {
-			t.Errorf("%s: %v->%v: owner %d (%s, known %v), want %d", who, e.Old, e.New, e.Owner.PID, e.OwnerFrom, e.OwnerKnown(), pid)
+		if !e.Owner.Known() || e.Owner.PID != uint32(pid) {
+			t.Errorf("%s: %v->%v: owner %d (%s, known %v), want %d", who, e.Old, e.New, e.Owner.PID, e.Owner.From, e.Owner.Known(), pid)
 		}
 	}
 }
@@ -589,13 +589,13 @@ func TestClientClosesFirst(t *testing.T) {
 				"LISTEN->SYN_RECV", "SYN_RECV->ESTABLISHED", "ESTABLISHED->CLOSE_WAIT", "CLOSE_WAIT->LAST_ACK", "LAST_ACK->CLOSE")
 			assertReason(t, "server", server, tracer.ReasonFIN)
 			if len(client) == 4 {
-				if client[0].OwnerFrom != tracer.OwnerConnect || client[2].OwnerFrom != tracer.OwnerClose {
-					t.Errorf("client owner learnt from %v at connect, %v at close", client[0].OwnerFrom, client[2].OwnerFrom)
+				if client[0].Owner.From != tracer.OwnerConnect || client[2].Owner.From != tracer.OwnerClose {
+					t.Errorf("client owner learnt from %v at connect, %v at close", client[0].Owner.From, client[2].Owner.From)
 				}
 			}
 			if len(server) == 5 {
-				if server[0].OwnerFrom != tracer.OwnerListener || server[3].OwnerFrom != tracer.OwnerClose {
-					t.Errorf("server owner learnt from %v at SYN_RECV, %v at LAST_ACK", server[0].OwnerFrom, server[3].OwnerFrom)
+				if server[0].Owner.From != tracer.OwnerListener || server[3].Owner.From != tracer.OwnerClose {
+					t.Errorf("server owner learnt from %v at SYN_RECV, %v at LAST_ACK", server[0].Owner.From, server[3].Owner.From)
 				}
 				// The server sat in CLOSE_WAIT while it slept before close().
 				checkSpan(t, "server CLOSE_WAIT", server[3].Duration, wait, time.Duration(closed-server[2].Time))
@@ -736,8 +736,8 @@ func TestListenerOpenAndClose(t *testing.T) {
 			assertEndpoints(t, "listener", evs, srv, zero)
 			assertReason(t, "listener", evs, tracer.ReasonClosed)
 			if len(evs) == 2 {
-				if evs[0].OwnerFrom != tracer.OwnerListen || evs[1].OwnerFrom != tracer.OwnerClose {
-					t.Errorf("owner learnt from %v, %v; want listen, close", evs[0].OwnerFrom, evs[1].OwnerFrom)
+				if evs[0].Owner.From != tracer.OwnerListen || evs[1].Owner.From != tracer.OwnerClose {
+					t.Errorf("owner learnt from %v, %v; want listen, close", evs[0].Owner.From, evs[1].Owner.From)
 				}
 				if d := evs[1].Duration; d < hold || d > hold+hold/20 {
 					t.Errorf("LISTEN lasted %v, want %v (+5%%)", d, hold)
@@ -788,8 +788,8 @@ func TestAcceptedSocketOwnedByAcceptor(t *testing.T) {
 	}
 	if len(server) == 5 {
 		for i, want := range sources {
-			if server[i].OwnerFrom != want {
-				t.Errorf("%v->%v: owner learnt from %v, want %v", server[i].Old, server[i].New, server[i].OwnerFrom, want)
+			if server[i].Owner.From != want {
+				t.Errorf("%v->%v: owner learnt from %v, want %v", server[i].Old, server[i].New, server[i].Owner.From, want)
 			}
 		}
 	}
@@ -831,8 +831,8 @@ func TestSocketOlderThanTracer(t *testing.T) {
 				who, first.Duration, first.HasDuration, first.DurationMin)
 		}
 	}
-	if client[0].OwnerFrom != tracer.OwnerProc {
-		t.Errorf("client owner learnt from %v, want proc (the start-up walk)", client[0].OwnerFrom)
+	if client[0].Owner.From != tracer.OwnerProc {
+		t.Errorf("client owner learnt from %v, want proc (the start-up walk)", client[0].Owner.From)
 	}
 }
 
@@ -908,7 +908,7 @@ func TestKernelFilterAgreesWithMatch(t *testing.T) {
 				if !tc.f.Match(&e) {
 					// Only an unknown owner may pass the kernel's pid and
 					// comm filters: user space may still learn it.
-					if e.OwnerKnown() || tc.f.PIDs == nil && tc.f.Comm == "" {
+					if e.Owner.Known() || tc.f.PIDs == nil && tc.f.Comm == "" {
 						t.Errorf("the kernel let through what Match rejects: %+v", e)
 					}
 					continue

@@ -23,11 +23,8 @@ import (
 
 // Socket is a TCP socket as found by Scan.
 type Socket struct {
-	Cookie   uint64
-	NetNS    uint32
-	Family   Family
-	Local    netip.AddrPort
-	Remote   netip.AddrPort
+	Cookie uint64
+	Endpoints
 	State    State
 	Timewait bool // a timewait socket (State is FIN_WAIT2 or TIME_WAIT)
 
@@ -57,11 +54,10 @@ type Socket struct {
 	ProbesOut      uint8
 	UserTimeout    time.Duration
 
-	Inode      uint64 // socket inode (0 for timewait sockets)
-	UID        uint32
-	Owner      Task // from /proc/PID/fd, as `ss -p` finds it
-	OwnerKnown bool
-	Scanned    uint64 // CLOCK_BOOTTIME ns of the walk
+	Inode   uint64 // socket inode (0 for timewait sockets)
+	UID     uint32
+	Owner   Owner  // from /proc/PID/fd, as `ss -p` finds it (OwnerProc)
+	Scanned uint64 // CLOCK_BOOTTIME ns of the walk
 }
 
 // NetNS is a network namespace as the walk found it.
@@ -125,7 +121,7 @@ func (t *Tracer) ScanAll(opts ScanOptions) ([]Socket, []NetNS, error) {
 	owners := socketOwners()
 	for i := range out {
 		if task, ok := owners[out[i].Inode]; ok && out[i].Inode != 0 {
-			out[i].Owner, out[i].OwnerKnown = task, true
+			out[i].Owner = Owner{Task: task, From: OwnerProc}
 		}
 	}
 	return out, nss, nil
@@ -223,7 +219,7 @@ func parseIterRecord(data []byte, hz uint32, finTimeout time.Duration) (Socket, 
 		return Socket{}, false
 	}
 	s := Socket{
-		Cookie: r.Cookie, NetNS: r.Netns, State: State(r.State), Timewait: r.Timewait != 0,
+		Cookie: r.Cookie, Endpoints: Endpoints{NetNS: r.Netns}, State: State(r.State), Timewait: r.Timewait != 0,
 		Inode: r.Ino, UID: r.Uid, Scanned: r.TsNs,
 	}
 	switch r.Family {

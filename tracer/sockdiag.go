@@ -105,8 +105,8 @@ func parseDiagMsg(m []byte, netns uint32, finTimeout time.Duration, scanned uint
 	id := m[4:52] // struct inet_diag_sockid
 	sport, dport := binary.BigEndian.Uint16(id[0:]), binary.BigEndian.Uint16(id[2:])
 	s := Socket{
-		Cookie: uint64(ne.Uint32(id[40:])) | uint64(ne.Uint32(id[44:]))<<32,
-		NetNS:  netns, State: State(m[1]), Timewait: true, Scanned: scanned,
+		Cookie:    uint64(ne.Uint32(id[40:])) | uint64(ne.Uint32(id[44:]))<<32,
+		Endpoints: Endpoints{NetNS: netns}, State: State(m[1]), Timewait: true, Scanned: scanned,
 		ExpiresIn: time.Duration(ne.Uint32(m[52:])) * time.Millisecond,
 	}
 	switch m[0] {

@@ -22,10 +22,9 @@ func sampleEvents(n int) []tracer.Event {
 	out := make([]tracer.Event, n)
 	for i := range out {
 		e := tracer.Event{
-			Type: tracer.EventState, Time: uint64(1e9 + i*1000), Cookie: uint64(100 + i/5), NetNS: 4026531840,
-			Family: tracer.IPv4, Local: netip.MustParseAddrPort("10.0.0.1:40000"), Remote: netip.MustParseAddrPort("10.0.0.2:80"),
+			Type: tracer.EventState, Time: uint64(1e9 + i*1000), Cookie: uint64(100 + i/5), Endpoints: tracer.Endpoints{NetNS: 4026531840, Family: tracer.IPv4, Local: netip.MustParseAddrPort("10.0.0.1:40000"), Remote: netip.MustParseAddrPort("10.0.0.2:80")},
 			Old: tracer.State(1 + i%5), New: tracer.State(2 + i%5), Duration: time.Duration(i) * time.Microsecond, HasDuration: i%3 != 0,
-			Owner: tracer.Task{PID: 42, TID: 43, Comm: tracer.CommFrom("app")}, OwnerFrom: tracer.OwnerConnect,
+			Owner: tracer.Owner{Task: tracer.Task{PID: 42, TID: 43, Comm: tracer.CommFrom("app")}, From: tracer.OwnerConnect},
 			OnCPU: tracer.Task{PID: 7, Comm: tracer.CommFrom("swapper/1")}, SkErr: int32(i % 2 * 104), Reason: tracer.Reason(i % 4),
 			RstReason: uint16(i % 7), Timewait: i%4 == 0, DurationMin: i%6 == 0, ExpiresIn: time.Duration(i) * time.Millisecond,
 		}
@@ -60,7 +59,7 @@ func writeCapture(t testing.TB, evs []tracer.Event) ([]byte, []int) {
 	var offsets []int
 	mark := func() { offsets = append(offsets, int(w.Size())) }
 	mark()
-	if err := w.Sockets([]tracer.Socket{{Cookie: 9, State: tracer.Listen, Local: netip.MustParseAddrPort("0.0.0.0:80")}}); err != nil {
+	if err := w.Sockets([]tracer.Socket{{Cookie: 9, State: tracer.Listen, Endpoints: tracer.Endpoints{Local: netip.MustParseAddrPort("0.0.0.0:80")}}}); err != nil {
 		t.Fatal(err)
 	}
 	for i := range evs {
@@ -408,7 +407,7 @@ func TestLargeWalk(t *testing.T) {
 	socks := make([]tracer.Socket, 2*socketsPerBlock+5)
 	for i := range socks {
 		socks[i] = tracer.Socket{Cookie: uint64(i + 1), State: tracer.TimeWait, Timewait: true,
-			Local: netip.MustParseAddrPort("10.0.0.1:80"), Remote: netip.AddrPortFrom(netip.MustParseAddr("10.0.0.2"), uint16(i))}
+			Endpoints: tracer.Endpoints{Local: netip.MustParseAddrPort("10.0.0.1:80"), Remote: netip.AddrPortFrom(netip.MustParseAddr("10.0.0.2"), uint16(i))}}
 	}
 	if err := w.Sockets(socks); err != nil {
 		t.Fatal(err)
@@ -452,12 +451,10 @@ func TestReadsV1Capture(t *testing.T) {
 		}
 	}
 	want := []tracer.Socket{
-		{Cookie: 7, NetNS: 4026531840, Family: tracer.IPv4, Local: netip.MustParseAddrPort("127.0.0.1:8080"),
-			Remote: netip.MustParseAddrPort("127.0.0.1:40000"), State: tracer.CloseWait, Since: 1_000_000_000,
+		{Cookie: 7, Endpoints: tracer.Endpoints{NetNS: 4026531840, Family: tracer.IPv4, Local: netip.MustParseAddrPort("127.0.0.1:8080"), Remote: netip.MustParseAddrPort("127.0.0.1:40000")}, State: tracer.CloseWait, Since: 1_000_000_000,
 			KeepaliveOn: true, SockIdle: 30 * time.Second, Inode: 123, UID: 1000,
-			Owner: tracer.Task{PID: 42, TID: 43, Comm: tracer.CommFrom("leaky")}, OwnerKnown: true, Scanned: 2_000_000_000},
-		{Cookie: 8, NetNS: 4026531840, Family: tracer.IPv6, Local: netip.MustParseAddrPort("[::1]:40001"),
-			Remote: netip.MustParseAddrPort("[::1]:443"), State: tracer.TimeWait, Timewait: true, Since: 1_500_000_000,
+			Owner: tracer.Owner{Task: tracer.Task{PID: 42, TID: 43, Comm: tracer.CommFrom("leaky")}, From: tracer.OwnerProc}, Scanned: 2_000_000_000},
+		{Cookie: 8, Endpoints: tracer.Endpoints{NetNS: 4026531840, Family: tracer.IPv6, Local: netip.MustParseAddrPort("[::1]:40001"), Remote: netip.MustParseAddrPort("[::1]:443")}, State: tracer.TimeWait, Timewait: true, Since: 1_500_000_000,
 			ExpiresIn: 59 * time.Second, Scanned: 2_000_000_000},
 	}
 	if !reflect.DeepEqual(socks, want) {

@@ -64,7 +64,7 @@ func appendEvent(b []byte, e *tracer.Event) []byte {
 		bit(k.On, flKaOn) | bit(k.IdleFromSocket, flKaIdleSocket) | bit(k.IntvlFromSocket, flKaIntvlSocket) |
 		bit(k.CountFromSocket, flKaCountSocket)
 	r[0], r[1], r[2], r[3] = uint8(e.Type), uint8(e.Family), uint8(e.Old), uint8(e.New)
-	r[4], r[5], r[6], r[7] = uint8(e.OwnerFrom), uint8(e.Reason), fl, uint8(k.Event)
+	r[4], r[5], r[6], r[7] = uint8(e.Owner.From), uint8(e.Reason), fl, uint8(k.Event)
 	le.PutUint16(r[8:], e.Local.Port())
 	le.PutUint16(r[10:], e.Remote.Port())
 	le.PutUint16(r[12:], e.RstReason)
@@ -94,9 +94,8 @@ func appendEvent(b []byte, e *tracer.Event) []byte {
 func decodeEvent(r []byte, e *tracer.Event) {
 	fl := r[6]
 	*e = tracer.Event{
-		Type: tracer.EventType(r[0]), Family: tracer.Family(r[1]), Old: tracer.State(r[2]), New: tracer.State(r[3]),
-		OwnerFrom: tracer.OwnerSource(r[4]), Reason: tracer.Reason(r[5]), RstReason: le.Uint16(r[12:]),
-		NetNS: le.Uint32(r[16:]), SkErr: int32(le.Uint32(r[32:])),
+		Type: tracer.EventType(r[0]), Endpoints: tracer.Endpoints{Family: tracer.Family(r[1]), NetNS: le.Uint32(r[16:])}, Old: tracer.State(r[2]), New: tracer.State(r[3]),
+		Owner: tracer.Owner{From: tracer.OwnerSource(r[4])}, Reason: tracer.Reason(r[5]), RstReason: le.Uint16(r[12:]), SkErr: int32(le.Uint32(r[32:])),
 		Time: le.Uint64(r[40:]), Cookie: le.Uint64(r[48:]), Lost: le.Uint64(r[56:]),
 		Duration: time.Duration(le.Uint64(r[64:])), ExpiresIn: time.Duration(le.Uint64(r[72:])),
 		HasDuration: fl&flHasDuration != 0, DurationMin: fl&flDurationMin != 0, Timewait: fl&flTimewait != 0,

@@ -55,19 +55,22 @@ func socketRecordOf(s *tracer.Socket) socketRecord {
 		KeepaliveIn: int64(s.KeepaliveIn), LastRecv: s.LastRecv, ProbesOut: s.ProbesOut,
 		UserTimeout: int64(s.UserTimeout), Inode: s.Inode, UID: s.UID,
 		Owner:      taskRecord{PID: s.Owner.PID, TID: s.Owner.TID, Comm: s.Owner.Comm},
-		OwnerKnown: s.OwnerKnown, Scanned: s.Scanned,
+		OwnerKnown: s.Owner.Known(), Scanned: s.Scanned,
 	}
 }
 
 func (r *socketRecord) socket() tracer.Socket {
-	return tracer.Socket{
-		Cookie: r.Cookie, NetNS: r.NetNS, Family: tracer.Family(r.Family), Local: r.Local, Remote: r.Remote,
+	s := tracer.Socket{
+		Cookie: r.Cookie, Endpoints: tracer.Endpoints{NetNS: r.NetNS, Family: tracer.Family(r.Family), Local: r.Local, Remote: r.Remote},
 		State: tracer.State(r.State), Timewait: r.Timewait, Since: r.Since, SinceEarliest: r.SinceEarliest,
 		ExpiresIn: time.Duration(r.ExpiresIn), KeepaliveOn: r.KeepaliveOn, SockIdle: time.Duration(r.SockIdle),
 		SockIntvl: time.Duration(r.SockIntvl), SockCount: r.SockCount, KeepaliveArmed: r.KeepaliveArmed,
 		KeepaliveIn: time.Duration(r.KeepaliveIn), LastRecv: r.LastRecv, ProbesOut: r.ProbesOut,
 		UserTimeout: time.Duration(r.UserTimeout), Inode: r.Inode, UID: r.UID,
-		Owner:      tracer.Task{PID: r.Owner.PID, TID: r.Owner.TID, Comm: tracer.Comm(r.Owner.Comm)},
-		OwnerKnown: r.OwnerKnown, Scanned: r.Scanned,
+		Owner: tracer.Owner{Task: tracer.Task{PID: r.Owner.PID, TID: r.Owner.TID, Comm: tracer.Comm(r.Owner.Comm)}}, Scanned: r.Scanned,
 	}
+	if r.OwnerKnown {
+		s.Owner.From = tracer.OwnerProc // the walk found it holding the socket
+	}
+	return s
 }

@@ -12,7 +12,6 @@
 package timeline
 
 import (
-	"net/netip"
 	"time"
 
 	"github.com/tcpstate/tcpstate/tracer"
@@ -64,13 +63,9 @@ const maxSpans = 32
 
 // Conn is one connection (or listener) as the timeline knows it.
 type Conn struct {
-	Cookie    uint64
-	NetNS     uint32
-	Family    tracer.Family
-	Local     netip.AddrPort
-	Remote    netip.AddrPort
-	Owner     tracer.Task
-	OwnerFrom tracer.OwnerSource
+	Cookie uint64
+	tracer.Endpoints
+	Owner tracer.Owner
 
 	State      tracer.State
 	Since      uint64 // when State began (CLOCK_BOOTTIME ns); see SinceStart
@@ -188,8 +183,8 @@ func (t *Timeline) Seed(socks []tracer.Socket) {
 		if c.Since == 0 {
 			c.Since = s.Scanned
 		}
-		if s.OwnerKnown {
-			c.Owner, c.OwnerFrom = s.Owner, tracer.OwnerProc
+		if s.Owner.Known() {
+			c.Owner = s.Owner
 		}
 		if t.opts.Spans {
 			c.Spans = append(c.Spans[:0], Span{State: s.State, Start: c.Since, Min: true, Timewait: s.Timewait})
@@ -370,10 +365,9 @@ func (t *Timeline) Tick(now uint64) error {
 			delete(t.lingering, c.Cookie)
 			c.lingered = true
 			t.out = tracer.Event{
-				Type: tracer.EventLinger, Time: now, Cookie: c.Cookie, NetNS: c.NetNS, Family: c.Family,
-				Local: c.Local, Remote: c.Remote, Old: c.State, New: c.State,
+				Type: tracer.EventLinger, Time: now, Cookie: c.Cookie, Endpoints: c.Endpoints, Old: c.State, New: c.State,
 				Duration: c.Age(now), HasDuration: c.Since != 0, DurationMin: c.SinceStart,
-				Owner: c.Owner, OwnerFrom: c.OwnerFrom, Timewait: c.Timewait,
+				Owner: c.Owner, Timewait: c.Timewait,
 			}
 			if err := t.next.Event(&t.out); err != nil {
 				return err
@@ -485,17 +479,17 @@ func (t *Timeline) untracked(c *Conn, e *tracer.Event) error {
 
 // enrichOwner fills the owner of e from the table, or the table from e.
 func (t *Timeline) enrichOwner(c *Conn, e *tracer.Event) {
-	if e.OwnerKnown() {
-		c.Owner, c.OwnerFrom = e.Owner, e.OwnerFrom
+	if e.Owner.Known() {
+		c.Owner = e.Owner
 		return
 	}
-	if c.OwnerFrom == tracer.OwnerUnknown && e.Old == tracer.Listen && e.New == tracer.SynRecv {
-		if l := t.listeners[listenKey{e.NetNS, e.Local.Port()}]; l != nil && l.OwnerFrom != tracer.OwnerUnknown {
-			c.Owner, c.OwnerFrom = l.Owner, tracer.OwnerListener
+	if !c.Owner.Known() && e.Old == tracer.Listen && e.New == tracer.SynRecv {
+		if l := t.listeners[listenKey{e.NetNS, e.Local.Port()}]; l != nil && l.Owner.Known() {
+			c.Owner = tracer.Owner{Task: l.Owner.Task, From: tracer.OwnerListener}
 		}
 	}
-	if c.OwnerFrom != tracer.OwnerUnknown {
-		e.Owner, e.OwnerFrom = c.Owner, c.OwnerFrom
+	if c.Owner.Known() {
+		e.Owner = c.Owner
 	}
 }
 
@@ -544,16 +538,11 @@ func (t *Timeline) watchLinger(c *Conn) {
 // Match reports whether c passes f: in its current state, or with finished
 // set, in any state of its life.
 func Match(f *tracer.Filter, c *Conn, finished bool) bool {
-	e := tracer.Event{
-		Type: tracer.EventState, NetNS: c.NetNS, Family: c.Family, Local: c.Local, Remote: c.Remote,
-		Old: c.State, New: c.State, Owner: c.Owner, OwnerFrom: c.OwnerFrom,
-	}
 	if !finished || f.States == 0 {
-		return f.Match(&e)
+		return f.MatchConn(&c.Endpoints, &c.Owner, c.State, c.State)
 	}
 	for _, s := range c.Spans {
-		e.Old, e.New = s.State, s.State
-		if f.Match(&e) {
+		if f.MatchConn(&c.Endpoints, &c.Owner, s.State, s.State) {
 			return true
 		}
 	}

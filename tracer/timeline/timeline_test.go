@@ -25,8 +25,8 @@ var (
 
 func ev(ts uint64, cookie uint64, old, new tracer.State) tracer.Event {
 	return tracer.Event{
-		Type: tracer.EventState, Time: ts, Cookie: cookie, Family: tracer.IPv4, Local: local, Remote: remote,
-		Old: old, New: new, Owner: owner, OwnerFrom: tracer.OwnerConnect,
+		Type: tracer.EventState, Time: ts, Cookie: cookie, Endpoints: tracer.Endpoints{Family: tracer.IPv4, Local: local, Remote: remote},
+		Old: old, New: new, Owner: tracer.Owner{Task: owner, From: tracer.OwnerConnect},
 	}
 }
 
@@ -123,19 +123,17 @@ func TestOwnerFromSeededListener(t *testing.T) {
 	s := &sink{}
 	tl := New(s, Options{})
 	lst := netip.MustParseAddrPort("0.0.0.0:8080")
-	tl.Seed([]tracer.Socket{{Cookie: 100, NetNS: 1, Family: tracer.IPv4, Local: lst, State: tracer.Listen,
-		Owner: owner, OwnerKnown: true, Scanned: 1 * ms}})
-	child := tracer.Event{Type: tracer.EventState, Time: 5 * ms, Cookie: 101, NetNS: 1, Family: tracer.IPv4,
-		Local: netip.MustParseAddrPort("10.0.0.1:8080"), Remote: remote, Old: tracer.Listen, New: tracer.SynRecv}
-	stranger := tracer.Event{Type: tracer.EventState, Time: 5 * ms, Cookie: 102, NetNS: 1, Family: tracer.IPv4,
-		Local: local, Remote: remote, Old: tracer.Established, New: tracer.CloseWait}
+	tl.Seed([]tracer.Socket{{Cookie: 100, Endpoints: tracer.Endpoints{NetNS: 1, Family: tracer.IPv4, Local: lst}, State: tracer.Listen,
+		Owner: tracer.Owner{Task: owner, From: tracer.OwnerProc}, Scanned: 1 * ms}})
+	child := tracer.Event{Type: tracer.EventState, Time: 5 * ms, Cookie: 101, Endpoints: tracer.Endpoints{NetNS: 1, Family: tracer.IPv4, Local: netip.MustParseAddrPort("10.0.0.1:8080"), Remote: remote}, Old: tracer.Listen, New: tracer.SynRecv}
+	stranger := tracer.Event{Type: tracer.EventState, Time: 5 * ms, Cookie: 102, Endpoints: tracer.Endpoints{NetNS: 1, Family: tracer.IPv4, Local: local, Remote: remote}, Old: tracer.Established, New: tracer.CloseWait}
 	feed(t, tl, child, stranger)
 	_ = tl.Flush()
-	if got := s.events[0]; got.Owner.PID != 42 || got.OwnerFrom != tracer.OwnerListener {
-		t.Errorf("child owner %d from %v, want 42 from listener", got.Owner.PID, got.OwnerFrom)
+	if got := s.events[0]; got.Owner.PID != 42 || got.Owner.From != tracer.OwnerListener {
+		t.Errorf("child owner %d from %v, want 42 from listener", got.Owner.PID, got.Owner.From)
 	}
-	if got := s.events[1]; got.OwnerKnown() {
-		t.Errorf("a socket never seen owned got owner %d from %v", got.Owner.PID, got.OwnerFrom)
+	if got := s.events[1]; got.Owner.Known() {
+		t.Errorf("a socket never seen owned got owner %d from %v", got.Owner.PID, got.Owner.From)
 	}
 }
 
@@ -310,7 +308,7 @@ func TestTimewaitHandover(t *testing.T) {
 	}
 	var c *Conn
 	tl.Conns(func(x *Conn) bool { c = x; return false })
-	if c == nil || c.State != tracer.FinWait2 || !c.Timewait || c.Since != 10*ms || c.OwnerFrom == tracer.OwnerUnknown {
+	if c == nil || c.State != tracer.FinWait2 || !c.Timewait || c.Since != 10*ms || !c.Owner.Known() {
 		t.Errorf("after the handover: %+v, want FIN_WAIT2 in a timewait socket since 10 ms, with its owner", c)
 	}
 }
@@ -319,7 +317,7 @@ func TestTimewaitHandover(t *testing.T) {
 // can be, AgeMax the most; both go once the tracer sees the next transition.
 func TestSeededAgeBounds(t *testing.T) {
 	tl := New(&sink{}, Options{})
-	tl.Seed([]tracer.Socket{{Cookie: 1, Family: tracer.IPv4, Local: local, Remote: remote, State: tracer.CloseWait,
+	tl.Seed([]tracer.Socket{{Cookie: 1, Endpoints: tracer.Endpoints{Family: tracer.IPv4, Local: local, Remote: remote}, State: tracer.CloseWait,
 		Since: 900 * ms, SinceEarliest: 200 * ms, Scanned: 1000 * ms}})
 	var c *Conn
 	tl.Conns(func(x *Conn) bool { c = x; return false })

@@ -11,7 +11,6 @@ package verify
 import (
 	"fmt"
 	"math"
-	"net/netip"
 	"slices"
 	"strconv"
 	"strings"
@@ -72,14 +71,10 @@ func ParseExpect(s string) (Expect, error) {
 
 // Socket is what the checker knows of one connection.
 type Socket struct {
-	Cookie    uint64
-	NetNS     uint32
-	Family    tracer.Family
-	Local     netip.AddrPort
-	Remote    netip.AddrPort
-	State     tracer.State
-	Owner     tracer.Task
-	OwnerFrom tracer.OwnerSource
+	Cookie uint64
+	tracer.Endpoints
+	State tracer.State
+	Owner tracer.Owner
 
 	KeepaliveOn                                      bool
 	Idle, Intvl                                      time.Duration // effective
@@ -146,11 +141,8 @@ func (c *Checker) Seed(socks []tracer.Socket, nss []tracer.NetNS) {
 		if s.Timewait && s.State != tracer.FinWait2 || s.State == tracer.Listen || s.State == tracer.NewSynRecv {
 			continue
 		}
-		k := &Socket{Cookie: s.Cookie, NetNS: s.NetNS, Family: s.Family, Local: s.Local, Remote: s.Remote, State: s.State,
-			Owner: s.Owner, KeepaliveOn: s.KeepaliveOn, sockIdle: s.SockIdle, sockIntvl: s.SockIntvl, sockCount: s.SockCount}
-		if s.OwnerKnown {
-			k.OwnerFrom = tracer.OwnerProc
-		}
+		k := &Socket{Cookie: s.Cookie, Endpoints: s.Endpoints, State: s.State, Owner: s.Owner,
+			KeepaliveOn: s.KeepaliveOn, sockIdle: s.SockIdle, sockIntvl: s.SockIntvl, sockCount: s.SockCount}
 		if !c.match(k) {
 			continue
 		}
@@ -175,9 +167,7 @@ func (c *Checker) match(k *Socket) bool {
 	if c.filter == nil {
 		return true
 	}
-	e := tracer.Event{Type: tracer.EventState, NetNS: k.NetNS, Family: k.Family, Local: k.Local, Remote: k.Remote,
-		Old: k.State, New: k.State, Owner: k.Owner, OwnerFrom: k.OwnerFrom}
-	return c.filter.Match(&e)
+	return c.filter.MatchConn(&k.Endpoints, &k.Owner, k.State, k.State)
 }
 
 // sysctl reads a namespace's setting in its unit (seconds or count).
@@ -240,18 +230,15 @@ func (c *Checker) Event(e *tracer.Event) error {
 		if e.New == tracer.Close || e.Type == tracer.EventLinger {
 			return nil
 		}
-		k = &Socket{Cookie: e.Cookie, NetNS: e.NetNS, Family: e.Family, Local: e.Local, Remote: e.Remote, State: e.New}
-		if e.OwnerKnown() {
-			k.Owner, k.OwnerFrom = e.Owner, e.OwnerFrom
-		}
+		k = &Socket{Cookie: e.Cookie, Endpoints: e.Endpoints, State: e.New, Owner: e.Owner}
 		if !c.match(k) {
 			return nil
 		}
 		c.socks[e.Cookie] = k
 		c.effective(k)
 	}
-	if e.OwnerKnown() {
-		k.Owner, k.OwnerFrom = e.Owner, e.OwnerFrom
+	if e.Owner.Known() {
+		k.Owner = e.Owner
 	}
 	if e.Local.Port() != 0 { // not chosen yet at CLOSE -> SYN_SENT
 		k.Local, k.Remote = e.Local, e.Remote

@@ -108,8 +108,7 @@ func TestUnaffectedAndMismatch(t *testing.T) {
 func TestFinTimeoutFromTheEnd(t *testing.T) {
 	c := New(Expect{FinTimeout: 2}, nil)
 	c.Seed(nil, []tracer.NetNS{{Inode: 7, Sysctls: map[string]string{"fin_timeout": "2"}}})
-	base := tracer.Event{Type: tracer.EventState, Cookie: 5, NetNS: 7, Family: tracer.IPv4,
-		Local: netip.MustParseAddrPort("10.0.0.1:5000"), Remote: netip.MustParseAddrPort("10.0.0.2:80")}
+	base := tracer.Event{Type: tracer.EventState, Cookie: 5, Endpoints: tracer.Endpoints{NetNS: 7, Family: tracer.IPv4, Local: netip.MustParseAddrPort("10.0.0.1:5000"), Remote: netip.MustParseAddrPort("10.0.0.2:80")}}
 	enter := base
 	enter.Time, enter.Old, enter.New = 10*sec, tracer.FinWait1, tracer.FinWait2
 	_ = c.Event(&enter)
