@@ -11,6 +11,7 @@ import (
 
 	"github.com/spf13/pflag"
 
+	"github.com/tcpstate/tcpstate/pipeline"
 	"github.com/tcpstate/tcpstate/tracer"
 )
 
@@ -68,7 +69,7 @@ func runCheck(_ context.Context, args []string, stdout, stderr io.Writer) error 
 		return err
 	}
 	rep := checkReport{Tcpstate: version}
-	rep.Kernel, rep.Arch = uname()
+	rep.Kernel, rep.Arch = pipeline.Uname()
 	t, err := tracer.New(tracer.Config{KernelBTF: f.btf})
 	if err == nil {
 		defer t.Close()

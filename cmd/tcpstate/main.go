@@ -14,6 +14,8 @@ import (
 	"syscall"
 
 	"github.com/spf13/pflag"
+
+	"github.com/tcpstate/tcpstate/pipeline"
 )
 
 // Exit codes.
@@ -89,7 +91,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		return exitOK
 	case errors.As(err, &se):
 		return exitError
-	case errors.Is(err, errStragglers):
+	case errors.Is(err, pipeline.ErrStragglers):
 		fmt.Fprintf(stderr, "tcpstate: %v\n", err)
 		return exitCheck
 	case errors.As(err, &ue):

@@ -11,12 +11,9 @@ import (
 
 	"github.com/spf13/pflag"
 
-	"golang.org/x/sys/unix"
-
-	"github.com/tcpstate/tcpstate/output"
 	"github.com/tcpstate/tcpstate/output/capture"
+	"github.com/tcpstate/tcpstate/pipeline"
 	"github.com/tcpstate/tcpstate/tracer"
-	"github.com/tcpstate/tcpstate/tracer/timeline"
 )
 
 const traceUsage = `Usage: tcpstate trace [flags]
@@ -90,12 +87,14 @@ func runTrace(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	if err := f.tracerFlags.validate(); err != nil {
 		return err
 	}
+	opts := pipeline.TraceOptions{Filter: filter, JSON: f.output.value == "json", Wide: f.wide, NoHeader: f.noHeader,
+		Conns: f.timeline, Linger: time.Duration(f.linger), MaxConns: f.maxConns, Out: stdout, Diag: stderr}
 
 	if f.read != "" {
 		if f.write != "" {
 			return usagef("-r/--read and -w/--write exclude each other")
 		}
-		return replayTrace(f, filter, stdout, stderr)
+		return pipeline.ReplayTrace(f.read, opts, stderr)
 	}
 
 	kernelFilter := filter
@@ -108,22 +107,23 @@ func runTrace(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	}
 	defer t.Close()
 
-	clock, info := tracer.NewClock(), t.Info()
-	p := newTracePipeline(f, filter, clock, info, stdout, stderr)
-	socks, nss := scanAll(t, tracer.ScanOptions{}, stderr)
-	socks = fullSockets(socks)
-	p.tl.Seed(socks)
-	var src tracer.Sink = p.tl
+	opts.Clock, opts.Kernel = tracer.NewClock(), t.Info()
+	p := pipeline.NewTrace(opts)
+	socks, nss := pipeline.Scan(t, tracer.ScanOptions{}, stderr)
+	socks = pipeline.FullSockets(socks)
+	p.TL.Seed(socks)
+	var src tracer.Sink = p.TL
 	var w *capture.Writer
 	if f.write != "" {
-		if w, err = capture.Create(f.write, newHeader(clock, info, nss, t.Warnings()), capture.Options{}); err != nil {
+		h := pipeline.Header(version, os.Args[1:], opts.Clock, opts.Kernel, nss, t.Warnings())
+		if w, err = capture.Create(f.write, h, capture.Options{}); err != nil {
 			return err
 		}
 		if err := w.Sockets(socks); err != nil {
 			w.Close()
 			return err
 		}
-		src = tee{w, p.tl}
+		src = pipeline.Tee{W: w, Next: p.TL}
 	}
 
 	if f.duration > 0 {
@@ -138,219 +138,13 @@ func runTrace(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 			runErr = err
 		}
 	}
-	if err := p.finish(); err != nil && runErr == nil {
+	if err := p.Finish(); err != nil && runErr == nil {
 		runErr = err
 	}
 	stats, err := t.Stats()
 	if err != nil {
 		return err
 	}
-	fmt.Fprintf(stderr, "tcpstate: %s\n", summary(stats, p.sink.Shown, p.shownWhat(), p.tl.Stats()))
+	fmt.Fprintf(stderr, "tcpstate: %s\n", pipeline.Summary(stats, p.Filter.Shown, p.ShownWhat(), p.TL.Stats()))
 	return runErr
-}
-
-// tracePipeline is what trace does with events, live or replayed: timeline,
-// filter, renderer.
-type tracePipeline struct {
-	f    *traceFlags
-	tl   *timeline.Timeline
-	sink *output.Sink
-	r    interface {
-		output.Renderer
-		output.ConnRenderer
-	}
-}
-
-func newTracePipeline(f *traceFlags, filter tracer.Filter, clock tracer.Clock, info tracer.KernelInfo, stdout, stderr io.Writer) *tracePipeline {
-	p := &tracePipeline{f: f}
-	if f.output.value == "json" {
-		p.r = output.NewJSON(stdout, output.JSONOptions{Clock: clock, Kernel: info})
-	} else {
-		p.r = output.NewText(stdout, output.TextOptions{Wide: f.wide, NoHeader: f.noHeader, Clock: clock, Kernel: info, Diag: stderr})
-	}
-	p.sink = &output.Sink{Filter: &filter, Renderer: p.r, LostOnly: f.timeline}
-	opts := timeline.Options{MaxConns: f.maxConns, Linger: time.Duration(f.linger), Spans: f.timeline}
-	if f.timeline {
-		opts.OnFinish = func(c *timeline.Conn) error {
-			if !timeline.Match(&filter, c, true) {
-				return nil
-			}
-			p.sink.Shown++
-			return p.r.RenderConn(c)
-		}
-	}
-	p.tl = timeline.New(p.sink, opts)
-	return p
-}
-
-func (p *tracePipeline) shownWhat() string {
-	if p.f.timeline {
-		return "connections shown"
-	}
-	return "shown"
-}
-
-// finish releases what the timeline holds and flushes the output.
-func (p *tracePipeline) finish() error {
-	if err := p.tl.Flush(); err != nil {
-		return fmt.Errorf("writing output: %w", err)
-	}
-	if err := p.r.Flush(); err != nil {
-		return fmt.Errorf("writing output: %w", err)
-	}
-	return nil
-}
-
-// replayTrace feeds a capture through the same pipeline as live tracing.
-func replayTrace(f *traceFlags, filter tracer.Filter, stdout, stderr io.Writer) error {
-	rd, file, err := capture.Open(f.read)
-	if err != nil {
-		return err
-	}
-	defer file.Close()
-	p := newTracePipeline(f, filter, rd.Header.Clock(), rd.Header.KernelInfo(), stdout, stderr)
-	n, err := replay(rd, p.tl)
-	if ferr := p.finish(); err == nil {
-		err = ferr
-	}
-	for _, w := range rd.Warnings() {
-		fmt.Fprintf(stderr, "tcpstate: warning: %s: %s\n", f.read, w)
-	}
-	kernelNotes(stderr, f.read, &rd.Header)
-	fmt.Fprintf(stderr, "tcpstate: %d events read, %d %s, %d lost when recorded\n", n, p.sink.Shown, p.shownWhat(), p.sink.Lost)
-	return err
-}
-
-// replay feeds every record of rd to tl, ticking it on the capture's own
-// clock (linger events fire as they did live); it returns the events read.
-func replay(rd *capture.Reader, tl *timeline.Timeline) (uint64, error) {
-	var n, lastTick uint64
-	for {
-		rec, err := rd.Next()
-		if err == io.EOF {
-			return n, nil
-		}
-		if err != nil {
-			return n, err
-		}
-		switch {
-		case rec.Sockets != nil:
-			tl.Seed(rec.Sockets)
-		case rec.Event != nil:
-			n++
-			t := rec.Event.Time
-			if err := tl.Event(rec.Event); err != nil {
-				return n, err
-			}
-			if t > lastTick+uint64(200*time.Millisecond) {
-				lastTick = t
-				if err := tl.Tick(t); err != nil {
-					return n, err
-				}
-			}
-		}
-	}
-}
-
-// tee records every event before the timeline sees it.
-type tee struct {
-	w    *capture.Writer
-	next tracer.Sink
-}
-
-func (t tee) Event(e *tracer.Event) error {
-	if err := t.w.Event(e); err != nil {
-		return err
-	}
-	return t.next.Event(e)
-}
-
-func (t tee) Idle() error {
-	if err := t.w.Idle(); err != nil {
-		return err
-	}
-	return t.next.Idle()
-}
-
-// newHeader describes a capture made here, now.
-func newHeader(clock tracer.Clock, info tracer.KernelInfo, nss []tracer.NetNS, warnings []string) capture.Header {
-	release, arch := uname()
-	host, _ := os.Hostname()
-	h := capture.Header{
-		Tcpstate: version, Hostname: host, Kernel: release,
-		Arch: arch, Started: time.Now().UTC(), BootWall: clock.BootWall,
-		HZ: info.HZ, RstReasons: info.RstReasons, Options: os.Args[1:], KernelWarnings: warnings,
-	}
-	for _, ns := range nss {
-		h.Namespaces = append(h.Namespaces, capture.Namespace{Inode: ns.Inode, Sysctls: ns.Sysctls})
-	}
-	return h
-}
-
-// uname is this machine's kernel release and architecture.
-func uname() (release, arch string) {
-	var uts unix.Utsname
-	_ = unix.Uname(&uts)
-	return unix.ByteSliceToString(uts.Release[:]), unix.ByteSliceToString(uts.Machine[:])
-}
-
-// kernelNotes says what the kernel that recorded a capture could not do.
-func kernelNotes(stderr io.Writer, path string, h *capture.Header) {
-	for _, w := range h.KernelWarnings {
-		fmt.Fprintf(stderr, "tcpstate: note: %s was recorded on Linux %s: %s\n", path, h.Kernel, w)
-	}
-}
-
-// scanAll walks the existing sockets; a failure costs only what the walk
-// would have told, so it is a warning.
-func scanAll(t *tracer.Tracer, opts tracer.ScanOptions, stderr io.Writer) ([]tracer.Socket, []tracer.NetNS) {
-	socks, nss, err := t.ScanAll(opts)
-	if err != nil {
-		fmt.Fprintf(stderr, "tcpstate: warning: %v: sockets older than the tracer start unnamed\n", err)
-	}
-	return socks, nss
-}
-
-// fullSockets keeps the walk's full sockets: trace and record name owners
-// from it, and a timewait socket has none (the kernel side follows those, so
-// a host with many does not fill the table or the capture).
-func fullSockets(socks []tracer.Socket) []tracer.Socket {
-	out := socks[:0:0]
-	for _, s := range socks {
-		if !s.Timewait {
-			out = append(out, s)
-		}
-	}
-	return out
-}
-
-// skippedNote says how much of the loss the kernel's recursion guard made.
-func skippedNote(s tracer.Stats) string {
-	var n string
-	if s.Skipped > 0 {
-		n += fmt.Sprintf("; %d of the lost are state changes the kernel skipped (a softirq interrupting tcpstate on the same CPU)", s.Skipped)
-	}
-	if s.SkippedTimers > 0 {
-		n += fmt.Sprintf("; the kernel skipped %d runs of the timer hooks (a TIME_WAIT or keepalive event lost if one was a TCP timer)", s.SkippedTimers)
-	}
-	return n
-}
-
-// summary is the end-of-run line.
-func summary(s tracer.Stats, shown uint64, what string, tl timeline.Stats) string {
-	line := fmt.Sprintf("%d events seen, %d %s, %d lost (%d filtered in kernel)", s.Seen, shown, what, s.AllLost(), s.Filtered)
-	line += skippedNote(s)
-	if tl.Evicted > 0 {
-		line += fmt.Sprintf("; %d connections evicted from a full table (raise --max-connections)", tl.Evicted)
-	}
-	if s.TimewaitUntracked > 0 {
-		line += fmt.Sprintf("; %d timewait sockets ended unfollowed", s.TimewaitUntracked)
-	}
-	return line
-}
-
-// seed walks the existing sockets, TIME_WAIT included, into the timeline.
-func seed(t *tracer.Tracer, tl *timeline.Timeline, stderr io.Writer) {
-	socks, _ := scanAll(t, tracer.ScanOptions{TimeWait: true}, stderr)
-	tl.Seed(socks)
 }

@@ -4,7 +4,6 @@ package main
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"io"
 	"time"
@@ -12,8 +11,8 @@ import (
 	"github.com/spf13/pflag"
 
 	"github.com/tcpstate/tcpstate/output"
+	"github.com/tcpstate/tcpstate/pipeline"
 	"github.com/tcpstate/tcpstate/tracer"
-	"github.com/tcpstate/tcpstate/tracer/timeline"
 	"github.com/tcpstate/tcpstate/tracer/verify"
 )
 
@@ -69,9 +68,6 @@ func verifyHelp(fs *pflag.FlagSet) string {
 	return fmt.Sprintf(verifyUsage, fs.FlagUsagesWrapped(80))
 }
 
-// errStragglers: the check ran, and some sockets do not run with the expected values.
-var errStragglers = errors.New("some sockets do not run with the expected values")
-
 func runVerify(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs, f := newVerifyFlags()
 	if err := parseFlags(fs, args, verifyHelp, stdout, false); err != nil {
@@ -101,130 +97,16 @@ func runVerify(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	if err != nil {
 		return err
 	}
-	clock := tracer.NewClock()
-	out := output.NewVerify(stdout, output.VerifyOptions{Clock: clock, JSON: f.output.value == "json"})
-	v := &verifier{c: verify.New(expect, &filter), out: out, nss: nss, interval: time.Duration(f.interval),
-		strict: f.strict, shown: map[resultKey]verify.Status{}}
-	v.c.Seed(socks, nss)
-	tl := timeline.New(v.c, timeline.Options{MaxConns: f.maxConns})
-	tl.Seed(socks)
-
-	now := tracer.BootNow()
-	v.last = now
-	done := v.report(now)
+	out := output.NewVerify(stdout, output.VerifyOptions{Clock: tracer.NewClock(), JSON: f.output.value == "json"})
+	v, done := pipeline.NewVerify(out, socks, nss, pipeline.VerifyOptions{Expect: expect, Filter: &filter,
+		Interval: time.Duration(f.interval), Strict: f.strict, MaxConns: f.maxConns})
 	if f.within > 0 && !done {
 		ctx, cancel := context.WithTimeout(ctx, time.Duration(f.within))
 		defer cancel()
-		v.cancel = cancel
 		ready(ctx)
-		if err := t.Run(ctx, &verifySink{tl: tl, v: v}); err != nil {
+		if err := t.Run(ctx, v.Follow(cancel)); err != nil {
 			return err
 		}
 	}
-	return v.finish(tracer.BootNow())
-}
-
-type resultKey struct {
-	cookie uint64
-	check  string
-}
-
-// verifier re-checks from the tracer's goroutine (the checker is not shared).
-type verifier struct {
-	c        *verify.Checker
-	out      *output.Verify
-	nss      []tracer.NetNS
-	interval time.Duration
-	strict   bool
-	last     uint64
-	shown    map[resultKey]verify.Status
-	changes  int
-	cancel   context.CancelFunc
-	err      error
-}
-
-// report prints the results whose status changed, and tells whether all
-// sockets now run with the expected values.
-func (v *verifier) report(now uint64) bool {
-	for _, c := range v.c.Changes[v.changes:] {
-		v.keep(v.out.Change(c))
-	}
-	v.changes = len(v.c.Changes)
-	rs := v.c.Results(now)
-	for _, r := range rs {
-		k := resultKey{r.Socket.Cookie, r.Check}
-		if v.shown[k] != r.Status {
-			v.shown[k] = r.Status
-			v.keep(v.out.Result(r, now))
-		}
-	}
-	v.keep(v.out.Flush())
-	return verify.Satisfied(rs, v.strict)
-}
-
-func (v *verifier) keep(err error) {
-	if err != nil && v.err == nil {
-		v.err = fmt.Errorf("writing output: %w", err)
-	}
-}
-
-// tick re-reads the sysctls and re-checks, every interval.
-func (v *verifier) tick() {
-	now := tracer.BootNow()
-	if now-v.last < uint64(v.interval) {
-		return
-	}
-	v.last = now
-	for _, ns := range v.nss {
-		vals, err := tracer.ReadSysctls(ns.Path)
-		if err == nil {
-			v.c.UpdateSysctls(ns.Inode, now, vals)
-		}
-	}
-	if v.report(now) || v.err != nil {
-		v.cancel()
-	}
-}
-
-func (v *verifier) finish(now uint64) error {
-	rs := v.c.Results(now)
-	var stragglers []verify.Result
-	counts := map[verify.Status]int{}
-	for _, r := range rs {
-		counts[r.Status]++
-		if r.Status == verify.Pending || r.Status == verify.Mismatch || v.strict && r.Status == verify.Unaffected {
-			stragglers = append(stragglers, r)
-		}
-	}
-	v.keep(v.out.Line("%d checks: %d ok, %d pending, %d unaffected, %d mismatch", len(rs),
-		counts[verify.OK], counts[verify.Pending], counts[verify.Unaffected], counts[verify.Mismatch]))
-	if len(stragglers) > 0 {
-		v.keep(v.out.Line("not running with the expected values:"))
-		for _, r := range stragglers {
-			v.keep(v.out.Result(r, now))
-		}
-	}
-	v.keep(v.out.Flush())
-	if v.err != nil {
-		return v.err
-	}
-	if len(stragglers) > 0 {
-		return errStragglers
-	}
-	return nil
-}
-
-// verifySink feeds the timeline (which names owners) and re-checks when idle.
-type verifySink struct {
-	tl *timeline.Timeline
-	v  *verifier
-}
-
-func (s *verifySink) Event(e *tracer.Event) error { return s.tl.Event(e) }
-func (s *verifySink) Idle() error {
-	if err := s.tl.Idle(); err != nil {
-		return err
-	}
-	s.v.tick()
-	return nil
+	return v.Finish(tracer.BootNow())
 }

@@ -13,8 +13,8 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/tcpstate/tcpstate/output"
+	"github.com/tcpstate/tcpstate/pipeline"
 	"github.com/tcpstate/tcpstate/tracer"
-	"github.com/tcpstate/tcpstate/tracer/timeline"
 )
 
 const watchUsage = `Usage: tcpstate watch [flags]
@@ -82,9 +82,10 @@ func runWatch(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	if filter.States != 0 {
 		states = filter.States
 	}
-	filter.States = 0
+	kernelFilter := filter
+	kernelFilter.States = 0 // a socket's age needs the transition into its state
 
-	t, err := f.tracerFlags.start(filter, stderr)
+	t, err := f.tracerFlags.start(kernelFilter, stderr)
 	if err != nil {
 		return err
 	}
@@ -99,13 +100,11 @@ func runWatch(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		Clock: tracer.NewClock(), Top: f.top, Clear: isTTY && !f.once, JSON: f.output.value == "json",
 		NetNSName: netnsNames(),
 	})
-	ws := &watchSink{w: w, filter: filter, states: states, linger: time.Duration(f.linger), interval: time.Duration(f.interval)}
-	ws.tl = timeline.New(ws, timeline.Options{MaxConns: f.maxConns})
-	seed(t, ws.tl, stderr)
-	if f.once {
-		return ws.render(tracer.BootNow())
-	}
-	if err := ws.render(tracer.BootNow()); err != nil {
+	ws := pipeline.NewWatch(w, pipeline.WatchOptions{Filter: filter, States: states, Linger: time.Duration(f.linger),
+		Interval: time.Duration(f.interval), MaxConns: f.maxConns})
+	socks, _ := pipeline.Scan(t, tracer.ScanOptions{TimeWait: true}, stderr)
+	ws.TL.Seed(socks)
+	if err := ws.Render(tracer.BootNow()); err != nil || f.once {
 		return err
 	}
 	if f.duration > 0 {
@@ -114,38 +113,5 @@ func runWatch(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		defer cancel()
 	}
 	ready(ctx)
-	return t.Run(ctx, ws.tl)
-}
-
-// watchSink follows the timeline and renders a snapshot every interval, from
-// the tracer's own goroutine (the timeline is not shared).
-type watchSink struct {
-	w        *output.Watch
-	tl       *timeline.Timeline
-	filter   tracer.Filter
-	states   tracer.StateSet
-	linger   time.Duration
-	interval time.Duration
-	last     uint64
-	lost     uint64
-}
-
-func (s *watchSink) Event(e *tracer.Event) error {
-	if e.Type == tracer.EventLost {
-		s.lost += e.Lost
-	}
-	return nil
-}
-
-func (s *watchSink) Idle() error {
-	now := tracer.BootNow()
-	if now-s.last < uint64(s.interval) {
-		return nil
-	}
-	return s.render(now)
-}
-
-func (s *watchSink) render(now uint64) error {
-	s.last = now
-	return s.w.Render(now, output.Snapshot(s.tl, now, &s.filter, s.states, s.linger), s.lost)
+	return t.Run(ctx, ws.TL)
 }

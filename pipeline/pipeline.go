@@ -1,0 +1,201 @@
+// SPDX-License-Identifier: Apache-2.0
+
+// Package pipeline assembles tcpstate's stages, one way: a source of events
+// (the tracer live, or a capture replayed), an optional tee to a capture, the
+// timeline (connections, owners, durations), the filter that counts what it
+// passes, and a renderer or an aggregate. The commands in cmd/tcpstate only
+// parse flags and wire these.
+package pipeline
+
+import (
+	"fmt"
+	"io"
+	"os"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/tcpstate/tcpstate/output"
+	"github.com/tcpstate/tcpstate/output/capture"
+	"github.com/tcpstate/tcpstate/tracer"
+	"github.com/tcpstate/tcpstate/tracer/timeline"
+)
+
+// Filter is the stage after the timeline: it passes the events the filter
+// accepts, and every loss report, to Next, counting both. It is a
+// tracer.Sink.
+type Filter struct {
+	Filter *tracer.Filter // nil: everything
+	Next   tracer.Sink
+	// LostOnly passes loss reports but no events (trace --timeline).
+	LostOnly bool
+
+	Received uint64 // events that reached the stage
+	Shown    uint64 // events (or, with Conn, connections) passed on
+	Lost     uint64 // events the kernel reported lost
+}
+
+// Event passes e on if the filter accepts it.
+func (f *Filter) Event(e *tracer.Event) error {
+	if e.Type == tracer.EventLost {
+		f.Lost += e.Lost
+		return f.Next.Event(e)
+	}
+	f.Received++
+	if f.LostOnly || f.Filter != nil && !f.Filter.Match(e) {
+		return nil
+	}
+	f.Shown++
+	return f.Next.Event(e)
+}
+
+// Idle passes on the end of a burst.
+func (f *Filter) Idle() error { return f.Next.Idle() }
+
+// Conn passes a finished connection to r if, in any state of its life, the
+// filter accepts it (timeline.Options.OnFinish).
+func (f *Filter) Conn(c *timeline.Conn, r output.ConnRenderer) error {
+	if f.Filter != nil && !timeline.Match(f.Filter, c, true) {
+		return nil
+	}
+	f.Shown++
+	return r.RenderConn(c)
+}
+
+// Render makes a renderer a tracer.Sink.
+type Render struct{ R output.Renderer }
+
+func (r Render) Event(e *tracer.Event) error { return r.R.Render(e) }
+func (r Render) Idle() error                 { return r.R.Flush() }
+
+// Tee records every event to a capture before Next sees it.
+type Tee struct {
+	W    *capture.Writer
+	Next tracer.Sink
+}
+
+func (t Tee) Event(e *tracer.Event) error {
+	if err := t.W.Event(e); err != nil {
+		return err
+	}
+	return t.Next.Event(e)
+}
+
+func (t Tee) Idle() error {
+	if err := t.W.Idle(); err != nil {
+		return err
+	}
+	return t.Next.Idle()
+}
+
+// Replay feeds every record of rd to tl, ticking it on the capture's own
+// clock (linger events fire as they did live); it returns the events read.
+func Replay(rd *capture.Reader, tl *timeline.Timeline) (uint64, error) {
+	var n, lastTick uint64
+	for {
+		rec, err := rd.Next()
+		if err == io.EOF {
+			return n, nil
+		}
+		if err != nil {
+			return n, err
+		}
+		switch {
+		case rec.Sockets != nil:
+			tl.Seed(rec.Sockets)
+		case rec.Event != nil:
+			n++
+			t := rec.Event.Time
+			if err := tl.Event(rec.Event); err != nil {
+				return n, err
+			}
+			if t > lastTick+uint64(200*time.Millisecond) {
+				lastTick = t
+				if err := tl.Tick(t); err != nil {
+					return n, err
+				}
+			}
+		}
+	}
+}
+
+// Header describes a capture made here, now, by version run with args.
+func Header(version string, args []string, clock tracer.Clock, info tracer.KernelInfo, nss []tracer.NetNS, warnings []string) capture.Header {
+	release, arch := Uname()
+	host, _ := os.Hostname()
+	h := capture.Header{
+		Tcpstate: version, Hostname: host, Kernel: release,
+		Arch: arch, Started: time.Now().UTC(), BootWall: clock.BootWall,
+		HZ: info.HZ, RstReasons: info.RstReasons, Options: args, KernelWarnings: warnings,
+	}
+	for _, ns := range nss {
+		h.Namespaces = append(h.Namespaces, capture.Namespace{Inode: ns.Inode, Sysctls: ns.Sysctls})
+	}
+	return h
+}
+
+// Uname is this machine's kernel release and architecture.
+func Uname() (release, arch string) {
+	var uts unix.Utsname
+	_ = unix.Uname(&uts)
+	return unix.ByteSliceToString(uts.Release[:]), unix.ByteSliceToString(uts.Machine[:])
+}
+
+// ReadNotes writes what a capture's reader warned about, and what the kernel
+// that recorded it could not do.
+func ReadNotes(stderr io.Writer, path string, rd *capture.Reader) {
+	for _, w := range rd.Warnings() {
+		fmt.Fprintf(stderr, "tcpstate: warning: %s: %s\n", path, w)
+	}
+	for _, w := range rd.Header.KernelWarnings {
+		fmt.Fprintf(stderr, "tcpstate: note: %s was recorded on Linux %s: %s\n", path, rd.Header.Kernel, w)
+	}
+}
+
+// Scan walks the existing sockets; a failure costs only what the walk would
+// have told, so it is a warning.
+func Scan(t *tracer.Tracer, opts tracer.ScanOptions, stderr io.Writer) ([]tracer.Socket, []tracer.NetNS) {
+	socks, nss, err := t.ScanAll(opts)
+	if err != nil {
+		fmt.Fprintf(stderr, "tcpstate: warning: %v: sockets older than the tracer start unnamed\n", err)
+	}
+	return socks, nss
+}
+
+// FullSockets keeps the walk's full sockets: trace and record name owners
+// from it, and a timewait socket has none (the kernel side follows those, so
+// a host with many does not fill the table or the capture).
+func FullSockets(socks []tracer.Socket) []tracer.Socket {
+	out := socks[:0:0]
+	for _, s := range socks {
+		if !s.Timewait {
+			out = append(out, s)
+		}
+	}
+	return out
+}
+
+// SkippedNote says how much of the loss the kernel's recursion guard made.
+func SkippedNote(s tracer.Stats) string {
+	var n string
+	if s.Skipped > 0 {
+		n += fmt.Sprintf("; %d of the lost are state changes the kernel skipped (a softirq interrupting tcpstate on the same CPU)", s.Skipped)
+	}
+	if s.SkippedTimers > 0 {
+		n += fmt.Sprintf("; the kernel skipped %d runs of the timer hooks (a TIME_WAIT or keepalive event lost if one was a TCP timer)", s.SkippedTimers)
+	}
+	return n
+}
+
+// Summary is the end-of-run line of a live run.
+func Summary(s tracer.Stats, shown uint64, what string, tl timeline.Stats) string {
+	line := fmt.Sprintf("%d events seen, %d %s, %d lost (%d filtered in kernel)", s.Seen, shown, what, s.AllLost(), s.Filtered)
+	line += SkippedNote(s)
+	if tl.Evicted > 0 {
+		line += fmt.Sprintf("; %d connections evicted from a full table (raise --max-connections)", tl.Evicted)
+	}
+	if s.TimewaitUntracked > 0 {
+		line += fmt.Sprintf("; %d timewait sockets ended unfollowed", s.TimewaitUntracked)
+	}
+	return line
+}

@@ -1,0 +1,122 @@
+// SPDX-License-Identifier: Apache-2.0
+
+package pipeline
+
+import (
+	"fmt"
+	"io"
+	"sync/atomic"
+	"time"
+
+	"github.com/tcpstate/tcpstate/output/capture"
+	"github.com/tcpstate/tcpstate/tracer"
+)
+
+// Recorder is the tracer's sink when recording: into a capture file, or into
+// a flight recorder's memory written out on Dump and at Close. A file also
+// gets the namespaces' TCP sysctls every SysctlInterval.
+type Recorder struct {
+	w        *capture.Writer
+	flight   *capture.Flight
+	path     string
+	nss      []tracer.NetNS
+	interval time.Duration
+	last     time.Time
+	events   uint64
+	dump     atomic.Bool
+	stderr   io.Writer
+}
+
+// RecordOptions say where and how to record.
+type RecordOptions struct {
+	Path           string
+	Header         capture.Header
+	Sockets        []tracer.Socket // the start-up walk
+	NetNS          []tracer.NetNS  // whose sysctls to record
+	SysctlInterval time.Duration
+	MaxSize        int64 // file: rotate at this size (0: never)
+	Keep           int   // file: rotated files kept
+	// Flight: keep the latest FlightSize bytes (or FlightTime) of events in
+	// memory instead of writing a file as they come.
+	Flight     bool
+	FlightSize int
+	FlightTime time.Duration
+	Stderr     io.Writer
+}
+
+// NewRecorder opens the capture (a file) or the flight recorder, with the
+// walk's sockets in it.
+func NewRecorder(o RecordOptions) (*Recorder, error) {
+	r := &Recorder{path: o.Path, nss: o.NetNS, interval: o.SysctlInterval, last: time.Now(), stderr: o.Stderr}
+	if o.Flight {
+		r.flight = capture.NewFlight(o.Header, o.FlightSize, o.FlightTime)
+		r.flight.SetSockets(o.Sockets)
+		return r, nil
+	}
+	w, err := capture.Create(o.Path, o.Header, capture.Options{MaxSize: o.MaxSize, Keep: o.Keep})
+	if err != nil {
+		return nil, err
+	}
+	if err := w.Sockets(o.Sockets); err != nil {
+		w.Close()
+		return nil, err
+	}
+	r.w = w
+	return r, nil
+}
+
+// Events is how many events were recorded.
+func (r *Recorder) Events() uint64 { return r.events }
+
+// Dump asks a flight recorder to write what it holds at the next Idle; safe
+// from any goroutine (a signal handler's).
+func (r *Recorder) Dump() { r.dump.Store(true) }
+
+func (r *Recorder) sink() tracer.Sink {
+	if r.flight != nil {
+		return r.flight
+	}
+	return r.w
+}
+
+func (r *Recorder) Event(e *tracer.Event) error {
+	r.events++
+	return r.sink().Event(e)
+}
+
+func (r *Recorder) Idle() error {
+	if r.dump.Swap(false) && r.flight != nil {
+		if err := r.flight.Dump(r.path); err != nil {
+			return err
+		}
+		fmt.Fprintf(r.stderr, "tcpstate: flight recorder written to %s\n", r.path)
+	}
+	if r.w != nil && time.Since(r.last) >= r.interval {
+		r.last = time.Now()
+		snap := capture.SysctlSnapshot{Time: tracer.BootNow()}
+		for _, ns := range r.nss {
+			if vals, err := tracer.ReadSysctls(ns.Path); err == nil {
+				snap.Namespaces = append(snap.Namespaces, capture.Namespace{Inode: ns.Inode, Sysctls: vals})
+			}
+		}
+		if err := r.w.Sysctls(snap); err != nil {
+			return err
+		}
+	}
+	return r.sink().Idle()
+}
+
+// Close writes what is pending: a flight recorder's memory, or the file's
+// last block.
+func (r *Recorder) Close() error {
+	if r.flight != nil {
+		if err := r.flight.Dump(r.path); err != nil {
+			return err
+		}
+		if d := r.flight.Dropped(); d > 0 {
+			fmt.Fprintf(r.stderr, "tcpstate: flight recorder kept the latest events; %d older ones left memory\n", d)
+		}
+		return nil
+	}
+	return r.w.Close()
+}

@@ -1,0 +1,126 @@
+// SPDX-License-Identifier: Apache-2.0
+
+package pipeline
+
+import (
+	"fmt"
+	"io"
+	"time"
+
+	"github.com/tcpstate/tcpstate/output"
+	"github.com/tcpstate/tcpstate/output/capture"
+	"github.com/tcpstate/tcpstate/tracer"
+	"github.com/tcpstate/tcpstate/tracer/timeline"
+)
+
+// TraceOptions configure what `trace` does with events.
+type TraceOptions struct {
+	Filter   tracer.Filter
+	JSON     bool
+	Wide     bool // text
+	NoHeader bool // text
+	// Conns prints one record per finished connection instead of each
+	// transition.
+	Conns    bool
+	Linger   time.Duration // 0: no linger events
+	MaxConns int
+	Clock    tracer.Clock
+	Kernel   tracer.KernelInfo
+	Out      io.Writer
+	Diag     io.Writer // text: messages about the output (stderr)
+}
+
+// Trace is trace's pipeline, live or replayed: timeline -> filter ->
+// renderer.
+type Trace struct {
+	TL     *timeline.Timeline
+	Filter *Filter
+	conns  bool
+	r      interface {
+		output.Renderer
+		output.ConnRenderer
+	}
+}
+
+// NewTrace assembles the stages after the source.
+func NewTrace(o TraceOptions) *Trace {
+	p := &Trace{conns: o.Conns}
+	if o.JSON {
+		p.r = output.NewJSON(o.Out, output.JSONOptions{Clock: o.Clock, Kernel: o.Kernel})
+	} else {
+		p.r = output.NewText(o.Out, output.TextOptions{Wide: o.Wide, NoHeader: o.NoHeader, Clock: o.Clock, Kernel: o.Kernel, Diag: o.Diag})
+	}
+	p.Filter = &Filter{Filter: &o.Filter, Next: Render{p.r}, LostOnly: o.Conns}
+	opts := timeline.Options{MaxConns: o.MaxConns, Linger: o.Linger, Spans: o.Conns}
+	if o.Conns {
+		opts.OnFinish = func(c *timeline.Conn) error { return p.Filter.Conn(c, p.r) }
+	}
+	p.TL = timeline.New(p.Filter, opts)
+	return p
+}
+
+// ShownWhat names what Filter.Shown counts.
+func (p *Trace) ShownWhat() string {
+	if p.conns {
+		return "connections shown"
+	}
+	return "shown"
+}
+
+// Finish releases what the timeline holds and flushes the output.
+func (p *Trace) Finish() error {
+	if err := p.TL.Flush(); err != nil {
+		return fmt.Errorf("writing output: %w", err)
+	}
+	if err := p.r.Flush(); err != nil {
+		return fmt.Errorf("writing output: %w", err)
+	}
+	return nil
+}
+
+// ReplayTrace feeds the capture at path through a trace pipeline, and says on
+// stderr what it read.
+func ReplayTrace(path string, o TraceOptions, stderr io.Writer) error {
+	rd, file, err := capture.Open(path)
+	if err != nil {
+		return err
+	}
+	defer file.Close()
+	o.Clock, o.Kernel = rd.Header.Clock(), rd.Header.KernelInfo()
+	p := NewTrace(o)
+	n, err := Replay(rd, p.TL)
+	if ferr := p.Finish(); err == nil {
+		err = ferr
+	}
+	ReadNotes(stderr, path, rd)
+	fmt.Fprintf(stderr, "tcpstate: %d events read, %d %s, %d lost when recorded\n", n, p.Filter.Shown, p.ShownWhat(), p.Filter.Lost)
+	return err
+}
+
+// Report reads captures through the timeline and the filter into a report.
+// The clock is the first capture's.
+func Report(paths []string, filter *tracer.Filter, stderr io.Writer) (*output.Report, tracer.Clock, error) {
+	rep := output.NewReport()
+	var clock tracer.Clock
+	for i, path := range paths {
+		rd, file, err := capture.Open(path)
+		if err != nil {
+			return nil, clock, err
+		}
+		if i == 0 {
+			clock = rd.Header.Clock()
+		}
+		tl := timeline.New(&Filter{Filter: filter, Next: rep}, timeline.Options{})
+		_, err = Replay(rd, tl)
+		if err == nil {
+			err = tl.Flush()
+		}
+		file.Close()
+		ReadNotes(stderr, path, rd)
+		if err != nil {
+			return nil, clock, fmt.Errorf("%s: %w", path, err)
+		}
+		rep.Finish(tl, func(c *timeline.Conn) bool { return timeline.Match(filter, c, false) })
+	}
+	return rep, clock, nil
+}

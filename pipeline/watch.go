@@ -1,0 +1,63 @@
+// SPDX-License-Identifier: Apache-2.0
+
+package pipeline
+
+import (
+	"time"
+
+	"github.com/tcpstate/tcpstate/output"
+	"github.com/tcpstate/tcpstate/tracer"
+	"github.com/tcpstate/tcpstate/tracer/timeline"
+)
+
+// Watch follows the timeline and renders a snapshot every interval, from the
+// tracer's own goroutine (the timeline is not shared). It is the timeline's
+// sink; the tracer feeds TL.
+type Watch struct {
+	TL       *timeline.Timeline
+	w        *output.Watch
+	filter   tracer.Filter
+	states   tracer.StateSet
+	linger   time.Duration
+	interval time.Duration
+	last     uint64
+	lost     uint64
+}
+
+// WatchOptions say which sockets a snapshot lists, and how often.
+type WatchOptions struct {
+	Filter   tracer.Filter // its States are ignored: States says
+	States   tracer.StateSet
+	Linger   time.Duration // only sockets in their state this long
+	Interval time.Duration
+	MaxConns int
+}
+
+// NewWatch renders through w.
+func NewWatch(w *output.Watch, o WatchOptions) *Watch {
+	s := &Watch{w: w, filter: o.Filter, states: o.States, linger: o.Linger, interval: o.Interval}
+	s.filter.States = 0
+	s.TL = timeline.New(s, timeline.Options{MaxConns: o.MaxConns})
+	return s
+}
+
+func (s *Watch) Event(e *tracer.Event) error {
+	if e.Type == tracer.EventLost {
+		s.lost += e.Lost
+	}
+	return nil
+}
+
+func (s *Watch) Idle() error {
+	now := tracer.BootNow()
+	if now-s.last < uint64(s.interval) {
+		return nil
+	}
+	return s.Render(now)
+}
+
+// Render writes the snapshot at now.
+func (s *Watch) Render(now uint64) error {
+	s.last = now
+	return s.w.Render(now, output.Snapshot(s.TL, now, &s.filter, s.states, s.linger), s.lost)
+}
