@@ -228,25 +228,6 @@ func TestAppendDuration(t *testing.T) {
 	}
 }
 
-func TestSinkFiltersAndCounts(t *testing.T) {
-	var out bytes.Buffer
-	s := &Sink{Filter: &tracer.Filter{Family: tracer.IPv6}, Renderer: NewJSON(&out, JSONOptions{Clock: clock})}
-	for _, e := range events() {
-		if err := s.Event(&e); err != nil {
-			t.Fatal(err)
-		}
-	}
-	if err := s.Idle(); err != nil {
-		t.Fatal(err)
-	}
-	if s.Received != uint64(len(events())-1) || s.Shown != 1 || s.Lost != 17 {
-		t.Errorf("received %d shown %d lost %d, want %d 1 17", s.Received, s.Shown, s.Lost, len(events())-1)
-	}
-	if n := strings.Count(out.String(), "\n"); n != 2 {
-		t.Errorf("%d lines written, want the IPv6 event and the lost report", n)
-	}
-}
-
 func benchmarkRender(b *testing.B, r Renderer) {
 	evs := events()
 	b.ReportAllocs()

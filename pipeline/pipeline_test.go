@@ -1,0 +1,86 @@
+// SPDX-License-Identifier: Apache-2.0
+
+package pipeline
+
+import (
+	"bytes"
+	"encoding/json"
+	"net/netip"
+	"strings"
+	"testing"
+
+	"github.com/tcpstate/tcpstate/output"
+	"github.com/tcpstate/tcpstate/tracer"
+)
+
+// v1 is a capture an earlier tcpstate wrote: the replay path needs no root.
+const v1 = "../output/capture/testdata/v1.tcpcap"
+
+func TestFilterPassesAndCounts(t *testing.T) {
+	var out bytes.Buffer
+	f := &Filter{Filter: &tracer.Filter{Family: tracer.IPv6}, Next: Render{output.NewJSON(&out, output.JSONOptions{})}}
+	ep4 := tracer.Endpoints{Family: tracer.IPv4, Local: netip.MustParseAddrPort("10.0.0.1:1"), Remote: netip.MustParseAddrPort("10.0.0.2:2")}
+	ep6 := tracer.Endpoints{Family: tracer.IPv6, Local: netip.MustParseAddrPort("[::1]:1"), Remote: netip.MustParseAddrPort("[::1]:2")}
+	for _, e := range []tracer.Event{
+		{Type: tracer.EventState, Cookie: 1, Endpoints: ep4, Old: tracer.Established, New: tracer.FinWait1},
+		{Type: tracer.EventState, Cookie: 2, Endpoints: ep6, Old: tracer.Established, New: tracer.CloseWait},
+		{Type: tracer.EventLost, Lost: 17},
+	} {
+		if err := f.Event(&e); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := f.Idle(); err != nil {
+		t.Fatal(err)
+	}
+	if f.Received != 2 || f.Shown != 1 || f.Lost != 17 {
+		t.Errorf("received %d shown %d lost %d, want 2 1 17", f.Received, f.Shown, f.Lost)
+	}
+	if n := strings.Count(out.String(), "\n"); n != 2 {
+		t.Errorf("%d lines written, want the IPv6 event and the lost report:\n%s", n, out.String())
+	}
+}
+
+// trace -r end to end, without root: the capture's walk names the owner, the
+// event goes through timeline, filter and renderer, and stderr says so.
+func TestReplayTrace(t *testing.T) {
+	var out, diag bytes.Buffer
+	if err := ReplayTrace(v1, TraceOptions{JSON: true, Out: &out, Diag: &diag}, &diag); err != nil {
+		t.Fatal(err)
+	}
+	var got map[string]any
+	if err := json.Unmarshal(out.Bytes(), &got); err != nil {
+		t.Fatalf("%v: %s", err, out.String())
+	}
+	if got["old"] != "CLOSE_WAIT" || got["new"] != "LAST_ACK" || got["pid"] != 42.0 || got["comm"] != "leaky" {
+		t.Errorf("replayed %v", got)
+	}
+	if !strings.Contains(diag.String(), "1 events read, 1 shown, 0 lost when recorded") {
+		t.Errorf("stderr: %s", diag.String())
+	}
+	// A filter that rejects it.
+	out.Reset()
+	diag.Reset()
+	if err := ReplayTrace(v1, TraceOptions{Filter: tracer.Filter{Ports: []uint16{9}}, Out: &out, Diag: &diag}, &diag); err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(diag.String(), "1 events read, 0 shown") {
+		t.Errorf("filtered replay: stderr %s, stdout %s", diag.String(), out.String())
+	}
+}
+
+// report end to end, without root.
+func TestReport(t *testing.T) {
+	var diag bytes.Buffer
+	rep, clock, err := Report([]string{v1}, &tracer.Filter{}, &diag)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out bytes.Buffer
+	if err := rep.Render(&out, clock, nil, true); err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(out.String(), `"CLOSE_WAIT"`) {
+		t.Errorf("report: %s", out.String())
+	}
+}
