@@ -9,6 +9,7 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -491,6 +492,8 @@ func TestWatchBoundsOwnersNamespaces(t *testing.T) {
 		{Cookie: 3, Endpoints: tracer.Endpoints{Family: tracer.IPv4, NetNS: 2, Local: netip.MustParseAddrPort("10.0.0.8:50300"), Remote: svc},
 			State: tracer.FinWait2, Timewait: true, Age: 2 * time.Second, AgeMax: 2*time.Second + 4*time.Millisecond, SinceStart: true,
 			Owner: tracer.Owner{Task: cli, From: tracer.OwnerClose}},
+		{Cookie: 5, Endpoints: tracer.Endpoints{NetNS: 1, Family: tracer.IPv6, Local: netip.MustParseAddrPort("[::1]:50051"), Remote: netip.MustParseAddrPort("[::1]:50500")},
+			State: tracer.CloseWait, Age: 500 * time.Millisecond, Owner: tracer.Owner{Task: app, From: tracer.OwnerIO}, Service: true},
 		{Cookie: 4, Endpoints: tracer.Endpoints{Family: tracer.IPv4, NetNS: 2, Local: netip.MustParseAddrPort("10.0.0.8:50400"), Remote: svc},
 			State: tracer.FinWait1, Age: time.Second, SinceStart: true},
 	}
@@ -516,5 +519,25 @@ func TestWatchBoundsOwnersNamespaces(t *testing.T) {
 	_, byRemote := Groups(rows)
 	if byRemote[0].Remote != "10.0.0.8:*" || byRemote[0].Count != 2 || byRemote[0].Oldest != 13200*time.Millisecond {
 		t.Errorf("by remote: %+v, want the service's two clients as 10.0.0.8:*, oldest 13.2s", byRemote)
+	}
+	if !slices.ContainsFunc(byRemote, func(g Group) bool { return g.Remote == "[::1]:*" }) {
+		t.Errorf("by remote: %+v, want the IPv6 client as [::1]:*", byRemote)
+	}
+}
+
+// The keepalive timer armed in FIN_WAIT2 is the FIN_WAIT2 timer: said so,
+// without the keepalive settings that do not apply.
+func TestFinWait2TimerText(t *testing.T) {
+	var out bytes.Buffer
+	r := NewText(&out, TextOptions{Clock: clock, Location: time.UTC, NoHeader: true})
+	e := tracer.Event{Type: tracer.EventKeepalive, Time: 1e9, Cookie: 3, Old: tracer.FinWait2, New: tracer.FinWait2,
+		Endpoints: tracer.Endpoints{Family: tracer.IPv4, Local: netip.MustParseAddrPort("127.0.0.1:80"), Remote: netip.MustParseAddrPort("127.0.0.1:40000")},
+		ExpiresIn: 60 * time.Second, Keepalive: tracer.Keepalive{Event: tracer.KeepaliveArmed, Idle: 2 * time.Hour}}
+	if err := r.Render(&e); err != nil {
+		t.Fatal(err)
+	}
+	_ = r.Flush()
+	if got := out.String(); !strings.Contains(got, "fin_wait2 timer armed (in 60.0s)") || strings.Contains(got, "SO_KEEPALIVE") {
+		t.Errorf("got %q", got)
 	}
 }

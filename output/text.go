@@ -140,6 +140,10 @@ func (t *Text) Render(e *tracer.Event) error {
 	case tracer.EventReset:
 		b = append(b, "RST sent"...)
 	case tracer.EventKeepalive:
+		if finWait2Timer(e) {
+			b = append(b, "fin_wait2 timer armed"...)
+			break
+		}
 		b = append(b, "keepalive "...)
 		b = append(b, e.Keepalive.Event.String()...)
 		if k := &e.Keepalive; k.Event == tracer.KeepaliveProbe {
@@ -239,10 +243,19 @@ func (t *Text) note(b []byte, e *tracer.Event) []byte {
 	return b
 }
 
+// finWait2Timer: the keepalive timer armed in FIN_WAIT2 is the FIN_WAIT2
+// timer (tcp_fin_timeout), whatever SO_KEEPALIVE says.
+func finWait2Timer(e *tracer.Event) bool {
+	return e.Keepalive.Event == tracer.KeepaliveArmed && e.New == tracer.FinWait2
+}
+
 // appendKeepaliveNote appends when an armed timer fires and the effective
 // settings with their source: "in 1.00s; idle 1.00s sysctl, intvl 1.00s socket, count 3 socket".
 func appendKeepaliveNote(b []byte, e *tracer.Event) []byte {
 	k := &e.Keepalive
+	if finWait2Timer(e) {
+		return AppendDuration(append(b, "in "...), e.ExpiresIn)
+	}
 	if k.Event == tracer.KeepaliveTimeout {
 		b = append(b, "RST, "...)
 		b = append(b, ErrnoName(e.SkErr)...)

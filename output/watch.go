@@ -7,6 +7,7 @@ import (
 	"cmp"
 	"fmt"
 	"io"
+	"net/netip"
 	"slices"
 	"strconv"
 	"time"
@@ -95,6 +96,7 @@ type Group struct {
 	Owner  tracer.Owner // process groups
 	Closed bool         // Owner closed these timewait sockets (Socket.Closed)
 	Remote string       // remote groups: address:port, or address:* for the clients of a local service
+	NetNS  uint32       // remote groups: the namespace the remote is seen from
 }
 
 // Groups summarises rows per state and process, and per state and remote.
@@ -107,6 +109,7 @@ func Groups(rows []Socket) (byProcess, byRemote []Group) {
 	}
 	type rk struct {
 		state  tracer.State
+		netns  uint32
 		remote string
 	}
 	procs, remotes := map[pk]*Group{}, map[rk]*Group{}
@@ -122,12 +125,13 @@ func Groups(rows []Socket) (byProcess, byRemote []Group) {
 			// The peer is a client of a local service (its port listens,
 			// or lacking a listener, the peer's port is ephemeral and ours
 			// is not): group the clients by address.
-			remote = r.Remote.Addr().String() + ":*"
+			remote = netip.AddrPortFrom(r.Remote.Addr(), 0).String()
+			remote = remote[:len(remote)-1] + "*" // 10.0.0.7:*, [::1]:*
 		}
-		q := remotes[rk{r.State, remote}]
+		q := remotes[rk{r.State, r.NetNS, remote}]
 		if q == nil {
-			q = &Group{State: r.State, Remote: remote}
-			remotes[rk{r.State, remote}] = q
+			q = &Group{State: r.State, NetNS: r.NetNS, Remote: remote}
+			remotes[rk{r.State, r.NetNS, remote}] = q
 		}
 		for _, g := range []*Group{p, q} {
 			g.Count++
@@ -259,7 +263,14 @@ func (w *Watch) Render(now uint64, rows []Socket, lost uint64) error {
 		b = endLine(b)
 	}
 	b = append(b, "\nBY REMOTE\n"...)
-	b = append(b, header([]column{{"STATE", 12}, {"COUNT", -7}, {"OLDEST", -7}, {"REMOTE", 0}})...)
+	cols = []column{{"STATE", 12}, {"COUNT", -7}, {"OLDEST", -7}}
+	if nsWidth > 0 {
+		for _, g := range byRemote {
+			nsWidth = max(nsWidth, len(w.netnsName(name[:0], g.NetNS)))
+		}
+		cols = append(cols, column{"NETNS", nsWidth})
+	}
+	b = append(b, header(append(cols, column{"REMOTE", 0}))...)
 	for _, g := range byRemote {
 		b = padRight(b, []byte(g.State.String()), 12)
 		b = append(b, ' ')
@@ -267,6 +278,10 @@ func (w *Watch) Render(now uint64, rows []Socket, lost uint64) error {
 		b = append(b, ' ')
 		b = padLeft(b, AppendDuration(num[:0], g.Oldest), 7)
 		b = append(b, ' ')
+		if nsWidth > 0 {
+			b = padRight(b, w.netnsName(name[:0], g.NetNS), nsWidth)
+			b = append(b, ' ')
+		}
 		b = append(b, g.Remote...)
 		b = append(b, '\n')
 	}
@@ -341,6 +356,8 @@ func (w *Watch) renderJSON(now uint64, rows []Socket) error {
 			b = append(b, `,"oldest_age_ns":`...)
 			b = strconv.AppendInt(b, int64(g.Oldest), 10)
 			if set.by == "remote" {
+				b = append(b, `,"netns":`...)
+				b = strconv.AppendUint(b, uint64(g.NetNS), 10)
 				b = append(b, `,"remote":`...)
 				b = appendJSONString(b, []byte(g.Remote))
 			} else if g.Owner.Known() {

@@ -228,3 +228,34 @@ func BenchmarkHookCost(b *testing.B) {
 		b.ReportMetric(float64(d.Runs)/float64(b.N), name+"-runs/conn")
 	}
 }
+
+// A keepalive kill of a socket older than the tracer: the kernel side never
+// saw its owner, the walk found it in /proc. The timeout event, which follows
+// the CLOSE, still names it, so that --pid and --comm keep it.
+func TestKeepaliveKillOfOlderSocketNamed(t *testing.T) {
+	ns := newNetNS(t)
+	// Idle long enough for the tracer to attach first, even emulated.
+	const idle = 8 * time.Second
+	c, _, srv := keepaliveClient(t, ns, net.KeepAliveConfig{Enable: true, Idle: idle, Interval: time.Second, Count: 1})
+	connected := time.Now()
+	r := startTracer(t, tracer.Config{Filter: tracer.Filter{NetNS: ns.Inode}}, nil)
+	if time.Since(connected) > idle-2*time.Second {
+		t.Skipf("the tracer took %v to start: past the first probe", time.Since(connected))
+	}
+	ns.LoopbackDown(t)
+	local := netip.MustParseAddrPort(c.LocalAddr().String())
+	isClient := func(e *tracer.Event) bool { return e.Local == local && e.Remote == srv }
+	var kill tracer.Event
+	for deadline := connected.Add(idle + 5*time.Second); ; time.Sleep(50 * time.Millisecond) {
+		if k := keepalives(r.col.socketAll(isClient), tracer.KeepaliveTimeout); len(k) > 0 {
+			kill = k[0]
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("no keepalive kill: %v", transitions(r.col.socketAll(isClient)))
+		}
+	}
+	if !kill.Owner.Known() || kill.Owner.PID != uint32(os.Getpid()) || kill.Owner.From != tracer.OwnerProc {
+		t.Errorf("kill owned by %d (%v), want %d from the walk", kill.Owner.PID, kill.Owner.From, os.Getpid())
+	}
+}

@@ -138,6 +138,13 @@ type Timeline struct {
 	listeners map[listenKey]*Conn
 	lingering map[uint64]*Conn // in CLOSE_WAIT or FIN_WAIT2 and not yet reported
 
+	// ended: the owners of connections that ended last, for what the kernel
+	// reports after a CLOSE (a keepalive kill's timeout event follows the
+	// CLOSE it caused). A ring of endedOwners, by cookie.
+	ended     map[uint64]tracer.Owner
+	endedRing []uint64
+	endedNext int
+
 	held     []tracer.Event // waiting for a later piece (holdFor), from heldHead on
 	heldHead int
 	latest   uint64 // newest event time seen
@@ -159,7 +166,24 @@ func New(next tracer.Sink, opts Options) *Timeline {
 		opts: opts, next: next,
 		conns:     map[uint64]*Conn{},
 		listeners: map[listenKey]*Conn{}, lingering: map[uint64]*Conn{},
+		ended: map[uint64]tracer.Owner{}, endedRing: make([]uint64, endedOwners),
 	}
+}
+
+// endedOwners bounds how many ended connections keep their owner.
+const endedOwners = 1024
+
+// noteEnded keeps the owner of a connection that just ended.
+func (t *Timeline) noteEnded(c *Conn) {
+	if !c.Owner.Known() {
+		return
+	}
+	if old := t.endedRing[t.endedNext]; old != 0 {
+		delete(t.ended, old)
+	}
+	t.endedRing[t.endedNext] = c.Cookie
+	t.endedNext = (t.endedNext + 1) % endedOwners
+	t.ended[c.Cookie] = c.Owner
 }
 
 // Stats reports the table's counters.
@@ -412,6 +436,14 @@ func (t *Timeline) process(e *tracer.Event) error {
 	if e.Cookie == 0 {
 		return t.next.Event(e)
 	}
+	if _, ok := t.conns[e.Cookie]; !ok && e.Type != tracer.EventState {
+		// After its end (a keepalive kill's timeout follows its CLOSE):
+		// named from the ended, and no new connection made of it.
+		if o, ok := t.ended[e.Cookie]; ok && !e.Owner.Known() {
+			e.Owner = o
+		}
+		return t.next.Event(e)
+	}
 	c := t.conn(e.Cookie)
 	if c.Family == tracer.FamilyAny || e.Local.Port() != 0 {
 		c.NetNS, c.Family, c.Local, c.Remote = e.NetNS, e.Family, e.Local, e.Remote
@@ -438,6 +470,7 @@ func (t *Timeline) process(e *tracer.Event) error {
 	}
 	if e.New == tracer.Close && !(e.Timewait && e.Old == e.New) {
 		t.stats.Finished++
+		t.noteEnded(c)
 		t.remove(c)
 		var err error
 		if t.opts.OnFinish != nil {

@@ -332,3 +332,27 @@ func TestSeededAgeBounds(t *testing.T) {
 		t.Errorf("in LAST_ACK seen begin: age %v, max %v; want 100ms exact", c.Age(1200*ms), max)
 	}
 }
+
+// A keepalive kill of a socket older than the tracer: the kernel knows no
+// owner, the walk did. The timeout event, which follows the CLOSE it caused,
+// is named from the ended connection, and makes no new one.
+func TestKeepaliveTimeoutAfterCloseNamed(t *testing.T) {
+	s := &sink{}
+	tl := New(s, Options{})
+	tl.Seed([]tracer.Socket{{Cookie: 5, Endpoints: tracer.Endpoints{Family: tracer.IPv4, Local: local, Remote: remote},
+		State: tracer.Established, Owner: tracer.Owner{Task: owner, From: tracer.OwnerProc}, Scanned: 1 * ms}})
+	cl := ev(10*ms, 5, tracer.Established, tracer.Close)
+	cl.Owner, cl.Reason = tracer.Owner{}, tracer.ReasonTimeout
+	ka := tracer.Event{Type: tracer.EventKeepalive, Time: 10*ms + 1000, Cookie: 5, Endpoints: cl.Endpoints, Old: tracer.Established, New: tracer.Established,
+		Keepalive: tracer.Keepalive{Event: tracer.KeepaliveTimeout}}
+	feed(t, tl, cl, ka)
+	if err := tl.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	if len(s.events) != 2 || s.events[1].Type != tracer.EventKeepalive || s.events[1].Owner.PID != owner.PID {
+		t.Fatalf("events %+v, want the CLOSE then the timeout named %d", s.events, owner.PID)
+	}
+	if n := tl.Stats().Conns; n != 0 {
+		t.Errorf("%d connections in the table after the end, want 0", n)
+	}
+}
