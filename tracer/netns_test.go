@@ -142,7 +142,9 @@ func TestOrphanedFinWait2LastsFinTimeout(t *testing.T) {
 			break
 		}
 		if time.Now().After(deadline) {
-			t.Fatalf("no end of FIN_WAIT2: %v", transitions(evs))
+			st, _ := r.tr.Stats()
+			t.Fatalf("no end of FIN_WAIT2: %v (all events: %v; %v, %d timewait untracked)",
+				transitions(evs), transitions(r.col.socketAll(isClient)), st, st.TimewaitUntracked)
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
