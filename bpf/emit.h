@@ -1,0 +1,218 @@
+/* SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause) */
+/*
+ * Events: endpoints read from a socket, the in-kernel filters, and sending to user space.
+ * Part of tcpstate.bpf.c (one object): included there, in order.
+ */
+#ifndef __TCPSTATE_EMIT_H
+#define __TCPSTATE_EMIT_H
+
+static __always_inline void stat_inc(__u32 idx)
+{
+	__u64 *v = bpf_map_lookup_elem(&stats, &idx);
+
+	if (v)
+		*v += 1;
+}
+
+static __always_inline bool is_v4mapped(const __u8 *a)
+{
+	const __u32 *w = (const __u32 *)a;
+
+	return w[0] == 0 && w[1] == 0 && w[2] == bpf_htonl(0x0000ffff);
+}
+
+static __always_inline bool is_any6(const __u8 *a)
+{
+	const __u32 *w = (const __u32 *)a;
+
+	return (w[0] | w[1] | w[2] | w[3]) == 0;
+}
+
+/*
+ * Family, addresses and ports of a full or timewait socket (both start with a
+ * sock_common); v4-mapped IPv6 is reported as IPv4. Fields are 16 bytes so
+ * that struct event and struct iter_rec share this. READ is a direct load for
+ * a trusted BTF pointer (the state tracepoint's sk: a plain load) or
+ * BPF_CORE_READ for one computed from a timer (a probe read).
+ */
+#define DIRECT_READ(p, field) ((p)->field)
+#define READ_ENDPOINTS(skc, family, sport, dport, saddr, daddr, READ)				\
+	do {											\
+		*(family) = READ(skc, skc_family);						\
+		*(sport) = READ(skc, skc_num);							\
+		*(dport) = bpf_ntohs(READ(skc, skc_dport));					\
+		__builtin_memset(saddr, 0, 16);							\
+		__builtin_memset(daddr, 0, 16);							\
+		if (*(family) == AF_INET) {							\
+			*(__u32 *)(saddr) = READ(skc, skc_rcv_saddr);				\
+			*(__u32 *)(daddr) = READ(skc, skc_daddr);				\
+		} else {									\
+			__builtin_memcpy(saddr, &READ(skc, skc_v6_rcv_saddr), 16);		\
+			__builtin_memcpy(daddr, &READ(skc, skc_v6_daddr), 16);			\
+			unmap_v4(family, saddr, daddr);						\
+		}										\
+	} while (0)
+
+static __always_inline void unmap_v4(__u16 *family, __u8 *saddr, __u8 *daddr)
+{
+	if (is_v4mapped(daddr) && (is_v4mapped(saddr) || is_any6(saddr))) {
+		__u32 s = is_v4mapped(saddr) ? ((__u32 *)saddr)[3] : 0;
+		__u32 d = ((__u32 *)daddr)[3];
+
+		__builtin_memset(saddr, 0, 16);
+		__builtin_memset(daddr, 0, 16);
+		*(__u32 *)saddr = s;
+		*(__u32 *)daddr = d;
+		*family = AF_INET;
+	}
+}
+
+/* For sockets reached through a timer: probe reads. */
+static __always_inline void read_endpoints(const struct sock_common *skc, __u16 *family,
+					   __u16 *sport, __u16 *dport, __u8 *saddr, __u8 *daddr)
+{
+	*family = BPF_CORE_READ(skc, skc_family);
+	*sport = BPF_CORE_READ(skc, skc_num);
+	*dport = bpf_ntohs(BPF_CORE_READ(skc, skc_dport));
+	__builtin_memset(saddr, 0, 16);
+	__builtin_memset(daddr, 0, 16);
+	if (*family == AF_INET) {
+		*(__u32 *)saddr = BPF_CORE_READ(skc, skc_rcv_saddr);
+		*(__u32 *)daddr = BPF_CORE_READ(skc, skc_daddr);
+		return;
+	}
+	BPF_CORE_READ_INTO((struct in6_addr *)saddr, skc, skc_v6_rcv_saddr);
+	BPF_CORE_READ_INTO((struct in6_addr *)daddr, skc, skc_v6_daddr);
+	unmap_v4(family, saddr, daddr);
+}
+
+static __always_inline __u32 netns_of(const struct sock_common *skc)
+{
+	return BPF_CORE_READ(skc, skc_net.net, ns.inum);
+}
+
+static __always_inline bool addr_listed(__u16 family, const __u8 *addr)
+{
+	struct addr_key key = {};
+
+	key.prefixlen = 128;
+	if (family == AF_INET) {
+		((__u32 *)key.addr)[2] = bpf_htonl(0x0000ffff);
+		((__u32 *)key.addr)[3] = *(const __u32 *)addr;
+	} else {
+		__builtin_memcpy(key.addr, addr, 16);
+	}
+	return bpf_map_lookup_elem(&filter_addr_map, &key) != NULL;
+}
+
+static __always_inline bool port_listed(__u16 port, __u8 bit)
+{
+	__u8 *v = bpf_map_lookup_elem(&filter_port_map, &port);
+
+	return v && (*v & bit);
+}
+
+static __always_inline bool comm_matches(const char *comm)
+{
+	for (int i = 0; i < TASK_COMM_LEN; i++) {
+		if (comm[i] != filter_comm[i])
+			return false;
+		if (!comm[i])
+			break;
+	}
+	return true;
+}
+
+/* The endpoint filters: those that hold for a connection's whole life. */
+static __always_inline bool endpoints_wanted(__u16 family, __u32 netns, __u16 sport, __u16 dport,
+					     const __u8 *saddr, const __u8 *daddr)
+{
+	if (filter_family && family != filter_family)
+		return false;
+	if (filter_netns && netns != filter_netns)
+		return false;
+	if (filter_ports & PORT_EITHER &&
+	    !port_listed(sport, PORT_EITHER) && !port_listed(dport, PORT_EITHER))
+		return false;
+	if (filter_ports & PORT_LOCAL && !port_listed(sport, PORT_LOCAL))
+		return false;
+	if (filter_ports & PORT_REMOTE && !port_listed(dport, PORT_REMOTE))
+		return false;
+	if (filter_addrs && !addr_listed(family, saddr) && !addr_listed(family, daddr))
+		return false;
+	return true;
+}
+
+/*
+ * The filters of tracer.Filter that can run here; user space applies them all
+ * again. An event whose owner is unknown passes the owner filters: user space
+ * may still learn the owner (start-up walk, timewait join) and decide.
+ */
+static __always_inline bool wanted(const struct event *e)
+{
+	if (!endpoints_wanted(e->family, e->netns, e->sport, e->dport, e->saddr, e->daddr))
+		return false;
+	if (filter_states &&
+	    !(filter_states & ((1U << e->old_state) | (1U << e->new_state))))
+		return false;
+	if (!(e->flags & EVF_OWNER))
+		return true;
+	if (filter_pids && !bpf_map_lookup_elem(&filter_pid_map, &e->pid))
+		return false;
+	if (filter_comm[0] && !comm_matches(e->comm))
+		return false;
+	return true;
+}
+
+/* Starts an event with the fields every type shares. */
+static __always_inline void event_init(struct event *e, __u8 type, __u64 now, __u64 cookie)
+{
+	__builtin_memset(e, 0, sizeof(*e));
+	e->type = type;
+	e->ts_ns = now;
+	e->cookie = cookie;
+	e->cpu_pid = bpf_get_current_pid_tgid() >> 32;
+	bpf_get_current_comm(e->cpu_comm, sizeof(e->cpu_comm));
+}
+
+/*
+ * Sends e to user space if the filters want it, counting it either way. The
+ * event is built on the stack and copied (no ring buffer reservation to hold
+ * and release on every path, which older verifiers cannot always follow, and
+ * none at all for filtered events).
+ */
+static __always_inline void emit_wake(struct event *e, bool wake)
+{
+	__u64 flags = 0;
+
+	stat_inc(STAT_SEEN);
+	if (!wanted(e)) {
+		stat_inc(STAT_FILTERED);
+		return;
+	}
+	if (wake)
+		flags = BPF_RB_FORCE_WAKEUP;
+	else if (wakeup_bytes)
+		flags = bpf_ringbuf_query(&events, BPF_RB_AVAIL_DATA) >= wakeup_bytes ? BPF_RB_FORCE_WAKEUP : BPF_RB_NO_WAKEUP;
+	if (bpf_ringbuf_output(&events, e, sizeof(*e), flags))
+		stat_inc(STAT_LOST);
+}
+
+/* Sends e, waking the reader once enough is waiting (it also reads every 100 ms). */
+static __always_inline void emit(struct event *e)
+{
+	emit_wake(e, false);
+}
+
+static __always_inline void event_owner(struct event *e, __u8 src, __u32 pid, __u32 tid, const char *comm)
+{
+	if (src == OWNER_NONE)
+		return;
+	e->flags |= EVF_OWNER;
+	e->owner_src = src;
+	e->pid = pid;
+	e->tid = tid;
+	__builtin_memcpy(e->comm, comm, TASK_COMM_LEN);
+}
+
+#endif

@@ -1,0 +1,142 @@
+/* SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause) */
+/*
+ * Iterators run by user space: the start-up walk of a namespace's TCP sockets, and the walk of
+ * timewait sockets still in FIN_WAIT2.
+ * Part of tcpstate.bpf.c (one object): included there, in order.
+ */
+#ifndef __TCPSTATE_ITER_H
+#define __TCPSTATE_ITER_H
+
+/*
+ * Start-up walk of the TCP sockets of one network namespace (the one of the
+ * task that opens the iterator): full, timewait and request sockets. Seeds
+ * the socket and timewait storage so that the first event of a socket older
+ * than the tracer carries a lower bound of its state's duration, and writes one
+ * iter_rec per socket for user space, then a trailer.
+ */
+SEC("iter/tcp")
+int iter_tcp(struct bpf_iter__tcp *ctx)
+{
+	struct sock_common *skc = ctx->sk_common;
+	struct seq_file *seq = ctx->meta->seq;
+	struct iter_rec r = {};
+
+	r.jiffies = bpf_jiffies64();
+	r.ts_ns = bpf_ktime_get_boot_ns();
+	if (!skc) {
+		r.end = 1;
+		bpf_seq_write(seq, &r, sizeof(r));
+		return 0;
+	}
+	r.state = skc->skc_state;
+	r.netns = netns_of(skc);
+	read_endpoints(skc, &r.family, &r.sport, &r.dport, r.saddr, r.daddr);
+	if (have_cookie)
+		r.cookie = bpf_get_socket_cookie(skc);
+	else
+		r.cookie = skc->skc_cookie.counter;
+
+	if (r.state == TCP_TIME_WAIT) {
+		/* Every TIME_WAIT socket in TCP's tables is a timewait socket,
+		 * read here through its address. Not through
+		 * bpf_skc_to_tcp_timewait_sock(): that helper knows only
+		 * tcp_prot and tcpv6_prot, and the timewait sockets of
+		 * connections accepted by an MPTCP listener (Go's listeners
+		 * since Go 1.24, even when the client falls back to plain TCP)
+		 * carry MPTCP's copies of them: it would skip those. */
+		struct inet_timewait_sock *tw = (void *)skc;
+		struct tw_info fresh = {};
+		__u64 key;
+
+		key = tw_key(r.cookie, tw);
+		r.cookie = key;
+		r.timewait = 1;
+		r.state = BPF_CORE_READ(tw, tw_substate);
+		r.timer_expires = BPF_CORE_READ(tw, tw_timer.expires);
+		fresh.cookie = key;
+		fresh.state = r.state;
+		fresh.state_ts = r.ts_ns;
+		fresh.expires = r.timer_expires;
+		fresh.flags = INFO_SINCE_START;
+		bpf_map_update_elem(&tw_infos, &key, &fresh, BPF_NOEXIST);
+		if (r.state == TCP_FIN_WAIT2) {
+			__u64 addr = (__u64)tw;
+
+			bpf_map_update_elem(&tw_fin_wait2, &key, &addr, BPF_NOEXIST);
+		}
+	} else if (r.state != TCP_NEW_SYN_RECV) {
+		struct tcp_sock *tp = bpf_skc_to_tcp_sock(skc);
+		struct sk_info *info;
+
+		if (!tp)
+			return 0;
+		r.rcv_tstamp = tp->rcv_tstamp;
+		r.lsndtime = tp->lsndtime;
+		r.lrcvtime = tp->inet_conn.icsk_ack.lrcvtime;
+		r.probes_out = tp->inet_conn.icsk_probes_out;
+		r.user_timeout = tp->inet_conn.icsk_user_timeout;
+		r.ka_time = tp->keepalive_time;
+		r.ka_intvl = tp->keepalive_intvl;
+		r.ka_probes = tp->keepalive_probes;
+		if (tp->inet_conn.icsk_inet.sk.__sk_common.skc_flags & (1UL << SOCK_KEEPOPEN))
+			r.ka_src |= KA_ON;
+		if (ka_timer_fn && tp->inet_conn.icsk_inet.sk.sk_timer.entry.pprev &&
+		    (__u64)tp->inet_conn.icsk_inet.sk.sk_timer.function == ka_timer_fn) {
+			r.ka_src |= KA_PENDING;
+			r.ka_expires = tp->inet_conn.icsk_inet.sk.sk_timer.expires;
+		}
+		r.uid = tp->inet_conn.icsk_inet.sk.sk_uid.val;
+		r.ino = BPF_CORE_READ(tp, inet_conn.icsk_inet.sk.sk_socket, file, f_inode, i_ino);
+		info = sk_info_get((struct sock *)tp, true);
+		if (info && !r.cookie && info->cookie && info->state == r.state) {
+			/* Followed already, under the tracer's own id (no cookie). */
+			r.cookie = info->cookie;
+		} else if (info && (info->cookie != r.cookie || !r.cookie)) {
+			if (!r.cookie)
+				r.cookie = new_id();
+			info->cookie = r.cookie;
+			info->state = r.state;
+			info->state_ts = r.ts_ns;
+			info->flags = INFO_SINCE_START;
+			info->owner_src = OWNER_NONE;
+		}
+	}
+	bpf_seq_write(seq, &r, sizeof(r));
+	return 0;
+}
+
+/*
+ * Walks tw_fin_wait2 (user space runs it every 100 ms): a timewait socket that
+ * turned TIME_WAIT in place is reported now, dated from its rewritten expiry
+ * (TIME_WAIT began TCP_TIMEWAIT_LEN before it: exact to the jiffy). The
+ * socket is read through its address: an entry whose socket is gone (its key
+ * no longer matches, or it is no longer a timewait socket) is dropped.
+ */
+SEC("iter/bpf_map_elem")
+int iter_fin_wait2(struct bpf_iter__bpf_map_elem *ctx)
+{
+	struct inet_timewait_sock *tw;
+	struct tw_info *info;
+	struct event e;
+	__u64 *key = ctx->key, *addr = ctx->value;
+	__u64 k, cookie;
+
+	if (!key || !addr)
+		return 0;
+	k = *key;
+	tw = (struct inet_timewait_sock *)*addr;
+	info = bpf_map_lookup_elem(&tw_infos, &k);
+	cookie = BPF_CORE_READ(tw, __tw_common.skc_cookie.counter);
+	if (!info || tw_key(cookie, tw) != k || BPF_CORE_READ(tw, __tw_common.skc_state) != TCP_TIME_WAIT) {
+		bpf_map_delete_elem(&tw_fin_wait2, &k);
+		return 0;
+	}
+	if (BPF_CORE_READ(tw, tw_substate) != TCP_TIME_WAIT || info->state != TCP_FIN_WAIT2)
+		return 0;
+	/* Woken at once: the walk is the reader's own, and late already. */
+	tw_sync(&e, info, tw, (void *)tw + bpf_core_field_offset(struct inet_timewait_sock, tw_timer),
+		bpf_ktime_get_boot_ns(), k, true);
+	return 0;
+}
+
+#endif

@@ -1,0 +1,180 @@
+/* SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause) */
+/*
+ * The keepalive timer (sk->sk_timer running tcp_keepalive_timer): armed, fired, probes, kills.
+ * Part of tcpstate.bpf.c (one object): included there, in order.
+ */
+#ifndef __TCPSTATE_KEEPALIVE_H
+#define __TCPSTATE_KEEPALIVE_H
+
+/*
+ * A CLOSE inside this socket's keepalive timer (a keepalive kill): note the
+ * owner for the timeout event that follows at the timer's exit, which reaches
+ * the socket only through its timer and cannot read its storage.
+ */
+static __always_inline void ka_note_owner(const struct sock *sk, const struct sk_info *info)
+{
+	__u32 zero = 0;
+	struct ka_fire *f = bpf_map_lookup_elem(&ka_fires, &zero);
+
+	if (!f || !f->timer || f->timer != (__u64)&sk->sk_timer)
+		return;
+	f->owner_src = info->owner_src;
+	f->pid = info->pid;
+	f->tid = info->tid;
+	__builtin_memcpy(f->comm, info->comm, TASK_COMM_LEN);
+}
+
+#define SOCK_KEEPOPEN	3
+
+/* The socket behind a timer that runs tcp_keepalive_timer (sk->sk_timer). */
+static __always_inline struct sock *ka_sock_of(struct timer_list *t)
+{
+	return (void *)t - bpf_core_field_offset(struct sock, sk_timer);
+}
+
+/*
+ * The id of a socket reached through its keepalive timer (not a BTF pointer):
+ * its cookie, which its first state change made (Linux 5.12+); before, the
+ * tracer's own id of it, else its address.
+ */
+static __always_inline __u64 ka_cookie(struct sock *sk)
+{
+	__u64 cookie = BPF_CORE_READ(sk, __sk_common.skc_cookie.counter);
+	__u64 key = (__u64)sk;
+	struct sk_info *info;
+
+	if (cookie)
+		return cookie;
+	if (!have_sk_storage) {
+		info = bpf_map_lookup_elem(&sk_info_map, &key);
+		if (info && info->cookie)
+			return info->cookie;
+	}
+	return key;
+}
+
+/*
+ * One keepalive setting as the kernel's keepalive_*_when() pick it: the
+ * socket's own value (tp->FIELD, 0 when unset; flag marks it in ka_src), else
+ * its namespace's sysctl net.ipv4.tcp_FIELD. Needs tp, net and e in scope.
+ */
+#define KA_SETTING(var, field, flag)						\
+	do {									\
+		var = BPF_CORE_READ(tp, field);					\
+		if (var)							\
+			e->ka_src |= (flag);					\
+		else								\
+			var = BPF_CORE_READ(net, ipv4.sysctl_tcp_##field);	\
+	} while (0)
+
+/*
+ * Fills e with the socket's endpoints and its effective keepalive settings:
+ * the socket's own (TCP_KEEPIDLE/KEEPINTVL/KEEPCNT, 0 when unset) else its
+ * namespace's sysctls, as the kernel's keepalive_*_when() pick them.
+ */
+static __always_inline void ka_event(struct event *e, struct sock *sk, struct timer_list *t, __u8 kind,
+				     __u64 now, __u64 cookie)
+{
+	struct tcp_sock *tp = (struct tcp_sock *)sk;
+	struct net *net = BPF_CORE_READ(sk, __sk_common.skc_net.net);
+	__u32 v;
+	__u8 c;
+
+	event_init(e, EVENT_KEEPALIVE, now, cookie);
+	e->ka_event = kind;
+	e->old_state = BPF_CORE_READ(sk, __sk_common.skc_state);
+	e->new_state = e->old_state;
+	e->netns = BPF_CORE_READ(net, ns.inum);
+	read_endpoints(&sk->__sk_common, &e->family, &e->sport, &e->dport, e->saddr, e->daddr);
+	/* A keepalive kill has closed the socket: its port is released
+	 * (inet_num zeroed), inet_sport keeps it. */
+	if (!e->sport)
+		e->sport = bpf_ntohs(BPF_CORE_READ((struct inet_sock *)sk, inet_sport));
+	e->timer_expires = BPF_CORE_READ(t, expires);
+	e->jiffies = bpf_jiffies64();
+	e->ka_probe = BPF_CORE_READ((struct inet_connection_sock *)sk, icsk_probes_out);
+	e->ka_user_timeout = BPF_CORE_READ((struct inet_connection_sock *)sk, icsk_user_timeout);
+	if (BPF_CORE_READ(sk, __sk_common.skc_flags) & (1UL << SOCK_KEEPOPEN))
+		e->ka_src |= KA_ON;
+	KA_SETTING(v, keepalive_time, KA_IDLE_SOCKET);
+	e->ka_idle = v;
+	KA_SETTING(v, keepalive_intvl, KA_INTVL_SOCKET);
+	e->ka_intvl = v;
+	KA_SETTING(c, keepalive_probes, KA_COUNT_SOCKET);
+	e->ka_count = c;
+}
+
+static __always_inline void ka_emit(struct event *e, struct sock *sk, struct timer_list *t, __u8 kind,
+				    __u64 now, __u64 cookie)
+{
+	ka_event(e, sk, t, kind, now, cookie);
+	emit(e);
+}
+
+/* The keepalive timer armed: at connect/accept with SO_KEEPALIVE, by
+ * setsockopt, and after each fire for the rest of the idle time or a probe
+ * interval. */
+static __always_inline void ka_armed(struct event *e, struct timer_list *t)
+{
+	struct sock *sk = ka_sock_of(t);
+
+	ka_event(e, sk, t, KA_ARMED, bpf_ktime_get_boot_ns(), ka_cookie(sk));
+	/* setsockopt(SO_KEEPALIVE) arms the timer before it sets the flag;
+	 * outside FIN_WAIT2 the timer is only armed for keepalive. */
+	if (e->old_state != TCP_FIN_WAIT2)
+		e->ka_src |= KA_ON;
+	emit(e);
+}
+
+static __always_inline void ka_fire_entry(struct event *e, struct timer_list *t)
+{
+	struct sock *sk = ka_sock_of(t);
+	__u64 now = bpf_ktime_get_boot_ns(), cookie = ka_cookie(sk);
+	struct ka_fire *f;
+	__u32 zero = 0;
+	__u8 *last;
+
+	f = bpf_map_lookup_elem(&ka_fires, &zero);
+	if (!f)
+		return;
+	f->timer = (__u64)t;
+	f->owner_src = OWNER_NONE;
+	f->probes_out = BPF_CORE_READ((struct inet_connection_sock *)sk, icsk_probes_out);
+	f->state = BPF_CORE_READ(sk, __sk_common.skc_state);
+	/* Probes outstanding at the last fire and none now: an ACK came. */
+	last = bpf_map_lookup_elem(&ka_probes, &cookie);
+	if (last && *last && !f->probes_out)
+		ka_emit(e, sk, t, KA_ANSWERED, now, cookie);
+	ka_emit(e, sk, t, f->state == TCP_FIN_WAIT2 ? KA_FIN_WAIT2 : KA_FIRED, now, cookie);
+}
+
+static __always_inline void ka_fire_exit(struct event *e, struct timer_list *t)
+{
+	struct sock *sk = ka_sock_of(t);
+	__u64 now = bpf_ktime_get_boot_ns(), cookie = ka_cookie(sk);
+	__u8 probes, state;
+	struct ka_fire *f;
+	__u32 zero = 0;
+
+	f = bpf_map_lookup_elem(&ka_fires, &zero);
+	if (!f || f->timer != (__u64)t)
+		return;
+	f->timer = 0;
+	probes = BPF_CORE_READ((struct inet_connection_sock *)sk, icsk_probes_out);
+	state = BPF_CORE_READ(sk, __sk_common.skc_state);
+	if (state == TCP_CLOSE && f->state != TCP_CLOSE) {
+		ka_event(e, sk, t, KA_TIMEOUT, now, cookie);
+		event_owner(e, f->owner_src, f->pid, f->tid, f->comm);
+		e->sk_err = BPF_CORE_READ(sk, sk_err);
+		e->reason = REASON_TIMEOUT;
+		e->rst_reason = ka_rst_reason();
+		emit(e);
+		bpf_map_delete_elem(&ka_probes, &cookie);
+		return;
+	}
+	if (probes > f->probes_out)
+		ka_emit(e, sk, t, KA_PROBE, now, cookie);
+	bpf_map_update_elem(&ka_probes, &cookie, &probes, BPF_ANY);
+}
+
+#endif

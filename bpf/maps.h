@@ -1,0 +1,191 @@
+/* SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause) */
+/*
+ * The maps: the event stream, counters, per-socket and per-timewait-socket state, filters.
+ * Part of tcpstate.bpf.c (one object): included there, in order.
+ */
+#ifndef __TCPSTATE_MAPS_H
+#define __TCPSTATE_MAPS_H
+
+/*
+ * Event stream to user space. Sized by user space (--ringbuf-size). Entries are
+ * reserved by reserve_event() and consumed by tracer.(*Tracer).Run.
+ */
+struct {
+	__uint(type, BPF_MAP_TYPE_RINGBUF);
+	__uint(max_entries, 8 << 20);
+	__type(value, struct event);
+} events SEC(".maps");
+
+/*
+ * Counters (enum stat_index), per CPU so that the hot path never contends.
+ * Only ever incremented here; read and summed by user space.
+ */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, STAT_MAX);
+	__type(key, __u32);
+	__type(value, __u64);
+} stats SEC(".maps");
+
+/*
+ * Per-socket state. Created on a socket's first state change, read/write or
+ * reset seen by the tracer, or by the start-up walk; freed by the kernel with
+ * the socket. BPF_F_CLONE copies a listener's entry into each socket accepted
+ * from it, which is how an accepted socket learns its listener's owner before
+ * anyone calls accept().
+ */
+struct {
+	__uint(type, BPF_MAP_TYPE_SK_STORAGE);
+	__uint(map_flags, BPF_F_NO_PREALLOC | BPF_F_CLONE);
+	__type(key, int);
+	__type(value, struct sk_info);
+} sk_infos SEC(".maps");
+
+/*
+ * Per-socket state where tracing programs cannot use socket storage (before
+ * Linux 5.11): keyed by the socket's address, which the kernel reuses quickly,
+ * so an entry only counts for the socket it was written for (sk_info_get).
+ * Entries are added like socket storage and age out of the LRU (a closed
+ * socket's entry is kept for the RST that may follow its CLOSE). Sized by user
+ * space; one entry when socket storage is used.
+ */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 1);
+	__type(key, __u64);
+	__type(value, struct sk_info);
+} sk_info_map SEC(".maps");
+
+/*
+ * Per CPU: the timewait socket armed last, when it had no cookie to find it
+ * by. tcp_time_wait() arms its timer and closes the full socket right after,
+ * on the same CPU; the full socket's CLOSE then finds its timewait socket here.
+ */
+struct tw_last {
+	__u64 key;
+	__u16 sport;
+	__u16 dport;
+	__u32 netns;
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct tw_last);
+} tw_lasts SEC(".maps");
+
+/* Per CPU: the next connection id made here when the kernel has no cookie. */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, __u64);
+} next_ids SEC(".maps");
+
+/*
+ * Connections living in timewait sockets, keyed by cookie (or, for a socket
+ * whose cookie was never generated, by the timewait socket's address). Added
+ * when a timewait timer is first armed (or by the start-up walk), deleted when
+ * it fires or is cancelled for good. LRU: a host with more timewait sockets
+ * than entries loses the oldest, counted in STAT_TW_UNTRACKED when they end.
+ * Sized by user space.
+ */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 65536);
+	__type(key, __u64);
+	__type(value, struct tw_info);
+} tw_infos SEC(".maps");
+
+/*
+ * Timewait sockets still in FIN_WAIT2, keyed as in tw_infos, valued by the
+ * timewait socket's address. The peer's FIN turns one TIME_WAIT; when the new
+ * expiry stays in the same timer-wheel bucket the kernel only rewrites
+ * timer->expires, with no tracepoint. iter_fin_wait2 walks this map (user
+ * space runs it every 100 ms) to find those. Added when a timewait socket is
+ * followed in FIN_WAIT2 (first arm, start-up walk), deleted when it is seen in
+ * TIME_WAIT or ends, or found gone. LRU, sized as tw_infos.
+ */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 65536);
+	__type(key, __u64);
+	__type(value, __u64);
+} tw_fin_wait2 SEC(".maps");
+
+/*
+ * Keepalive state between timer fires, keyed by cookie: probes outstanding
+ * after the last fire, to tell when the peer answered. Written at each fire's
+ * end, deleted when the connection dies of it. LRU, sized by user space.
+ */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 65536);
+	__type(key, __u64);
+	__type(value, __u8);
+} ka_probes SEC(".maps");
+
+/*
+ * From a keepalive timer's entry to its exit on the same CPU (timer callbacks
+ * do not migrate): the socket, and its probes and state before the callback.
+ */
+struct ka_fire {
+	__u64 timer;
+	__u8 probes_out;
+	__u8 state;
+	__u8 owner_src;		/* the owner, noted by the CLOSE a keepalive kill makes */
+	__u8 _pad[5];
+	__u32 pid;
+	__u32 tid;
+	char comm[TASK_COMM_LEN];
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct ka_fire);
+} ka_fires SEC(".maps");
+
+/* Filter sets, written by user space before attaching, read-only here. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 256);
+	__type(key, __u16);	/* port, host order */
+	__type(value, __u8);	/* PORT_* bits this port is listed under */
+} filter_port_map SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__uint(max_entries, 256);
+	__type(key, struct addr_key);
+	__type(value, __u8);
+} filter_addr_map SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 256);
+	__type(key, __u32);	/* owner tgid */
+	__type(value, __u8);
+} filter_pid_map SEC(".maps");
+
+/*
+ * Per CPU: how deep handle_set_state is running here (more than once only
+ * where the kernel lets a tracing program interrupt itself, before its
+ * recursion guard), and whether a run nested in another one just ended.
+ */
+struct set_state_nest {
+	__u32 depth;
+	__u32 nested_ran;
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct set_state_nest);
+} set_state_nests SEC(".maps");
+
+#endif

@@ -1,0 +1,147 @@
+/* SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause) */
+/*
+ * State changes (inet_sock_set_state), and the second program that takes over those the kernel
+ * skipped for the first.
+ * Part of tcpstate.bpf.c (one object): included there, in order.
+ */
+#ifndef __TCPSTATE_STATE_H
+#define __TCPSTATE_STATE_H
+
+static __always_inline void set_state(const struct sock *sk, int oldstate, int newstate)
+{
+	const struct sock_common *skc = &sk->__sk_common;
+	struct sk_info *info;
+	struct event e;
+	__u64 now, cookie;
+	__u8 src;
+
+	if (sk->sk_protocol != IPPROTO_TCP)
+		return;
+	if (oldstate == newstate) {
+		/* Not a state change: close() after shutdown() sets FIN_WAIT1 again.
+		 * Note who closed, keep the time the state began. */
+		src = owner_call(oldstate, newstate);
+		info = sk_info_get(sk, false);
+		if (info && src != OWNER_NONE)
+			set_owner(info, src);
+		return;
+	}
+
+	now = bpf_ktime_get_boot_ns();
+	if (oldstate == TCP_LISTEN && newstate == TCP_SYN_RECV) {
+		child_born(sk, now);
+		return;
+	}
+	cookie = kernel_cookie(sk);
+	event_init(&e, EVENT_STATE, now, cookie);
+	e.old_state = oldstate;
+	e.new_state = newstate;
+	e.netns = skc->skc_net.net->ns.inum;
+	READ_ENDPOINTS(skc, &e.family, &e.sport, &e.dport, e.saddr, e.daddr, DIRECT_READ);
+	/* On the way to CLOSE the kernel releases the port (inet_put_port
+	 * zeroes inet_num) before the tracepoint fires; inet_sport keeps it. */
+	if (!e.sport)
+		e.sport = bpf_ntohs(BPF_CORE_READ((struct inet_sock *)sk, inet_sport));
+
+	/* The socket's state is updated even when the event is filtered or
+	 * lost, so that its next event still has its duration. */
+	info = sk_info_get(sk, true);
+	if (!info)
+		stat_inc(STAT_NOSTORAGE);
+	if (info && info->flags & INFO_BORN)
+		child_report(&e, info, cookie);
+	if (info) {
+		if (is_new(info, cookie, oldstate, newstate)) {
+			/* A cookie that is set but not ours means the entry was
+			 * cloned from the listener at accept time. */
+			if (have_sk_storage && info->cookie && oldstate == TCP_LISTEN && info->owner_src != OWNER_NONE)
+				info->owner_src = OWNER_LISTENER;
+			else
+				info->owner_src = OWNER_NONE;
+			info->cookie = cookie ? cookie : new_id();
+			info->state_ts = 0;
+			info->flags = 0;
+		} else if (info->state_ts && info->state == oldstate) {
+			e.duration_ns = now - info->state_ts;
+			e.flags |= EVF_DURATION;
+			if (info->flags & INFO_SINCE_START)
+				e.flags |= EVF_DURATION_MIN;
+		}
+		cookie = info->cookie;
+		e.cookie = cookie;
+		src = owner_call(oldstate, newstate);
+		if (src != OWNER_NONE)
+			set_owner(info, src);
+	}
+
+	if (newstate == TCP_CLOSE && handover(&e, now, cookie, oldstate, info))
+		return;
+	if (newstate == TCP_CLOSE && !(e.flags & EVF_TIMEWAIT)) {
+		e.sk_err = sk->sk_err;
+		e.reason = close_reason(oldstate, e.sk_err, info);
+		if (e.reason == REASON_RST_SENT && info)
+			e.rst_reason = info->rst_reason;
+	}
+	if (info) {
+		info->state = newstate;
+		info->state_ts = now;
+		info->flags &= ~INFO_SINCE_START;
+		event_owner(&e, info->owner_src, info->pid, info->tid, info->comm);
+		if (newstate == TCP_CLOSE)
+			ka_note_owner(sk, info);
+	}
+	emit(&e);
+}
+
+/*
+ * Every TCP state change. A softirq's change that interrupts this program on
+ * its CPU (a packet arriving while a system call's change is traced) is
+ * skipped by the kernel's recursion guard (Linux 6.x; counted in the
+ * program's recursion misses): catch_set_state, attached after this one,
+ * takes it over.
+ */
+SEC("tp_btf/inet_sock_set_state")
+int BPF_PROG(handle_set_state, const struct sock *sk, int oldstate, int newstate)
+{
+	struct set_state_nest *nest;
+	__u32 zero = 0;
+
+	nest = bpf_map_lookup_elem(&set_state_nests, &zero);
+	if (nest)
+		nest->depth++;
+	set_state(sk, oldstate, newstate);
+	if (nest && nest->depth) {
+		nest->depth--;
+		/* Ran inside another run (no recursion guard): this change
+		 * is done, catch_set_state must leave it. */
+		if (nest->depth)
+			nest->nested_ran = 1;
+	}
+	return 0;
+}
+
+/*
+ * Runs after handle_set_state on every state change; works only when the
+ * change interrupted a run of handle_set_state on this CPU and the kernel
+ * skipped handle_set_state for it. Where the kernel has no recursion guard,
+ * handle_set_state ran nested and said so: nothing to do.
+ */
+SEC("tp_btf/inet_sock_set_state")
+int BPF_PROG(catch_set_state, const struct sock *sk, int oldstate, int newstate)
+{
+	struct set_state_nest *nest;
+	__u32 zero = 0;
+
+	nest = bpf_map_lookup_elem(&set_state_nests, &zero);
+	if (!nest || !nest->depth)
+		return 0;
+	if (nest->nested_ran) {
+		nest->nested_ran = 0;
+		return 0;
+	}
+	stat_inc(STAT_CAUGHT);
+	set_state(sk, oldstate, newstate);
+	return 0;
+}
+
+#endif

@@ -1,0 +1,213 @@
+/* SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause) */
+/*
+ * Timewait sockets: the connection after close() in FIN_WAIT2 and TIME_WAIT, followed through
+ * the timewait timer.
+ * Part of tcpstate.bpf.c (one object): included there, in order.
+ */
+#ifndef __TCPSTATE_TIMEWAIT_H
+#define __TCPSTATE_TIMEWAIT_H
+
+static __always_inline __u64 tw_key(__u64 cookie, const void *tw)
+{
+	return cookie ? cookie : (__u64)tw;
+}
+
+/*
+ * The timewait socket that took over the connection of a full socket now
+ * reaching CLOSE: by cookie, which it inherits when the full socket had one;
+ * else the one armed last on this CPU, if its endpoints are the same.
+ */
+static __always_inline struct tw_info *tw_taking_over(__u64 cookie, const struct event *e)
+{
+	struct tw_info *tw = bpf_map_lookup_elem(&tw_infos, &cookie);
+	struct tw_last *last;
+	__u32 zero = 0;
+
+	if (tw || have_cookie)
+		return tw;
+	last = bpf_map_lookup_elem(&tw_lasts, &zero);
+	if (!last || !last->key || last->sport != e->sport || last->dport != e->dport || last->netns != e->netns)
+		return NULL;
+	tw = bpf_map_lookup_elem(&tw_infos, &last->key);
+	last->key = 0;
+	return tw;
+}
+
+/*
+ * The full socket reaches CLOSE right after tcp_time_wait() handed the
+ * connection to a timewait socket, whose timer_start came first. Then the
+ * connection did not close: FIN_WAIT2 goes on in the timewait socket, or it
+ * moved to TIME_WAIT. Returns true when the event must not be reported as a
+ * close (else e may have been rewritten into the move to TIME_WAIT).
+ */
+static __always_inline bool handover(struct event *e, __u64 now, __u64 cookie, int oldstate,
+				     const struct sk_info *info)
+{
+	struct tw_info *tw = tw_taking_over(cookie, e);
+
+	if (!tw || !(tw->flags & INFO_HANDOVER))
+		return false;
+	tw->flags &= ~INFO_HANDOVER;
+	tw->cookie = cookie;
+	if (info) {
+		tw->owner_src = info->owner_src;
+		tw->pid = info->pid;
+		tw->tid = info->tid;
+		__builtin_memcpy(tw->comm, info->comm, TASK_COMM_LEN);
+		tw->flags |= info->flags & INFO_SINCE_START;
+	}
+	if (tw->state == oldstate) {
+		/* Same state, new home: the state goes on, from when it began.
+		 * Said apart from a close, so that a live view shows where the
+		 * connection lives now. */
+		tw->state_ts = info ? info->state_ts : 0;
+		e->type = EVENT_TW_HANDOVER;
+		e->new_state = tw->state;
+		e->flags = (e->flags & ~(EVF_DURATION | EVF_DURATION_MIN)) | EVF_TIMEWAIT;
+		e->duration_ns = 0;
+		e->timer_expires = tw->expires;
+		e->jiffies = bpf_jiffies64();
+		if (info)
+			event_owner(e, info->owner_src, info->pid, info->tid, info->comm);
+		emit(e);
+		return true;
+	}
+	e->new_state = tw->state;
+	e->flags |= EVF_TIMEWAIT;
+	e->timer_expires = tw->expires;
+	e->jiffies = bpf_jiffies64();
+	tw->state_ts = now;
+	return false;
+}
+
+/* The timewait socket behind a timer that runs tw_timer_handler. */
+static __always_inline struct inet_timewait_sock *tw_of(struct timer_list *t)
+{
+	return (void *)t - bpf_core_field_offset(struct inet_timewait_sock, tw_timer);
+}
+
+/* Fills e from a timewait socket read through its address (not a BTF pointer). */
+static __always_inline void tw_event(struct event *e, struct inet_timewait_sock *tw,
+				     const struct tw_info *info, struct timer_list *t)
+{
+	e->flags |= EVF_TIMEWAIT;
+	e->netns = netns_of(&tw->__tw_common);
+	read_endpoints(&tw->__tw_common, &e->family, &e->sport, &e->dport, e->saddr, e->daddr);
+	e->timer_expires = BPF_CORE_READ(t, expires);
+	e->jiffies = bpf_jiffies64();
+	if (info)
+		event_owner(e, info->owner_src, info->pid, info->tid, info->comm);
+}
+
+/* The id of the connection a timewait socket carries. */
+static __always_inline __u64 tw_cookie(const struct tw_info *info, __u64 key)
+{
+	return info && info->cookie ? info->cookie : key;
+}
+
+/* Whether the endpoint filters want the connection of a timewait socket. */
+static __always_inline bool tw_wanted(struct inet_timewait_sock *tw)
+{
+	__u8 saddr[16], daddr[16];
+	__u16 family, sport, dport;
+
+	if (!filter_family && !filter_netns && !filter_ports && !filter_addrs)
+		return true;
+	read_endpoints(&tw->__tw_common, &family, &sport, &dport, saddr, daddr);
+	return endpoints_wanted(family, netns_of(&tw->__tw_common), sport, dport, saddr, daddr);
+}
+
+static __always_inline void tw_duration(struct event *e, const struct tw_info *info, __u64 now)
+{
+	if (!info || !info->state_ts)
+		return;
+	e->duration_ns = now - info->state_ts;
+	e->flags |= EVF_DURATION;
+	if (info->flags & INFO_SINCE_START)
+		e->flags |= EVF_DURATION_MIN;
+}
+
+/*
+ * A timewait socket in FIN_WAIT2 turns TIME_WAIT when the peer's FIN arrives,
+ * and its timer is set to 60 s from then. When the new expiry falls in the same
+ * timer-wheel bucket the kernel only rewrites timer->expires: no tracepoint
+ * fires. So the change is found at the timer's next event (re-arm, kill or
+ * expiry) and dated from the expiry: the event carries that time, in the past.
+ * e is scratch space for the event.
+ */
+static __always_inline void tw_sync(struct event *e, struct tw_info *info, struct inet_timewait_sock *tw,
+				    struct timer_list *t, __u64 now, __u64 key, bool wake)
+{
+	__u8 substate = BPF_CORE_READ(tw, tw_substate);
+	__u64 entered, expires;
+	__s64 left_ns;
+
+	if (substate == info->state)
+		return;
+	/* An expiry unchanged since last seen: the timer is being re-armed for
+	 * the change right now (timer_cancel fires before the new expiry is
+	 * set). A changed one was rewritten in place: date the change from it. */
+	entered = now;
+	expires = BPF_CORE_READ(t, expires);
+	if (substate == TCP_TIME_WAIT && hz && expires != info->expires) {
+		/* Negative when the timer fires late (it is firing now). */
+		left_ns = (__s64)(expires - bpf_jiffies64()) * (1000000000LL / hz);
+		if (left_ns > -(__s64)TIMEWAIT_LEN_NS && left_ns <= (__s64)TIMEWAIT_LEN_NS)
+			entered = now - (TIMEWAIT_LEN_NS - left_ns);
+		if (info->state_ts && entered < info->state_ts)
+			entered = info->state_ts;
+	}
+	event_init(e, EVENT_STATE, entered, tw_cookie(info, key));
+	e->old_state = info->state;
+	e->new_state = substate;
+	tw_duration(e, info, entered);
+	tw_event(e, tw, info, t);
+	/* TIME_WAIT ends 60 s after it began, whatever the timer says now
+	 * (mid re-arm it still holds the FIN_WAIT2 expiry). */
+	if (substate == TCP_TIME_WAIT && hz)
+		e->timer_expires = e->jiffies + (TIMEWAIT_LEN_NS - (now - entered)) * hz / 1000000000ULL;
+	emit_wake(e, wake);
+	info->state = substate;
+	info->state_ts = entered;
+	info->flags &= ~INFO_SINCE_START;
+	bpf_map_delete_elem(&tw_fin_wait2, &key);
+}
+
+/* A timewait socket armed for the first time: start following it. */
+static __always_inline void tw_first_arm(struct inet_timewait_sock *tw, struct timer_list *t, __u64 now,
+					 __u64 cookie, __u64 key)
+{
+	struct tw_info fresh = {};
+	struct tw_last *last;
+	__u32 zero = 0;
+
+	/* Follow only the connections the filters want: tw_infos is bounded,
+	 * and a host's other timewait sockets must not evict the ones asked
+	 * about. */
+	if (!tw_wanted(tw))
+		return;
+	fresh.cookie = cookie;
+	fresh.state = BPF_CORE_READ(tw, tw_substate);
+	fresh.state_ts = now;
+	fresh.expires = t->expires;
+	fresh.flags = INFO_HANDOVER;
+	bpf_map_update_elem(&tw_infos, &key, &fresh, BPF_ANY);
+	if (fresh.state == TCP_FIN_WAIT2) {
+		__u64 addr = (__u64)tw;
+
+		bpf_map_update_elem(&tw_fin_wait2, &key, &addr, BPF_ANY);
+	}
+	if (cookie)
+		return;
+	/* No cookie to find it by: the full socket's CLOSE, next on this
+	 * CPU, finds it here. */
+	last = bpf_map_lookup_elem(&tw_lasts, &zero);
+	if (!last)
+		return;
+	last->key = key;
+	last->sport = BPF_CORE_READ(tw, __tw_common.skc_num);
+	last->dport = bpf_ntohs(BPF_CORE_READ(tw, __tw_common.skc_dport));
+	last->netns = netns_of(&tw->__tw_common);
+}
+
+#endif
