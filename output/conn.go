@@ -28,15 +28,13 @@ func (t *Text) RenderConn(c *timeline.Conn) error {
 			return err
 		}
 	}
-	b := t.buf[:0]
-	b = t.opts.Clock.Wall(c.End).In(t.opts.Location).AppendFormat(b, "15:04:05")
-	b = append(b, ' ')
-	b = appendOwnerText(b, &c.Owner, ownerNarrow, false)
-	b = append(b, ' ')
-	b = appendEndpoint(b, c.Local, 21)
-	b = append(b, ' ')
-	b = appendEndpoint(b, c.Remote, 21)
-	b = append(b, ' ')
+	r := row{b: t.buf[:0], cols: connColumns}
+	var end [16]byte
+	r.cell(t.opts.Clock.Wall(c.End).In(t.opts.Location).AppendFormat(end[:0], "15:04:05"))
+	r.owner(&c.Owner, false, false)
+	r.endpoint(c.Local)
+	r.endpoint(c.Remote)
+	b := append(r.b, ' ') // STATES, the last column, follows as it grows
 	for i, s := range c.Spans {
 		if i > 0 {
 			b = append(b, ", "...)
@@ -57,13 +55,7 @@ func (t *Text) RenderConn(c *timeline.Conn) error {
 		}
 	}
 	if c.Reason != tracer.ReasonNone {
-		b = append(b, " ("...)
-		b = append(b, c.Reason.String()...)
-		if c.Reason == tracer.ReasonRSTSent {
-			b = append(b, ' ')
-			b = appendRstReason(b, &t.opts.Kernel, c.RstReason)
-		}
-		b = append(b, ')')
+		b = append(appendCloseDetail(append(b, " ("...), &t.opts.Kernel, c.Reason, c.RstReason, 0), ')')
 	}
 	b = append(b, '\n')
 	t.buf = b

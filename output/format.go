@@ -5,6 +5,7 @@
 package output
 
 import (
+	"net/netip"
 	"strconv"
 	"syscall"
 	"time"
@@ -145,19 +146,58 @@ func appendRstReason(b []byte, k *tracer.KernelInfo, code uint16) []byte {
 	return strconv.AppendUint(append(b, "reason "...), uint64(code), 10)
 }
 
-// ownerColumns lay out the owner in a text table: PID, TID (0: no column)
-// and COMM (the name cut to it), each "-" when the owner is unknown.
-type ownerColumns struct{ pid, tid, comm int }
+// column is one column of a text table: its header and width, negative to
+// align right. A value longer than its column pushes the rest of the line,
+// never cut (COMM aside: a task name is cut to its column).
+type column struct {
+	name  string
+	width int
+}
 
-var (
-	ownerNarrow = ownerColumns{pid: 6, comm: 8}
-	ownerWide   = ownerColumns{pid: 6, tid: 7, comm: 15}
-	ownerWatch  = ownerColumns{pid: 7, comm: 15}
-)
+// header is the header line of a table.
+func header(cols []column) string {
+	r := row{cols: cols}
+	for _, c := range cols {
+		r.cell([]byte(c.name))
+	}
+	return string(endLine(r.b))
+}
 
-// appendOwnerText appends the owner columns; the PID of a process that
-// closed the socket, and holds it no more, in parentheses.
-func appendOwnerText(b []byte, o *tracer.Owner, cols ownerColumns, closed bool) []byte {
+// row lays out one line of a table by its columns: each cell padded to its
+// column's width, the last one not padded.
+type row struct {
+	b    []byte
+	cols []column
+	i    int
+}
+
+// cell appends the next column's value.
+func (r *row) cell(v []byte) {
+	if r.i > 0 {
+		r.b = append(r.b, ' ')
+	}
+	c := r.cols[r.i]
+	r.i++
+	switch {
+	case c.width < 0:
+		r.b = padLeft(r.b, v, -c.width)
+	case r.i == len(r.cols):
+		r.b = append(r.b, v...)
+	default:
+		r.b = padRight(r.b, v, c.width)
+	}
+}
+
+// endpoint appends the next column's address:port ([v6]:port).
+func (r *row) endpoint(ap netip.AddrPort) {
+	var b [64]byte
+	r.cell(ap.AppendTo(b[:0]))
+}
+
+// owner appends the owner's columns, PID, TID when withTID, and COMM (the
+// name cut to its column), each "-" when the owner is unknown; the PID of a
+// process that closed the socket, and holds it no more, in parentheses.
+func (r *row) owner(o *tracer.Owner, withTID, closed bool) {
 	var num [24]byte
 	var name [64]byte
 	dash := []byte("-")
@@ -172,13 +212,29 @@ func appendOwnerText(b []byte, o *tracer.Owner, cols ownerColumns, closed bool) 
 			pid = append(pid, ')')
 		}
 		tid = strconv.AppendUint(num[len(pid):len(pid)], uint64(o.TID), 10)
-		comm = truncRunes(appendPrintable(name[:0], o.Comm.Bytes()), cols.comm)
+		comm = appendPrintable(name[:0], o.Comm.Bytes())
 	}
-	b = padLeft(b, pid, cols.pid)
-	b = append(b, ' ')
-	if cols.tid > 0 {
-		b = padLeft(b, tid, cols.tid)
+	r.cell(pid)
+	if withTID {
+		r.cell(tid)
+	}
+	if w := r.cols[r.i].width; w > 0 {
+		comm = truncRunes(comm, w)
+	}
+	r.cell(comm)
+}
+
+// appendCloseDetail appends why a connection closed: the reason, the kernel's
+// reset reason when it sent one, and an errno worth naming (0: none).
+func appendCloseDetail(b []byte, k *tracer.KernelInfo, reason tracer.Reason, rst uint16, errno int32) []byte {
+	b = append(b, reason.String()...)
+	if reason == tracer.ReasonRSTSent {
 		b = append(b, ' ')
+		b = appendRstReason(b, k, rst)
 	}
-	return padRight(b, comm, cols.comm)
+	if errno != 0 && reason != tracer.ReasonRefused && reason != tracer.ReasonTimeout {
+		b = append(b, ' ')
+		b = append(b, ErrnoName(errno)...)
+	}
+	return b
 }

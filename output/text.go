@@ -6,7 +6,6 @@ import (
 	"bufio"
 	"fmt"
 	"io"
-	"net/netip"
 	"strconv"
 	"time"
 
@@ -44,36 +43,12 @@ func NewText(w io.Writer, opts TextOptions) *Text {
 	return &Text{opts: opts, w: bufio.NewWriterSize(w, 64<<10), buf: make([]byte, 0, 256), header: !opts.NoHeader}
 }
 
-// Column widths; a negative width aligns right. Values longer than their
-// column push the rest of the line, never cut it (COMM aside).
+// The columns of trace's text output; --wide has more.
 var (
 	narrowColumns = []column{{"TIME", 8}, {"PID", -6}, {"COMM", 8}, {"LPORT", -5}, {"REMOTE", 15}, {"DUR", -6}, {"TRANSITION", 0}}
 	wideColumns   = []column{{"TIME", 15}, {"PID", -6}, {"TID", -7}, {"COMM", 15}, {"LOCAL", 21}, {"REMOTE", 21}, {"DUR", -6},
 		{"TRANSITION", 25}, {"OWNER-FROM", 10}, {"CPU-PID", -7}, {"CPU-COMM", 15}, {"COOKIE", 16}, {"NETNS", 10}, {"NOTE", 0}}
 )
-
-type column struct {
-	name  string
-	width int
-}
-
-func header(cols []column) string {
-	var b []byte
-	for i, c := range cols {
-		if i > 0 {
-			b = append(b, ' ')
-		}
-		if c.width < 0 {
-			b = padLeft(b, []byte(c.name), -c.width)
-		} else {
-			b = padRight(b, []byte(c.name), c.width)
-		}
-	}
-	for len(b) > 0 && b[len(b)-1] == ' ' {
-		b = b[:len(b)-1]
-	}
-	return string(append(b, '\n'))
-}
 
 // Render writes e.
 func (t *Text) Render(e *tracer.Event) error {
@@ -97,106 +72,80 @@ func (t *Text) Render(e *tracer.Event) error {
 			return err
 		}
 	}
-	b := t.buf[:0]
+	cols := narrowColumns
+	if t.opts.Wide {
+		cols = wideColumns
+	}
+	r := row{b: t.buf[:0], cols: cols}
+	var num, cell [64]byte
 	wall := t.opts.Clock.Wall(e.Time).In(t.opts.Location)
 	if t.opts.Wide {
-		b = wall.AppendFormat(b, "15:04:05.000000")
+		r.cell(wall.AppendFormat(cell[:0], "15:04:05.000000"))
 	} else {
-		b = wall.AppendFormat(b, "15:04:05")
+		r.cell(wall.AppendFormat(cell[:0], "15:04:05"))
 	}
-	b = append(b, ' ')
-
-	var num [24]byte
+	r.owner(&e.Owner, t.opts.Wide, false)
 	if t.opts.Wide {
-		b = appendOwnerText(b, &e.Owner, ownerWide, false)
-		b = append(b, ' ')
-		b = appendEndpoint(b, e.Local, 21)
+		r.endpoint(e.Local)
 	} else {
-		b = appendOwnerText(b, &e.Owner, ownerNarrow, false)
-		b = append(b, ' ')
-		b = padLeft(b, strconv.AppendUint(num[:0], uint64(e.Local.Port()), 10), 5)
+		r.cell(strconv.AppendUint(num[:0], uint64(e.Local.Port()), 10))
 	}
-	b = append(b, ' ')
-	if t.opts.Wide {
-		b = appendEndpoint(b, e.Remote, 21)
-	} else {
-		b = appendEndpoint(b, e.Remote, 15)
-	}
-	b = append(b, ' ')
+	r.endpoint(e.Remote)
 	switch {
 	case e.HasDuration && e.DurationMin:
-		b = padLeft(b, AppendDuration(append(num[:0], '>'), e.Duration), 6)
+		r.cell(AppendDuration(append(num[:0], '>'), e.Duration))
 	case e.HasDuration:
-		b = padLeft(b, AppendDuration(num[:0], e.Duration), 6)
+		r.cell(AppendDuration(num[:0], e.Duration))
 	default:
-		b = append(b, "     -"...)
+		r.cell([]byte("-"))
 	}
-	b = append(b, ' ')
-	start := len(b)
+	tr := cell[:0]
 	switch e.Type {
 	case tracer.EventLinger:
-		b = append(b, e.New.String()...)
-		b = append(b, " (lingering)"...)
+		tr = append(tr, e.New.String()...)
+		tr = append(tr, " (lingering)"...)
 	case tracer.EventReset:
-		b = append(b, "RST sent"...)
+		tr = append(tr, "RST sent"...)
 	case tracer.EventKeepalive:
 		if finWait2Timer(e) {
-			b = append(b, "fin_wait2 timer armed"...)
+			tr = append(tr, "fin_wait2 timer armed"...)
 			break
 		}
-		b = append(b, "keepalive "...)
-		b = append(b, e.Keepalive.Event.String()...)
+		tr = append(tr, "keepalive "...)
+		tr = append(tr, e.Keepalive.Event.String()...)
 		if k := &e.Keepalive; k.Event == tracer.KeepaliveProbe {
-			b = append(b, ' ')
-			b = strconv.AppendUint(b, uint64(k.Probes), 10)
-			b = append(b, '/')
-			b = strconv.AppendUint(b, uint64(k.Count), 10)
+			tr = append(tr, ' ')
+			tr = strconv.AppendUint(tr, uint64(k.Probes), 10)
+			tr = append(tr, '/')
+			tr = strconv.AppendUint(tr, uint64(k.Count), 10)
 		}
 	default:
-		b = append(b, e.Old.String()...)
-		b = append(b, " -> "...)
-		b = append(b, e.New.String()...)
+		tr = append(tr, e.Old.String()...)
+		tr = append(tr, " -> "...)
+		tr = append(tr, e.New.String()...)
 	}
 	var noteBuf [64]byte
 	note := t.note(noteBuf[:0], e)
-	if t.opts.Wide {
-		for len(b)-start < 25 {
-			b = append(b, ' ')
-		}
-		b = append(b, ' ')
-		b = padRight(b, []byte(e.Owner.From.String()), 10)
-		b = append(b, ' ')
-		b = padLeft(b, strconv.AppendUint(num[:0], uint64(e.OnCPU.PID), 10), 7)
-		b = append(b, ' ')
-		var name [64]byte
-		b = padRight(b, appendPrintable(name[:0], e.OnCPU.Comm.Bytes()), 15)
-		b = append(b, ' ')
-		b = padRight(b, strconv.AppendUint(num[:0], e.Cookie, 10), 16)
-		b = append(b, ' ')
-		b = padRight(b, strconv.AppendUint(num[:0], uint64(e.NetNS), 10), 10)
+	if !t.opts.Wide {
 		if len(note) > 0 {
-			b = append(b, ' ')
-			b = append(b, note...)
+			tr = append(append(append(tr, " ("...), note...), ')')
 		}
-	} else if len(note) > 0 {
-		b = append(b, " ("...)
-		b = append(b, note...)
-		b = append(b, ')')
+		r.cell(tr)
+	} else {
+		r.cell(tr)
+		r.cell([]byte(e.Owner.From.String()))
+		r.cell(strconv.AppendUint(num[:0], uint64(e.OnCPU.PID), 10))
+		var name [64]byte
+		r.cell(appendPrintable(name[:0], e.OnCPU.Comm.Bytes()))
+		r.cell(strconv.AppendUint(num[:0], e.Cookie, 10))
+		r.cell(strconv.AppendUint(num[:0], uint64(e.NetNS), 10))
+		if len(note) > 0 {
+			r.cell(note)
+		}
 	}
-	b = append(b, '\n')
-	t.buf = b
-	_, err := t.w.Write(b)
+	t.buf = append(r.b, '\n')
+	_, err := t.w.Write(t.buf)
 	return err
-}
-
-// appendEndpoint appends addr:port ([v6]:port), padded to width.
-func appendEndpoint(b []byte, ap netip.AddrPort, width int) []byte {
-	start := len(b)
-	b = ap.AppendTo(b)
-	for len(b)-start < width {
-		b = append(b, ' ')
-	}
-	return b
 }
 
 // Flush writes what is buffered.
@@ -222,15 +171,7 @@ func (t *Text) note(b []byte, e *tracer.Event) []byte {
 	case e.Type == tracer.EventReset:
 		return appendRstReason(b, &t.opts.Kernel, e.RstReason)
 	case e.New == tracer.Close && e.Reason != tracer.ReasonNone:
-		b = append(b, e.Reason.String()...)
-		if e.Reason == tracer.ReasonRSTSent {
-			b = append(b, ' ')
-			b = appendRstReason(b, &t.opts.Kernel, e.RstReason)
-		}
-		if e.SkErr != 0 && e.Reason != tracer.ReasonRefused && e.Reason != tracer.ReasonTimeout {
-			b = append(b, ' ')
-			b = append(b, ErrnoName(e.SkErr)...)
-		}
+		b = appendCloseDetail(b, &t.opts.Kernel, e.Reason, e.RstReason, e.SkErr)
 	case e.New == tracer.Close && e.SkErr != 0:
 		b = append(b, ErrnoName(e.SkErr)...)
 	case e.Timewait:

@@ -63,21 +63,15 @@ func (v *Verify) Result(r verify.Result, now uint64) error {
 			return err
 		}
 	}
-	var b []byte
-	b = v.opts.Clock.Wall(now).In(v.opts.Location).AppendFormat(b, "15:04:05")
-	b = append(b, ' ')
-	b = padRight(b, []byte(r.Check), 16)
-	b = append(b, ' ')
-	b = padRight(b, []byte(r.Status), 10)
-	b = append(b, ' ')
-	b = appendOwnerText(b, &k.Owner, ownerNarrow, false)
-	b = append(b, ' ')
-	b = appendEndpoint(b, k.Local, 21)
-	b = append(b, ' ')
-	b = appendEndpoint(b, k.Remote, 21)
-	b = append(b, ' ')
-	b = append(b, r.Detail...)
-	_, err := v.w.Write(endLine(b))
+	row := row{cols: verifyColumns}
+	row.cell(v.opts.Clock.Wall(now).In(v.opts.Location).AppendFormat(nil, "15:04:05"))
+	row.cell([]byte(r.Check))
+	row.cell([]byte(r.Status))
+	row.owner(&k.Owner, false, false)
+	row.endpoint(k.Local)
+	row.endpoint(k.Remote)
+	row.cell([]byte(r.Detail))
+	_, err := v.w.Write(endLine(row.b))
 	return err
 }
 

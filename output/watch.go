@@ -218,27 +218,24 @@ func (w *Watch) Render(now uint64, rows []Socket, lost uint64) error {
 	if nsWidth > 0 {
 		cols = append(cols, column{"NETNS", nsWidth})
 	}
-	b = append(b, header(append(cols, column{"LOCAL", 21}, column{"REMOTE", 0}))...)
+	cols = append(cols, column{"LOCAL", 21}, column{"REMOTE", 0})
+	b = append(b, header(cols)...)
 	for i := range shown {
 		r := &shown[i]
+		line := row{b: b, cols: cols}
 		st := append(name[:0], r.State.String()...)
 		if r.Timewait {
 			st = append(st, "/tw"...)
 		}
-		b = padRight(b, st, 12)
-		b = append(b, ' ')
-		b = padLeft(b, appendAge(num[:0], r), ageWidth)
-		b = append(b, ' ')
-		b = appendOwnerText(b, &r.Owner, ownerWatch, r.Closed())
-		b = append(b, ' ')
+		line.cell(st)
+		line.cell(appendAge(num[:0], r))
+		line.owner(&r.Owner, false, r.Closed())
 		if nsWidth > 0 {
-			b = padRight(b, w.netnsName(name[:0], r.NetNS), nsWidth)
-			b = append(b, ' ')
+			line.cell(w.netnsName(name[:0], r.NetNS))
 		}
-		b = appendEndpoint(b, r.Local, 21)
-		b = append(b, ' ')
-		b = r.Remote.AppendTo(b)
-		b = append(b, '\n')
+		line.endpoint(r.Local)
+		line.endpoint(r.Remote)
+		b = append(line.b, '\n')
 	}
 	if len(shown) < len(rows) {
 		b = fmt.Appendf(b, "... %d more\n", len(rows)-len(shown))
@@ -251,16 +248,15 @@ func (w *Watch) Render(now uint64, rows []Socket, lost uint64) error {
 	byProc, byRemote := Groups(rows)
 	b = b[:0]
 	b = append(b, "\nBY PROCESS\n"...)
-	b = append(b, header([]column{{"STATE", 12}, {"COUNT", -7}, {"OLDEST", -7}, {"PID", -7}, {"COMM", 0}})...)
+	cols = []column{{"STATE", 12}, {"COUNT", -7}, {"OLDEST", -7}, {"PID", -7}, {"COMM", 0}}
+	b = append(b, header(cols)...)
 	for _, g := range byProc {
-		b = padRight(b, []byte(g.State.String()), 12)
-		b = append(b, ' ')
-		b = padLeft(b, strconv.AppendInt(num[:0], int64(g.Count), 10), 7)
-		b = append(b, ' ')
-		b = padLeft(b, AppendDuration(num[:0], g.Oldest), 7)
-		b = append(b, ' ')
-		b = appendOwnerText(b, &g.Owner, ownerWatch, g.Closed)
-		b = endLine(b)
+		line := row{b: b, cols: cols}
+		line.cell([]byte(g.State.String()))
+		line.cell(strconv.AppendInt(num[:0], int64(g.Count), 10))
+		line.cell(AppendDuration(num[:0], g.Oldest))
+		line.owner(&g.Owner, false, g.Closed)
+		b = endLine(line.b)
 	}
 	b = append(b, "\nBY REMOTE\n"...)
 	cols = []column{{"STATE", 12}, {"COUNT", -7}, {"OLDEST", -7}}
@@ -270,20 +266,18 @@ func (w *Watch) Render(now uint64, rows []Socket, lost uint64) error {
 		}
 		cols = append(cols, column{"NETNS", nsWidth})
 	}
-	b = append(b, header(append(cols, column{"REMOTE", 0}))...)
+	cols = append(cols, column{"REMOTE", 0})
+	b = append(b, header(cols)...)
 	for _, g := range byRemote {
-		b = padRight(b, []byte(g.State.String()), 12)
-		b = append(b, ' ')
-		b = padLeft(b, strconv.AppendInt(num[:0], int64(g.Count), 10), 7)
-		b = append(b, ' ')
-		b = padLeft(b, AppendDuration(num[:0], g.Oldest), 7)
-		b = append(b, ' ')
+		line := row{b: b, cols: cols}
+		line.cell([]byte(g.State.String()))
+		line.cell(strconv.AppendInt(num[:0], int64(g.Count), 10))
+		line.cell(AppendDuration(num[:0], g.Oldest))
 		if nsWidth > 0 {
-			b = padRight(b, w.netnsName(name[:0], g.NetNS), nsWidth)
-			b = append(b, ' ')
+			line.cell(w.netnsName(name[:0], g.NetNS))
 		}
-		b = append(b, g.Remote...)
-		b = append(b, '\n')
+		line.cell([]byte(g.Remote))
+		b = append(line.b, '\n')
 	}
 	if !w.opts.Clear {
 		b = append(b, '\n')
