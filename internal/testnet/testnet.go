@@ -21,6 +21,8 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/tcpstate/tcpstate/internal/netns"
 )
 
 // Dir is where named network namespaces live (as for `ip netns`).
@@ -175,28 +177,11 @@ func (n *NetNS) Do(t testing.TB, f func()) {
 }
 
 func (n *NetNS) do(f func()) error {
-	runtime.LockOSThread()
-	defer runtime.UnlockOSThread()
-	self, err := os.Open("/proc/thread-self/ns/net")
-	if err != nil {
-		return err
+	err := netns.Do(n.Path, func() error { f(); return nil })
+	if errors.Is(err, netns.ErrStranded) {
+		panic(fmt.Errorf("leaving test namespace %s: %w", n.Name, err)) // the thread is unusable; never hand it back
 	}
-	defer self.Close()
-	target, err := os.Open(n.Path)
-	if err != nil {
-		return err
-	}
-	defer target.Close()
-	if err := unix.Setns(int(target.Fd()), unix.CLONE_NEWNET); err != nil {
-		return fmt.Errorf("entering %s: %w", n.Name, err)
-	}
-	defer func() {
-		if err := unix.Setns(int(self.Fd()), unix.CLONE_NEWNET); err != nil {
-			panic(errors.Join(errors.New("leaving a test namespace"), err)) // the thread is unusable; never hand it back
-		}
-	}()
-	f()
-	return nil
+	return err
 }
 
 // SelfComm is this process's task name: the test binary's name cut to 15
