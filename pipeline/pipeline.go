@@ -68,25 +68,41 @@ type Render struct{ R output.Renderer }
 func (r Render) Event(e *tracer.Event) error { return r.R.Render(e) }
 func (r Render) Idle() error                 { return r.R.Flush() }
 
-// Tee records every event to a capture before Next sees it.
+// Tee records every event to a capture file before Next sees it.
 type Tee struct {
-	W    *capture.Writer
-	Next tracer.Sink
+	w    *capture.Writer
+	next tracer.Sink
 }
 
-func (t Tee) Event(e *tracer.Event) error {
-	if err := t.W.Event(e); err != nil {
-		return err
+// NewTee creates the capture at path with its header and the walk's sockets.
+func NewTee(path string, h capture.Header, socks []tracer.Socket, next tracer.Sink) (*Tee, error) {
+	w, err := capture.Create(path, h, capture.Options{})
+	if err != nil {
+		return nil, err
 	}
-	return t.Next.Event(e)
+	if err := w.Sockets(socks); err != nil {
+		w.Close()
+		return nil, err
+	}
+	return &Tee{w: w, next: next}, nil
 }
 
-func (t Tee) Idle() error {
-	if err := t.W.Idle(); err != nil {
+func (t *Tee) Event(e *tracer.Event) error {
+	if err := t.w.Event(e); err != nil {
 		return err
 	}
-	return t.Next.Idle()
+	return t.next.Event(e)
 }
+
+func (t *Tee) Idle() error {
+	if err := t.w.Idle(); err != nil {
+		return err
+	}
+	return t.next.Idle()
+}
+
+// Close writes the capture's last block.
+func (t *Tee) Close() error { return t.w.Close() }
 
 // Replay feeds every record of rd to tl, ticking it on the capture's own
 // clock (linger events fire as they did live); it returns the events read.

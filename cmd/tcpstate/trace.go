@@ -11,7 +11,6 @@ import (
 
 	"github.com/spf13/pflag"
 
-	"github.com/tcpstate/tcpstate/output/capture"
 	"github.com/tcpstate/tcpstate/pipeline"
 	"github.com/tcpstate/tcpstate/tracer"
 )
@@ -114,17 +113,13 @@ func runTrace(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	socks = pipeline.FullSockets(socks)
 	p.TL.Seed(socks)
 	var src tracer.Sink = p.TL
-	var w *capture.Writer
+	var tee *pipeline.Tee
 	if f.write != "" {
 		h := pipeline.Header(version, os.Args[1:], opts.Clock, opts.Kernel, nss, t.Warnings())
-		if w, err = capture.Create(f.write, h, capture.Options{}); err != nil {
+		if tee, err = pipeline.NewTee(f.write, h, socks, p.TL); err != nil {
 			return err
 		}
-		if err := w.Sockets(socks); err != nil {
-			w.Close()
-			return err
-		}
-		src = pipeline.Tee{W: w, Next: p.TL}
+		src = tee
 	}
 
 	if f.duration > 0 {
@@ -134,8 +129,8 @@ func runTrace(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	}
 	ready(ctx)
 	runErr := t.Run(ctx, src)
-	if w != nil {
-		if err := w.Close(); err != nil && runErr == nil {
+	if tee != nil {
+		if err := tee.Close(); err != nil && runErr == nil {
 			runErr = err
 		}
 	}
