@@ -187,6 +187,15 @@ func New(cfg Config) (*Tracer, error) {
 	if err != nil {
 		return nil, fmt.Errorf("reading BPF object: %w", err)
 	}
+	// The object's maps and constants by their generated names: a name
+	// changed on one side fails here, at start, never silently.
+	var obj struct {
+		tcpstateMapSpecs
+		tcpstateVariableSpecs
+	}
+	if err := spec.Assign(&obj); err != nil {
+		return nil, fmt.Errorf("reading BPF object: %w", err)
+	}
 	t := &Tracer{info: KernelInfo{HZ: kernelHZ(), RstReasons: resetReasons(kernelTypes)}, spec: spec}
 	if t.info.HZ == 0 {
 		t.info.HZ = 250
@@ -240,21 +249,17 @@ func New(cfg Config) (*Tracer, error) {
 			t.warnings = append(t.warnings, f.Warn)
 		}
 	}
-	for _, v := range []struct {
-		name  string
-		value any
-	}{
-		{"tw_timer_fn", syms["tw_timer_handler"]},
-		{"ka_timer_fn", syms["tcp_keepalive_timer"]},
-		{"hz", t.info.HZ},
-		{"have_sk_storage", caps.skStorage},
-		{"have_cookie", caps.cookie},
-	} {
-		if err := setVariable(spec, v.name, v.value); err != nil {
-			return nil, err
-		}
+	vars := &obj.tcpstateVariableSpecs
+	if err := setVariables(
+		setting{vars.TwTimerFn, syms["tw_timer_handler"]},
+		setting{vars.KaTimerFn, syms["tcp_keepalive_timer"]},
+		setting{vars.Hz, t.info.HZ},
+		setting{vars.HaveSkStorage, caps.skStorage},
+		setting{vars.HaveCookie, caps.cookie},
+	); err != nil {
+		return nil, err
 	}
-	spec.Maps[tcpstateMapEvents].MaxEntries = uint32(size)
+	obj.Events.MaxEntries = uint32(size)
 	wake := cfg.WakeupBytes
 	switch {
 	case wake == 0:
@@ -262,19 +267,19 @@ func New(cfg Config) (*Tracer, error) {
 	case wake < 0:
 		wake = 0
 	}
-	if err := setVariable(spec, "wakeup_bytes", uint64(wake)); err != nil {
+	if err := setVariables(setting{vars.WakeupBytes, uint64(wake)}); err != nil {
 		return nil, err
 	}
 	twEntries := cfg.TimewaitEntries
 	if twEntries <= 0 {
 		twEntries = DefaultTimewaitEntries
 	}
-	spec.Maps[tcpstateMapTwInfos].MaxEntries = uint32(twEntries)
-	spec.Maps[tcpstateMapTwFinWait2].MaxEntries = uint32(twEntries)
+	obj.TwInfos.MaxEntries = uint32(twEntries)
+	obj.TwFinWait2.MaxEntries = uint32(twEntries)
 	if !caps.skStorage {
-		spec.Maps[tcpstateMapSkInfoMap].MaxEntries = DefaultSocketEntries
+		obj.SkInfoMap.MaxEntries = DefaultSocketEntries
 	}
-	if err := configureFilter(spec, &cfg.Filter); err != nil {
+	if err := configureFilter(vars, &cfg.Filter); err != nil {
 		return nil, err
 	}
 
@@ -330,14 +335,18 @@ func (t *Tracer) Warnings() []string { return t.warnings }
 // Features says what works on this kernel and what does not.
 func (t *Tracer) Features() []Feature { return t.features }
 
-// setVariable sets a `volatile const` of the BPF object before loading.
-func setVariable(spec *ebpf.CollectionSpec, name string, value any) error {
-	v, ok := spec.Variables[name]
-	if !ok {
-		return fmt.Errorf("configuring BPF programs: the object has no variable %s", name)
-	}
-	if err := v.Set(value); err != nil {
-		return fmt.Errorf("configuring BPF programs: setting %s: %w", name, err)
+// setting is a value for a `volatile const` of the BPF object.
+type setting struct {
+	v     *ebpf.VariableSpec
+	value any
+}
+
+// setVariables sets constants of the BPF object before loading.
+func setVariables(settings ...setting) error {
+	for _, s := range settings {
+		if err := s.v.Set(s.value); err != nil {
+			return fmt.Errorf("configuring BPF programs: setting %s: %w", s.v.Name, err)
+		}
 	}
 	return nil
 }
@@ -546,8 +555,8 @@ func (t *Tracer) Stats() (Stats, error) {
 	return s, nil
 }
 
-// configureFilter sets the kernel filter's constants in spec.
-func configureFilter(spec *ebpf.CollectionSpec, f *Filter) error {
+// configureFilter sets the kernel filter's constants.
+func configureFilter(vars *tcpstateVariableSpecs, f *Filter) error {
 	var ports uint8
 	if len(f.Ports) > 0 {
 		ports |= portEither
@@ -567,20 +576,15 @@ func configureFilter(spec *ebpf.CollectionSpec, f *Filter) error {
 	}
 	var comm [16]byte
 	copy(comm[:15], f.Comm)
-	for name, v := range map[string]any{
-		"filter_family": family,
-		"filter_netns":  f.NetNS,
-		"filter_states": uint32(f.States),
-		"filter_ports":  ports,
-		"filter_addrs":  len(f.Addrs) > 0,
-		"filter_pids":   len(f.PIDs) > 0,
-		"filter_comm":   comm,
-	} {
-		if err := setVariable(spec, name, v); err != nil {
-			return err
-		}
-	}
-	return nil
+	return setVariables(
+		setting{vars.FilterFamily, family},
+		setting{vars.FilterNetns, f.NetNS},
+		setting{vars.FilterStates, uint32(f.States)},
+		setting{vars.FilterPorts, ports},
+		setting{vars.FilterAddrs, len(f.Addrs) > 0},
+		setting{vars.FilterPids, len(f.PIDs) > 0},
+		setting{vars.FilterComm, comm},
+	)
 }
 
 const (
