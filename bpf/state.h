@@ -51,13 +51,8 @@ static __always_inline void set_state(const struct sock *sk, int oldstate, int n
 	if (info && info->flags & INFO_BORN)
 		child_report(&e, info, cookie);
 	if (info) {
-		if (is_new(info, cookie, oldstate, newstate)) {
-			/* A cookie that is set but not ours means the entry was
-			 * cloned from the listener at accept time. */
-			if (have_sk_storage && info->cookie && oldstate == TCP_LISTEN && info->owner_src != OWNER_NONE)
-				info->owner_src = OWNER_LISTENER;
-			else
-				info->owner_src = OWNER_NONE;
+		if (is_new(info, cookie, oldstate)) {
+			info->owner_src = OWNER_NONE;
 			info->cookie = cookie ? cookie : new_id();
 			info->state_ts = 0;
 			info->flags = 0;
