@@ -21,6 +21,7 @@ func TestWalkAndSockDiagAgreeOnTimewait(t *testing.T) {
 	requireRoot(t)
 	ns := testnet.New(t, "net.ipv4.tcp_fin_timeout=30")
 	var want []conn
+	begin := time.Now() // before any timer is armed
 	ns.Do(t, func() {
 		for _, c := range []struct{ network, listen, dial string }{
 			{"tcp4", "127.0.0.1:0", "127.0.0.1"},
@@ -63,7 +64,6 @@ func TestWalkAndSockDiagAgreeOnTimewait(t *testing.T) {
 			}
 		}
 	})
-	made := time.Now() // the timers were armed before this
 	time.Sleep(100 * time.Millisecond)
 	r := startRaw(t, tracer.Config{}, nil)
 	socks, nss, err := r.tr.ScanAll(tracer.ScanOptions{TimeWait: true})
@@ -100,9 +100,9 @@ func TestWalkAndSockDiagAgreeOnTimewait(t *testing.T) {
 			if s.State == tracer.FinWait2 {
 				total = 30 * time.Second
 			}
-			// Armed before made, read now: at most what has passed since
+			// Armed after begin, read now: at most what has passed since
 			// is gone from the timer (a jiffy or two of rounding aside).
-			if least := total - time.Since(made) - 20*time.Millisecond; s.ExpiresIn < least || s.ExpiresIn > total || s.Since == 0 {
+			if least := total - time.Since(begin) - 20*time.Millisecond; s.ExpiresIn < least || s.ExpiresIn > total || s.Since == 0 {
 				t.Errorf("%s: %v %v %v expires in %v, since %d; want between %v and %v", src.name, s.Local, s.Remote, s.State, s.ExpiresIn, s.Since, least, total)
 			}
 		}
