@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/spf13/pflag"
+	"golang.org/x/sys/unix"
 
 	"github.com/tcpstate/tcpstate/tracer"
 	"github.com/tcpstate/tcpstate/tracer/timeline"
@@ -27,9 +28,11 @@ type filterFlags struct {
 	pids                  []string
 	comm                  string
 	netns                 string
+	fs                    *pflag.FlagSet // to tell a flag given empty from one not given
 }
 
 func (f *filterFlags) register(fs *pflag.FlagSet) {
+	f.fs = fs
 	fs.StringSliceVar(&f.ports, "port", nil, "only connections with this local or remote `port` (list, or repeat the flag)")
 	fs.StringSliceVar(&f.lports, "lport", nil, "only connections with this local `port`")
 	fs.StringSliceVar(&f.rports, "rport", nil, "only connections with this remote `port`")
@@ -44,9 +47,29 @@ func (f *filterFlags) register(fs *pflag.FlagSet) {
 }
 
 // filter turns the flags into a tracer.Filter, naming the value that is wrong.
+// A filter given with nothing in it (--port '', --state ,) is an error, never
+// the absence of the filter.
 func (f *filterFlags) filter() (tracer.Filter, error) {
 	var flt tracer.Filter
 	var err error
+	for _, name := range []string{"port", "lport", "rport", "addr", "state", "pid", "comm", "netns"} {
+		if f.fs == nil || !f.fs.Changed(name) {
+			continue
+		}
+		v := f.fs.Lookup(name).Value
+		empty := v.String() == ""
+		if sv, ok := v.(pflag.SliceValue); ok {
+			empty = true
+			for _, s := range sv.GetSlice() {
+				if strings.Trim(s, " ,") != "" {
+					empty = false
+				}
+			}
+		}
+		if empty {
+			return flt, usagef("--%s: empty value (leave the flag out to keep every connection)", name)
+		}
+	}
 	for _, p := range []struct {
 		name string
 		in   []string
@@ -111,7 +134,8 @@ func resolveNetNS(v string) (uint32, error) {
 		path = filepath.Join("/run/netns", v)
 	}
 	fi, err := os.Stat(path)
-	if err != nil {
+	var fs unix.Statfs_t
+	if err != nil || unix.Statfs(path, &fs) != nil || fs.Type != unix.NSFS_MAGIC {
 		return 0, fmt.Errorf("%q is not a namespace inode number, a namespace file or a name under /run/netns", v)
 	}
 	st, ok := fi.Sys().(*syscall.Stat_t)
@@ -220,6 +244,13 @@ func (d *durationValue) Set(in string) error {
 	return nil
 }
 
+// Upper bounds of the table sizes: kernel memory for timewait sockets (about
+// 130 bytes each in two maps), user memory for connections.
+const (
+	maxTimewaitEntries = 1 << 22
+	maxConnections     = 10_000_000
+)
+
 // tracerFlags size and locate what the tracer loads.
 type tracerFlags struct {
 	ringbuf   sizeValue
@@ -242,8 +273,11 @@ func (f *tracerFlags) validate() error {
 	if f.maxConns <= 0 {
 		return usagef("--max-connections %d: must be positive", f.maxConns)
 	}
-	if f.twEntries <= 0 {
-		return usagef("--max-timewait %d: must be positive", f.twEntries)
+	if f.twEntries <= 0 || f.twEntries > maxTimewaitEntries {
+		return usagef("--max-timewait %d: must be between 1 and %d", f.twEntries, maxTimewaitEntries)
+	}
+	if f.maxConns > maxConnections {
+		return usagef("--max-connections %d: at most %d (about 215 bytes each)", f.maxConns, maxConnections)
 	}
 	return nil
 }

@@ -141,6 +141,24 @@ func TestUsageErrors(t *testing.T) {
 		{[]string{"watch", "--interval", "0"}, "--interval must be positive"},
 		{[]string{"watch", "--max-connections", "0"}, "--max-connections 0"},
 		{[]string{"trace", "-r", "/nonexistent.tcpstate", "--max-connections", "0"}, "--max-connections 0"},
+		// A filter given empty is not the absence of the filter.
+		{[]string{"trace", "--port", ""}, "--port: empty value"},
+		{[]string{"trace", "--port", ","}, "--port: empty value"},
+		{[]string{"trace", "--lport", " , "}, "--lport: empty value"},
+		{[]string{"watch", "--rport", ""}, "--rport: empty value"},
+		{[]string{"trace", "--addr", ""}, "--addr: empty value"},
+		{[]string{"trace", "--state", ""}, "--state: empty value"},
+		{[]string{"record", "-w", "x", "--state", ","}, "--state: empty value"},
+		{[]string{"trace", "--pid", ""}, "--pid: empty value"},
+		{[]string{"report", "--comm", "", "f"}, "--comm: empty value"},
+		{[]string{"trace", "--netns", ""}, "--netns: empty value"},
+		{[]string{"trace", "-r", ""}, "--read: empty file name"},
+		{[]string{"trace", "-w", ""}, "--write: empty file name"},
+		{[]string{"watch", "--top", "-5"}, "--top -5"},
+		{[]string{"trace", "--netns", "/etc/passwd"}, `"/etc/passwd" is not a namespace`},
+		{[]string{"trace", "--max-timewait", "10000000"}, "--max-timewait 10000000: must be between 1 and"},
+		{[]string{"trace", "--max-timewait", "4294967297"}, "--max-timewait 4294967297"},
+		{[]string{"watch", "--max-connections", "2000000000"}, "--max-connections 2000000000: at most"},
 	} {
 		code, stdout, stderr := runCmd(context.Background(), tc.args...)
 		if code != exitUsage {

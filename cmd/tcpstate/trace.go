@@ -87,6 +87,11 @@ func runTrace(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	if err := f.tracerFlags.validate(); err != nil {
 		return err
 	}
+	for _, name := range []string{"read", "write"} {
+		if fs.Changed(name) && fs.Lookup(name).Value.String() == "" {
+			return usagef("--%s: empty file name", name)
+		}
+	}
 	opts := pipeline.TraceOptions{Filter: filter, JSON: f.output.value == "json", Wide: f.wide, NoHeader: f.noHeader,
 		Conns: f.timeline, Linger: time.Duration(f.linger), MaxConns: f.maxConns, Out: stdout, Diag: stderr}
 

@@ -74,6 +74,9 @@ func runWatch(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	if f.interval <= 0 {
 		return usagef("--interval must be positive")
 	}
+	if f.top < 0 {
+		return usagef("--top %d: want 0 (all) or more", f.top)
+	}
 	filter, err := f.filter()
 	if err != nil {
 		return err
