@@ -8,6 +8,7 @@
 package pipeline
 
 import (
+	"errors"
 	"fmt"
 	"io"
 	"os"
@@ -172,7 +173,11 @@ func ReadNotes(stderr io.Writer, path string, rd *capture.Reader) {
 // have told, so it is a warning.
 func Scan(t *tracer.Tracer, opts tracer.ScanOptions, stderr io.Writer) ([]tracer.Socket, []tracer.NetNS) {
 	socks, nss, err := t.ScanAll(opts)
-	if err != nil {
+	var skipped *tracer.ScanError
+	switch {
+	case errors.As(err, &skipped):
+		fmt.Fprintf(stderr, "tcpstate: warning: %v: their sockets older than the tracer are not known\n", err)
+	case err != nil:
 		fmt.Fprintf(stderr, "tcpstate: warning: %v: sockets older than the tracer start unnamed\n", err)
 	}
 	return socks, nss

@@ -108,13 +108,17 @@ func (t *Tracer) ScanAll(opts ScanOptions) ([]Socket, []NetNS, error) {
 
 	var out []Socket
 	var nss []NetNS
+	var skipped []error
 	for _, path := range netnsPaths() {
 		socks, ns, err := scanNetNS(it, path, t.info.HZ, opts)
 		if err != nil {
 			if errors.Is(err, os.ErrNotExist) || errors.Is(err, syscall.ENOENT) || errors.Is(err, syscall.ESRCH) {
 				continue // the namespace went away meanwhile
 			}
-			return nil, nil, fmt.Errorf("scanning sockets in %s: %w", path, err)
+			// One namespace the walk cannot enter (no CAP_SYS_ADMIN)
+			// costs its sockets only.
+			skipped = append(skipped, fmt.Errorf("%s: %w", path, err))
+			continue
 		}
 		out = append(out, socks...)
 		nss = append(nss, ns)
@@ -125,8 +129,27 @@ func (t *Tracer) ScanAll(opts ScanOptions) ([]Socket, []NetNS, error) {
 			out[i].Owner = Owner{Task: task, From: OwnerProc}
 		}
 	}
+	if len(skipped) > 0 {
+		return out, nss, &ScanError{Skipped: skipped}
+	}
 	return out, nss, nil
 }
+
+// ScanError lists the namespaces a walk could not read; the sockets of the
+// others are returned with it.
+type ScanError struct {
+	Skipped []error
+}
+
+func (e *ScanError) Error() string {
+	msg := fmt.Sprintf("scanning sockets: %d network namespaces skipped: %v", len(e.Skipped), e.Skipped[0])
+	if len(e.Skipped) > 1 {
+		msg += fmt.Sprintf(" (and %d more)", len(e.Skipped)-1)
+	}
+	return msg
+}
+
+func (e *ScanError) Unwrap() []error { return e.Skipped }
 
 // scanNetNS runs the iterator from inside the namespace at path (the
 // iterator walks the namespace of whoever opens it, and /proc/sys/net shows
@@ -296,7 +319,9 @@ func netnsPaths() []string {
 	var out []string
 	add := func(path string) {
 		var st unix.Stat_t
-		if unix.Stat(path, &st) != nil || seen[st.Ino] {
+		var fs unix.Statfs_t
+		// (a stray file under /run/netns is no namespace: left out)
+		if unix.Stat(path, &st) != nil || seen[st.Ino] || unix.Statfs(path, &fs) != nil || fs.Type != unix.NSFS_MAGIC {
 			return
 		}
 		seen[st.Ino] = true

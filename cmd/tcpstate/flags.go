@@ -47,7 +47,7 @@ func (f *filterFlags) register(fs *pflag.FlagSet) {
 }
 
 // filter turns the flags into a tracer.Filter, naming the value that is wrong.
-// A filter given with nothing in it (--port '', --state ,) is an error, never
+// A filter given with nothing in it (--port ”, --state ,) is an error, never
 // the absence of the filter.
 func (f *filterFlags) filter() (tracer.Filter, error) {
 	var flt tracer.Filter

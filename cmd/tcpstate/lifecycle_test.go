@@ -502,3 +502,31 @@ func TestWatchOnceAgesAreBounds(t *testing.T) {
 		}
 	}
 }
+
+// A stray file under /run/netns (no namespace) costs nothing: the walk
+// leaves it out, and finds the sockets of every real namespace.
+func TestWatchOnceWithStrayNetnsFile(t *testing.T) {
+	requireRoot(t)
+	if err := os.MkdirAll("/run/netns", 0o755); err != nil {
+		t.Fatal(err)
+	}
+	stray := fmt.Sprintf("/run/netns/tcpstate-test-stray-%d", os.Getpid())
+	if err := os.WriteFile(stray, nil, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.Remove(stray) })
+	ln, err := net.Listen("tcp4", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	l := leak(t, ln)
+	code, stdout, stderr := runCmd(context.Background(), "watch", "--once", "-o", "json", "--state", "close-wait",
+		"--rport", strconv.Itoa(ln.Addr().(*net.TCPAddr).Port))
+	if code != exitOK {
+		t.Fatalf("exit %d: %s", code, stderr)
+	}
+	if findSocket(parseLines(t, stdout), l.port) == nil {
+		t.Errorf("the CLOSE_WAIT socket is missing with a stray file in /run/netns:\n%s\n%s", stdout, stderr)
+	}
+}

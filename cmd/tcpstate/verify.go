@@ -4,6 +4,7 @@ package main
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"time"
@@ -94,7 +95,11 @@ func runVerify(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	}
 	defer t.Close()
 	socks, nss, err := t.ScanAll(tracer.ScanOptions{})
-	if err != nil {
+	var skipped *tracer.ScanError
+	switch {
+	case errors.As(err, &skipped):
+		fmt.Fprintf(stderr, "tcpstate: warning: %v: their sockets are not checked\n", err)
+	case err != nil:
 		return err
 	}
 	out := output.NewVerify(stdout, output.VerifyOptions{Clock: tracer.NewClock(), JSON: f.output.value == "json"})
