@@ -49,6 +49,10 @@ type RecordOptions struct {
 func NewRecorder(o RecordOptions) (*Recorder, error) {
 	r := &Recorder{path: o.Path, nss: o.NetNS, interval: o.SysctlInterval, last: time.Now(), stderr: o.Stderr}
 	if o.Flight {
+		// Found out now, not at the first dump, weeks later.
+		if err := capture.CheckPath(o.Path); err != nil {
+			return nil, err
+		}
 		r.flight = capture.NewFlight(o.Header, o.FlightSize, o.FlightTime)
 		r.flight.SetSockets(o.Sockets)
 		return r, nil
@@ -86,10 +90,13 @@ func (r *Recorder) Event(e *tracer.Event) error {
 
 func (r *Recorder) Idle() error {
 	if r.dump.Swap(false) && r.flight != nil {
+		// A failed dump keeps what memory holds, and the recorder
+		// running: the next SIGUSR1 (or the exit) tries again.
 		if err := r.flight.Dump(r.path); err != nil {
-			return err
+			fmt.Fprintf(r.stderr, "tcpstate: %v; the events stay in memory: kill -USR1 again once it can be written\n", err)
+		} else {
+			fmt.Fprintf(r.stderr, "tcpstate: flight recorder wrote %d events to %s\n", r.flight.Kept(), r.path)
 		}
-		fmt.Fprintf(r.stderr, "tcpstate: flight recorder written to %s\n", r.path)
 	}
 	if r.w != nil && time.Since(r.last) >= r.interval {
 		r.last = time.Now()
@@ -111,7 +118,7 @@ func (r *Recorder) Idle() error {
 func (r *Recorder) Close() error {
 	if r.flight != nil {
 		if err := r.flight.Dump(r.path); err != nil {
-			return err
+			return fmt.Errorf("%w: %d events lost at exit", err, r.flight.Kept())
 		}
 		if d := r.flight.Dropped(); d > 0 {
 			fmt.Fprintf(r.stderr, "tcpstate: flight recorder kept the latest events; %d older ones left memory\n", d)
@@ -119,4 +126,13 @@ func (r *Recorder) Close() error {
 		return nil
 	}
 	return r.w.Close()
+}
+
+// Written says how many events the capture holds: all for a file, the
+// latest for a flight recorder.
+func (r *Recorder) Written() uint64 {
+	if r.flight != nil {
+		return r.flight.Kept()
+	}
+	return r.events
 }

@@ -13,6 +13,7 @@ import (
 
 	"github.com/spf13/pflag"
 
+	"github.com/tcpstate/tcpstate/output/capture"
 	"github.com/tcpstate/tcpstate/pipeline"
 	"github.com/tcpstate/tcpstate/tracer"
 )
@@ -27,7 +28,13 @@ every second: if the recorder is killed, every complete block reads back.
 With --flight-recorder, nothing is written until SIGUSR1 or exit: the last
 --keep-size bytes or --keep-time of events are kept in memory and written to
 FILE then (SIGUSR1 can be sent any number of times), so it can run for weeks
-before the incident. Ends at Ctrl-C, SIGTERM or --duration.
+before the incident. A dump that cannot be written keeps the events in memory
+and the recorder running. Ends at Ctrl-C, SIGTERM, SIGHUP or --duration,
+writing what it holds.
+
+FILE must be a regular file or not exist yet: a symbolic link, a device or a
+FIFO is refused, and so is a directory that takes no new file, before
+anything is traced.
 
 Flags:
 %s`
@@ -85,6 +92,11 @@ func runRecord(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	if err != nil {
 		return err
 	}
+	// Where the capture goes is checked before anything loads: a link, a
+	// device or a directory that takes no files is refused in one line.
+	if err := capture.CheckPath(f.write); err != nil {
+		return err
+	}
 	var dump chan os.Signal
 	if f.flight {
 		// From the start: a SIGUSR1 while loading must not kill the recorder
@@ -134,6 +146,6 @@ func runRecord(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	if err != nil {
 		return err
 	}
-	fmt.Fprintf(stderr, "tcpstate: %d events recorded to %s, %d lost (%d filtered in kernel)%s\n", rec.Events(), f.write, stats.AllLost(), stats.Filtered, pipeline.SkippedNote(stats))
+	fmt.Fprintf(stderr, "tcpstate: %d events seen, %d written to %s, %d lost (%d filtered in kernel)%s\n", rec.Events(), rec.Written(), f.write, stats.AllLost(), stats.Filtered, pipeline.SkippedNote(stats))
 	return runErr
 }

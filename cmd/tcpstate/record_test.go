@@ -8,6 +8,7 @@ import (
 	"io"
 	"net"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"syscall"
@@ -176,5 +177,93 @@ func TestFlightRecorderDumpsOnSIGUSR1(t *testing.T) {
 	_ = cmd.Process.Signal(syscall.SIGTERM)
 	if err := cmd.Wait(); err != nil {
 		t.Errorf("flight recorder exit: %v", err)
+	}
+}
+
+// record and trace -w refuse, before loading anything, to write a capture
+// through a symbolic link, over a device, or where no file can be made: one
+// line, exit 1, and what is there untouched. No root needed.
+func TestCapturePathsRefused(t *testing.T) {
+	dir := t.TempDir()
+	victim := filepath.Join(dir, "passwd")
+	if err := os.WriteFile(victim, []byte("keep"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	link := filepath.Join(dir, "x")
+	if err := os.Symlink(victim, link); err != nil {
+		t.Fatal(err)
+	}
+	for _, args := range [][]string{
+		{"record", "-w", link},
+		{"record", "--flight-recorder", "-w", link},
+		{"record", "--flight-recorder", "-w", "/dev/null"},
+		{"record", "-w", "/dev/null"},
+		{"record", "--flight-recorder", "-w", filepath.Join(dir, "missing", "c")},
+		{"trace", "-w", link},
+	} {
+		code, stdout, stderr := runCmd(context.Background(), args...)
+		if code != exitError || stdout != "" || strings.Count(stderr, "\n") != 1 ||
+			!strings.Contains(stderr, "symbolic link") && !strings.Contains(stderr, "not a regular file") && !strings.Contains(stderr, "cannot write") {
+			t.Errorf("%q: exit %d, stderr %q", args, code, stderr)
+		}
+	}
+	if b, _ := os.ReadFile(victim); string(b) != "keep" {
+		t.Errorf("written through the link: %q", b)
+	}
+}
+
+// A dump that cannot be written (here: a directory stands where the file
+// goes) keeps the events in memory and the recorder running; SIGHUP (the
+// terminal closed) ends it like SIGTERM, writing what it holds.
+func TestFlightRecorderSurvivesFailedDump(t *testing.T) {
+	requireRoot(t)
+	dir := t.TempDir()
+	path := filepath.Join(dir, "flight.tcpstate")
+	errf, err := os.Create(filepath.Join(dir, "stderr"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer errf.Close()
+	cmd := exec.Command(binary(t), "record", "--flight-recorder", "-w", path)
+	cmd.Stderr = errf
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer func() { _ = cmd.Process.Kill(); _ = cmd.Wait() }()
+	stderrHas := func(want string) bool {
+		b, _ := os.ReadFile(errf.Name())
+		return strings.Contains(string(b), want)
+	}
+	waitFor := func(what string, cond func() bool) {
+		t.Helper()
+		for deadline := time.Now().Add(2 * time.Minute); !cond(); time.Sleep(50 * time.Millisecond) {
+			if time.Now().After(deadline) {
+				b, _ := os.ReadFile(errf.Name())
+				t.Fatalf("no %s; stderr:\n%s", what, b)
+			}
+		}
+	}
+	waitFor("start", func() bool { return stderrHas("flight recorder running") })
+	if err := os.Mkdir(path, 0o755); err != nil { // in the way
+		t.Fatal(err)
+	}
+	connectAndClose(t)
+	time.Sleep(300 * time.Millisecond)
+	_ = cmd.Process.Signal(syscall.SIGUSR1)
+	waitFor("report of the failed dump", func() bool { return stderrHas("not written") })
+	if !stderrHas("the events stay in memory") {
+		t.Error("the failed dump does not say the events are kept")
+	}
+	if err := os.Remove(path); err != nil {
+		t.Fatal(err)
+	}
+	_ = cmd.Process.Signal(syscall.SIGHUP)
+	if err := cmd.Wait(); err != nil {
+		b, _ := os.ReadFile(errf.Name())
+		t.Fatalf("after SIGHUP: %v\n%s", err, b)
+	}
+	code, out, stderr := runCmd(context.Background(), "trace", "-r", path, "--no-header", "--comm", testnet.SelfComm(t))
+	if code != exitOK || !strings.Contains(out, "CLOSE -> SYN_SENT") {
+		t.Errorf("replay of the dump written at SIGHUP: exit %d\n%s%s", code, out, stderr)
 	}
 }

@@ -11,6 +11,7 @@ import (
 
 	"github.com/spf13/pflag"
 
+	"github.com/tcpstate/tcpstate/output/capture"
 	"github.com/tcpstate/tcpstate/pipeline"
 	"github.com/tcpstate/tcpstate/tracer"
 )
@@ -102,6 +103,11 @@ func runTrace(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		return pipeline.ReplayTrace(f.read, opts, stderr)
 	}
 
+	if f.write != "" {
+		if err := capture.CheckPath(f.write); err != nil {
+			return err
+		}
+	}
 	kernelFilter := filter
 	if f.timeline || f.linger > 0 {
 		kernelFilter.States = 0 // a connection's history needs all its transitions

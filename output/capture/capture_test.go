@@ -12,6 +12,7 @@ import (
 	"path/filepath"
 	"reflect"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -355,9 +356,6 @@ func BenchmarkReplay(b *testing.B) {
 
 // A full disk stops the writer with ErrFull; what was written reads back.
 func TestDiskFull(t *testing.T) {
-	if _, err := Create("/dev/full", header, Options{}); !errors.Is(err, ErrFull) {
-		t.Fatalf("header to /dev/full: %v, want ErrFull", err)
-	}
 	path := filepath.Join(t.TempDir(), "c")
 	w, err := Create(path, header, Options{BlockSize: 10 * EventSize})
 	if err != nil {
@@ -463,5 +461,63 @@ func TestReadsV1Capture(t *testing.T) {
 	if len(events) != 1 || events[0].Cookie != 7 || events[0].Old != tracer.CloseWait || events[0].New != tracer.LastAck ||
 		events[0].Owner.PID != 42 || events[0].Duration != 1100*time.Millisecond || !events[0].DurationMin {
 		t.Errorf("events %+v", events)
+	}
+}
+
+// As root, on a path anyone may have prepared: never write through a
+// symbolic link, never over a device or a FIFO; say so in one line, and leave
+// what is there untouched. The flight recorder's dump likewise.
+func TestRefusesWhatIsNotAFile(t *testing.T) {
+	dir := t.TempDir()
+	victim := filepath.Join(dir, "passwd")
+	if err := os.WriteFile(victim, []byte("root:x:0:0\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	link := filepath.Join(dir, "x")
+	if err := os.Symlink(victim, link); err != nil {
+		t.Fatal(err)
+	}
+	fifo := filepath.Join(dir, "fifo")
+	if err := syscall.Mkfifo(fifo, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range []struct{ path, want string }{
+		{link, "is a symbolic link"},
+		{"/dev/null", "not a regular file (a character device)"},
+		{fifo, "not a regular file (a FIFO)"},
+		{dir, "not a regular file (a directory)"},
+	} {
+		if _, err := Create(c.path, header, Options{}); err == nil || !strings.Contains(err.Error(), c.want) {
+			t.Errorf("Create(%s): %v, want %q", c.path, err, c.want)
+		}
+		if err := CheckPath(c.path); err == nil || !strings.Contains(err.Error(), c.want) {
+			t.Errorf("CheckPath(%s): %v, want %q", c.path, err, c.want)
+		}
+		f := NewFlight(header, 1<<20, 0)
+		ev := sampleEvents(1)[0]
+		_ = f.Event(&ev)
+		if err := f.Dump(c.path); err == nil || !strings.Contains(err.Error(), c.want) {
+			t.Errorf("Flight.Dump(%s): %v, want %q", c.path, err, c.want)
+		}
+	}
+	if b, _ := os.ReadFile(victim); string(b) != "root:x:0:0\n" {
+		t.Errorf("the link's target was written: %q", b)
+	}
+	if fi, err := os.Lstat("/dev/null"); err != nil || fi.Mode()&os.ModeCharDevice == 0 {
+		t.Errorf("/dev/null is no longer a device: %v %v", fi.Mode(), err)
+	}
+	if entries, _ := os.ReadDir(dir); len(entries) != 3 {
+		t.Errorf("left behind: %v", entries)
+	}
+	// A directory that takes no files is found out before anything runs.
+	if os.Geteuid() != 0 {
+		ro := filepath.Join(dir, "ro")
+		_ = os.Mkdir(ro, 0o555)
+		if err := CheckPath(filepath.Join(ro, "c")); err == nil {
+			t.Error("CheckPath in a read-only directory: no error")
+		}
+	}
+	if err := CheckPath(filepath.Join(dir, "no-such-dir", "c")); err == nil {
+		t.Error("CheckPath in a missing directory: no error")
 	}
 }

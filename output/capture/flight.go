@@ -3,6 +3,7 @@
 package capture
 
 import (
+	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -85,6 +86,15 @@ func (f *Flight) Idle() error {
 // Dropped counts events aged or squeezed out of memory.
 func (f *Flight) Dropped() uint64 { return f.dropped }
 
+// Kept counts the events in memory: what a dump writes.
+func (f *Flight) Kept() uint64 {
+	n := uint64(f.count)
+	for _, b := range f.blocks {
+		n += uint64(b.count)
+	}
+	return n
+}
+
 // Dump writes what is kept to path (through a temporary file, renamed at
 // the end, so a reader never sees half a dump).
 func (f *Flight) Dump(path string) error {
@@ -115,11 +125,20 @@ func (f *Flight) Dump(path string) error {
 		err = cerr
 	}
 	if err == nil {
+		// Only ever over a regular file (or nothing): never over a
+		// device, a FIFO, or a symbolic link planted there.
+		err = regularOrAbsent(path)
+	}
+	if err == nil {
 		err = os.Rename(tmpPath, path)
 	}
 	if err != nil {
 		os.Remove(tmpPath)
-		return fmt.Errorf("writing flight recorder to %s: %w", path, err)
+		cause := err.Error()
+		if errors.Is(err, ErrFull) {
+			cause = "disk full"
+		}
+		return fmt.Errorf("flight recorder: %s not written (%s)", path, cause)
 	}
 	return nil
 }

@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"path/filepath"
 	"syscall"
 	"time"
 
@@ -57,17 +58,9 @@ func Create(path string, h Header, opts Options) (*Writer, error) {
 }
 
 func (w *Writer) open() error {
-	f, err := os.OpenFile(w.path, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o600)
+	f, err := openFile(w.path)
 	if err != nil {
-		return fmt.Errorf("creating capture: %w", err)
-	}
-	// An existing file keeps its mode with O_CREATE: enforce it (on files
-	// only: never on a device such as /dev/full).
-	if fi, err := f.Stat(); err == nil && fi.Mode().IsRegular() {
-		if err := f.Chmod(0o600); err != nil {
-			f.Close()
-			return fmt.Errorf("creating capture: %w", err)
-		}
+		return err
 	}
 	hdr, err := encodeHeader(&w.header)
 	if err != nil {
@@ -207,3 +200,85 @@ func (w *Writer) Close() error {
 
 // Size is the current file's size.
 func (w *Writer) Size() int64 { return w.size }
+
+// CheckPath tells whether a capture can be written at path, before anything
+// is traced: the path is a regular file or nothing yet, and its directory
+// takes new files. Nothing is left behind.
+func CheckPath(path string) error {
+	if err := regularOrAbsent(path); err != nil {
+		return err
+	}
+	tmp, err := os.CreateTemp(filepath.Dir(path), ".tcpstate-check-*")
+	if err != nil {
+		return fmt.Errorf("cannot write a capture next to %s: %w", path, err)
+	}
+	tmp.Close()
+	return os.Remove(tmp.Name())
+}
+
+// regularOrAbsent refuses a path that exists and is not a regular file: a
+// symbolic link (anyone who can write the directory could point it at
+// /etc/passwd), a device, a FIFO, a directory.
+func regularOrAbsent(path string) error {
+	fi, err := os.Lstat(path)
+	switch {
+	case errors.Is(err, os.ErrNotExist):
+		return nil
+	case err != nil:
+		return fmt.Errorf("capture %s: %w", path, err)
+	case fi.Mode()&os.ModeSymlink != 0:
+		return fmt.Errorf("capture %s is a symbolic link: refusing to write through it (give the target itself)", path)
+	case !fi.Mode().IsRegular():
+		return fmt.Errorf("capture %s is not a regular file (%s): refusing to write over it", path, fileKind(fi.Mode()))
+	}
+	return nil
+}
+
+func fileKind(m os.FileMode) string {
+	switch {
+	case m.IsDir():
+		return "a directory"
+	case m&os.ModeCharDevice != 0:
+		return "a character device"
+	case m&os.ModeDevice != 0:
+		return "a block device"
+	case m&os.ModeNamedPipe != 0:
+		return "a FIFO"
+	case m&os.ModeSocket != 0:
+		return "a socket"
+	}
+	return m.Type().String()
+}
+
+// openFile creates path, or truncates it if it is a regular file, mode 0600
+// (it holds addresses and process names). It never follows a final symbolic
+// link, and opens nothing that is not a regular file (checked again on the
+// open file: the path may change in between).
+func openFile(path string) (*os.File, error) {
+	if err := regularOrAbsent(path); err != nil {
+		return nil, err
+	}
+	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|syscall.O_NOFOLLOW|syscall.O_NONBLOCK, 0o600)
+	if err != nil {
+		if errors.Is(err, syscall.ELOOP) {
+			return nil, fmt.Errorf("capture %s is a symbolic link: refusing to write through it", path)
+		}
+		return nil, fmt.Errorf("creating capture: %w", err)
+	}
+	fi, err := f.Stat()
+	if err == nil && !fi.Mode().IsRegular() {
+		err = fmt.Errorf("capture %s is not a regular file (%s): refusing to write over it", path, fileKind(fi.Mode()))
+	}
+	if err == nil {
+		err = f.Truncate(0)
+	}
+	if err == nil {
+		// An existing file keeps its mode with O_CREATE: enforce it.
+		err = f.Chmod(0o600)
+	}
+	if err != nil {
+		f.Close()
+		return nil, fmt.Errorf("creating capture: %w", err)
+	}
+	return f, nil
+}
