@@ -8,6 +8,7 @@
 package pipeline
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"io"
@@ -107,9 +108,13 @@ func (t *Tee) Close() error { return t.w.Close() }
 
 // Replay feeds every record of rd to tl, ticking it on the capture's own
 // clock (linger events fire as they did live); it returns the events read.
-func Replay(rd *capture.Reader, tl *timeline.Timeline) (uint64, error) {
+// It stops early, with ctx's error, when ctx ends (Ctrl-C).
+func Replay(ctx context.Context, rd *capture.Reader, tl *timeline.Timeline) (uint64, error) {
 	var n, lastTick uint64
-	for {
+	for i := 0; ; i++ {
+		if i%1024 == 0 && ctx.Err() != nil {
+			return n, ctx.Err()
+		}
 		rec, err := rd.Next()
 		if err == io.EOF {
 			return n, nil

@@ -4,7 +4,9 @@ package pipeline
 
 import (
 	"bytes"
+	"context"
 	"encoding/json"
+	"errors"
 	"net/netip"
 	"strings"
 	"testing"
@@ -45,7 +47,7 @@ func TestFilterPassesAndCounts(t *testing.T) {
 // event goes through timeline, filter and renderer, and stderr says so.
 func TestReplayTrace(t *testing.T) {
 	var out, diag bytes.Buffer
-	if err := ReplayTrace(v1, TraceOptions{JSON: true, Out: &out, Diag: &diag}, &diag); err != nil {
+	if err := ReplayTrace(context.Background(), v1, TraceOptions{JSON: true, Out: &out, Diag: &diag}, &diag); err != nil {
 		t.Fatal(err)
 	}
 	var got map[string]any
@@ -61,7 +63,7 @@ func TestReplayTrace(t *testing.T) {
 	// A filter that rejects it.
 	out.Reset()
 	diag.Reset()
-	if err := ReplayTrace(v1, TraceOptions{Filter: tracer.Filter{Ports: []uint16{9}}, Out: &out, Diag: &diag}, &diag); err != nil {
+	if err := ReplayTrace(context.Background(), v1, TraceOptions{Filter: tracer.Filter{Ports: []uint16{9}}, Out: &out, Diag: &diag}, &diag); err != nil {
 		t.Fatal(err)
 	}
 	if !strings.Contains(diag.String(), "1 events read, 0 shown") {
@@ -72,7 +74,7 @@ func TestReplayTrace(t *testing.T) {
 // report end to end, without root.
 func TestReport(t *testing.T) {
 	var diag bytes.Buffer
-	rep, clock, err := Report([]string{v1}, &tracer.Filter{}, &diag)
+	rep, clock, err := Report(context.Background(), []string{v1}, &tracer.Filter{}, &diag)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -82,5 +84,22 @@ func TestReport(t *testing.T) {
 	}
 	if !strings.Contains(out.String(), `"CLOSE_WAIT"`) {
 		t.Errorf("report: %s", out.String())
+	}
+}
+
+// A replay stops at once when its context ends (Ctrl-C during trace -r or
+// report), and says it read the file in part.
+func TestReplayStopsOnCancel(t *testing.T) {
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	var out, diag bytes.Buffer
+	if err := ReplayTrace(ctx, v1, TraceOptions{Out: &out, Diag: &diag}, &diag); err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(diag.String(), "interrupted") || !strings.Contains(diag.String(), "0 events read") {
+		t.Errorf("stderr: %s", diag.String())
+	}
+	if _, _, err := Report(ctx, []string{v1}, &tracer.Filter{}, &diag); !errors.Is(err, context.Canceled) {
+		t.Errorf("report: %v, want canceled", err)
 	}
 }

@@ -3,6 +3,8 @@
 package pipeline
 
 import (
+	"context"
+	"errors"
 	"fmt"
 	"io"
 	"time"
@@ -80,7 +82,7 @@ func (p *Trace) Finish() error {
 
 // ReplayTrace feeds the capture at path through a trace pipeline, and says on
 // stderr what it read.
-func ReplayTrace(path string, o TraceOptions, stderr io.Writer) error {
+func ReplayTrace(ctx context.Context, path string, o TraceOptions, stderr io.Writer) error {
 	rd, file, err := capture.Open(path)
 	if err != nil {
 		return err
@@ -88,7 +90,11 @@ func ReplayTrace(path string, o TraceOptions, stderr io.Writer) error {
 	defer file.Close()
 	o.Clock, o.Kernel = rd.Header.Clock(), rd.Header.KernelInfo()
 	p := NewTrace(o)
-	n, err := Replay(rd, p.TL)
+	n, err := Replay(ctx, rd, p.TL)
+	if ctx.Err() != nil && errors.Is(err, ctx.Err()) {
+		err = nil // interrupted: what was read is shown, and said
+		fmt.Fprintf(stderr, "tcpstate: interrupted: %s read in part\n", path)
+	}
 	if ferr := p.Finish(); err == nil {
 		err = ferr
 	}
@@ -99,7 +105,7 @@ func ReplayTrace(path string, o TraceOptions, stderr io.Writer) error {
 
 // Report reads captures through the timeline and the filter into a report.
 // The clock is the first capture's.
-func Report(paths []string, filter *tracer.Filter, stderr io.Writer) (*output.Report, tracer.Clock, error) {
+func Report(ctx context.Context, paths []string, filter *tracer.Filter, stderr io.Writer) (*output.Report, tracer.Clock, error) {
 	rep := output.NewReport()
 	var clock tracer.Clock
 	for i, path := range paths {
@@ -111,7 +117,7 @@ func Report(paths []string, filter *tracer.Filter, stderr io.Writer) (*output.Re
 			clock = rd.Header.Clock()
 		}
 		tl := timeline.New(&Filter{Filter: filter, Next: rep}, timeline.Options{})
-		_, err = Replay(rd, tl)
+		_, err = Replay(ctx, rd, tl)
 		if err == nil {
 			err = tl.Flush()
 		}

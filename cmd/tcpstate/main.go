@@ -12,6 +12,7 @@ import (
 	"os/signal"
 	"runtime/debug"
 	"syscall"
+	"time"
 
 	"github.com/spf13/pflag"
 
@@ -78,9 +79,32 @@ func main() {
 	// SIGHUP too (the terminal a background run was started from closed):
 	// every command ends as on Ctrl-C, a recorder writing what it holds.
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM, syscall.SIGHUP)
-	code := run(ctx, os.Args[1:], os.Stdout, os.Stderr)
+	done := make(chan int, 1)
+	go func() { done <- run(ctx, os.Args[1:], os.Stdout, os.Stderr) }()
+	select {
+	case code := <-done:
+		os.Exit(code)
+	case <-ctx.Done():
+	}
 	stop()
-	os.Exit(code)
+	// Stopped: the command finishes what it holds, unless its output does
+	// not drain (a reader of stdout that stalled): then it must not hang.
+	select {
+	case code := <-done:
+		os.Exit(code)
+	case <-time.After(stopGrace(os.Args[1:])):
+		fmt.Fprintln(os.Stderr, "tcpstate: stopped, but its output does not drain (stdout not read): exiting without it")
+		os.Exit(exitError)
+	}
+}
+
+// stopGrace is how long a stopped command may take to finish: a recorder
+// writes what it holds to disk; the others only flush their output.
+func stopGrace(args []string) time.Duration {
+	if len(args) > 0 && args[0] == "record" {
+		return 30 * time.Second
+	}
+	return time.Second
 }
 
 // run executes the command line args and returns the exit code.
@@ -139,7 +163,7 @@ func dispatch(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	case "record":
 		return runRecord(ctx, rest, stdout, stderr)
 	case "report":
-		return runReport(rest, stdout, stderr)
+		return runReport(ctx, rest, stdout, stderr)
 	case "check":
 		return runCheck(ctx, rest, stdout, stderr)
 	case "version", "--version":

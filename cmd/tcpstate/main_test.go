@@ -512,3 +512,53 @@ func TestInterrupt(t *testing.T) {
 		t.Errorf("no summary: %q", stderr.String())
 	}
 }
+
+// A live trace whose stdout nobody reads (a stalled pipe) still stops at
+// Ctrl-C: within the second's grace, not never.
+func TestInterruptWithStalledStdout(t *testing.T) {
+	requireRoot(t)
+	ln, err := net.Listen("tcp4", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			c.Close()
+		}
+	}()
+	cmd := exec.Command(binary(t), "trace", "--port", strconv.Itoa(ln.Addr().(*net.TCPAddr).Port))
+	r, w, err := os.Pipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r.Close() // never read
+	cmd.Stdout = w
+	var stderr bytes.Buffer
+	cmd.Stderr = &stderr
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	w.Close()
+	defer func() { _ = cmd.Process.Kill() }()
+	time.Sleep(3 * time.Second) // attached, even emulated (a loss of the first events is fine)
+	// Far more lines than a pipe holds (64 KiB).
+	for range 2000 {
+		if c, err := net.Dial("tcp4", ln.Addr().String()); err == nil {
+			c.Close()
+		}
+	}
+	time.Sleep(500 * time.Millisecond)
+	_ = cmd.Process.Signal(os.Interrupt)
+	exited := make(chan error, 1)
+	go func() { exited <- cmd.Wait() }()
+	select {
+	case <-exited:
+	case <-time.After(5 * time.Second):
+		t.Fatalf("still running 5 s after Ctrl-C with stdout stalled; stderr:\n%s", stderr.String())
+	}
+}

@@ -3,6 +3,8 @@
 package main
 
 import (
+	"context"
+	"errors"
 	"fmt"
 	"io"
 
@@ -41,7 +43,7 @@ func reportHelp(fs *pflag.FlagSet) string {
 	return fmt.Sprintf(reportUsage, fs.FlagUsagesWrapped(80))
 }
 
-func runReport(args []string, stdout, stderr io.Writer) error {
+func runReport(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs, f := newReportFlags()
 	if err := parseFlags(fs, args, reportHelp, stdout, true); err != nil {
 		return err
@@ -53,7 +55,11 @@ func runReport(args []string, stdout, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
-	rep, clock, err := pipeline.Report(fs.Args(), &filter, stderr)
+	rep, clock, err := pipeline.Report(ctx, fs.Args(), &filter, stderr)
+	if ctx.Err() != nil && errors.Is(err, ctx.Err()) {
+		fmt.Fprintln(stderr, "tcpstate: interrupted before the end: no report")
+		return nil
+	}
 	if err != nil {
 		return err
 	}

@@ -100,7 +100,7 @@ func runTrace(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		if f.write != "" {
 			return usagef("-r/--read and -w/--write exclude each other")
 		}
-		return pipeline.ReplayTrace(f.read, opts, stderr)
+		return pipeline.ReplayTrace(ctx, f.read, opts, stderr)
 	}
 
 	if f.write != "" {

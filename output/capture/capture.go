@@ -11,6 +11,7 @@ import (
 	"hash/crc32"
 	"io"
 	"os"
+	"syscall"
 	"time"
 
 	"github.com/tcpstate/tcpstate/tracer"
@@ -91,7 +92,12 @@ type Reader struct {
 	pos      int // next record in an events block
 	ev       tracer.Event
 	warnings []string
+	more     int   // warnings beyond maxWarnings, counted only
+	wasted   int64 // bytes read for blocks that proved damaged
 }
+
+// maxWarnings bounds the warnings kept about one file; the rest are counted.
+const maxWarnings = 20
 
 // NewReader reads the header of a capture of size bytes. name appears in
 // messages.
@@ -129,7 +135,8 @@ func NewReader(ra io.ReaderAt, size int64, name string) (*Reader, error) {
 
 // Open opens a capture file.
 func Open(path string) (*Reader, *os.File, error) {
-	f, err := os.Open(path)
+	// O_NONBLOCK: a FIFO must not block the open (it is refused below).
+	f, err := os.OpenFile(path, os.O_RDONLY|syscall.O_NONBLOCK, 0)
 	if err != nil {
 		return nil, nil, err
 	}
@@ -138,9 +145,9 @@ func Open(path string) (*Reader, *os.File, error) {
 		f.Close()
 		return nil, nil, err
 	}
-	if fi.IsDir() {
+	if !fi.Mode().IsRegular() {
 		f.Close()
-		return nil, nil, fmt.Errorf("%s: %w (a directory)", path, ErrNotCapture)
+		return nil, nil, fmt.Errorf("%s: %w (%s)", path, ErrNotCapture, fileKind(fi.Mode()))
 	}
 	r, err := NewReader(f, fi.Size(), path)
 	if err != nil {
@@ -162,9 +169,18 @@ func (r *Reader) seek(off int64) {
 }
 
 // Warnings lists the damage met so far, one sentence each.
-func (r *Reader) Warnings() []string { return r.warnings }
+func (r *Reader) Warnings() []string {
+	if r.more > 0 {
+		return append(r.warnings[:len(r.warnings):len(r.warnings)], fmt.Sprintf("and %d more such warnings", r.more))
+	}
+	return r.warnings
+}
 
 func (r *Reader) warn(format string, args ...any) {
+	if len(r.warnings) >= maxWarnings {
+		r.more++
+		return
+	}
 	r.warnings = append(r.warnings, fmt.Sprintf(format, args...))
 }
 
@@ -254,8 +270,14 @@ func (r *Reader) nextBlock() error {
 		}
 		if !blockCRCOK(h[:], r.block) {
 			// The length may be the damaged part: look again from just after
-			// this block's start rather than trusting it.
+			// this block's start rather than trusting it. A file made of
+			// fake block headers would have every one read whole: past a few
+			// times the file's size of such reading, give up on the rest.
 			r.warn("block at offset %d: checksum mismatch: skipped", start)
+			if r.wasted += int64(length); r.wasted > 4*r.size+1<<20 {
+				r.warn("damaged beyond repair from offset %d (fake block headers?): stopped there", start)
+				return io.EOF
+			}
 			if !r.resyncQuiet(start) {
 				return io.EOF
 			}

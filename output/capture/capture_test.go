@@ -11,6 +11,7 @@ import (
 	"os"
 	"path/filepath"
 	"reflect"
+	"slices"
 	"strings"
 	"syscall"
 	"testing"
@@ -519,5 +520,77 @@ func TestRefusesWhatIsNotAFile(t *testing.T) {
 	}
 	if err := CheckPath(filepath.Join(dir, "no-such-dir", "c")); err == nil {
 		t.Error("CheckPath in a missing directory: no error")
+	}
+}
+
+// A file padded with fake block headers, each claiming a long block: the
+// reader gives up past a bounded amount of such reading, and keeps a bounded
+// number of warnings. A FIFO is refused without blocking.
+func TestCraftedFilesStayCheap(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "c")
+	w, err := Create(path, header, Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	evs := sampleEvents(3)
+	for i := range evs {
+		_ = w.Event(&evs[i])
+	}
+	if err := w.Close(); err != nil {
+		t.Fatal(err)
+	}
+	good, _ := os.ReadFile(path)
+	for _, c := range []struct {
+		name   string
+		claims uint32 // the length each fake header claims
+		want   string // in the last warning
+	}{
+		{"long claims", 4 << 20, "stopped there"},
+		{"short claims", 64, "more such warnings"},
+	} {
+		data := slices.Clone(good)
+		var fake [blkHdrSize]byte
+		copy(fake[:], blockMagic)
+		fake[4] = blockEvents
+		le.PutUint32(fake[8:], c.claims)
+		for len(data) < 8<<20 {
+			data = append(data, fake[:]...)
+		}
+		r, err := NewReader(bytes.NewReader(data), int64(len(data)), "padded")
+		if err != nil {
+			t.Fatal(err)
+		}
+		n := 0
+		for {
+			rec, err := r.Next()
+			if err != nil {
+				break
+			}
+			if rec.Event != nil {
+				n++
+			}
+		}
+		ws := r.Warnings()
+		if n != 3 || len(ws) > maxWarnings+1 || !strings.Contains(ws[len(ws)-1], c.want) {
+			t.Errorf("%s: %d events, %d warnings, last %q", c.name, n, len(ws), ws[len(ws)-1])
+		}
+		if r.wasted > 4*int64(len(data))+1<<20+int64(c.claims) {
+			t.Errorf("%s: read %d bytes of damaged blocks for a %d-byte file", c.name, r.wasted, len(data))
+		}
+	}
+
+	fifo := filepath.Join(t.TempDir(), "fifo")
+	if err := syscall.Mkfifo(fifo, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() { _, _, err := Open(fifo); done <- err }()
+	select {
+	case err := <-done:
+		if !errors.Is(err, ErrNotCapture) {
+			t.Errorf("Open(FIFO): %v, want ErrNotCapture", err)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("Open(FIFO) blocked")
 	}
 }
