@@ -169,7 +169,7 @@ func SortByAge(rows []Socket) {
 // sorted (SortByAge). lost is the running count of events lost.
 func (w *Watch) Render(now uint64, rows []Socket, lost uint64) error {
 	if w.opts.JSON {
-		return w.renderJSON(now, rows)
+		return w.renderJSON(now, rows, lost)
 	}
 	if w.opts.Clear {
 		w.w.WriteString("\x1b[H\x1b[2J")
@@ -303,10 +303,20 @@ func endLine(b []byte) []byte {
 	return append(b, '\n')
 }
 
-// renderJSON writes one "socket" object per row, then "group" objects.
-func (w *Watch) renderJSON(now uint64, rows []Socket) error {
+// renderJSON writes a "snapshot" object (so that an empty one still shows,
+// with the events lost so far), then one "socket" object per row, then
+// "group" objects.
+func (w *Watch) renderJSON(now uint64, rows []Socket, lost uint64) error {
 	ts := w.opts.Clock.Wall(now).AppendFormat(nil, "2006-01-02T15:04:05.000000000Z07:00")
 	var b []byte
+	b = append(b, `{"time":"`...)
+	b = append(b, ts...)
+	b = append(b, `","type":"snapshot","sockets":`...)
+	b = strconv.AppendInt(b, int64(len(rows)), 10)
+	b = append(b, `,"lost":`...)
+	b = strconv.AppendUint(b, lost, 10)
+	b = append(b, "}\n"...)
+	w.w.Write(b)
 	for _, r := range rows {
 		b = append(b[:0], `{"time":"`...)
 		b = append(b, ts...)

@@ -64,6 +64,42 @@ func (f *Filter) Conn(c *timeline.Conn, r output.ConnRenderer) error {
 	return r.RenderConn(c)
 }
 
+// Rescan walks the kernel's sockets again (tracer.Tracer.Scan).
+type Rescan func() ([]tracer.Socket, error)
+
+// resync is the stage after the timeline that, after events were lost,
+// walks the kernel's sockets again (at most once a second, when the burst is
+// over) and makes the timeline agree: no ghost of a connection whose end was
+// lost lingers in a view or raises a linger event.
+type resync struct {
+	tl           *timeline.Timeline
+	rescan       Rescan
+	withTimewait bool
+	next         tracer.Sink
+	dirty        bool
+	last         time.Time
+	stderr       io.Writer
+}
+
+func (r *resync) Event(e *tracer.Event) error {
+	if e.Type == tracer.EventLost && r.rescan != nil {
+		r.dirty = true
+	}
+	return r.next.Event(e)
+}
+
+func (r *resync) Idle() error {
+	if r.dirty && time.Since(r.last) >= time.Second {
+		r.dirty, r.last = false, time.Now()
+		if socks, err := r.rescan(); err == nil {
+			r.tl.Resync(socks, r.withTimewait)
+		} else if r.stderr != nil {
+			fmt.Fprintf(r.stderr, "tcpstate: warning: walking the sockets again after a loss: %v\n", err)
+		}
+	}
+	return r.next.Idle()
+}
+
 // Render makes a renderer a tracer.Sink.
 type Render struct{ R output.Renderer }
 

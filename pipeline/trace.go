@@ -30,6 +30,9 @@ type TraceOptions struct {
 	Kernel   tracer.KernelInfo
 	Out      io.Writer
 	Diag     io.Writer // text: messages about the output (stderr)
+	// Rescan, live: after a loss the timeline is made to agree with a
+	// fresh walk (nil on replay: the kernel then is gone).
+	Rescan Rescan
 }
 
 // Trace is trace's pipeline, live or replayed: timeline -> filter ->
@@ -57,7 +60,9 @@ func NewTrace(o TraceOptions) *Trace {
 	if o.Conns {
 		opts.OnFinish = func(c *timeline.Conn) error { return p.Filter.Conn(c, p.r) }
 	}
-	p.TL = timeline.New(p.Filter, opts)
+	rs := &resync{rescan: o.Rescan, next: p.Filter, stderr: o.Diag}
+	p.TL = timeline.New(rs, opts)
+	rs.tl = p.TL
 	return p
 }
 

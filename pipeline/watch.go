@@ -31,13 +31,16 @@ type WatchOptions struct {
 	Linger   time.Duration // only sockets in their state this long
 	Interval time.Duration
 	MaxConns int
+	Rescan   Rescan // after a loss, the table is made to agree with a fresh walk
 }
 
 // NewWatch renders through w.
 func NewWatch(w *output.Watch, o WatchOptions) *Watch {
 	s := &Watch{w: w, filter: o.Filter, states: o.States, linger: o.Linger, interval: o.Interval}
 	s.filter.States = 0
-	s.TL = timeline.New(s, timeline.Options{MaxConns: o.MaxConns})
+	rs := &resync{rescan: o.Rescan, withTimewait: true, next: s}
+	s.TL = timeline.New(rs, timeline.Options{MaxConns: o.MaxConns})
+	rs.tl = s.TL
 	return s
 }
 

@@ -15,6 +15,7 @@ import (
 	"github.com/spf13/pflag"
 	"golang.org/x/sys/unix"
 
+	"github.com/tcpstate/tcpstate/pipeline"
 	"github.com/tcpstate/tcpstate/tracer"
 	"github.com/tcpstate/tcpstate/tracer/timeline"
 )
@@ -295,6 +296,15 @@ func (f *tracerFlags) start(filter tracer.Filter, stderr io.Writer) (*tracer.Tra
 		fmt.Fprintf(stderr, "tcpstate: warning: %s\n", w)
 	}
 	return t, nil
+}
+
+// rescan walks t's sockets again, all of them or none: a namespace skipped
+// would look like sockets gone.
+func rescan(t *tracer.Tracer) pipeline.Rescan {
+	return func() ([]tracer.Socket, error) {
+		socks, _, err := t.ScanAll(tracer.ScanOptions{TimeWait: true})
+		return socks, err
+	}
 }
 
 // parseFlags parses a command's flags: --help prints help (and returns

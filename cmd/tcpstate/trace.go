@@ -118,7 +118,7 @@ func runTrace(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	}
 	defer t.Close()
 
-	opts.Clock, opts.Kernel = tracer.NewClock(), t.Info()
+	opts.Clock, opts.Kernel, opts.Rescan = tracer.NewClock(), t.Info(), rescan(t)
 	p := pipeline.NewTrace(opts)
 	socks, nss := pipeline.Scan(t, tracer.ScanOptions{}, stderr)
 	socks = pipeline.FullSockets(socks)

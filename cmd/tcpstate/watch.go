@@ -104,7 +104,7 @@ func runWatch(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		NetNSName: netnsNames(),
 	})
 	ws := pipeline.NewWatch(w, pipeline.WatchOptions{Filter: filter, States: states, Linger: time.Duration(f.linger),
-		Interval: time.Duration(f.interval), MaxConns: f.maxConns})
+		Interval: time.Duration(f.interval), MaxConns: f.maxConns, Rescan: rescan(t)})
 	socks, _ := pipeline.Scan(t, tracer.ScanOptions{TimeWait: true}, stderr)
 	ws.TL.Seed(socks)
 	if err := ws.Render(tracer.BootNow()); err != nil || f.once {

@@ -124,6 +124,9 @@ type Stats struct {
 	Evicted  uint64 // dropped to stay within MaxConns
 	Finished uint64
 	Killed   uint64 // timewait sockets ended early
+	// Gone: connections a walk after a loss no longer found (their end
+	// was among the lost events): dropped, never shown as lingering.
+	Gone uint64
 }
 
 // Timeline is a tracer.Sink. It is not safe for concurrent use.
@@ -191,6 +194,38 @@ func (t *Timeline) Stats() Stats {
 	s := t.stats
 	s.Conns = len(t.conns)
 	return s
+}
+
+// Resync makes the table agree with a fresh walk of the kernel's sockets,
+// after events were lost: connections the kernel no longer has are dropped
+// (their end was lost; counted in Stats.Gone), and sockets the table missed
+// are added as Seed does (timewait sockets only with withTimewait). A
+// connection whose events are still held (not yet processed) is kept.
+func (t *Timeline) Resync(socks []tracer.Socket, withTimewait bool) {
+	present := make(map[uint64]bool, len(socks))
+	for i := range socks {
+		present[socks[i].Cookie] = true
+	}
+	held := map[uint64]bool{}
+	for i := t.heldHead; i < len(t.held); i++ {
+		held[t.held[i].Cookie] = true
+	}
+	for c := t.head; c != nil; {
+		next := c.next
+		if !present[c.Cookie] && !held[c.Cookie] {
+			t.remove(c)
+			t.recycle(c)
+			t.stats.Gone++
+		}
+		c = next
+	}
+	var missing []tracer.Socket
+	for _, s := range socks {
+		if _, ok := t.conns[s.Cookie]; !ok && (withTimewait || !s.Timewait) {
+			missing = append(missing, s)
+		}
+	}
+	t.Seed(missing)
 }
 
 // Seed puts sockets found by the start-up walk in the table.

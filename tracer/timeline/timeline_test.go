@@ -356,3 +356,36 @@ func TestKeepaliveTimeoutAfterCloseNamed(t *testing.T) {
 		t.Errorf("%d connections in the table after the end, want 0", n)
 	}
 }
+
+// After a loss, a fresh walk is the truth: a connection whose end was lost
+// is dropped (no ghost, no linger event for it), one the table missed is
+// added, and one whose events are still held is kept.
+func TestResyncDropsGhosts(t *testing.T) {
+	s := &sink{}
+	tl := New(s, Options{Linger: time.Second})
+	feed(t, tl, ev(1*ms, 1, tracer.Established, tracer.CloseWait), ev(2*ms, 2, tracer.Established, tracer.CloseWait))
+	if err := tl.Tick(3 * ms); err != nil { // processes what is held
+		t.Fatal(err)
+	}
+	feed(t, tl, ev(4*ms, 3, tracer.Established, tracer.FinWait1)) // held still
+	tl.Resync([]tracer.Socket{
+		{Cookie: 2, Endpoints: tracer.Endpoints{Family: tracer.IPv4, Local: local, Remote: remote}, State: tracer.CloseWait, Since: 2 * ms, Scanned: 5 * ms},
+		{Cookie: 7, Endpoints: tracer.Endpoints{Family: tracer.IPv4, Local: local, Remote: remote}, State: tracer.LastAck, Scanned: 5 * ms},
+	}, false)
+	if err := tl.Tick(2 * uint64(time.Second)); err != nil {
+		t.Fatal(err)
+	}
+	got := map[uint64]tracer.State{}
+	tl.Conns(func(c *Conn) bool { got[c.Cookie] = c.State; return true })
+	if _, ok := got[1]; ok || got[2] != tracer.CloseWait || got[3] != tracer.FinWait1 || got[7] != tracer.LastAck {
+		t.Errorf("table after resync: %v, want 2 CLOSE_WAIT, 3 FIN_WAIT1 (held), 7 LAST_ACK (added), not 1", got)
+	}
+	if g := tl.Stats().Gone; g != 1 {
+		t.Errorf("gone %d, want 1", g)
+	}
+	for _, e := range s.events {
+		if e.Type == tracer.EventLinger && e.Cookie == 1 {
+			t.Errorf("linger event for a connection that is gone: %+v", e)
+		}
+	}
+}
