@@ -421,16 +421,24 @@ func TestWatchOrphanedFinWait2LiveAndOnce(t *testing.T) {
 		t.Fatalf("exit %d: %s", r.code, r.stderr)
 	}
 	live := lastSocket(parseLines(t, r.stdout), port)
-	if live == nil || live.State != "FIN_WAIT2" || !live.Timewait || live.PID != os.Getpid() || !live.Closed {
-		t.Errorf("live: %+v, want FIN_WAIT2 in a timewait socket, closed by %d", live, os.Getpid())
-	}
 	code, stdout, stderr := runCmd(context.Background(), "watch", "--once", "-o", "json", "--netns", ns.Name, "--state", "fin-wait-2")
 	if code != exitOK {
 		t.Fatalf("exit %d: %s", code, stderr)
 	}
 	once := findSocket(parseLines(t, stdout), port)
-	if once == nil || once.State != "FIN_WAIT2" || !once.Timewait || once.PID != 0 {
-		t.Errorf("--once: %+v, want FIN_WAIT2 in a timewait socket, no process", once)
+	if live == nil || once == nil || live.State != "FIN_WAIT2" || once.State != "FIN_WAIT2" || live.Timewait != once.Timewait {
+		t.Fatalf("live %+v and --once %+v disagree, want FIN_WAIT2 both, in a timewait socket or not both", live, once)
+	}
+	if !live.Timewait {
+		// The FIN's ACK came while close() held the socket: the kernel
+		// kept the full socket (rare; seen under emulation).
+		t.Skip("the kernel kept this FIN_WAIT2 in its full socket: no timewait socket to check")
+	}
+	if live.PID != os.Getpid() || !live.Closed {
+		t.Errorf("live: %+v, want closed by %d", live, os.Getpid())
+	}
+	if once.PID != 0 {
+		t.Errorf("--once: %+v, want no process", once)
 	}
 }
 
