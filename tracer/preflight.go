@@ -4,6 +4,7 @@ package tracer
 
 import (
 	"bufio"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"io/fs"
@@ -50,10 +51,72 @@ const DefaultKernelBTF = "/sys/kernel/btf/vmlinux"
 
 // Capability numbers (include/uapi/linux/capability.h).
 const (
-	capSysAdmin = 21
-	capPerfmon  = 38
-	capBPF      = 39
+	capDacReadSearch = 2
+	capSysPtrace     = 19
+	capSysAdmin      = 21
+	capSyslog        = 34
+	capPerfmon       = 38
+	capBPF           = 39
 )
+
+// privilegeWarnings names, for a process that may trace, each capability it
+// lacks and what that costs (root has them all).
+func privilegeWarnings() []string {
+	eff, err := effectiveCaps()
+	if err != nil {
+		return nil
+	}
+	has := func(c uint) bool { return eff&(1<<c) != 0 }
+	var w []string
+	if !has(capSysAdmin) {
+		w = append(w, "no CAP_SYS_ADMIN: the start-up walk reads only tcpstate's own network namespace (entering others needs it)")
+	}
+	if !has(capSyslog) {
+		w = append(w, "no CAP_SYSLOG: /proc/kallsyms hides kernel addresses, so TIME_WAIT, orphaned FIN_WAIT2 and keepalive timers are not followed")
+	}
+	if !has(capSysPtrace) && !has(capDacReadSearch) {
+		w = append(w, "no CAP_SYS_PTRACE (or CAP_DAC_READ_SEARCH): sockets older than tcpstate held by other users' processes stay unnamed (/proc/PID/fd)")
+	}
+	return w
+}
+
+// checkBTFFile refuses, in a privileged run started by someone else (a
+// binary with file capabilities: the kernel marks such an exec secure), a
+// BTF file that root does not own: whoever wrote it would choose what the
+// tracer believes about kernel memory.
+func checkBTFFile(path string) error {
+	if path == "" || !secureExec() {
+		return nil
+	}
+	var st unix.Stat_t
+	if err := unix.Stat(path, &st); err != nil {
+		return nil // loadKernelTypes names the file
+	}
+	if st.Uid != 0 || st.Mode&0o022 != 0 {
+		return fmt.Errorf("%w: --btf %s: in a run with file capabilities only a file owned by root and writable by no one else is read", ErrPrivileges, path)
+	}
+	return nil
+}
+
+// secureExec reports whether the kernel marked this exec secure (AT_SECURE:
+// setuid, setgid or file capabilities).
+func secureExec() bool {
+	b, err := os.ReadFile("/proc/self/auxv")
+	if err != nil {
+		return true // when in doubt, careful
+	}
+	const atSecure = 23
+	for i := 0; i+16 <= len(b); i += 16 {
+		k, v := binary.NativeEndian.Uint64(b[i:]), binary.NativeEndian.Uint64(b[i+8:])
+		if k == atSecure {
+			return v != 0
+		}
+		if k == 0 {
+			break
+		}
+	}
+	return false
+}
 
 // CheckPrivileges tells whether this process may load and attach tracing
 // programs: CAP_BPF and CAP_PERFMON, or CAP_SYS_ADMIN.

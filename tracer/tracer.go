@@ -171,6 +171,9 @@ func New(cfg Config) (*Tracer, error) {
 	if err := CheckPrivileges(); err != nil {
 		return nil, err
 	}
+	if err := checkBTFFile(cfg.KernelBTF); err != nil {
+		return nil, err
+	}
 	kernelTypes, err := loadKernelTypes(cfg.KernelBTF)
 	if err != nil {
 		return nil, err
@@ -197,6 +200,7 @@ func New(cfg Config) (*Tracer, error) {
 		return nil, fmt.Errorf("reading BPF object: %w", err)
 	}
 	t := &Tracer{info: KernelInfo{HZ: kernelHZ(), RstReasons: resetReasons(kernelTypes)}, spec: spec}
+	t.warnings = append(t.warnings, privilegeWarnings()...)
 	if t.info.HZ == 0 {
 		t.info.HZ = 250
 		t.warnings = append(t.warnings, "kernel config not found (/boot/config-*, /proc/config.gz): assuming CONFIG_HZ=250 for timer expiries")
@@ -224,7 +228,7 @@ func New(cfg Config) (*Tracer, error) {
 			delete(spec.Programs, h.prog) // the next variant may fit
 			continue
 		case h.needs != "" && syms[h.needs] == 0:
-			missing = "address of " + h.needs + " unknown (/proc/kallsyms hidden by kernel.kptr_restrict?)"
+			missing = "address of " + h.needs + " unknown (/proc/kallsyms shows zeros: no CAP_SYSLOG, or kernel.kptr_restrict=2)"
 		}
 		if missing == "" {
 			attach = append(attach, h)

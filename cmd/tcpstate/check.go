@@ -5,6 +5,7 @@ package main
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"text/tabwriter"
@@ -83,9 +84,13 @@ func runCheck(_ context.Context, args []string, stdout, stderr io.Writer) error 
 		}
 		rep.Warnings = t.Warnings()
 		socks, _, serr := t.ScanAll(tracer.ScanOptions{TimeWait: true})
-		walk := checkFeature{Name: "start-up walk", OK: serr == nil,
+		var partial *tracer.ScanError
+		walk := checkFeature{Name: "start-up walk", OK: serr == nil || errors.As(serr, &partial),
 			Detail: fmt.Sprintf("sockets older than tcpstate found at start (iter/tcp): %d now", len(socks))}
-		if serr != nil {
+		switch {
+		case partial != nil:
+			walk.Detail += "; " + serr.Error()
+		case serr != nil:
 			walk.Detail = serr.Error()
 		}
 		rep.Features = append(rep.Features, walk)

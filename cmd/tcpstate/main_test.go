@@ -12,6 +12,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"strconv"
 	"strings"
 	"sync"
@@ -560,5 +561,38 @@ func TestInterruptWithStalledStdout(t *testing.T) {
 	case <-exited:
 	case <-time.After(5 * time.Second):
 		t.Fatalf("still running 5 s after Ctrl-C with stdout stalled; stderr:\n%s", stderr.String())
+	}
+}
+
+// With CAP_BPF and CAP_PERFMON only (as `setcap cap_bpf,cap_perfmon+ep`
+// gives), tcpstate runs and names, one warning each, what the capabilities
+// it lacks cost.
+func TestCapabilitiesOnly(t *testing.T) {
+	requireRoot(t)
+	cmd := exec.Command(binary(t), "check")
+	cmd.SysProcAttr = &syscall.SysProcAttr{
+		Credential:  &syscall.Credential{Uid: 65534, Gid: 65534},
+		AmbientCaps: []uintptr{39 /* CAP_BPF */, 38 /* CAP_PERFMON */},
+	}
+	var stdout, stderr bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &stdout, &stderr
+	if err := cmd.Run(); err != nil {
+		if strings.Contains(err.Error(), "operation not permitted") {
+			t.Skipf("cannot start a process with ambient capabilities here: %v", err)
+		}
+		t.Fatalf("check with CAP_BPF and CAP_PERFMON: %v\n%s%s", err, stdout.String(), stderr.String())
+	}
+	out := stdout.String() + stderr.String()
+	for _, want := range []string{"no CAP_SYS_ADMIN", "no CAP_SYSLOG", "no CAP_SYS_PTRACE"} {
+		if !strings.Contains(out, want) {
+			t.Errorf("no warning %q:\n%s", want, out)
+		}
+	}
+	if strings.Contains(out, "kptr_restrict?") {
+		t.Errorf("blames kptr_restrict:\n%s", out)
+	}
+	// Its own namespace needs no CAP_SYS_ADMIN: the walk reads it.
+	if !regexp.MustCompile(`start-up walk +yes`).MatchString(out) {
+		t.Errorf("the start-up walk failed with capabilities only:\n%s", out)
 	}
 }

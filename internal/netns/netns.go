@@ -33,6 +33,12 @@ func Do(path string, f func() error) error {
 		return err
 	}
 	defer target.Close()
+	if same(self, target) {
+		// Already there: no setns (which needs CAP_SYS_ADMIN even for the
+		// namespace one is in).
+		runtime.UnlockOSThread()
+		return f()
+	}
 	if err := unix.Setns(int(target.Fd()), unix.CLONE_NEWNET); err != nil {
 		runtime.UnlockOSThread()
 		return fmt.Errorf("entering namespace %s: %w", path, err)
@@ -51,4 +57,10 @@ func Go(path string, f func() error) error {
 	errc := make(chan error, 1)
 	go func() { errc <- Do(path, f) }()
 	return <-errc
+}
+
+// same reports whether two namespace files are one namespace.
+func same(a, b *os.File) bool {
+	var sa, sb unix.Stat_t
+	return unix.Fstat(int(a.Fd()), &sa) == nil && unix.Fstat(int(b.Fd()), &sb) == nil && sa.Dev == sb.Dev && sa.Ino == sb.Ino
 }
