@@ -139,9 +139,17 @@ func padLeft(b []byte, s []byte, width int) []byte {
 }
 
 // appendRstReason appends the kernel's name of a reset reason, or its number.
+// The names may come from a capture's header, which anyone may have written:
+// only the characters of a C identifier pass (safe in a terminal and in JSON).
 func appendRstReason(b []byte, k *tracer.KernelInfo, code uint16) []byte {
 	if name, ok := k.RstReasons[code]; ok {
-		return append(b, name...)
+		for _, c := range []byte(name) {
+			if c != '_' && (c < '0' || c > '9') && (c < 'A' || c > 'Z') && (c < 'a' || c > 'z') {
+				c = '?'
+			}
+			b = append(b, c)
+		}
+		return b
 	}
 	return strconv.AppendUint(append(b, "reason "...), uint64(code), 10)
 }

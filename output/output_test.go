@@ -541,3 +541,24 @@ func TestFinWait2TimerText(t *testing.T) {
 		t.Errorf("got %q", got)
 	}
 }
+
+// Reset reason names from a capture's header reach neither the terminal nor
+// JSON unsanitised.
+func TestRstReasonNamesSanitised(t *testing.T) {
+	k := tracer.KernelInfo{RstReasons: map[uint16]string{7: "EVIL\x1b[2J\"},\"x\":\"y"}}
+	got := string(appendRstReason(nil, &k, 7))
+	if strings.ContainsAny(got, "\x1b\"{},:[") {
+		t.Errorf("got %q", got)
+	}
+	var js bytes.Buffer
+	j := NewJSON(&js, JSONOptions{Clock: clock, Kernel: k})
+	e := tracer.Event{Type: tracer.EventState, Old: tracer.Established, New: tracer.Close, Reason: tracer.ReasonRSTSent, RstReason: 7}
+	if err := j.Render(&e); err != nil {
+		t.Fatal(err)
+	}
+	_ = j.Flush()
+	var m map[string]any
+	if err := json.Unmarshal(js.Bytes(), &m); err != nil || strings.ContainsAny(m["rst_reason"].(string), "\x1b\"") {
+		t.Errorf("JSON %q: %v", js.String(), err)
+	}
+}

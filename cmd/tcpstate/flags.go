@@ -195,11 +195,7 @@ func (s *sizeValue) Set(in string) error {
 	if err != nil || n == 0 || n*uint64(mult) > 1<<30 {
 		return fmt.Errorf("invalid size %q (want e.g. 4096, 256K, 8M; at most 1G)", in)
 	}
-	size := int(n) * mult
-	if size&(size-1) != 0 || size < os.Getpagesize() {
-		return fmt.Errorf("invalid size %q: must be a power of two of at least %d bytes", in, os.Getpagesize())
-	}
-	*s = sizeValue(size)
+	*s = sizeValue(int(n) * mult)
 	return nil
 }
 
@@ -271,6 +267,9 @@ func (f *tracerFlags) register(fs *pflag.FlagSet) {
 // validate checks the values that need no kernel (also on replay, which
 // uses --max-connections).
 func (f *tracerFlags) validate() error {
+	if size := int(f.ringbuf); size&(size-1) != 0 || size < os.Getpagesize() {
+		return usagef("--ringbuf-size %q: must be a power of two of at least %d bytes", f.ringbuf.String(), os.Getpagesize())
+	}
 	if f.maxConns <= 0 {
 		return usagef("--max-connections %d: must be positive", f.maxConns)
 	}

@@ -160,6 +160,8 @@ func TestUsageErrors(t *testing.T) {
 		{[]string{"trace", "--max-timewait", "10000000"}, "--max-timewait 10000000: must be between 1 and"},
 		{[]string{"trace", "--max-timewait", "4294967297"}, "--max-timewait 4294967297"},
 		{[]string{"watch", "--max-connections", "2000000000"}, "--max-connections 2000000000: at most"},
+		{[]string{"record", "-w", "x", "--max-size", "10K"}, "--max-size 10K: at least 64K"},
+		{[]string{"trace", "--ringbuf-size", "150M"}, `--ringbuf-size "150M": must be a power of two`},
 	} {
 		code, stdout, stderr := runCmd(context.Background(), tc.args...)
 		if code != exitUsage {

@@ -81,6 +81,8 @@ func runRecord(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	switch {
 	case f.write == "":
 		return usagef("record needs -w FILE")
+	case f.maxSize > 0 && f.maxSize < 64<<10:
+		return usagef("--max-size %s: at least 64K", f.maxSize.String())
 	case f.flight && f.maxSize > 0:
 		return usagef("--flight-recorder and --max-size exclude each other")
 	case f.keep < 1:

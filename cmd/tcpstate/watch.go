@@ -107,6 +107,9 @@ func runWatch(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		Interval: time.Duration(f.interval), MaxConns: f.maxConns, Rescan: rescan(t)})
 	socks, _ := pipeline.Scan(t, tracer.ScanOptions{TimeWait: true}, stderr)
 	ws.TL.Seed(socks)
+	if n := ws.TL.Stats().Evicted; n > 0 {
+		fmt.Fprintf(stderr, "tcpstate: warning: %d of the %d sockets found do not fit --max-connections %d and are not shown: raise it\n", n, len(socks), f.maxConns)
+	}
 	if err := ws.Render(tracer.BootNow()); err != nil || f.once {
 		return err
 	}

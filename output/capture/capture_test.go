@@ -235,6 +235,12 @@ func TestRotationAndMode(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	walk := []tracer.Socket{{Cookie: 9, State: tracer.Listen, Endpoints: tracer.Endpoints{Local: netip.MustParseAddrPort("0.0.0.0:80")}}}
+	if err := w.Sockets(walk); err != nil {
+		t.Fatal(err)
+	}
+	// 200 events in blocks of 10: the last block fills the current file
+	// exactly; closing then must leave no empty file.
 	evs := sampleEvents(200)
 	for i := range evs {
 		if err := w.Event(&evs[i]); err != nil {
@@ -254,8 +260,13 @@ func TestRotationAndMode(t *testing.T) {
 			t.Errorf("%s: mode %v (%v), want 0600", n, fi.Mode().Perm(), err)
 		}
 		data, _ := os.ReadFile(n)
-		if _, _, warnings, err := readAll(t, data); err != nil || len(warnings) > 0 {
+		evs, socks, warnings, err := readAll(t, data)
+		if err != nil || len(warnings) > 0 {
 			t.Errorf("%s: %v %v", n, err, warnings)
+		}
+		// Each file replays on its own: with the walk, and events.
+		if len(socks) != 1 || len(socks[0]) != 1 || socks[0][0].Cookie != 9 || len(evs) == 0 {
+			t.Errorf("%s: %d events, walk %v", n, len(evs), socks)
 		}
 	}
 }

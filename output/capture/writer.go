@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"syscall"
 	"time"
 
@@ -39,6 +40,15 @@ type Writer struct {
 	count  uint32
 	opened time.Time // when the block in progress got its first event
 	err    error     // sticky: a failed write stops the writer
+	// rotateDue: the file reached MaxSize; the next block starts a new one
+	// (not before: closing then leaves no empty file, and pushes no old one out).
+	rotateDue bool
+	walk      []walkBlock // the walk's sockets blocks, written again at the top of each new file
+}
+
+type walkBlock struct {
+	payload []byte
+	count   uint32
 }
 
 // Create makes (or truncates) a capture file, mode 0600: it holds addresses
@@ -124,6 +134,12 @@ func (w *Writer) Flush() error {
 }
 
 func (w *Writer) writeBlock(typ uint8, payload []byte, count uint32) error {
+	if w.rotateDue {
+		w.rotateDue = false
+		if err := w.rotate(); err != nil {
+			return err
+		}
+	}
 	h := blockHeader(typ, payload, count)
 	// One write per block: header and payload together.
 	w.out = append(append(w.out[:0], h[:]...), payload...)
@@ -131,7 +147,7 @@ func (w *Writer) writeBlock(typ uint8, payload []byte, count uint32) error {
 		return err
 	}
 	if w.opts.MaxSize > 0 && w.size >= w.opts.MaxSize {
-		return w.rotate()
+		w.rotateDue = true
 	}
 	return nil
 }
@@ -150,7 +166,17 @@ func (w *Writer) rotate() error {
 		return fmt.Errorf("rotating %s: %w", w.path, err)
 	}
 	w.header.Started = time.Now().UTC()
-	return w.open()
+	if err := w.open(); err != nil {
+		return err
+	}
+	// Each file replays on its own: it names the owners the walk found.
+	for _, b := range w.walk {
+		h := blockHeader(blockSockets, b.payload, b.count)
+		if err := w.write(append(h[:], b.payload...)); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 // socketsPerBlock keeps a walk's blocks far below the reader's bound.
@@ -167,6 +193,7 @@ func (w *Writer) Sockets(socks []tracer.Socket) error {
 		if err := w.jsonBlock(blockSockets, recs, uint32(n)); err != nil {
 			return err
 		}
+		w.walk = append(w.walk, walkBlock{payload: slices.Clone(w.out[blkHdrSize:]), count: uint32(n)})
 		if socks = socks[n:]; len(socks) == 0 {
 			return nil
 		}
