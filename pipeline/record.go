@@ -134,5 +134,5 @@ func (r *Recorder) Written() uint64 {
 	if r.flight != nil {
 		return r.flight.Kept()
 	}
-	return r.events
+	return r.w.Written()
 }

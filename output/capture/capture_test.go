@@ -398,6 +398,9 @@ func TestDiskFull(t *testing.T) {
 	if err := w.Event(&evs[0]); !errors.Is(err, ErrFull) {
 		t.Errorf("the writer went on after a full disk: %v", err)
 	}
+	if w.Written() != 20 {
+		t.Errorf("Written %d after a full disk, want the 20 that reached the file", w.Written())
+	}
 	good.Close()
 	full.Close()
 	data, _ := os.ReadFile(path)

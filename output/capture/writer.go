@@ -44,7 +44,12 @@ type Writer struct {
 	// (not before: closing then leaves no empty file, and pushes no old one out).
 	rotateDue bool
 	walk      []walkBlock // the walk's sockets blocks, written again at the top of each new file
+	written   uint64      // events in blocks that reached the file
 }
+
+// Written counts the events in blocks written whole (a full disk stops
+// short of what was given).
+func (w *Writer) Written() uint64 { return w.written }
 
 type walkBlock struct {
 	payload []byte
@@ -129,6 +134,9 @@ func (w *Writer) Flush() error {
 		return w.err
 	}
 	err := w.writeBlock(blockEvents, w.block, w.count)
+	if err == nil {
+		w.written += uint64(w.count)
+	}
 	w.block, w.count = w.block[:0], 0
 	return err
 }
