@@ -117,14 +117,32 @@ func NewReader(ra io.ReaderAt, size int64, name string) (*Reader, error) {
 	}
 	hlen := le.Uint32(fh[12:])
 	if hlen > maxBlock || int64(hlen) > size-fileHdrSize {
-		return nil, fmt.Errorf("%s: header length %d past the end of the file: corrupted or cut short", name, hlen)
+		// Salvage: the blocks carry their own checksums; read them from
+		// the first one found.
+		rd.warn("header length %d past the end of the file: header lost; the blocks are read from the first one found (times count from boot, host unknown)", hlen)
+		if !rd.resyncQuiet(fileHdrSize - 1) {
+			return nil, fmt.Errorf("%s: header length %d past the end of the file, and no block after it: corrupted or cut short", name, hlen)
+		}
+		return rd, nil
 	}
 	js := make([]byte, hlen)
 	if _, err := io.ReadFull(rd.r, js); err != nil {
 		return nil, fmt.Errorf("%s: header cut short", name)
 	}
 	if crc32.Checksum(js, castagnoli) != le.Uint32(fh[16:]) {
-		return nil, fmt.Errorf("%s: header checksum mismatch: corrupted", name)
+		// One flipped byte must not lose a file whose blocks are intact:
+		// read them, and say what may be wrong. (No block: nothing to save.)
+		if !rd.resyncQuiet(int64(fileHdrSize) + int64(hlen) - 1) {
+			return nil, fmt.Errorf("%s: header checksum mismatch, and no block after it: corrupted", name)
+		}
+		var h Header
+		if json.Unmarshal(js, &h) == nil {
+			rd.Header = h
+			rd.warn("header checksum mismatch: the header may be damaged (times, host, kernel details); its blocks are read anyway")
+		} else {
+			rd.warn("header damaged (checksum mismatch, not readable): times count from boot, host unknown; its blocks are read anyway")
+		}
+		return rd, nil
 	}
 	if err := json.Unmarshal(js, &rd.Header); err != nil {
 		return nil, fmt.Errorf("%s: header: %v", name, err)

@@ -205,6 +205,27 @@ func TestFlippedBytes(t *testing.T) {
 	}
 }
 
+// One flipped byte in the header loses nothing the blocks hold: they are
+// read, with a warning that the header may be wrong.
+func TestDamagedHeaderSalvaged(t *testing.T) {
+	in := sampleEvents(40)
+	data, _ := writeCapture(t, in)
+	for _, at := range []int{fileHdrSize + 2, fileHdrSize + 30} {
+		bad := bytes.Clone(data)
+		bad[at] ^= 0x01
+		out, _, warnings, err := readAll(t, bad)
+		if err != nil || len(out) != len(in) || len(warnings) == 0 || !strings.Contains(warnings[0], "header") {
+			t.Errorf("flip at %d: %d of %d events, %v, %v", at, len(out), len(in), warnings, err)
+		}
+	}
+	// A header length past the end: the blocks are found all the same.
+	bad := bytes.Clone(data)
+	le.PutUint32(bad[12:], 1<<30)
+	if out, _, warnings, err := readAll(t, bad); err != nil || len(out) != len(in) || len(warnings) == 0 {
+		t.Errorf("header length damaged: %d of %d events, %v, %v", len(out), len(in), warnings, err)
+	}
+}
+
 func TestNotACapture(t *testing.T) {
 	for name, data := range map[string][]byte{
 		"empty":   nil,
