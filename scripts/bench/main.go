@@ -49,6 +49,7 @@ func main() {
 	churnBin := flag.String("churn", "", "churn binary")
 	only := flag.String("modes", "", "comma-separated modes to run (default: all)")
 	mem := flag.Int("hold", 100000, "sockets held open for the memory check (0: skip)")
+	baseBin := flag.String("base", "", "another tcpstate binary (an earlier build) run in the same interleaved rounds, to compare")
 	flag.Parse()
 	if *bin == "" || *churnBin == "" {
 		fmt.Fprintln(os.Stderr, "bench: -tcpstate and -churn are required (use scripts/bench.sh)")
@@ -65,6 +66,11 @@ func main() {
 		{name: "tcpstates (libbpf-tools)", cmd: []string{"tcpstates"}, settle: 2 * time.Second},
 		{name: "bpftrace one-liner", cmd: []string{"bpftrace", "-e", oneLiner}, settle: 3 * time.Second},
 		{name: "tcpstate record, 10k keepalive", cmd: []string{*bin, "record", "-w", out}, churn: []string{"-keepalive", "10000"}, settle: time.Second, ours: true},
+	}
+	if *baseBin != "" {
+		modes = append(modes,
+			mode{name: "base record", cmd: []string{*baseBin, "record", "-w", out}, settle: time.Second, ours: true},
+			mode{name: "base trace", cmd: []string{*baseBin, "trace"}, settle: time.Second, ours: true})
 	}
 	if *only != "" {
 		want := strings.Split(*only, ",")
