@@ -35,7 +35,10 @@ type Socket struct {
 // Oldest is the most the socket can have been in its state: how it ranks, so
 // that an old socket never passes for a new one.
 func (r *Socket) Oldest() time.Duration {
-	return max(r.Age, r.AgeMax)
+	if r.AgeMax-r.Age <= ageExact {
+		return r.Age // as its row shows it
+	}
+	return r.AgeMax
 }
 
 // Closed reports whether Owner is the process that closed the socket rather
