@@ -92,7 +92,9 @@ func (r *resync) Idle() error {
 	if r.dirty && time.Since(r.last) >= time.Second {
 		r.dirty, r.last = false, time.Now()
 		if socks, err := r.rescan(); err == nil {
-			r.tl.Resync(socks, r.withTimewait)
+			if err := r.tl.Resync(socks, r.withTimewait); err != nil {
+				return err
+			}
 		} else if r.stderr != nil {
 			fmt.Fprintf(r.stderr, "tcpstate: warning: walking the sockets again after a loss: %v\n", err)
 		}

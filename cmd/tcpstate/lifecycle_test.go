@@ -610,4 +610,15 @@ func TestWatchNoGhostsAfterLoss(t *testing.T) {
 	if ghosts > 0 {
 		t.Errorf("%d sockets of the closed connections still shown 3 s after the burst (%d events lost)", ghosts, lost.Lost)
 	}
+	// The servers' ends are in TIME_WAIT now, whatever transitions were
+	// lost on the way.
+	wrong := map[string]int{}
+	for _, o := range objs[last+1:] {
+		if o.Type == "socket" && strconv.Itoa(o.Sport) == port && o.State != "TIME_WAIT" {
+			wrong[o.State]++
+		}
+	}
+	if len(wrong) > 0 {
+		t.Errorf("servers' ends shown in %v after the burst, want TIME_WAIT (as the kernel has them)", wrong)
+	}
 }

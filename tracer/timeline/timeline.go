@@ -127,6 +127,8 @@ type Stats struct {
 	// Gone: connections a walk after a loss no longer found (their end
 	// was among the lost events): dropped, never shown as lingering.
 	Gone uint64
+	// Corrected: connections such a walk found in another state.
+	Corrected uint64
 }
 
 // Timeline is a tracer.Sink. It is not safe for concurrent use.
@@ -198,24 +200,35 @@ func (t *Timeline) Stats() Stats {
 
 // Resync makes the table agree with a fresh walk of the kernel's sockets,
 // after events were lost: connections the kernel no longer has are dropped
-// (their end was lost; counted in Stats.Gone), and sockets the table missed
-// are added as Seed does (timewait sockets only with withTimewait). A
-// connection whose events are still held (not yet processed) is kept.
-func (t *Timeline) Resync(socks []tracer.Socket, withTimewait bool) {
-	present := make(map[uint64]bool, len(socks))
-	for i := range socks {
-		present[socks[i].Cookie] = true
+// (their end was lost; counted in Stats.Gone), those in another state than
+// the table says take the walk's (the transitions between were lost), and
+// sockets the table missed are added as Seed does (timewait sockets only
+// with withTimewait). Events still held for a join are processed first:
+// the walk is newer than all of them.
+func (t *Timeline) Resync(socks []tracer.Socket, withTimewait bool) error {
+	if err := t.release(^uint64(0)); err != nil {
+		return err
 	}
-	held := map[uint64]bool{}
-	for i := t.heldHead; i < len(t.held); i++ {
-		held[t.held[i].Cookie] = true
+	present := make(map[uint64]*tracer.Socket, len(socks))
+	for i := range socks {
+		present[socks[i].Cookie] = &socks[i]
 	}
 	for c := t.head; c != nil; {
 		next := c.next
-		if !present[c.Cookie] && !held[c.Cookie] {
+		s := present[c.Cookie]
+		switch {
+		case s == nil:
 			t.remove(c)
 			t.recycle(c)
 			t.stats.Gone++
+		case s.State != c.State || s.Timewait != c.Timewait:
+			c.State, c.Timewait, c.SinceStart = s.State, s.Timewait, true
+			c.Since, c.SinceEarliest = s.Since, s.SinceEarliest
+			if c.Since == 0 {
+				c.Since = s.Scanned
+			}
+			t.stats.Corrected++
+			t.watchLinger(c)
 		}
 		c = next
 	}
@@ -226,6 +239,7 @@ func (t *Timeline) Resync(socks []tracer.Socket, withTimewait bool) {
 		}
 	}
 	t.Seed(missing)
+	return nil
 }
 
 // Seed puts sockets found by the start-up walk in the table.

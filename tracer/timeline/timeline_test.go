@@ -367,18 +367,30 @@ func TestResyncDropsGhosts(t *testing.T) {
 	if err := tl.Tick(3 * ms); err != nil { // processes what is held
 		t.Fatal(err)
 	}
-	feed(t, tl, ev(4*ms, 3, tracer.Established, tracer.FinWait1)) // held still
-	tl.Resync([]tracer.Socket{
+	feed(t, tl, ev(4*ms, 3, tracer.Established, tracer.FinWait1)) // held still: processed before the walk applies
+	feed(t, tl, ev(2*ms+1, 4, tracer.Established, tracer.FinWait1)) // then its FIN_WAIT2 and TIME_WAIT were lost
+	if err := tl.Tick(5 * ms); err != nil {
+		t.Fatal(err)
+	}
+	err := tl.Resync([]tracer.Socket{
 		{Cookie: 2, Endpoints: tracer.Endpoints{Family: tracer.IPv4, Local: local, Remote: remote}, State: tracer.CloseWait, Since: 2 * ms, Scanned: 5 * ms},
+		{Cookie: 4, Endpoints: tracer.Endpoints{Family: tracer.IPv4, Local: local, Remote: remote}, State: tracer.TimeWait, Timewait: true, Since: 3 * ms, SinceEarliest: 3 * ms, Scanned: 5 * ms},
 		{Cookie: 7, Endpoints: tracer.Endpoints{Family: tracer.IPv4, Local: local, Remote: remote}, State: tracer.LastAck, Scanned: 5 * ms},
+		{Cookie: 3, Endpoints: tracer.Endpoints{Family: tracer.IPv4, Local: local, Remote: remote}, State: tracer.FinWait1, Scanned: 5 * ms},
 	}, false)
+	if err != nil {
+		t.Fatal(err)
+	}
 	if err := tl.Tick(2 * uint64(time.Second)); err != nil {
 		t.Fatal(err)
 	}
 	got := map[uint64]tracer.State{}
 	tl.Conns(func(c *Conn) bool { got[c.Cookie] = c.State; return true })
-	if _, ok := got[1]; ok || got[2] != tracer.CloseWait || got[3] != tracer.FinWait1 || got[7] != tracer.LastAck {
-		t.Errorf("table after resync: %v, want 2 CLOSE_WAIT, 3 FIN_WAIT1 (held), 7 LAST_ACK (added), not 1", got)
+	if _, ok := got[1]; ok || got[2] != tracer.CloseWait || got[3] != tracer.FinWait1 || got[7] != tracer.LastAck || got[4] != tracer.TimeWait {
+		t.Errorf("table after resync: %v, want 2 CLOSE_WAIT, 3 FIN_WAIT1 (was held), 4 TIME_WAIT (corrected), 7 LAST_ACK (added), not 1", got)
+	}
+	if c := tl.Stats().Corrected; c != 1 {
+		t.Errorf("corrected %d, want 1", c)
 	}
 	if g := tl.Stats().Gone; g != 1 {
 		t.Errorf("gone %d, want 1", g)
