@@ -23,6 +23,7 @@ type Recorder struct {
 	interval time.Duration
 	last     time.Time
 	events   uint64
+	failed   bool // the last dump at Close failed: nothing written
 	dump     atomic.Bool
 	stderr   io.Writer
 }
@@ -118,6 +119,7 @@ func (r *Recorder) Idle() error {
 func (r *Recorder) Close() error {
 	if r.flight != nil {
 		if err := r.flight.Dump(r.path); err != nil {
+			r.failed = true
 			return fmt.Errorf("%w: %d events lost at exit", err, r.flight.Kept())
 		}
 		if d := r.flight.Dropped(); d > 0 {
@@ -132,6 +134,9 @@ func (r *Recorder) Close() error {
 // latest for a flight recorder.
 func (r *Recorder) Written() uint64 {
 	if r.flight != nil {
+		if r.failed {
+			return 0
+		}
 		return r.flight.Kept()
 	}
 	return r.w.Written()

@@ -58,7 +58,7 @@ func newRecordFlags() (*pflag.FlagSet, *recordFlags) {
 	fs.SortFlags = false
 	fs.StringVarP(&f.write, "write", "w", "", "capture `file` to write (required)")
 	fs.VarP(&f.duration, "duration", "d", "stop after this long; default: until interrupted")
-	fs.Var(&f.maxSize, "max-size", "rotate the file at this `size` (e.g. 100M): FILE becomes FILE.1, and so on")
+	fs.Var(&f.maxSize, "max-size", "rotate the file at this `size` (64K to 1G, e.g. 100M): FILE becomes FILE.1, and so on")
 	fs.IntVar(&f.keep, "keep", 3, "rotated files to keep")
 	fs.BoolVar(&f.flight, "flight-recorder", false, "keep the latest events in memory, write them on SIGUSR1 and at exit")
 	fs.Var(&f.keepSize, "keep-size", "flight recorder: memory `size` of events to keep")
