@@ -57,6 +57,7 @@ func main() {
 	}
 	out := filepath.Join(os.TempDir(), "tcpstate-bench.tcpstate")
 	defer os.Remove(out)
+	kaChurn := []string{"-churn-keepalive", "15"}
 	const oneLiner = `tracepoint:sock:inet_sock_set_state { printf("%d %s %d %d %d\n", pid, comm, args->sport, args->oldstate, args->newstate); }`
 	modes := []mode{
 		{name: "none"},
@@ -66,6 +67,10 @@ func main() {
 		{name: "tcpstates (libbpf-tools)", cmd: []string{"tcpstates"}, settle: 2 * time.Second},
 		{name: "bpftrace one-liner", cmd: []string{"bpftrace", "-e", oneLiner}, settle: 3 * time.Second},
 		{name: "tcpstate record, 10k keepalive", cmd: []string{*bin, "record", "-w", out}, churn: []string{"-keepalive", "10000"}, settle: time.Second, ours: true},
+		// Keepalive on every churned connection, as Go's net package sets it.
+		{name: "none, keepalive churn", churn: kaChurn},
+		{name: "tcpstate record, keepalive churn", cmd: []string{*bin, "record", "-w", out}, churn: kaChurn, settle: time.Second, ours: true},
+		{name: "tcpstate trace, keepalive churn", cmd: []string{*bin, "trace"}, churn: kaChurn, settle: time.Second, ours: true},
 	}
 	if *baseBin != "" {
 		modes = append(modes,
@@ -74,7 +79,9 @@ func main() {
 	}
 	if *only != "" {
 		want := strings.Split(*only, ",")
-		modes = slices.DeleteFunc(modes, func(m mode) bool { return m.name != "none" && !slices.Contains(want, m.name) })
+		modes = slices.DeleteFunc(modes, func(m mode) bool {
+			return m.cmd != nil && !slices.Contains(want, m.name) || m.cmd == nil && m.name != "none" && !slices.ContainsFunc(want, func(w string) bool { return strings.HasSuffix(w, strings.TrimPrefix(m.name, "none")) })
+		})
 	}
 	results := map[string][]sample{}
 	for r := range *rounds {
@@ -88,7 +95,15 @@ func main() {
 			results[m.name] = append(results[m.name], s)
 		}
 	}
-	base := median(results["none"], func(s sample) float64 { return s.rate })
+	// Each mode against the untraced rounds of the same churn.
+	baseOf := func(m mode) float64 {
+		for _, b := range modes {
+			if b.cmd == nil && slices.Equal(b.churn, m.churn) {
+				return median(results[b.name], func(s sample) float64 { return s.rate })
+			}
+		}
+		return median(results["none"], func(s sample) float64 { return s.rate })
+	}
 	tw := tabwriter.NewWriter(os.Stdout, 0, 0, 2, ' ', tabwriter.AlignRight)
 	fmt.Fprintln(tw, "mode\tconn/s\tratio\tCPU ms/1M events\tlost\tpeak RSS MiB\t")
 	for _, m := range modes {
@@ -105,7 +120,7 @@ func main() {
 			lost = fmt.Sprintf("%.0f", median(ss, func(s sample) float64 { return s.lost }))
 			rss = fmt.Sprintf("%.1f", float64(slices.MaxFunc(ss, func(a, b sample) int { return int(a.rss - b.rss) }).rss)/1024)
 		}
-		fmt.Fprintf(tw, "%s\t%.0f\t%.2f\t%s\t%s\t%s\t\n", m.name, rate, rate/base, cpu, lost, rss)
+		fmt.Fprintf(tw, "%s\t%.0f\t%.2f\t%s\t%s\t%s\t\n", m.name, rate, rate/baseOf(m), cpu, lost, rss)
 	}
 	tw.Flush()
 	fmt.Printf("median of %d interleaved rounds of %v; events: the tracer's own count, else 10 per connection\n", *rounds, *secs)

@@ -20,6 +20,9 @@ import (
 	"time"
 )
 
+// keepaliveChurn: TCP_KEEPIDLE of the churned connections (0: no keepalive).
+var keepaliveChurn int
+
 func main() {
 	dur := flag.Duration("d", 5*time.Second, "how long to churn")
 	rate := flag.Int("rate", 0, "connections per second (0: as fast as possible)")
@@ -28,7 +31,9 @@ func main() {
 	idleTime := flag.Int("keepalive-idle", 5, "their TCP_KEEPIDLE and TCP_KEEPINTVL, seconds")
 	addr := flag.String("addr", "127.0.0.1:0", "listen address (loopback)")
 	hold := flag.Int("hold", 0, "instead of churning, hold this many connections open for -d (both ends: twice the sockets)")
+	churnKA := flag.Int("churn-keepalive", 0, "SO_KEEPALIVE with this TCP_KEEPIDLE (seconds) on both ends of every churned connection, as Go's net package does (15)")
 	flag.Parse()
+	keepaliveChurn = *churnKA
 	var err error
 	if *hold > 0 {
 		err = holdOpen(*hold, *dur, *addr)
@@ -88,7 +93,7 @@ func run(dur time.Duration, rate, conc, idle, idleTime int, addr string) error {
 					next = next.Add(interval)
 					time.Sleep(time.Until(next))
 				}
-				fd, err := dial(sa, 0)
+				fd, err := dial(sa, keepaliveChurn)
 				if err != nil {
 					continue
 				}
@@ -140,6 +145,9 @@ func serve(lfd int, stop *atomic.Bool) {
 			}
 			return
 		}
+		if keepaliveChurn > 0 {
+			setKeepalive(fd, keepaliveChurn)
+		}
 		syscall.Close(fd)
 	}
 }
@@ -156,15 +164,19 @@ func dial(sa syscall.Sockaddr, keepalive int) (int, error) {
 		return 0, err
 	}
 	if keepalive > 0 {
-		_ = syscall.SetsockoptInt(fd, syscall.SOL_SOCKET, syscall.SO_KEEPALIVE, 1)
-		_ = syscall.SetsockoptInt(fd, syscall.IPPROTO_TCP, syscall.TCP_KEEPIDLE, keepalive)
-		_ = syscall.SetsockoptInt(fd, syscall.IPPROTO_TCP, syscall.TCP_KEEPINTVL, keepalive)
+		setKeepalive(fd, keepalive)
 	}
 	if err := syscall.Connect(fd, sa); err != nil {
 		syscall.Close(fd)
 		return 0, err
 	}
 	return fd, nil
+}
+
+func setKeepalive(fd, idle int) {
+	_ = syscall.SetsockoptInt(fd, syscall.SOL_SOCKET, syscall.SO_KEEPALIVE, 1)
+	_ = syscall.SetsockoptInt(fd, syscall.IPPROTO_TCP, syscall.TCP_KEEPIDLE, idle)
+	_ = syscall.SetsockoptInt(fd, syscall.IPPROTO_TCP, syscall.TCP_KEEPINTVL, idle)
 }
 
 // holdOpen opens n connections to its own listener, says so, and keeps them
