@@ -79,8 +79,13 @@ func main() {
 	}
 	if *only != "" {
 		want := strings.Split(*only, ",")
+		// The modes asked for, and the untraced rounds of their churns.
+		kept := slices.DeleteFunc(slices.Clone(modes), func(m mode) bool { return m.cmd == nil || !slices.Contains(want, m.name) })
 		modes = slices.DeleteFunc(modes, func(m mode) bool {
-			return m.cmd != nil && !slices.Contains(want, m.name) || m.cmd == nil && m.name != "none" && !slices.ContainsFunc(want, func(w string) bool { return strings.HasSuffix(w, strings.TrimPrefix(m.name, "none")) })
+			if m.cmd != nil {
+				return !slices.Contains(want, m.name)
+			}
+			return m.name != "none" && !slices.ContainsFunc(kept, func(k mode) bool { return slices.Equal(k.churn, m.churn) })
 		})
 	}
 	results := map[string][]sample{}
