@@ -11,6 +11,7 @@ import (
 	"os"
 	"os/signal"
 	"runtime/debug"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -79,32 +80,58 @@ func main() {
 	// SIGHUP too (the terminal a background run was started from closed):
 	// every command ends as on Ctrl-C, a recorder writing what it holds.
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM, syscall.SIGHUP)
+	out := &watchedWriter{w: os.Stdout}
 	done := make(chan int, 1)
-	go func() { done <- run(ctx, os.Args[1:], os.Stdout, os.Stderr) }()
+	go func() { done <- run(ctx, os.Args[1:], out, os.Stderr) }()
 	select {
 	case code := <-done:
 		os.Exit(code)
 	case <-ctx.Done():
 	}
 	stop()
-	// Stopped: the command finishes what it holds, unless its output does
-	// not drain (a reader of stdout that stalled): then it must not hang.
-	select {
-	case code := <-done:
-		os.Exit(code)
-	case <-time.After(stopGrace(os.Args[1:])):
-		fmt.Fprintln(os.Stderr, "tcpstate: stopped, but its output does not drain (stdout not read): exiting without it")
-		os.Exit(exitError)
+	// Stopped: the command finishes what it holds (a recorder writes it to
+	// disk, a tracer still loading finishes loading), unless it is stuck
+	// writing to a stdout nobody reads: then it must not hang.
+	tick := time.NewTicker(100 * time.Millisecond)
+	for {
+		select {
+		case code := <-done:
+			os.Exit(code)
+		case <-tick.C:
+			if out.blockedFor() > time.Second {
+				fmt.Fprintln(os.Stderr, "tcpstate: stopped, but its output does not drain (stdout not read): exiting without it")
+				os.Exit(exitError)
+			}
+		}
 	}
 }
 
-// stopGrace is how long a stopped command may take to finish: a recorder
-// writes what it holds to disk; the others only flush their output.
-func stopGrace(args []string) time.Duration {
-	if len(args) > 0 && args[0] == "record" {
-		return 30 * time.Second
+// watchedWriter tells how long a write to it has been blocked (a pipe whose
+// reader stalled).
+type watchedWriter struct {
+	w     io.Writer
+	since atomic.Int64 // UnixNano when the write in progress began; 0: none
+}
+
+func (w *watchedWriter) Write(p []byte) (int, error) {
+	w.since.Store(time.Now().UnixNano())
+	defer w.since.Store(0)
+	return w.w.Write(p)
+}
+
+// Fd is the descriptor underneath, for the terminal checks.
+func (w *watchedWriter) Fd() uintptr {
+	if f, ok := w.w.(interface{ Fd() uintptr }); ok {
+		return f.Fd()
 	}
-	return time.Second
+	return ^uintptr(0)
+}
+
+func (w *watchedWriter) blockedFor() time.Duration {
+	if s := w.since.Load(); s != 0 {
+		return time.Since(time.Unix(0, s))
+	}
+	return 0
 }
 
 // run executes the command line args and returns the exit code.

@@ -6,7 +6,6 @@ import (
 	"context"
 	"fmt"
 	"io"
-	"os"
 	"time"
 
 	"github.com/spf13/pflag"
@@ -95,7 +94,7 @@ func runWatch(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	defer t.Close()
 
 	isTTY := false
-	if out, ok := stdout.(*os.File); ok {
+	if out, ok := stdout.(interface{ Fd() uintptr }); ok {
 		_, err := unix.IoctlGetTermios(int(out.Fd()), unix.TCGETS)
 		isTTY = err == nil
 	}
