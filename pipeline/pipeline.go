@@ -32,9 +32,8 @@ type Filter struct {
 	// LostOnly passes loss reports but no events (trace --timeline).
 	LostOnly bool
 
-	Received uint64 // events that reached the stage
-	Shown    uint64 // events (or, with Conn, connections) passed on
-	Lost     uint64 // events the kernel reported lost
+	Shown uint64 // events (or, with Conn, connections) passed on
+	Lost  uint64 // events the kernel reported lost
 }
 
 // Event passes e on if the filter accepts it.
@@ -43,7 +42,6 @@ func (f *Filter) Event(e *tracer.Event) error {
 		f.Lost += e.Lost
 		return f.Next.Event(e)
 	}
-	f.Received++
 	if f.LostOnly || f.Filter != nil && !f.Filter.Match(e) {
 		return nil
 	}
@@ -143,6 +141,21 @@ func (t *Tee) Idle() error {
 
 // Close writes the capture's last block.
 func (t *Tee) Close() error { return t.w.Close() }
+
+// Live is the live source: the tracer feeds sink until ctx ends or, with
+// d > 0, for d. started is called as reading begins (a command announces
+// itself there; its tests wait for it).
+func Live(ctx context.Context, t *tracer.Tracer, sink tracer.Sink, d time.Duration, started func(context.Context)) error {
+	if d > 0 {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, d)
+		defer cancel()
+	}
+	if started != nil {
+		started(ctx)
+	}
+	return t.Run(ctx, sink)
+}
 
 // Replay feeds every record of rd to tl, ticking it on the capture's own
 // clock (linger events fire as they did live); it returns the events read.

@@ -87,7 +87,11 @@ func (p *Trace) Finish() error {
 
 // ReplayTrace feeds the capture at path through a trace pipeline, and says on
 // stderr what it read.
-func ReplayTrace(ctx context.Context, path string, o TraceOptions, stderr io.Writer) error {
+func ReplayTrace(ctx context.Context, path string, o TraceOptions) error {
+	stderr := o.Diag
+	if stderr == nil {
+		stderr = io.Discard
+	}
 	rd, file, err := capture.Open(path)
 	if err != nil {
 		return err

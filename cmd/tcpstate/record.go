@@ -129,18 +129,12 @@ func runRecord(ctx context.Context, args []string, stdout, stderr io.Writer) err
 			}
 		}()
 	}
-	if f.duration > 0 {
-		var cancel context.CancelFunc
-		ctx, cancel = context.WithTimeout(ctx, time.Duration(f.duration))
-		defer cancel()
-	}
 	if f.flight {
 		fmt.Fprintf(stderr, "tcpstate: flight recorder running: kill -USR1 %d writes what it holds to %s\n", os.Getpid(), f.write)
 	} else {
 		fmt.Fprintf(stderr, "tcpstate: recording to %s\n", f.write)
 	}
-	ready(ctx)
-	runErr := t.Run(ctx, rec)
+	runErr := pipeline.Live(ctx, t, rec, time.Duration(f.duration), ready)
 	if err := rec.Close(); err != nil && runErr == nil {
 		runErr = err
 	}

@@ -100,7 +100,7 @@ func runTrace(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		if f.write != "" {
 			return usagef("-r/--read and -w/--write exclude each other")
 		}
-		return pipeline.ReplayTrace(ctx, f.read, opts, stderr)
+		return pipeline.ReplayTrace(ctx, f.read, opts)
 	}
 
 	if f.write != "" {
@@ -133,13 +133,7 @@ func runTrace(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		src = tee
 	}
 
-	if f.duration > 0 {
-		var cancel context.CancelFunc
-		ctx, cancel = context.WithTimeout(ctx, time.Duration(f.duration))
-		defer cancel()
-	}
-	ready(ctx)
-	runErr := t.Run(ctx, src)
+	runErr := pipeline.Live(ctx, t, src, time.Duration(f.duration), ready)
 	if tee != nil {
 		if err := tee.Close(); err != nil && runErr == nil {
 			runErr = err

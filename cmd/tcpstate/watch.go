@@ -112,11 +112,5 @@ func runWatch(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	if err := ws.Render(tracer.BootNow()); err != nil || f.once {
 		return err
 	}
-	if f.duration > 0 {
-		var cancel context.CancelFunc
-		ctx, cancel = context.WithTimeout(ctx, time.Duration(f.duration))
-		defer cancel()
-	}
-	ready(ctx)
-	return t.Run(ctx, ws.TL)
+	return pipeline.Live(ctx, t, ws.TL, time.Duration(f.duration), ready)
 }

@@ -8,6 +8,8 @@ package layers
 
 import (
 	"go/build"
+	"io/fs"
+	"path/filepath"
 	"slices"
 	"strings"
 	"testing"
@@ -30,6 +32,24 @@ var allowed = map[string][]string{
 
 func TestDataFlowsOneWay(t *testing.T) {
 	ctx := build.Default
+	// Every package of the module is placed (scripts are programs of their
+	// own, layers is this test).
+	root := filepath.Join("..", "..")
+	_ = filepath.WalkDir(root, func(path string, d fs.DirEntry, err error) error {
+		if err != nil || !d.IsDir() {
+			return err
+		}
+		rel, _ := filepath.Rel(root, path)
+		if strings.HasPrefix(d.Name(), ".") && rel != "." || rel == "scripts" || rel == "bpf" || rel == "internal/layers" {
+			return filepath.SkipDir
+		}
+		if p, err := ctx.ImportDir(path, 0); err == nil && p.Name != "" && rel != "." {
+			if _, ok := allowed[rel]; !ok {
+				t.Errorf("package %s is not placed in the layers (add it to allowed)", rel)
+			}
+		}
+		return nil
+	})
 	for pkg, may := range allowed {
 		p, err := ctx.Import(mod+pkg, "", 0)
 		if err != nil {

@@ -620,6 +620,9 @@ func (t *Timeline) watchLinger(c *Conn) {
 // Match reports whether c passes f: in its current state, or with finished
 // set, in any state of its life.
 func Match(f *tracer.Filter, c *Conn, finished bool) bool {
+	if f == nil {
+		return true
+	}
 	if !finished || f.States == 0 {
 		return f.MatchConn(&c.Endpoints, &c.Owner, c.State, c.State)
 	}

@@ -367,7 +367,7 @@ func TestResyncDropsGhosts(t *testing.T) {
 	if err := tl.Tick(3 * ms); err != nil { // processes what is held
 		t.Fatal(err)
 	}
-	feed(t, tl, ev(4*ms, 3, tracer.Established, tracer.FinWait1)) // held still: processed before the walk applies
+	feed(t, tl, ev(4*ms, 3, tracer.Established, tracer.FinWait1))   // held still: processed before the walk applies
 	feed(t, tl, ev(2*ms+1, 4, tracer.Established, tracer.FinWait1)) // then its FIN_WAIT2 and TIME_WAIT were lost
 	if err := tl.Tick(5 * ms); err != nil {
 		t.Fatal(err)

@@ -104,7 +104,6 @@ type Result struct {
 	Status Status
 	Detail string
 	Expect time.Duration // expected value (count for keepalive_probes)
-	NetNS  uint32
 }
 
 // Change is a sysctl that changed while the checker ran.
@@ -360,7 +359,7 @@ func (c *Checker) Results(now uint64) []Result {
 // rate rates k against one setting; false when the setting is not about
 // this socket's state (keepalive for FIN_WAIT2, fin_timeout for ESTABLISHED).
 func (c *Checker) rate(k *Socket, name string, now uint64) (Result, bool) {
-	r := Result{Socket: k, Check: name, NetNS: k.NetNS}
+	r := Result{Socket: k, Check: name}
 	sys, haveSys := c.sysctl(k.NetNS, name)
 	want, expected := c.expect[name]
 	if !expected {
