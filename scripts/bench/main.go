@@ -66,11 +66,11 @@ func main() {
 		{name: "tcpstate trace -o json", cmd: []string{*bin, "trace", "-o", "json"}, settle: time.Second, ours: true},
 		{name: "tcpstates (libbpf-tools)", cmd: []string{"tcpstates"}, settle: 2 * time.Second},
 		{name: "bpftrace one-liner", cmd: []string{"bpftrace", "-e", oneLiner}, settle: 3 * time.Second},
-		{name: "tcpstate record, 10k keepalive", cmd: []string{*bin, "record", "-w", out}, churn: []string{"-keepalive", "10000"}, settle: time.Second, ours: true},
+		{name: "tcpstate record (10k keepalive)", cmd: []string{*bin, "record", "-w", out}, churn: []string{"-keepalive", "10000"}, settle: time.Second, ours: true},
 		// Keepalive on every churned connection, as Go's net package sets it.
-		{name: "none, keepalive churn", churn: kaChurn},
-		{name: "tcpstate record, keepalive churn", cmd: []string{*bin, "record", "-w", out}, churn: kaChurn, settle: time.Second, ours: true},
-		{name: "tcpstate trace, keepalive churn", cmd: []string{*bin, "trace"}, churn: kaChurn, settle: time.Second, ours: true},
+		{name: "none (keepalive churn)", churn: kaChurn},
+		{name: "tcpstate record (keepalive churn)", cmd: []string{*bin, "record", "-w", out}, churn: kaChurn, settle: time.Second, ours: true},
+		{name: "tcpstate trace (keepalive churn)", cmd: []string{*bin, "trace"}, churn: kaChurn, settle: time.Second, ours: true},
 	}
 	if *baseBin != "" {
 		modes = append(modes,
@@ -141,7 +141,7 @@ func main() {
 
 var (
 	rateRe    = regexp.MustCompile(`(\d+) connections in [0-9.]+s: (\d+) connections/s`)
-	summaryRe = regexp.MustCompile(`(\d+) events (?:seen|recorded[^,]*), (?:(\d+) shown, )?(\d+) lost`)
+	summaryRe = regexp.MustCompile(`(\d+) events (?:seen|recorded[^,]*), (?:(\d+) shown, )?(?:\d+ written to [^,]*, )?(\d+) lost`)
 	lostRe    = regexp.MustCompile(`(?i)lost (\d+) (?:events|samples)`)
 )
 

@@ -150,11 +150,15 @@ type Timeline struct {
 	endedRing []uint64
 	endedNext int
 
-	held     []tracer.Event // waiting for a later piece (holdFor), from heldHead on
-	heldHead int
-	latest   uint64 // newest event time seen
-	stats    Stats
-	out      tracer.Event
+	held []tracer.Event // waiting for a later piece (holdFor), from heldHead on
+	// How many held timewait cancels and full-socket CLOSEs each cookie
+	// has: the joins look only when there is one (the queue holds 200 ms
+	// of events on a busy host; scanning it for every event was quadratic).
+	heldCancels, heldCloses map[uint64]int
+	heldHead                int
+	latest                  uint64 // newest event time seen
+	stats                   Stats
+	out                     tracer.Event
 }
 
 type listenKey struct {
@@ -172,6 +176,29 @@ func New(next tracer.Sink, opts Options) *Timeline {
 		conns:     map[uint64]*Conn{},
 		listeners: map[listenKey]*Conn{}, lingering: map[uint64]*Conn{},
 		ended: map[uint64]tracer.Owner{}, endedRing: make([]uint64, endedOwners),
+		heldCancels: map[uint64]int{}, heldCloses: map[uint64]int{},
+	}
+}
+
+// isHeldClose: a CLOSE of a full socket, which a RST may join.
+func isHeldClose(e *tracer.Event) bool {
+	return e.Type == tracer.EventState && e.New == tracer.Close && !e.Timewait
+}
+
+// countHeld keeps heldCancels and heldCloses as e enters (d = 1) or leaves
+// (d = -1) the queue.
+func (t *Timeline) countHeld(e *tracer.Event, d int) {
+	var m map[uint64]int
+	switch {
+	case e.Type == tracer.EventTWCancel:
+		m = t.heldCancels
+	case isHeldClose(e):
+		m = t.heldCloses
+	default:
+		return
+	}
+	if m[e.Cookie] += d; m[e.Cookie] <= 0 {
+		delete(m, e.Cookie)
 	}
 }
 
@@ -381,14 +408,17 @@ func (t *Timeline) Event(e *tracer.Event) error {
 		}
 	}
 	t.held = append(t.held, *e)
+	t.countHeld(e, 1)
 	return nil
 }
 
 // heldClose finds a held CLOSE of a full socket with cookie.
 func (t *Timeline) heldClose(cookie uint64) *tracer.Event {
+	if t.heldCloses[cookie] == 0 {
+		return nil
+	}
 	for i := len(t.held) - 1; i >= t.heldHead; i-- {
-		h := &t.held[i]
-		if h.Cookie == cookie && h.Type == tracer.EventState && h.New == tracer.Close && !h.Timewait {
+		if h := &t.held[i]; h.Cookie == cookie && isHeldClose(h) {
 			return h
 		}
 	}
@@ -397,8 +427,12 @@ func (t *Timeline) heldClose(cookie uint64) *tracer.Event {
 
 // dropCancel forgets a held timewait cancel of cookie: it was a re-arm.
 func (t *Timeline) dropCancel(cookie uint64) {
+	if t.heldCancels[cookie] == 0 {
+		return
+	}
 	for i := len(t.held) - 1; i >= t.heldHead; i-- {
 		if t.held[i].Cookie == cookie && t.held[i].Type == tracer.EventTWCancel {
+			t.countHeld(&t.held[i], -1)
 			t.held = append(t.held[:i], t.held[i+1:]...)
 			return
 		}
@@ -410,6 +444,7 @@ func (t *Timeline) dropCancel(cookie uint64) {
 func (t *Timeline) release(now uint64) error {
 	for t.heldHead < len(t.held) && t.held[t.heldHead].Time+holdFor(&t.held[t.heldHead]) <= now {
 		t.heldHead++
+		t.countHeld(&t.held[t.heldHead-1], -1)
 		if err := t.process(&t.held[t.heldHead-1]); err != nil {
 			return err
 		}
