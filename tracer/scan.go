@@ -206,10 +206,6 @@ func scanNetNS(it *link.Iter, path string, hz uint32, opts ScanOptions) ([]Socke
 // the calling thread's namespace and the iterator did not find, and says how
 // many.
 func addDiagTimewait(out *[]Socket, netns uint32, finTimeout time.Duration, opts ScanOptions) (int, error) {
-	tws, err := diagTimewait(netns, finTimeout, BootNow())
-	if err != nil {
-		return 0, err
-	}
 	type ends struct{ local, remote netip.AddrPort }
 	seen := map[ends]bool{}
 	for _, s := range *out {
@@ -218,14 +214,13 @@ func addDiagTimewait(out *[]Socket, netns uint32, finTimeout time.Duration, opts
 		}
 	}
 	n := 0
-	for _, s := range tws {
-		if seen[ends{s.Local, s.Remote}] || !opts.TimeWait && s.State == TimeWait {
-			continue
+	err := eachDiagTimewait(netns, finTimeout, BootNow(), opts.TimeWait, func(s *Socket) {
+		if !seen[ends{s.Local, s.Remote}] {
+			*out = append(*out, *s)
+			n++
 		}
-		*out = append(*out, s)
-		n++
-	}
-	return n, nil
+	})
+	return n, err
 }
 
 var (

@@ -22,9 +22,8 @@ import (
 const (
 	inetDiagReqV2Len = 56 // struct inet_diag_req_v2
 	inetDiagMsgLen   = 72 // struct inet_diag_msg
-	// The states asked for: the kernel matches a timewait socket by its
-	// substate, so FIN_WAIT2 brings full sockets too (told apart by timer).
-	diagStates  = 1<<TimeWait | 1<<FinWait2
+	// (The kernel matches a timewait socket by its substate, so asking for
+	// FIN_WAIT2 brings full sockets too: told apart by their timer.)
 	diagTimerTW = 3 // inet_diag_msg.idiag_timer of a timewait socket
 )
 
@@ -32,27 +31,38 @@ const (
 // calling thread's network namespace. finTimeout dates a FIN_WAIT2 from its
 // timer, as the walk does (0: unknown); scanned is when the list was taken.
 func diagTimewait(netns uint32, finTimeout time.Duration, scanned uint64) ([]Socket, error) {
+	var out []Socket
+	err := eachDiagTimewait(netns, finTimeout, scanned, true, func(s *Socket) { out = append(out, *s) })
+	return out, err
+}
+
+// eachDiagTimewait passes each timewait socket to f (s is reused), those in
+// TIME_WAIT only with timeWait: a busy host has hundreds of thousands.
+func eachDiagTimewait(netns uint32, finTimeout time.Duration, scanned uint64, timeWait bool, f func(s *Socket)) error {
 	fd, err := unix.Socket(unix.AF_NETLINK, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, unix.NETLINK_INET_DIAG)
 	if err != nil {
-		return nil, fmt.Errorf("sock_diag: %w", err)
+		return fmt.Errorf("sock_diag: %w", err)
 	}
 	defer unix.Close(fd)
-	var out []Socket
+	states := uint32(1 << FinWait2)
+	if timeWait {
+		states |= 1 << TimeWait
+	}
 	for _, family := range []uint8{unix.AF_INET, unix.AF_INET6} {
-		if err := diagDump(fd, family, func(m []byte) {
+		if err := diagDump(fd, family, states, func(m []byte) {
 			if s, ok := parseDiagMsg(m, netns, finTimeout, scanned); ok {
-				out = append(out, s)
+				f(&s)
 			}
 		}); err != nil {
-			return nil, err
+			return err
 		}
 	}
-	return out, nil
+	return nil
 }
 
 // diagDump asks for the timewait sockets of one family and passes each
 // inet_diag_msg to f.
-func diagDump(fd int, family uint8, f func([]byte)) error {
+func diagDump(fd int, family uint8, states uint32, f func([]byte)) error {
 	req := make([]byte, unix.NLMSG_HDRLEN+inetDiagReqV2Len)
 	ne := binary.NativeEndian
 	ne.PutUint32(req[0:], uint32(len(req)))
@@ -61,7 +71,7 @@ func diagDump(fd int, family uint8, f func([]byte)) error {
 	ne.PutUint32(req[8:], 1) // sequence
 	r := req[unix.NLMSG_HDRLEN:]
 	r[0], r[1] = family, unix.IPPROTO_TCP
-	ne.PutUint32(r[4:], diagStates)
+	ne.PutUint32(r[4:], states)
 	if err := unix.Sendto(fd, req, 0, &unix.SockaddrNetlink{Family: unix.AF_NETLINK}); err != nil {
 		return fmt.Errorf("sock_diag: %w", err)
 	}
