@@ -401,3 +401,29 @@ func TestResyncDropsGhosts(t *testing.T) {
 		}
 	}
 }
+
+// BenchmarkChurnWithHeldEvents: a busy host's mix, where abortive CLOSEs
+// hold the queue for 200 ms while timewait events keep coming; the joins must
+// not scan the held queue for every event.
+func BenchmarkChurnWithHeldEvents(b *testing.B) {
+	tl := New(&sink{}, Options{})
+	b.ReportAllocs()
+	var ts uint64
+	i := uint64(0)
+	for b.Loop() {
+		i++
+		ts += 10_000 // 100k events/s
+		var e tracer.Event
+		switch i % 10 {
+		case 0: // abortive close: held 200 ms
+			e = ev(ts, i, tracer.Established, tracer.Close)
+			e.Reason = tracer.ReasonClosed
+		default: // a timewait socket's event: looks for a held cancel
+			e = ev(ts, i, tracer.FinWait2, tracer.TimeWait)
+			e.Timewait = true
+		}
+		if err := tl.Event(&e); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
