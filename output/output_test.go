@@ -473,6 +473,10 @@ func TestReportAggregates(t *testing.T) {
 	if err := r.Render(&out, clock, time.UTC, false); err != nil || !strings.Contains(out.String(), "PROCESSES WITH THE MOST CLOSE_WAIT") {
 		t.Errorf("text report: %v\n%s", err, out.String())
 	}
+	// The lingering connections, laid out by their column table.
+	if want := "  CLOSE_WAIT    5.00s 10.0.0.1:40000           10.0.0.2:80                   9 leaky\n"; !strings.Contains(out.String(), want) {
+		t.Errorf("text report has no line %q:\n%s", want, out.String())
+	}
 }
 
 // Ages the kernel only bounds print as ranges and rank by their upper end; a

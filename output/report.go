@@ -94,6 +94,10 @@ type Linger struct {
 	Owner    tracer.Owner
 }
 
+// lingerColumns lay out the lingering connections of a report (no header
+// line: the section's title says it).
+var lingerColumns = []column{{"", 1}, {"STATE", 10}, {"DURATION", -8}, {"LOCAL", 24}, {"REMOTE", 24}, {"PID", -6}, {"COMM", 0}}
+
 type procKey struct {
 	pid  uint32
 	comm tracer.Comm
@@ -263,19 +267,22 @@ func (r *Report) Render(w io.Writer, clock tracer.Clock, loc *time.Location, asJ
 	if len(r.Lingers) > 0 {
 		p("\nLONGEST IN CLOSE_WAIT / FIN_WAIT2 (\"+\" still there at the end, \">\" began before the capture)\n")
 		for _, l := range r.Lingers {
+			line := row{cols: lingerColumns}
 			flag := " "
 			if l.Open {
 				flag = "+"
 			}
+			line.cell([]byte(flag))
+			line.cell([]byte(l.State.String()))
 			dur := AppendDuration(nil, l.Duration)
 			if l.Min {
 				dur = append([]byte(">"), dur...)
 			}
-			owner := "     - -"
-			if l.Owner.Known() {
-				owner = fmt.Sprintf("%6d %s", l.Owner.PID, appendPrintable(nil, l.Owner.Comm.Bytes()))
-			}
-			p("%s %-10s %8s %-24s %-24s %s\n", flag, l.State, dur, l.Local, l.Remote, owner)
+			line.cell(dur)
+			line.cell([]byte(l.Local.String()))
+			line.cell([]byte(l.Remote.String()))
+			line.owner(&l.Owner, false, false)
+			p("%s\n", line.b)
 		}
 	}
 	if len(r.CloseWait) > 0 {
