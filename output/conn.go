@@ -72,22 +72,8 @@ func (j *JSON) RenderConn(c *timeline.Conn) error {
 	b = strconv.AppendUint(b, c.Cookie, 10)
 	b = appendEndpoints(b, c.NetNS, c.Family, c.Local, c.Remote)
 	b = appendOwner(b, &c.Owner)
-	if c.Reason != tracer.ReasonNone {
-		b = append(b, `,"reason":"`...)
-		b = append(b, c.Reason.String()...)
-		b = append(b, '"')
-		if c.Reason == tracer.ReasonRSTSent {
-			b = append(b, `,"rst_reason":`...)
-			b = append(appendRstReason(append(b, '"'), &j.opts.Kernel, c.RstReason), '"')
-		}
-	}
-	if c.SkErr != 0 {
-		b = append(b, `,"sk_err":`...)
-		b = strconv.AppendInt(b, int64(c.SkErr), 10)
-		b = append(b, `,"error":"`...)
-		b = append(b, ErrnoName(c.SkErr)...)
-		b = append(b, '"')
-	}
+	b = appendReasonJSON(b, &j.opts.Kernel, c.Reason, c.RstReason, c.Reason == tracer.ReasonRSTSent)
+	b = appendErrJSON(b, c.SkErr)
 	b = append(b, `,"states":[`...)
 	for i, s := range c.Spans {
 		if i > 0 {

@@ -76,16 +76,8 @@ func (j *JSON) Render(e *tracer.Event) error {
 			b = strconv.AppendInt(b, int64(e.ExpiresIn), 10)
 		}
 	}
-	if e.Reason != tracer.ReasonNone {
-		b = append(b, `,"reason":"`...)
-		b = append(b, e.Reason.String()...)
-		b = append(b, '"')
-	}
-	if e.Reason == tracer.ReasonRSTSent || e.Type == tracer.EventReset ||
-		e.Type == tracer.EventKeepalive && e.Keepalive.Event == tracer.KeepaliveTimeout {
-		b = append(b, `,"rst_reason":`...)
-		b = append(appendRstReason(append(b, '"'), &j.opts.Kernel, e.RstReason), '"')
-	}
+	b = appendReasonJSON(b, &j.opts.Kernel, e.Reason, e.RstReason, e.Reason == tracer.ReasonRSTSent || e.Type == tracer.EventReset ||
+		e.Type == tracer.EventKeepalive && e.Keepalive.Event == tracer.KeepaliveTimeout)
 	if e.Owner.Known() {
 		b = appendOwner(b, &e.Owner)
 	}
@@ -95,14 +87,34 @@ func (j *JSON) Render(e *tracer.Event) error {
 		b = append(b, `,"cpu_comm":`...)
 		b = appendJSONString(b, e.OnCPU.Comm.Bytes())
 	}
-	if e.SkErr != 0 {
-		b = append(b, `,"sk_err":`...)
-		b = strconv.AppendInt(b, int64(e.SkErr), 10)
-		b = append(b, `,"error":"`...)
-		b = append(b, ErrnoName(e.SkErr)...)
+	return j.line(appendErrJSON(b, e.SkErr))
+}
+
+// appendReasonJSON appends why a connection closed: "reason" when there is
+// one, and with rst the kernel's "rst_reason".
+func appendReasonJSON(b []byte, k *tracer.KernelInfo, reason tracer.Reason, rstReason uint16, rst bool) []byte {
+	if reason != tracer.ReasonNone {
+		b = append(b, `,"reason":"`...)
+		b = append(b, reason.String()...)
 		b = append(b, '"')
 	}
-	return j.line(b)
+	if rst {
+		b = append(b, `,"rst_reason":`...)
+		b = append(appendRstReason(append(b, '"'), k, rstReason), '"')
+	}
+	return b
+}
+
+// appendErrJSON appends the socket's error, as a number and by name.
+func appendErrJSON(b []byte, skErr int32) []byte {
+	if skErr == 0 {
+		return b
+	}
+	b = append(b, `,"sk_err":`...)
+	b = strconv.AppendInt(b, int64(skErr), 10)
+	b = append(b, `,"error":"`...)
+	b = append(b, ErrnoName(skErr)...)
+	return append(b, '"')
 }
 
 func (j *JSON) line(b []byte) error {
