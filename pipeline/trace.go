@@ -38,7 +38,7 @@ type TraceOptions struct {
 // Trace is trace's pipeline, live or replayed: timeline -> filter ->
 // renderer.
 type Trace struct {
-	TL     *timeline.Timeline
+	tl     *timeline.Timeline
 	Filter *Filter
 	conns  bool
 	r      interface {
@@ -61,10 +61,19 @@ func NewTrace(o TraceOptions) *Trace {
 		opts.OnFinish = func(c *timeline.Conn) error { return p.Filter.Conn(c, p.r) }
 	}
 	rs := &resync{rescan: o.Rescan, next: p.Filter, stderr: o.Diag}
-	p.TL = timeline.New(rs, opts)
-	rs.tl = p.TL
+	p.tl = timeline.New(rs, opts)
+	rs.tl = p.tl
 	return p
 }
+
+// Seed puts the sockets of the start-up walk in the timeline.
+func (p *Trace) Seed(socks []tracer.Socket) { p.tl.Seed(socks) }
+
+// Sink is where the source feeds events.
+func (p *Trace) Sink() tracer.Sink { return p.tl }
+
+// TimelineStats are the connection table's counters.
+func (p *Trace) TimelineStats() timeline.Stats { return p.tl.Stats() }
 
 // ShownWhat names what Filter.Shown counts.
 func (p *Trace) ShownWhat() string {
@@ -76,7 +85,7 @@ func (p *Trace) ShownWhat() string {
 
 // Finish releases what the timeline holds and flushes the output.
 func (p *Trace) Finish() error {
-	if err := p.TL.Flush(); err != nil {
+	if err := p.tl.Flush(); err != nil {
 		return fmt.Errorf("writing output: %w", err)
 	}
 	if err := p.r.Flush(); err != nil {
@@ -99,7 +108,7 @@ func ReplayTrace(ctx context.Context, path string, o TraceOptions) error {
 	defer file.Close()
 	o.Clock, o.Kernel = rd.Header.Clock(), rd.Header.KernelInfo()
 	p := NewTrace(o)
-	n, err := Replay(ctx, rd, p.TL)
+	n, err := Replay(ctx, rd, p.tl)
 	if ctx.Err() != nil && errors.Is(err, ctx.Err()) {
 		err = nil // interrupted: what was read is shown, and said
 		fmt.Fprintf(stderr, "tcpstate: interrupted: %s read in part\n", path)

@@ -14,7 +14,7 @@ import (
 // tracer's own goroutine (the timeline is not shared). It is the timeline's
 // sink; the tracer feeds TL.
 type Watch struct {
-	TL       *timeline.Timeline
+	tl       *timeline.Timeline
 	w        *output.Watch
 	filter   tracer.Filter
 	states   tracer.StateSet
@@ -39,8 +39,8 @@ func NewWatch(w *output.Watch, o WatchOptions) *Watch {
 	s := &Watch{w: w, filter: o.Filter, states: o.States, linger: o.Linger, interval: o.Interval}
 	s.filter.States = 0
 	rs := &resync{rescan: o.Rescan, withTimewait: true, next: s}
-	s.TL = timeline.New(rs, timeline.Options{MaxConns: o.MaxConns})
-	rs.tl = s.TL
+	s.tl = timeline.New(rs, timeline.Options{MaxConns: o.MaxConns})
+	rs.tl = s.tl
 	return s
 }
 
@@ -59,8 +59,18 @@ func (s *Watch) Idle() error {
 	return s.Render(now)
 }
 
+// Seed puts the sockets of the start-up walk in the timeline; it says how
+// many did not fit the table.
+func (s *Watch) Seed(socks []tracer.Socket) (evicted uint64) {
+	s.tl.Seed(socks)
+	return s.tl.Stats().Evicted
+}
+
+// Sink is where the source feeds events.
+func (s *Watch) Sink() tracer.Sink { return s.tl }
+
 // Render writes the snapshot at now.
 func (s *Watch) Render(now uint64) error {
 	s.last = now
-	return s.w.Render(now, output.Snapshot(s.TL, now, &s.filter, s.states, s.linger), s.lost)
+	return s.w.Render(now, output.Snapshot(s.tl, now, &s.filter, s.states, s.linger), s.lost)
 }

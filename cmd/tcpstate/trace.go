@@ -122,12 +122,12 @@ func runTrace(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	p := pipeline.NewTrace(opts)
 	socks, nss := pipeline.Scan(t, tracer.ScanOptions{}, stderr)
 	socks = pipeline.FullSockets(socks)
-	p.TL.Seed(socks)
-	var src tracer.Sink = p.TL
+	p.Seed(socks)
+	src := p.Sink()
 	var tee *pipeline.Tee
 	if f.write != "" {
 		h := pipeline.Header(version, os.Args[1:], opts.Clock, opts.Kernel, nss, t.Warnings())
-		if tee, err = pipeline.NewTee(f.write, h, socks, p.TL); err != nil {
+		if tee, err = pipeline.NewTee(f.write, h, socks, p.Sink()); err != nil {
 			return err
 		}
 		src = tee
@@ -146,6 +146,6 @@ func runTrace(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	if err != nil {
 		return err
 	}
-	fmt.Fprintf(stderr, "tcpstate: %s\n", pipeline.Summary(stats, p.Filter.Shown, p.ShownWhat(), p.TL.Stats()))
+	fmt.Fprintf(stderr, "tcpstate: %s\n", pipeline.Summary(stats, p.Filter.Shown, p.ShownWhat(), p.TimelineStats()))
 	return runErr
 }
