@@ -29,6 +29,9 @@ import (
 type Filter struct {
 	Filter *tracer.Filter // nil: everything
 	Next   tracer.Sink
+	// Conns receives the finished connections the filter accepts (trace
+	// --timeline: the timeline's OnFinish is Finished).
+	Conns output.ConnRenderer
 	// LostOnly passes loss reports but no events (trace --timeline).
 	LostOnly bool
 
@@ -52,14 +55,14 @@ func (f *Filter) Event(e *tracer.Event) error {
 // Idle passes on the end of a burst.
 func (f *Filter) Idle() error { return f.Next.Idle() }
 
-// Conn passes a finished connection to r if, in any state of its life, the
-// filter accepts it (timeline.Options.OnFinish).
-func (f *Filter) Conn(c *timeline.Conn, r output.ConnRenderer) error {
-	if f.Filter != nil && !timeline.Match(f.Filter, c, true) {
+// Finished passes a finished connection to Conns if, in any state of its
+// life, the filter accepts it (timeline.Options.OnFinish).
+func (f *Filter) Finished(c *timeline.Conn) error {
+	if f.Conns == nil || !timeline.Match(f.Filter, c, true) {
 		return nil
 	}
 	f.Shown++
-	return r.RenderConn(c)
+	return f.Conns.RenderConn(c)
 }
 
 // Rescan walks the kernel's sockets again (tracer.Tracer.Scan).

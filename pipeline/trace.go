@@ -58,7 +58,8 @@ func NewTrace(o TraceOptions) *Trace {
 	p.Filter = &Filter{Filter: &o.Filter, Next: Render{p.r}, LostOnly: o.Conns}
 	opts := timeline.Options{MaxConns: o.MaxConns, Linger: o.Linger, Spans: o.Conns}
 	if o.Conns {
-		opts.OnFinish = func(c *timeline.Conn) error { return p.Filter.Conn(c, p.r) }
+		p.Filter.Conns = p.r
+		opts.OnFinish = p.Filter.Finished
 	}
 	rs := &resync{rescan: o.Rescan, next: p.Filter, stderr: o.Diag}
 	p.tl = timeline.New(rs, opts)
