@@ -22,7 +22,6 @@ type Recorder struct {
 	nss      []tracer.NetNS
 	interval time.Duration
 	last     time.Time
-	events   uint64
 	failed   bool // the last dump at Close failed: nothing written
 	dump     atomic.Bool
 	stderr   io.Writer
@@ -70,9 +69,6 @@ func NewRecorder(o RecordOptions) (*Recorder, error) {
 	return r, nil
 }
 
-// Events is how many events were recorded.
-func (r *Recorder) Events() uint64 { return r.events }
-
 // Dump asks a flight recorder to write what it holds at the next Idle; safe
 // from any goroutine (a signal handler's).
 func (r *Recorder) Dump() { r.dump.Store(true) }
@@ -84,10 +80,7 @@ func (r *Recorder) sink() tracer.Sink {
 	return r.w
 }
 
-func (r *Recorder) Event(e *tracer.Event) error {
-	r.events++
-	return r.sink().Event(e)
-}
+func (r *Recorder) Event(e *tracer.Event) error { return r.sink().Event(e) }
 
 func (r *Recorder) Idle() error {
 	if r.dump.Swap(false) && r.flight != nil {

@@ -142,6 +142,6 @@ func runRecord(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	if err != nil {
 		return err
 	}
-	fmt.Fprintf(stderr, "tcpstate: %d events seen, %d written to %s, %d lost (%d filtered in kernel)%s\n", rec.Events(), rec.Written(), f.write, stats.AllLost(), stats.Filtered, pipeline.SkippedNote(stats))
+	fmt.Fprintf(stderr, "tcpstate: %d events seen, %d written to %s, %d lost (%d filtered in kernel)%s\n", stats.Seen, rec.Written(), f.write, stats.AllLost(), stats.Filtered, pipeline.SkippedNote(stats))
 	return runErr
 }
