@@ -2,7 +2,9 @@
 /*
  * What differs between kernels, in one place: socket storage (5.11) and cookies (5.12) for
  * tracing programs, probed by user space; reset reasons (6.10). Each helper here works on every
- * kernel tcpstate supports (5.10+).
+ * kernel tcpstate supports (5.10+). Two behaviours follow the flags elsewhere, said there: an
+ * accepted socket inherits its listener's owner through cloned storage (child_born), and without
+ * cookies a full socket finds its timewait socket through the one armed last (tw_taking_over).
  * Part of tcpstate.bpf.c (one object): included there, in order.
  */
 #ifndef __TCPSTATE_COMPAT_H
@@ -33,14 +35,20 @@ static __always_inline __u64 new_id(void)
 }
 
 /*
- * The kernel's cookie of a full socket (a BTF pointer), made now if it had
- * none; before Linux 5.12 only read: 0 unless something made it (ss, SO_COOKIE).
+ * The kernel's cookie of a socket (a BTF pointer, full or timewait), made now
+ * if it had none; before Linux 5.12 only read: 0 unless something made it
+ * (ss, SO_COOKIE).
  */
-static __always_inline __u64 kernel_cookie(const struct sock *sk)
+static __always_inline __u64 skc_cookie(const struct sock_common *skc)
 {
 	if (have_cookie)
-		return bpf_get_socket_cookie((void *)sk);
-	return BPF_CORE_READ(sk, __sk_common.skc_cookie.counter);
+		return bpf_get_socket_cookie((void *)skc);
+	return BPF_CORE_READ(skc, skc_cookie.counter);
+}
+
+static __always_inline __u64 kernel_cookie(const struct sock *sk)
+{
+	return skc_cookie(&sk->__sk_common);
 }
 
 /*
@@ -60,6 +68,35 @@ static __always_inline struct sk_info *sk_info_get(const struct sock *sk, bool c
 		return info;
 	bpf_map_update_elem(&sk_info_map, &key, &fresh, BPF_NOEXIST);
 	return bpf_map_lookup_elem(&sk_info_map, &key);
+}
+
+/*
+ * The tracer's state of a socket reached through a timer (no BTF pointer), if
+ * it is kept by address (before Linux 5.11); socket storage cannot be read
+ * from there.
+ */
+static __always_inline struct sk_info *sk_info_by_addr(const void *sk)
+{
+	__u64 key = (__u64)sk;
+
+	if (have_sk_storage)
+		return NULL;
+	return bpf_map_lookup_elem(&sk_info_map, &key);
+}
+
+/*
+ * Whether info was written for another socket than the one now changing from
+ * oldstate with this kernel cookie: then the socket is new to the tracer.
+ * Socket storage is the socket's own, unless it was cloned from the listener
+ * with the socket (a different cookie tells). An entry keyed by address is
+ * another socket's when the cookies differ, and whenever a socket leaves
+ * CLOSE. (A socket born from a listener is child_born's.)
+ */
+static __always_inline bool is_new(const struct sk_info *info, __u64 cookie, int oldstate)
+{
+	if (have_sk_storage && have_cookie)
+		return info->cookie != cookie;
+	return !info->cookie || (cookie && info->cookie != cookie) || oldstate == TCP_CLOSE;
 }
 
 /* The kernel's reset reason for a keepalive kill, where it has reasons (6.10). */

@@ -31,10 +31,7 @@ int iter_tcp(struct bpf_iter__tcp *ctx)
 	r.state = skc->skc_state;
 	r.netns = netns_of(skc);
 	read_endpoints(skc, &r.family, &r.sport, &r.dport, r.saddr, r.daddr);
-	if (have_cookie)
-		r.cookie = bpf_get_socket_cookie(skc);
-	else
-		r.cookie = skc->skc_cookie.counter;
+	r.cookie = skc_cookie(skc);
 
 	if (r.state == TCP_TIME_WAIT) {
 		/* Every TIME_WAIT socket in TCP's tables is a timewait socket,

@@ -40,17 +40,14 @@ static __always_inline struct sock *ka_sock_of(struct timer_list *t)
 static __always_inline __u64 ka_cookie(struct sock *sk)
 {
 	__u64 cookie = BPF_CORE_READ(sk, __sk_common.skc_cookie.counter);
-	__u64 key = (__u64)sk;
 	struct sk_info *info;
 
 	if (cookie)
 		return cookie;
-	if (!have_sk_storage) {
-		info = bpf_map_lookup_elem(&sk_info_map, &key);
-		if (info && info->cookie)
-			return info->cookie;
-	}
-	return key;
+	info = sk_info_by_addr(sk);
+	if (info && info->cookie)
+		return info->cookie;
+	return (__u64)sk;
 }
 
 /*

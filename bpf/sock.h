@@ -8,21 +8,6 @@
 #define __TCPSTATE_SOCK_H
 
 /*
- * Whether info was written for another socket than the one now changing from
- * oldstate with this kernel cookie: then the socket is new to the tracer.
- * Socket storage is the socket's own, unless it was cloned from the listener
- * with the socket (a different cookie tells). An entry keyed by address is
- * another socket's when the cookies differ, and whenever a socket leaves
- * CLOSE. (A socket born from a listener is child_born's.)
- */
-static __always_inline bool is_new(const struct sk_info *info, __u64 cookie, int oldstate)
-{
-	if (have_sk_storage && have_cookie)
-		return info->cookie != cookie;
-	return !info->cookie || (cookie && info->cookie != cookie) || oldstate == TCP_CLOSE;
-}
-
-/*
  * Transitions that only a system call on the socket makes, so that the current
  * task is the one that owns the socket. Everything else may run in softirq on
  * behalf of the peer, where the current task is whoever was on the CPU.
