@@ -46,7 +46,10 @@ int iter_tcp(struct bpf_iter__tcp *ctx)
 		__u64 key;
 
 		key = tw_key(r.cookie, tw);
-		r.cookie = key;
+		/* The connection's id as the events carry it: its full
+		 * socket's, where the tracer followed it without a kernel
+		 * cookie (before Linux 5.12), else the key. */
+		r.cookie = tw_cookie(bpf_map_lookup_elem(&tw_infos, &key), key);
 		r.timewait = 1;
 		r.state = BPF_CORE_READ(tw, tw_substate);
 		r.timer_expires = BPF_CORE_READ(tw, tw_timer.expires);
