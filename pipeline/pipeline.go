@@ -65,8 +65,9 @@ func (f *Filter) Finished(c *timeline.Conn) error {
 	return f.Conns.RenderConn(c)
 }
 
-// Rescan walks the kernel's sockets again (tracer.Tracer.Scan).
-type Rescan func() ([]tracer.Socket, error)
+// Rescan walks the kernel's sockets again: with timeWait, those in
+// TIME_WAIT too (a churning host has hundreds of thousands).
+type Rescan func(timeWait bool) ([]tracer.Socket, error)
 
 // resync is the stage after the timeline that, after events were lost,
 // walks the kernel's sockets again (at most once a second, when the burst is
@@ -78,7 +79,7 @@ type resync struct {
 	withTimewait bool
 	next         tracer.Sink
 	dirty        bool
-	last         time.Time
+	notBefore    time.Time // not before: a walk's cost, times 20, apart
 	stderr       io.Writer
 }
 
@@ -90,9 +91,14 @@ func (r *resync) Event(e *tracer.Event) error {
 }
 
 func (r *resync) Idle() error {
-	if r.dirty && time.Since(r.last) >= time.Second {
-		r.dirty, r.last = false, time.Now()
-		if socks, err := r.rescan(); err == nil {
+	if now := time.Now(); r.dirty && !now.Before(r.notBefore) {
+		// A walk costs in proportion to the host's sockets and holds up
+		// the reader: spaced so that it takes at most 5% of the time
+		// (at least a second apart), or losses would feed walks.
+		r.dirty = false
+		socks, err := r.rescan(r.withTimewait)
+		r.notBefore = now.Add(max(time.Second, 20*time.Since(now)))
+		if err == nil {
 			if err := r.tl.Resync(socks, r.withTimewait); err != nil {
 				return err
 			}

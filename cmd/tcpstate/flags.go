@@ -300,8 +300,8 @@ func (f *tracerFlags) start(filter tracer.Filter, stderr io.Writer) (*tracer.Tra
 // rescan walks t's sockets again, all of them or none: a namespace skipped
 // would look like sockets gone.
 func rescan(t *tracer.Tracer) pipeline.Rescan {
-	return func() ([]tracer.Socket, error) {
-		socks, _, err := t.ScanAll(tracer.ScanOptions{TimeWait: true})
+	return func(timeWait bool) ([]tracer.Socket, error) {
+		socks, _, err := t.ScanAll(tracer.ScanOptions{TimeWait: timeWait})
 		return socks, err
 	}
 }

@@ -229,9 +229,11 @@ func (t *Timeline) Stats() Stats {
 // after events were lost: connections the kernel no longer has are dropped
 // (their end was lost; counted in Stats.Gone), those in another state than
 // the table says take the walk's (the transitions between were lost), and
-// sockets the table missed are added as Seed does (timewait sockets only
-// with withTimewait). Events still held for a join are processed first:
-// the walk is newer than all of them.
+// sockets the table missed are added as Seed does. Without withTimewait the
+// walk left out the sockets in TIME_WAIT: those of the table, and those in a
+// state that leads there, are kept as they are (their timewait events end
+// them). Events still held for a join are processed first: the walk is
+// newer than all of them.
 func (t *Timeline) Resync(socks []tracer.Socket, withTimewait bool) error {
 	if err := t.release(^uint64(0)); err != nil {
 		return err
@@ -244,6 +246,8 @@ func (t *Timeline) Resync(socks []tracer.Socket, withTimewait bool) error {
 		next := c.next
 		s := present[c.Cookie]
 		switch {
+		case s == nil && !withTimewait && (c.Timewait || mayTimewait(c.State)):
+			// in TIME_WAIT, or maybe by now: such sockets were not walked
 		case s == nil:
 			t.remove(c)
 			t.recycle(c)
@@ -267,6 +271,12 @@ func (t *Timeline) Resync(socks []tracer.Socket, withTimewait bool) error {
 	}
 	t.Seed(missing)
 	return nil
+}
+
+// mayTimewait tells whether a connection in state s may have gone on to
+// TIME_WAIT with the events that said so lost.
+func mayTimewait(s tracer.State) bool {
+	return s == tracer.FinWait1 || s == tracer.FinWait2 || s == tracer.Closing || s == tracer.TimeWait
 }
 
 // Seed puts sockets found by the start-up walk in the table.

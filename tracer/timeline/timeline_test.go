@@ -377,7 +377,7 @@ func TestResyncDropsGhosts(t *testing.T) {
 		{Cookie: 4, Endpoints: tracer.Endpoints{Family: tracer.IPv4, Local: local, Remote: remote}, State: tracer.TimeWait, Timewait: true, Since: 3 * ms, SinceEarliest: 3 * ms, Scanned: 5 * ms},
 		{Cookie: 7, Endpoints: tracer.Endpoints{Family: tracer.IPv4, Local: local, Remote: remote}, State: tracer.LastAck, Scanned: 5 * ms},
 		{Cookie: 3, Endpoints: tracer.Endpoints{Family: tracer.IPv4, Local: local, Remote: remote}, State: tracer.FinWait1, Scanned: 5 * ms},
-	}, false)
+	}, true)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -399,6 +399,35 @@ func TestResyncDropsGhosts(t *testing.T) {
 		if e.Type == tracer.EventLinger && e.Cookie == 1 {
 			t.Errorf("linger event for a connection that is gone: %+v", e)
 		}
+	}
+}
+
+// A walk without the TIME_WAIT sockets (trace's: a churning host has
+// hundreds of thousands) cannot tell a connection gone from one in TIME_WAIT:
+// those that may be there are kept for their timewait events to end; the
+// others are dropped as before.
+func TestResyncWithoutTimewait(t *testing.T) {
+	tl := New(&sink{}, Options{})
+	feed(t, tl,
+		ev(1*ms, 1, tracer.Established, tracer.CloseWait),
+		ev(2*ms, 2, tracer.Established, tracer.FinWait1),
+		ev(3*ms, 3, tracer.FinWait1, tracer.FinWait2),
+		ev(4*ms, 4, tracer.Established, tracer.LastAck))
+	if err := tl.Tick(uint64(time.Second)); err != nil {
+		t.Fatal(err)
+	}
+	if err := tl.Resync([]tracer.Socket{
+		{Cookie: 4, Endpoints: tracer.Endpoints{Family: tracer.IPv4, Local: local, Remote: remote}, State: tracer.LastAck, Scanned: 5 * ms},
+	}, false); err != nil {
+		t.Fatal(err)
+	}
+	got := map[uint64]tracer.State{}
+	tl.Conns(func(c *Conn) bool { got[c.Cookie] = c.State; return true })
+	if _, ok := got[1]; ok || got[2] != tracer.FinWait1 || got[3] != tracer.FinWait2 || got[4] != tracer.LastAck {
+		t.Errorf("table after resync: %v, want 2 FIN_WAIT1 and 3 FIN_WAIT2 (kept), 4 LAST_ACK, not 1", got)
+	}
+	if g := tl.Stats().Gone; g != 1 {
+		t.Errorf("gone %d, want 1", g)
 	}
 }
 
