@@ -106,9 +106,10 @@ func (t *Tracer) ScanAll(opts ScanOptions) ([]Socket, []NetNS, error) {
 	}
 	defer it.Close()
 
-	var out []Socket
+	var each [][]Socket
 	var nss []NetNS
 	var skipped []error
+	total := 0
 	for _, path := range netnsPaths() {
 		socks, ns, err := scanNetNS(it, path, t.info.HZ, opts)
 		if err != nil {
@@ -120,9 +121,24 @@ func (t *Tracer) ScanAll(opts ScanOptions) ([]Socket, []NetNS, error) {
 			skipped = append(skipped, fmt.Errorf("%s: %w", path, err))
 			continue
 		}
-		out = append(out, socks...)
+		if len(socks) > 0 {
+			each = append(each, socks)
+			total += len(socks)
+		}
 		nss = append(nss, ns)
 	}
+	var out []Socket
+	switch len(each) {
+	case 0:
+	case 1:
+		out = each[0]
+	default:
+		out = make([]Socket, 0, total)
+		for _, socks := range each {
+			out = append(out, socks...)
+		}
+	}
+	each = nil
 	owners := socketOwners()
 	for i := range out {
 		if task, ok := owners[out[i].Inode]; ok && out[i].Inode != 0 {
@@ -174,6 +190,9 @@ func scanNetNS(it *link.Iter, path string, hz uint32, opts ScanOptions) ([]Socke
 		}
 		defer rd.Close()
 		buf := make([]byte, 512*iterRecSize)
+		// Sized once: grown by append, a 100,000-socket walk allocated
+		// five times its size (large slices grow by a quarter).
+		out = make([]Socket, 0, socketCount(opts.TimeWait))
 		for {
 			n, err := io.ReadFull(rd, buf)
 			if n%iterRecSize != 0 {
@@ -382,6 +401,32 @@ func readSysctls(into map[string]string) {
 			into[name] = strings.TrimSpace(string(v))
 		}
 	}
+}
+
+// socketCount is about how many TCP sockets the calling thread's network
+// namespace has (its sockstat), TIME_WAIT ones only with timeWait: the size
+// to allocate for a walk of it.
+func socketCount(timeWait bool) int {
+	n := 64 // sockets made meanwhile
+	for _, name := range []string{"sockstat", "sockstat6"} {
+		b, err := os.ReadFile("/proc/thread-self/net/" + name)
+		if err != nil {
+			continue
+		}
+		for line := range strings.Lines(string(b)) {
+			f := strings.Fields(line)
+			if len(f) == 0 || (f[0] != "TCP:" && f[0] != "TCP6:") {
+				continue
+			}
+			for i := 1; i+1 < len(f); i += 2 {
+				if f[i] == "inuse" || (timeWait && f[i] == "tw") {
+					v, _ := strconv.Atoi(f[i+1])
+					n += v
+				}
+			}
+		}
+	}
+	return min(n, 1<<22)
 }
 
 // ReadSysctls reads the TCP sysctls of the namespace at path (a NetNS.Path).
