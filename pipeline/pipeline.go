@@ -95,10 +95,10 @@ func (r *resync) Idle() error {
 	if now := time.Now(); r.dirty && !now.Before(r.notBefore) {
 		// A walk costs in proportion to the host's sockets and holds up
 		// the reader: spaced so that it takes at most 5% of the time
-		// (at least a second apart), or losses would feed walks.
+		// (a second to ten apart), or losses would feed walks.
 		r.dirty = false
 		socks, err := r.rescan(r.withTimewait)
-		r.notBefore = now.Add(max(time.Second, 20*time.Since(now)))
+		r.notBefore = now.Add(min(max(time.Second, 20*time.Since(now)), 10*time.Second))
 		if err == nil {
 			if err := r.tl.Resync(socks, r.withTimewait); err != nil {
 				return err
@@ -239,6 +239,19 @@ func ReadNotes(stderr io.Writer, path string, rd *capture.Reader) {
 // have told, so it is a warning.
 func Scan(t *tracer.Tracer, opts tracer.ScanOptions, stderr io.Writer) ([]tracer.Socket, []tracer.NetNS) {
 	socks, nss, err := t.ScanAll(opts)
+	scanWarning(stderr, err)
+	return socks, nss
+}
+
+// ScanEach is Scan handing each socket to each as the walk reads it
+// (tracer.Tracer.ScanEach), for a caller that needs no list.
+func ScanEach(t *tracer.Tracer, opts tracer.ScanOptions, stderr io.Writer, each func(*tracer.Socket)) []tracer.NetNS {
+	nss, err := t.ScanEach(opts, each)
+	scanWarning(stderr, err)
+	return nss
+}
+
+func scanWarning(stderr io.Writer, err error) {
 	var skipped *tracer.ScanError
 	switch {
 	case errors.As(err, &skipped):
@@ -246,7 +259,6 @@ func Scan(t *tracer.Tracer, opts tracer.ScanOptions, stderr io.Writer) ([]tracer
 	case err != nil:
 		fmt.Fprintf(stderr, "tcpstate: warning: %v: sockets older than the tracer start unnamed\n", err)
 	}
-	return socks, nss
 }
 
 // FullSockets keeps the walk's full sockets: trace and record name owners

@@ -70,6 +70,14 @@ func NewTrace(o TraceOptions) *Trace {
 // Seed puts the sockets of the start-up walk in the timeline.
 func (p *Trace) Seed(socks []tracer.Socket) { p.tl.Seed(socks) }
 
+// SeedSocket is Seed for one socket of a streamed walk (ScanEach); a
+// timewait socket is left to the kernel side (see FullSockets).
+func (p *Trace) SeedSocket(s *tracer.Socket) {
+	if !s.Timewait {
+		p.tl.SeedSocket(s)
+	}
+}
+
 // Sink is where the source feeds events.
 func (p *Trace) Sink() tracer.Sink { return p.tl }
 

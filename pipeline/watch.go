@@ -66,6 +66,13 @@ func (s *Watch) Seed(socks []tracer.Socket) (evicted uint64) {
 	return s.tl.Stats().Evicted
 }
 
+// SeedSocket is Seed for one socket of a streamed walk (ScanEach); Evicted
+// then says how many did not fit.
+func (s *Watch) SeedSocket(sock *tracer.Socket) { s.tl.SeedSocket(sock) }
+
+// Evicted is how many connections did not fit the table so far.
+func (s *Watch) Evicted() uint64 { return s.tl.Stats().Evicted }
+
 // Sink is where the source feeds events.
 func (s *Watch) Sink() tracer.Sink { return s.tl }
 

@@ -10,6 +10,7 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"syscall"
@@ -96,22 +97,42 @@ func (t *Tracer) Scan() ([]Socket, error) {
 
 // ScanAll is Scan, also returning the namespaces and their TCP sysctls.
 func (t *Tracer) ScanAll(opts ScanOptions) ([]Socket, []NetNS, error) {
+	var out []Socket
+	nss, err := t.scan(opts, func(n int) { out = slices.Grow(out, n) }, func(s *Socket) { out = append(out, *s) })
+	return out, nss, err
+}
+
+// ScanEach is ScanAll handing each socket to each as it is read, instead of
+// keeping them: a big host's walk is tens of megabytes (trace and watch put
+// them straight in their tables). each must not keep s.
+func (t *Tracer) ScanEach(opts ScanOptions, each func(s *Socket)) ([]NetNS, error) {
+	return t.scan(opts, nil, each)
+}
+
+// scan walks every namespace; grow, if set, is told about how many sockets
+// a namespace has before they come.
+func (t *Tracer) scan(opts ScanOptions, grow func(n int), each func(*Socket)) ([]NetNS, error) {
 	prog := t.coll.Programs[tcpstateProgIterTcp]
 	if prog == nil {
-		return nil, nil, errors.New("scanning sockets: iterator program not loaded")
+		return nil, errors.New("scanning sockets: iterator program not loaded")
 	}
 	it, err := link.AttachIter(link.IterOptions{Program: prog})
 	if err != nil {
-		return nil, nil, fmt.Errorf("scanning sockets: attaching tcp iterator: %w", err)
+		return nil, fmt.Errorf("scanning sockets: attaching tcp iterator: %w", err)
 	}
 	defer it.Close()
 
-	var each [][]Socket
+	owners := socketOwners()
+	owned := func(s *Socket) {
+		if task, ok := owners[s.Inode]; ok && s.Inode != 0 {
+			s.Owner = Owner{Task: task, From: OwnerProc}
+		}
+		each(s)
+	}
 	var nss []NetNS
 	var skipped []error
-	total := 0
 	for _, path := range netnsPaths() {
-		socks, ns, err := scanNetNS(it, path, t.info.HZ, opts)
+		ns, err := scanNetNS(it, path, t.info.HZ, opts, grow, owned)
 		if err != nil {
 			if errors.Is(err, os.ErrNotExist) || errors.Is(err, syscall.ENOENT) || errors.Is(err, syscall.ESRCH) {
 				continue // the namespace went away meanwhile
@@ -121,34 +142,12 @@ func (t *Tracer) ScanAll(opts ScanOptions) ([]Socket, []NetNS, error) {
 			skipped = append(skipped, fmt.Errorf("%s: %w", path, err))
 			continue
 		}
-		if len(socks) > 0 {
-			each = append(each, socks)
-			total += len(socks)
-		}
 		nss = append(nss, ns)
 	}
-	var out []Socket
-	switch len(each) {
-	case 0:
-	case 1:
-		out = each[0]
-	default:
-		out = make([]Socket, 0, total)
-		for _, socks := range each {
-			out = append(out, socks...)
-		}
-	}
-	each = nil
-	owners := socketOwners()
-	for i := range out {
-		if task, ok := owners[out[i].Inode]; ok && out[i].Inode != 0 {
-			out[i].Owner = Owner{Task: task, From: OwnerProc}
-		}
-	}
 	if len(skipped) > 0 {
-		return out, nss, &ScanError{Skipped: skipped}
+		return nss, &ScanError{Skipped: skipped}
 	}
-	return out, nss, nil
+	return nss, nil
 }
 
 // ScanError lists the namespaces a walk could not read; the sockets of the
@@ -169,20 +168,25 @@ func (e *ScanError) Unwrap() []error { return e.Skipped }
 
 // scanNetNS runs the iterator from inside the namespace at path (the
 // iterator walks the namespace of whoever opens it, and /proc/sys/net shows
-// the namespace of whoever reads it), reading its records as a stream.
-func scanNetNS(it *link.Iter, path string, hz uint32, opts ScanOptions) ([]Socket, NetNS, error) {
+// the namespace of whoever reads it), reading its records as a stream into
+// each (on that thread). grow, if set, is told first about how many sockets
+// will come (the namespace's sockstat): a slice grown by append to 100,000
+// sockets allocates five times their size (large slices grow by a quarter).
+func scanNetNS(it *link.Iter, path string, hz uint32, opts ScanOptions, grow func(int), each func(*Socket)) (NetNS, error) {
 	ns := NetNS{Path: path, Sysctls: map[string]string{}}
 	var st unix.Stat_t
 	if err := unix.Stat(path, &st); err != nil {
-		return nil, ns, err
+		return ns, err
 	}
 	ns.Inode = uint32(st.Ino)
-	var out []Socket
 	err := inNetNS(path, func() error {
 		readSysctls(ns.Sysctls)
 		finTimeout := time.Duration(0)
 		if v, err := strconv.Atoi(ns.Sysctls["fin_timeout"]); err == nil {
 			finTimeout = time.Duration(v) * time.Second
+		}
+		if grow != nil {
+			grow(socketCount(opts.TimeWait))
 		}
 		rd, err := it.Open()
 		if err != nil {
@@ -190,9 +194,7 @@ func scanNetNS(it *link.Iter, path string, hz uint32, opts ScanOptions) ([]Socke
 		}
 		defer rd.Close()
 		buf := make([]byte, 512*iterRecSize)
-		// Sized once: grown by append, a 100,000-socket walk allocated
-		// five times its size (large slices grow by a quarter).
-		out = make([]Socket, 0, socketCount(opts.TimeWait))
+		timewait := map[endpointPair]bool{} // for sock_diag's: not twice
 		for {
 			n, err := io.ReadFull(rd, buf)
 			if n%iterRecSize != 0 {
@@ -204,13 +206,16 @@ func scanNetNS(it *link.Iter, path string, hz uint32, opts ScanOptions) ([]Socke
 					continue
 				}
 				if s, ok := parseIterRecord(rec, hz, finTimeout); ok {
-					out = append(out, s)
+					if s.Timewait {
+						timewait[endpointPair{s.Local, s.Remote}] = true
+					}
+					each(&s)
 				}
 			}
 			if err == io.EOF || err == io.ErrUnexpectedEOF {
 				// A second source only: without it (no inet_diag module, or
 				// none can be loaded) the walk stands alone.
-				ns.DiagOnly, ns.DiagErr = addDiagTimewait(&out, ns.Inode, finTimeout, opts)
+				ns.DiagOnly, ns.DiagErr = addDiagTimewait(timewait, ns.Inode, finTimeout, opts, each)
 				return nil
 			}
 			if err != nil {
@@ -218,24 +223,19 @@ func scanNetNS(it *link.Iter, path string, hz uint32, opts ScanOptions) ([]Socke
 			}
 		}
 	})
-	return out, ns, err
+	return ns, err
 }
 
-// addDiagTimewait adds to out the timewait sockets that sock_diag lists in
-// the calling thread's namespace and the iterator did not find, and says how
-// many.
-func addDiagTimewait(out *[]Socket, netns uint32, finTimeout time.Duration, opts ScanOptions) (int, error) {
-	type ends struct{ local, remote netip.AddrPort }
-	seen := map[ends]bool{}
-	for _, s := range *out {
-		if s.Timewait {
-			seen[ends{s.Local, s.Remote}] = true
-		}
-	}
+type endpointPair struct{ local, remote netip.AddrPort }
+
+// addDiagTimewait hands to each the timewait sockets that sock_diag lists in
+// the calling thread's namespace and the iterator did not find (seen), and
+// says how many.
+func addDiagTimewait(seen map[endpointPair]bool, netns uint32, finTimeout time.Duration, opts ScanOptions, each func(*Socket)) (int, error) {
 	n := 0
 	err := eachDiagTimewait(netns, finTimeout, BootNow(), opts.TimeWait, func(s *Socket) {
-		if !seen[ends{s.Local, s.Remote}] {
-			*out = append(*out, *s)
+		if !seen[endpointPair{s.Local, s.Remote}] {
+			each(s)
 			n++
 		}
 	})

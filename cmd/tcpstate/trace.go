@@ -120,12 +120,15 @@ func runTrace(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 
 	opts.Clock, opts.Kernel, opts.Rescan = tracer.NewClock(), t.Info(), rescan(t)
 	p := pipeline.NewTrace(opts)
-	socks, nss := pipeline.Scan(t, tracer.ScanOptions{}, stderr)
-	socks = pipeline.FullSockets(socks)
-	p.Seed(socks)
 	src := p.Sink()
 	var tee *pipeline.Tee
-	if f.write != "" {
+	if f.write == "" {
+		pipeline.ScanEach(t, tracer.ScanOptions{}, stderr, p.SeedSocket)
+	} else {
+		// The capture keeps the walk's sockets too.
+		socks, nss := pipeline.Scan(t, tracer.ScanOptions{}, stderr)
+		socks = pipeline.FullSockets(socks)
+		p.Seed(socks)
 		h := pipeline.Header(version, os.Args[1:], opts.Clock, opts.Kernel, nss, t.Warnings())
 		if tee, err = pipeline.NewTee(f.write, h, socks, p.Sink()); err != nil {
 			return err

@@ -104,9 +104,10 @@ func runWatch(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	})
 	ws := pipeline.NewWatch(w, pipeline.WatchOptions{Filter: filter, States: states, Linger: time.Duration(f.linger),
 		Interval: time.Duration(f.interval), MaxConns: f.maxConns, Rescan: rescan(t)})
-	socks, _ := pipeline.Scan(t, tracer.ScanOptions{TimeWait: true}, stderr)
-	if n := ws.Seed(socks); n > 0 {
-		fmt.Fprintf(stderr, "tcpstate: warning: %d of the %d sockets found do not fit --max-connections %d and are not shown: raise it\n", n, len(socks), f.maxConns)
+	found := 0
+	pipeline.ScanEach(t, tracer.ScanOptions{TimeWait: true}, stderr, func(s *tracer.Socket) { found++; ws.SeedSocket(s) })
+	if n := ws.Evicted(); n > 0 {
+		fmt.Fprintf(stderr, "tcpstate: warning: %d of the %d sockets found do not fit --max-connections %d and are not shown: raise it\n", n, found, f.maxConns)
 	}
 	if err := ws.Render(tracer.BootNow()); err != nil || f.once {
 		return err

@@ -282,28 +282,33 @@ func mayTimewait(s tracer.State) bool {
 // Seed puts sockets found by the start-up walk in the table.
 func (t *Timeline) Seed(socks []tracer.Socket) {
 	for i := range socks {
-		s := &socks[i]
-		if s.Cookie == 0 {
-			continue
-		}
-		c := t.conn(s.Cookie)
-		c.NetNS, c.Family, c.Local, c.Remote = s.NetNS, s.Family, s.Local, s.Remote
-		c.State, c.Timewait, c.SinceStart = s.State, s.Timewait, true
-		c.Since, c.SinceEarliest = s.Since, s.SinceEarliest
-		if c.Since == 0 {
-			c.Since = s.Scanned
-		}
-		if s.Owner.Known() {
-			c.Owner = s.Owner
-		}
-		if t.opts.Spans {
-			c.Spans = append(c.Spans[:0], Span{State: s.State, Start: c.Since, Min: true, Timewait: s.Timewait})
-		}
-		if s.State == tracer.Listen {
-			t.listeners[listenKey{s.NetNS, s.Local.Port()}] = c
-		}
-		t.watchLinger(c)
+		t.SeedSocket(&socks[i])
 	}
+}
+
+// SeedSocket is Seed for one socket, as a streamed walk gives them
+// (tracer.ScanEach); s is not kept.
+func (t *Timeline) SeedSocket(s *tracer.Socket) {
+	if s.Cookie == 0 {
+		return
+	}
+	c := t.conn(s.Cookie)
+	c.NetNS, c.Family, c.Local, c.Remote = s.NetNS, s.Family, s.Local, s.Remote
+	c.State, c.Timewait, c.SinceStart = s.State, s.Timewait, true
+	c.Since, c.SinceEarliest = s.Since, s.SinceEarliest
+	if c.Since == 0 {
+		c.Since = s.Scanned
+	}
+	if s.Owner.Known() {
+		c.Owner = s.Owner
+	}
+	if t.opts.Spans {
+		c.Spans = append(c.Spans[:0], Span{State: s.State, Start: c.Since, Min: true, Timewait: s.Timewait})
+	}
+	if s.State == tracer.Listen {
+		t.listeners[listenKey{s.NetNS, s.Local.Port()}] = c
+	}
+	t.watchLinger(c)
 }
 
 // Conns calls f for every connection in the table, most recently updated first.
