@@ -67,7 +67,7 @@ func (t *Text) RenderConn(c *timeline.Conn) error {
 // the list of states with their durations.
 func (j *JSON) RenderConn(c *timeline.Conn) error {
 	b := append(j.buf[:0], `{"time":"`...)
-	b = j.opts.Clock.Wall(c.End).AppendFormat(b, "2006-01-02T15:04:05.000000000Z07:00")
+	b = j.stamp.append(b, j.opts.Clock.Wall(c.End))
 	b = append(b, `","type":"connection","cookie":`...)
 	b = strconv.AppendUint(b, c.Cookie, 10)
 	b = appendEndpoints(b, c.NetNS, c.Family, c.Local, c.Remote)

@@ -24,17 +24,18 @@ type JSON struct {
 	w         *bufio.Writer
 	buf       []byte
 	lostTotal uint64
+	stamp     stamper
 }
 
 // NewJSON returns a JSON lines renderer writing to w.
 func NewJSON(w io.Writer, opts JSONOptions) *JSON {
-	return &JSON{opts: opts, w: bufio.NewWriterSize(w, 64<<10), buf: make([]byte, 0, 512)}
+	return &JSON{opts: opts, w: bufio.NewWriterSize(w, 64<<10), buf: make([]byte, 0, 512), stamp: rfc3339Nano()}
 }
 
 // Render writes e as one line.
 func (j *JSON) Render(e *tracer.Event) error {
 	b := append(j.buf[:0], `{"time":"`...)
-	b = j.opts.Clock.Wall(e.Time).AppendFormat(b, "2006-01-02T15:04:05.000000000Z07:00")
+	b = j.stamp.append(b, j.opts.Clock.Wall(e.Time))
 	b = append(b, `","type":`...)
 	b = appendJSONString(b, []byte(e.Type.String()))
 	if e.Type == tracer.EventLost {

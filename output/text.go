@@ -33,6 +33,7 @@ type Text struct {
 	w      *bufio.Writer
 	buf    []byte
 	header bool
+	stamp  stamper
 }
 
 // NewText returns a text renderer writing to w.
@@ -40,7 +41,11 @@ func NewText(w io.Writer, opts TextOptions) *Text {
 	if opts.Location == nil {
 		opts.Location = time.Local
 	}
-	return &Text{opts: opts, w: bufio.NewWriterSize(w, 64<<10), buf: make([]byte, 0, 256), header: !opts.NoHeader}
+	stamp := stamper{layout: "15:04:05"}
+	if opts.Wide {
+		stamp.digits = 6
+	}
+	return &Text{opts: opts, w: bufio.NewWriterSize(w, 64<<10), buf: make([]byte, 0, 256), header: !opts.NoHeader, stamp: stamp}
 }
 
 // The columns of trace's text output; --wide has more.
@@ -79,11 +84,7 @@ func (t *Text) Render(e *tracer.Event) error {
 	r := row{b: t.buf[:0], cols: cols}
 	var num, cell [64]byte
 	wall := t.opts.Clock.Wall(e.Time).In(t.opts.Location)
-	if t.opts.Wide {
-		r.cell(wall.AppendFormat(cell[:0], "15:04:05.000000"))
-	} else {
-		r.cell(wall.AppendFormat(cell[:0], "15:04:05"))
-	}
+	r.cell(t.stamp.append(cell[:0], wall))
 	r.owner(&e.Owner, t.opts.Wide, false)
 	if t.opts.Wide {
 		r.endpoint(e.Local)
