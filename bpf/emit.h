@@ -176,12 +176,13 @@ static __always_inline void event_init(struct event *e, __u8 type, __u64 now, __
 }
 
 /*
- * Sends e to user space if the filters want it, counting it either way. The
+ * Sends e to user space if the filters want it, counting it either way, and
+ * wakes the reader once enough is waiting (it also reads every 100 ms). The
  * event is built on the stack and copied (no ring buffer reservation to hold
  * and release on every path, which older verifiers cannot always follow, and
  * none at all for filtered events).
  */
-static __always_inline void emit_wake(struct event *e, bool wake)
+static __always_inline void emit(struct event *e)
 {
 	__u64 flags = 0;
 
@@ -190,18 +191,10 @@ static __always_inline void emit_wake(struct event *e, bool wake)
 		stat_inc(STAT_FILTERED);
 		return;
 	}
-	if (wake)
-		flags = BPF_RB_FORCE_WAKEUP;
-	else if (wakeup_bytes)
+	if (wakeup_bytes)
 		flags = bpf_ringbuf_query(&events, BPF_RB_AVAIL_DATA) >= wakeup_bytes ? BPF_RB_FORCE_WAKEUP : BPF_RB_NO_WAKEUP;
 	if (bpf_ringbuf_output(&events, e, sizeof(*e), flags))
 		stat_inc(STAT_LOST);
-}
-
-/* Sends e, waking the reader once enough is waiting (it also reads every 100 ms). */
-static __always_inline void emit(struct event *e)
-{
-	emit_wake(e, false);
 }
 
 static __always_inline void event_owner(struct event *e, __u8 src, __u32 pid, __u32 tid, const char *comm)

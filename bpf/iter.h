@@ -62,7 +62,8 @@ int iter_tcp(struct bpf_iter__tcp *ctx)
 		if (r.state == TCP_FIN_WAIT2) {
 			__u64 addr = (__u64)tw;
 
-			bpf_map_update_elem(&tw_fin_wait2, &key, &addr, BPF_NOEXIST);
+			if (!bpf_map_update_elem(&tw_fin_wait2, &key, &addr, BPF_NOEXIST))
+				stat_inc(STAT_FW2_ADDED);
 		}
 	} else if (r.state != TCP_NEW_SYN_RECV) {
 		struct tcp_sock *tp = bpf_skc_to_tcp_sock(skc);
@@ -106,7 +107,8 @@ int iter_tcp(struct bpf_iter__tcp *ctx)
 }
 
 /*
- * Walks tw_fin_wait2 (user space runs it every 100 ms): a timewait socket that
+ * Walks tw_fin_wait2 (user space runs it every 100 ms, unless the last walk
+ * kept nothing and nothing was added since): a timewait socket that
  * turned TIME_WAIT in place is reported now, dated from its rewritten expiry
  * (TIME_WAIT began TCP_TIMEWAIT_LEN before it: exact to the jiffy). The
  * socket is read through its address: an entry whose socket is gone (its key
@@ -131,11 +133,14 @@ int iter_fin_wait2(struct bpf_iter__bpf_map_elem *ctx)
 		bpf_map_delete_elem(&tw_fin_wait2, &k);
 		return 0;
 	}
-	if (BPF_CORE_READ(tw, tw_substate) != TCP_TIME_WAIT || info->state != TCP_FIN_WAIT2)
+	if (BPF_CORE_READ(tw, tw_substate) != TCP_TIME_WAIT || info->state != TCP_FIN_WAIT2) {
+		stat_inc(STAT_FW2_KEPT);
 		return 0;
-	/* Woken at once: the walk is the reader's own, and late already. */
+	}
+	/* Nobody woken: the walk is the reader's own, which reads the ring
+	 * right after it (a wake-up per event cost more than the walk). */
 	tw_sync(&e, info, tw, (void *)tw + bpf_core_field_offset(struct inet_timewait_sock, tw_timer),
-		bpf_ktime_get_boot_ns(), k, true);
+		bpf_ktime_get_boot_ns(), k);
 	return 0;
 }
 

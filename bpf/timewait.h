@@ -136,7 +136,7 @@ static __always_inline void tw_duration(struct event *e, const struct tw_info *i
  * e is scratch space for the event.
  */
 static __always_inline void tw_sync(struct event *e, struct tw_info *info, struct inet_timewait_sock *tw,
-				    struct timer_list *t, __u64 now, __u64 key, bool wake)
+				    struct timer_list *t, __u64 now, __u64 key)
 {
 	__u8 substate = BPF_CORE_READ(tw, tw_substate);
 	__u64 entered, expires;
@@ -166,7 +166,7 @@ static __always_inline void tw_sync(struct event *e, struct tw_info *info, struc
 	 * (mid re-arm it still holds the FIN_WAIT2 expiry). */
 	if (substate == TCP_TIME_WAIT && hz)
 		e->timer_expires = e->jiffies + (TIMEWAIT_LEN_NS - (now - entered)) * hz / 1000000000ULL;
-	emit_wake(e, wake);
+	emit(e);
 	info->state = substate;
 	info->state_ts = entered;
 	info->flags &= ~INFO_SINCE_START;
@@ -195,7 +195,8 @@ static __always_inline void tw_first_arm(struct inet_timewait_sock *tw, struct t
 	if (fresh.state == TCP_FIN_WAIT2) {
 		__u64 addr = (__u64)tw;
 
-		bpf_map_update_elem(&tw_fin_wait2, &key, &addr, BPF_ANY);
+		if (!bpf_map_update_elem(&tw_fin_wait2, &key, &addr, BPF_ANY))
+			stat_inc(STAT_FW2_ADDED);
 	}
 	if (cookie)
 		return;

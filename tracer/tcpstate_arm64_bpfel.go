@@ -203,7 +203,9 @@ const (
 	tcpstateStatIndexSTAT_NOSTORAGE    tcpstateStatIndex = 3
 	tcpstateStatIndexSTAT_TW_UNTRACKED tcpstateStatIndex = 4
 	tcpstateStatIndexSTAT_CAUGHT       tcpstateStatIndex = 5
-	tcpstateStatIndexSTAT_MAX          tcpstateStatIndex = 6
+	tcpstateStatIndexSTAT_FW2ADDED     tcpstateStatIndex = 6
+	tcpstateStatIndexSTAT_FW2KEPT      tcpstateStatIndex = 7
+	tcpstateStatIndexSTAT_MAX          tcpstateStatIndex = 8
 )
 
 type tcpstateTwInfo struct {
