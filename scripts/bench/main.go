@@ -156,14 +156,23 @@ func runRound(m mode, churnBin string, secs time.Duration) (sample, error) {
 			return s, err
 		}
 		time.Sleep(m.settle)
+		// Loading (BTF, the verifier, the walk of the sockets a round
+		// before left in TIME_WAIT) takes seconds of CPU on a slow
+		// machine: the churn starts once the tracer is idle, so that a
+		// round measures tracing, not start-up.
+		waitIdle(tracer.Process.Pid, 10*time.Second)
+	}
+	var cpu0 time.Duration
+	if tracer != nil {
+		cpu0 = cpuTime(tracer.Process.Pid)
 	}
 	churn := exec.Command(churnBin, append([]string{"-d", secs.String()}, m.churn...)...)
 	out, err := churn.CombinedOutput()
 	if tracer != nil {
+		s.cpu = cpuTime(tracer.Process.Pid) - cpu0 // while the churn ran
 		_ = tracer.Process.Signal(syscall.SIGINT)
 		_ = tracer.Wait()
 		if ru, ok := tracer.ProcessState.SysUsage().(*syscall.Rusage); ok {
-			s.cpu = time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
 			s.rss = ru.Maxrss
 		}
 	}
@@ -191,6 +200,40 @@ func runRound(m mode, churnBin string, secs time.Duration) (sample, error) {
 		}
 	}
 	return s, nil
+}
+
+// cpuTime is the user and system time of process pid so far (its threads
+// included), from /proc/PID/stat in clock ticks (100 a second).
+func cpuTime(pid int) time.Duration {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return 0
+	}
+	// The fields after the command name, which is in parentheses.
+	f := strings.Fields(string(b[bytes.LastIndexByte(b, ')')+1:]))
+	if len(f) < 13 {
+		return 0
+	}
+	utime, _ := strconv.ParseInt(f[11], 10, 64)
+	stime, _ := strconv.ParseInt(f[12], 10, 64)
+	return time.Duration(utime+stime) * 10 * time.Millisecond
+}
+
+// waitIdle waits until process pid used at most a tenth of a CPU for 300 ms
+// (a tracer sees the host's other events), or for at most max.
+func waitIdle(pid int, max time.Duration) {
+	deadline := time.Now().Add(max)
+	last, quiet := cpuTime(pid), 0
+	for quiet < 3 && time.Now().Before(deadline) {
+		time.Sleep(100 * time.Millisecond)
+		now := cpuTime(pid)
+		if now-last <= 10*time.Millisecond {
+			quiet++
+		} else {
+			quiet = 0
+		}
+		last = now
+	}
 }
 
 // memory holds sockets open (several processes: one may have 20,000 fds),
