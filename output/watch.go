@@ -47,6 +47,18 @@ func (r *Socket) Closed() bool {
 	return r.Timewait && r.Owner.Known()
 }
 
+// RemoteGroup names the remote end as the per-remote groups count it:
+// address:port, or address:* when the peer is a client of a local service
+// (our port listens or, lacking a listener, the peer's port is ephemeral
+// and ours is not), whose clients are grouped by address.
+func (r *Socket) RemoteGroup() string {
+	if r.Service || r.Remote.Port() >= 32768 && r.Local.Port() < 32768 {
+		remote := netip.AddrPortFrom(r.Remote.Addr(), 0).String()
+		return remote[:len(remote)-1] + "*" // 10.0.0.7:*, [::1]:*
+	}
+	return r.Remote.String()
+}
+
 // appendAge appends the age column: exact, a range the kernel's timestamps
 // bound ("300ms..13.2s"), or an estimate ("~5.00s").
 func appendAge(b []byte, r *Socket) []byte {
@@ -123,14 +135,7 @@ func Groups(rows []Socket) (byProcess, byRemote []Group) {
 			p = &Group{State: r.State, Owner: r.Owner, Closed: key.closed}
 			procs[key] = p
 		}
-		remote := r.Remote.String()
-		if r.Service || r.Remote.Port() >= 32768 && r.Local.Port() < 32768 {
-			// The peer is a client of a local service (its port listens,
-			// or lacking a listener, the peer's port is ephemeral and ours
-			// is not): group the clients by address.
-			remote = netip.AddrPortFrom(r.Remote.Addr(), 0).String()
-			remote = remote[:len(remote)-1] + "*" // 10.0.0.7:*, [::1]:*
-		}
+		remote := r.RemoteGroup()
 		q := remotes[rk{r.State, r.NetNS, remote}]
 		if q == nil {
 			q = &Group{State: r.State, NetNS: r.NetNS, Remote: remote}
@@ -391,17 +396,25 @@ const LingerStates = tracer.StateSet(1<<tracer.CloseWait | 1<<tracer.FinWait1 | 
 // in their state at least linger at time now, oldest first.
 func Snapshot(tl *timeline.Timeline, now uint64, f *tracer.Filter, states tracer.StateSet, linger time.Duration) []Socket {
 	var rows []Socket
+	EachSocket(tl, now, f, states, linger, func(s *Socket) { rows = append(rows, *s) })
+	SortByAge(rows)
+	return rows
+}
+
+// EachSocket hands each row Snapshot would list to each, in no order; the
+// Socket is reused.
+func EachSocket(tl *timeline.Timeline, now uint64, f *tracer.Filter, states tracer.StateSet, linger time.Duration, each func(*Socket)) {
+	var s Socket
 	tl.Conns(func(c *timeline.Conn) bool {
 		if !states.Has(c.State) || !timeline.Match(f, c, false) || c.Age(now) < linger {
 			return true
 		}
-		rows = append(rows, Socket{
+		s = Socket{
 			Cookie: c.Cookie, Endpoints: c.Endpoints, State: c.State, Timewait: c.Timewait,
 			Age: c.Age(now), SinceStart: c.SinceStart, AgeMax: c.AgeMax(now),
 			Owner: c.Owner, Service: tl.Listening(c.NetNS, c.Local.Port()),
-		})
+		}
+		each(&s)
 		return true
 	})
-	SortByAge(rows)
-	return rows
 }

@@ -26,6 +26,10 @@ type Filter struct {
 	PIDs   []uint32       // owner tgid
 	Comm   string         // owner task name, exact (as the kernel keeps it: 15 bytes)
 	NetNS  uint32         // network namespace inode
+	// Owners, when set, must accept the owner's process: the conditions
+	// only user space can check (--cgroup, --container). The kernel side
+	// ignores it.
+	Owners func(pid uint32) bool
 }
 
 // maxFilterValues bounds each list: the kernel-side sets are this big.
@@ -81,6 +85,9 @@ func (f *Filter) MatchConn(ep *Endpoints, o *Owner, old, new State) bool {
 		return false
 	}
 	if f.Comm != "" && (!o.Known() || string(o.Comm.Bytes()) != f.Comm) {
+		return false
+	}
+	if f.Owners != nil && (!o.Known() || !f.Owners(o.PID)) {
 		return false
 	}
 	return true

@@ -15,6 +15,7 @@ import (
 	"github.com/spf13/pflag"
 	"golang.org/x/sys/unix"
 
+	"github.com/tcpstate/tcpstate/internal/cgroup"
 	"github.com/tcpstate/tcpstate/pipeline"
 	"github.com/tcpstate/tcpstate/tracer"
 	"github.com/tcpstate/tcpstate/tracer/timeline"
@@ -29,6 +30,7 @@ type filterFlags struct {
 	pids                  []string
 	comm                  string
 	netns                 string
+	cgroup, container     string
 	fs                    *pflag.FlagSet // to tell a flag given empty from one not given
 }
 
@@ -44,6 +46,8 @@ func (f *filterFlags) register(fs *pflag.FlagSet) {
 		strings.Join(tracer.StateNames()[:12], ", ")+"; also close-wait, FIN_WAIT_2, ESTAB, ...")
 	fs.StringSliceVar(&f.pids, "pid", nil, "only sockets owned by this process `ID` (list)")
 	fs.StringVar(&f.comm, "comm", "", "only sockets owned by a task of this `name` (exact, as in /proc/PID/comm)")
+	fs.StringVar(&f.cgroup, "cgroup", "", "only sockets owned by a process in this cgroup v2 `path` or below it, as /proc/PID/cgroup names it (/system.slice/nginx.service)")
+	fs.StringVar(&f.container, "container", "", "only sockets owned by a process of this container (`id` or a prefix of 4+ digits) or Kubernetes pod (UID)")
 	fs.StringVar(&f.netns, "netns", "", "only this network namespace: inode `number`, a path such as /proc/PID/ns/net, or a name from 'ip netns'")
 }
 
@@ -53,7 +57,7 @@ func (f *filterFlags) register(fs *pflag.FlagSet) {
 func (f *filterFlags) filter() (tracer.Filter, error) {
 	var flt tracer.Filter
 	var err error
-	for _, name := range []string{"port", "lport", "rport", "addr", "state", "pid", "comm", "netns"} {
+	for _, name := range []string{"port", "lport", "rport", "addr", "state", "pid", "comm", "netns", "cgroup", "container"} {
 		if f.fs == nil || !f.fs.Changed(name) {
 			continue
 		}
@@ -119,10 +123,45 @@ func (f *filterFlags) filter() (tracer.Filter, error) {
 			return flt, usagef("--netns: %v", err)
 		}
 	}
+	if f.cgroup != "" || f.container != "" {
+		if flt.Owners, err = ownerFilter(f.cgroup, f.container); err != nil {
+			return flt, err
+		}
+	}
 	if err := flt.Validate(); err != nil {
 		return flt, usageError{err}
 	}
 	return flt, nil
+}
+
+// resolver tells where the processes that own sockets run: their cgroup,
+// container, pod and systemd service.
+var resolver = cgroup.NewResolver(8192)
+
+// ownerFilter is the user-space filter of --cgroup and --container.
+func ownerFilter(path, container string) (func(uint32) bool, error) {
+	path = strings.TrimSpace(path)
+	if path != "" && !strings.HasPrefix(path, "/") {
+		path = "/" + path
+	}
+	path = strings.TrimSuffix(path, "/")
+	container = strings.ToLower(strings.TrimSpace(container))
+	if container != "" && len(container) < 4 {
+		return nil, usagef("--container %q: give at least 4 digits of the id, or the pod's UID", container)
+	}
+	return func(pid uint32) bool {
+		info := resolver.Lookup(pid)
+		if !info.Known() {
+			return false
+		}
+		if path != "" && info.Path != path && !strings.HasPrefix(info.Path, path+"/") {
+			return false
+		}
+		if container != "" && !strings.HasPrefix(info.ContainerID, container) && info.PodUID != container {
+			return false
+		}
+		return true
+	}, nil
 }
 
 // resolveNetNS accepts an inode number, a namespace file, or an 'ip netns' name.

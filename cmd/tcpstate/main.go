@@ -67,6 +67,7 @@ Commands:
   trace     print TCP state transitions as they happen
   watch     live table of sockets stuck in CLOSE_WAIT, FIN_WAIT2, TIME_WAIT...
   verify    check that live sockets run with the keepalive and fin_timeout you set
+  serve     serve Prometheus metrics: sockets per state and process, time in state, closes...
   record    write what tcpstate sees to a capture file (or keep it in memory until asked)
   report    summarise captures: durations, lingering sockets, TIME_WAIT, keepalive, losses
   check     say what tcpstate can do on this kernel, and what it cannot
@@ -162,7 +163,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 
 func isCommand(s string) bool {
 	switch s {
-	case "trace", "watch", "verify", "record", "report", "check", "version":
+	case "trace", "watch", "verify", "serve", "record", "report", "check", "version":
 		return true
 	}
 	return false
@@ -187,6 +188,8 @@ func dispatch(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		return runWatch(ctx, rest, stdout, stderr)
 	case "verify":
 		return runVerify(ctx, rest, stdout, stderr)
+	case "serve":
+		return runServe(ctx, rest, stdout, stderr)
 	case "record":
 		return runRecord(ctx, rest, stdout, stderr)
 	case "report":
@@ -203,6 +206,6 @@ func dispatch(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		fmt.Fprint(stdout, mainUsage)
 		return nil
 	default:
-		return usagef("unknown command %q (commands: trace, watch, verify, record, report, check, version, help)", cmd)
+		return usagef("unknown command %q (commands: trace, watch, verify, serve, record, report, check, version, help)", cmd)
 	}
 }
