@@ -17,6 +17,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/tcpstate/tcpstate/internal/netns"
 	"github.com/tcpstate/tcpstate/internal/testnet"
 )
 
@@ -33,7 +34,37 @@ func TestMain(m *testing.M) {
 		_, _ = io.Copy(io.Discard, os.Stdin)
 		os.Exit(0)
 	}
+	if os.Getenv("TCPSTATE_HELPER") == "hold" {
+		holdHelper()
+	}
 	os.Exit(m.Run())
+}
+
+// holdHelper opens COUNT connections to ADDR from namespace NETNS, says
+// "ready", holds them until stdin closes, then closes them and exits.
+func holdHelper() {
+	n, _ := strconv.Atoi(os.Getenv("COUNT"))
+	var conns []net.Conn
+	err := netns.Do(os.Getenv("NETNS"), func() error {
+		for range n {
+			c, err := net.Dial("tcp", os.Getenv("ADDR"))
+			if err != nil {
+				return err
+			}
+			conns = append(conns, c)
+		}
+		return nil
+	})
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(3)
+	}
+	fmt.Println("ready")
+	_, _ = io.Copy(io.Discard, os.Stdin)
+	for _, c := range conns {
+		c.Close()
+	}
+	os.Exit(0)
 }
 
 // leaker is a child process holding a socket in CLOSE_WAIT.

@@ -1,0 +1,334 @@
+// SPDX-License-Identifier: Apache-2.0
+
+package main
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"math"
+	"net"
+	"net/http"
+	"net/url"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/tcpstate/tcpstate/internal/testnet"
+	"github.com/tcpstate/tcpstate/output/metrics"
+)
+
+// freePort is a loopback port nothing listens on now.
+func freePort(t *testing.T) int {
+	t.Helper()
+	ln, err := net.Listen("tcp4", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	return ln.Addr().(*net.TCPAddr).Port
+}
+
+// startServe runs tcpstate serve in this process until the test ends.
+func startServe(t *testing.T, args ...string) (addr string) {
+	t.Helper()
+	addr = "127.0.0.1:" + strconv.Itoa(freePort(t))
+	tracing := make(chan struct{})
+	ctx, cancel := context.WithCancel(context.Background())
+	ctx = withReady(ctx, func() { close(tracing) })
+	done := make(chan cmdResult, 1)
+	go func() {
+		code, o, e := runCmd(ctx, append([]string{"serve", "--listen", addr}, args...)...)
+		done <- cmdResult{code: code, stdout: o, stderr: e}
+	}()
+	select {
+	case <-tracing:
+	case r := <-done:
+		t.Fatalf("serve ended before tracing: exit %d: %s", r.code, r.stderr)
+	case <-time.After(2 * time.Minute):
+		t.Fatal("serve: not tracing after 2 minutes")
+	}
+	t.Cleanup(func() {
+		cancel()
+		if r := <-done; r.code != exitOK {
+			t.Errorf("serve: exit %d: %s", r.code, r.stderr)
+		}
+	})
+	return addr
+}
+
+// hold starts a child process that opens n connections to addr from ns and
+// holds them until release is called, which closes them.
+func hold(t *testing.T, ns *testnet.NetNS, addr string, n int) (pid int, release func()) {
+	t.Helper()
+	cmd := exec.Command(os.Args[0], "-test.run=^$")
+	cmd.Env = append(os.Environ(), "TCPSTATE_HELPER=hold", "ADDR="+addr, "NETNS="+ns.Path, "COUNT="+strconv.Itoa(n))
+	stdin, _ := cmd.StdinPipe()
+	stdout, _ := cmd.StdoutPipe()
+	cmd.Stderr = os.Stderr
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	released := false
+	release = func() {
+		if !released {
+			released = true
+			stdin.Close()
+			_ = cmd.Wait()
+		}
+	}
+	t.Cleanup(release)
+	if line, err := bufio.NewReader(stdout).ReadString('\n'); err != nil || line != "ready\n" {
+		t.Fatalf("helper: %q %v", line, err)
+	}
+	return cmd.Process.Pid, release
+}
+
+// containerGroup mounts a cgroup v2 hierarchy of the test's own, makes a
+// group shaped as docker's systemd driver names a container's, and moves
+// pid into it; it returns the container's id. Undone when the test ends.
+func containerGroup(t *testing.T, pid int) string {
+	t.Helper()
+	mnt := t.TempDir()
+	if err := unix.Mount("none", mnt, "cgroup2", 0, ""); err != nil {
+		t.Skipf("cannot mount a cgroup v2 hierarchy (%v): container attribution needs cgroup v2", err)
+	}
+	id := fmt.Sprintf("%064x", time.Now().UnixNano())
+	group := filepath.Join(mnt, fmt.Sprintf("tcpstate-test-%d.slice", os.Getpid()), "docker-"+id+".scope")
+	if err := os.MkdirAll(group, 0o755); err != nil {
+		unix.Unmount(mnt, unix.MNT_DETACH)
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		// Back to the root group (if it still runs), then remove ours.
+		_ = os.WriteFile(filepath.Join(mnt, "cgroup.procs"), []byte(strconv.Itoa(pid)), 0)
+		for range 50 {
+			if os.Remove(group) == nil || os.IsNotExist(os.Remove(group)) {
+				break
+			}
+			time.Sleep(20 * time.Millisecond)
+		}
+		_ = os.Remove(filepath.Dir(group))
+		_ = unix.Unmount(mnt, unix.MNT_DETACH)
+	})
+	if err := os.WriteFile(filepath.Join(group, "cgroup.procs"), []byte(strconv.Itoa(pid)), 0); err != nil {
+		t.Fatalf("moving %d into %s: %v", pid, group, err)
+	}
+	return id
+}
+
+// promQuery asks Prometheus for an instant vector.
+func promQuery(t *testing.T, prom, query string) []promSample {
+	t.Helper()
+	resp, err := http.Get("http://" + prom + "/api/v1/query?query=" + url.QueryEscape(query))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	var r struct {
+		Status string `json:"status"`
+		Error  string `json:"error"`
+		Data   struct {
+			Result []struct {
+				Metric map[string]string `json:"metric"`
+				Value  [2]any            `json:"value"`
+			} `json:"result"`
+		} `json:"data"`
+	}
+	if err := json.NewDecoder(resp.Body).Decode(&r); err != nil || r.Status != "success" {
+		t.Fatalf("query %q: %v %s", query, err, r.Error)
+	}
+	var out []promSample
+	for _, s := range r.Data.Result {
+		v, _ := strconv.ParseFloat(fmt.Sprint(s.Value[1]), 64)
+		out = append(out, promSample{s.Metric, v})
+	}
+	return out
+}
+
+type promSample struct {
+	labels map[string]string
+	value  float64
+}
+
+// startPrometheus runs Debian's prometheus scraping target every second.
+func startPrometheus(t *testing.T, target string) string {
+	t.Helper()
+	bin, err := exec.LookPath("prometheus")
+	if err != nil {
+		t.Skip("prometheus is not installed (Debian's prometheus package; .ci/run installs it)")
+	}
+	dir := t.TempDir()
+	cfg := fmt.Sprintf("global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\nscrape_configs:\n  - job_name: tcpstate\n    static_configs:\n      - targets: ['%s']\n", target)
+	if err := os.WriteFile(filepath.Join(dir, "prometheus.yml"), []byte(cfg), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	listen := "127.0.0.1:" + strconv.Itoa(freePort(t))
+	cmd := exec.Command(bin, "--config.file="+filepath.Join(dir, "prometheus.yml"), "--storage.tsdb.path="+filepath.Join(dir, "data"),
+		"--web.listen-address="+listen, "--log.level=warn")
+	logf, _ := os.Create(filepath.Join(dir, "log"))
+	cmd.Stdout, cmd.Stderr = logf, logf
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = cmd.Process.Kill(); _ = cmd.Wait() })
+	for deadline := time.Now().Add(time.Minute); ; time.Sleep(200 * time.Millisecond) {
+		if resp, err := http.Get("http://" + listen + "/-/ready"); err == nil {
+			resp.Body.Close()
+			if resp.StatusCode == 200 {
+				break
+			}
+		}
+		if time.Now().After(deadline) {
+			log, _ := os.ReadFile(filepath.Join(dir, "log"))
+			t.Fatalf("prometheus not ready after a minute:\n%s", log)
+		}
+	}
+	return listen
+}
+
+// waitQuery polls query until ok accepts its result (Prometheus scrapes
+// every second), failing after 30 s with the last result.
+func waitQuery(t *testing.T, prom, query string, ok func([]promSample) bool) []promSample {
+	t.Helper()
+	var got []promSample
+	for deadline := time.Now().Add(30 * time.Second); time.Now().Before(deadline); time.Sleep(500 * time.Millisecond) {
+		if got = promQuery(t, prom, query); ok(got) {
+			return got
+		}
+	}
+	t.Fatalf("%s: %v after 30 s", query, got)
+	return nil
+}
+
+// ssCount counts the sockets ss lists in ns for an ss filter.
+func ssCount(t *testing.T, ns *testnet.NetNS, filter ...string) int {
+	t.Helper()
+	out, err := exec.Command("ip", append([]string{"netns", "exec", ns.Name, "ss", "-Htn"}, filter...)...).Output()
+	if err != nil {
+		t.Fatalf("ss %q: %v", filter, err)
+	}
+	return strings.Count(string(out), "\n")
+}
+
+// What a user does: Prometheus scrapes tcpstate serve; a process in a
+// container leaks CLOSE_WAIT sockets, a client leaves a TIME_WAIT burst;
+// Prometheus's answers match ss, and the p99 of CLOSE_WAIT time is within
+// a bucket of how long the leak held them.
+func TestServeWithPrometheus(t *testing.T) {
+	requireRoot(t)
+	if _, err := exec.LookPath("ss"); err != nil {
+		t.Skip("ss (iproute2) is not installed")
+	}
+	ns := testnet.New(t)
+	var ln, ln2 net.Listener
+	ns.Do(t, func() {
+		var err error
+		if ln, err = net.Listen("tcp4", "127.0.0.1:0"); err != nil {
+			t.Fatal(err)
+		}
+		if ln2, err = net.Listen("tcp4", "127.0.0.1:0"); err != nil {
+			t.Fatal(err)
+		}
+	})
+	defer ln.Close()
+	defer ln2.Close()
+	target := startServe(t, "--netns", ns.Name)
+	prom := startPrometheus(t, target)
+	waitQuery(t, prom, `up{job="tcpstate"}`, func(s []promSample) bool { return len(s) == 1 && s[0].value == 1 })
+
+	// The leak: a process in a container holds 7 connections whose server
+	// hung up.
+	const leaked = 7
+	pid, release := hold(t, ns, ln.Addr().String(), leaked)
+	id := containerGroup(t, pid)
+	for range leaked {
+		s, err := ln.Accept()
+		if err != nil {
+			t.Fatal(err)
+		}
+		s.Close()
+	}
+	leakStart := time.Now()
+	comm := testnet.SelfComm(t)
+	var want int
+	for deadline := time.Now().Add(10 * time.Second); want != leaked && time.Now().Before(deadline); time.Sleep(50 * time.Millisecond) {
+		want = ssCount(t, ns, "state", "close-wait")
+	}
+	if want != leaked {
+		t.Fatalf("ss shows %d sockets in CLOSE_WAIT, want %d", want, leaked)
+	}
+	got := waitQuery(t, prom, fmt.Sprintf(`tcpstate_process_sockets{state="close_wait",comm=%q}`, comm),
+		func(s []promSample) bool { return len(s) == 1 && s[0].value == float64(want) })
+	if l := got[0].labels; l["container_id"] != id {
+		t.Errorf("CLOSE_WAIT leak's labels %v, want container_id %s", l, id)
+	}
+	waitQuery(t, prom, `tcpstate_sockets{state="close_wait"}`, func(s []promSample) bool { return len(s) == 1 && s[0].value == float64(want) })
+
+	// The TIME_WAIT burst: this side closes first, 25 times.
+	const burst = 25
+	ns.Do(t, func() {
+		for range burst {
+			c, err := net.Dial("tcp4", ln2.Addr().String())
+			if err != nil {
+				t.Fatal(err)
+			}
+			s, err := ln2.Accept()
+			if err != nil {
+				t.Fatal(err)
+			}
+			c.Close()
+			s.Close()
+		}
+	})
+	tw := ssCount(t, ns, "state", "time-wait", "dst", ln2.Addr().String())
+	if tw != burst {
+		t.Fatalf("ss shows %d sockets in TIME_WAIT to %s, want %d", tw, ln2.Addr(), burst)
+	}
+	waitQuery(t, prom, fmt.Sprintf(`tcpstate_timewait_sockets{remote=%q}`, ln2.Addr().String()),
+		func(s []promSample) bool { return len(s) == 1 && s[0].value == float64(tw) })
+
+	// The leak ends after ~3 s in CLOSE_WAIT: p99 of CLOSE_WAIT time is in
+	// the bucket of the truth, or the next (the burst's own CLOSE_WAITs,
+	// microseconds each, are below the 99th percentile).
+	time.Sleep(3*time.Second - time.Since(leakStart))
+	release()
+	truth := time.Since(leakStart).Seconds()
+	waitQuery(t, prom, `tcpstate_state_duration_seconds_count{state="close_wait"}`,
+		func(s []promSample) bool { return len(s) == 1 && s[0].value >= leaked+burst })
+	q := promQuery(t, prom, `histogram_quantile(0.99, tcpstate_state_duration_seconds_bucket{state="close_wait"})`)
+	if len(q) != 1 {
+		t.Fatalf("histogram_quantile: %v", q)
+	}
+	bucket := func(v float64) int { i, _ := slices.BinarySearch(metrics.DurationBuckets, v); return i }
+	t.Logf("p99 of CLOSE_WAIT time %.3fs; the leak held its sockets %.3fs", q[0].value, truth)
+	if p99 := q[0].value; math.IsNaN(p99) || bucket(p99) < bucket(truth)-1 || bucket(p99) > bucket(truth)+1 {
+		t.Errorf("p99 of CLOSE_WAIT time %.3fs, the leak held its sockets %.3fs: not within a bucket (%v)", p99, truth, metrics.DurationBuckets)
+	}
+	waitQuery(t, prom, `tcpstate_process_sockets{state="close_wait"}`, func(s []promSample) bool { return len(s) == 0 })
+	for _, q := range []string{`tcpstate_events_lost_total{cause="ring_buffer"}`, `tcpstate_closes_total{reason="timewait_expired"}`, `tcpstate_build_info`} {
+		if s := promQuery(t, prom, q); len(s) != 1 {
+			t.Errorf("%s: %v, want one series", q, s)
+		}
+	}
+
+	// /healthz
+	resp, err := http.Get("http://" + target + "/healthz")
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != 200 || strings.TrimSpace(string(body)) != "ok" {
+		t.Errorf("/healthz: %d %q", resp.StatusCode, body)
+	}
+}
