@@ -72,6 +72,7 @@ func (j *JSON) RenderConn(c *timeline.Conn) error {
 	b = strconv.AppendUint(b, c.Cookie, 10)
 	b = appendEndpoints(b, c.NetNS, c.Family, c.Local, c.Remote)
 	b = appendOwner(b, &c.Owner)
+	b = appendPlaceJSON(b, j.opts.Attribute.place(&c.Owner))
 	b = appendReasonJSON(b, &j.opts.Kernel, c.Reason, c.RstReason, c.Reason == tracer.ReasonRSTSent)
 	b = appendErrJSON(b, c.SkErr)
 	b = append(b, `,"states":[`...)

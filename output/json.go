@@ -15,6 +15,9 @@ import (
 type JSONOptions struct {
 	Clock  tracer.Clock
 	Kernel tracer.KernelInfo // names reset reasons
+	// Attribute adds where the owner runs (cgroup, container_id, pod_uid,
+	// unit); nil: not shown.
+	Attribute Attribute
 }
 
 // JSON renders one object per line. The fields are documented in README.md
@@ -81,6 +84,7 @@ func (j *JSON) Render(e *tracer.Event) error {
 		e.Type == tracer.EventKeepalive && e.Keepalive.Event == tracer.KeepaliveTimeout)
 	if e.Owner.Known() {
 		b = appendOwner(b, &e.Owner)
+		b = appendPlaceJSON(b, j.opts.Attribute.place(&e.Owner))
 	}
 	if e.Type != tracer.EventLinger {
 		b = append(b, `,"cpu_pid":`...)

@@ -14,6 +14,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/tcpstate/tcpstate/internal/cgroup"
 	"github.com/tcpstate/tcpstate/tracer"
 	"github.com/tcpstate/tcpstate/tracer/timeline"
 	"github.com/tcpstate/tcpstate/tracer/verify"
@@ -123,9 +124,21 @@ func TestTextGolden(t *testing.T) {
 	}
 }
 
+// attribute places pid 4242 (curl) in a docker container and 7 in a
+// systemd service; others are unknown.
+func attribute(pid uint32) cgroup.Info {
+	switch pid {
+	case 4242:
+		return cgroup.Parse("/system.slice/docker-3f4b2c1d0e9a8b7c6d5e4f3a2b1c0d9e8f7a6b5c4d3e2f1a0b9c8d7e6f5a4b3c.scope")
+	case 7:
+		return cgroup.Parse("/system.slice/weird.service")
+	}
+	return cgroup.Info{}
+}
+
 func TestTextWideGolden(t *testing.T) {
 	var out bytes.Buffer
-	render(t, NewText(&out, TextOptions{Wide: true, Clock: clock, Kernel: kernel, Location: time.UTC}))
+	render(t, NewText(&out, TextOptions{Wide: true, Clock: clock, Kernel: kernel, Location: time.UTC, Attribute: attribute}))
 	golden(t, "trace-wide.txt", out.Bytes())
 }
 
@@ -139,7 +152,7 @@ func TestTextNoHeader(t *testing.T) {
 
 func TestJSONGolden(t *testing.T) {
 	var out bytes.Buffer
-	render(t, NewJSON(&out, JSONOptions{Clock: clock, Kernel: kernel}))
+	render(t, NewJSON(&out, JSONOptions{Clock: clock, Kernel: kernel, Attribute: attribute}))
 	golden(t, "trace.jsonl", out.Bytes())
 
 	// Every line is valid JSON with the documented fields and types.

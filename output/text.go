@@ -25,6 +25,8 @@ type TextOptions struct {
 	Kernel   tracer.KernelInfo // names reset reasons
 	// Diag receives lost-event reports (stderr); nil drops them.
 	Diag io.Writer
+	// Attribute fills --wide's CONTAINER column; nil: "-".
+	Attribute Attribute
 }
 
 // Text renders one aligned line per event.
@@ -52,7 +54,7 @@ func NewText(w io.Writer, opts TextOptions) *Text {
 var (
 	narrowColumns = []column{{"TIME", 8}, {"PID", -6}, {"COMM", 8}, {"LPORT", -5}, {"REMOTE", 15}, {"DUR", -6}, {"TRANSITION", 0}}
 	wideColumns   = []column{{"TIME", 15}, {"PID", -6}, {"TID", -7}, {"COMM", 15}, {"LOCAL", 21}, {"REMOTE", 21}, {"DUR", -6},
-		{"TRANSITION", 25}, {"OWNER-FROM", 10}, {"CPU-PID", -7}, {"CPU-COMM", 15}, {"COOKIE", 16}, {"NETNS", 10}, {"NOTE", 0}}
+		{"TRANSITION", 25}, {"OWNER-FROM", 10}, {"CPU-PID", -7}, {"CPU-COMM", 15}, {"COOKIE", 16}, {"CONTAINER", 12}, {"NETNS", 10}, {"NOTE", 0}}
 )
 
 // Render writes e.
@@ -139,6 +141,7 @@ func (t *Text) Render(e *tracer.Event) error {
 		var name [64]byte
 		r.cell(appendPrintable(name[:0], e.OnCPU.Comm.Bytes()))
 		r.cell(strconv.AppendUint(num[:0], e.Cookie, 10))
+		r.cell(appendPlaceText(name[:0], t.opts.Attribute.place(&e.Owner)))
 		r.cell(strconv.AppendUint(num[:0], uint64(e.NetNS), 10))
 		if len(note) > 0 {
 			r.cell(note)

@@ -87,6 +87,8 @@ type WatchOptions struct {
 	// NetNSName names a network namespace by inode for the text table (nil:
 	// the inode), shown when the sockets in view span namespaces.
 	NetNSName func(inode uint32) string
+	// Attribute adds where each owner runs to the JSON objects; nil: not shown.
+	Attribute Attribute
 }
 
 // Watch renders snapshots of lingering sockets.
@@ -345,6 +347,7 @@ func (w *Watch) renderJSON(now uint64, rows []Socket, lost uint64) error {
 		}
 		b = appendEndpoints(b, r.NetNS, r.Family, r.Local, r.Remote)
 		b = appendOwner(b, &r.Owner)
+		b = appendPlaceJSON(b, w.opts.Attribute.place(&r.Owner))
 		if r.Closed() {
 			b = append(b, `,"owner_closed":true`...)
 		}
@@ -377,6 +380,7 @@ func (w *Watch) renderJSON(now uint64, rows []Socket, lost uint64) error {
 				b = strconv.AppendUint(b, uint64(g.Owner.PID), 10)
 				b = append(b, `,"comm":`...)
 				b = appendJSONString(b, g.Owner.Comm.Bytes())
+				b = appendPlaceJSON(b, w.opts.Attribute.place(&g.Owner))
 				if g.Closed {
 					b = append(b, `,"owner_closed":true`...)
 				}

@@ -33,6 +33,8 @@ type TraceOptions struct {
 	// Rescan, live: after a loss the timeline is made to agree with a
 	// fresh walk (nil on replay: the kernel then is gone).
 	Rescan Rescan
+	// Attribute, live: where each owner runs (JSON, --wide); nil on replay.
+	Attribute output.Attribute
 }
 
 // Trace is trace's pipeline, live or replayed: timeline -> filter ->
@@ -51,9 +53,9 @@ type Trace struct {
 func NewTrace(o TraceOptions) *Trace {
 	p := &Trace{conns: o.Conns}
 	if o.JSON {
-		p.r = output.NewJSON(o.Out, output.JSONOptions{Clock: o.Clock, Kernel: o.Kernel})
+		p.r = output.NewJSON(o.Out, output.JSONOptions{Clock: o.Clock, Kernel: o.Kernel, Attribute: o.Attribute})
 	} else {
-		p.r = output.NewText(o.Out, output.TextOptions{Wide: o.Wide, NoHeader: o.NoHeader, Clock: o.Clock, Kernel: o.Kernel, Diag: o.Diag})
+		p.r = output.NewText(o.Out, output.TextOptions{Wide: o.Wide, NoHeader: o.NoHeader, Clock: o.Clock, Kernel: o.Kernel, Diag: o.Diag, Attribute: o.Attribute})
 	}
 	p.Filter = &Filter{Filter: &o.Filter, Next: Render{p.r}, LostOnly: o.Conns}
 	opts := timeline.Options{MaxConns: o.MaxConns, Linger: o.Linger, Spans: o.Conns}

@@ -138,6 +138,14 @@ func (f *filterFlags) filter() (tracer.Filter, error) {
 // container, pod and systemd service.
 var resolver = cgroup.NewResolver(8192)
 
+// lookUpOwner has the resolver learn where the owner of a socket of the
+// start-up walk runs, while it runs: its sockets may outlive it.
+func lookUpOwner(s *tracer.Socket) {
+	if s.Owner.Known() {
+		resolver.Lookup(s.Owner.PID)
+	}
+}
+
 // ownerFilter is the user-space filter of --cgroup and --container.
 func ownerFilter(path, container string) (func(uint32) bool, error) {
 	path = strings.TrimSpace(path)

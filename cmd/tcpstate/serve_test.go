@@ -332,3 +332,68 @@ func TestServeWithPrometheus(t *testing.T) {
 		t.Errorf("/healthz: %d %q", resp.StatusCode, body)
 	}
 }
+
+// trace --container shows only the sockets of the container's processes,
+// and says in its JSON where they run.
+func TestTraceContainer(t *testing.T) {
+	requireRoot(t)
+	ns := testnet.New(t)
+	var ln net.Listener
+	ns.Do(t, func() {
+		var err error
+		if ln, err = net.Listen("tcp4", "127.0.0.1:0"); err != nil {
+			t.Fatal(err)
+		}
+	})
+	defer ln.Close()
+	const n = 3
+	pid, release := hold(t, ns, ln.Addr().String(), n)
+	var servers []net.Conn
+	for range n {
+		s, err := ln.Accept()
+		if err != nil {
+			t.Fatal(err)
+		}
+		servers = append(servers, s)
+	}
+	id := containerGroup(t, pid)
+	wait := startCmd(t, "trace", "-o", "json", "--netns", ns.Name, "--container", id[:12], "-d", "3s")
+	release() // the container's process closes first: its ends go FIN_WAIT1, FIN_WAIT2, TIME_WAIT
+	for _, s := range servers {
+		s.Close() // CLOSE_WAIT, LAST_ACK: this process's, not shown
+	}
+	r := wait()
+	if r.code != exitOK {
+		t.Fatalf("exit %d: %s", r.code, r.stderr)
+	}
+	var events []struct {
+		Old, New    string
+		PID         int    `json:"pid"`
+		ContainerID string `json:"container_id"`
+		Cgroup      string `json:"cgroup"`
+	}
+	for _, line := range strings.Split(strings.TrimSpace(r.stdout), "\n") {
+		var e struct {
+			Old, New    string
+			PID         int    `json:"pid"`
+			ContainerID string `json:"container_id"`
+			Cgroup      string `json:"cgroup"`
+		}
+		if err := json.Unmarshal([]byte(line), &e); err != nil {
+			t.Fatalf("not JSON: %q", line)
+		}
+		events = append(events, e)
+	}
+	finWait1 := 0
+	for _, e := range events {
+		if e.PID != pid || e.ContainerID != id || !strings.HasSuffix(e.Cgroup, "/docker-"+id+".scope") {
+			t.Errorf("event %+v: want pid %d, container_id %s and its cgroup", e, pid, id)
+		}
+		if e.New == "FIN_WAIT1" {
+			finWait1++
+		}
+	}
+	if finWait1 != n {
+		t.Errorf("%d transitions to FIN_WAIT1 shown, want %d (the container's connections):\n%s", finWait1, n, r.stdout)
+	}
+}

@@ -118,16 +118,19 @@ func runTrace(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	}
 	defer t.Close()
 
-	opts.Clock, opts.Kernel, opts.Rescan = tracer.NewClock(), t.Info(), rescan(t)
+	opts.Clock, opts.Kernel, opts.Rescan, opts.Attribute = tracer.NewClock(), t.Info(), rescan(t), resolver.Lookup
 	p := pipeline.NewTrace(opts)
 	src := p.Sink()
 	var tee *pipeline.Tee
 	if f.write == "" {
-		pipeline.ScanEach(t, tracer.ScanOptions{}, stderr, p.SeedSocket)
+		pipeline.ScanEach(t, tracer.ScanOptions{}, stderr, func(s *tracer.Socket) { lookUpOwner(s); p.SeedSocket(s) })
 	} else {
 		// The capture keeps the walk's sockets too.
 		socks, nss := pipeline.Scan(t, tracer.ScanOptions{}, stderr)
 		socks = pipeline.FullSockets(socks)
+		for i := range socks {
+			lookUpOwner(&socks[i])
+		}
 		p.Seed(socks)
 		h := pipeline.Header(version, os.Args[1:], opts.Clock, opts.Kernel, nss, t.Warnings())
 		if tee, err = pipeline.NewTee(f.write, h, socks, p.Sink()); err != nil {

@@ -100,12 +100,12 @@ func runWatch(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	}
 	w := output.NewWatch(stdout, output.WatchOptions{
 		Clock: tracer.NewClock(), Top: f.top, Clear: isTTY && !f.once, JSON: f.output.value == "json",
-		NetNSName: netnsNames(),
+		NetNSName: netnsNames(), Attribute: resolver.Lookup,
 	})
 	ws := pipeline.NewWatch(w, pipeline.WatchOptions{Filter: filter, States: states, Linger: time.Duration(f.linger),
 		Interval: time.Duration(f.interval), MaxConns: f.maxConns, Rescan: rescan(t)})
 	found := 0
-	pipeline.ScanEach(t, tracer.ScanOptions{TimeWait: true}, stderr, func(s *tracer.Socket) { found++; ws.SeedSocket(s) })
+	pipeline.ScanEach(t, tracer.ScanOptions{TimeWait: true}, stderr, func(s *tracer.Socket) { found++; lookUpOwner(s); ws.SeedSocket(s) })
 	if n := ws.Evicted(); n > 0 {
 		fmt.Fprintf(stderr, "tcpstate: warning: %d of the %d sockets found do not fit --max-connections %d and are not shown: raise it\n", n, found, f.maxConns)
 	}

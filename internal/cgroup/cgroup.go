@@ -127,7 +127,9 @@ func PathOf(procRoot string, pid uint32) string {
 
 // Resolver looks processes up, remembering the answers for a while: a
 // socket's owner is looked up for each of its events, and a PID may be
-// reused. Safe for concurrent use.
+// reused. A process that was looked up once stays known after it exits
+// (until the resolver is full): look owners up as they are first seen.
+// Safe for concurrent use.
 type Resolver struct {
 	procRoot string
 	max      int
@@ -161,14 +163,21 @@ func (r *Resolver) Lookup(pid uint32) Info {
 	now := time.Now()
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	if e, ok := r.cache[pid]; ok && now.Sub(e.at) < r.ttl {
+	e, cached := r.cache[pid]
+	if cached && now.Sub(e.at) < r.ttl {
 		return e.info
 	}
 	if len(r.cache) >= r.max {
 		clear(r.cache)
 	}
 	var info Info
-	if path := PathOf(r.procRoot, pid); path != "" {
+	path := PathOf(r.procRoot, pid)
+	if path == "" && cached {
+		// Gone since: what was known stays the best answer (its sockets
+		// outlive it, in TIME_WAIT, or held by a child).
+		return e.info
+	}
+	if path != "" {
 		var ok bool
 		if info, ok = r.parsed[path]; !ok {
 			if len(r.parsed) >= r.max {

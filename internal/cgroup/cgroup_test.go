@@ -33,7 +33,7 @@ func TestParse(t *testing.T) {
 		{"/kubepods.slice/kubepods-besteffort.slice/kubepods-besteffort-pod" + uidUnderscored + ".slice/crio-conmon-" + id + ".scope",
 			Info{PodUID: uid}}, // CRI-O's monitor: the pod's, not the container's
 		{"/kubepods/burstable/pod" + uid + "/" + id, Info{ContainerID: id, PodUID: uid}}, // cgroupfs driver
-		{"/kubepods/besteffort/pod" + uid, Info{PodUID: uid}},                             // the pod's own group (pause)
+		{"/kubepods/besteffort/pod" + uid, Info{PodUID: uid}},                            // the pod's own group (pause)
 		{"/machine.slice/libpod-" + id + ".scope", Info{ContainerID: id, Runtime: "podman"}},
 		{"/user.slice/user-1000.slice/user@1000.service/user.slice/libpod-" + id + ".scope", Info{ContainerID: id, Runtime: "podman", Unit: "user@1000.service"}},
 		{"/libpod_parent/libpod-" + id, Info{ContainerID: id, Runtime: "podman"}},
@@ -89,5 +89,12 @@ func TestResolver(t *testing.T) {
 	r.ttl = 0
 	if got := r.Lookup(42); got.Unit != "other.service" || got.ContainerID != "" {
 		t.Errorf("pid 42 after its entry aged: %+v", got)
+	}
+	// Gone since: the last answer stays.
+	if err := os.RemoveAll(filepath.Join(root, "42")); err != nil {
+		t.Fatal(err)
+	}
+	if got := r.Lookup(42); got.Unit != "other.service" {
+		t.Errorf("pid 42 after it exited: %+v, want what was known", got)
 	}
 }
