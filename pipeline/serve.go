@@ -3,6 +3,9 @@
 package pipeline
 
 import (
+	"os"
+	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -220,10 +223,31 @@ func (s *Serve) Snapshot(now uint64) *metrics.Snapshot {
 			snap.TracerErr = err
 		}
 	}
+	snap.FinTimeout, snap.LocalPorts = ownSysctls()
 	s.mu.Lock()
 	s.last = snap
 	s.mu.Unlock()
 	return snap
+}
+
+// ownSysctls reads tcp_fin_timeout and the size of ip_local_port_range in
+// tcpstate's own network namespace (zero when unreadable).
+func ownSysctls() (finTimeout time.Duration, localPorts int) {
+	if b, err := os.ReadFile("/proc/sys/net/ipv4/tcp_fin_timeout"); err == nil {
+		if n, err := strconv.Atoi(strings.TrimSpace(string(b))); err == nil {
+			finTimeout = time.Duration(n) * time.Second
+		}
+	}
+	if b, err := os.ReadFile("/proc/sys/net/ipv4/ip_local_port_range"); err == nil {
+		if f := strings.Fields(string(b)); len(f) == 2 {
+			lo, err1 := strconv.Atoi(f[0])
+			hi, err2 := strconv.Atoi(f[1])
+			if err1 == nil && err2 == nil && hi >= lo {
+				localPorts = hi - lo + 1
+			}
+		}
+	}
+	return finTimeout, localPorts
 }
 
 // closingStates: the states a process's sockets pile up in (a timewait

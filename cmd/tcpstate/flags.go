@@ -46,9 +46,15 @@ func (f *filterFlags) register(fs *pflag.FlagSet) {
 		strings.Join(tracer.StateNames()[:12], ", ")+"; also close-wait, FIN_WAIT_2, ESTAB, ...")
 	fs.StringSliceVar(&f.pids, "pid", nil, "only sockets owned by this process `ID` (list)")
 	fs.StringVar(&f.comm, "comm", "", "only sockets owned by a task of this `name` (exact, as in /proc/PID/comm)")
+	fs.StringVar(&f.netns, "netns", "", "only this network namespace: inode `number`, a path such as /proc/PID/ns/net, or a name from 'ip netns'")
+}
+
+// registerPlace adds --cgroup and --container, for the commands that look
+// owners up live (a capture's processes are not this host's; the kernel
+// cannot filter on them, so record cannot either).
+func (f *filterFlags) registerPlace(fs *pflag.FlagSet) {
 	fs.StringVar(&f.cgroup, "cgroup", "", "only sockets owned by a process in this cgroup v2 `path` or below it, as /proc/PID/cgroup names it (/system.slice/nginx.service)")
 	fs.StringVar(&f.container, "container", "", "only sockets owned by a process of this container (`id` or a prefix of 4+ digits) or Kubernetes pod (UID)")
-	fs.StringVar(&f.netns, "netns", "", "only this network namespace: inode `number`, a path such as /proc/PID/ns/net, or a name from 'ip netns'")
 }
 
 // filter turns the flags into a tracer.Filter, naming the value that is wrong.

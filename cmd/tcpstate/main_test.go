@@ -156,6 +156,14 @@ func TestUsageErrors(t *testing.T) {
 		{[]string{"trace", "-r", ""}, "--read: empty file name"},
 		{[]string{"trace", "-w", ""}, "--write: empty file name"},
 		{[]string{"watch", "--top", "-5"}, "--top -5"},
+		{[]string{"watch", "--container", ""}, "--container: empty value"},
+		{[]string{"trace", "--container", "ab"}, "--container \"ab\": give at least 4 digits"},
+		{[]string{"trace", "-r", "x", "--cgroup", "/system.slice"}, "not with -r/--read"},
+		{[]string{"record", "-w", "x", "--container", "abcd"}, "unknown flag: --container"},
+		{[]string{"serve", "--top", "0"}, "--top 0: want 1 to 1000"},
+		{[]string{"serve", "--top-remotes", "5000"}, "--top-remotes 5000"},
+		{[]string{"serve", "--listen", "nonsense"}, "--listen \"nonsense\": want host:port"},
+		{[]string{"serve", "x"}, "serve takes no arguments"},
 		{[]string{"trace", "--netns", "/etc/passwd"}, `"/etc/passwd" is not a namespace`},
 		{[]string{"trace", "--max-timewait", "10000000"}, "--max-timewait 10000000: must be between 1 and"},
 		{[]string{"trace", "--max-timewait", "4294967297"}, "--max-timewait 4294967297"},
@@ -213,6 +221,7 @@ func TestREADMEShowsRealHelp(t *testing.T) {
 	recordFS, _ := newRecordFlags()
 	reportFS, _ := newReportFlags()
 	checkFS, _ := newCheckFlags()
+	serveFS, _ := newServeFlags()
 	updated := string(readme)
 	for _, sec := range []struct{ name, cmd, help string }{
 		{"main", "tcpstate --help", mainUsage},
@@ -221,6 +230,7 @@ func TestREADMEShowsRealHelp(t *testing.T) {
 		{"verify", "tcpstate verify --help", verifyHelp(verifyFS)},
 		{"record", "tcpstate record --help", recordHelp(recordFS)},
 		{"report", "tcpstate report --help", reportHelp(reportFS)},
+		{"serve", "tcpstate serve --help", serveHelp(serveFS)},
 		{"check", "tcpstate check --help", checkHelp(checkFS)},
 	} {
 		begin, end := "<!-- help:"+sec.name+" -->\n", "<!-- /help:"+sec.name+" -->"

@@ -63,6 +63,7 @@ func newServeFlags() (*pflag.FlagSet, *serveFlags) {
 	fs.IntVar(&f.topRemotes, "top-remotes", 20, "remotes in tcpstate_timewait_sockets and tcpstate_failed_connects_total")
 	fs.BoolVar(&f.bpfStats, "bpf-stats", false, "turn the kernel's BPF run-time statistics on while serving, for tcpstate_bpf_program_* (costs ~20 ns per hook run)")
 	f.filterFlags.register(fs)
+	f.filterFlags.registerPlace(fs)
 	fs.VarP(&f.duration, "duration", "d", "stop after this long; default: until stopped")
 	f.tracerFlags.register(fs)
 	return fs, f
@@ -167,6 +168,10 @@ func runServe(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	shutCtx, done := context.WithTimeout(context.Background(), 2*time.Second)
 	defer done()
 	_ = srv.Shutdown(shutCtx)
+	if stats, err := t.Stats(); err == nil {
+		tl := s.Snapshot(tracer.BootNow()).Timeline
+		fmt.Fprintf(stderr, "tcpstate: %s\n", pipeline.Summary(stats, stats.Seen-stats.Filtered-stats.Lost, "delivered", tl))
+	}
 	return runErr
 }
 

@@ -165,7 +165,19 @@ func startPrometheus(t *testing.T, target string) string {
 	t.Helper()
 	bin, err := exec.LookPath("prometheus")
 	if err != nil {
-		t.Skip("prometheus is not installed (Debian's prometheus package; .ci/run installs it)")
+		// As a user would: Debian's package (the test runs as root).
+		if _, aptErr := exec.LookPath("apt-get"); aptErr != nil {
+			t.Skip("prometheus is not installed, and there is no apt-get to install it (Debian's prometheus package)")
+		}
+		t.Log("installing Debian's prometheus package")
+		cmd := exec.Command("sh", "-c", "apt-get update -qq && apt-get install -y -qq --no-install-recommends prometheus")
+		cmd.Env = append(os.Environ(), "DEBIAN_FRONTEND=noninteractive")
+		if out, err := cmd.CombinedOutput(); err != nil {
+			t.Fatalf("installing prometheus: %v\n%s", err, out)
+		}
+		if bin, err = exec.LookPath("prometheus"); err != nil {
+			t.Fatal(err)
+		}
 	}
 	dir := t.TempDir()
 	cfg := fmt.Sprintf("global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\nscrape_configs:\n  - job_name: tcpstate\n    static_configs:\n      - targets: ['%s']\n", target)
@@ -320,6 +332,12 @@ func TestServeWithPrometheus(t *testing.T) {
 			t.Errorf("%s: %v, want one series", q, s)
 		}
 	}
+	// The shipped alert rules use metrics that exist.
+	for _, name := range ruleMetrics(t) {
+		if s := promQuery(t, prom, name); len(s) == 0 && name != "tcpstate_process_sockets" {
+			t.Errorf("deploy/tcpstate.rules.yml uses %s: Prometheus has no such series", name)
+		}
+	}
 
 	// /healthz
 	resp, err := http.Get("http://" + target + "/healthz")
@@ -396,4 +414,52 @@ func TestTraceContainer(t *testing.T) {
 	if finWait1 != n {
 		t.Errorf("%d transitions to FIN_WAIT1 shown, want %d (the container's connections):\n%s", finWait1, n, r.stdout)
 	}
+}
+
+// The systemd unit and the alert rules shipped in deploy/ are what their
+// tools accept: systemd-analyze verify (with ExecStart pointing at a real
+// build), promtool check rules and the rules' own unit tests.
+func TestDeployFiles(t *testing.T) {
+	unit, err := os.ReadFile("../../deploy/tcpstate.service")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := exec.LookPath("systemd-analyze"); err != nil {
+		t.Log("systemd-analyze not installed: the unit is not verified")
+	} else {
+		dir := t.TempDir()
+		path := filepath.Join(dir, "tcpstate.service")
+		if err := os.WriteFile(path, []byte(strings.ReplaceAll(string(unit), "/usr/local/bin/tcpstate", binary(t))), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		out, err := exec.Command("systemd-analyze", "verify", path).CombinedOutput()
+		if err != nil || len(out) > 0 { // unknown keys are only warnings
+			t.Errorf("systemd-analyze verify: %v\n%s", err, out)
+		}
+	}
+	if _, err := exec.LookPath("promtool"); err != nil {
+		t.Skip("promtool not installed (Debian's prometheus package): the rules are not checked")
+	}
+	for _, args := range [][]string{{"check", "rules", "tcpstate.rules.yml"}, {"test", "rules", "tcpstate.rules.test.yml"}} {
+		cmd := exec.Command("promtool", args...)
+		cmd.Dir = "../../deploy"
+		if out, err := cmd.CombinedOutput(); err != nil {
+			t.Errorf("promtool %s: %v\n%s", strings.Join(args, " "), err, out)
+		}
+	}
+}
+
+// ruleMetrics are the tcpstate metrics the shipped alert rules use.
+func ruleMetrics(t *testing.T) []string {
+	b, err := os.ReadFile("../../deploy/tcpstate.rules.yml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var names []string
+	for _, f := range strings.FieldsFunc(string(b), func(r rune) bool { return !(r == '_' || r >= 'a' && r <= 'z' || r >= '0' && r <= '9') }) {
+		if strings.HasPrefix(f, "tcpstate_") && !slices.Contains(names, f) {
+			names = append(names, f)
+		}
+	}
+	return names
 }

@@ -67,6 +67,7 @@ func newTraceFlags() (*pflag.FlagSet, *traceFlags) {
 	fs.StringVarP(&f.read, "read", "r", "", "replay a capture `file` (from record or -w) instead of tracing live")
 	fs.StringVarP(&f.write, "write", "w", "", "also record what is traced to a capture `file` (see record)")
 	f.filterFlags.register(fs)
+	f.filterFlags.registerPlace(fs)
 	fs.VarP(&f.duration, "duration", "d", "stop after this long (e.g. 30s, 5m, or seconds); default: until interrupted")
 	f.tracerFlags.register(fs)
 	return fs, f
@@ -99,6 +100,9 @@ func runTrace(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	if f.read != "" {
 		if f.write != "" {
 			return usagef("-r/--read and -w/--write exclude each other")
+		}
+		if f.cgroup != "" || f.container != "" {
+			return usagef("--cgroup and --container look processes up on this host, live: not with -r/--read")
 		}
 		return pipeline.ReplayTrace(ctx, f.read, opts)
 	}

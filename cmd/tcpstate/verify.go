@@ -61,6 +61,7 @@ func newVerifyFlags() (*pflag.FlagSet, *verifyFlags) {
 	fs.VarP(&f.interval, "interval", "i", "with --within: re-read the sysctls and re-check every `interval`")
 	fs.BoolVar(&f.strict, "strict", false, "count unaffected sockets (own option, keepalive off) as not running with the expected values")
 	f.filterFlags.register(fs)
+	f.filterFlags.registerPlace(fs)
 	f.tracerFlags.register(fs)
 	return fs, f
 }

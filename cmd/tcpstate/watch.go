@@ -56,6 +56,7 @@ func newWatchFlags() (*pflag.FlagSet, *watchFlags) {
 	fs.VarP(&f.interval, "interval", "i", "refresh every `interval`")
 	fs.IntVar(&f.top, "top", 30, "text: rows of the socket table (0: all)")
 	f.filterFlags.register(fs)
+	f.filterFlags.registerPlace(fs)
 	fs.VarP(&f.duration, "duration", "d", "stop after this long; default: until interrupted")
 	f.tracerFlags.register(fs)
 	return fs, f

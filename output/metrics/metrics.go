@@ -125,6 +125,10 @@ type Snapshot struct {
 	Timeline  timeline.Stats
 	HookCosts map[string]tracer.HookCost // nil: kernel statistics off
 	Info      tracer.KernelInfo
+	// The sysctls of tcpstate's own network namespace the alerts compare
+	// with (0: not read).
+	FinTimeout time.Duration // net.ipv4.tcp_fin_timeout
+	LocalPorts int           // ports in net.ipv4.ip_local_port_range
 }
 
 // TopProcesses keeps, per state, the n biggest groups and sums the rest
@@ -214,9 +218,11 @@ var (
 	descUntracked      = desc("timewait_untracked_total", "Timewait sockets that ended without tcpstate knowing their start.")
 	descProgRuns       = desc("bpf_program_runs_total", "Runs of tcpstate's BPF programs, by tracepoint (with kernel BPF statistics on: --bpf-stats).", "tracepoint")
 	descProgTime       = desc("bpf_program_run_seconds_total", "Time in tcpstate's BPF programs, by tracepoint (with kernel BPF statistics on: --bpf-stats).", "tracepoint")
+	descFinTimeout     = desc("tcp_fin_timeout_seconds", "net.ipv4.tcp_fin_timeout in tcpstate's network namespace: how long an orphaned FIN_WAIT2 may last.")
+	descLocalPorts     = desc("local_ports", "Ports in net.ipv4.ip_local_port_range in tcpstate's network namespace: how many connections to one remote endpoint can exist at once.")
 	descBuild          = desc("build_info", "tcpstate's version and the kernel it runs on.", "version", "kernel")
 	descScrapeErr      = desc("scrape_error", "1 when the kernel's counters could not be read for this scrape.")
-	allDescs           = []*prometheus.Desc{descSockets, descOldest, descProc, descProcOldest, descTWRemote, descTransitions, descDuration, descCloses, descResets, descKAProbes, descKATimeouts, descFailed, descEvents, descFiltered, descLost, descTimersSkipped, descTracked, descEvicted, descGone, descUntracked, descProgRuns, descProgTime, descBuild, descScrapeErr}
+	allDescs           = []*prometheus.Desc{descSockets, descOldest, descProc, descProcOldest, descTWRemote, descTransitions, descDuration, descCloses, descResets, descKAProbes, descKATimeouts, descFailed, descEvents, descFiltered, descLost, descTimersSkipped, descTracked, descEvicted, descGone, descUntracked, descProgRuns, descProgTime, descBuild, descScrapeErr, descFinTimeout, descLocalPorts}
 	kernelRelease      string
 	closeReasonsLabels = func() map[tracer.Reason]string {
 		m := map[tracer.Reason]string{}
@@ -311,6 +317,12 @@ func (c *Collector) Collect(ch chan<- prometheus.Metric) {
 	gauge(descTracked, float64(s.Timeline.Conns))
 	counter(descEvicted, float64(s.Timeline.Evicted))
 	counter(descGone, float64(s.Timeline.Gone))
+	if s.FinTimeout > 0 {
+		gauge(descFinTimeout, s.FinTimeout.Seconds())
+	}
+	if s.LocalPorts > 0 {
+		gauge(descLocalPorts, float64(s.LocalPorts))
+	}
 	for tp, hc := range s.HookCosts {
 		counter(descProgRuns, float64(hc.Runs), tp)
 		counter(descProgTime, hc.Runtime.Seconds(), tp)
