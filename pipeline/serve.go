@@ -3,6 +3,7 @@
 package pipeline
 
 import (
+	"net/netip"
 	"os"
 	"strconv"
 	"strings"
@@ -11,7 +12,6 @@ import (
 	"time"
 
 	"github.com/tcpstate/tcpstate/internal/cgroup"
-	"github.com/tcpstate/tcpstate/output"
 	"github.com/tcpstate/tcpstate/output/metrics"
 	"github.com/tcpstate/tcpstate/tracer"
 	"github.com/tcpstate/tcpstate/tracer/timeline"
@@ -58,7 +58,11 @@ func NewServe(o ServeOptions) *Serve {
 	s.filter.States = 0
 	s.counters.ResetsSent = map[uint16]uint64{}
 	s.counters.FailedConnects = map[metrics.FailKey]uint64{}
-	rs := &resync{rescan: o.Rescan, withTimewait: true, next: s}
+	// The walks after a loss leave TIME_WAIT out, as trace's do: a
+	// churning host has 100k of them, and walking them stalls the reader
+	// into more loss. A TIME_WAIT whose end was lost is left out of the
+	// snapshots once it is older than TIME_WAIT lasts (timewaitLen).
+	rs := &resync{rescan: o.Rescan, withTimewait: false, next: s}
 	s.tl = timeline.New(rs, timeline.Options{MaxConns: o.MaxConns})
 	rs.tl = s.tl
 	return s
@@ -171,36 +175,49 @@ func (s *Serve) Snapshot(now uint64) *metrics.Snapshot {
 		state tracer.State
 		metrics.Attribution
 	}
+	// remotes by address and port; port 0: the clients of a local service,
+	// by address (output.Socket.RemoteGroup), formatted for the top N only
+	type rk struct {
+		addr netip.Addr
+		port uint16
+	}
 	procs := map[pk]*metrics.ProcessGroup{}
-	remotes := map[string]*metrics.RemoteGroup{}
-	all := tracer.StateSet(^uint32(0))
-	output.EachSocket(s.tl, now, &s.filter, all, 0, func(r *output.Socket) {
-		if r.State >= metrics.States {
-			return
+	remotes := map[rk]*metrics.RemoteGroup{}
+	s.tl.Conns(func(c *timeline.Conn) bool {
+		if c.State >= metrics.States || !timeline.Match(&s.filter, c, false) {
+			return true
 		}
-		age := r.Oldest()
-		snap.Sockets[r.State]++
-		snap.Oldest[r.State] = max(snap.Oldest[r.State], age)
+		age := c.Age(now)
+		if c.State == tracer.TimeWait && age > timewaitLen+timewaitSlack {
+			return true // its end was lost: no TIME_WAIT lasts this long
+		}
+		age = max(age, c.AgeMax(now))
+		snap.Sockets[c.State]++
+		snap.Oldest[c.State] = max(snap.Oldest[c.State], age)
 		switch {
-		case r.State == tracer.TimeWait:
-			key := r.RemoteGroup()
-			g := remotes[key]
+		case c.State == tracer.TimeWait:
+			k := rk{c.Remote.Addr(), c.Remote.Port()}
+			if c.Remote.Port() >= 32768 && c.Local.Port() < 32768 || s.tl.Listening(c.NetNS, c.Local.Port()) {
+				k.port = 0
+			}
+			g := remotes[k]
 			if g == nil {
-				g = &metrics.RemoteGroup{Remote: key}
-				remotes[key] = g
+				g = &metrics.RemoteGroup{}
+				remotes[k] = g
 			}
 			g.Count++
 			g.Oldest = max(g.Oldest, age)
-		case closingStates.Has(r.State) && !r.Timewait:
-			k := pk{state: r.State, Attribution: s.attribution(&r.Owner)}
+		case closingStates.Has(c.State) && !c.Timewait:
+			k := pk{state: c.State, Attribution: s.attribution(&c.Owner)}
 			g := procs[k]
 			if g == nil {
-				g = &metrics.ProcessGroup{State: r.State, Attribution: k.Attribution}
+				g = &metrics.ProcessGroup{State: c.State, Attribution: k.Attribution}
 				procs[k] = g
 			}
 			g.Count++
 			g.Oldest = max(g.Oldest, age)
 		}
+		return true
 	})
 	var pl []metrics.ProcessGroup
 	for _, g := range procs {
@@ -208,10 +225,22 @@ func (s *Serve) Snapshot(now uint64) *metrics.Snapshot {
 	}
 	snap.Processes = metrics.TopProcesses(pl, s.opts.TopProcs)
 	var rl []metrics.RemoteGroup
-	for _, g := range remotes {
+	for k, g := range remotes {
+		g.Key = k
 		rl = append(rl, *g)
 	}
 	snap.TimewaitRemotes = metrics.TopRemotes(rl, s.opts.TopRemotes)
+	for i := range snap.TimewaitRemotes {
+		if g := &snap.TimewaitRemotes[i]; g.Remote == "" {
+			k := g.Key.(rk)
+			if k.port == 0 {
+				r := netip.AddrPortFrom(k.addr, 0).String()
+				g.Remote = r[:len(r)-1] + "*" // 10.0.0.7:*, [::1]:*
+			} else {
+				g.Remote = netip.AddrPortFrom(k.addr, k.port).String()
+			}
+		}
+	}
 	snap.Timeline = s.tl.Stats()
 	if s.opts.Stats != nil {
 		snap.Tracer, snap.TracerErr = s.opts.Stats()
@@ -249,6 +278,13 @@ func ownSysctls() (finTimeout time.Duration, localPorts int) {
 	}
 	return finTimeout, localPorts
 }
+
+// timewaitLen is how long TIME_WAIT lasts in Linux (TCP_TIMEWAIT_LEN, not
+// tunable); timewaitSlack covers a timer that fires late on a busy host.
+const (
+	timewaitLen   = 60 * time.Second
+	timewaitSlack = 5 * time.Second
+)
 
 // closingStates: the states a process's sockets pile up in (a timewait
 // socket belongs to no process).

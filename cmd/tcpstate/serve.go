@@ -103,6 +103,7 @@ func runServe(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 
 	kernelFilter := filter
 	kernelFilter.States = 0 // a socket's age needs the transition into its state
+	tableMemoryLimit(f.maxConns)
 	t, err := f.tracerFlags.start(kernelFilter, stderr)
 	if err != nil {
 		return err
@@ -170,7 +171,7 @@ func runServe(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	_ = srv.Shutdown(shutCtx)
 	if stats, err := t.Stats(); err == nil {
 		tl := s.Snapshot(tracer.BootNow()).Timeline
-		fmt.Fprintf(stderr, "tcpstate: %s\n", pipeline.Summary(stats, stats.Seen-stats.Filtered-stats.Lost, "delivered", tl))
+		fmt.Fprintf(stderr, "tcpstate: %s\n", pipeline.Summary(stats, stats.Seen-stats.Filtered-stats.Lost, "counted", tl))
 	}
 	return runErr
 }

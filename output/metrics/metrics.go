@@ -80,6 +80,7 @@ type RemoteGroup struct {
 	Remote string // address:port, address:* for the clients of a local service, or Other
 	Count  int
 	Oldest time.Duration
+	Key    any // the caller's, to name the groups it keeps after TopRemotes (Remote "")
 }
 
 // FailKey is a failed connect's remote and why it failed.

@@ -13,6 +13,8 @@ import (
 	"bytes"
 	"flag"
 	"fmt"
+	"io"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -30,7 +32,8 @@ type mode struct {
 	cmd    []string // tracer command line; nil: no tracer
 	churn  []string // extra churn flags
 	settle time.Duration
-	ours   bool // tcpstate: read its summary line
+	ours   bool   // tcpstate: read its summary line
+	scrape string // an address to GET /metrics from every second, as Prometheus would
 }
 
 type sample struct {
@@ -64,6 +67,7 @@ func main() {
 		{name: "tcpstate record", cmd: []string{*bin, "record", "-w", out}, settle: time.Second, ours: true},
 		{name: "tcpstate trace", cmd: []string{*bin, "trace"}, settle: time.Second, ours: true},
 		{name: "tcpstate trace -o json", cmd: []string{*bin, "trace", "-o", "json"}, settle: time.Second, ours: true},
+		{name: "tcpstate serve (scraped 1/s)", cmd: []string{*bin, "serve", "--listen", "127.0.0.1:10046"}, settle: time.Second, ours: true, scrape: "127.0.0.1:10046"},
 		{name: "tcpstates (libbpf-tools)", cmd: []string{"tcpstates"}, settle: 2 * time.Second},
 		{name: "bpftrace one-liner", cmd: []string{"bpftrace", "-e", oneLiner}, settle: 3 * time.Second},
 		{name: "tcpstate record (10k keepalive)", cmd: []string{*bin, "record", "-w", out}, churn: []string{"-keepalive", "10000"}, settle: time.Second, ours: true},
@@ -141,7 +145,7 @@ func main() {
 
 var (
 	rateRe    = regexp.MustCompile(`(\d+) connections in [0-9.]+s: (\d+) connections/s`)
-	summaryRe = regexp.MustCompile(`(\d+) events (?:seen|recorded[^,]*), (?:(\d+) shown, )?(?:\d+ written to [^,]*, )?(\d+) lost`)
+	summaryRe = regexp.MustCompile(`(\d+) events (?:seen|recorded[^,]*), (?:(\d+) (?:shown|counted), )?(?:\d+ written to [^,]*, )?(\d+) lost`)
 	lostRe    = regexp.MustCompile(`(?i)lost (\d+) (?:events|samples)`)
 )
 
@@ -166,8 +170,19 @@ func runRound(m mode, churnBin string, secs time.Duration) (sample, error) {
 	if tracer != nil {
 		cpu0 = cpuTime(tracer.Process.Pid)
 	}
+	stopScrape := make(chan struct{})
+	scraped := make(chan int, 1)
+	if m.scrape != "" {
+		go func() { scraped <- scrape(m.scrape, stopScrape) }()
+	}
 	churn := exec.Command(churnBin, append([]string{"-d", secs.String()}, m.churn...)...)
 	out, err := churn.CombinedOutput()
+	if m.scrape != "" {
+		close(stopScrape)
+		if n := <-scraped; n < int(secs/time.Second)-1 {
+			return s, fmt.Errorf("%s: %d scrapes answered in %s", m.name, n, secs)
+		}
+	}
 	if tracer != nil {
 		s.cpu = cpuTime(tracer.Process.Pid) - cpu0 // while the churn ran
 		_ = tracer.Process.Signal(syscall.SIGINT)
@@ -200,6 +215,29 @@ func runRound(m mode, churnBin string, secs time.Duration) (sample, error) {
 		}
 	}
 	return s, nil
+}
+
+// scrape GETs http://addr/metrics every second until stop, and says how
+// many answered.
+func scrape(addr string, stop chan struct{}) int {
+	n := 0
+	tick := time.NewTicker(time.Second)
+	defer tick.Stop()
+	for {
+		select {
+		case <-stop:
+			return n
+		case <-tick.C:
+			resp, err := http.Get("http://" + addr + "/metrics")
+			if err != nil {
+				continue
+			}
+			if _, err := io.Copy(io.Discard, resp.Body); err == nil && resp.StatusCode == 200 {
+				n++
+			}
+			resp.Body.Close()
+		}
+	}
 }
 
 // cpuTime is the user and system time of process pid so far (its threads
