@@ -119,7 +119,11 @@ func PathOf(procRoot string, pid uint32) string {
 	for sc.Scan() {
 		if path, ok := bytes.CutPrefix(sc.Bytes(), []byte("0::")); ok {
 			// " (deleted)": the group was removed; the path still names it.
-			return strings.TrimSuffix(string(path), " (deleted)")
+			// The root group says nothing (a host without cgroup v2 in use).
+			if p := strings.TrimSuffix(string(path), " (deleted)"); p != "/" {
+				return p
+			}
+			return ""
 		}
 	}
 	return ""
