@@ -475,7 +475,7 @@ func buildInitrd(path, payload string, k *kernelPkg, root string, o options) err
 		return err
 	}
 	w := &cpioWriter{w: bufio.NewWriterSize(in, 1<<20)}
-	for _, d := range []string{"bin", "boot", "dev", "etc", "proc", "root", "run", "sys", "tmp", "tests", "src", "src/tracer", "src/cmd", "src/cmd/tcpstate"} {
+	for _, d := range []string{"bin", "boot", "dev", "etc", "proc", "root", "run", "sys", "tmp", "tests", "src", "src/tracer", "src/cmd", "src/cmd/tcpstate", "src/deploy"} {
 		w.dir(d)
 	}
 	w.file("init", 0o755, []byte(strings.Replace(initScript, "@ARGS@", strings.Join(args, " "), 1)))
@@ -483,6 +483,18 @@ func buildInitrd(path, payload string, k *kernelPkg, root string, o options) err
 	w.file("etc/group", 0o644, []byte("root:x:0:\nnogroup:x:65534:\n"))
 	w.file("boot/config-"+k.release, 0o644, config)
 	w.file("src/README.md", 0o644, readme)
+	// The tests read the files they check from the checkout, as at home.
+	deploy, err := os.ReadDir(filepath.Join(root, "deploy"))
+	if err != nil {
+		return err
+	}
+	for _, e := range deploy {
+		b, err := os.ReadFile(filepath.Join(root, "deploy", e.Name()))
+		if err != nil {
+			return err
+		}
+		w.file("src/deploy/"+e.Name(), 0o644, b)
+	}
 	for _, name := range []string{"busybox", "tcpstate", "tracer.test", "cmd.test"} {
 		b, err := os.ReadFile(filepath.Join(payload, name))
 		if err != nil {
