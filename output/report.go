@@ -119,6 +119,8 @@ type Report struct {
 	Lost        []tracer.Event
 	LostTotal   uint64
 	Reasons     map[string]uint64
+	// Time is the report over time (report --html).
+	Time TimeLine
 }
 
 // NewReport returns an empty report.
@@ -135,6 +137,7 @@ func (r *Report) Event(e *tracer.Event) error {
 	}
 	r.End = max(r.End, e.Time)
 	r.Events++
+	r.Time.event(e)
 	switch e.Type {
 	case tracer.EventLost:
 		r.Lost = append(r.Lost, *e)
@@ -194,6 +197,7 @@ func (r *Report) Idle() error { return nil }
 func (r *Report) Finish(tl *timeline.Timeline, keep func(*timeline.Conn) bool) {
 	tl.Conns(func(c *timeline.Conn) bool {
 		if (c.State == tracer.CloseWait || c.State == tracer.FinWait2) && keep(c) {
+			r.keepGantt(c)
 			r.addLinger(Linger{Cookie: c.Cookie, State: c.State, Duration: c.Age(r.End), Min: c.SinceStart, Open: true,
 				Local: c.Local, Remote: c.Remote, Owner: c.Owner})
 			if c.State == tracer.CloseWait && c.Owner.Known() && c.SinceStart {

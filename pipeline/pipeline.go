@@ -171,6 +171,16 @@ func Live(ctx context.Context, t *tracer.Tracer, sink tracer.Sink, d time.Durati
 // clock (linger events fire as they did live); it returns the events read.
 // It stops early, with ctx's error, when ctx ends (Ctrl-C).
 func Replay(ctx context.Context, rd *capture.Reader, tl *timeline.Timeline) (uint64, error) {
+	return replay(ctx, rd, tl, ReplayHooks{})
+}
+
+// ReplayHooks see what a replay reads besides events (nil: not wanted).
+type ReplayHooks struct {
+	Sockets func([]tracer.Socket)          // a walk, before the timeline gets it
+	Sysctls func(*capture.SysctlSnapshot) // a sysctl snapshot
+}
+
+func replay(ctx context.Context, rd *capture.Reader, tl *timeline.Timeline, hooks ReplayHooks) (uint64, error) {
 	var n, lastTick uint64
 	for i := 0; ; i++ {
 		if i%1024 == 0 && ctx.Err() != nil {
@@ -185,7 +195,14 @@ func Replay(ctx context.Context, rd *capture.Reader, tl *timeline.Timeline) (uin
 		}
 		switch {
 		case rec.Sockets != nil:
+			if hooks.Sockets != nil {
+				hooks.Sockets(rec.Sockets)
+			}
 			tl.Seed(rec.Sockets)
+		case rec.Sysctls != nil:
+			if hooks.Sysctls != nil {
+				hooks.Sysctls(rec.Sysctls)
+			}
 		case rec.Event != nil:
 			n++
 			t := rec.Event.Time

@@ -135,27 +135,61 @@ func ReplayTrace(ctx context.Context, path string, o TraceOptions) error {
 // Report reads captures through the timeline and the filter into a report.
 // The clock is the first capture's.
 func Report(ctx context.Context, paths []string, filter *tracer.Filter, stderr io.Writer) (*output.Report, tracer.Clock, error) {
+	rep, clock, _, err := ReportWithHeader(ctx, paths, filter, stderr)
+	return rep, clock, err
+}
+
+// ReportWithHeader is Report that also returns the first capture's header
+// (report --html shows it).
+func ReportWithHeader(ctx context.Context, paths []string, filter *tracer.Filter, stderr io.Writer) (*output.Report, tracer.Clock, *capture.Header, error) {
 	rep := output.NewReport()
 	var clock tracer.Clock
+	var header *capture.Header
 	for i, path := range paths {
 		rd, file, err := capture.Open(path)
 		if err != nil {
-			return nil, clock, err
+			return nil, clock, header, err
 		}
 		if i == 0 {
 			clock = rd.Header.Clock()
+			h := rd.Header
+			header = &h
+			nss := map[uint32]map[string]string{}
+			for _, ns := range h.Namespaces {
+				nss[ns.Inode] = ns.Sysctls
+			}
+			if len(nss) > 0 {
+				rep.SysctlSnapshot(0, nss)
+			}
 		}
-		tl := timeline.New(&Filter{Filter: filter, Next: rep}, timeline.Options{})
-		_, err = Replay(ctx, rd, tl)
+		f := &Filter{Filter: filter, Next: rep}
+		tl := timeline.New(f, timeline.Options{Spans: true, OnFinish: func(c *timeline.Conn) error {
+			if timeline.Match(filter, c, true) {
+				return rep.FinishedConn(c)
+			}
+			return nil
+		}})
+		_, err = replay(ctx, rd, tl, ReplayHooks{
+			Sockets: func(socks []tracer.Socket) {
+				rep.Seed(socks, func(s *tracer.Socket) bool { return filter.MatchConn(&s.Endpoints, &s.Owner, s.State, s.State) })
+			},
+			Sysctls: func(s *capture.SysctlSnapshot) {
+				nss := map[uint32]map[string]string{}
+				for _, ns := range s.Namespaces {
+					nss[ns.Inode] = ns.Sysctls
+				}
+				rep.SysctlSnapshot(s.Time, nss)
+			},
+		})
 		if err == nil {
 			err = tl.Flush()
 		}
 		file.Close()
 		ReadNotes(stderr, path, rd)
 		if err != nil {
-			return nil, clock, fmt.Errorf("%s: %w", path, err)
+			return nil, clock, header, fmt.Errorf("%s: %w", path, err)
 		}
 		rep.Finish(tl, func(c *timeline.Conn) bool { return timeline.Match(filter, c, false) })
 	}
-	return rep, clock, nil
+	return rep, clock, header, nil
 }

@@ -3,13 +3,17 @@
 package main
 
 import (
+	"bufio"
 	"context"
 	"errors"
 	"fmt"
 	"io"
+	"os"
+	"path/filepath"
 
 	"github.com/spf13/pflag"
 
+	"github.com/tcpstate/tcpstate/output/htmlreport"
 	"github.com/tcpstate/tcpstate/pipeline"
 )
 
@@ -22,12 +26,19 @@ still there at the end); the processes holding the most CLOSE_WAIT sockets;
 TIME_WAIT per local port and per remote (port exhaustion risk); keepalive
 activity; and when events were lost. The trace filters apply.
 
+With --html FILE, also a page to look at: sockets per state over time,
+time-in-state distributions, CLOSE_WAIT holders over time, the longest-
+lingering connections state by state, closes, resets and keepalive over
+time, lost events and sysctl changes marked. One self-contained file (charts
+as inline SVG, no script): it opens offline and prints.
+
 Flags:
 %s`
 
 type reportFlags struct {
 	filterFlags
 	output *enumValue
+	html   string
 }
 
 func newReportFlags() (*pflag.FlagSet, *reportFlags) {
@@ -35,6 +46,7 @@ func newReportFlags() (*pflag.FlagSet, *reportFlags) {
 	fs := pflag.NewFlagSet("report", pflag.ContinueOnError)
 	fs.SortFlags = false
 	fs.VarP(f.output, "output", "o", "output format: text or json")
+	fs.StringVar(&f.html, "html", "", "also write the report as an HTML page to `file` (- for stdout, instead of the text)")
 	f.filterFlags.register(fs)
 	return fs, f
 }
@@ -55,7 +67,15 @@ func runReport(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	if err != nil {
 		return err
 	}
-	rep, clock, err := pipeline.Report(ctx, fs.Args(), &filter, stderr)
+	if fs.Changed("html") && f.html == "" {
+		return usagef("--html: empty file name")
+	}
+	if f.html != "" && f.html != "-" {
+		if err := checkOutputPath(f.html); err != nil {
+			return err
+		}
+	}
+	rep, clock, header, err := pipeline.ReportWithHeader(ctx, fs.Args(), &filter, stderr)
 	if ctx.Err() != nil && errors.Is(err, ctx.Err()) {
 		fmt.Fprintln(stderr, "tcpstate: interrupted before the end: no report")
 		return nil
@@ -63,5 +83,70 @@ func runReport(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	if err != nil {
 		return err
 	}
+	opts := htmlreport.Options{Clock: clock, Header: header, Files: fs.Args(), Version: version}
+	if f.html == "-" {
+		return htmlreport.Write(stdout, rep, opts)
+	}
+	if f.html != "" {
+		if err := writeFileAtomic(f.html, func(w io.Writer) error { return htmlreport.Write(w, rep, opts) }); err != nil {
+			return err
+		}
+		fmt.Fprintf(stderr, "tcpstate: wrote %s\n", f.html)
+	}
 	return rep.Render(stdout, clock, nil, f.output.value == "json")
+}
+
+// checkOutputPath refuses an output path that exists and is not a regular
+// file (as root, a symbolic link anyone could have planted, a device), and
+// one whose directory takes no files, before any work.
+func checkOutputPath(path string) error {
+	fi, err := os.Lstat(path)
+	switch {
+	case errors.Is(err, os.ErrNotExist):
+	case err != nil:
+		return err
+	case fi.Mode()&os.ModeSymlink != 0:
+		return fmt.Errorf("%s is a symbolic link: refusing to write through it (give the target itself)", path)
+	case !fi.Mode().IsRegular():
+		return fmt.Errorf("%s is not a regular file: refusing to write over it", path)
+	}
+	tmp, err := os.CreateTemp(filepath.Dir(path), ".tcpstate-check-*")
+	if err != nil {
+		return fmt.Errorf("cannot write %s: %w", path, err)
+	}
+	tmp.Close()
+	return os.Remove(tmp.Name())
+}
+
+// writeFileAtomic writes path through a temporary file renamed over it when
+// complete (mode 0600: addresses and process names): a failure leaves an
+// existing file as it was, and a symbolic link at path is replaced, never
+// followed.
+func writeFileAtomic(path string, write func(io.Writer) error) error {
+	if err := checkOutputPath(path); err != nil {
+		return err
+	}
+	tmp, err := os.CreateTemp(filepath.Dir(path), ".tcpstate-*")
+	if err != nil {
+		return err
+	}
+	defer os.Remove(tmp.Name()) // (gone once renamed)
+	bw := bufio.NewWriterSize(tmp, 256<<10)
+	err = write(bw)
+	if err == nil {
+		err = bw.Flush()
+	}
+	if err == nil {
+		err = tmp.Sync()
+	}
+	if cerr := tmp.Close(); err == nil {
+		err = cerr
+	}
+	if err == nil {
+		err = os.Rename(tmp.Name(), path)
+	}
+	if err != nil {
+		return fmt.Errorf("writing %s: %w", path, err)
+	}
+	return nil
 }

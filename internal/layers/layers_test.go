@@ -19,18 +19,19 @@ const mod = "github.com/tcpstate/tcpstate/"
 
 // allowed lists, for each package, the module's packages it may import.
 var allowed = map[string][]string{
-	"internal/netns":   nil,
-	"internal/cgroup":  nil, // where a process runs: a leaf the outputs use
-	"internal/testnet": {"internal/netns"},
-	"tracer":           {"internal/netns"},
-	"tracer/timeline":  {"tracer"},
-	"tracer/verify":    {"tracer"},
-	"output/capture":   {"tracer"},
-	"output":           {"tracer", "tracer/timeline", "tracer/verify", "internal/cgroup"},
-	"output/metrics":   {"tracer", "tracer/timeline"},
-	"pipeline":         {"tracer", "tracer/timeline", "tracer/verify", "output", "output/capture", "output/metrics", "internal/cgroup"},
+	"internal/netns":    nil,
+	"internal/cgroup":   nil, // where a process runs: a leaf the outputs use
+	"internal/testnet":  {"internal/netns"},
+	"tracer":            {"internal/netns"},
+	"tracer/timeline":   {"tracer"},
+	"tracer/verify":     {"tracer"},
+	"output/capture":    {"tracer"},
+	"output":            {"tracer", "tracer/timeline", "tracer/verify", "internal/cgroup"},
+	"output/metrics":    {"tracer", "tracer/timeline"},
+	"output/htmlreport": {"tracer", "tracer/timeline", "output", "output/capture"},
+	"pipeline":          {"tracer", "tracer/timeline", "tracer/verify", "output", "output/capture", "output/metrics", "internal/cgroup"},
 	"cmd/tcpstate": {"tracer", "tracer/timeline", "tracer/verify", "output", "output/capture", "output/metrics", "pipeline",
-		"internal/cgroup"},
+		"internal/cgroup", "output/htmlreport"},
 }
 
 func TestDataFlowsOneWay(t *testing.T) {
