@@ -176,7 +176,7 @@ func Replay(ctx context.Context, rd *capture.Reader, tl *timeline.Timeline) (uin
 
 // ReplayHooks see what a replay reads besides events (nil: not wanted).
 type ReplayHooks struct {
-	Sockets func([]tracer.Socket)          // a walk, before the timeline gets it
+	Sockets func([]tracer.Socket)         // a walk, before the timeline gets it
 	Sysctls func(*capture.SysctlSnapshot) // a sysctl snapshot
 }
 
