@@ -80,7 +80,7 @@ func TestReportHTML(t *testing.T) {
 	defer ln.Close()
 	dir := t.TempDir()
 	capPath := filepath.Join(dir, "incident.tcpstate")
-	wait := startCmd(t, "record", "-w", capPath, "--netns", ns.Name, "-d", "7s")
+	wait := startCmd(t, "record", "-w", capPath, "--netns", ns.Name, "-d", "7s", "--sysctl-interval", "500ms")
 
 	// The leak: a process keeps 6 connections its server hung up.
 	const leaked = 6
@@ -92,6 +92,10 @@ func TestReportHTML(t *testing.T) {
 		}
 		s.Close()
 	}
+	// An operator's change, marked on the time axis.
+	time.Sleep(600 * time.Millisecond)
+	ns.Sysctl(t, "net.ipv4.tcp_fin_timeout=7")
+	time.Sleep(600 * time.Millisecond)
 	// The burst: this side closes first, 20 times: 20 TIME_WAIT.
 	const burst = 20
 	ns.Do(t, func() {
@@ -167,7 +171,8 @@ func TestReportHTML(t *testing.T) {
 	// The peaks: the leak's CLOSE_WAITs, plus the one server end of the
 	// burst that waits 20 ms in CLOSE_WAIT at a time; the burst's TIME_WAITs.
 	want := map[string][]string{
-		"states":      {"Sockets per state over time", fmt.Sprintf("CLOSE_WAIT (peak %d)", leaked+1), fmt.Sprintf("TIME_WAIT (peak %d)", burst)},
+		"states": {"Sockets per state over time", fmt.Sprintf("CLOSE_WAIT (peak %d)", leaked+1), fmt.Sprintf("TIME_WAIT (peak %d)", burst),
+			"fin_timeout 60→7"},
 		"durations":   {fmt.Sprintf("CLOSE_WAIT: %d sockets", burst), "p50", "SYN_SENT"},
 		"closewait":   {"CLOSE_WAIT holders over time", fmt.Sprintf("%d %s", pid, testnet.SelfComm(t))},
 		"connections": {"Longest-lingering connections", "CLOSE_WAIT"},
@@ -195,6 +200,11 @@ func TestReportHTML(t *testing.T) {
 				t.Errorf("chart %q: no %q in its text %q", id, s, drawn)
 			}
 		}
+	}
+
+	if !strings.Contains(dom, fmt.Sprintf("netns %d  net.ipv4.tcp_fin_timeout: 60 → 7", ns.Inode)) &&
+		!strings.Contains(dom, fmt.Sprintf("netns %d  fin_timeout: 60 → 7", ns.Inode)) {
+		t.Errorf("no sysctl change listed for netns %d", ns.Inode)
 	}
 
 	// What a person sees: a screenshot, not blank where the charts are.

@@ -315,7 +315,7 @@ func statesChart(r *output.Report, o Options) (chart, error) {
 		poly.LineStyle.Width = vg.Points(0.5)
 		p.Add(poly)
 		p.Legend.Add(fmt.Sprintf("%s (peak %d)", st, peak), poly)
-		bands = append(bands, band{st, plotter.XY{X: x(bestAt), Y: base[bestAt] + best/2}, best})
+		bands = append(bands, band{st, plotter.XY{X: (x(bestAt) + x(bestAt+1)) / 2, Y: base[bestAt] + best/2}, best})
 		for i, b := range tl.Buckets {
 			base[i] += float64(b.States[st])
 			top = max(top, base[i])
@@ -658,6 +658,16 @@ func ganttChart(r *output.Report, o Options) (chart, error) {
 	var lx plotter.XYs
 	var labels []string
 	xmin, xmax := math.Inf(1), math.Inf(-1)
+	for _, conn := range tl.Gantt {
+		for _, s := range conn.Spans {
+			if s.Start > 0 {
+				xmin = min(xmin, unix(o, s.Start))
+			}
+		}
+	}
+	xmax = unix(o, r.End)
+	// A bar narrower than this carries no text (it would cover the next).
+	minText := (xmax - xmin) * 0.08
 	for row, conn := range tl.Gantt {
 		y := float64(len(tl.Gantt) - row)
 		name := fmt.Sprintf(":%d → %s", conn.Local.Port(), conn.Remote)
@@ -694,9 +704,10 @@ func ganttChart(r *output.Report, o Options) (chart, error) {
 			if open {
 				label += " ▸"
 			}
-			if s.State == tracer.CloseWait || s.State == tracer.FinWait2 || s.State == tracer.TimeWait || s.Duration > time.Second {
-				label += " " + string(output.AppendDuration(nil, time.Duration((x1-x0)*1e9)))
+			if x1-x0 < minText {
+				continue
 			}
+			label += " " + string(output.AppendDuration(nil, time.Duration((x1-x0)*1e9)))
 			lx = append(lx, plotter.XY{X: x0, Y: y})
 			labels = append(labels, label)
 		}
