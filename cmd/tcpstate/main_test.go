@@ -164,6 +164,7 @@ func TestUsageErrors(t *testing.T) {
 		{[]string{"serve", "--top-remotes", "5000"}, "--top-remotes 5000"},
 		{[]string{"serve", "--listen", "nonsense"}, "--listen \"nonsense\": want host:port"},
 		{[]string{"serve", "x"}, "serve takes no arguments"},
+		{[]string{"report", "--html", "", "f"}, "--html: empty file name"},
 		{[]string{"trace", "--netns", "/etc/passwd"}, `"/etc/passwd" is not a namespace`},
 		{[]string{"trace", "--max-timewait", "10000000"}, "--max-timewait 10000000: must be between 1 and"},
 		{[]string{"trace", "--max-timewait", "4294967297"}, "--max-timewait 4294967297"},
