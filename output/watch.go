@@ -73,6 +73,9 @@ func appendAge(b []byte, r *Socket) []byte {
 	return AppendDuration(append(AppendDuration(b, r.Age), ".."...), r.AgeMax)
 }
 
+// AppendAge appends a row's age as the AGE column shows it.
+func AppendAge(b []byte, r *Socket) []byte { return appendAge(b, r) }
+
 // ageExact is how close two bounds of an age must be to print as one value:
 // a few jiffies (10 ms at the lowest HZ).
 const ageExact = 20 * time.Millisecond

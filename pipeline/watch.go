@@ -15,7 +15,8 @@ import (
 // sink; the tracer feeds TL.
 type Watch struct {
 	tl       *timeline.Timeline
-	w        *output.Watch
+	w        WatchRenderer
+	events   uint64
 	filter   tracer.Filter
 	states   tracer.StateSet
 	linger   time.Duration
@@ -34,8 +35,14 @@ type WatchOptions struct {
 	Rescan   Rescan // after a loss, the table is made to agree with a fresh walk
 }
 
+// WatchRenderer shows snapshots: output.Watch (text, JSON), or the
+// full-screen view of a terminal.
+type WatchRenderer interface {
+	Render(now uint64, rows []output.Socket, lost uint64) error
+}
+
 // NewWatch renders through w.
-func NewWatch(w *output.Watch, o WatchOptions) *Watch {
+func NewWatch(w WatchRenderer, o WatchOptions) *Watch {
 	s := &Watch{w: w, filter: o.Filter, states: o.States, linger: o.Linger, interval: o.Interval}
 	s.filter.States = 0
 	rs := &resync{rescan: o.Rescan, withTimewait: true, next: s}
@@ -47,9 +54,15 @@ func NewWatch(w *output.Watch, o WatchOptions) *Watch {
 func (s *Watch) Event(e *tracer.Event) error {
 	if e.Type == tracer.EventLost {
 		s.lost += e.Lost
+	} else {
+		s.events++
 	}
 	return nil
 }
+
+// Events is how many events the timeline passed on so far (on the tracer's
+// goroutine: from a renderer).
+func (s *Watch) Events() uint64 { return s.events }
 
 func (s *Watch) Idle() error {
 	now := tracer.BootNow()

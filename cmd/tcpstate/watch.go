@@ -4,14 +4,18 @@ package main
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
+	"os"
 	"time"
 
+	tea "github.com/charmbracelet/bubbletea"
 	"github.com/spf13/pflag"
 	"golang.org/x/sys/unix"
 
 	"github.com/tcpstate/tcpstate/output"
+	"github.com/tcpstate/tcpstate/output/tui"
 	"github.com/tcpstate/tcpstate/pipeline"
 	"github.com/tcpstate/tcpstate/tracer"
 )
@@ -32,6 +36,16 @@ belongs to no process: its PID, when known, is the one that closed it, in
 parentheses. A NETNS column appears when the sockets span namespaces. Needs
 root.
 
+On a terminal, watch is a full-screen view that fits the window: the header
+(counts per state, events, losses) stays on top, the table fills the rest
+with "N more" below, and sockets in a closing state for 10 s or more are
+marked "!" (and red, unless NO_COLOR is set). Keys: a/s/p/r sort by age,
+state, process, remote; tab switches to the groups per process and per
+remote; f shows one state at a time; / filters by process, pid, address or
+port as you type (enter keeps, esc clears); space pauses; q or Ctrl-C quits.
+To a pipe or a file, with --once, -o json or --no-fullscreen: snapshots as
+text (or JSON lines), as below.
+
 Flags:
 %s`
 
@@ -44,6 +58,7 @@ type watchFlags struct {
 	interval durationValue
 	top      int
 	duration durationValue
+	noTUI    bool
 }
 
 func newWatchFlags() (*pflag.FlagSet, *watchFlags) {
@@ -55,6 +70,7 @@ func newWatchFlags() (*pflag.FlagSet, *watchFlags) {
 	fs.Var(&f.linger, "linger", "only sockets in their state at least this `long` (e.g. 30s)")
 	fs.VarP(&f.interval, "interval", "i", "refresh every `interval`")
 	fs.IntVar(&f.top, "top", 30, "text: rows of the socket table (0: all)")
+	fs.BoolVar(&f.noTUI, "no-fullscreen", false, "on a terminal, print snapshots as text (as to a pipe) instead of the full-screen view")
 	f.filterFlags.register(fs)
 	f.filterFlags.registerPlace(fs)
 	fs.VarP(&f.duration, "duration", "d", "stop after this long; default: until interrupted")
@@ -100,10 +116,20 @@ func runWatch(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		_, err := unix.IoctlGetTermios(int(out.Fd()), unix.TCGETS)
 		isTTY = err == nil
 	}
-	w := output.NewWatch(stdout, output.WatchOptions{
-		Clock: tracer.NewClock(), Top: f.top, Clear: isTTY && !f.once, JSON: f.output.value == "json",
-		NetNSName: netnsNames(), Attribute: resolver.Lookup,
-	})
+	// On a terminal, live: the full-screen view. Otherwise (a pipe, a
+	// file, --once, JSON) the snapshots as text or JSON lines.
+	full := isTTY && !f.once && f.output.value == "text" && !f.noTUI
+	var w pipeline.WatchRenderer
+	var screen *screenRenderer
+	if full {
+		screen = &screenRenderer{}
+		w = screen
+	} else {
+		w = output.NewWatch(stdout, output.WatchOptions{
+			Clock: tracer.NewClock(), Top: f.top, Clear: isTTY && !f.once, JSON: f.output.value == "json",
+			NetNSName: netnsNames(), Attribute: resolver.Lookup,
+		})
+	}
 	ws := pipeline.NewWatch(w, pipeline.WatchOptions{Filter: filter, States: states, Linger: time.Duration(f.linger),
 		Interval: time.Duration(f.interval), MaxConns: f.maxConns, Rescan: rescan(t)})
 	found := 0
@@ -111,8 +137,54 @@ func runWatch(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	if n := ws.Evicted(); n > 0 {
 		fmt.Fprintf(stderr, "tcpstate: warning: %d of the %d sockets found do not fit --max-connections %d and are not shown: raise it\n", n, found, f.maxConns)
 	}
+	if full {
+		host, _ := os.Hostname()
+		screen.events = ws.Events
+		return runScreen(ctx, tui.New(tui.Options{Clock: tracer.NewClock(), Host: host}), screen, func(ctx context.Context) error {
+			if err := ws.Render(tracer.BootNow()); err != nil {
+				return err
+			}
+			return pipeline.Live(ctx, t, ws.Sink(), time.Duration(f.duration), ready)
+		})
+	}
 	if err := ws.Render(tracer.BootNow()); err != nil || f.once {
 		return err
 	}
 	return pipeline.Live(ctx, t, ws.Sink(), time.Duration(f.duration), ready)
+}
+
+// screenRenderer hands each snapshot to the full-screen view.
+type screenRenderer struct {
+	p      *tea.Program
+	events func() uint64
+}
+
+func (s *screenRenderer) Render(now uint64, rows []output.Socket, lost uint64) error {
+	s.p.Send(tui.Snapshot{Now: now, Rows: rows, Events: s.events(), Lost: lost})
+	return nil
+}
+
+// runScreen runs the view on the terminal while trace runs, until either
+// ends: q or Ctrl-C in the view, or the tracer's end (--duration, a signal).
+// The terminal is restored in every case.
+func runScreen(ctx context.Context, m tui.Model, s *screenRenderer, trace func(context.Context) error) error {
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	s.p = tea.NewProgram(m, tea.WithAltScreen(), tea.WithContext(ctx), tea.WithInput(os.Stdin), tea.WithOutput(os.Stdout))
+	errc := make(chan error, 1)
+	go func() {
+		err := trace(ctx)
+		s.p.Quit()
+		errc <- err
+	}()
+	_, runErr := s.p.Run()
+	cancel()
+	err := <-errc
+	if errors.Is(runErr, tea.ErrProgramKilled) || errors.Is(runErr, context.Canceled) {
+		runErr = nil // stopped by the tracer's end or a signal
+	}
+	if err == nil {
+		err = runErr
+	}
+	return err
 }

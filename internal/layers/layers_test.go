@@ -29,9 +29,10 @@ var allowed = map[string][]string{
 	"output":            {"tracer", "tracer/timeline", "tracer/verify", "internal/cgroup"},
 	"output/metrics":    {"tracer", "tracer/timeline"},
 	"output/htmlreport": {"tracer", "tracer/timeline", "output", "output/capture"},
+	"output/tui":        {"tracer", "output"},
 	"pipeline":          {"tracer", "tracer/timeline", "tracer/verify", "output", "output/capture", "output/metrics", "internal/cgroup"},
 	"cmd/tcpstate": {"tracer", "tracer/timeline", "tracer/verify", "output", "output/capture", "output/metrics", "pipeline",
-		"internal/cgroup", "output/htmlreport"},
+		"internal/cgroup", "output/htmlreport", "output/tui"},
 }
 
 func TestDataFlowsOneWay(t *testing.T) {

@@ -1,0 +1,416 @@
+// SPDX-License-Identifier: Apache-2.0
+
+// Package tui is watch on a terminal: a full-screen view, like top, that
+// always fits the window. It is a Bubble Tea model (model, update, view):
+// snapshots arrive as messages, keys change the sort, the filters and the
+// view, and View renders to a string that tests can read without a terminal.
+package tui
+
+import (
+	"cmp"
+	"fmt"
+	"net/netip"
+	"os"
+	"slices"
+	"strconv"
+	"strings"
+	"time"
+	"unicode/utf8"
+
+	tea "github.com/charmbracelet/bubbletea"
+	"github.com/charmbracelet/lipgloss"
+
+	"github.com/tcpstate/tcpstate/output"
+	"github.com/tcpstate/tcpstate/tracer"
+)
+
+// Snapshot is one refresh of the view: the rows of output.Snapshot, taken at
+// Now (CLOCK_BOOTTIME ns), and the running counts.
+type Snapshot struct {
+	Now    uint64
+	Rows   []output.Socket
+	Events uint64 // events seen since start
+	Lost   uint64 // lost since start
+}
+
+// Options configure the view.
+type Options struct {
+	Clock    tracer.Clock
+	Location *time.Location
+	Host     string
+	// Linger: sockets in a closing state at least this long are marked
+	// (colour and "!"). 0: 10 s.
+	Linger time.Duration
+	// NoColor: marks only, no colour (NO_COLOR is set, or the terminal
+	// has none).
+	NoColor bool
+}
+
+type sortKey int
+
+const (
+	byAge sortKey = iota
+	byState
+	byProcess
+	byRemote
+)
+
+var sortNames = [...]string{"age", "state", "process", "remote"}
+
+type viewKind int
+
+const (
+	viewSockets viewKind = iota
+	viewProcesses
+	viewRemotes
+)
+
+var viewNames = [...]string{"sockets", "processes", "remotes"}
+
+// Model is the view's state.
+type Model struct {
+	opts          Options
+	width, height int
+	snap          Snapshot
+	have          bool
+	sort          sortKey
+	view          viewKind
+	state         tracer.State // only this state; StateUnknown: all
+	query         string       // only rows whose process or endpoints contain it
+	typing        bool         // the query is being typed
+	paused        bool
+	styles        styles
+}
+
+type styles struct {
+	header, status, linger, help, title lipgloss.Style
+}
+
+// New returns the model of an empty view.
+func New(o Options) Model {
+	if o.Location == nil {
+		o.Location = time.Local
+	}
+	if o.Linger <= 0 {
+		o.Linger = 10 * time.Second
+	}
+	if os.Getenv("NO_COLOR") != "" {
+		o.NoColor = true
+	}
+	m := Model{opts: o, width: 80, height: 24}
+	if !o.NoColor {
+		m.styles = styles{
+			header: lipgloss.NewStyle().Bold(true),
+			status: lipgloss.NewStyle().Foreground(lipgloss.Color("6")),
+			linger: lipgloss.NewStyle().Foreground(lipgloss.Color("1")).Bold(true),
+			help:   lipgloss.NewStyle().Reverse(true),
+			title:  lipgloss.NewStyle().Bold(true).Underline(true),
+		}
+	}
+	return m
+}
+
+// Init starts nothing: snapshots come from the tracer.
+func (m Model) Init() tea.Cmd { return nil }
+
+// Update takes a snapshot, a resize or a key.
+func (m Model) Update(msg tea.Msg) (tea.Model, tea.Cmd) {
+	switch msg := msg.(type) {
+	case Snapshot:
+		if !m.paused || !m.have {
+			m.snap, m.have = msg, true
+		}
+	case tea.WindowSizeMsg:
+		m.width, m.height = msg.Width, msg.Height
+	case tea.KeyMsg:
+		if m.typing {
+			switch msg.Type {
+			case tea.KeyEnter:
+				m.typing = false
+			case tea.KeyEsc:
+				m.typing, m.query = false, ""
+			case tea.KeyBackspace:
+				if m.query != "" {
+					_, n := utf8.DecodeLastRuneInString(m.query)
+					m.query = m.query[:len(m.query)-n]
+				}
+			case tea.KeyCtrlC:
+				return m, tea.Quit
+			case tea.KeyRunes, tea.KeySpace:
+				m.query += string(msg.Runes)
+			}
+			return m, nil
+		}
+		switch msg.String() {
+		case "q", "ctrl+c", "esc":
+			return m, tea.Quit
+		case "a":
+			m.sort = byAge
+		case "s":
+			m.sort = byState
+		case "p":
+			m.sort = byProcess
+		case "r":
+			m.sort = byRemote
+		case "tab":
+			m.view = (m.view + 1) % 3
+		case "shift+tab":
+			m.view = (m.view + 2) % 3
+		case "f":
+			m.state = m.nextState()
+		case "/":
+			m.typing = true
+		case " ", "P":
+			m.paused = !m.paused
+		}
+	}
+	return m, nil
+}
+
+// nextState cycles the state filter through the states in view, then all.
+func (m Model) nextState() tracer.State {
+	var present []tracer.State
+	for _, r := range m.snap.Rows {
+		if !slices.Contains(present, r.State) {
+			present = append(present, r.State)
+		}
+	}
+	slices.Sort(present)
+	for _, s := range present {
+		if s > m.state {
+			return s
+		}
+	}
+	return tracer.StateUnknown
+}
+
+// lingering: a closing state held at least the threshold.
+func (m Model) lingering(r *output.Socket) bool {
+	switch r.State {
+	case tracer.CloseWait, tracer.FinWait1, tracer.FinWait2, tracer.Closing, tracer.LastAck:
+		return r.Oldest() >= m.opts.Linger
+	}
+	return false
+}
+
+// rows are the snapshot's rows that pass the filters, in the chosen order.
+func (m Model) rows() []output.Socket {
+	q := strings.ToLower(m.query)
+	rows := make([]output.Socket, 0, len(m.snap.Rows))
+	for _, r := range m.snap.Rows {
+		if m.state != tracer.StateUnknown && r.State != m.state {
+			continue
+		}
+		if q != "" && !strings.Contains(strings.ToLower(searchText(&r)), q) {
+			continue
+		}
+		rows = append(rows, r)
+	}
+	byAgeCmp := func(a, b output.Socket) int {
+		return cmp.Or(cmp.Compare(b.Oldest(), a.Oldest()), cmp.Compare(a.Cookie, b.Cookie))
+	}
+	switch m.sort {
+	case byAge:
+		slices.SortStableFunc(rows, byAgeCmp)
+	case byState:
+		slices.SortStableFunc(rows, func(a, b output.Socket) int { return cmp.Or(cmp.Compare(a.State, b.State), byAgeCmp(a, b)) })
+	case byProcess:
+		// known owners by name and pid, the sockets of no process last
+		slices.SortStableFunc(rows, func(a, b output.Socket) int {
+			return cmp.Or(cmp.Compare(unowned(a), unowned(b)), cmp.Compare(a.Owner.Comm.String(), b.Owner.Comm.String()),
+				cmp.Compare(a.Owner.PID, b.Owner.PID), byAgeCmp(a, b))
+		})
+	case byRemote:
+		slices.SortStableFunc(rows, func(a, b output.Socket) int { return cmp.Or(a.Remote.Compare(b.Remote), byAgeCmp(a, b)) })
+	}
+	return rows
+}
+
+// unowned is 1 for a socket of no known process (they sort last).
+func unowned(r output.Socket) int {
+	if r.Owner.Known() {
+		return 0
+	}
+	return 1
+}
+
+func searchText(r *output.Socket) string {
+	s := r.Local.String() + " " + r.Remote.String() + " " + r.State.String()
+	if r.Owner.Known() {
+		s += " " + strconv.FormatUint(uint64(r.Owner.PID), 10) + " " + r.Owner.Comm.String()
+	}
+	return s
+}
+
+// fit cuts s to width columns (runes: the view prints no wide characters).
+func fit(s string, width int) string {
+	if width <= 0 {
+		return ""
+	}
+	if utf8.RuneCountInString(s) <= width {
+		return s
+	}
+	r := []rune(s)
+	return string(r[:width])
+}
+
+// View renders the screen: exactly m.height lines of at most m.width columns.
+func (m Model) View() string {
+	w, h := max(m.width, 20), max(m.height, 5)
+	var lines []string
+	add := func(s string, st lipgloss.Style) {
+		if len(lines) < h {
+			lines = append(lines, st.Render(fit(s, w)))
+		}
+	}
+
+	// Header: never scrolls away.
+	now := m.opts.Clock.Wall(m.snap.Now).In(m.opts.Location)
+	counts := map[tracer.State]int{}
+	for _, r := range m.snap.Rows {
+		counts[r.State]++
+	}
+	head := fmt.Sprintf("tcpstate watch  %s  %s  %d sockets", m.opts.Host, now.Format("15:04:05"), len(m.snap.Rows))
+	if !m.have {
+		head = fmt.Sprintf("tcpstate watch  %s  waiting for the first snapshot...", m.opts.Host)
+	}
+	for st := tracer.Established; st <= tracer.NewSynRecv; st++ {
+		if counts[st] > 0 {
+			head += fmt.Sprintf(", %d %s", counts[st], st)
+		}
+	}
+	add(head, m.styles.header)
+	status := fmt.Sprintf("events %d, lost %d   view: %s   sort: %s", m.snap.Events, m.snap.Lost, viewNames[m.view], sortNames[m.sort])
+	if m.state != tracer.StateUnknown {
+		status += "   state: " + m.state.String()
+	}
+	if m.query != "" || m.typing {
+		status += "   filter: " + m.query
+		if m.typing {
+			status += "_"
+		}
+	}
+	if m.paused {
+		status += "   PAUSED"
+	}
+	add(status, m.styles.status)
+
+	help := "q quit  tab view  a/s/p/r sort age/state/process/remote  f state  / filter  space pause"
+	if m.typing {
+		help = "type to filter by process, pid, address or port; enter keep  esc clear"
+	}
+	body := h - len(lines) - 1 // the help bar takes the last line
+	rows := m.rows()
+	switch m.view {
+	case viewSockets:
+		m.socketTable(rows, body, add)
+	case viewProcesses, viewRemotes:
+		byProc, byRemote := output.Groups(rows)
+		groups := byProc
+		if m.view == viewRemotes {
+			groups = byRemote
+		}
+		m.groupTable(groups, body, add)
+	}
+	for len(lines) < h-1 {
+		lines = append(lines, "")
+	}
+	lines = append(lines, m.styles.help.Render(fit(help, w)))
+	return strings.Join(lines, "\n")
+}
+
+// socketTable adds the header and the rows that fit in n lines, and "N
+// more" when some do not.
+func (m Model) socketTable(rows []output.Socket, n int, add func(string, lipgloss.Style)) {
+	if n <= 0 {
+		return
+	}
+	add(fmt.Sprintf("  %-12s %12s %7s %-15s %-21s %s", "STATE", "AGE", "PID", "COMM", "LOCAL", "REMOTE"), m.styles.title)
+	n--
+	shown := rows
+	if len(shown) > n {
+		shown = shown[:max(n-1, 0)]
+	}
+	var num [48]byte
+	for i := range shown {
+		r := &shown[i]
+		mark, st := "  ", lipgloss.NewStyle()
+		if m.lingering(r) {
+			mark, st = "! ", m.styles.linger
+		}
+		state := r.State.String()
+		if r.Timewait {
+			state += "/tw"
+		}
+		pid, comm := "-", "-"
+		if r.Owner.Known() {
+			pid, comm = strconv.FormatUint(uint64(r.Owner.PID), 10), sanitize(r.Owner.Comm.String())
+			if r.Closed() {
+				pid = "(" + pid + ")"
+			}
+		}
+		add(fmt.Sprintf("%s%-12s %12s %7s %-15s %-21s %s", mark, state, output.AppendAge(num[:0], r), pid, fit(comm, 15),
+			endpoint(r.Local), endpoint(r.Remote)), st)
+	}
+	if len(shown) < len(rows) {
+		add(fmt.Sprintf("  ... %d more (f: one state, /: filter)", len(rows)-len(shown)), lipgloss.NewStyle())
+	}
+}
+
+// groupTable adds the per-process or per-remote groups that fit.
+func (m Model) groupTable(groups []output.Group, n int, add func(string, lipgloss.Style)) {
+	if n <= 0 {
+		return
+	}
+	remote := m.view == viewRemotes
+	if remote {
+		add(fmt.Sprintf("  %-12s %7s %9s %s", "STATE", "COUNT", "OLDEST", "REMOTE"), m.styles.title)
+	} else {
+		add(fmt.Sprintf("  %-12s %7s %9s %7s %s", "STATE", "COUNT", "OLDEST", "PID", "COMM"), m.styles.title)
+	}
+	n--
+	shown := groups
+	if len(shown) > n {
+		shown = shown[:max(n-1, 0)]
+	}
+	for _, g := range shown {
+		mark, st := "  ", lipgloss.NewStyle()
+		probe := output.Socket{State: g.State, Age: g.Oldest}
+		if m.lingering(&probe) {
+			mark, st = "! ", m.styles.linger
+		}
+		oldest := string(output.AppendDuration(nil, g.Oldest))
+		if remote {
+			add(fmt.Sprintf("%s%-12s %7d %9s %s", mark, g.State, g.Count, oldest, g.Remote), st)
+			continue
+		}
+		pid, comm := "-", "-"
+		if g.Owner.Known() {
+			pid, comm = strconv.FormatUint(uint64(g.Owner.PID), 10), sanitize(g.Owner.Comm.String())
+			if g.Closed {
+				pid = "(" + pid + ")"
+			}
+		}
+		add(fmt.Sprintf("%s%-12s %7d %9s %7s %s", mark, g.State, g.Count, oldest, pid, comm), st)
+	}
+	if len(shown) < len(groups) {
+		add(fmt.Sprintf("  ... %d more groups", len(groups)-len(shown)), lipgloss.NewStyle())
+	}
+}
+
+func endpoint(a netip.AddrPort) string {
+	if !a.IsValid() {
+		return "-"
+	}
+	return a.String()
+}
+
+// sanitize keeps a task name printable: anyone names their tasks.
+func sanitize(s string) string {
+	return strings.Map(func(r rune) rune {
+		if r < 0x20 || r == 0x7f {
+			return '?'
+		}
+		return r
+	}, s)
+}

@@ -1,0 +1,143 @@
+// SPDX-License-Identifier: Apache-2.0
+
+package tui
+
+import (
+	"net/netip"
+	"strings"
+	"testing"
+	"time"
+
+	tea "github.com/charmbracelet/bubbletea"
+
+	"github.com/tcpstate/tcpstate/output"
+	"github.com/tcpstate/tcpstate/tracer"
+)
+
+func key(s string) tea.KeyMsg {
+	switch s {
+	case "tab":
+		return tea.KeyMsg{Type: tea.KeyTab}
+	case "enter":
+		return tea.KeyMsg{Type: tea.KeyEnter}
+	case "esc":
+		return tea.KeyMsg{Type: tea.KeyEsc}
+	case " ":
+		return tea.KeyMsg{Type: tea.KeySpace, Runes: []rune{' '}}
+	}
+	return tea.KeyMsg{Type: tea.KeyRunes, Runes: []rune(s)}
+}
+
+func press(m Model, keys ...string) Model {
+	for _, k := range keys {
+		nm, _ := m.Update(key(k))
+		m = nm.(Model)
+	}
+	return m
+}
+
+// leak is 40 CLOSE_WAIT sockets of one process, 40 FIN_WAIT2 ends, and a
+// TIME_WAIT to another remote.
+func leak() Snapshot {
+	var rows []output.Socket
+	srv := netip.MustParseAddrPort("127.0.0.1:8080")
+	for i := range 40 {
+		cl := netip.AddrPortFrom(netip.MustParseAddr("127.0.0.1"), uint16(40000+i))
+		owner := tracer.Owner{Task: tracer.Task{PID: 4242, TID: 4242, Comm: tracer.CommFrom("leaky")}, From: tracer.OwnerConnect}
+		rows = append(rows,
+			output.Socket{Cookie: uint64(i), State: tracer.CloseWait, Age: time.Duration(40-i) * time.Second, Owner: owner,
+				Endpoints: tracer.Endpoints{Local: cl, Remote: srv}},
+			output.Socket{Cookie: uint64(100 + i), State: tracer.FinWait2, Timewait: true, Age: time.Duration(40-i) * time.Second,
+				Endpoints: tracer.Endpoints{Local: srv, Remote: cl}, Service: true})
+	}
+	rows = append(rows, output.Socket{Cookie: 999, State: tracer.TimeWait, Age: 5 * time.Second,
+		Endpoints: tracer.Endpoints{Local: netip.MustParseAddrPort("10.0.0.1:50000"), Remote: netip.MustParseAddrPort("10.0.0.9:443")}})
+	return Snapshot{Now: uint64(time.Hour), Rows: rows, Events: 123, Lost: 4}
+}
+
+func view(t *testing.T, m Model, w, h int) []string {
+	t.Helper()
+	nm, _ := m.Update(tea.WindowSizeMsg{Width: w, Height: h})
+	lines := strings.Split(nm.(Model).View(), "\n")
+	if len(lines) != h {
+		t.Fatalf("%d lines on a %d-line screen:\n%s", len(lines), h, strings.Join(lines, "\n"))
+	}
+	for i, l := range lines {
+		if n := len([]rune(l)); n > w {
+			t.Errorf("line %d is %d columns on a %d-column screen: %q", i, n, w, l)
+		}
+	}
+	return lines
+}
+
+func TestFitsAndHeaderStays(t *testing.T) {
+	m := New(Options{Host: "web1", Location: time.UTC, NoColor: true})
+	nm, _ := m.Update(leak())
+	m = nm.(Model)
+	for _, size := range [][2]int{{100, 30}, {60, 10}, {150, 50}, {20, 5}} {
+		lines := view(t, m, size[0], size[1])
+		if !strings.HasPrefix(lines[0], "tcpstate watch  web1") {
+			t.Errorf("%v: first line %q", size, lines[0])
+		}
+		if size[1] >= 10 && !strings.Contains(strings.Join(lines, "\n"), "more") {
+			t.Errorf("%v: no \"N more\" with 81 rows:\n%s", size, strings.Join(lines, "\n"))
+		}
+		if !strings.HasPrefix(lines[len(lines)-1], "q quit") {
+			t.Errorf("%v: last line %q, want the help bar", size, lines[len(lines)-1])
+		}
+	}
+	lines := view(t, m, 150, 30)
+	if !strings.Contains(lines[0], "40 FIN_WAIT2, 1 TIME_WAIT, 40 CLOSE_WAIT") || !strings.Contains(lines[1], "events 123, lost 4") {
+		t.Errorf("header:\n%s\n%s", lines[0], lines[1])
+	}
+	// Lingering sockets are marked without colour.
+	if !strings.HasPrefix(lines[3], "! CLOSE_WAIT") && !strings.HasPrefix(lines[3], "! FIN_WAIT2") {
+		t.Errorf("oldest row %q: want the lingering mark", lines[3])
+	}
+}
+
+func TestKeys(t *testing.T) {
+	m := New(Options{Host: "web1", Location: time.UTC, NoColor: true})
+	nm, _ := m.Update(leak())
+	m = nm.(Model)
+	first := func(m Model) string { return view(t, m, 120, 20)[3] }
+
+	if row := first(press(m, "s")); !strings.Contains(row, "FIN_WAIT2") {
+		t.Errorf("sort by state: first row %q, want FIN_WAIT2 (state 5 before CLOSE_WAIT 8)", row)
+	}
+	if row := first(press(m, "r")); !strings.Contains(row, "10.0.0.9:443") {
+		t.Errorf("sort by remote: first row %q, want the remote 10.0.0.9:443 first", row)
+	}
+	if row := first(press(m, "p")); !strings.Contains(row, "leaky") {
+		t.Errorf("sort by process: first row %q", row)
+	}
+	f := press(m, "f")
+	if row := first(f); !strings.Contains(row, "FIN_WAIT2") || !strings.Contains(view(t, f, 120, 20)[1], "state: FIN_WAIT2") {
+		t.Errorf("state filter: %q", row)
+	}
+	q := press(m, "/", "4", "0", "0", "3", "9", "enter")
+	lines := view(t, q, 120, 20)
+	if !strings.Contains(lines[1], "filter: 40039") || !strings.Contains(lines[3], ":40039") || strings.Contains(lines[5], ":4") {
+		t.Errorf("typed filter:\n%s", strings.Join(lines, "\n"))
+	}
+	g := press(m, "tab")
+	if lines := view(t, g, 120, 20); !strings.Contains(lines[1], "view: processes") || !strings.Contains(strings.Join(lines, "\n"), "40     40.0s    4242 leaky") {
+		t.Errorf("process view:\n%s", strings.Join(lines, "\n"))
+	}
+	if lines := view(t, press(m, "tab", "tab"), 120, 20); !strings.Contains(strings.Join(lines, "\n"), "127.0.0.1:*") {
+		t.Errorf("remote view:\n%s", strings.Join(lines, "\n"))
+	}
+	// Paused: a new snapshot is not shown.
+	p := press(m, " ")
+	nm, _ = p.Update(Snapshot{Now: uint64(2 * time.Hour)})
+	if lines := view(t, nm.(Model), 120, 20); !strings.Contains(lines[1], "PAUSED") || !strings.Contains(lines[0], "81 sockets") {
+		t.Errorf("paused:\n%s", strings.Join(lines, "\n"))
+	}
+	for _, k := range []string{"q", "esc"} {
+		if _, cmd := m.Update(key(k)); cmd == nil {
+			t.Errorf("%q does not quit", k)
+		} else if _, ok := cmd().(tea.QuitMsg); !ok {
+			t.Errorf("%q: %T", k, cmd())
+		}
+	}
+}
