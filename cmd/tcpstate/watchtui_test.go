@@ -138,6 +138,19 @@ func TestWatchFullScreen(t *testing.T) {
 	}
 	check(s)
 
+	// The window shrinks: the view follows.
+	if out, err := exec.Command("tmux", "resize-window", "-t", session, "-x", "70", "-y", "15").CombinedOutput(); err != nil {
+		t.Fatalf("tmux resize-window: %v: %s", err, out)
+	}
+	s = waitScreen(t, session, 5*time.Second, "the view redrawn for 70x15", func(s []string) bool {
+		return len(s) <= 15 && len(s) > 0 && strings.HasPrefix(s[0], "tcpstate watch") && strings.HasPrefix(s[len(s)-1], "q quit")
+	})
+	for i, l := range s {
+		if n := len([]rune(l)); n > 70 {
+			t.Errorf("after the resize, line %d: %d columns", i, n)
+		}
+	}
+
 	// q: gone within a second, the shell's screen back.
 	start := time.Now()
 	if err := exec.Command("tmux", "send-keys", "-t", session, "q").Run(); err != nil {
