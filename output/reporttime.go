@@ -29,7 +29,12 @@ const (
 
 // Bucket is one step of a report's time line.
 type Bucket struct {
-	States     [16]int32  // most sockets in each state (tracer.State) within the step
+	// States: the sockets in each state (tracer.State) at the busiest
+	// moment of the step (most sockets in all): counts that existed
+	// together, to stack. Peak: the most in each state, at any moment.
+	States     [16]int32
+	Peak       [16]int32
+	busiest    int32
 	Closes     [16]uint32 // connections that reached CLOSE, by tracer.Reason
 	ResetsSent uint32
 	Probes     uint32 // keepalive probes sent
@@ -86,7 +91,7 @@ func (tl *TimeLine) bucket(t uint64) *Bucket {
 		i = int((t - tl.Start) / uint64(tl.Step))
 	}
 	for len(tl.Buckets) <= i {
-		b := Bucket{States: tl.cur, CloseWait: make([]int32, len(tl.Procs))}
+		b := Bucket{States: tl.cur, Peak: tl.cur, busiest: total(&tl.cur), CloseWait: make([]int32, len(tl.Procs))}
 		copy(b.CloseWait, tl.idxCur)
 		tl.Buckets = append(tl.Buckets, b)
 	}
@@ -100,8 +105,11 @@ func (tl *TimeLine) merge() {
 		a := tl.Buckets[i]
 		if i+1 < len(tl.Buckets) {
 			b := &tl.Buckets[i+1]
-			for s := range a.States {
-				a.States[s] = max(a.States[s], b.States[s])
+			if b.busiest > a.busiest {
+				a.States, a.busiest = b.States, b.busiest
+			}
+			for s := range a.Peak {
+				a.Peak[s] = max(a.Peak[s], b.Peak[s])
 				a.Closes[s] += b.Closes[s]
 			}
 			a.ResetsSent += b.ResetsSent
@@ -133,9 +141,23 @@ func (tl *TimeLine) move(t uint64, old, new tracer.State) {
 	b := tl.bucket(t)
 	for _, s := range []tracer.State{old, new} {
 		if s < 16 {
-			b.States[s] = max(b.States[s], tl.cur[s])
+			b.Peak[s] = max(b.Peak[s], tl.cur[s])
 		}
 	}
+	if n := total(&tl.cur); n > b.busiest {
+		b.States, b.busiest = tl.cur, n
+	}
+}
+
+// total is the sockets in every state but LISTEN.
+func total(c *[16]int32) int32 {
+	var n int32
+	for s, v := range c {
+		if tracer.State(s) != tracer.Listen {
+			n += v
+		}
+	}
+	return n
 }
 
 // moveProc follows a process's CLOSE_WAIT sockets (d = +1 or -1).

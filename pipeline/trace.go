@@ -7,6 +7,8 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"os"
+	"slices"
 	"time"
 
 	"github.com/tcpstate/tcpstate/output"
@@ -139,12 +141,48 @@ func Report(ctx context.Context, paths []string, filter *tracer.Filter, stderr i
 	return rep, clock, err
 }
 
+// captureOrder orders captures by when they began, whatever order the
+// shell listed them in (a rotated set expands newest first), and drops a
+// file given twice.
+func captureOrder(paths []string, stderr io.Writer) ([]string, error) {
+	type in struct {
+		path    string
+		started time.Time
+		fi      os.FileInfo
+	}
+	var ins []in
+	for _, path := range paths {
+		rd, file, err := capture.Open(path)
+		if err != nil {
+			return nil, err
+		}
+		fi, _ := file.Stat()
+		started := rd.Header.Started
+		file.Close()
+		if fi != nil && slices.ContainsFunc(ins, func(x in) bool { return x.fi != nil && os.SameFile(x.fi, fi) }) {
+			fmt.Fprintf(stderr, "tcpstate: warning: %s given twice: read once\n", path)
+			continue
+		}
+		ins = append(ins, in{path, started, fi})
+	}
+	slices.SortStableFunc(ins, func(a, b in) int { return a.started.Compare(b.started) })
+	out := make([]string, len(ins))
+	for i, x := range ins {
+		out[i] = x.path
+	}
+	return out, nil
+}
+
 // ReportWithHeader is Report that also returns the first capture's header
 // (report --html shows it).
 func ReportWithHeader(ctx context.Context, paths []string, filter *tracer.Filter, stderr io.Writer) (*output.Report, tracer.Clock, *capture.Header, error) {
 	rep := output.NewReport()
 	var clock tracer.Clock
 	var header *capture.Header
+	paths, err := captureOrder(paths, stderr)
+	if err != nil {
+		return nil, clock, header, err
+	}
 	for i, path := range paths {
 		rd, file, err := capture.Open(path)
 		if err != nil {

@@ -139,6 +139,26 @@ func TestReportHTML(t *testing.T) {
 	if code != exitOK {
 		t.Fatalf("report --html: exit %d: %s", code, stderr)
 	}
+	// Never over a capture, the one read or another.
+	other := filepath.Join(dir, "other.tcpstate")
+	if err := os.Link(capPath, other); err != nil {
+		t.Fatal(err)
+	}
+	copyPath := filepath.Join(dir, "copy.tcpstate")
+	data, _ := os.ReadFile(capPath)
+	if err := os.WriteFile(copyPath, data, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	for _, out := range []string{capPath, other, copyPath} {
+		code, _, stderr := runCmd(context.Background(), "report", capPath, "--html", out)
+		if code != exitError || !strings.Contains(stderr, "refusing to write over it") {
+			t.Errorf("report %s --html %s: exit %d, %q; want a refusal", capPath, out, code, stderr)
+		}
+		if b, _ := os.ReadFile(out); !bytes.Equal(b, data) {
+			t.Errorf("%s changed", out)
+		}
+	}
+
 	html, err := os.ReadFile(page)
 	if err != nil {
 		t.Fatal(err)

@@ -13,6 +13,7 @@ import (
 
 	"github.com/spf13/pflag"
 
+	"github.com/tcpstate/tcpstate/output/capture"
 	"github.com/tcpstate/tcpstate/output/htmlreport"
 	"github.com/tcpstate/tcpstate/pipeline"
 )
@@ -73,6 +74,17 @@ func runReport(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	if f.html != "" && f.html != "-" {
 		if err := checkOutputPath(f.html); err != nil {
 			return err
+		}
+		// Never over a capture: one of the inputs, or any other.
+		if out, err := os.Stat(f.html); err == nil {
+			for _, in := range fs.Args() {
+				if fi, err := os.Stat(in); err == nil && os.SameFile(fi, out) {
+					return fmt.Errorf("--html %s is one of the captures read: refusing to write over it", f.html)
+				}
+			}
+			if capture.IsCapture(f.html) {
+				return fmt.Errorf("--html %s is a capture: refusing to write over it", f.html)
+			}
 		}
 	}
 	rep, clock, header, err := pipeline.ReportWithHeader(ctx, fs.Args(), &filter, stderr)

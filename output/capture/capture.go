@@ -350,3 +350,16 @@ func (r *Reader) resyncQuiet(start int64) bool {
 // ErrFull is returned when the disk is full: the file stays readable up to
 // its last complete block.
 var ErrFull = errors.New("disk full")
+
+// IsCapture reports whether the file at path begins as a capture does (its
+// signature): a file not to write over with anything else.
+func IsCapture(path string) bool {
+	f, err := os.Open(path)
+	if err != nil {
+		return false
+	}
+	defer f.Close()
+	b := make([]byte, len(fileMagic))
+	n, _ := io.ReadFull(f, b)
+	return n == len(fileMagic) && string(b) == fileMagic
+}

@@ -11,6 +11,7 @@ package htmlreport
 import (
 	"bytes"
 	"cmp"
+	"encoding/base64"
 	"fmt"
 	"html/template"
 	"image/color"
@@ -68,10 +69,12 @@ var (
 
 func init() {
 	plot.DefaultFont = font.Font{Typeface: "Liberation", Variant: "Sans"}
+	plotter.DefaultFont = plot.DefaultFont // (copied from plot's before this ran)
 }
 
 // page is what the template shows.
 type page struct {
+	FontCSS  template.CSS
 	Title    string
 	Facts    [][2]string
 	Sysctls  []nsSysctls
@@ -104,7 +107,7 @@ func Write(w io.Writer, r *output.Report, o Options) error {
 		o.Location = time.Local
 	}
 	wall := func(t uint64) time.Time { return o.Clock.Wall(t).In(o.Location) }
-	p := page{Title: "tcpstate report"}
+	p := page{Title: "tcpstate report", FontCSS: fontCSS()}
 	if h := o.Header; h != nil {
 		p.Title = "tcpstate report: " + h.Hostname
 		p.Facts = append(p.Facts, [2]string{"host", h.Hostname}, [2]string{"kernel", h.Kernel + " " + h.Arch},
@@ -151,6 +154,22 @@ func sortedKeys[V any](m map[string]V) []string {
 	return keys
 }
 
+// fontCSS embeds the font the charts were laid out with (Liberation Sans,
+// which gonum/plot carries), once for the page: a laptop without it would
+// draw their text in another font, wider than the room left for it.
+func fontCSS() template.CSS {
+	face := font.DefaultCache.Lookup(plot.DefaultFont, 10)
+	var raw bytes.Buffer
+	if face.Face == nil {
+		return ""
+	}
+	if _, err := face.Face.WriteSourceTo(nil, &raw); err != nil {
+		return ""
+	}
+	return template.CSS(`@font-face { font-family: "Liberation Sans"; font-weight: normal; font-style: normal; src: url(data:font/ttf;base64,` +
+		base64.StdEncoding.EncodeToString(raw.Bytes()) + `) format("truetype"); }`)
+}
+
 // svg draws p as inline SVG of width x height points.
 func svg(p *plot.Plot, width, height vg.Length) (template.HTML, error) {
 	wt, err := p.WriterTo(width, height, "svg")
@@ -172,10 +191,29 @@ func svg(p *plot.Plot, width, height vg.Length) (template.HTML, error) {
 
 // timeAxis makes p's X axis wall-clock time of the capture.
 func timeAxis(p *plot.Plot, o Options) {
-	p.X.Tick.Marker = plot.TimeTicks{Format: "15:04:05", Time: func(t float64) time.Time {
-		return time.Unix(0, int64(t*1e9)).In(o.Location)
-	}}
+	p.X.Tick.Marker = timeTicks{o.Location}
 	p.X.Label.Text = "time (" + time.Now().In(o.Location).Format("MST") + ")"
+}
+
+// timeTicks label wall-clock seconds as times of day, with milliseconds
+// when the axis spans less than five seconds and the date past a day.
+type timeTicks struct{ loc *time.Location }
+
+func (tt timeTicks) Ticks(min, max float64) []plot.Tick {
+	layout := "15:04:05"
+	switch span := max - min; {
+	case span < 5:
+		layout = "15:04:05.000"
+	case span > 86400:
+		layout = "Jan 2 15:04"
+	}
+	ticks := plot.DefaultTicks{}.Ticks(min, max)
+	for i := range ticks {
+		if ticks[i].Label != "" {
+			ticks[i].Label = time.Unix(0, int64(ticks[i].Value*1e9)).In(tt.loc).Format(layout)
+		}
+	}
+	return ticks
 }
 
 // unix is the X value of CLOCK_BOOTTIME t: wall-clock seconds.
@@ -272,7 +310,7 @@ func marks(p *plot.Plot, r *output.Report, o Options, ymax float64) error {
 func statesChart(r *output.Report, o Options) (chart, error) {
 	tl := &r.Time
 	c := chart{ID: "states", Title: "Sockets per state over time",
-		Caption: fmt.Sprintf("The most sockets in each state within each %s, stacked (LISTEN left out). ✖ marks lost events, ⚙ sysctl changes.", tl.Step)}
+		Caption: fmt.Sprintf("The sockets in each state at the busiest moment of each %s, stacked (LISTEN left out); the legend gives each state's peak at any moment. ✖ marks lost events, ⚙ sysctl changes.", tl.Step)}
 	if len(tl.Buckets) == 0 {
 		return c, nil
 	}
@@ -288,11 +326,14 @@ func statesChart(r *output.Report, o Options) (chart, error) {
 	var bands []band
 	var top float64
 	for _, st := range stackOrder {
-		var peak int32
+		var peak, shown int32
 		for _, b := range tl.Buckets {
-			peak = max(peak, b.States[st])
+			peak, shown = max(peak, b.Peak[st]), max(shown, b.States[st])
 		}
-		if peak == 0 {
+		if shown == 0 {
+			if peak > 0 {
+				p.Legend.Add(fmt.Sprintf("%s (peak %d, never at a busiest moment)", st, peak))
+			}
 			continue
 		}
 		var upper, lower plotter.XYs
@@ -501,7 +542,17 @@ func linesChart(r *output.Report, o Options, c chart, ylabel string, ss []series
 			}
 			ymax = max(ymax, y)
 		}
-		line, points, err := plotter.NewLinePoints(xys)
+		line, err := plotter.NewLine(xys)
+		if err != nil {
+			return c, err
+		}
+		// Glyphs tell the lines apart; a few dozen do (each is markup).
+		every := max(1, len(xys)/40)
+		var marked plotter.XYs
+		for i := 0; i < len(xys); i += every {
+			marked = append(marked, xys[i])
+		}
+		points, err := plotter.NewScatter(marked)
 		if err != nil {
 			return c, err
 		}
@@ -509,9 +560,7 @@ func linesChart(r *output.Report, o Options, c chart, ylabel string, ss []series
 		line.Color, line.Width = col, vg.Points(1.5)
 		line.Dashes = [][]vg.Length{nil, {vg.Points(5), vg.Points(2)}, {vg.Points(1), vg.Points(2)}, {vg.Points(6), vg.Points(2), vg.Points(1), vg.Points(2)}}[k%4]
 		points.Shape, points.Color, points.Radius = glyphs[k%len(glyphs)], col, vg.Points(2.5)
-		if len(xys) > 120 {
-			points.Radius = vg.Points(1.2)
-		}
+
 		p.Add(line, points)
 		p.Legend.Add(s.name, line, points)
 		if best > 0 {
@@ -545,27 +594,27 @@ func linesChart(r *output.Report, o Options, c chart, ylabel string, ss []series
 func closeWaitChart(r *output.Report, o Options) (chart, error) {
 	tl := &r.Time
 	c := chart{ID: "closewait", Title: "CLOSE_WAIT holders over time",
-		Caption: fmt.Sprintf("The most CLOSE_WAIT sockets each process held within each %s: the five that held the most.", tl.Step)}
+		Caption: fmt.Sprintf("The most CLOSE_WAIT sockets each process held within each %s: the five that held the most for longest (sockets × time).", tl.Step)}
 	type holder struct {
 		i    int
-		peak int32
+		area int64
 	}
 	var hs []holder
 	for i := range tl.Procs {
-		var peak int32
+		var area int64
 		for _, b := range tl.Buckets {
 			if i < len(b.CloseWait) {
-				peak = max(peak, b.CloseWait[i])
+				area += int64(b.CloseWait[i])
 			}
 		}
-		if peak > 0 {
-			hs = append(hs, holder{i, peak})
+		if area > 0 {
+			hs = append(hs, holder{i, area})
 		}
 	}
 	if len(hs) == 0 {
 		return c, nil
 	}
-	slices.SortFunc(hs, func(a, b holder) int { return cmp.Compare(b.peak, a.peak) })
+	slices.SortFunc(hs, func(a, b holder) int { return cmp.Compare(b.area, a.area) })
 	var ss []series
 	for _, h := range hs[:min(len(hs), 5)] {
 		pid, comm := tl.Proc(h.i)
@@ -795,6 +844,7 @@ var pageTemplate = template.Must(template.New("page").Parse(`<!DOCTYPE html>
 <meta name="viewport" content="width=device-width, initial-scale=1">
 <title>{{.Title}}</title>
 <style>
+{{.FontCSS}}
 body { font-family: "Liberation Sans", Arial, Helvetica, sans-serif; color: #202020; margin: 1.5em auto; max-width: 1100px; padding: 0 1em; }
 h1 { font-size: 1.5em; margin-bottom: .3em; }
 h2 { font-size: 1.15em; margin: 1.6em 0 .2em; border-bottom: 1px solid #ccc; }
