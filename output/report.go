@@ -121,6 +121,9 @@ type Report struct {
 	Reasons     map[string]uint64
 	// Time is the report over time (report --html).
 	Time TimeLine
+	// Notes: what reading the captures warned about (a truncated file, a
+	// damaged block), for the page to say too.
+	Notes []string
 }
 
 // NewReport returns an empty report.

@@ -284,6 +284,13 @@ func (r *Report) SysctlSnapshot(t uint64, nss map[uint32]map[string]string) {
 	}
 }
 
+// SysctlBaseline sets the values later snapshots are compared with (a
+// capture's header): a new file starts over, as a namespace's inode may
+// have been reused in between.
+func (r *Report) SysctlBaseline(nss map[uint32]map[string]string) {
+	r.Time.lastNS = nss
+}
+
 // FinishedConn keeps c if it lingered among the longest (timeline
 // Options.OnFinish, with Spans).
 func (r *Report) FinishedConn(c *timeline.Conn) error {

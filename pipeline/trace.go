@@ -192,14 +192,12 @@ func ReportWithHeader(ctx context.Context, paths []string, filter *tracer.Filter
 			clock = rd.Header.Clock()
 			h := rd.Header
 			header = &h
-			nss := map[uint32]map[string]string{}
-			for _, ns := range h.Namespaces {
-				nss[ns.Inode] = ns.Sysctls
-			}
-			if len(nss) > 0 {
-				rep.SysctlSnapshot(0, nss)
-			}
 		}
+		nss := map[uint32]map[string]string{}
+		for _, ns := range rd.Header.Namespaces {
+			nss[ns.Inode] = ns.Sysctls
+		}
+		rep.SysctlBaseline(nss)
 		f := &Filter{Filter: filter, Next: rep}
 		tl := timeline.New(f, timeline.Options{Spans: true, OnFinish: func(c *timeline.Conn) error {
 			if timeline.Match(filter, c, true) {
@@ -224,6 +222,9 @@ func ReportWithHeader(ctx context.Context, paths []string, filter *tracer.Filter
 		}
 		file.Close()
 		ReadNotes(stderr, path, rd)
+		for _, w := range rd.Warnings() {
+			rep.Notes = append(rep.Notes, path+": "+w)
+		}
 		if err != nil {
 			return nil, clock, header, fmt.Errorf("%s: %w", path, err)
 		}

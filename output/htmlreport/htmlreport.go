@@ -80,6 +80,7 @@ type page struct {
 	Sysctls  []nsSysctls
 	Changes  []string
 	Warnings []string
+	Notes    []string // the captures' own problems (truncated, damaged)
 	Charts   []chart
 	Tables   []table
 	Footer   string
@@ -121,6 +122,7 @@ func Write(w io.Writer, r *output.Report, o Options) error {
 		}
 		p.Warnings = h.KernelWarnings
 	}
+	p.Notes = r.Notes
 	p.Facts = append(p.Facts,
 		[2]string{"files", strings.Join(o.Files, ", ")},
 		[2]string{"capture", fmt.Sprintf("%s to %s (%s)", wall(r.Start).Format("2006-01-02 15:04:05"), wall(r.End).Format("15:04:05 MST"),
@@ -670,7 +672,7 @@ func closesChart(r *output.Report, o Options) (chart, error) {
 func keepaliveChart(r *output.Report, o Options) (chart, error) {
 	tl := &r.Time
 	c := chart{ID: "keepalive", Title: "Keepalive probes, keepalive kills and resets sent over time",
-		Caption: fmt.Sprintf("Per %s: keepalive probes sent, connections keepalive killed (every probe unanswered), resets this host sent.", tl.Step)}
+		Caption: fmt.Sprintf("Per %s: keepalive probes sent, connections keepalive killed (every probe unanswered), resets sent by this host's connections (not those the kernel sends for no socket: a refused SYN).", tl.Step)}
 	probes, kills, resets := series{name: "keepalive probes"}, series{name: "keepalive kills"}, series{name: "resets sent"}
 	var any bool
 	for _, b := range tl.Buckets {
@@ -862,6 +864,7 @@ footer { margin-top: 2em; color: #777; font-size: .8em; }
 <body>
 <h1>{{.Title}}</h1>
 <table class="facts">{{range .Facts}}<tr><th>{{index . 0}}</th><td>{{index . 1}}</td></tr>{{end}}</table>
+{{range .Notes}}<p class="warn">⚠ {{.}}</p>{{end}}
 {{range .Warnings}}<p class="warn">Kernel: {{.}}</p>{{end}}
 {{if .Sysctls}}<h2>TCP sysctls at the start</h2>
 {{range .Sysctls}}<table><tr><th colspan="2">network namespace {{.NetNS}}</th></tr>{{range .Values}}<tr><td>{{index . 0}}</td><td class="num">{{index . 1}}</td></tr>{{end}}</table>{{end}}{{end}}
