@@ -328,6 +328,11 @@ func (r *Report) keepGantt(c *timeline.Conn) {
 	}
 	cc := *c
 	cc.Spans = slices.Clone(c.Spans)
+	if len(cc.Spans) == 0 && c.Since > 0 {
+		// Found by the walk and never moved: one open span, since the walk's
+		// estimate (a lower bound).
+		cc.Spans = []timeline.Span{{State: c.State, Start: c.Since, Timewait: c.Timewait}}
+	}
 	tl.Gantt = append(tl.Gantt, &cc)
 	slices.SortStableFunc(tl.Gantt, func(a, b *timeline.Conn) int { return cmp.Compare(lingered(b, r.End), lingered(a, r.End)) })
 	if len(tl.Gantt) > ganttConns {

@@ -286,6 +286,14 @@ func FullSockets(socks []tracer.Socket) []tracer.Socket {
 	return slices.DeleteFunc(socks, func(s tracer.Socket) bool { return s.Timewait })
 }
 
+// WalkedFor keeps the walk's sockets a filter's connections can be (its
+// states aside: a socket may yet reach them), in place: a capture made with
+// --netns or --port holds no other namespace's or port's sockets.
+func WalkedFor(socks []tracer.Socket, f tracer.Filter) []tracer.Socket {
+	f.States = 0
+	return slices.DeleteFunc(socks, func(s tracer.Socket) bool { return !f.MatchConn(&s.Endpoints, &s.Owner, s.State, s.State) })
+}
+
 // SkippedNote says how much of the loss the kernel's recursion guard made.
 func SkippedNote(s tracer.Stats) string {
 	var n string

@@ -115,7 +115,7 @@ func runRecord(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	socks, nss := pipeline.Scan(t, tracer.ScanOptions{}, stderr)
 	rec, err := pipeline.NewRecorder(pipeline.RecordOptions{
 		Path: f.write, Header: pipeline.Header(version, os.Args[1:], tracer.NewClock(), t.Info(), nss, t.Warnings()),
-		Sockets: pipeline.FullSockets(socks), NetNS: nss, SysctlInterval: time.Duration(f.sysctls),
+		Sockets: pipeline.WalkedFor(pipeline.FullSockets(socks), filter), NetNS: nss, SysctlInterval: time.Duration(f.sysctls),
 		MaxSize: int64(f.maxSize), Keep: f.keep,
 		Flight: f.flight, FlightSize: int(f.keepSize), FlightTime: time.Duration(f.keepTime), Stderr: stderr,
 	})

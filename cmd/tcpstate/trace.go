@@ -131,7 +131,7 @@ func runTrace(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	} else {
 		// The capture keeps the walk's sockets too.
 		socks, nss := pipeline.Scan(t, tracer.ScanOptions{}, stderr)
-		socks = pipeline.FullSockets(socks)
+		socks = pipeline.WalkedFor(pipeline.FullSockets(socks), filter)
 		for i := range socks {
 			lookUpOwner(&socks[i])
 		}
