@@ -118,7 +118,10 @@ func runWatch(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	}
 	// On a terminal, live: the full-screen view. Otherwise (a pipe, a
 	// file, --once, JSON) the snapshots as text or JSON lines.
-	full := isTTY && !f.once && f.output.value == "text" && !f.noTUI
+	// (keys come from stdin: without a terminal there, kubectl exec -t
+	// without -i, the view could not be driven)
+	_, stdinErr := unix.IoctlGetTermios(int(os.Stdin.Fd()), unix.TCGETS)
+	full := isTTY && stdinErr == nil && !f.once && f.output.value == "text" && !f.noTUI
 	var w pipeline.WatchRenderer
 	var screen *screenRenderer
 	if full {
@@ -140,7 +143,7 @@ func runWatch(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	if full {
 		host, _ := os.Hostname()
 		screen.events = ws.Events
-		return runScreen(ctx, tui.New(tui.Options{Clock: tracer.NewClock(), Host: host}), screen, func(ctx context.Context) error {
+		return runScreen(ctx, tui.New(tui.Options{Clock: tracer.NewClock(), Host: host, NetNSName: netnsNames()}), screen, func(ctx context.Context) error {
 			if err := ws.Render(tracer.BootNow()); err != nil {
 				return err
 			}
@@ -170,7 +173,10 @@ func (s *screenRenderer) Render(now uint64, rows []output.Socket, lost uint64) e
 func runScreen(ctx context.Context, m tui.Model, s *screenRenderer, trace func(context.Context) error) error {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
-	s.p = tea.NewProgram(m, tea.WithAltScreen(), tea.WithContext(ctx), tea.WithInput(os.Stdin), tea.WithOutput(os.Stdout))
+	// Signals end ctx (main): Bubble Tea's own handler can deadlock on
+	// SIGTERM (charmbracelet/bubbletea#1806), so it is left out.
+	s.p = tea.NewProgram(m, tea.WithAltScreen(), tea.WithContext(ctx), tea.WithInput(os.Stdin), tea.WithOutput(os.Stdout),
+		tea.WithoutSignalHandler())
 	errc := make(chan error, 1)
 	go func() {
 		err := trace(ctx)

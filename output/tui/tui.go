@@ -44,6 +44,9 @@ type Options struct {
 	// NoColor: marks only, no colour (NO_COLOR is set, or the terminal
 	// has none).
 	NoColor bool
+	// NetNSName names a network namespace by inode ("" for none: the
+	// inode is shown), for the NETNS column when sockets span namespaces.
+	NetNSName func(inode uint32) string
 }
 
 type sortKey int
@@ -79,6 +82,7 @@ type Model struct {
 	query         string       // only rows whose process or endpoints contain it
 	typing        bool         // the query is being typed
 	paused        bool
+	offset        int // rows scrolled past
 	styles        styles
 }
 
@@ -123,6 +127,17 @@ func (m Model) Update(msg tea.Msg) (tea.Model, tea.Cmd) {
 	case tea.WindowSizeMsg:
 		m.width, m.height = msg.Width, msg.Height
 	case tea.KeyMsg:
+		if !m.typing && msg.Type == tea.KeyRunes && len(msg.Runes) > 1 {
+			// Keys that arrived in one read (a laggy link): one at a time.
+			var cmd tea.Cmd
+			var mm tea.Model = m
+			for _, r := range msg.Runes {
+				if mm, cmd = mm.(Model).Update(tea.KeyMsg{Type: tea.KeyRunes, Runes: []rune{r}}); cmd != nil {
+					return mm, cmd
+				}
+			}
+			return mm, nil
+		}
 		if m.typing {
 			switch msg.Type {
 			case tea.KeyEnter:
@@ -141,9 +156,13 @@ func (m Model) Update(msg tea.Msg) (tea.Model, tea.Cmd) {
 			}
 			return m, nil
 		}
+		page := max(m.height-5, 1)
 		switch msg.String() {
-		case "q", "ctrl+c", "esc":
+		case "q", "ctrl+c":
 			return m, tea.Quit
+		case "esc":
+			// back: the filters off, to the top (q quits)
+			m.query, m.state, m.offset = "", tracer.StateUnknown, 0
 		case "a":
 			m.sort = byAge
 		case "s":
@@ -153,18 +172,55 @@ func (m Model) Update(msg tea.Msg) (tea.Model, tea.Cmd) {
 		case "r":
 			m.sort = byRemote
 		case "tab":
-			m.view = (m.view + 1) % 3
+			m.view, m.offset = (m.view+1)%3, 0
 		case "shift+tab":
-			m.view = (m.view + 2) % 3
+			m.view, m.offset = (m.view+2)%3, 0
 		case "f":
-			m.state = m.nextState()
+			m.state, m.offset = m.nextState(), 0
 		case "/":
-			m.typing = true
+			m.typing, m.offset = true, 0
 		case " ", "P":
 			m.paused = !m.paused
+		case "down", "j":
+			m.offset++
+		case "up", "k":
+			m.offset--
+		case "pgdown", "ctrl+f":
+			m.offset += page
+		case "pgup", "ctrl+b":
+			m.offset -= page
+		case "home", "g":
+			m.offset = 0
+		case "end", "G":
+			m.offset = 1 << 30
 		}
+		m.offset = max(m.offset, 0) // (the view clamps the far end)
 	}
 	return m, nil
+}
+
+// headerOrder lists the states in the header: those that pile up first,
+// so that a narrow window keeps them.
+var headerOrder = []tracer.State{tracer.CloseWait, tracer.FinWait2, tracer.FinWait1, tracer.LastAck, tracer.Closing,
+	tracer.TimeWait, tracer.Established, tracer.SynSent, tracer.SynRecv, tracer.Listen, tracer.NewSynRecv, tracer.Close}
+
+// sortGroups orders the group views by the sort key: age is the oldest,
+// else the key, then the count.
+func (m Model) sortGroups(gs []output.Group) {
+	byCount := func(a, b output.Group) int { return cmp.Or(cmp.Compare(b.Count, a.Count), cmp.Compare(b.Oldest, a.Oldest)) }
+	slices.SortStableFunc(gs, func(a, b output.Group) int {
+		switch m.sort {
+		case byAge:
+			return cmp.Or(cmp.Compare(b.Oldest, a.Oldest), byCount(a, b))
+		case byState:
+			return cmp.Or(cmp.Compare(a.State, b.State), byCount(a, b))
+		case byProcess:
+			return cmp.Or(cmp.Compare(a.Owner.Comm.String(), b.Owner.Comm.String()), cmp.Compare(a.Owner.PID, b.Owner.PID), byCount(a, b))
+		case byRemote:
+			return cmp.Or(cmp.Compare(a.Remote, b.Remote), byCount(a, b))
+		}
+		return byCount(a, b)
+	})
 }
 
 // nextState cycles the state filter through the states in view, then all.
@@ -201,7 +257,7 @@ func (m Model) rows() []output.Socket {
 		if m.state != tracer.StateUnknown && r.State != m.state {
 			continue
 		}
-		if q != "" && !strings.Contains(strings.ToLower(searchText(&r)), q) {
+		if q != "" && !strings.Contains(strings.ToLower(m.searchText(&r)), q) {
 			continue
 		}
 		rows = append(rows, r)
@@ -234,8 +290,8 @@ func unowned(r output.Socket) int {
 	return 1
 }
 
-func searchText(r *output.Socket) string {
-	s := r.Local.String() + " " + r.Remote.String() + " " + r.State.String()
+func (m Model) searchText(r *output.Socket) string {
+	s := r.Local.String() + " " + r.Remote.String() + " " + r.State.String() + " " + m.netnsName(r.NetNS)
 	if r.Owner.Known() {
 		s += " " + strconv.FormatUint(uint64(r.Owner.PID), 10) + " " + r.Owner.Comm.String()
 	}
@@ -256,7 +312,7 @@ func fit(s string, width int) string {
 
 // View renders the screen: exactly m.height lines of at most m.width columns.
 func (m Model) View() string {
-	w, h := max(m.width, 20), max(m.height, 5)
+	w, h := max(m.width, 1), max(m.height, 2)
 	var lines []string
 	add := func(s string, st lipgloss.Style) {
 		if len(lines) < h {
@@ -274,13 +330,16 @@ func (m Model) View() string {
 	if !m.have {
 		head = fmt.Sprintf("tcpstate watch  %s  waiting for the first snapshot...", m.opts.Host)
 	}
-	for st := tracer.Established; st <= tracer.NewSynRecv; st++ {
+	for _, st := range headerOrder {
 		if counts[st] > 0 {
 			head += fmt.Sprintf(", %d %s", counts[st], st)
 		}
 	}
 	add(head, m.styles.header)
 	status := fmt.Sprintf("events %d, lost %d   view: %s   sort: %s", m.snap.Events, m.snap.Lost, viewNames[m.view], sortNames[m.sort])
+	if m.snap.Lost > 0 {
+		status = fmt.Sprintf("⚠ LOST %d EVENTS   events %d   view: %s   sort: %s", m.snap.Lost, m.snap.Events, viewNames[m.view], sortNames[m.sort])
+	}
 	if m.state != tracer.StateUnknown {
 		status += "   state: " + m.state.String()
 	}
@@ -295,7 +354,10 @@ func (m Model) View() string {
 	}
 	add(status, m.styles.status)
 
-	help := "q quit  tab view  a/s/p/r sort age/state/process/remote  f state  / filter  space pause"
+	help := "q quit  tab view  a/s/p/r sort age/state/process/remote  f state  / filter  ↑↓ pgup/pgdn scroll  space pause  esc reset"
+	if m.paused {
+		help = strings.Replace(help, "space pause", "space resume", 1)
+	}
 	if m.typing {
 		help = "type to filter by process, pid, address or port; enter keep  esc clear"
 	}
@@ -310,6 +372,7 @@ func (m Model) View() string {
 		if m.view == viewRemotes {
 			groups = byRemote
 		}
+		m.sortGroups(groups)
 		m.groupTable(groups, body, add)
 	}
 	for len(lines) < h-1 {
@@ -325,12 +388,20 @@ func (m Model) socketTable(rows []output.Socket, n int, add func(string, lipglos
 	if n <= 0 {
 		return
 	}
-	add(fmt.Sprintf("  %-12s %12s %7s %-15s %-21s %s", "STATE", "AGE", "PID", "COMM", "LOCAL", "REMOTE"), m.styles.title)
-	n--
-	shown := rows
-	if len(shown) > n {
-		shown = shown[:max(n-1, 0)]
+	multiNS := false
+	for i := range rows {
+		if rows[i].NetNS != rows[0].NetNS {
+			multiNS = true
+			break
+		}
 	}
+	nsCol := ""
+	if multiNS {
+		nsCol = fmt.Sprintf(" %-12s", "NETNS")
+	}
+	add(fmt.Sprintf("  %-12s %12s %7s %-15s%s %-21s %s", "STATE", "AGE", "PID", "COMM", nsCol, "LOCAL", "REMOTE"), m.styles.title)
+	n--
+	shown, above, below := window(rows, n, m.offset)
 	var num [48]byte
 	for i := range shown {
 		r := &shown[i]
@@ -349,12 +420,45 @@ func (m Model) socketTable(rows []output.Socket, n int, add func(string, lipglos
 				pid = "(" + pid + ")"
 			}
 		}
-		add(fmt.Sprintf("%s%-12s %12s %7s %-15s %-21s %s", mark, state, output.AppendAge(num[:0], r), pid, fit(comm, 15),
-			endpoint(r.Local), endpoint(r.Remote)), st)
+		ns := ""
+		if multiNS {
+			ns = " " + fmt.Sprintf("%-12s", fit(m.netnsName(r.NetNS), 12))
+		}
+		add(fmt.Sprintf("%s%-12s %12s %7s %-15s%s %-21s %s", mark, state, output.AppendAge(num[:0], r), pid, fit(comm, 15),
+			ns, endpoint(r.Local), endpoint(r.Remote)), st)
 	}
-	if len(shown) < len(rows) {
-		add(fmt.Sprintf("  ... %d more (f: one state, /: filter)", len(rows)-len(shown)), lipgloss.NewStyle())
+	moreLine(above, below, add)
+}
+
+// window picks the rows that fit in n lines from offset on (clamped), one
+// line kept for saying what is above and below when not all fit.
+func window[T any](rows []T, n, offset int) (shown []T, above, below int) {
+	if len(rows) <= n {
+		return rows, 0, 0
 	}
+	fits := max(n-1, 0)
+	off := min(offset, len(rows)-fits)
+	return rows[off : off+fits], off, len(rows) - off - fits
+}
+
+// moreLine says what the table does not show.
+func moreLine(above, below int, add func(string, lipgloss.Style)) {
+	switch {
+	case above == 0 && below == 0:
+	case above == 0:
+		add(fmt.Sprintf("  ... %d more (↓ pgdn scroll, f: one state, /: filter)", below), lipgloss.NewStyle())
+	default:
+		add(fmt.Sprintf("  ... %d more below, %d above (↑↓ pgup/pgdn, home/end)", below, above), lipgloss.NewStyle())
+	}
+}
+
+func (m Model) netnsName(inode uint32) string {
+	if m.opts.NetNSName != nil {
+		if n := m.opts.NetNSName(inode); n != "" {
+			return n
+		}
+	}
+	return strconv.FormatUint(uint64(inode), 10)
 }
 
 // groupTable adds the per-process or per-remote groups that fit.
@@ -369,10 +473,7 @@ func (m Model) groupTable(groups []output.Group, n int, add func(string, lipglos
 		add(fmt.Sprintf("  %-12s %7s %9s %7s %s", "STATE", "COUNT", "OLDEST", "PID", "COMM"), m.styles.title)
 	}
 	n--
-	shown := groups
-	if len(shown) > n {
-		shown = shown[:max(n-1, 0)]
-	}
+	shown, above, below := window(groups, n, m.offset)
 	for _, g := range shown {
 		mark, st := "  ", lipgloss.NewStyle()
 		probe := output.Socket{State: g.State, Age: g.Oldest}
@@ -393,9 +494,7 @@ func (m Model) groupTable(groups []output.Group, n int, add func(string, lipglos
 		}
 		add(fmt.Sprintf("%s%-12s %7d %9s %7s %s", mark, g.State, g.Count, oldest, pid, comm), st)
 	}
-	if len(shown) < len(groups) {
-		add(fmt.Sprintf("  ... %d more groups", len(groups)-len(shown)), lipgloss.NewStyle())
-	}
+	moreLine(above, below, add)
 }
 
 func endpoint(a netip.AddrPort) string {

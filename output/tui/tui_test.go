@@ -24,6 +24,8 @@ func key(s string) tea.KeyMsg {
 		return tea.KeyMsg{Type: tea.KeyEsc}
 	case " ":
 		return tea.KeyMsg{Type: tea.KeySpace, Runes: []rune{' '}}
+	case "pgdown":
+		return tea.KeyMsg{Type: tea.KeyPgDown}
 	}
 	return tea.KeyMsg{Type: tea.KeyRunes, Runes: []rune(s)}
 }
@@ -87,7 +89,7 @@ func TestFitsAndHeaderStays(t *testing.T) {
 		}
 	}
 	lines := view(t, m, 150, 30)
-	if !strings.Contains(lines[0], "40 FIN_WAIT2, 1 TIME_WAIT, 40 CLOSE_WAIT") || !strings.Contains(lines[1], "events 123, lost 4") {
+	if !strings.Contains(lines[0], "40 CLOSE_WAIT, 40 FIN_WAIT2, 1 TIME_WAIT") || !strings.Contains(lines[1], "LOST 4 EVENTS") {
 		t.Errorf("header:\n%s\n%s", lines[0], lines[1])
 	}
 	// Lingering sockets are marked without colour.
@@ -133,11 +135,77 @@ func TestKeys(t *testing.T) {
 	if lines := view(t, nm.(Model), 120, 20); !strings.Contains(lines[1], "PAUSED") || !strings.Contains(lines[0], "81 sockets") {
 		t.Errorf("paused:\n%s", strings.Join(lines, "\n"))
 	}
-	for _, k := range []string{"q", "esc"} {
-		if _, cmd := m.Update(key(k)); cmd == nil {
-			t.Errorf("%q does not quit", k)
-		} else if _, ok := cmd().(tea.QuitMsg); !ok {
-			t.Errorf("%q: %T", k, cmd())
+	if _, cmd := m.Update(key("q")); cmd == nil {
+		t.Errorf("q does not quit")
+	} else if _, ok := cmd().(tea.QuitMsg); !ok {
+		t.Errorf("q: %T", cmd())
+	}
+	// esc goes back (filters off), it does not quit.
+	e := press(q, "esc")
+	if _, cmd := q.Update(key("esc")); cmd != nil {
+		t.Errorf("esc quits")
+	}
+	if lines := view(t, e, 120, 20); strings.Contains(lines[1], "filter") || !strings.Contains(lines[len(lines)-2], "more") {
+		t.Errorf("after esc:\n%s", strings.Join(lines, "\n"))
+	}
+	// Keys that came in one read count one by one: "ff" is f twice.
+	if got, want := view(t, m.press2("ff"), 120, 20)[1], view(t, press(m, "f", "f"), 120, 20)[1]; got != want {
+		t.Errorf("ff: %q, want %q", got, want)
+	}
+}
+
+func (m Model) press2(runes string) Model {
+	nm, _ := m.Update(tea.KeyMsg{Type: tea.KeyRunes, Runes: []rune(runes)})
+	return nm.(Model)
+}
+
+// Every row can be reached: down, page down, end; the table says what is
+// above and below.
+func TestScroll(t *testing.T) {
+	m := New(Options{Host: "web1", Location: time.UTC, NoColor: true})
+	nm, _ := m.Update(leak())
+	m = nm.(Model)
+	top := view(t, m, 120, 20)
+	down := view(t, press(m, "j"), 120, 20)
+	if top[4] != down[3] {
+		t.Errorf("one down: row 2 %q should be first, got %q", top[4], down[3])
+	}
+	end := view(t, press(m, "G"), 120, 20)
+	if !strings.Contains(end[len(end)-2], "0 more below") || !strings.Contains(end[len(end)-2], "above") {
+		t.Errorf("at the end: %q", end[len(end)-2])
+	}
+	seen := map[string]bool{}
+	sized, _ := m.Update(tea.WindowSizeMsg{Width: 120, Height: 20})
+	mm := sized.(Model)
+	for range 10 {
+		for _, l := range view(t, mm, 120, 20)[3:18] { // the 15 rows of a 20-line screen
+			seen[l] = true
 		}
+		mm = press(mm, "pgdown")
+	}
+	if n := len(seen); n < 81 {
+		t.Errorf("paging down showed %d distinct rows of 81", n)
+	}
+}
+
+// Sockets from several namespaces get a NETNS column, named.
+func TestNetNSColumn(t *testing.T) {
+	s := leak()
+	s.Rows[0].NetNS = 7
+	m := New(Options{Host: "web1", Location: time.UTC, NoColor: true, NetNSName: func(n uint32) string {
+		if n == 7 {
+			return "blue"
+		}
+		return ""
+	}})
+	nm, _ := m.Update(s)
+	lines := view(t, nm.(Model), 140, 20)
+	if !strings.Contains(lines[2], "NETNS") || !strings.Contains(strings.Join(lines, "\n"), "blue") {
+		t.Errorf("no NETNS column:\n%s", strings.Join(lines, "\n"))
+	}
+	f := press(nm.(Model), "/", "b", "l", "u", "e", "enter")
+	// (one namespace left in view: no column, the row is netns 7's)
+	if lines := view(t, f, 140, 20); !strings.Contains(lines[3], "127.0.0.1:40000 ") || strings.Contains(lines[4], "WAIT") {
+		t.Errorf("filter by namespace name:\n%s", strings.Join(lines, "\n"))
 	}
 }
