@@ -207,7 +207,9 @@ var headerOrder = []tracer.State{tracer.CloseWait, tracer.FinWait2, tracer.FinWa
 // sortGroups orders the group views by the sort key: age is the oldest,
 // else the key, then the count.
 func (m Model) sortGroups(gs []output.Group) {
-	byCount := func(a, b output.Group) int { return cmp.Or(cmp.Compare(b.Count, a.Count), cmp.Compare(b.Oldest, a.Oldest)) }
+	byCount := func(a, b output.Group) int {
+		return cmp.Or(cmp.Compare(b.Count, a.Count), cmp.Compare(b.Oldest, a.Oldest))
+	}
 	slices.SortStableFunc(gs, func(a, b output.Group) int {
 		switch m.sort {
 		case byAge:
