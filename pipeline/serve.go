@@ -171,6 +171,11 @@ func (s *Serve) Current() *metrics.Snapshot {
 // the tracer's goroutine (or before it runs).
 func (s *Serve) Snapshot(now uint64) *metrics.Snapshot {
 	snap := &metrics.Snapshot{Counters: s.counters.Clone(), Info: s.opts.Info}
+	snap.FinTimeout, snap.LocalPorts = ownSysctls()
+	finTimeout := snap.FinTimeout
+	if finTimeout <= 0 {
+		finTimeout = timewaitLen
+	}
 	type pk struct {
 		state tracer.State
 		metrics.Attribution
@@ -188,8 +193,8 @@ func (s *Serve) Snapshot(now uint64) *metrics.Snapshot {
 			return true
 		}
 		age := c.Age(now)
-		if c.State == tracer.TimeWait && age > timewaitLen+timewaitSlack {
-			return true // its end was lost: no TIME_WAIT lasts this long
+		if c.Timewait && age > timewaitLimit(c.State, finTimeout) {
+			return true // its end was lost: no timewait socket lasts this long
 		}
 		age = max(age, c.AgeMax(now))
 		snap.Sockets[c.State]++
@@ -252,7 +257,6 @@ func (s *Serve) Snapshot(now uint64) *metrics.Snapshot {
 			snap.TracerErr = err
 		}
 	}
-	snap.FinTimeout, snap.LocalPorts = ownSysctls()
 	s.mu.Lock()
 	s.last = snap
 	s.mu.Unlock()
@@ -285,6 +289,20 @@ const (
 	timewaitLen   = 60 * time.Second
 	timewaitSlack = 5 * time.Second
 )
+
+// timewaitLimit is the most a connection in a timewait socket can have been
+// in state: TIME_WAIT lasts TCP_TIMEWAIT_LEN, an orphaned FIN_WAIT2 at most
+// tcp_fin_timeout; a connection a walk after a loss found no full socket
+// for (FIN_WAIT1, CLOSING) is through both by their sum.
+func timewaitLimit(state tracer.State, finTimeout time.Duration) time.Duration {
+	switch state {
+	case tracer.TimeWait:
+		return timewaitLen + timewaitSlack
+	case tracer.FinWait2:
+		return finTimeout + timewaitSlack
+	}
+	return finTimeout + timewaitLen + timewaitSlack
+}
 
 // closingStates: the states a process's sockets pile up in (a timewait
 // socket belongs to no process).

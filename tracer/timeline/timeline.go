@@ -247,7 +247,11 @@ func (t *Timeline) Resync(socks []tracer.Socket, withTimewait bool) error {
 		s := present[c.Cookie]
 		switch {
 		case s == nil && !withTimewait && (c.Timewait || mayTimewait(c.State)):
-			// in TIME_WAIT, or maybe by now: such sockets were not walked
+			// In TIME_WAIT, or maybe by now: such sockets were not walked.
+			// It is no full socket any more (the walk had them all): it
+			// lives in a timewait socket, or is gone; its age then bounds
+			// it (a view can drop it past what those states last).
+			c.Timewait = true
 		case s == nil:
 			t.remove(c)
 			t.recycle(c)

@@ -422,9 +422,14 @@ func TestResyncWithoutTimewait(t *testing.T) {
 		t.Fatal(err)
 	}
 	got := map[uint64]tracer.State{}
-	tl.Conns(func(c *Conn) bool { got[c.Cookie] = c.State; return true })
+	tw := map[uint64]bool{}
+	tl.Conns(func(c *Conn) bool { got[c.Cookie], tw[c.Cookie] = c.State, c.Timewait; return true })
 	if _, ok := got[1]; ok || got[2] != tracer.FinWait1 || got[3] != tracer.FinWait2 || got[4] != tracer.LastAck {
 		t.Errorf("table after resync: %v, want 2 FIN_WAIT1 and 3 FIN_WAIT2 (kept), 4 LAST_ACK, not 1", got)
+	}
+	// Not among the full sockets any more: in a timewait socket (or gone).
+	if !tw[2] || !tw[3] || tw[4] {
+		t.Errorf("timewait after resync: %v, want 2 and 3 (not walked), not 4", tw)
 	}
 	if g := tl.Stats().Gone; g != 1 {
 		t.Errorf("gone %d, want 1", g)
