@@ -58,11 +58,13 @@ func NewServe(o ServeOptions) *Serve {
 	s.filter.States = 0
 	s.counters.ResetsSent = map[uint16]uint64{}
 	s.counters.FailedConnects = map[metrics.FailKey]uint64{}
-	// The walks after a loss leave TIME_WAIT out, as trace's do: a
-	// churning host has 100k of them, and walking them stalls the reader
-	// into more loss. A TIME_WAIT whose end was lost is left out of the
-	// snapshots once it is older than TIME_WAIT lasts (timewaitLen).
-	rs := &resync{rescan: o.Rescan, withTimewait: false, next: s}
+	// The walks after a loss take the TIME_WAIT sockets too: the gauges
+	// count them, and only a walk of them tells a FIN_WAIT2 gone on to
+	// TIME_WAIT from one still there. A churning host has 100k of them:
+	// the walks are spaced by twenty times their cost (resync). A timewait
+	// connection older than its state can last is left out of the
+	// snapshots in any case (timewaitLimit).
+	rs := &resync{rescan: o.Rescan, withTimewait: true, next: s}
 	s.tl = timeline.New(rs, timeline.Options{MaxConns: o.MaxConns})
 	rs.tl = s.tl
 	return s
