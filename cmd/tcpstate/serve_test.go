@@ -222,10 +222,14 @@ func waitQuery(t *testing.T, prom, query string, ok func([]promSample) bool) []p
 	return nil
 }
 
-// ssCount counts the sockets ss lists in ns for an ss filter.
+// ssCount counts the sockets ss lists in ns for an ss filter. ss runs from
+// a thread inside ns (a child inherits its thread's namespace), not through
+// `ip netns exec`, which needs a mount namespace of its own (not in a chroot).
 func ssCount(t *testing.T, ns *testnet.NetNS, filter ...string) int {
 	t.Helper()
-	out, err := exec.Command("ip", append([]string{"netns", "exec", ns.Name, "ss", "-Htn"}, filter...)...).Output()
+	var out []byte
+	var err error
+	ns.Do(t, func() { out, err = exec.Command("ss", append([]string{"-Htn"}, filter...)...).Output() })
 	if err != nil {
 		t.Fatalf("ss %q: %v", filter, err)
 	}
