@@ -350,13 +350,32 @@ func (f *tracerFlags) start(filter tracer.Filter, stderr io.Writer) (*tracer.Tra
 	return t, nil
 }
 
-// rescan walks t's sockets again, all of them or none: a namespace skipped
-// would look like sockets gone.
-func rescan(t *tracer.Tracer) pipeline.Rescan {
+// rescan walks t's sockets again, all of them or none (a namespace skipped
+// would look like sockets gone), and keeps those where the filter looks.
+func rescan(t *tracer.Tracer, filter tracer.Filter) pipeline.Rescan {
+	where := whereOf(filter)
 	return func(timeWait bool) ([]tracer.Socket, error) {
 		socks, _, err := t.ScanAll(tracer.ScanOptions{TimeWait: timeWait})
-		return socks, err
+		return pipeline.WalkedFor(socks, where), err
 	}
+}
+
+// walkWants tells which sockets of the start-up walk go in a table: those
+// where the filter looks. A serve or watch of one namespace or port keeps
+// no other's.
+func walkWants(filter tracer.Filter) func(*tracer.Socket) bool {
+	where := whereOf(filter)
+	return func(s *tracer.Socket) bool { return where.MatchConn(&s.Endpoints, &s.Owner, s.State, s.State) }
+}
+
+// whereOf is the part of a filter about where connections are (namespace,
+// family, ports, addresses): not their states, which a socket may yet
+// reach, nor their owner, which a walk learns otherwise than the events
+// (a walk after a loss must not take a connection for gone because /proc
+// names another holder).
+func whereOf(f tracer.Filter) tracer.Filter {
+	f.States, f.PIDs, f.Comm, f.Owners = 0, nil, "", nil
+	return f
 }
 
 // parseFlags parses a command's flags: --help prints help (and returns

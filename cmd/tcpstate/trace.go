@@ -122,12 +122,18 @@ func runTrace(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	}
 	defer t.Close()
 
-	opts.Clock, opts.Kernel, opts.Rescan, opts.Attribute = tracer.NewClock(), t.Info(), rescan(t), resolver.Lookup
+	opts.Clock, opts.Kernel, opts.Rescan, opts.Attribute = tracer.NewClock(), t.Info(), rescan(t, filter), resolver.Lookup
 	p := pipeline.NewTrace(opts)
 	src := p.Sink()
 	var tee *pipeline.Tee
 	if f.write == "" {
-		pipeline.ScanEach(t, tracer.ScanOptions{}, stderr, func(s *tracer.Socket) { lookUpOwner(s); p.SeedSocket(s) })
+		wants := walkWants(filter)
+		pipeline.ScanEach(t, tracer.ScanOptions{}, stderr, func(s *tracer.Socket) {
+			if wants(s) {
+				lookUpOwner(s)
+				p.SeedSocket(s)
+			}
+		})
 	} else {
 		// The capture keeps the walk's sockets too.
 		socks, nss := pipeline.Scan(t, tracer.ScanOptions{}, stderr)
