@@ -23,26 +23,28 @@ import (
 // svgText is the text an SVG chart draws.
 var svgText = regexp.MustCompile(`<text[^>]*>([^<]*)</text>`)
 
-// chromium finds Debian's chromium, installing it as a user would when missing.
-func chromium(t *testing.T) string {
+// debianTool finds program bin, installing Debian's package pkg as a user
+// would when it is missing (the tests run as root); without apt-get, the
+// test is skipped.
+func debianTool(t *testing.T, bin, pkg string) string {
 	t.Helper()
-	if bin, err := exec.LookPath("chromium"); err == nil {
-		return bin
+	if path, err := exec.LookPath(bin); err == nil {
+		return path
 	}
 	if _, err := exec.LookPath("apt-get"); err != nil {
-		t.Skip("chromium is not installed, and there is no apt-get to install it (Debian's chromium package)")
+		t.Skipf("%s is not installed, and there is no apt-get to install it (Debian's %s package)", bin, pkg)
 	}
-	t.Log("installing Debian's chromium package")
-	cmd := exec.Command("sh", "-c", "apt-get update -qq && apt-get install -y -qq --no-install-recommends chromium")
+	t.Logf("installing Debian's %s package", pkg)
+	cmd := exec.Command("sh", "-c", "apt-get update -qq && apt-get install -y -qq --no-install-recommends "+pkg)
 	cmd.Env = append(os.Environ(), "DEBIAN_FRONTEND=noninteractive")
 	if out, err := cmd.CombinedOutput(); err != nil {
-		t.Fatalf("installing chromium: %v\n%s", err, out)
+		t.Fatalf("installing %s: %v\n%s", pkg, err, out)
 	}
-	bin, err := exec.LookPath("chromium")
+	path, err := exec.LookPath(bin)
 	if err != nil {
 		t.Fatal(err)
 	}
-	return bin
+	return path
 }
 
 // headless runs chromium on a local file with the flags a closed network
@@ -175,7 +177,7 @@ func TestReportHTML(t *testing.T) {
 		}
 	}
 
-	bin := chromium(t)
+	bin := debianTool(t, "chromium", "chromium")
 	dom, logs := headless(t, bin, page, "--dump-dom", "--virtual-time-budget=2000")
 	for _, line := range strings.Split(logs, "\n") {
 		if strings.Contains(line, "CONSOLE") || strings.Contains(line, "Uncaught") {

@@ -163,22 +163,7 @@ type promSample struct {
 // startPrometheus runs Debian's prometheus scraping target every second.
 func startPrometheus(t *testing.T, target string) string {
 	t.Helper()
-	bin, err := exec.LookPath("prometheus")
-	if err != nil {
-		// As a user would: Debian's package (the test runs as root).
-		if _, aptErr := exec.LookPath("apt-get"); aptErr != nil {
-			t.Skip("prometheus is not installed, and there is no apt-get to install it (Debian's prometheus package)")
-		}
-		t.Log("installing Debian's prometheus package")
-		cmd := exec.Command("sh", "-c", "apt-get update -qq && apt-get install -y -qq --no-install-recommends prometheus")
-		cmd.Env = append(os.Environ(), "DEBIAN_FRONTEND=noninteractive")
-		if out, err := cmd.CombinedOutput(); err != nil {
-			t.Fatalf("installing prometheus: %v\n%s", err, out)
-		}
-		if bin, err = exec.LookPath("prometheus"); err != nil {
-			t.Fatal(err)
-		}
-	}
+	bin := debianTool(t, "prometheus", "prometheus")
 	dir := t.TempDir()
 	cfg := fmt.Sprintf("global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\nscrape_configs:\n  - job_name: tcpstate\n    static_configs:\n      - targets: ['%s']\n", target)
 	if err := os.WriteFile(filepath.Join(dir, "prometheus.yml"), []byte(cfg), 0o644); err != nil {

@@ -16,22 +16,6 @@ import (
 	"github.com/tcpstate/tcpstate/internal/testnet"
 )
 
-// tmux finds Debian's tmux, installing it as a user would when missing.
-func tmux(t *testing.T) {
-	t.Helper()
-	if _, err := exec.LookPath("tmux"); err == nil {
-		return
-	}
-	if _, err := exec.LookPath("apt-get"); err != nil {
-		t.Skip("tmux is not installed, and there is no apt-get to install it (Debian's tmux package)")
-	}
-	cmd := exec.Command("sh", "-c", "apt-get update -qq && apt-get install -y -qq --no-install-recommends tmux")
-	cmd.Env = append(os.Environ(), "DEBIAN_FRONTEND=noninteractive")
-	if out, err := cmd.CombinedOutput(); err != nil {
-		t.Fatalf("installing tmux: %v\n%s", err, out)
-	}
-}
-
 // screen is what the tmux pane shows now.
 func screen(t *testing.T, session string) []string {
 	t.Helper()
@@ -60,7 +44,7 @@ func waitScreen(t *testing.T, session string, within time.Duration, what string,
 // leaves within a second with the terminal as it was.
 func TestWatchFullScreen(t *testing.T) {
 	requireRoot(t)
-	tmux(t)
+	debianTool(t, "tmux", "tmux")
 	ns := testnet.New(t)
 	var ln net.Listener
 	ns.Do(t, func() {
