@@ -52,11 +52,18 @@ func (r *Socket) Closed() bool {
 // (our port listens or, lacking a listener, the peer's port is ephemeral
 // and ours is not), whose clients are grouped by address.
 func (r *Socket) RemoteGroup() string {
-	if r.Service || r.Remote.Port() >= 32768 && r.Local.Port() < 32768 {
+	if ClientOfService(r.Local, r.Remote, r.Service) {
 		remote := netip.AddrPortFrom(r.Remote.Addr(), 0).String()
 		return remote[:len(remote)-1] + "*" // 10.0.0.7:*, [::1]:*
 	}
 	return r.Remote.String()
+}
+
+// ClientOfService tells whether the peer at remote is a client of a local
+// service at local: local's port listens, or lacking a known listener, the
+// peer's port is ephemeral and ours is not.
+func ClientOfService(local, remote netip.AddrPort, listening bool) bool {
+	return listening || remote.Port() >= 32768 && local.Port() < 32768
 }
 
 // appendAge appends the age column: exact, a range the kernel's timestamps

@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/tcpstate/tcpstate/internal/cgroup"
+	"github.com/tcpstate/tcpstate/output"
 	"github.com/tcpstate/tcpstate/output/metrics"
 	"github.com/tcpstate/tcpstate/tracer"
 	"github.com/tcpstate/tcpstate/tracer/timeline"
@@ -204,7 +205,7 @@ func (s *Serve) Snapshot(now uint64) *metrics.Snapshot {
 		switch {
 		case c.State == tracer.TimeWait:
 			k := rk{c.Remote.Addr(), c.Remote.Port()}
-			if c.Remote.Port() >= 32768 && c.Local.Port() < 32768 || s.tl.Listening(c.NetNS, c.Local.Port()) {
+			if output.ClientOfService(c.Local, c.Remote, s.tl.Listening(c.NetNS, c.Local.Port())) {
 				k.port = 0
 			}
 			g := remotes[k]
