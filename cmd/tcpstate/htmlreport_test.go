@@ -72,14 +72,7 @@ func headless(t *testing.T, bin, page string, extra ...string) (stdout, stderr s
 func TestReportHTML(t *testing.T) {
 	requireRoot(t)
 	ns := testnet.New(t)
-	var ln net.Listener
-	ns.Do(t, func() {
-		var err error
-		if ln, err = net.Listen("tcp4", "127.0.0.1:0"); err != nil {
-			t.Fatal(err)
-		}
-	})
-	defer ln.Close()
+	ln := ns.Listen(t, "tcp4", "127.0.0.1:0")
 	dir := t.TempDir()
 	capPath := filepath.Join(dir, "incident.tcpstate")
 	wait := startCmd(t, "record", "-w", capPath, "--netns", ns.Name, "-d", "7s", "--sysctl-interval", "500ms")

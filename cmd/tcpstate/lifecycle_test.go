@@ -424,14 +424,7 @@ func lastSocket(objs []socketJSON, sport int) *socketJSON {
 func TestWatchOrphanedFinWait2LiveAndOnce(t *testing.T) {
 	requireRoot(t)
 	ns := testnet.New(t, "net.ipv4.tcp_fin_timeout=30")
-	var ln net.Listener
-	ns.Do(t, func() {
-		var err error
-		if ln, err = net.Listen("tcp4", "127.0.0.1:0"); err != nil {
-			t.Fatal(err)
-		}
-	})
-	defer ln.Close()
+	ln := ns.Listen(t, "tcp4", "127.0.0.1:0")
 	wait := startCmd(t, "watch", "-o", "json", "-i", "300ms", "-d", "2s", "--netns", ns.Name, "--state", "fin-wait-2")
 	var client net.Conn
 	ns.Do(t, func() {
@@ -576,14 +569,7 @@ func TestWatchOnceWithStrayNetnsFile(t *testing.T) {
 func TestWatchNoGhostsAfterLoss(t *testing.T) {
 	requireRoot(t)
 	ns := testnet.New(t)
-	var ln net.Listener
-	ns.Do(t, func() {
-		var err error
-		if ln, err = net.Listen("tcp4", "127.0.0.1:0"); err != nil {
-			t.Fatal(err)
-		}
-	})
-	defer ln.Close()
+	ln := ns.Listen(t, "tcp4", "127.0.0.1:0")
 	port := strconv.Itoa(ln.Addr().(*net.TCPAddr).Port)
 	// 12 s: walks after a loss are spaced by twenty times their cost, at
 	// most ten seconds apart (under emulation a walk of this VM's few

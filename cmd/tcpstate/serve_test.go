@@ -231,18 +231,8 @@ func TestServeWithPrometheus(t *testing.T) {
 		t.Skip("ss (iproute2) is not installed")
 	}
 	ns := testnet.New(t)
-	var ln, ln2 net.Listener
-	ns.Do(t, func() {
-		var err error
-		if ln, err = net.Listen("tcp4", "127.0.0.1:0"); err != nil {
-			t.Fatal(err)
-		}
-		if ln2, err = net.Listen("tcp4", "127.0.0.1:0"); err != nil {
-			t.Fatal(err)
-		}
-	})
-	defer ln.Close()
-	defer ln2.Close()
+	ln := ns.Listen(t, "tcp4", "127.0.0.1:0")
+	ln2 := ns.Listen(t, "tcp4", "127.0.0.1:0")
 	target := startServe(t, "--netns", ns.Name)
 	prom := startPrometheus(t, target)
 	waitQuery(t, prom, `up{job="tcpstate"}`, func(s []promSample) bool { return len(s) == 1 && s[0].value == 1 })
@@ -345,14 +335,7 @@ func TestServeWithPrometheus(t *testing.T) {
 func TestTraceContainer(t *testing.T) {
 	requireRoot(t)
 	ns := testnet.New(t)
-	var ln net.Listener
-	ns.Do(t, func() {
-		var err error
-		if ln, err = net.Listen("tcp4", "127.0.0.1:0"); err != nil {
-			t.Fatal(err)
-		}
-	})
-	defer ln.Close()
+	ln := ns.Listen(t, "tcp4", "127.0.0.1:0")
 	const n = 3
 	pid, release := hold(t, ns, ln.Addr().String(), n)
 	var servers []net.Conn

@@ -4,7 +4,6 @@ package main
 
 import (
 	"fmt"
-	"net"
 	"net/netip"
 	"os"
 	"os/exec"
@@ -46,14 +45,7 @@ func TestWatchFullScreen(t *testing.T) {
 	requireRoot(t)
 	debianTool(t, "tmux", "tmux")
 	ns := testnet.New(t)
-	var ln net.Listener
-	ns.Do(t, func() {
-		var err error
-		if ln, err = net.Listen("tcp4", "127.0.0.1:0"); err != nil {
-			t.Fatal(err)
-		}
-	})
-	defer ln.Close()
+	ln := ns.Listen(t, "tcp4", "127.0.0.1:0")
 	const leaked = 60
 	hold(t, ns, ln.Addr().String(), leaked)
 	for range leaked {

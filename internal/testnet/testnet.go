@@ -13,6 +13,7 @@ package testnet
 import (
 	"errors"
 	"fmt"
+	"net"
 	"os"
 	"path/filepath"
 	"runtime"
@@ -193,4 +194,18 @@ func SelfComm(t testing.TB) string {
 		t.Fatal(err)
 	}
 	return strings.TrimSpace(string(b))
+}
+
+// Listen listens on addr ("127.0.0.1:0") inside the namespace; the listener
+// is closed when the test ends.
+func (n *NetNS) Listen(t testing.TB, network, addr string) net.Listener {
+	t.Helper()
+	var ln net.Listener
+	var err error
+	n.Do(t, func() { ln, err = net.Listen(network, addr) })
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ln.Close() })
+	return ln
 }
