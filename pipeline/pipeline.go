@@ -71,17 +71,32 @@ func (f *Filter) Finished(c *timeline.Conn) error {
 type Rescan func(timeWait bool) ([]tracer.Socket, error)
 
 // resync is the stage after the timeline that, after events were lost,
-// walks the kernel's sockets again (at most once a second, when the burst is
-// over) and makes the timeline agree: no ghost of a connection whose end was
-// lost lingers in a view or raises a linger event.
+// walks the kernel's sockets again and makes the timeline agree: no ghost of
+// a connection whose end was lost lingers in a view or raises a linger event.
+//
+// The walk runs beside the reader, not in its way: a churning host's walk
+// of 100,000 TIME_WAIT sockets takes a second, and a reader held up that
+// long loses the next second's events (which then asked for the next walk).
+// The timeline keeps what changed while it ran (Timeline.Resync). Walks are
+// spaced by twenty times what the last one took, so that they take at most
+// 5% of the time (a second to ten apart).
 type resync struct {
 	tl           *timeline.Timeline
 	rescan       Rescan
 	withTimewait bool
 	next         tracer.Sink
 	dirty        bool
-	notBefore    time.Time // not before: a walk's cost, times 20, apart
+	notBefore    time.Time
 	stderr       io.Writer
+
+	walk      chan walked // the walk under way; nil when none
+	walkBegan uint64      // when it began, CLOCK_BOOTTIME ns
+}
+
+type walked struct {
+	socks []tracer.Socket
+	err   error
+	took  time.Duration
 }
 
 func (r *resync) Event(e *tracer.Event) error {
@@ -92,20 +107,34 @@ func (r *resync) Event(e *tracer.Event) error {
 }
 
 func (r *resync) Idle() error {
-	if now := time.Now(); r.dirty && !now.Before(r.notBefore) {
-		// A walk costs in proportion to the host's sockets and holds up
-		// the reader: spaced so that it takes at most 5% of the time
-		// (a second to ten apart), or losses would feed walks.
-		r.dirty = false
-		socks, err := r.rescan(r.withTimewait)
-		r.notBefore = now.Add(min(max(time.Second, 20*time.Since(now)), 10*time.Second))
-		if err == nil {
-			if err := r.tl.Resync(socks, r.withTimewait); err != nil {
+	switch {
+	case r.walk != nil:
+		select {
+		case w := <-r.walk:
+			r.walk = nil
+			r.notBefore = time.Now().Add(min(max(time.Second, 20*w.took), 10*time.Second))
+			if w.err != nil {
+				r.tl.CancelWalk()
+				if r.stderr != nil {
+					fmt.Fprintf(r.stderr, "tcpstate: warning: walking the sockets again after a loss: %v\n", w.err)
+				}
+			} else if err := r.tl.Resync(w.socks, r.withTimewait, r.walkBegan); err != nil {
 				return err
 			}
-		} else if r.stderr != nil {
-			fmt.Fprintf(r.stderr, "tcpstate: warning: walking the sockets again after a loss: %v\n", err)
+		default:
 		}
+	case r.dirty && !time.Now().Before(r.notBefore):
+		r.dirty = false
+		r.walkBegan = tracer.BootNow()
+		r.tl.BeginWalk()
+		done := make(chan walked, 1)
+		r.walk = done
+		rescan, withTimewait := r.rescan, r.withTimewait
+		go func() {
+			began := time.Now()
+			socks, err := rescan(withTimewait)
+			done <- walked{socks: socks, err: err, took: time.Since(began)}
+		}()
 	}
 	return r.next.Idle()
 }

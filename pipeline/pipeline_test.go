@@ -7,6 +7,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"maps"
 	"net/netip"
 	"strings"
 	"testing"
@@ -101,5 +102,41 @@ func TestReplayStopsOnCancel(t *testing.T) {
 	}
 	if _, _, err := Report(ctx, []string{v1}, &tracer.Filter{}, &diag); !errors.Is(err, context.Canceled) {
 		t.Errorf("report: %v, want canceled", err)
+	}
+}
+
+// serve's TIME_WAIT per remote: by address and port, and the clients of a
+// local service by address ("10.0.0.9:*"), in both families; a v4-mapped
+// IPv6 peer is not the IPv4 one (its socket is another family).
+func TestServeTimewaitRemotes(t *testing.T) {
+	s := NewServe(ServeOptions{TopProcs: 10, TopRemotes: 20})
+	cookie := uint64(0)
+	tw := func(family tracer.Family, local, remote string) {
+		cookie++
+		e := tracer.Event{Type: tracer.EventState, Time: cookie * 1000, Cookie: cookie, Old: tracer.FinWait2, New: tracer.TimeWait, Timewait: true,
+			Endpoints: tracer.Endpoints{Family: family, Local: netip.MustParseAddrPort(local), Remote: netip.MustParseAddrPort(remote)}}
+		if err := s.Sink().Event(&e); err != nil {
+			t.Fatal(err)
+		}
+	}
+	tw(tracer.IPv4, "10.0.0.1:40001", "10.0.0.2:80")
+	tw(tracer.IPv4, "10.0.0.1:40002", "10.0.0.2:80")
+	tw(tracer.IPv4, "10.0.0.1:40003", "10.0.0.2:81")
+	tw(tracer.IPv6, "[2001:db8::1]:40001", "[2001:db8::2]:443")
+	tw(tracer.IPv6, "[::ffff:10.0.0.1]:40004", "[::ffff:10.0.0.2]:80")
+	tw(tracer.IPv4, "10.0.0.1:8080", "10.0.0.9:50001") // clients of our :8080
+	tw(tracer.IPv4, "10.0.0.1:8080", "10.0.0.9:50002")
+	tw(tracer.IPv6, "[2001:db8::1]:8080", "[2001:db8::9]:50003")
+	if err := s.tl.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	got := map[string]int{}
+	for _, g := range s.Snapshot(cookie*1000 + 1).TimewaitRemotes {
+		got[g.Remote] = g.Count
+	}
+	want := map[string]int{"10.0.0.2:80": 2, "10.0.0.2:81": 1, "[2001:db8::2]:443": 1, "[::ffff:10.0.0.2]:80": 1,
+		"10.0.0.9:*": 2, "[2001:db8::9]:*": 1}
+	if !maps.Equal(got, want) {
+		t.Errorf("TIME_WAIT remotes %v, want %v", got, want)
 	}
 }

@@ -66,7 +66,7 @@ func NewServe(o ServeOptions) *Serve {
 	// connection older than its state can last is left out of the
 	// snapshots in any case (timewaitLimit).
 	rs := &resync{rescan: o.Rescan, withTimewait: true, next: s}
-	s.tl = timeline.New(rs, timeline.Options{MaxConns: o.MaxConns})
+	s.tl = timeline.New(rs, timeline.Options{MaxConns: o.MaxConns, CompactTimewait: true})
 	rs.tl = s.tl
 	return s
 }
@@ -186,9 +186,15 @@ func (s *Serve) Snapshot(now uint64) *metrics.Snapshot {
 	// remotes by address and port; port 0: the clients of a local service,
 	// by address (output.Socket.RemoteGroup), formatted for the top N only
 	type rk struct {
-		addr netip.Addr
+		addr [16]byte // (no pointer, unlike netip.Addr's zone: hashed as bytes)
 		port uint16
+		v4   bool
 	}
+	type lk struct {
+		netns uint32
+		port  uint16
+	}
+	listening := map[lk]bool{} // a look-up per TIME_WAIT socket otherwise
 	procs := map[pk]*metrics.ProcessGroup{}
 	remotes := map[rk]*metrics.RemoteGroup{}
 	s.tl.Conns(func(c *timeline.Conn) bool {
@@ -204,8 +210,15 @@ func (s *Serve) Snapshot(now uint64) *metrics.Snapshot {
 		snap.Oldest[c.State] = max(snap.Oldest[c.State], age)
 		switch {
 		case c.State == tracer.TimeWait:
-			k := rk{c.Remote.Addr(), c.Remote.Port()}
-			if output.ClientOfService(c.Local, c.Remote, s.tl.Listening(c.NetNS, c.Local.Port())) {
+			ra := c.Remote.Addr()
+			k := rk{ra.As16(), c.Remote.Port(), ra.Is4()}
+			l := lk{c.NetNS, c.Local.Port()}
+			on, ok := listening[l]
+			if !ok {
+				on = s.tl.Listening(l.netns, l.port)
+				listening[l] = on
+			}
+			if output.ClientOfService(c.Local, c.Remote, on) {
 				k.port = 0
 			}
 			g := remotes[k]
@@ -241,11 +254,15 @@ func (s *Serve) Snapshot(now uint64) *metrics.Snapshot {
 	for i := range snap.TimewaitRemotes {
 		if g := &snap.TimewaitRemotes[i]; g.Remote == "" {
 			k := g.Key.(rk)
+			addr := netip.AddrFrom16(k.addr)
+			if k.v4 {
+				addr = addr.Unmap()
+			}
 			if k.port == 0 {
-				r := netip.AddrPortFrom(k.addr, 0).String()
+				r := netip.AddrPortFrom(addr, 0).String()
 				g.Remote = r[:len(r)-1] + "*" // 10.0.0.7:*, [::1]:*
 			} else {
-				g.Remote = netip.AddrPortFrom(k.addr, k.port).String()
+				g.Remote = netip.AddrPortFrom(addr, k.port).String()
 			}
 		}
 	}

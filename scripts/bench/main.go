@@ -177,10 +177,11 @@ func runRound(m mode, churnBin string, secs time.Duration) (sample, error) {
 	}
 	churn := exec.Command(churnBin, append([]string{"-d", secs.String()}, m.churn...)...)
 	out, err := churn.CombinedOutput()
+	var scrapeErr error
 	if m.scrape != "" {
 		close(stopScrape)
 		if n := <-scraped; n < int(secs/time.Second)-1 {
-			return s, fmt.Errorf("%s: %d scrapes answered in %s", m.name, n, secs)
+			scrapeErr = fmt.Errorf("%s: %d scrapes answered in %s", m.name, n, secs)
 		}
 	}
 	if tracer != nil {
@@ -193,6 +194,9 @@ func runRound(m mode, churnBin string, secs time.Duration) (sample, error) {
 	}
 	if err != nil {
 		return s, fmt.Errorf("churn: %v: %s", err, out)
+	}
+	if scrapeErr != nil { // (the tracer stopped above: no round runs beside another)
+		return s, scrapeErr
 	}
 	mm := rateRe.FindSubmatch(out)
 	if mm == nil {

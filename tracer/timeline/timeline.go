@@ -116,6 +116,9 @@ type Options struct {
 	// Spans keeps each connection's history of states (for OnFinish);
 	// without it Conn.Spans stays empty and a connection costs less memory.
 	Spans bool
+	// CompactTimewait keeps connections in TIME_WAIT in compact form, without
+	// owner or history (timewait.go): for views that count them (serve).
+	CompactTimewait bool
 }
 
 // Stats count what the table did.
@@ -157,8 +160,19 @@ type Timeline struct {
 	heldCancels, heldCloses map[uint64]int
 	heldHead                int
 	latest                  uint64 // newest event time seen
-	stats                   Stats
-	out                     tracer.Event
+	// endedInWalk: the connections that ended while a walk ran (BeginWalk
+	// to Resync), at most MaxConns of them (endedOverflow: more did).
+	endedInWalk   map[uint64]struct{}
+	endedOverflow bool
+
+	// The second tier (CompactTimewait): connections in TIME_WAIT, and the
+	// order they entered it in, from twHead on (for eviction).
+	tw      map[uint64]twConn
+	twOrder []twKey
+	twHead  int
+	twSeq   uint32
+	stats   Stats
+	out     tracer.Event
 }
 
 type listenKey struct {
@@ -177,6 +191,7 @@ func New(next tracer.Sink, opts Options) *Timeline {
 		listeners: map[listenKey]*Conn{}, lingering: map[uint64]*Conn{},
 		ended: map[uint64]tracer.Owner{}, endedRing: make([]uint64, endedOwners),
 		heldCancels: map[uint64]int{}, heldCloses: map[uint64]int{},
+		tw: map[uint64]twConn{},
 	}
 }
 
@@ -221,8 +236,21 @@ func (t *Timeline) noteEnded(c *Conn) {
 // Stats reports the table's counters.
 func (t *Timeline) Stats() Stats {
 	s := t.stats
-	s.Conns = len(t.conns)
+	s.Conns = len(t.conns) + len(t.tw)
 	return s
+}
+
+// BeginWalk marks the start of a walk of the kernel's sockets that runs
+// while events keep coming (Resync applies it): from now on the table notes
+// the connections that end, so that the walk, which may have seen them
+// before they did, does not bring them back.
+func (t *Timeline) BeginWalk() {
+	t.endedInWalk = map[uint64]struct{}{}
+}
+
+// CancelWalk ends a walk that failed: the table stays as it is.
+func (t *Timeline) CancelWalk() {
+	t.endedInWalk, t.endedOverflow = nil, false
 }
 
 // Resync makes the table agree with a fresh walk of the kernel's sockets,
@@ -232,12 +260,18 @@ func (t *Timeline) Stats() Stats {
 // sockets the table missed are added as Seed does. Without withTimewait the
 // walk left out the sockets in TIME_WAIT: those of the table, and those in a
 // state that leads there, are kept as they are (their timewait events end
-// them). Events still held for a join are processed first: the walk is
-// newer than all of them.
-func (t *Timeline) Resync(socks []tracer.Socket, withTimewait bool) error {
+// them). Events still held for a join are processed first.
+//
+// began is when the walk began (CLOCK_BOOTTIME ns, after BeginWalk): the
+// events read while it ran are newer than what it saw of their connections.
+// A connection whose state changed since began keeps the table's, and one
+// that ended since is not added again.
+func (t *Timeline) Resync(socks []tracer.Socket, withTimewait bool, began uint64) error {
 	if err := t.release(^uint64(0)); err != nil {
 		return err
 	}
+	ended, overflow := t.endedInWalk, t.endedOverflow
+	t.endedInWalk, t.endedOverflow = nil, false
 	present := make(map[uint64]*tracer.Socket, len(socks))
 	for i := range socks {
 		present[socks[i].Cookie] = &socks[i]
@@ -246,6 +280,9 @@ func (t *Timeline) Resync(socks []tracer.Socket, withTimewait bool) error {
 		next := c.next
 		s := present[c.Cookie]
 		switch {
+		case !c.SinceStart && c.Since >= began:
+			// Changed while the walk ran (or after it saw the socket):
+			// the events are the newer truth.
 		case s == nil && !withTimewait && (c.Timewait || mayTimewait(c.State)):
 			// In TIME_WAIT, or maybe by now: such sockets were not walked.
 			// It is no full socket any more (the walk had them all): it
@@ -264,14 +301,36 @@ func (t *Timeline) Resync(socks []tracer.Socket, withTimewait bool) error {
 			}
 			t.stats.Corrected++
 			t.watchLinger(c)
+			t.compact(c)
 		}
 		c = next
 	}
+	// The second tier's (in TIME_WAIT since before the walk began, in
+	// timewait sockets): a walk without those cannot tell.
+	for cookie, w := range t.tw {
+		if !withTimewait || w.flags&twSinceStart == 0 && w.since >= began {
+			continue
+		}
+		if s := present[cookie]; s == nil {
+			t.dropTimewait(cookie)
+			t.stats.Gone++
+		} else if s.State != tracer.TimeWait || !s.Timewait {
+			delete(t.tw, cookie) // (seeded below as the walk has it)
+			t.stats.Corrected++
+		}
+	}
 	var missing []tracer.Socket
 	for _, s := range socks {
-		if _, ok := t.conns[s.Cookie]; !ok && (withTimewait || !s.Timewait) {
-			missing = append(missing, s)
+		if _, ok := t.conns[s.Cookie]; ok || (!withTimewait && s.Timewait) {
+			continue
 		}
+		if _, ok := t.tw[s.Cookie]; ok {
+			continue
+		}
+		if _, gone := ended[s.Cookie]; gone || overflow {
+			continue // ended while the walk ran (or too many did to tell)
+		}
+		missing = append(missing, s)
 	}
 	t.Seed(missing)
 	return nil
@@ -313,12 +372,22 @@ func (t *Timeline) SeedSocket(s *tracer.Socket) {
 		t.listeners[listenKey{s.NetNS, s.Local.Port()}] = c
 	}
 	t.watchLinger(c)
+	t.compact(c)
 }
 
-// Conns calls f for every connection in the table, most recently updated first.
+// Conns calls f for every connection in the table, most recently updated
+// first, then those in compact form (Options.CompactTimewait). f must not
+// keep c.
 func (t *Timeline) Conns(f func(*Conn) bool) {
 	for c := t.head; c != nil; c = c.next {
 		if !f(c) {
+			return
+		}
+	}
+	var c Conn // the second tier's, one at a time: f must not keep c
+	for cookie, w := range t.tw {
+		w.fill(&c, cookie)
+		if !f(&c) {
 			return
 		}
 	}
@@ -338,17 +407,30 @@ func (t *Timeline) conn(cookie uint64) *Conn {
 		t.pushFront(c)
 		return c
 	}
-	if len(t.conns) >= t.opts.MaxConns {
-		t.remove(t.tail)
-		t.stats.Evicted++
+	if c := t.expand(cookie); c != nil {
+		return c
 	}
+	return t.newConn(cookie)
+}
+
+// newConn adds a connection the table does not have, as the most recent.
+func (t *Timeline) newConn(cookie uint64) *Conn {
 	var c *Conn
-	if n := len(t.free); n > 0 {
-		c, t.free = t.free[n-1], t.free[:n-1]
-		*c = Conn{Cookie: cookie, Spans: c.Spans[:0]}
-	} else {
-		c = &Conn{Cookie: cookie}
+	if len(t.conns)+len(t.tw) >= t.opts.MaxConns {
+		t.stats.Evicted++
+		if !t.evictTimewait() {
+			c = t.tail // reused: a full table evicts one for each it adds
+			t.remove(c)
+		}
 	}
+	switch n := len(t.free); {
+	case c != nil:
+	case n > 0:
+		c, t.free = t.free[n-1], t.free[:n-1]
+	default:
+		c = &Conn{}
+	}
+	*c = Conn{Cookie: cookie, Spans: c.Spans[:0]}
 	t.pushFront(c)
 	t.conns[cookie] = c
 	return c
@@ -380,6 +462,9 @@ func (t *Timeline) unlink(c *Conn) {
 }
 
 func (t *Timeline) remove(c *Conn) {
+	if t.endedInWalk != nil {
+		t.noteEndedInWalk(c.Cookie)
+	}
 	t.unlink(c)
 	delete(t.conns, c.Cookie)
 	delete(t.lingering, c.Cookie)
@@ -388,6 +473,15 @@ func (t *Timeline) remove(c *Conn) {
 		if t.listeners[k] == c {
 			delete(t.listeners, k)
 		}
+	}
+}
+
+// noteEndedInWalk notes a connection that ended while a walk ran.
+func (t *Timeline) noteEndedInWalk(cookie uint64) {
+	if len(t.endedInWalk) < t.opts.MaxConns {
+		t.endedInWalk[cookie] = struct{}{}
+	} else {
+		t.endedOverflow = true
 	}
 }
 
@@ -528,6 +622,7 @@ func (t *Timeline) process(e *tracer.Event) error {
 		if c, ok := t.conns[e.Cookie]; ok && c.State == e.New {
 			c.Timewait = true
 			t.enrichOwner(c, e)
+			t.compact(c)
 		}
 		return nil
 	}
@@ -539,21 +634,33 @@ func (t *Timeline) process(e *tracer.Event) error {
 	if e.Cookie == 0 {
 		return t.next.Event(e)
 	}
-	if _, ok := t.conns[e.Cookie]; !ok && e.Type != tracer.EventState {
+	c, ok := t.conns[e.Cookie] // (one look-up: the table is big, this is per event)
+	if !ok && e.Timewait && len(t.tw) > 0 { // (only a timewait socket's events concern it)
+		c = t.expand(e.Cookie) // (back in compact form after, unless this ends it)
+		ok = c != nil
+	}
+	switch {
+	case ok:
+		t.unlink(c)
+		t.pushFront(c)
+	case e.Type != tracer.EventState:
 		// After its end (a keepalive kill's timeout follows its CLOSE):
 		// named from the ended, and no new connection made of it.
 		if o, ok := t.ended[e.Cookie]; ok && !e.Owner.Known() {
 			e.Owner = o
 		}
 		return t.next.Event(e)
+	default:
+		c = t.newConn(e.Cookie)
 	}
-	c := t.conn(e.Cookie)
 	if c.Family == tracer.FamilyAny || e.Local.Port() != 0 {
 		c.NetNS, c.Family, c.Local, c.Remote = e.NetNS, e.Family, e.Local, e.Remote
 	}
 	t.enrichOwner(c, e)
 	if e.Type != tracer.EventState {
-		return t.next.Event(e)
+		err := t.next.Event(e)
+		t.compact(c)
+		return err
 	}
 	if e.Timewait && !e.HasDuration {
 		if err := t.untracked(c, e); err != nil {
@@ -582,6 +689,7 @@ func (t *Timeline) process(e *tracer.Event) error {
 		t.recycle(c)
 		return err
 	}
+	t.compact(c)
 	return nil
 }
 

@@ -3,6 +3,7 @@
 package timeline
 
 import (
+	"maps"
 	"net/netip"
 	"testing"
 	"time"
@@ -377,7 +378,7 @@ func TestResyncDropsGhosts(t *testing.T) {
 		{Cookie: 4, Endpoints: tracer.Endpoints{Family: tracer.IPv4, Local: local, Remote: remote}, State: tracer.TimeWait, Timewait: true, Since: 3 * ms, SinceEarliest: 3 * ms, Scanned: 5 * ms},
 		{Cookie: 7, Endpoints: tracer.Endpoints{Family: tracer.IPv4, Local: local, Remote: remote}, State: tracer.LastAck, Scanned: 5 * ms},
 		{Cookie: 3, Endpoints: tracer.Endpoints{Family: tracer.IPv4, Local: local, Remote: remote}, State: tracer.FinWait1, Scanned: 5 * ms},
-	}, true)
+	}, true, 5*ms)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -402,6 +403,52 @@ func TestResyncDropsGhosts(t *testing.T) {
 	}
 }
 
+// A walk runs while events keep coming (the reader is not held up): what
+// changed after it began is newer than what it saw, and a connection that
+// ended meanwhile is not brought back by it.
+func TestResyncWhileEventsCome(t *testing.T) {
+	tl := New(&sink{}, Options{})
+	feed(t, tl,
+		ev(1*ms, 1, tracer.SynSent, tracer.Established),
+		ev(2*ms, 2, tracer.SynSent, tracer.Established),
+		ev(3*ms, 6, tracer.SynSent, tracer.Established)) // its end was lost
+	if err := tl.Tick(5 * ms); err != nil {
+		t.Fatal(err)
+	}
+	tl.BeginWalk() // at 10 ms
+	feed(t, tl,
+		ev(12*ms, 1, tracer.Established, tracer.Close),    // after the walk saw it
+		ev(13*ms, 2, tracer.Established, tracer.FinWait1), // likewise
+		ev(14*ms, 4, tracer.SynSent, tracer.Established))  // after the walk passed its place
+	sock := func(cookie uint64, st tracer.State) tracer.Socket {
+		return tracer.Socket{Cookie: cookie, Endpoints: tracer.Endpoints{Family: tracer.IPv4, Local: local, Remote: remote}, State: st, Scanned: 11 * ms}
+	}
+	if err := tl.Resync([]tracer.Socket{
+		sock(1, tracer.Established), sock(2, tracer.Established), sock(5, tracer.Established),
+	}, true, 10*ms); err != nil {
+		t.Fatal(err)
+	}
+	got := map[uint64]tracer.State{}
+	tl.Conns(func(c *Conn) bool { got[c.Cookie] = c.State; return true })
+	want := map[uint64]tracer.State{2: tracer.FinWait1, 4: tracer.Established, 5: tracer.Established}
+	if !maps.Equal(got, want) {
+		t.Errorf("table after the walk: %v, want %v (1 ended meanwhile, 2 changed meanwhile, 4 is newer than the walk, 5 the table missed, 6 is gone)", got, want)
+	}
+	if st := tl.Stats(); st.Gone != 1 || st.Corrected != 0 {
+		t.Errorf("gone %d, corrected %d; want 1 and 0", st.Gone, st.Corrected)
+	}
+	// The next walk, begun after all that, is the truth again.
+	tl.BeginWalk()
+	if err := tl.Resync([]tracer.Socket{sock(2, tracer.FinWait2), sock(5, tracer.Established)}, true, 20*ms); err != nil {
+		t.Fatal(err)
+	}
+	got = map[uint64]tracer.State{}
+	tl.Conns(func(c *Conn) bool { got[c.Cookie] = c.State; return true })
+	if want := map[uint64]tracer.State{2: tracer.FinWait2, 5: tracer.Established}; !maps.Equal(got, want) {
+		t.Errorf("table after the second walk: %v, want %v", got, want)
+	}
+}
+
 // A walk without the TIME_WAIT sockets (trace's: a churning host has
 // hundreds of thousands) cannot tell a connection gone from one in TIME_WAIT:
 // those that may be there are kept for their timewait events to end; the
@@ -418,7 +465,7 @@ func TestResyncWithoutTimewait(t *testing.T) {
 	}
 	if err := tl.Resync([]tracer.Socket{
 		{Cookie: 4, Endpoints: tracer.Endpoints{Family: tracer.IPv4, Local: local, Remote: remote}, State: tracer.LastAck, Scanned: 5 * ms},
-	}, false); err != nil {
+	}, false, 5*ms); err != nil {
 		t.Fatal(err)
 	}
 	got := map[uint64]tracer.State{}

@@ -1,0 +1,137 @@
+// SPDX-License-Identifier: Apache-2.0
+
+package timeline
+
+import (
+	"net/netip"
+
+	"github.com/tcpstate/tcpstate/tracer"
+)
+
+// A churning host has a minute of its connections in TIME_WAIT: 100,000 and
+// more, against a few thousand alive. With Options.CompactTimewait the
+// timeline keeps those in a second tier, a map of pointer-free values the
+// garbage collector does not scan (about 90 bytes each, against 240 for a
+// Conn in the list), and brings one back into a Conn when an event comes
+// for it (its end, mostly). What a TIME_WAIT connection loses there is what
+// nothing shows for it: its owner (a timewait socket belongs to no process)
+// and its history (Spans).
+
+// twConn is a connection in TIME_WAIT in a timewait socket, compact.
+type twConn struct {
+	since, sinceEarliest uint64
+	local, remote        [16]byte
+	lport, rport         uint16
+	netns                uint32
+	family               tracer.Family
+	flags                uint8
+	seq                  uint32 // which compaction of the cookie (twOrder)
+}
+
+const (
+	twSinceStart = 1 << iota
+	twLocal4
+	twRemote4
+)
+
+func addrOf(a [16]byte, v4 bool, port uint16) netip.AddrPort {
+	addr := netip.AddrFrom16(a)
+	if v4 {
+		addr = addr.Unmap()
+	}
+	return netip.AddrPortFrom(addr, port)
+}
+
+// fill makes c the connection w keeps.
+func (w *twConn) fill(c *Conn, cookie uint64) {
+	*c = Conn{Cookie: cookie, Spans: c.Spans[:0], State: tracer.TimeWait, Timewait: true,
+		Since: w.since, SinceEarliest: w.sinceEarliest, SinceStart: w.flags&twSinceStart != 0}
+	c.Family, c.NetNS = w.family, w.netns
+	c.Local = addrOf(w.local, w.flags&twLocal4 != 0, w.lport)
+	c.Remote = addrOf(w.remote, w.flags&twRemote4 != 0, w.rport)
+}
+
+// twKey is one entry of twOrder: which compaction of which cookie.
+type twKey struct {
+	cookie uint64
+	seq    uint32
+}
+
+// compact moves c, in TIME_WAIT in a timewait socket, to the second tier
+// (with Options.CompactTimewait; otherwise it stays as it is).
+func (t *Timeline) compact(c *Conn) {
+	if !t.opts.CompactTimewait || c.State != tracer.TimeWait || !c.Timewait {
+		return
+	}
+	w := twConn{since: c.Since, sinceEarliest: c.SinceEarliest, family: c.Family, netns: c.NetNS,
+		local: c.Local.Addr().As16(), remote: c.Remote.Addr().As16(), lport: c.Local.Port(), rport: c.Remote.Port()}
+	if c.SinceStart {
+		w.flags |= twSinceStart
+	}
+	if c.Local.Addr().Is4() {
+		w.flags |= twLocal4
+	}
+	if c.Remote.Addr().Is4() {
+		w.flags |= twRemote4
+	}
+	t.twSeq++
+	w.seq = t.twSeq
+	// Out of the list (not an end: a walk under way must not take it for
+	// one), into the map.
+	t.unlink(c)
+	delete(t.conns, c.Cookie)
+	delete(t.lingering, c.Cookie)
+	t.tw[c.Cookie] = w
+	t.twOrder = append(t.twOrder, twKey{c.Cookie, w.seq})
+	t.recycle(c)
+	// twOrder keeps an entry per compaction, ended or not: rebuilt when
+	// most of it is ended ones, so that it stays within twice the map.
+	if n := len(t.twOrder) - t.twHead; n > 2*len(t.tw)+1024 {
+		kept := t.twOrder[:0]
+		for _, k := range t.twOrder[t.twHead:] {
+			if w, ok := t.tw[k.cookie]; ok && w.seq == k.seq {
+				kept = append(kept, k)
+			}
+		}
+		clear(t.twOrder[len(kept):])
+		t.twOrder, t.twHead = kept, 0
+	}
+}
+
+// expand brings the connection with cookie back from the second tier into
+// the list, as the most recent; nil when the tier does not have it.
+func (t *Timeline) expand(cookie uint64) *Conn {
+	w, ok := t.tw[cookie]
+	if !ok {
+		return nil
+	}
+	delete(t.tw, cookie)
+	c := t.newConn(cookie)
+	w.fill(c, cookie)
+	return c
+}
+
+// evictTimewait drops the connection that entered the second tier first,
+// if any (a full table drops TIME_WAIT before anything else: it ends by
+// itself, and a view needs it least).
+func (t *Timeline) evictTimewait() bool {
+	for t.twHead < len(t.twOrder) {
+		k := t.twOrder[t.twHead]
+		t.twOrder[t.twHead] = twKey{}
+		t.twHead++
+		if w, ok := t.tw[k.cookie]; ok && w.seq == k.seq {
+			delete(t.tw, k.cookie)
+			return true
+		}
+	}
+	t.twOrder, t.twHead = t.twOrder[:0], 0
+	return false
+}
+
+// dropTimewait removes cookie from the second tier (a walk no longer has it).
+func (t *Timeline) dropTimewait(cookie uint64) {
+	if t.endedInWalk != nil {
+		t.noteEndedInWalk(cookie)
+	}
+	delete(t.tw, cookie)
+}
