@@ -197,13 +197,15 @@ static __always_inline void emit(struct event *e)
 		stat_inc(STAT_LOST);
 }
 
-static __always_inline void event_owner(struct event *e, __u8 src, __u32 pid, __u32 tid, const char *comm)
+static __always_inline void event_owner(struct event *e, __u8 src, __u32 pid, __u32 tid, __u64 cgroup,
+					const char *comm)
 {
 	if (src == OWNER_NONE)
 		return;
 	e->flags |= EVF_OWNER;
 	e->owner_src = src;
 	e->pid = pid;
+	e->cgroup = cgroup;
 	e->tid = tid;
 	__builtin_memcpy(e->comm, comm, TASK_COMM_LEN);
 }

@@ -21,6 +21,7 @@ static __always_inline void ka_note_owner(const struct sock *sk, const struct sk
 	f->owner_src = info->owner_src;
 	f->pid = info->pid;
 	f->tid = info->tid;
+	f->cgroup = info->cgroup;
 	__builtin_memcpy(f->comm, info->comm, TASK_COMM_LEN);
 }
 
@@ -161,7 +162,7 @@ static __always_inline void ka_fire_exit(struct event *e, struct timer_list *t)
 	state = BPF_CORE_READ(sk, __sk_common.skc_state);
 	if (state == TCP_CLOSE && f->state != TCP_CLOSE) {
 		ka_event(e, sk, t, KA_TIMEOUT, now, cookie);
-		event_owner(e, f->owner_src, f->pid, f->tid, f->comm);
+		event_owner(e, f->owner_src, f->pid, f->tid, f->cgroup, f->comm);
 		e->sk_err = BPF_CORE_READ(sk, sk_err);
 		e->reason = REASON_TIMEOUT;
 		e->rst_reason = ka_rst_reason();

@@ -138,6 +138,7 @@ struct ka_fire {
 	__u8 _pad[5];
 	__u32 pid;
 	__u32 tid;
+	__u64 cgroup;
 	char comm[TASK_COMM_LEN];
 };
 

@@ -45,7 +45,7 @@ static __always_inline void rst_out(const struct sock *sk, __u16 reason)
 	read_endpoints(&sk->__sk_common, &e.family, &e.sport, &e.dport, e.saddr, e.daddr);
 	if (!e.sport)
 		e.sport = bpf_ntohs(BPF_CORE_READ((struct inet_sock *)sk, inet_sport));
-	event_owner(&e, info->owner_src, info->pid, info->tid, info->comm);
+	event_owner(&e, info->owner_src, info->pid, info->tid, info->cgroup, info->comm);
 	emit(&e);
 }
 

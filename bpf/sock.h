@@ -35,6 +35,7 @@ static __always_inline void set_owner(struct sk_info *info, __u8 src)
 	info->pid = id >> 32;
 	info->tid = (__u32)id;
 	info->owner_src = src;
+	info->cgroup = bpf_get_current_cgroup_id();
 	bpf_get_current_comm(info->comm, sizeof(info->comm));
 }
 
@@ -103,7 +104,7 @@ static __always_inline void child_report(struct event *e, struct sk_info *info, 
 	e->cookie = cookie;
 	e->old_state = TCP_LISTEN;
 	e->new_state = TCP_SYN_RECV;
-	event_owner(e, info->owner_src, info->pid, info->tid, info->comm);
+	event_owner(e, info->owner_src, info->pid, info->tid, info->cgroup, info->comm);
 	emit(e);
 	e->ts_ns = ts;
 	e->old_state = old_state;
@@ -112,6 +113,7 @@ static __always_inline void child_report(struct event *e, struct sk_info *info, 
 	e->owner_src = OWNER_NONE;
 	e->pid = 0;
 	e->tid = 0;
+	e->cgroup = 0;
 	__builtin_memset(e->comm, 0, sizeof(e->comm));
 	info->cookie = cookie;
 	info->flags &= ~INFO_BORN;

@@ -81,7 +81,7 @@ static __always_inline void set_state(const struct sock *sk, int oldstate, int n
 		info->state = newstate;
 		info->state_ts = now;
 		info->flags &= ~INFO_SINCE_START;
-		event_owner(&e, info->owner_src, info->pid, info->tid, info->comm);
+		event_owner(&e, info->owner_src, info->pid, info->tid, info->cgroup, info->comm);
 		if (newstate == TCP_CLOSE)
 			ka_note_owner(sk, info);
 	}

@@ -86,6 +86,7 @@ struct event {
 	__u64 duration_ns;	/* time spent in old_state, valid with EVF_DURATION */
 	__u64 timer_expires;	/* EVF_TIMEWAIT: when the timewait timer fires, in jiffies */
 	__u64 jiffies;		/* jiffies when the event fired, to convert timer_expires */
+	__u64 cgroup;		/* owner's cgroup v2 id when it became the owner, valid with EVF_OWNER */
 	__u32 netns;		/* network namespace inode */
 	__u32 pid;		/* owner tgid, valid with EVF_OWNER */
 	__u32 tid;		/* owner thread */
@@ -129,6 +130,7 @@ enum info_flag {
 struct sk_info {
 	__u64 cookie;		/* the socket this was written for: differs when cloned from a listener */
 	__u64 state_ts;		/* when the tracer saw the socket enter `state`; 0: not seen */
+	__u64 cgroup;		/* the owner's cgroup v2 id */
 	__u32 pid;
 	__u32 tid;
 	__u16 rst_reason;
@@ -144,6 +146,7 @@ struct tw_info {
 	__u64 cookie;		/* the connection's: differs from the key when the timewait socket has no cookie */
 	__u64 state_ts;		/* when the connection entered `state` (carried over from the full socket) */
 	__u64 expires;		/* the timer's expiry when last seen armed, jiffies */
+	__u64 cgroup;
 	__u32 pid;
 	__u32 tid;
 	__u8 state;		/* tw_substate: FIN_WAIT2 or TIME_WAIT */

@@ -53,6 +53,7 @@ static __always_inline bool handover(struct event *e, __u64 now, __u64 cookie, i
 		tw->owner_src = info->owner_src;
 		tw->pid = info->pid;
 		tw->tid = info->tid;
+		tw->cgroup = info->cgroup;
 		__builtin_memcpy(tw->comm, info->comm, TASK_COMM_LEN);
 		tw->flags |= info->flags & INFO_SINCE_START;
 	}
@@ -68,7 +69,7 @@ static __always_inline bool handover(struct event *e, __u64 now, __u64 cookie, i
 		e->timer_expires = tw->expires;
 		e->jiffies = bpf_jiffies64();
 		if (info)
-			event_owner(e, info->owner_src, info->pid, info->tid, info->comm);
+			event_owner(e, info->owner_src, info->pid, info->tid, info->cgroup, info->comm);
 		emit(e);
 		return true;
 	}
@@ -96,7 +97,7 @@ static __always_inline void tw_event(struct event *e, struct inet_timewait_sock 
 	e->timer_expires = BPF_CORE_READ(t, expires);
 	e->jiffies = bpf_jiffies64();
 	if (info)
-		event_owner(e, info->owner_src, info->pid, info->tid, info->comm);
+		event_owner(e, info->owner_src, info->pid, info->tid, info->cgroup, info->comm);
 }
 
 /* The id of the connection a timewait socket carries. */

@@ -126,7 +126,7 @@ func TestTextGolden(t *testing.T) {
 
 // attribute places pid 4242 (curl) in a docker container and 7 in a
 // systemd service; others are unknown.
-func attribute(pid uint32) cgroup.Info {
+func attribute(pid uint32, _ uint64) cgroup.Info {
 	switch pid {
 	case 4242:
 		return cgroup.Parse("/system.slice/docker-3f4b2c1d0e9a8b7c6d5e4f3a2b1c0d9e8f7a6b5c4d3e2f1a0b9c8d7e6f5a4b3c.scope")

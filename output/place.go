@@ -10,14 +10,14 @@ import (
 // Attribute tells where a process runs: its cgroup, container, pod and
 // systemd service (cgroup.Resolver.Lookup). nil: not shown (a replayed
 // capture: its processes are not this host's).
-type Attribute func(pid uint32) cgroup.Info
+type Attribute func(pid uint32, cgroupID uint64) cgroup.Info
 
 // place is where the owner runs, when attr knows.
 func (attr Attribute) place(o *tracer.Owner) cgroup.Info {
 	if attr == nil || !o.Known() {
 		return cgroup.Info{}
 	}
-	return attr(o.PID)
+	return attr(o.PID, o.Cgroup)
 }
 
 // appendPlaceJSON appends cgroup, container_id, pod_uid and unit, each only

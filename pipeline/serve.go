@@ -333,6 +333,6 @@ func (s *Serve) attribution(o *tracer.Owner) metrics.Attribution {
 	if !o.Known() {
 		return metrics.Attribution{Comm: metrics.Unknown}
 	}
-	info := s.resolver.Lookup(o.PID)
+	info := s.resolver.Lookup(o.PID, o.Cgroup)
 	return metrics.Attribution{Comm: o.Comm.String(), ContainerID: info.ContainerID, PodUID: info.PodUID, Unit: info.Unit}
 }

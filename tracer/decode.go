@@ -33,6 +33,7 @@ const (
 	offKaUTO    = unsafe.Offsetof(rawEvent.KaUserTimeout)
 	offNetns    = unsafe.Offsetof(rawEvent.Netns)
 	offPid      = unsafe.Offsetof(rawEvent.Pid)
+	offCgroup   = unsafe.Offsetof(rawEvent.Cgroup)
 	offTid      = unsafe.Offsetof(rawEvent.Tid)
 	offCPUPid   = unsafe.Offsetof(rawEvent.CpuPid)
 	offSkErr    = unsafe.Offsetof(rawEvent.SkErr)
@@ -119,6 +120,7 @@ func Decode(b []byte, e *Event, hz uint32) error {
 		e.Owner.From = OwnerSource(b[offOwnerSrc])
 		e.Owner.PID = ne.Uint32(b[offPid:])
 		e.Owner.TID = ne.Uint32(b[offTid:])
+		e.Owner.Cgroup = ne.Uint64(b[offCgroup:])
 		copy(e.Owner.Comm[:], b[offComm:offComm+16])
 	}
 	e.OnCPU.PID = ne.Uint32(b[offCPUPid:])

@@ -183,6 +183,10 @@ type Endpoints struct {
 type Owner struct {
 	Task
 	From OwnerSource // OwnerUnknown: no owner is known, Task is empty
+	// Cgroup: the cgroup v2 id (its directory's inode number) the task ran
+	// in when it became the owner, from the kernel; 0 when not known (an
+	// owner a walk found in /proc, or a capture).
+	Cgroup uint64
 }
 
 // Known reports whether the owner is known.

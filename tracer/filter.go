@@ -29,7 +29,7 @@ type Filter struct {
 	// Owners, when set, must accept the owner's process: the conditions
 	// only user space can check (--cgroup, --container). The kernel side
 	// ignores it.
-	Owners func(pid uint32) bool
+	Owners func(o *Owner) bool
 }
 
 // maxFilterValues bounds each list: the kernel-side sets are this big.
@@ -87,7 +87,7 @@ func (f *Filter) MatchConn(ep *Endpoints, o *Owner, old, new State) bool {
 	if f.Comm != "" && (!o.Known() || string(o.Comm.Bytes()) != f.Comm) {
 		return false
 	}
-	if f.Owners != nil && (!o.Known() || !f.Owners(o.PID)) {
+	if f.Owners != nil && (!o.Known() || !f.Owners(o)) {
 		return false
 	}
 	return true

@@ -42,6 +42,7 @@ type tcpstateEvent struct {
 	DurationNs    uint64
 	TimerExpires  uint64
 	Jiffies       uint64
+	Cgroup        uint64
 	Netns         uint32
 	Pid           uint32
 	Tid           uint32
@@ -142,6 +143,7 @@ type tcpstateKaFire struct {
 	Pad       [5]uint8
 	Pid       uint32
 	Tid       uint32
+	Cgroup    uint64
 	Comm      [16]int8
 }
 
@@ -184,6 +186,7 @@ type tcpstateSkInfo struct {
 	_         structs.HostLayout
 	Cookie    uint64
 	StateTs   uint64
+	Cgroup    uint64
 	Pid       uint32
 	Tid       uint32
 	RstReason uint16
@@ -213,6 +216,7 @@ type tcpstateTwInfo struct {
 	Cookie   uint64
 	StateTs  uint64
 	Expires  uint64
+	Cgroup   uint64
 	Pid      uint32
 	Tid      uint32
 	State    uint8

@@ -148,12 +148,12 @@ var resolver = cgroup.NewResolver(8192)
 // start-up walk runs, while it runs: its sockets may outlive it.
 func lookUpOwner(s *tracer.Socket) {
 	if s.Owner.Known() {
-		resolver.Lookup(s.Owner.PID)
+		resolver.Lookup(s.Owner.PID, s.Owner.Cgroup)
 	}
 }
 
 // ownerFilter is the user-space filter of --cgroup and --container.
-func ownerFilter(path, container string) (func(uint32) bool, error) {
+func ownerFilter(path, container string) (func(*tracer.Owner) bool, error) {
 	path = strings.TrimSpace(path)
 	if path != "" && !strings.HasPrefix(path, "/") {
 		path = "/" + path
@@ -163,8 +163,8 @@ func ownerFilter(path, container string) (func(uint32) bool, error) {
 	if container != "" && len(container) < 4 {
 		return nil, usagef("--container %q: give at least 4 digits of the id, or the pod's UID", container)
 	}
-	return func(pid uint32) bool {
-		info := resolver.Lookup(pid)
+	return func(o *tracer.Owner) bool {
+		info := resolver.Lookup(o.PID, o.Cgroup)
 		if !info.Known() {
 			return false
 		}

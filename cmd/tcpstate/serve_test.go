@@ -18,6 +18,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -98,19 +99,34 @@ func hold(t *testing.T, ns *testnet.NetNS, addr string, n int) (pid int, release
 // pid into it; it returns the container's id. Undone when the test ends.
 func containerGroup(t *testing.T, pid int) string {
 	t.Helper()
+	id, group := newContainerGroup(t)
+	t.Cleanup(func() {
+		// Back to the root group (if it still runs), so that ours can go.
+		_ = os.WriteFile(filepath.Join(filepath.Dir(filepath.Dir(group)), "cgroup.procs"), []byte(strconv.Itoa(pid)), 0)
+	})
+	if err := os.WriteFile(filepath.Join(group, "cgroup.procs"), []byte(strconv.Itoa(pid)), 0); err != nil {
+		t.Fatalf("moving %d into %s: %v", pid, group, err)
+	}
+	return id
+}
+
+// newContainerGroup mounts a cgroup v2 hierarchy and makes a group in it
+// shaped as docker names its containers' (with the systemd driver); it is
+// removed at the end, once empty. It returns the container id and the
+// group's directory.
+func newContainerGroup(t *testing.T) (id, group string) {
+	t.Helper()
 	mnt := t.TempDir()
 	if err := unix.Mount("none", mnt, "cgroup2", 0, ""); err != nil {
 		t.Skipf("cannot mount a cgroup v2 hierarchy (%v): container attribution needs cgroup v2", err)
 	}
-	id := fmt.Sprintf("%064x", time.Now().UnixNano())
-	group := filepath.Join(mnt, fmt.Sprintf("tcpstate-test-%d.slice", os.Getpid()), "docker-"+id+".scope")
+	id = fmt.Sprintf("%064x", time.Now().UnixNano())
+	group = filepath.Join(mnt, fmt.Sprintf("tcpstate-test-%d.slice", os.Getpid()), "docker-"+id+".scope")
 	if err := os.MkdirAll(group, 0o755); err != nil {
 		unix.Unmount(mnt, unix.MNT_DETACH)
 		t.Fatal(err)
 	}
 	t.Cleanup(func() {
-		// Back to the root group (if it still runs), then remove ours.
-		_ = os.WriteFile(filepath.Join(mnt, "cgroup.procs"), []byte(strconv.Itoa(pid)), 0)
 		for range 50 {
 			if os.Remove(group) == nil || os.IsNotExist(os.Remove(group)) {
 				break
@@ -120,10 +136,7 @@ func containerGroup(t *testing.T, pid int) string {
 		_ = os.Remove(filepath.Dir(group))
 		_ = unix.Unmount(mnt, unix.MNT_DETACH)
 	})
-	if err := os.WriteFile(filepath.Join(group, "cgroup.procs"), []byte(strconv.Itoa(pid)), 0); err != nil {
-		t.Fatalf("moving %d into %s: %v", pid, group, err)
-	}
-	return id
+	return id, group
 }
 
 // promQuery asks Prometheus for an instant vector.
@@ -385,6 +398,64 @@ func TestTraceContainer(t *testing.T) {
 	}
 	if finWait1 != n {
 		t.Errorf("%d transitions to FIN_WAIT1 shown, want %d (the container's connections):\n%s", finWait1, n, r.stdout)
+	}
+}
+
+// A process that connects, closes and exits before tcpstate has read its
+// events (a health check, a cron job) is still placed in its container: the
+// kernel notes the group the owner ran in, and the group outlives it.
+func TestTraceContainerShortLived(t *testing.T) {
+	requireRoot(t)
+	ns := testnet.New(t)
+	ln := ns.Listen(t, "tcp4", "127.0.0.1:0")
+	id, group := newContainerGroup(t)
+	dir, err := os.Open(group)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer dir.Close()
+	wait := startCmd(t, "trace", "-o", "json", "--netns", ns.Name, "--container", id[:12], "-d", "2s")
+	// Started inside the group (clone3 CLONE_INTO_CGROUP): two connections,
+	// closed at once (stdin is empty), then it exits.
+	const n = 2
+	child := exec.Command(os.Args[0], "-test.run=^$")
+	child.Env = append(os.Environ(), "TCPSTATE_HELPER=hold", "ADDR="+ln.Addr().String(), "NETNS="+ns.Path, "COUNT="+strconv.Itoa(n))
+	child.SysProcAttr = &syscall.SysProcAttr{UseCgroupFD: true, CgroupFD: int(dir.Fd())}
+	child.Stderr = os.Stderr
+	if err := child.Run(); err != nil {
+		t.Fatalf("the short-lived client: %v", err)
+	}
+	pid := child.Process.Pid
+	for range n {
+		s, err := ln.Accept()
+		if err != nil {
+			t.Fatal(err)
+		}
+		s.Close()
+	}
+	r := wait()
+	if r.code != exitOK {
+		t.Fatalf("exit %d: %s", r.code, r.stderr)
+	}
+	finWait1 := 0
+	for _, line := range strings.Split(strings.TrimSpace(r.stdout), "\n") {
+		var e struct {
+			Old, New    string
+			PID         int    `json:"pid"`
+			ContainerID string `json:"container_id"`
+		}
+		if err := json.Unmarshal([]byte(line), &e); err != nil {
+			t.Fatalf("not JSON: %q\n%s", line, r.stderr)
+		}
+		if e.PID != pid || e.ContainerID != id {
+			t.Errorf("event %+v: want pid %d and container_id %s", e, pid, id)
+		}
+		if e.New == "FIN_WAIT1" {
+			finWait1++
+		}
+	}
+	if finWait1 != n {
+		t.Errorf("%d transitions to FIN_WAIT1 shown, want %d (the exited process's connections):\n%s", finWait1, n, r.stdout)
 	}
 }
 

@@ -1,7 +1,9 @@
 // SPDX-License-Identifier: Apache-2.0
 
 // Package cgroup tells which container, pod or service a process runs in,
-// from its cgroup (v2) path: /proc/PID/cgroup's "0::" line. Container
+// from its cgroup (v2) path: the kernel's id of the group the process ran in
+// when it took the socket (its directory's inode number in a cgroup2 mount),
+// else /proc/PID/cgroup's "0::" line. Container
 // runtimes name their groups after the container's id, and Kubernetes after
 // the pod's UID; the shapes are those of docker (systemd and cgroupfs
 // drivers), containerd and CRI-O under Kubernetes (both drivers), podman and
@@ -11,10 +13,13 @@ package cgroup
 import (
 	"bufio"
 	"bytes"
+	"io/fs"
 	"os"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"sync"
+	"syscall"
 	"time"
 )
 
@@ -141,6 +146,12 @@ type Resolver struct {
 	mu       sync.Mutex
 	cache    map[uint32]entry
 	parsed   map[string]Info // by path: many processes share a group
+
+	// The groups by id, from a walk of a cgroup2 mount: walked again for an
+	// id it did not have, at most once a second (a container started since).
+	mountinfo string // "/proc/self/mountinfo"; tests set another
+	byID      map[uint64]string
+	walked    time.Time
 }
 
 type entry struct {
@@ -155,18 +166,29 @@ const resolverTTL = 10 * time.Second
 // NewResolver returns a Resolver that remembers at most max processes
 // (forgetting all of them when full).
 func NewResolver(max int) *Resolver {
-	return &Resolver{procRoot: "/proc", max: max, ttl: resolverTTL, cache: map[uint32]entry{}, parsed: map[string]Info{}}
+	return &Resolver{procRoot: "/proc", mountinfo: "/proc/self/mountinfo", max: max, ttl: resolverTTL,
+		cache: map[uint32]entry{}, parsed: map[string]Info{}}
 }
 
-// Lookup returns where process pid runs; the zero Info when not known (the
-// process is gone, the host has no cgroup v2 hierarchy, or pid is 0).
-func (r *Resolver) Lookup(pid uint32) Info {
-	if pid == 0 || r == nil {
+// Lookup returns where the owner of a socket runs: the group with the
+// kernel's id when a cgroup2 mount has it (the owner may be gone), else
+// where process pid runs now. The zero Info when not known (the process is
+// gone, the host has no cgroup v2 hierarchy in use, or pid is 0).
+func (r *Resolver) Lookup(pid uint32, id uint64) Info {
+	if r == nil || pid == 0 && id == 0 {
 		return Info{}
 	}
 	now := time.Now()
 	r.mu.Lock()
 	defer r.mu.Unlock()
+	if id != 0 {
+		if path := r.pathOfID(id, now); path != "" {
+			return r.parse(path)
+		}
+	}
+	if pid == 0 {
+		return Info{}
+	}
 	e, cached := r.cache[pid]
 	if cached && now.Sub(e.at) < r.ttl {
 		return e.info
@@ -182,16 +204,97 @@ func (r *Resolver) Lookup(pid uint32) Info {
 		return e.info
 	}
 	if path != "" {
-		var ok bool
-		if info, ok = r.parsed[path]; !ok {
-			if len(r.parsed) >= r.max {
-				clear(r.parsed)
-			}
-			info = Parse(path)
-			r.parsed[path] = info
-		}
+		info = r.parse(path)
 	}
 	// (a process gone is remembered too: its sockets' events keep coming)
 	r.cache[pid] = entry{info, now}
 	return info
+}
+
+// parse is Parse, remembered.
+func (r *Resolver) parse(path string) Info {
+	info, ok := r.parsed[path]
+	if !ok {
+		if len(r.parsed) >= r.max {
+			clear(r.parsed)
+		}
+		info = Parse(path)
+		r.parsed[path] = info
+	}
+	return info
+}
+
+// pathOfID is the path of the group with id, "" when no cgroup2 mount has
+// it (or it is the root, which says nothing).
+func (r *Resolver) pathOfID(id uint64, now time.Time) string {
+	path, ok := r.byID[id]
+	if !ok && now.Sub(r.walked) >= time.Second {
+		r.walked = now
+		r.byID = walkGroups(cgroup2Mount(r.mountinfo), r.max)
+		path = r.byID[id]
+	}
+	return path
+}
+
+// cgroup2Mount is where the cgroup v2 hierarchy is mounted whole (its
+// root), from a mountinfo file; "" when it is not.
+func cgroup2Mount(mountinfo string) string {
+	data, err := os.ReadFile(mountinfo)
+	if err != nil {
+		return ""
+	}
+	for line := range strings.Lines(string(data)) {
+		// 36 35 0:30 / /sys/fs/cgroup rw,nosuid - cgroup2 cgroup2 rw
+		pre, post, ok := strings.Cut(line, " - ")
+		f, fsType := strings.Fields(pre), strings.Fields(post)
+		if ok && len(f) >= 5 && len(fsType) > 0 && fsType[0] == "cgroup2" && f[3] == "/" {
+			return unescapeMount(f[4])
+		}
+	}
+	return ""
+}
+
+// unescapeMount undoes mountinfo's octal escapes (\040 for a space).
+func unescapeMount(s string) string {
+	if !strings.Contains(s, `\`) {
+		return s
+	}
+	var b strings.Builder
+	for i := 0; i < len(s); i++ {
+		if s[i] == '\\' && i+3 < len(s) {
+			if n, err := strconv.ParseUint(s[i+1:i+4], 8, 8); err == nil {
+				b.WriteByte(byte(n))
+				i += 3
+				continue
+			}
+		}
+		b.WriteByte(s[i])
+	}
+	return b.String()
+}
+
+// walkGroups maps the groups under mount, at most max of them, by id (the
+// inode number of their directory) to their path from the hierarchy's root.
+func walkGroups(mount string, max int) map[uint64]string {
+	groups := map[uint64]string{}
+	if mount == "" {
+		return groups
+	}
+	_ = filepath.WalkDir(mount, func(path string, d fs.DirEntry, err error) error {
+		if err != nil || !d.IsDir() {
+			return nil // (a group removed meanwhile)
+		}
+		if len(groups) >= max {
+			return filepath.SkipAll
+		}
+		info, err := d.Info()
+		if err != nil {
+			return nil
+		}
+		if st, ok := info.Sys().(*syscall.Stat_t); ok && path != mount {
+			groups[st.Ino] = "/" + strings.TrimPrefix(path, mount+"/")
+		}
+		return nil
+	})
+	return groups
 }

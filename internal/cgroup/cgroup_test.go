@@ -5,7 +5,10 @@ package cgroup
 import (
 	"os"
 	"path/filepath"
+	"strings"
+	"syscall"
 	"testing"
+	"time"
 )
 
 const (
@@ -69,32 +72,74 @@ func TestResolver(t *testing.T) {
 	write("44", "4:memory:/\n1:cpu:/\n") // v1 only
 	r := NewResolver(16)
 	r.procRoot = root
-	if got := r.Lookup(42); got.ContainerID != id || got.Runtime != "docker" {
+	if got := r.Lookup(42, 0); got.ContainerID != id || got.Runtime != "docker" {
 		t.Errorf("pid 42: %+v", got)
 	}
-	if got := r.Lookup(43); got.Unit != "nginx.service" || got.Path != "/system.slice/nginx.service" {
+	if got := r.Lookup(43, 0); got.Unit != "nginx.service" || got.Path != "/system.slice/nginx.service" {
 		t.Errorf("pid 43: %+v", got)
 	}
 	for _, pid := range []uint32{44, 45, 0} {
-		if got := r.Lookup(pid); got.Known() {
+		if got := r.Lookup(pid, 0); got.Known() {
 			t.Errorf("pid %d: %+v, want unknown", pid, got)
 		}
 	}
 	// Answers are kept for a while: a process that moved is seen moved
 	// once its entry is old.
 	write("42", "0::/system.slice/other.service\n")
-	if got := r.Lookup(42); got.ContainerID != id {
+	if got := r.Lookup(42, 0); got.ContainerID != id {
 		t.Errorf("pid 42 looked up again at once: %+v, want the remembered answer", got)
 	}
 	r.ttl = 0
-	if got := r.Lookup(42); got.Unit != "other.service" || got.ContainerID != "" {
+	if got := r.Lookup(42, 0); got.Unit != "other.service" || got.ContainerID != "" {
 		t.Errorf("pid 42 after its entry aged: %+v", got)
 	}
 	// Gone since: the last answer stays.
 	if err := os.RemoveAll(filepath.Join(root, "42")); err != nil {
 		t.Fatal(err)
 	}
-	if got := r.Lookup(42); got.Unit != "other.service" {
+	if got := r.Lookup(42, 0); got.Unit != "other.service" {
 		t.Errorf("pid 42 after it exited: %+v, want what was known", got)
+	}
+}
+
+// An owner's group by the kernel's id (its directory's inode in a cgroup2
+// mount): known after the process exits, and for a group made since the
+// last walk of the mount. The root group says nothing.
+func TestResolverByID(t *testing.T) {
+	mount := filepath.Join(t.TempDir(), "cgroup two") // (mountinfo escapes the space)
+	group := filepath.Join(mount, "system.slice", "docker-"+id+".scope")
+	if err := os.MkdirAll(group, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	mountinfo := filepath.Join(t.TempDir(), "mountinfo")
+	escaped := strings.ReplaceAll(mount, " ", `\040`)
+	if err := os.WriteFile(mountinfo, []byte("25 1 8:1 / / rw - ext4 /dev/sda1 rw\n"+
+		"30 25 0:26 /sub /elsewhere rw - cgroup2 cgroup2 rw\n"+ // not the whole hierarchy
+		"31 25 0:26 / "+escaped+" rw,nosuid - cgroup2 cgroup2 rw\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	ino := func(path string) uint64 {
+		t.Helper()
+		var st syscall.Stat_t
+		if err := syscall.Stat(path, &st); err != nil {
+			t.Fatal(err)
+		}
+		return st.Ino
+	}
+	r := NewResolver(16)
+	r.procRoot, r.mountinfo = t.TempDir(), mountinfo // no processes at all
+	if got := r.Lookup(4242, ino(group)); got.ContainerID != id || got.Path != "/system.slice/docker-"+id+".scope" {
+		t.Errorf("by id, the process gone: %+v", got)
+	}
+	if got := r.Lookup(4242, ino(mount)); got.Known() {
+		t.Errorf("the root group: %+v, want unknown", got)
+	}
+	later := filepath.Join(mount, "system.slice", "nginx.service")
+	if err := os.Mkdir(later, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	r.walked = time.Time{} // (a second later)
+	if got := r.Lookup(0, ino(later)); got.Unit != "nginx.service" {
+		t.Errorf("a group made after the walk: %+v", got)
 	}
 }

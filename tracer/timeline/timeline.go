@@ -634,9 +634,12 @@ func (t *Timeline) process(e *tracer.Event) error {
 	if e.Cookie == 0 {
 		return t.next.Event(e)
 	}
-	c, ok := t.conns[e.Cookie] // (one look-up: the table is big, this is per event)
-	if !ok && e.Timewait && len(t.tw) > 0 { // (only a timewait socket's events concern it)
-		c = t.expand(e.Cookie) // (back in compact form after, unless this ends it)
+	// One look-up per event (the table is big). Only a timewait socket's
+	// events can be for the compact tier's; the connection goes back there
+	// after this one, unless it ends it.
+	c, ok := t.conns[e.Cookie]
+	if !ok && e.Timewait && len(t.tw) > 0 {
+		c = t.expand(e.Cookie)
 		ok = c != nil
 	}
 	switch {
