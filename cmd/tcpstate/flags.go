@@ -31,6 +31,7 @@ type filterFlags struct {
 	comm                  string
 	netns                 string
 	cgroup, container     string
+	warnings              []string       // from filter(): not errors (warn prints them)
 	fs                    *pflag.FlagSet // to tell a flag given empty from one not given
 }
 
@@ -47,6 +48,18 @@ func (f *filterFlags) register(fs *pflag.FlagSet) {
 	fs.StringSliceVar(&f.pids, "pid", nil, "only sockets owned by this process `ID` (list)")
 	fs.StringVar(&f.comm, "comm", "", "only sockets owned by a task of this `name` (exact, as in /proc/PID/comm)")
 	fs.StringVar(&f.netns, "netns", "", "only this network namespace: inode `number`, a path such as /proc/PID/ns/net, or a name from 'ip netns'")
+}
+
+// warn prints what filter noticed that is not an error.
+func (f *filterFlags) warn(stderr io.Writer) {
+	for _, w := range f.warnings {
+		fmt.Fprintf(stderr, "tcpstate: warning: %s\n", w)
+	}
+}
+
+func isDir(path string) bool {
+	st, err := os.Stat(path)
+	return err == nil && st.IsDir()
 }
 
 // registerPlace adds --cgroup and --container, for the commands that look
@@ -134,6 +147,16 @@ func (f *filterFlags) filter() (tracer.Filter, error) {
 			return flt, err
 		}
 	}
+	f.warnings = nil
+	if f.cgroup != "" {
+		// Not an error: the group may come with a container started later.
+		switch mnt := cgroup.Mount(); {
+		case mnt == "":
+			f.warnings = append(f.warnings, "--cgroup: this host has no cgroup v2 hierarchy mounted: no socket will match")
+		case !isDir(filepath.Join(mnt, f.cgroup)):
+			f.warnings = append(f.warnings, fmt.Sprintf("--cgroup %s: no such group under %s (yet): no socket matches until it exists", f.cgroup, mnt))
+		}
+	}
 	if err := flt.Validate(); err != nil {
 		return flt, usageError{err}
 	}
@@ -161,7 +184,7 @@ func ownerFilter(path, container string) (func(*tracer.Owner) bool, error) {
 	path = strings.TrimSuffix(path, "/")
 	container = strings.ToLower(strings.TrimSpace(container))
 	if container != "" && len(container) < 4 {
-		return nil, usagef("--container %q: give at least 4 digits of the id, or the pod's UID", container)
+		return nil, usagef("--container %q: give at least 4 digits of the id or of the pod's UID", container)
 	}
 	return func(o *tracer.Owner) bool {
 		info := resolver.Lookup(o.PID, o.Cgroup)
@@ -171,7 +194,7 @@ func ownerFilter(path, container string) (func(*tracer.Owner) bool, error) {
 		if path != "" && info.Path != path && !strings.HasPrefix(info.Path, path+"/") {
 			return false
 		}
-		if container != "" && !strings.HasPrefix(info.ContainerID, container) && info.PodUID != container {
+		if container != "" && !strings.HasPrefix(info.ContainerID, container) && !strings.HasPrefix(info.PodUID, container) {
 			return false
 		}
 		return true

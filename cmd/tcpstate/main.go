@@ -174,12 +174,13 @@ func isCommand(s string) bool {
 const softMemoryLimit = 48 << 20
 
 // tableMemoryLimit raises the soft limit for the commands whose table holds
-// the TIME_WAIT sockets too (watch, serve): a churning host fills it, and a
-// limit below what the full table needs makes the collector run without
-// end (serve under an 11,000 conn/s churn: 4x the CPU, and events lost).
-func tableMemoryLimit(maxConns int) {
+// the TIME_WAIT sockets too (watch, serve), by perConn bytes a connection: a
+// churning host fills it, and a limit below what the full table needs makes
+// the collector run without end (serve under an 11,000 conn/s churn, before
+// its compact TIME_WAIT: 4x the CPU, and events lost).
+func tableMemoryLimit(maxConns, perConn int) {
 	if os.Getenv("GOMEMLIMIT") == "" {
-		debug.SetMemoryLimit(softMemoryLimit + int64(maxConns)*512)
+		debug.SetMemoryLimit(softMemoryLimit + int64(maxConns)*int64(perConn))
 	}
 }
 

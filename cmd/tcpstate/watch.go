@@ -104,7 +104,8 @@ func runWatch(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	kernelFilter := filter
 	kernelFilter.States = 0 // a socket's age needs the transition into its state
 
-	tableMemoryLimit(f.maxConns)
+	tableMemoryLimit(f.maxConns, 512)
+	f.warn(stderr)
 	t, err := f.tracerFlags.start(kernelFilter, stderr)
 	if err != nil {
 		return err

@@ -236,6 +236,10 @@ func (r *Resolver) pathOfID(id uint64, now time.Time) string {
 	return path
 }
 
+// Mount is where this host's cgroup v2 hierarchy is mounted whole; "" when
+// it is not (a cgroup v1 host).
+func Mount() string { return cgroup2Mount("/proc/self/mountinfo") }
+
 // cgroup2Mount is where the cgroup v2 hierarchy is mounted whole (its
 // root), from a mountinfo file; "" when it is not.
 func cgroup2Mount(mountinfo string) string {
