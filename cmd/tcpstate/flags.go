@@ -57,6 +57,21 @@ func (f *filterFlags) warn(stderr io.Writer) {
 	}
 }
 
+// anyProcess tells whether a running process would own sockets that match.
+func anyProcess(match func(*tracer.Owner) bool) bool {
+	ents, err := os.ReadDir("/proc")
+	if err != nil {
+		return true // (cannot tell: no warning)
+	}
+	for _, ent := range ents {
+		pid, err := strconv.ParseUint(ent.Name(), 10, 32)
+		if err == nil && match(&tracer.Owner{Task: tracer.Task{PID: uint32(pid)}, From: tracer.OwnerProc}) {
+			return true
+		}
+	}
+	return false
+}
+
 func isDir(path string) bool {
 	st, err := os.Stat(path)
 	return err == nil && st.IsDir()
@@ -156,6 +171,9 @@ func (f *filterFlags) filter() (tracer.Filter, error) {
 		case !isDir(filepath.Join(mnt, f.cgroup)):
 			f.warnings = append(f.warnings, fmt.Sprintf("--cgroup %s: no such group under %s (yet): no socket matches until it exists", f.cgroup, mnt))
 		}
+	}
+	if f.container != "" && !anyProcess(flt.Owners) {
+		f.warnings = append(f.warnings, fmt.Sprintf("--container %s: no process of such a container or pod runs now: no socket matches until one does", f.container))
 	}
 	if err := flt.Validate(); err != nil {
 		return flt, usageError{err}

@@ -457,7 +457,12 @@ func TestTraceContainerShortLived(t *testing.T) {
 	if finWait1 != n {
 		t.Errorf("%d transitions to FIN_WAIT1 shown, want %d (the exited process's connections):\n%s", finWait1, n, r.stdout)
 	}
-	// A --cgroup that names no group runs (one may come), and says so.
+	// A --container or --cgroup that names nothing running runs (it may
+	// come), and says so.
+	r = startCmd(t, "trace", "--netns", ns.Name, "--container", "deadbeef0000", "-d", "100ms")()
+	if r.code != exitOK || !strings.Contains(r.stderr, "warning: --container deadbeef0000: no process of such a container or pod runs now") {
+		t.Errorf("--container of nothing running: exit %d, stderr %q; want 0 and a warning", r.code, r.stderr)
+	}
 	r = startCmd(t, "trace", "--netns", ns.Name, "--cgroup", "/tcpstate-no-such.slice", "-d", "100ms")()
 	if r.code != exitOK || !strings.Contains(r.stderr, "warning: --cgroup /tcpstate-no-such.slice: no such group under ") {
 		t.Errorf("--cgroup of no group: exit %d, stderr %q; want 0 and a warning", r.code, r.stderr)

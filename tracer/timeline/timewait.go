@@ -107,7 +107,9 @@ func (t *Timeline) expand(cookie uint64) *Conn {
 	}
 	delete(t.tw, cookie)
 	c := t.newConn(cookie)
+	prev, next := c.prev, c.next // (fill makes a whole Conn: not its place in the list)
 	w.fill(c, cookie)
+	c.prev, c.next = prev, next
 	return c
 }
 

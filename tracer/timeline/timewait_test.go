@@ -74,6 +74,26 @@ func TestCompactTimewait(t *testing.T) {
 	if _, ok := tl.tw[3]; ok || tl.Stats().Conns != 3 {
 		t.Errorf("3 still in the table after its end (%d connections)", tl.Stats().Conns)
 	}
+	// The others are all still there, in both tiers: bringing 3 back into
+	// the list for its end must not have cut the list.
+	seen := map[uint64]bool{}
+	tl.Conns(func(c *Conn) bool { seen[c.Cookie] = true; return true })
+	if want := map[uint64]bool{1: true, 2: true, 4: true}; !maps.Equal(seen, want) {
+		t.Errorf("connections after 3 ended: %v, want %v", seen, want)
+	}
+	// A TIME_WAIT connection brought back by a re-armed timer goes back
+	// to the compact tier, and the list still holds the live one.
+	rearm := tracer.Event{Type: tracer.EventTWRearm, Time: 61 * uint64(time.Second), Cookie: 2, Timewait: true, Old: tracer.TimeWait, New: tracer.TimeWait,
+		Endpoints: tracer.Endpoints{Family: tracer.IPv4, Local: netip.MustParseAddrPort("10.0.0.1:40001"), Remote: netip.MustParseAddrPort("10.0.0.2:80")}}
+	feed(t, tl, rearm)
+	if err := tl.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	clear(seen)
+	tl.Conns(func(c *Conn) bool { seen[c.Cookie] = true; return true })
+	if _, ok := tl.tw[2]; !ok || !maps.Equal(seen, map[uint64]bool{1: true, 2: true, 4: true}) {
+		t.Errorf("after 2's timer was re-armed: %v (2 compact: %v), want 1, 2 and 4, 2 compact", seen, ok)
+	}
 }
 
 // A full table evicts the connection longest in TIME_WAIT, not a live one
