@@ -103,7 +103,8 @@ func runServe(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 
 	kernelFilter := filter
 	kernelFilter.States = 0 // a socket's age needs the transition into its state
-	tableMemoryLimit(f.maxConns, 256) // (its TIME_WAIT entries are compact)
+	// (256 bytes a connection: its TIME_WAIT entries are compact)
+	tableMemoryLimit(f.maxConns, 256)
 	f.warn(stderr)
 	t, err := f.tracerFlags.start(kernelFilter, stderr)
 	if err != nil {
