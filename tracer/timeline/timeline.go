@@ -67,22 +67,22 @@ type Conn struct {
 	tracer.Endpoints
 	Owner tracer.Owner
 
-	State      tracer.State
-	Since      uint64 // when State began (CLOCK_BOOTTIME ns); see SinceStart
-	SinceStart bool   // State began before the tracer: Since is an estimate or the start time
+	Since uint64 // when State began (CLOCK_BOOTTIME ns); see SinceStart
 	// SinceEarliest: with SinceStart, the earliest State can have begun
 	// (tracer.Socket.SinceEarliest); 0 when nothing bounds it.
 	SinceEarliest uint64
-	Timewait      bool // the connection lives in a timewait socket
+	End           uint64 // CLOCK_BOOTTIME ns of its end
+	Spans         []Span
+	prev, next    *Conn // LRU list, most recently updated at the head
 
-	Spans     []Span
-	Reason    tracer.Reason // how it ended
-	RstReason uint16
-	SkErr     int32
-	End       uint64 // CLOCK_BOOTTIME ns of its end
-
+	// (the small fields last, together: 208 bytes a Conn, not 224)
+	SkErr      int32
+	RstReason  uint16
+	State      tracer.State
+	Reason     tracer.Reason // how it ended
+	SinceStart bool          // State began before the tracer: Since is an estimate or the start time
+	Timewait   bool          // the connection lives in a timewait socket
 	lingered   bool
-	prev, next *Conn // LRU list, most recently updated at the head
 }
 
 // Age is how long the connection has been in its state at time now.
