@@ -11,6 +11,7 @@ import (
 	"net/netip"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/tcpstate/tcpstate/output"
 	"github.com/tcpstate/tcpstate/tracer"
@@ -138,5 +139,40 @@ func TestServeTimewaitRemotes(t *testing.T) {
 		"10.0.0.9:*": 2, "[2001:db8::9]:*": 1}
 	if !maps.Equal(got, want) {
 		t.Errorf("TIME_WAIT remotes %v, want %v", got, want)
+	}
+}
+
+// Failed connects are counted under at most TopRemotes remotes: a new one
+// goes under "[other]" while they are all recent, and takes the place of one
+// without failures for ten minutes (whose series end).
+func TestServeFailedConnectRemotes(t *testing.T) {
+	s := NewServe(ServeOptions{TopProcs: 10, TopRemotes: 2})
+	refused := func(at time.Duration, remote string) {
+		e := tracer.Event{Type: tracer.EventState, Time: uint64(at), Cookie: uint64(at), Old: tracer.SynSent, New: tracer.Close, Reason: tracer.ReasonRefused,
+			Endpoints: tracer.Endpoints{Family: tracer.IPv4, Local: netip.MustParseAddrPort("10.0.0.1:40000"), Remote: netip.MustParseAddrPort(remote)}}
+		if err := s.Sink().Event(&e); err != nil {
+			t.Fatal(err)
+		}
+		if err := s.tl.Flush(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	counts := func() map[string]uint64 {
+		got := map[string]uint64{}
+		for k, n := range s.counters.FailedConnects {
+			got[k.Remote] += n
+		}
+		return got
+	}
+	refused(1*time.Second, "10.0.0.2:80")
+	refused(2*time.Second, "10.0.0.3:80")
+	refused(3*time.Second, "10.0.0.4:80") // both places taken, both recent
+	refused(5*time.Minute, "10.0.0.3:80")
+	if want := map[string]uint64{"10.0.0.2:80": 1, "10.0.0.3:80": 2, "[other]": 1}; !maps.Equal(counts(), want) {
+		t.Errorf("failed connects %v, want %v", counts(), want)
+	}
+	refused(11*time.Minute, "10.0.0.5:80") // 10.0.0.2 has been quiet for 10 minutes
+	if want := map[string]uint64{"10.0.0.3:80": 2, "10.0.0.5:80": 1, "[other]": 1}; !maps.Equal(counts(), want) {
+		t.Errorf("failed connects %v, want %v", counts(), want)
 	}
 }

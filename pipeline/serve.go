@@ -27,9 +27,10 @@ type Serve struct {
 	resolver *cgroup.Resolver
 	opts     ServeOptions
 	counters metrics.Counters
-	// failRemotes: the remotes failed connects are counted under (the
-	// first MaxRemotes seen; later ones go under metrics.Other).
-	failRemotes map[string]bool
+	// failRemotes: the remotes failed connects are counted under, at most
+	// TopRemotes, with when each last failed (boot ns); a new one takes the
+	// place of one idle for failIdle, else goes under metrics.Other.
+	failRemotes map[string]uint64
 
 	requests chan chan *metrics.Snapshot
 	mu       sync.Mutex
@@ -54,7 +55,7 @@ type ServeOptions struct {
 
 // NewServe returns a Serve; feed its Sink.
 func NewServe(o ServeOptions) *Serve {
-	s := &Serve{filter: o.Filter, resolver: o.Resolver, opts: o, failRemotes: map[string]bool{},
+	s := &Serve{filter: o.Filter, resolver: o.Resolver, opts: o, failRemotes: map[string]uint64{},
 		requests: make(chan chan *metrics.Snapshot, 64)}
 	s.filter.States = 0
 	s.counters.ResetsSent = map[uint16]uint64{}
@@ -104,15 +105,7 @@ func (s *Serve) Event(e *tracer.Event) error {
 			c.ResetsSent[e.RstReason]++
 		}
 		if e.Old == tracer.SynSent {
-			remote := e.Remote.String()
-			if !s.failRemotes[remote] {
-				if len(s.failRemotes) >= s.opts.TopRemotes {
-					remote = metrics.Other
-				} else {
-					s.failRemotes[remote] = true
-				}
-			}
-			c.FailedConnects[metrics.FailKey{Remote: remote, Reason: e.Reason}]++
+			c.FailedConnects[metrics.FailKey{Remote: s.failRemote(e), Reason: e.Reason}]++
 		}
 	case tracer.EventKeepalive:
 		switch e.Keepalive.Event {
@@ -123,6 +116,32 @@ func (s *Serve) Event(e *tracer.Event) error {
 		}
 	}
 	return nil
+}
+
+// failIdle: a remote whose connects have not failed for this long gives its
+// place among the failed-connect remotes to a new one (its series end).
+const failIdle = 10 * time.Minute
+
+// failRemote is the remote label e's failed connect is counted under.
+func (s *Serve) failRemote(e *tracer.Event) string {
+	remote := e.Remote.String()
+	if _, ok := s.failRemotes[remote]; ok || len(s.failRemotes) < s.opts.TopRemotes {
+		s.failRemotes[remote] = e.Time
+		return remote
+	}
+	for r, last := range s.failRemotes {
+		if e.Time-last >= uint64(failIdle) && e.Time > last {
+			delete(s.failRemotes, r)
+			for k := range s.counters.FailedConnects {
+				if k.Remote == r {
+					delete(s.counters.FailedConnects, k)
+				}
+			}
+			s.failRemotes[remote] = e.Time
+			return remote
+		}
+	}
+	return metrics.Other
 }
 
 // Idle answers the scrapes waiting for a snapshot.
