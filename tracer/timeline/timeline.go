@@ -312,7 +312,7 @@ func (t *Timeline) Resync(socks []tracer.Socket, withTimewait bool, began uint64
 			continue
 		}
 		if s := present[cookie]; s == nil {
-			t.dropTimewait(cookie)
+			delete(t.tw, cookie)
 			t.stats.Gone++
 		} else if s.State != tracer.TimeWait || !s.Timewait {
 			delete(t.tw, cookie) // (seeded below as the walk has it)
@@ -463,7 +463,11 @@ func (t *Timeline) unlink(c *Conn) {
 
 func (t *Timeline) remove(c *Conn) {
 	if t.endedInWalk != nil {
-		t.noteEndedInWalk(c.Cookie)
+		if len(t.endedInWalk) < t.opts.MaxConns {
+			t.endedInWalk[c.Cookie] = struct{}{}
+		} else {
+			t.endedOverflow = true
+		}
 	}
 	t.unlink(c)
 	delete(t.conns, c.Cookie)
@@ -473,15 +477,6 @@ func (t *Timeline) remove(c *Conn) {
 		if t.listeners[k] == c {
 			delete(t.listeners, k)
 		}
-	}
-}
-
-// noteEndedInWalk notes a connection that ended while a walk ran.
-func (t *Timeline) noteEndedInWalk(cookie uint64) {
-	if len(t.endedInWalk) < t.opts.MaxConns {
-		t.endedInWalk[cookie] = struct{}{}
-	} else {
-		t.endedOverflow = true
 	}
 }
 

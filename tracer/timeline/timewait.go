@@ -129,11 +129,3 @@ func (t *Timeline) evictTimewait() bool {
 	t.twOrder, t.twHead = t.twOrder[:0], 0
 	return false
 }
-
-// dropTimewait removes cookie from the second tier (a walk no longer has it).
-func (t *Timeline) dropTimewait(cookie uint64) {
-	if t.endedInWalk != nil {
-		t.noteEndedInWalk(cookie)
-	}
-	delete(t.tw, cookie)
-}
