@@ -401,6 +401,21 @@ func rescan(t *tracer.Tracer, filter tracer.Filter) pipeline.Rescan {
 	}
 }
 
+// seedWalk walks t's sockets and hands seed those where filter looks (the
+// resolver learning their owners while they run); it returns how many.
+func seedWalk(t *tracer.Tracer, filter tracer.Filter, opts tracer.ScanOptions, stderr io.Writer, seed func(*tracer.Socket)) int {
+	found := 0
+	wants := walkWants(filter)
+	pipeline.ScanEach(t, opts, stderr, func(s *tracer.Socket) {
+		if wants(s) {
+			found++
+			lookUpOwner(s)
+			seed(s)
+		}
+	})
+	return found
+}
+
 // walkWants tells which sockets of the start-up walk go in a table: those
 // where the filter looks. A serve or watch of one namespace or port keeps
 // no other's.

@@ -125,15 +125,7 @@ func runServe(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 
 	s := pipeline.NewServe(pipeline.ServeOptions{Filter: filter, MaxConns: f.maxConns, Rescan: rescan(t, filter),
 		TopProcs: f.top, TopRemotes: f.topRemotes, Resolver: resolver, Stats: t.Stats, HookCosts: hookCosts, Info: t.Info()})
-	found := 0
-	wants := walkWants(filter)
-	pipeline.ScanEach(t, tracer.ScanOptions{TimeWait: true}, stderr, func(sock *tracer.Socket) {
-		if wants(sock) {
-			found++
-			lookUpOwner(sock)
-			s.SeedSocket(sock)
-		}
-	})
+	found := seedWalk(t, filter, tracer.ScanOptions{TimeWait: true}, stderr, s.SeedSocket)
 	if n := s.Evicted(); n > 0 {
 		fmt.Fprintf(stderr, "tcpstate: warning: %d of the %d sockets found do not fit --max-connections %d and are not counted: raise it\n", n, found, f.maxConns)
 	}

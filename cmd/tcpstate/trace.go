@@ -128,13 +128,7 @@ func runTrace(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	src := p.Sink()
 	var tee *pipeline.Tee
 	if f.write == "" {
-		wants := walkWants(filter)
-		pipeline.ScanEach(t, tracer.ScanOptions{}, stderr, func(s *tracer.Socket) {
-			if wants(s) {
-				lookUpOwner(s)
-				p.SeedSocket(s)
-			}
-		})
+		seedWalk(t, filter, tracer.ScanOptions{}, stderr, p.SeedSocket)
 	} else {
 		// The capture keeps the walk's sockets too.
 		socks, nss := pipeline.Scan(t, tracer.ScanOptions{}, stderr)
