@@ -20,7 +20,8 @@ import (
 	"github.com/cilium/ebpf/rlimit"
 )
 
-// DefaultRingBufferSize holds about 65,000 events.
+// DefaultRingBufferSize holds about 47,000 events (176 bytes each with the
+// ring buffer's header).
 const DefaultRingBufferSize = 8 << 20
 
 // Config configures a Tracer.
