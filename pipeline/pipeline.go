@@ -319,8 +319,15 @@ func FullSockets(socks []tracer.Socket) []tracer.Socket {
 // states aside: a socket may yet reach them), in place: a capture made with
 // --netns or --port holds no other namespace's or port's sockets.
 func WalkedFor(socks []tracer.Socket, f tracer.Filter) []tracer.Socket {
+	wants := WalkWants(f)
+	return slices.DeleteFunc(socks, func(s tracer.Socket) bool { return !wants(&s) })
+}
+
+// WalkWants tells whether a walked socket can be one of a filter's
+// connections, its states aside (a socket may yet reach them).
+func WalkWants(f tracer.Filter) func(*tracer.Socket) bool {
 	f.States = 0
-	return slices.DeleteFunc(socks, func(s tracer.Socket) bool { return !f.MatchConn(&s.Endpoints, &s.Owner, s.State, s.State) })
+	return func(s *tracer.Socket) bool { return f.MatchConn(&s.Endpoints, &s.Owner, s.State, s.State) }
 }
 
 // SkippedNote says how much of the loss the kernel's recursion guard made.

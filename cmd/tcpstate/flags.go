@@ -402,10 +402,11 @@ func rescan(t *tracer.Tracer, filter tracer.Filter) pipeline.Rescan {
 }
 
 // seedWalk walks t's sockets and hands seed those where filter looks (the
-// resolver learning their owners while they run); it returns how many.
+// resolver learning their owners while they run); it returns how many. A
+// serve or watch of one namespace or port keeps no other's.
 func seedWalk(t *tracer.Tracer, filter tracer.Filter, opts tracer.ScanOptions, stderr io.Writer, seed func(*tracer.Socket)) int {
 	found := 0
-	wants := walkWants(filter)
+	wants := pipeline.WalkWants(whereOf(filter))
 	pipeline.ScanEach(t, opts, stderr, func(s *tracer.Socket) {
 		if wants(s) {
 			found++
@@ -414,14 +415,6 @@ func seedWalk(t *tracer.Tracer, filter tracer.Filter, opts tracer.ScanOptions, s
 		}
 	})
 	return found
-}
-
-// walkWants tells which sockets of the start-up walk go in a table: those
-// where the filter looks. A serve or watch of one namespace or port keeps
-// no other's.
-func walkWants(filter tracer.Filter) func(*tracer.Socket) bool {
-	where := whereOf(filter)
-	return func(s *tracer.Socket) bool { return where.MatchConn(&s.Endpoints, &s.Owner, s.State, s.State) }
 }
 
 // whereOf is the part of a filter about where connections are (namespace,
