@@ -53,10 +53,16 @@ func (r *Socket) Closed() bool {
 // and ours is not), whose clients are grouped by address.
 func (r *Socket) RemoteGroup() string {
 	if ClientOfService(r.Local, r.Remote, r.Service) {
-		remote := netip.AddrPortFrom(r.Remote.Addr(), 0).String()
-		return remote[:len(remote)-1] + "*" // 10.0.0.7:*, [::1]:*
+		return ClientsAt(r.Remote.Addr())
 	}
 	return r.Remote.String()
+}
+
+// ClientsAt names the group of a service's clients at addr, any port:
+// 10.0.0.7:*, [::1]:*.
+func ClientsAt(addr netip.Addr) string {
+	s := netip.AddrPortFrom(addr, 0).String()
+	return s[:len(s)-1] + "*"
 }
 
 // ClientOfService tells whether the peer at remote is a client of a local

@@ -278,8 +278,7 @@ func (s *Serve) Snapshot(now uint64) *metrics.Snapshot {
 				addr = addr.Unmap()
 			}
 			if k.port == 0 {
-				r := netip.AddrPortFrom(addr, 0).String()
-				g.Remote = r[:len(r)-1] + "*" // 10.0.0.7:*, [::1]:*
+				g.Remote = output.ClientsAt(addr)
 			} else {
 				g.Remote = netip.AddrPortFrom(addr, k.port).String()
 			}
