@@ -402,15 +402,25 @@ func (t *Timeline) Listening(netns uint32, port uint16) bool {
 
 // conn finds or creates the connection with cookie, marking it most recent.
 func (t *Timeline) conn(cookie uint64) *Conn {
+	if c := t.find(cookie, true); c != nil {
+		return c
+	}
+	return t.newConn(cookie)
+}
+
+// find returns the connection with cookie, marked most recent; with
+// compact, also one of the second tier, brought back into the list. nil
+// when the table does not have it.
+func (t *Timeline) find(cookie uint64, compact bool) *Conn {
 	if c, ok := t.conns[cookie]; ok {
 		t.unlink(c)
 		t.pushFront(c)
 		return c
 	}
-	if c := t.expand(cookie); c != nil {
-		return c
+	if compact && len(t.tw) > 0 {
+		return t.expand(cookie)
 	}
-	return t.newConn(cookie)
+	return nil
 }
 
 // newConn adds a connection the table does not have, as the most recent.
@@ -632,15 +642,9 @@ func (t *Timeline) process(e *tracer.Event) error {
 	// One look-up per event (the table is big). Only a timewait socket's
 	// events can be for the compact tier's; the connection goes back there
 	// after this one, unless it ends it.
-	c, ok := t.conns[e.Cookie]
-	if !ok && e.Timewait && len(t.tw) > 0 {
-		c = t.expand(e.Cookie)
-		ok = c != nil
-	}
+	c := t.find(e.Cookie, e.Timewait)
 	switch {
-	case ok:
-		t.unlink(c)
-		t.pushFront(c)
+	case c != nil:
 	case e.Type != tracer.EventState:
 		// After its end (a keepalive kill's timeout follows its CLOSE):
 		// named from the ended, and no new connection made of it.
