@@ -225,7 +225,8 @@ func (r *Resolver) parse(path string) Info {
 }
 
 // pathOfID is the path of the group with id, "" when no cgroup2 mount has
-// it (or it is the root, which says nothing).
+// it, or it is the root, which says nothing (kept as "", so that owners in
+// the root group do not make a walk a second).
 func (r *Resolver) pathOfID(id uint64, now time.Time) string {
 	path, ok := r.byID[id]
 	if !ok && now.Sub(r.walked) >= time.Second {
@@ -295,8 +296,12 @@ func walkGroups(mount string, max int) map[uint64]string {
 		if err != nil {
 			return nil
 		}
-		if st, ok := info.Sys().(*syscall.Stat_t); ok && path != mount {
-			groups[st.Ino] = "/" + strings.TrimPrefix(path, mount+"/")
+		if st, ok := info.Sys().(*syscall.Stat_t); ok {
+			if path == mount {
+				groups[st.Ino] = "" // the root
+			} else {
+				groups[st.Ino] = "/" + strings.TrimPrefix(path, mount+"/")
+			}
 		}
 		return nil
 	})
