@@ -27,4 +27,5 @@ out=$(mktemp -d)
 trap 'rm -rf "$out"' EXIT
 go build -o "$out/tcpstate" ./cmd/tcpstate
 go build -o "$out/churn" ./scripts/churn
-go run ./scripts/bench -tcpstate "$out/tcpstate" -churn "$out/churn" "$@"
+go build -o "$out/hookfloor" ./scripts/hookfloor
+go run ./scripts/bench -tcpstate "$out/tcpstate" -churn "$out/churn" -hookfloor "$out/hookfloor" "$@"

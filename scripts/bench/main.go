@@ -50,6 +50,7 @@ func main() {
 	secs := flag.Duration("d", 5*time.Second, "churn time per round")
 	bin := flag.String("tcpstate", "", "tcpstate binary")
 	churnBin := flag.String("churn", "", "churn binary")
+	floorBin := flag.String("hookfloor", "", "hookfloor binary: empty programs on tcpstate's tracepoints, the floor of any tracer of them (optional)")
 	only := flag.String("modes", "", "comma-separated modes to run (default: all)")
 	mem := flag.Int("hold", 100000, "sockets held open for the memory check (0: skip)")
 	baseBin := flag.String("base", "", "another tcpstate binary (an earlier build) run in the same interleaved rounds, to compare")
@@ -75,6 +76,12 @@ func main() {
 		{name: "none (keepalive churn)", churn: kaChurn},
 		{name: "tcpstate record (keepalive churn)", cmd: []string{*bin, "record", "-w", out}, churn: kaChurn, settle: time.Second, ours: true},
 		{name: "tcpstate trace (keepalive churn)", cmd: []string{*bin, "trace"}, churn: kaChurn, settle: time.Second, ours: true},
+	}
+	if *floorBin != "" {
+		// Beside the tracers of each churn.
+		at := slices.IndexFunc(modes, func(m mode) bool { return m.name == "tcpstates (libbpf-tools)" })
+		modes = slices.Insert(modes, at, mode{name: "empty programs (same hooks)", cmd: []string{*floorBin}, settle: time.Second})
+		modes = append(modes, mode{name: "empty programs (keepalive churn)", cmd: []string{*floorBin}, churn: kaChurn, settle: time.Second})
 	}
 	if *baseBin != "" {
 		modes = append(modes,
