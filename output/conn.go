@@ -32,8 +32,9 @@ func (t *Text) RenderConn(c *timeline.Conn) error {
 	var end [16]byte
 	r.cell(t.opts.Clock.Wall(c.End).In(t.opts.Location).AppendFormat(end[:0], "15:04:05"))
 	r.owner(&c.Owner, false, false)
-	r.endpoint(c.Local)
-	r.endpoint(c.Remote)
+	ends := c.Endpoints()
+	r.endpoint(ends.Local)
+	r.endpoint(ends.Remote)
 	b := append(r.b, ' ') // STATES, the last column, follows as it grows
 	for i, s := range c.Spans {
 		if i > 0 {
@@ -70,7 +71,8 @@ func (j *JSON) RenderConn(c *timeline.Conn) error {
 	b = j.stamp.append(b, j.opts.Clock.Wall(c.End))
 	b = append(b, `","type":"connection","cookie":`...)
 	b = strconv.AppendUint(b, c.Cookie, 10)
-	b = appendEndpoints(b, c.NetNS, c.Family, c.Local, c.Remote)
+	ends := c.Endpoints()
+	b = appendEndpoints(b, ends.NetNS, ends.Family, ends.Local, ends.Remote)
 	b = appendOwner(b, &c.Owner)
 	b = appendPlaceJSON(b, j.opts.Attribute.place(&c.Owner))
 	b = appendReasonJSON(b, &j.opts.Kernel, c.Reason, c.RstReason, c.Reason == tracer.ReasonRSTSent)

@@ -202,7 +202,7 @@ func (r *Report) Finish(tl *timeline.Timeline, keep func(*timeline.Conn) bool) {
 		if (c.State == tracer.CloseWait || c.State == tracer.FinWait2) && keep(c) {
 			r.keepGantt(c)
 			r.addLinger(Linger{Cookie: c.Cookie, State: c.State, Duration: c.Age(r.End), Min: c.SinceStart, Open: true,
-				Local: c.Local, Remote: c.Remote, Owner: c.Owner})
+				Local: c.Endpoints().Local, Remote: c.Endpoints().Remote, Owner: c.Owner})
 			if c.State == tracer.CloseWait && c.Owner.Known() && c.SinceStart {
 				// Seen only by the start-up walk: count its holder too.
 				r.CloseWait[procKey{c.Owner.PID, c.Owner.Comm}]++

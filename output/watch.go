@@ -429,10 +429,11 @@ func EachSocket(tl *timeline.Timeline, now uint64, f *tracer.Filter, states trac
 		if !states.Has(c.State) || !timeline.Match(f, c, false) || c.Age(now) < linger {
 			return true
 		}
+		ends := c.Endpoints()
 		s = Socket{
-			Cookie: c.Cookie, Endpoints: c.Endpoints, State: c.State, Timewait: c.Timewait,
+			Cookie: c.Cookie, Endpoints: ends, State: c.State, Timewait: c.Timewait,
 			Age: c.Age(now), SinceStart: c.SinceStart, AgeMax: c.AgeMax(now),
-			Owner: c.Owner, Service: tl.Listening(c.NetNS, c.Local.Port()),
+			Owner: c.Owner, Service: tl.Listening(ends.NetNS, ends.Local.Port()),
 		}
 		each(&s)
 		return true

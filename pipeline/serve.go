@@ -229,15 +229,16 @@ func (s *Serve) Snapshot(now uint64) *metrics.Snapshot {
 		snap.Oldest[c.State] = max(snap.Oldest[c.State], age)
 		switch {
 		case c.State == tracer.TimeWait:
-			ra := c.Remote.Addr()
-			k := rk{ra.As16(), c.Remote.Port(), ra.Is4()}
-			l := lk{c.NetNS, c.Local.Port()}
+			ends := c.Endpoints()
+			ra := ends.Remote.Addr()
+			k := rk{ra.As16(), ends.Remote.Port(), ra.Is4()}
+			l := lk{ends.NetNS, ends.Local.Port()}
 			on, ok := listening[l]
 			if !ok {
 				on = s.tl.Listening(l.netns, l.port)
 				listening[l] = on
 			}
-			if output.ClientOfService(c.Local, c.Remote, on) {
+			if output.ClientOfService(ends.Local, ends.Remote, on) {
 				k.port = 0
 			}
 			g := remotes[k]

@@ -5,9 +5,14 @@ package tracer
 import (
 	"bytes"
 	"encoding/binary"
+	"net"
 	"net/netip"
+	"os"
+	"os/exec"
 	"testing"
 	"time"
+
+	"golang.org/x/sys/unix"
 )
 
 func TestParseStateSpellings(t *testing.T) {
@@ -264,5 +269,81 @@ func BenchmarkFilterMatch(b *testing.B) {
 		if !f.Match(&e) {
 			b.Fatal("no match")
 		}
+	}
+}
+
+// socketOwners names this process for a socket it holds and one a child
+// holds, by the sockets' inodes, and nothing for a pipe.
+func TestSocketOwners(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	f, err := ln.(*net.TCPListener).File()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	var st unix.Stat_t
+	if err := unix.Fstat(int(f.Fd()), &st); err != nil {
+		t.Fatal(err)
+	}
+	pr, pw, err := os.Pipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer pr.Close()
+	defer pw.Close()
+	var pst unix.Stat_t
+	if err := unix.Fstat(int(pr.Fd()), &pst); err != nil {
+		t.Fatal(err)
+	}
+	// A child holding a socket of its own (a shell's stdin).
+	child := exec.Command("sleep", "30")
+	cc, err := net.Dial("tcp", ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cc.Close()
+	cf, err := cc.(*net.TCPConn).File()
+	if err != nil {
+		t.Fatal(err)
+	}
+	child.Stdin = cf
+	if err := child.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer func() { child.Process.Kill(); child.Wait() }()
+	var cst unix.Stat_t
+	if err := unix.Fstat(int(cf.Fd()), &cst); err != nil {
+		t.Fatal(err)
+	}
+	cf.Close()
+	cc.Close() // (now only the child holds it)
+
+	owners := socketOwners()
+	if o, ok := owners.of(st.Ino); !ok || o.PID != uint32(os.Getpid()) || o.TID != o.PID || o.Comm == (Comm{}) {
+		t.Errorf("the listener (inode %d): %+v, %v; want pid %d", st.Ino, o, ok, os.Getpid())
+	}
+	if o, ok := owners.of(cst.Ino); !ok || o.PID != uint32(child.Process.Pid) || o.Comm != CommFrom("sleep") {
+		t.Errorf("the child's socket (inode %d): %+v, %v; want pid %d sleep", cst.Ino, o, ok, child.Process.Pid)
+	}
+	if o, ok := owners.of(pst.Ino); ok {
+		t.Errorf("a pipe (inode %d) has an owner: %+v", pst.Ino, o)
+	}
+
+	// Its allocations do not grow with the sockets (a host has 100,000).
+	before := testing.AllocsPerRun(3, func() { socketOwners() })
+	for range 500 {
+		fds, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_STREAM, 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer unix.Close(fds[0])
+		defer unix.Close(fds[1])
+	}
+	if after := testing.AllocsPerRun(3, func() { socketOwners() }); after-before > 200 {
+		t.Errorf("socketOwners allocated %.0f times, %.0f with 1,000 more sockets", before, after)
 	}
 }

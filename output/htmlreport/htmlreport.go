@@ -721,7 +721,8 @@ func ganttChart(r *output.Report, o Options) (chart, error) {
 	minText := (xmax - xmin) * 0.08
 	for row, conn := range tl.Gantt {
 		y := float64(len(tl.Gantt) - row)
-		name := fmt.Sprintf(":%d → %s", conn.Local.Port(), conn.Remote)
+		ends := conn.Endpoints()
+		name := fmt.Sprintf(":%d → %s", ends.Local.Port(), ends.Remote)
 		if conn.Owner.Known() {
 			name += fmt.Sprintf("  %d %s", conn.Owner.PID, conn.Owner.Comm)
 		}

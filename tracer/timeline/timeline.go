@@ -12,6 +12,7 @@
 package timeline
 
 import (
+	"net/netip"
 	"time"
 
 	"github.com/tcpstate/tcpstate/tracer"
@@ -64,8 +65,8 @@ const maxSpans = 32
 // Conn is one connection (or listener) as the timeline knows it.
 type Conn struct {
 	Cookie uint64
-	tracer.Endpoints
-	Owner tracer.Owner
+	ends   ends // (Endpoints and SetEndpoints)
+	Owner  tracer.Owner
 
 	Since uint64 // when State began (CLOCK_BOOTTIME ns); see SinceStart
 	// SinceEarliest: with SinceStart, the earliest State can have begun
@@ -83,6 +84,54 @@ type Conn struct {
 	SinceStart bool          // State began before the tracer: Since is an estimate or the start time
 	Timewait   bool          // the connection lives in a timewait socket
 	lingered   bool
+}
+
+// ends are a connection's tracer.Endpoints in 44 bytes, not 72: addresses
+// without netip's zone handle, which also leaves the collector nothing to
+// follow in them. 100,000 connections take 3 MiB less.
+type ends struct {
+	local, remote [16]byte
+	lport, rport  uint16
+	netns         uint32
+	family        tracer.Family
+	v4            uint8 // endsLocal4...: IPv4 (not v4-mapped IPv6), or no address
+}
+
+const (
+	endsLocal4 = 1 << iota
+	endsRemote4
+	endsLocalNone // no address (the zero netip.AddrPort)
+	endsRemoteNone
+)
+
+// Endpoints are where the connection is.
+func (c *Conn) Endpoints() tracer.Endpoints {
+	e := tracer.Endpoints{NetNS: c.ends.netns, Family: c.ends.family}
+	if c.ends.v4&endsLocalNone == 0 {
+		e.Local = addrOf(c.ends.local, c.ends.v4&endsLocal4 != 0, c.ends.lport)
+	}
+	if c.ends.v4&endsRemoteNone == 0 {
+		e.Remote = addrOf(c.ends.remote, c.ends.v4&endsRemote4 != 0, c.ends.rport)
+	}
+	return e
+}
+
+// SetEndpoints sets where the connection is (zones are not kept: the kernel
+// has none to give).
+func (c *Conn) SetEndpoints(e tracer.Endpoints) {
+	c.ends = ends{netns: e.NetNS, family: e.Family,
+		local: e.Local.Addr().As16(), remote: e.Remote.Addr().As16(), lport: e.Local.Port(), rport: e.Remote.Port()}
+	c.ends.v4 = endsFlags(e.Local.Addr(), endsLocal4, endsLocalNone) | endsFlags(e.Remote.Addr(), endsRemote4, endsRemoteNone)
+}
+
+func endsFlags(a netip.Addr, v4, none uint8) uint8 {
+	switch {
+	case !a.IsValid():
+		return none
+	case a.Is4():
+		return v4
+	}
+	return 0
 }
 
 // Age is how long the connection has been in its state at time now.
@@ -356,7 +405,7 @@ func (t *Timeline) SeedSocket(s *tracer.Socket) {
 		return
 	}
 	c := t.conn(s.Cookie)
-	c.NetNS, c.Family, c.Local, c.Remote = s.NetNS, s.Family, s.Local, s.Remote
+	c.SetEndpoints(s.Endpoints)
 	c.State, c.Timewait, c.SinceStart = s.State, s.Timewait, true
 	c.Since, c.SinceEarliest = s.Since, s.SinceEarliest
 	if c.Since == 0 {
@@ -483,7 +532,7 @@ func (t *Timeline) remove(c *Conn) {
 	delete(t.conns, c.Cookie)
 	delete(t.lingering, c.Cookie)
 	if c.State == tracer.Listen {
-		k := listenKey{c.NetNS, c.Local.Port()}
+		k := listenKey{c.ends.netns, c.ends.lport}
 		if t.listeners[k] == c {
 			delete(t.listeners, k)
 		}
@@ -591,7 +640,7 @@ func (t *Timeline) Tick(now uint64) error {
 			delete(t.lingering, c.Cookie)
 			c.lingered = true
 			t.out = tracer.Event{
-				Type: tracer.EventLinger, Time: now, Cookie: c.Cookie, Endpoints: c.Endpoints, Old: c.State, New: c.State,
+				Type: tracer.EventLinger, Time: now, Cookie: c.Cookie, Endpoints: c.Endpoints(), Old: c.State, New: c.State,
 				Duration: c.Age(now), HasDuration: c.Since != 0, DurationMin: c.SinceStart,
 				Owner: c.Owner, Timewait: c.Timewait,
 			}
@@ -655,8 +704,8 @@ func (t *Timeline) process(e *tracer.Event) error {
 	default:
 		c = t.newConn(e.Cookie)
 	}
-	if c.Family == tracer.FamilyAny || e.Local.Port() != 0 {
-		c.NetNS, c.Family, c.Local, c.Remote = e.NetNS, e.Family, e.Local, e.Remote
+	if c.ends.family == tracer.FamilyAny || e.Local.Port() != 0 {
+		c.SetEndpoints(e.Endpoints)
 	}
 	t.enrichOwner(c, e)
 	if e.Type != tracer.EventState {
@@ -752,7 +801,7 @@ func (t *Timeline) advance(c *Conn, e *tracer.Event) {
 		}
 	}
 	if e.Old == tracer.Listen && e.New == tracer.Close {
-		delete(t.listeners, listenKey{c.NetNS, c.Local.Port()})
+		delete(t.listeners, listenKey{c.ends.netns, c.ends.lport})
 	}
 	c.State, c.Since, c.SinceStart, c.SinceEarliest, c.Timewait = e.New, e.Time, false, 0, e.Timewait
 	if e.New == tracer.Close {
@@ -764,7 +813,7 @@ func (t *Timeline) advance(c *Conn, e *tracer.Event) {
 		c.Spans = append(c.Spans, Span{State: e.New, Start: e.Time, Timewait: e.Timewait})
 	}
 	if e.New == tracer.Listen {
-		t.listeners[listenKey{c.NetNS, c.Local.Port()}] = c
+		t.listeners[listenKey{c.ends.netns, c.ends.lport}] = c
 	}
 	t.watchLinger(c)
 }
@@ -787,11 +836,12 @@ func Match(f *tracer.Filter, c *Conn, finished bool) bool {
 	if f == nil {
 		return true
 	}
+	ends := c.Endpoints()
 	if !finished || f.States == 0 {
-		return f.MatchConn(&c.Endpoints, &c.Owner, c.State, c.State)
+		return f.MatchConn(&ends, &c.Owner, c.State, c.State)
 	}
 	for _, s := range c.Spans {
-		if f.MatchConn(&c.Endpoints, &c.Owner, s.State, s.State) {
+		if f.MatchConn(&ends, &c.Owner, s.State, s.State) {
 			return true
 		}
 	}

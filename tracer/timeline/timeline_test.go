@@ -7,6 +7,7 @@ import (
 	"net/netip"
 	"testing"
 	"time"
+	"unsafe"
 
 	"github.com/tcpstate/tcpstate/tracer"
 )
@@ -506,5 +507,26 @@ func BenchmarkChurnWithHeldEvents(b *testing.B) {
 		if err := tl.Event(&e); err != nil {
 			b.Fatal(err)
 		}
+	}
+}
+
+// A Conn keeps its endpoints compact: every family and shape must come back
+// as it went in, a v4-mapped peer apart from its IPv4 twin.
+func TestConnEndpoints(t *testing.T) {
+	for _, e := range []tracer.Endpoints{
+		{NetNS: 4026531840, Family: tracer.IPv4, Local: netip.MustParseAddrPort("10.0.0.1:43210"), Remote: netip.MustParseAddrPort("10.0.0.20:8443")},
+		{NetNS: 1, Family: tracer.IPv6, Local: netip.MustParseAddrPort("[2001:db8::1]:80"), Remote: netip.MustParseAddrPort("[2001:db8::2]:50000")},
+		{NetNS: 2, Family: tracer.IPv6, Local: netip.MustParseAddrPort("[::ffff:10.0.0.1]:80"), Remote: netip.MustParseAddrPort("10.0.0.2:1")},
+		{NetNS: 3, Family: tracer.IPv6, Local: netip.MustParseAddrPort("[::]:22")},
+		{},
+	} {
+		var c Conn
+		c.SetEndpoints(e)
+		if got := c.Endpoints(); got != e {
+			t.Errorf("SetEndpoints(%+v): Endpoints() = %+v", e, got)
+		}
+	}
+	if s := unsafe.Sizeof(Conn{}); s > 176 {
+		t.Errorf("a Conn takes %d bytes: README says 176 (size class), check it", s)
 	}
 }

@@ -46,9 +46,13 @@ func addrOf(a [16]byte, v4 bool, port uint16) netip.AddrPort {
 func (w *twConn) fill(c *Conn, cookie uint64) {
 	*c = Conn{Cookie: cookie, Spans: c.Spans[:0], State: tracer.TimeWait, Timewait: true,
 		Since: w.since, SinceEarliest: w.sinceEarliest, SinceStart: w.flags&twSinceStart != 0}
-	c.Family, c.NetNS = w.family, w.netns
-	c.Local = addrOf(w.local, w.flags&twLocal4 != 0, w.lport)
-	c.Remote = addrOf(w.remote, w.flags&twRemote4 != 0, w.rport)
+	c.ends = ends{local: w.local, remote: w.remote, lport: w.lport, rport: w.rport, netns: w.netns, family: w.family}
+	if w.flags&twLocal4 != 0 {
+		c.ends.v4 |= endsLocal4
+	}
+	if w.flags&twRemote4 != 0 {
+		c.ends.v4 |= endsRemote4
+	}
 }
 
 // twKey is one entry of twOrder: which compaction of which cookie.
@@ -63,15 +67,15 @@ func (t *Timeline) compact(c *Conn) {
 	if !t.opts.CompactTimewait || c.State != tracer.TimeWait || !c.Timewait {
 		return
 	}
-	w := twConn{since: c.Since, sinceEarliest: c.SinceEarliest, family: c.Family, netns: c.NetNS,
-		local: c.Local.Addr().As16(), remote: c.Remote.Addr().As16(), lport: c.Local.Port(), rport: c.Remote.Port()}
+	w := twConn{since: c.Since, sinceEarliest: c.SinceEarliest, family: c.ends.family, netns: c.ends.netns,
+		local: c.ends.local, remote: c.ends.remote, lport: c.ends.lport, rport: c.ends.rport}
 	if c.SinceStart {
 		w.flags |= twSinceStart
 	}
-	if c.Local.Addr().Is4() {
+	if c.ends.v4&endsLocal4 != 0 {
 		w.flags |= twLocal4
 	}
-	if c.Remote.Addr().Is4() {
+	if c.ends.v4&endsRemote4 != 0 {
 		w.flags |= twRemote4
 	}
 	t.twSeq++

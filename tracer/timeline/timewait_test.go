@@ -48,7 +48,8 @@ func TestCompactTimewait(t *testing.T) {
 	}
 	got := map[uint64]row{}
 	tl.Conns(func(c *Conn) bool {
-		got[c.Cookie] = row{c.State, c.Timewait, c.Family, c.Local.String(), c.Remote.String(), c.Age(10 * ms)}
+		ends := c.Endpoints()
+		got[c.Cookie] = row{c.State, c.Timewait, ends.Family, ends.Local.String(), ends.Remote.String(), c.Age(10 * ms)}
 		return true
 	})
 	want := map[uint64]row{
