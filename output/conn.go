@@ -36,7 +36,7 @@ func (t *Text) RenderConn(c *timeline.Conn) error {
 	r.endpoint(ends.Local)
 	r.endpoint(ends.Remote)
 	b := append(r.b, ' ') // STATES, the last column, follows as it grows
-	for i, s := range c.Spans {
+	for i, s := range c.Spans() {
 		if i > 0 {
 			b = append(b, ", "...)
 		}
@@ -78,7 +78,7 @@ func (j *JSON) RenderConn(c *timeline.Conn) error {
 	b = appendReasonJSON(b, &j.opts.Kernel, c.Reason, c.RstReason, c.Reason == tracer.ReasonRSTSent)
 	b = appendErrJSON(b, c.SkErr)
 	b = append(b, `,"states":[`...)
-	for i, s := range c.Spans {
+	for i, s := range c.Spans() {
 		if i > 0 {
 			b = append(b, ',')
 		}

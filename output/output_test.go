@@ -302,25 +302,25 @@ func conns() []*timeline.Conn {
 	cs := []*timeline.Conn{{
 		Cookie: 1,
 		Owner:  tracer.Owner{Task: owner, From: tracer.OwnerConnect}, Reason: tracer.ReasonTWExpired, End: 70_000_000_000,
-		Spans: []timeline.Span{
-			{State: tracer.SynSent, Duration: 95 * time.Microsecond, Known: true},
-			{State: tracer.Established, Duration: 1520 * time.Millisecond, Known: true},
-			{State: tracer.FinWait1, Duration: 41 * time.Microsecond, Known: true},
-			{State: tracer.FinWait2, Duration: 2100 * time.Millisecond, Known: true},
-			{State: tracer.TimeWait, Duration: 60 * time.Second, Known: true, Timewait: true},
-		},
 	}, {
 		Cookie: 2,
 		Reason: tracer.ReasonRSTSent, RstReason: 11, End: 71_000_000_000,
-		Spans: []timeline.Span{
-			{State: tracer.Established, Duration: 3 * time.Second, Known: true, Min: true},
-			{State: tracer.CloseWait},
-		},
 	}}
 	cs[0].SetEndpoints(tracer.Endpoints{NetNS: 4026531840, Family: tracer.IPv4,
 		Local: netip.MustParseAddrPort("10.0.0.1:43210"), Remote: netip.MustParseAddrPort("10.0.0.20:8443")})
+	cs[0].SetSpans([]timeline.Span{
+		{State: tracer.SynSent, Duration: 95 * time.Microsecond, Known: true},
+		{State: tracer.Established, Duration: 1520 * time.Millisecond, Known: true},
+		{State: tracer.FinWait1, Duration: 41 * time.Microsecond, Known: true},
+		{State: tracer.FinWait2, Duration: 2100 * time.Millisecond, Known: true},
+		{State: tracer.TimeWait, Duration: 60 * time.Second, Known: true, Timewait: true},
+	})
 	cs[1].SetEndpoints(tracer.Endpoints{NetNS: 4026531840, Family: tracer.IPv6,
 		Local: netip.MustParseAddrPort("[::1]:8080"), Remote: netip.MustParseAddrPort("[::1]:50000")})
+	cs[1].SetSpans([]timeline.Span{
+		{State: tracer.Established, Duration: 3 * time.Second, Known: true, Min: true},
+		{State: tracer.CloseWait},
+	})
 	return cs
 }
 

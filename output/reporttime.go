@@ -301,13 +301,14 @@ func (r *Report) FinishedConn(c *timeline.Conn) error {
 // lingered is the longest c spent in CLOSE_WAIT or FIN_WAIT2.
 func lingered(c *timeline.Conn, end uint64) time.Duration {
 	var d time.Duration
-	for i, s := range c.Spans {
+	spans := c.Spans()
+	for i, s := range spans {
 		if s.State != tracer.CloseWait && s.State != tracer.FinWait2 {
 			continue
 		}
 		if s.Known || s.Min {
 			d = max(d, s.Duration)
-		} else if i == len(c.Spans)-1 && s.Start > 0 && end > s.Start {
+		} else if i == len(spans)-1 && s.Start > 0 && end > s.Start {
 			d = max(d, time.Duration(end-s.Start)) // still there
 		}
 	}
@@ -327,11 +328,11 @@ func (r *Report) keepGantt(c *timeline.Conn) {
 		return
 	}
 	cc := *c
-	cc.Spans = slices.Clone(c.Spans)
-	if len(cc.Spans) == 0 && c.Since > 0 {
+	cc.SetSpans(slices.Clone(c.Spans()))
+	if len(cc.Spans()) == 0 && c.Since > 0 {
 		// Found by the walk and never moved: one open span, since the walk's
 		// estimate (a lower bound).
-		cc.Spans = []timeline.Span{{State: c.State, Start: c.Since, Timewait: c.Timewait}}
+		cc.SetSpans([]timeline.Span{{State: c.State, Start: c.Since, Timewait: c.Timewait}})
 	}
 	tl.Gantt = append(tl.Gantt, &cc)
 	slices.SortStableFunc(tl.Gantt, func(a, b *timeline.Conn) int { return cmp.Compare(lingered(b, r.End), lingered(a, r.End)) })

@@ -127,7 +127,7 @@ type kernelCaps struct {
 // probeKernel loads each probe program alone (never attached): the kernel's
 // verifier says whether the helper it calls is allowed here. This follows
 // what the kernel does, not its version number, so backports count.
-func probeKernel(spec *ebpf.CollectionSpec, kernelTypes *btf.Spec) kernelCaps {
+func probeKernel(spec *ebpf.CollectionSpec, kernelTypes *btf.Spec, cache *btf.Cache) kernelCaps {
 	try := func(name string) bool {
 		ps, ok := spec.Programs[name]
 		if !ok {
@@ -138,7 +138,7 @@ func probeKernel(spec *ebpf.CollectionSpec, kernelTypes *btf.Spec) kernelCaps {
 		var objs struct {
 			Prog *ebpf.Program `ebpf:"prog"`
 		}
-		err := one.LoadAndAssign(&objs, &ebpf.CollectionOptions{Programs: ebpf.ProgramOptions{KernelTypes: kernelTypes}})
+		err := one.LoadAndAssign(&objs, &ebpf.CollectionOptions{Programs: ebpf.ProgramOptions{KernelTypes: kernelTypes}, Cache: cache})
 		if err != nil {
 			return false
 		}

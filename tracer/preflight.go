@@ -155,13 +155,20 @@ func effectiveCaps() (uint64, error) {
 	return 0, errors.New("no CapEff line in /proc/self/status")
 }
 
-// loadKernelTypes reads the kernel's BTF from path ("" for the running kernel's).
-func loadKernelTypes(path string) (*btf.Spec, error) {
+// loadKernelTypes reads the kernel's BTF from path, or with "" the running
+// kernel's through cache (which the loads share).
+func loadKernelTypes(path string, cache *btf.Cache) (*btf.Spec, error) {
 	given := path != ""
 	if !given {
 		path = DefaultKernelBTF
 	}
-	spec, err := btf.LoadSpec(path)
+	var spec *btf.Spec
+	_, err := os.Stat(path)
+	if err == nil && !given {
+		spec, err = cache.Kernel()
+	} else if err == nil {
+		spec, err = btf.LoadSpec(path)
+	}
 	switch {
 	case errors.Is(err, fs.ErrNotExist) && given:
 		return nil, fmt.Errorf("%w: --btf %s does not exist", ErrNoBTF, path)

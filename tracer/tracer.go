@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/btf"
 	"github.com/cilium/ebpf/link"
 	"github.com/cilium/ebpf/ringbuf"
 	"github.com/cilium/ebpf/rlimit"
@@ -180,7 +181,11 @@ func New(cfg Config) (*Tracer, error) {
 	if err := checkBTFFile(cfg.KernelBTF); err != nil {
 		return nil, err
 	}
-	kernelTypes, err := loadKernelTypes(cfg.KernelBTF)
+	// One decoding of the kernel's types for everything loaded here (the
+	// probes, the collection, their attach targets): each load decoded them
+	// anew, four times in all.
+	btfCache := btf.NewCache()
+	kernelTypes, err := loadKernelTypes(cfg.KernelBTF, btfCache)
 	if err != nil {
 		return nil, err
 	}
@@ -214,7 +219,7 @@ func New(cfg Config) (*Tracer, error) {
 	if !hasTracepoint(kernelTypes, "inet_sock_set_state") {
 		return nil, fmt.Errorf("%w: inet_sock_set_state (tcpstate needs Linux 5.10 or later with BTF)", ErrMissingHook)
 	}
-	caps := probeKernel(spec, kernelTypes)
+	caps := probeKernel(spec, kernelTypes, btfCache)
 	syms, err := kallsyms("tw_timer_handler", "tcp_keepalive_timer")
 	if err != nil {
 		syms = map[string]uint64{}
@@ -295,6 +300,7 @@ func New(cfg Config) (*Tracer, error) {
 
 	coll, err := ebpf.NewCollectionWithOptions(spec, ebpf.CollectionOptions{
 		Programs: ebpf.ProgramOptions{KernelTypes: kernelTypes},
+		Cache:    btfCache,
 	})
 	if err != nil {
 		var ve *ebpf.VerifierError

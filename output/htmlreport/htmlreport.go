@@ -710,7 +710,7 @@ func ganttChart(r *output.Report, o Options) (chart, error) {
 	var labels []string
 	xmin, xmax := math.Inf(1), math.Inf(-1)
 	for _, conn := range tl.Gantt {
-		for _, s := range conn.Spans {
+		for _, s := range conn.Spans() {
 			if s.Start > 0 {
 				xmin = min(xmin, unix(o, s.Start))
 			}
@@ -727,14 +727,14 @@ func ganttChart(r *output.Report, o Options) (chart, error) {
 			name += fmt.Sprintf("  %d %s", conn.Owner.PID, conn.Owner.Comm)
 		}
 		ticks = append(ticks, plot.Tick{Value: y, Label: name})
-		for i, s := range conn.Spans {
+		for i, s := range conn.Spans() {
 			if s.Start == 0 || s.State == tracer.Close || s.State == tracer.Listen {
 				continue
 			}
 			end := s.Start + uint64(s.Duration)
 			open := false
 			if !s.Known && !s.Min {
-				if i < len(conn.Spans)-1 {
+				if i < len(conn.Spans())-1 {
 					continue
 				}
 				end, open = r.End, true // still in it

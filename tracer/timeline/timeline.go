@@ -72,9 +72,9 @@ type Conn struct {
 	// SinceEarliest: with SinceStart, the earliest State can have begun
 	// (tracer.Socket.SinceEarliest); 0 when nothing bounds it.
 	SinceEarliest uint64
-	End           uint64 // CLOCK_BOOTTIME ns of its end
-	Spans         []Span
-	prev, next    *Conn // LRU list, most recently updated at the head
+	End           uint64  // CLOCK_BOOTTIME ns of its end
+	spans         *[]Span // (Spans, SetSpans) with Options.Spans, else nil: 8 bytes, not a slice's 24
+	prev, next    *Conn   // LRU list, most recently updated at the head
 
 	// (the small fields last, together: 208 bytes a Conn, not 224)
 	SkErr      int32
@@ -132,6 +132,35 @@ func endsFlags(a netip.Addr, v4, none uint8) uint8 {
 		return v4
 	}
 	return 0
+}
+
+// Spans are the connection's states so far, oldest first (with
+// Options.Spans; else none).
+func (c *Conn) Spans() []Span {
+	if c.spans == nil {
+		return nil
+	}
+	return *c.spans
+}
+
+// SetSpans gives c the states s (c keeps s; a copy of c made before keeps
+// its own).
+func (c *Conn) SetSpans(s []Span) { c.spans = &s }
+
+// addSpan appends one state to c's history.
+func (c *Conn) addSpan(s Span) {
+	if c.spans == nil {
+		c.spans = new([]Span)
+	}
+	*c.spans = append(*c.spans, s)
+}
+
+// truncSpans empties c's history, keeping its memory for the next.
+func (c *Conn) truncSpans() *[]Span {
+	if c.spans != nil {
+		*c.spans = (*c.spans)[:0]
+	}
+	return c.spans
 }
 
 // Age is how long the connection has been in its state at time now.
@@ -415,7 +444,8 @@ func (t *Timeline) SeedSocket(s *tracer.Socket) {
 		c.Owner = s.Owner
 	}
 	if t.opts.Spans {
-		c.Spans = append(c.Spans[:0], Span{State: s.State, Start: c.Since, Min: true, Timewait: s.Timewait})
+		c.truncSpans()
+		c.addSpan(Span{State: s.State, Start: c.Since, Min: true, Timewait: s.Timewait})
 	}
 	if s.State == tracer.Listen {
 		t.listeners[listenKey{s.NetNS, s.Local.Port()}] = c
@@ -489,7 +519,7 @@ func (t *Timeline) newConn(cookie uint64) *Conn {
 	default:
 		c = &Conn{}
 	}
-	*c = Conn{Cookie: cookie, Spans: c.Spans[:0]}
+	*c = Conn{Cookie: cookie, spans: c.truncSpans()}
 	t.pushFront(c)
 	t.conns[cookie] = c
 	return c
@@ -791,13 +821,13 @@ func (t *Timeline) enrichOwner(c *Conn, e *tracer.Event) {
 // advance records the transition in c's history.
 func (t *Timeline) advance(c *Conn, e *tracer.Event) {
 	if t.opts.Spans {
-		if n := len(c.Spans); n > 0 && c.Spans[n-1].State == e.Old {
-			last := &c.Spans[n-1]
+		if spans := c.Spans(); len(spans) > 0 && spans[len(spans)-1].State == e.Old {
+			last := &spans[len(spans)-1]
 			last.Duration, last.Known, last.Min = e.Duration, e.HasDuration, e.DurationMin
 		} else if e.Old != tracer.Close && !(e.Old == tracer.Listen && e.New == tracer.SynRecv) {
 			// The first state the tracer saw of this connection (an accepted
 			// socket's LISTEN is its listener's).
-			c.Spans = append(c.Spans, Span{State: e.Old, Duration: e.Duration, Known: e.HasDuration, Min: e.DurationMin})
+			c.addSpan(Span{State: e.Old, Duration: e.Duration, Known: e.HasDuration, Min: e.DurationMin})
 		}
 	}
 	if e.Old == tracer.Listen && e.New == tracer.Close {
@@ -807,10 +837,10 @@ func (t *Timeline) advance(c *Conn, e *tracer.Event) {
 	if e.New == tracer.Close {
 		c.Reason, c.RstReason, c.SkErr, c.End = e.Reason, e.RstReason, e.SkErr, e.Time
 	} else if t.opts.Spans {
-		if len(c.Spans) == maxSpans {
-			c.Spans = append(c.Spans[:maxSpans/2], c.Spans[maxSpans/2+1:]...)
+		if spans := c.Spans(); len(spans) == maxSpans {
+			*c.spans = append(spans[:maxSpans/2], spans[maxSpans/2+1:]...)
 		}
-		c.Spans = append(c.Spans, Span{State: e.New, Start: e.Time, Timewait: e.Timewait})
+		c.addSpan(Span{State: e.New, Start: e.Time, Timewait: e.Timewait})
 	}
 	if e.New == tracer.Listen {
 		t.listeners[listenKey{c.ends.netns, c.ends.lport}] = c
@@ -840,7 +870,7 @@ func Match(f *tracer.Filter, c *Conn, finished bool) bool {
 	if !finished || f.States == 0 {
 		return f.MatchConn(&ends, &c.Owner, c.State, c.State)
 	}
-	for _, s := range c.Spans {
+	for _, s := range c.Spans() {
 		if f.MatchConn(&ends, &c.Owner, s.State, s.State) {
 			return true
 		}

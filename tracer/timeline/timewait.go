@@ -44,7 +44,7 @@ func addrOf(a [16]byte, v4 bool, port uint16) netip.AddrPort {
 
 // fill makes c the connection w keeps.
 func (w *twConn) fill(c *Conn, cookie uint64) {
-	*c = Conn{Cookie: cookie, Spans: c.Spans[:0], State: tracer.TimeWait, Timewait: true,
+	*c = Conn{Cookie: cookie, spans: c.truncSpans(), State: tracer.TimeWait, Timewait: true,
 		Since: w.since, SinceEarliest: w.sinceEarliest, SinceStart: w.flags&twSinceStart != 0}
 	c.ends = ends{local: w.local, remote: w.remote, lport: w.lport, rport: w.rport, netns: w.netns, family: w.family}
 	if w.flags&twLocal4 != 0 {
