@@ -231,13 +231,9 @@ type Timeline struct {
 	endedRing []uint64
 	endedNext int
 
-	held []tracer.Event // waiting for a later piece (holdFor), from heldHead on
-	// How many held timewait cancels and full-socket CLOSEs each cookie
-	// has: the joins look only when there is one (the queue holds 200 ms
-	// of events on a busy host; scanning it for every event was quadratic).
-	heldCancels, heldCloses map[uint64]int
-	heldHead                int
-	latest                  uint64 // newest event time seen
+	held     heldQueue // waiting for a later piece (holdFor)
+	heldHead int
+	latest   uint64 // newest event time seen
 	// endedInWalk: the connections that ended while a walk ran (BeginWalk
 	// to Resync), at most MaxConns of them (endedOverflow: more did).
 	endedInWalk   map[uint64]struct{}
@@ -268,7 +264,7 @@ func New(next tracer.Sink, opts Options) *Timeline {
 		conns:     map[uint64]*Conn{},
 		listeners: map[listenKey]*Conn{}, lingering: map[uint64]*Conn{},
 		ended: map[uint64]tracer.Owner{}, endedRing: make([]uint64, endedOwners),
-		heldCancels: map[uint64]int{}, heldCloses: map[uint64]int{},
+
 		tw: map[uint64]twConn{},
 	}
 }
@@ -276,23 +272,6 @@ func New(next tracer.Sink, opts Options) *Timeline {
 // isHeldClose: a CLOSE of a full socket, which a RST may join.
 func isHeldClose(e *tracer.Event) bool {
 	return e.Type == tracer.EventState && e.New == tracer.Close && !e.Timewait
-}
-
-// countHeld keeps heldCancels and heldCloses as e enters (d = 1) or leaves
-// (d = -1) the queue.
-func (t *Timeline) countHeld(e *tracer.Event, d int) {
-	var m map[uint64]int
-	switch {
-	case e.Type == tracer.EventTWCancel:
-		m = t.heldCancels
-	case isHeldClose(e):
-		m = t.heldCloses
-	default:
-		return
-	}
-	if m[e.Cookie] += d; m[e.Cookie] <= 0 {
-		delete(m, e.Cookie)
-	}
 }
 
 // endedOwners bounds how many ended connections keep their owner.
@@ -604,55 +583,36 @@ func (t *Timeline) Event(e *tracer.Event) error {
 			t.dropCancel(e.Cookie)
 		}
 	}
-	t.held = append(t.held, *e)
-	t.countHeld(e, 1)
+	t.held.push(e)
 	return nil
 }
 
 // heldClose finds a held CLOSE of a full socket with cookie.
 func (t *Timeline) heldClose(cookie uint64) *tracer.Event {
-	if t.heldCloses[cookie] == 0 {
-		return nil
-	}
-	for i := len(t.held) - 1; i >= t.heldHead; i-- {
-		if h := &t.held[i]; h.Cookie == cookie && isHeldClose(h) {
-			return h
-		}
+	if i := t.held.last(cookie, &t.held.closes, isHeldClose); i >= 0 {
+		return t.held.at(i)
 	}
 	return nil
 }
 
+func isTWCancel(e *tracer.Event) bool { return e.Type == tracer.EventTWCancel }
+
 // dropCancel forgets a held timewait cancel of cookie: it was a re-arm.
 func (t *Timeline) dropCancel(cookie uint64) {
-	if t.heldCancels[cookie] == 0 {
-		return
-	}
-	for i := len(t.held) - 1; i >= t.heldHead; i-- {
-		if t.held[i].Cookie == cookie && t.held[i].Type == tracer.EventTWCancel {
-			t.countHeld(&t.held[i], -1)
-			t.held = append(t.held[:i], t.held[i+1:]...)
-			return
-		}
+	if i := t.held.last(cookie, &t.held.cancels, isTWCancel); i >= 0 {
+		t.held.remove(i)
 	}
 }
 
 // release processes, in order, the held events that have waited long enough
 // at time now.
 func (t *Timeline) release(now uint64) error {
-	for t.heldHead < len(t.held) && t.held[t.heldHead].Time+holdFor(&t.held[t.heldHead]) <= now {
-		t.heldHead++
-		t.countHeld(&t.held[t.heldHead-1], -1)
-		if err := t.process(&t.held[t.heldHead-1]); err != nil {
+	for t.held.len() > 0 && t.held.at(0).Time+holdFor(t.held.at(0)) <= now {
+		if err := t.process(t.held.pop()); err != nil {
 			return err
 		}
 	}
-	// Reuse the front of the queue once it is mostly consumed.
-	if t.heldHead == len(t.held) {
-		t.held, t.heldHead = t.held[:0], 0
-	} else if t.heldHead > 1024 && t.heldHead > len(t.held)/2 {
-		n := copy(t.held, t.held[t.heldHead:])
-		t.held, t.heldHead = t.held[:n], 0
-	}
+	t.held.shrink()
 	return nil
 }
 
