@@ -2,7 +2,8 @@
 # SPDX-License-Identifier: Apache-2.0
 #
 # Whole-system benchmark: loopback churn under tcpstate (record, trace, trace
-# -o json), libbpf-tools tcpstates and a bpftrace one-liner, interleaved; then
+# -o json, serve), empty programs on the same tracepoints (scripts/hookfloor,
+# the floor), libbpf-tools tcpstates and a bpftrace one-liner, interleaved; then
 # memory with 100,000 live sockets and start-up time. As root; installs the
 # peers from Debian's packages and mounts tracefs when missing.
 #
