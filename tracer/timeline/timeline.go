@@ -18,8 +18,8 @@ import (
 	"github.com/tcpstate/tcpstate/tracer"
 )
 
-// DefaultMaxConns bounds the connection table: about 190 bytes a connection
-// (a 160-byte Conn and its map slot; without spans), 19 MiB.
+// DefaultMaxConns bounds the connection table: about 180 bytes a connection
+// (a 160-byte Conn and its map slot; without spans), 18 MiB.
 const DefaultMaxConns = 100000
 
 // joinWindow is how long an event is held for a later piece of it, in the
