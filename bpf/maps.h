@@ -173,20 +173,29 @@ struct {
 } filter_pid_map SEC(".maps");
 
 /*
- * Per CPU: how deep handle_set_state is running here (more than once only
- * where the kernel lets a tracing program interrupt itself, before its
- * recursion guard), and whether a run nested in another one just ended.
+ * Per CPU: the last state changes handle_set_state ran for, by socket and
+ * transition, newest at next - 1. catch_set_state runs after it on every
+ * change, on the same CPU, and takes over a change it does not find here:
+ * the kernel skipped handle_set_state for it. That happens when the change
+ * interrupts a run of handle_set_state on this CPU, including the kernel's
+ * own entry and exit around the run, where the program cannot note that it
+ * is running (a depth counted inside the program missed those: a few changes
+ * in a million were lost under churn). Where the kernel lets a run nest (no
+ * recursion guard, before Linux 6.1), the nested run notes its change too.
  */
-struct set_state_nest {
-	__u32 depth;
-	__u32 nested_ran;
+#define SEEN_SLOTS 4
+
+struct set_state_seen {
+	__u64 sk[SEEN_SLOTS];
+	__u32 trans[SEEN_SLOTS];	/* seen_trans(); 0: free */
+	__u32 next;
 };
 
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
 	__uint(max_entries, 1);
 	__type(key, __u32);
-	__type(value, struct set_state_nest);
-} set_state_nests SEC(".maps");
+	__type(value, struct set_state_seen);
+} set_state_seens SEC(".maps");
 
 #endif

@@ -88,6 +88,11 @@ static __always_inline void set_state(const struct sock *sk, int oldstate, int n
 	emit(&e);
 }
 
+static __always_inline __u32 seen_trans(int oldstate, int newstate)
+{
+	return (((__u32)oldstate & 0xff) << 8 | ((__u32)newstate & 0xff)) + 1;
+}
+
 /*
  * Every TCP state change. A softirq's change that interrupts this program on
  * its CPU (a packet arriving while a system call's change is traced) is
@@ -98,41 +103,37 @@ static __always_inline void set_state(const struct sock *sk, int oldstate, int n
 SEC("tp_btf/inet_sock_set_state")
 int BPF_PROG(handle_set_state, const struct sock *sk, int oldstate, int newstate)
 {
-	struct set_state_nest *nest;
-	__u32 zero = 0;
+	struct set_state_seen *seen;
+	__u32 zero = 0, i;
 
-	nest = bpf_map_lookup_elem(&set_state_nests, &zero);
-	if (nest)
-		nest->depth++;
-	set_state(sk, oldstate, newstate);
-	if (nest && nest->depth) {
-		nest->depth--;
-		/* Ran inside another run (no recursion guard): this change
-		 * is done, catch_set_state must leave it. */
-		if (nest->depth)
-			nest->nested_ran = 1;
+	seen = bpf_map_lookup_elem(&set_state_seens, &zero);
+	if (seen) {
+		i = seen->next++ & (SEEN_SLOTS - 1);
+		seen->sk[i] = (__u64)sk;
+		seen->trans[i] = seen_trans(oldstate, newstate);
 	}
+	set_state(sk, oldstate, newstate);
 	return 0;
 }
 
 /*
  * Runs after handle_set_state on every state change; works only when the
- * change interrupted a run of handle_set_state on this CPU and the kernel
- * skipped handle_set_state for it. Where the kernel has no recursion guard,
- * handle_set_state ran nested and said so: nothing to do.
+ * kernel skipped handle_set_state for it (set_state_seens).
  */
 SEC("tp_btf/inet_sock_set_state")
 int BPF_PROG(catch_set_state, const struct sock *sk, int oldstate, int newstate)
 {
-	struct set_state_nest *nest;
-	__u32 zero = 0;
+	struct set_state_seen *seen;
+	__u32 zero = 0, trans = seen_trans(oldstate, newstate);
 
-	nest = bpf_map_lookup_elem(&set_state_nests, &zero);
-	if (!nest || !nest->depth)
+	seen = bpf_map_lookup_elem(&set_state_seens, &zero);
+	if (!seen)
 		return 0;
-	if (nest->nested_ran) {
-		nest->nested_ran = 0;
-		return 0;
+	for (int i = 0; i < SEEN_SLOTS; i++) {
+		if (seen->trans[i] == trans && seen->sk[i] == (__u64)sk) {
+			seen->trans[i] = 0;
+			return 0;
+		}
 	}
 	stat_inc(STAT_CAUGHT);
 	set_state(sk, oldstate, newstate);

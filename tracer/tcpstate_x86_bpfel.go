@@ -176,10 +176,12 @@ const (
 	tcpstatePortSidePORT_REMOTE tcpstatePortSide = 4
 )
 
-type tcpstateSetStateNest struct {
-	_         structs.HostLayout
-	Depth     uint32
-	NestedRan uint32
+type tcpstateSetStateSeen struct {
+	_     structs.HostLayout
+	Sk    [4]uint64
+	Trans [4]uint32
+	Next  uint32
+	_     [4]byte
 }
 
 type tcpstateSkInfo struct {
@@ -245,7 +247,7 @@ const (
 	tcpstateMapKaFires            = "ka_fires"
 	tcpstateMapKaProbes           = "ka_probes"
 	tcpstateMapNextIds            = "next_ids"
-	tcpstateMapSetStateNests      = "set_state_nests"
+	tcpstateMapSetStateSeens      = "set_state_seens"
 	tcpstateMapSkInfoMap          = "sk_info_map"
 	tcpstateMapSkInfos            = "sk_infos"
 	tcpstateMapStats              = "stats"
@@ -361,7 +363,7 @@ type tcpstateMapSpecs struct {
 	KaFires       *ebpf.MapSpec `ebpf:"ka_fires"`
 	KaProbes      *ebpf.MapSpec `ebpf:"ka_probes"`
 	NextIds       *ebpf.MapSpec `ebpf:"next_ids"`
-	SetStateNests *ebpf.MapSpec `ebpf:"set_state_nests"`
+	SetStateSeens *ebpf.MapSpec `ebpf:"set_state_seens"`
 	SkInfoMap     *ebpf.MapSpec `ebpf:"sk_info_map"`
 	SkInfos       *ebpf.MapSpec `ebpf:"sk_infos"`
 	Stats         *ebpf.MapSpec `ebpf:"stats"`
@@ -425,7 +427,7 @@ type tcpstateMaps struct {
 	KaFires       *ebpf.Map `ebpf:"ka_fires"`
 	KaProbes      *ebpf.Map `ebpf:"ka_probes"`
 	NextIds       *ebpf.Map `ebpf:"next_ids"`
-	SetStateNests *ebpf.Map `ebpf:"set_state_nests"`
+	SetStateSeens *ebpf.Map `ebpf:"set_state_seens"`
 	SkInfoMap     *ebpf.Map `ebpf:"sk_info_map"`
 	SkInfos       *ebpf.Map `ebpf:"sk_infos"`
 	Stats         *ebpf.Map `ebpf:"stats"`
@@ -443,7 +445,7 @@ func (m *tcpstateMaps) Close() error {
 		m.KaFires,
 		m.KaProbes,
 		m.NextIds,
-		m.SetStateNests,
+		m.SetStateSeens,
 		m.SkInfoMap,
 		m.SkInfos,
 		m.Stats,
