@@ -173,22 +173,30 @@ struct {
 } filter_pid_map SEC(".maps");
 
 /*
- * Per CPU: the last state changes handle_set_state ran for, by socket and
- * transition, newest at next - 1. catch_set_state runs after it on every
- * change, on the same CPU, and takes over a change it does not find here:
- * the kernel skipped handle_set_state for it. That happens when the change
- * interrupts a run of handle_set_state on this CPU, including the kernel's
- * own entry and exit around the run, where the program cannot note that it
- * is running (a depth counted inside the program missed those: a few changes
- * in a million were lost under churn). Where the kernel lets a run nest (no
- * recursion guard, before Linux 6.1), the nested run notes its change too.
+ * Per CPU: the state changes handle_set_state is running for, or ran for and
+ * catch_set_state has not yet passed, by socket and transition; a stack, one
+ * entry per tracepoint call under way on this CPU (a change that interrupts
+ * another one's call nests, level up). catch_set_state runs after
+ * handle_set_state in each call, on the same CPU: it finds its change here,
+ * and pops it with whatever nested above it and was left; or it takes the
+ * change over, because the kernel skipped handle_set_state for it. That
+ * happens when the change interrupts a run of handle_set_state on this CPU,
+ * including the kernel's own entry and exit around the run, where the program
+ * cannot note that it is running (a depth counted inside the program missed
+ * those: a few changes in a million were lost under churn). Where the kernel
+ * lets runs nest (no recursion guard, before Linux 6.1), each nested change
+ * is pushed and popped above its host's. An entry whose catch_set_state the
+ * kernel skipped (its change interrupted a catch_set_state) and that no
+ * catch popped with its own is dropped by the next push a second later: no
+ * tracepoint call lasts that long.
  */
-#define SEEN_SLOTS 4
+#define SEEN_MAX 8
 
 struct set_state_seen {
-	__u64 sk[SEEN_SLOTS];
-	__u32 trans[SEEN_SLOTS];	/* seen_trans(); 0: free */
-	__u32 next;
+	__u64 sk[SEEN_MAX];
+	__u64 ts[SEEN_MAX];	/* when pushed (see handle_set_state) */
+	__u32 trans[SEEN_MAX];	/* seen_trans() */
+	__u32 level;		/* entries in use */
 };
 
 struct {

@@ -88,6 +88,8 @@ static __always_inline void set_state(const struct sock *sk, int oldstate, int n
 	emit(&e);
 }
 
+#define SEEN_STALE_NS	1000000000ULL	/* (set_state_seens) */
+
 static __always_inline __u32 seen_trans(int oldstate, int newstate)
 {
 	return (((__u32)oldstate & 0xff) << 8 | ((__u32)newstate & 0xff)) + 1;
@@ -104,13 +106,25 @@ SEC("tp_btf/inet_sock_set_state")
 int BPF_PROG(handle_set_state, const struct sock *sk, int oldstate, int newstate)
 {
 	struct set_state_seen *seen;
-	__u32 zero = 0, i;
+	__u32 zero = 0, l;
+	__u64 now;
 
 	seen = bpf_map_lookup_elem(&set_state_seens, &zero);
 	if (seen) {
-		i = seen->next++ & (SEEN_SLOTS - 1);
-		seen->sk[i] = (__u64)sk;
-		seen->trans[i] = seen_trans(oldstate, newstate);
+		now = bpf_ktime_get_ns();
+		l = seen->level;
+		for (int i = SEEN_MAX - 1; i >= 0; i--) {
+			if (i != (int)l - 1 || now - seen->ts[i] < SEEN_STALE_NS)
+				continue;
+			l = i; /* left by a call that ended: drop */
+		}
+		if (l < SEEN_MAX) {
+			l &= SEEN_MAX - 1;
+			seen->sk[l] = (__u64)sk;
+			seen->ts[l] = now;
+			seen->trans[l] = seen_trans(oldstate, newstate);
+			seen->level = l + 1;
+		}
 	}
 	set_state(sk, oldstate, newstate);
 	return 0;
@@ -124,14 +138,17 @@ SEC("tp_btf/inet_sock_set_state")
 int BPF_PROG(catch_set_state, const struct sock *sk, int oldstate, int newstate)
 {
 	struct set_state_seen *seen;
-	__u32 zero = 0, trans = seen_trans(oldstate, newstate);
+	__u32 zero = 0, trans = seen_trans(oldstate, newstate), l;
 
 	seen = bpf_map_lookup_elem(&set_state_seens, &zero);
 	if (!seen)
 		return 0;
-	for (int i = 0; i < SEEN_SLOTS; i++) {
+	l = seen->level;
+	for (int i = SEEN_MAX - 1; i >= 0; i--) {
+		if (i >= l)
+			continue;
 		if (seen->trans[i] == trans && seen->sk[i] == (__u64)sk) {
-			seen->trans[i] = 0;
+			seen->level = i;
 			return 0;
 		}
 	}

@@ -178,9 +178,10 @@ const (
 
 type tcpstateSetStateSeen struct {
 	_     structs.HostLayout
-	Sk    [4]uint64
-	Trans [4]uint32
-	Next  uint32
+	Sk    [8]uint64
+	Ts    [8]uint64
+	Trans [8]uint32
+	Level uint32
 	_     [4]byte
 }
 
