@@ -118,13 +118,18 @@ int BPF_PROG(handle_set_state, const struct sock *sk, int oldstate, int newstate
 				continue;
 			l = i; /* left by a call that ended: drop */
 		}
-		if (l < SEEN_MAX) {
-			l &= SEEN_MAX - 1;
-			seen->sk[l] = (__u64)sk;
-			seen->ts[l] = now;
-			seen->trans[l] = seen_trans(oldstate, newstate);
-			seen->level = l + 1;
-		}
+		/* Full: only left entries can fill it (calls do not nest 8
+		 * deep); the newest is replaced. */
+		if (l >= SEEN_MAX)
+			l = SEEN_MAX - 1;
+		l &= SEEN_MAX - 1;
+		/* The slot is taken before it is written: a change nested in
+		 * between (no recursion guard) pushes above it. */
+		seen->level = l + 1;
+		barrier();
+		seen->sk[l] = (__u64)sk;
+		seen->ts[l] = now;
+		seen->trans[l] = seen_trans(oldstate, newstate);
 	}
 	set_state(sk, oldstate, newstate);
 	return 0;
@@ -154,6 +159,9 @@ int BPF_PROG(catch_set_state, const struct sock *sk, int oldstate, int newstate)
 	}
 	stat_inc(STAT_CAUGHT);
 	set_state(sk, oldstate, newstate);
+	/* What changes interrupting this run pushed, the kernel skipped this
+	 * program for: nobody pops it but here. */
+	seen->level = l;
 	return 0;
 }
 

@@ -387,7 +387,7 @@ func socketOwners() holders {
 			for off := 0; off+19 <= n; {
 				// struct linux_dirent64: ino 8, off 8, reclen 2, type 1, name (NUL-terminated)
 				reclen := int(binary.NativeEndian.Uint16(dents[off+16:]))
-				if reclen == 0 || off+reclen > n {
+				if reclen < 20 || off+reclen > n {
 					break
 				}
 				name := dents[off+19 : off+reclen]
@@ -399,7 +399,7 @@ func socketOwners() holders {
 				if !ok {
 					continue
 				}
-				if _, ok := owners.pids[ino]; ok {
+				if held, ok := owners.pids[ino]; ok && held <= uint32(pid) {
 					continue
 				}
 				if comm == (Comm{}) {

@@ -76,7 +76,7 @@ type Conn struct {
 	spans         *[]Span // (Spans, SetSpans) with Options.Spans, else nil: 8 bytes, not a slice's 24
 	prev, next    *Conn   // LRU list, most recently updated at the head
 
-	// (the small fields last, together: 208 bytes a Conn, not 224)
+	// (the small fields last, together: 160 bytes a Conn)
 	SkErr      int32
 	RstReason  uint16
 	State      tracer.State
@@ -94,23 +94,23 @@ type ends struct {
 	lport, rport  uint16
 	netns         uint32
 	family        tracer.Family
-	v4            uint8 // endsLocal4...: IPv4 (not v4-mapped IPv6), or no address
+	v4            uint8 // endsLocal4...: IPv4 (not v4-mapped IPv6); an address at all
 }
 
 const (
 	endsLocal4 = 1 << iota
 	endsRemote4
-	endsLocalNone // no address (the zero netip.AddrPort)
-	endsRemoteNone
+	endsLocalSet // an address (else the zero netip.AddrPort, as in a zero Conn)
+	endsRemoteSet
 )
 
 // Endpoints are where the connection is.
 func (c *Conn) Endpoints() tracer.Endpoints {
 	e := tracer.Endpoints{NetNS: c.ends.netns, Family: c.ends.family}
-	if c.ends.v4&endsLocalNone == 0 {
+	if c.ends.v4&endsLocalSet != 0 {
 		e.Local = addrOf(c.ends.local, c.ends.v4&endsLocal4 != 0, c.ends.lport)
 	}
-	if c.ends.v4&endsRemoteNone == 0 {
+	if c.ends.v4&endsRemoteSet != 0 {
 		e.Remote = addrOf(c.ends.remote, c.ends.v4&endsRemote4 != 0, c.ends.rport)
 	}
 	return e
@@ -121,17 +121,17 @@ func (c *Conn) Endpoints() tracer.Endpoints {
 func (c *Conn) SetEndpoints(e tracer.Endpoints) {
 	c.ends = ends{netns: e.NetNS, family: e.Family,
 		local: e.Local.Addr().As16(), remote: e.Remote.Addr().As16(), lport: e.Local.Port(), rport: e.Remote.Port()}
-	c.ends.v4 = endsFlags(e.Local.Addr(), endsLocal4, endsLocalNone) | endsFlags(e.Remote.Addr(), endsRemote4, endsRemoteNone)
+	c.ends.v4 = endsFlags(e.Local.Addr(), endsLocal4, endsLocalSet) | endsFlags(e.Remote.Addr(), endsRemote4, endsRemoteSet)
 }
 
-func endsFlags(a netip.Addr, v4, none uint8) uint8 {
+func endsFlags(a netip.Addr, v4, set uint8) uint8 {
 	switch {
 	case !a.IsValid():
-		return none
+		return 0
 	case a.Is4():
-		return v4
+		return v4 | set
 	}
-	return 0
+	return set
 }
 
 // Spans are the connection's states so far, oldest first (with
@@ -231,9 +231,8 @@ type Timeline struct {
 	endedRing []uint64
 	endedNext int
 
-	held     heldQueue // waiting for a later piece (holdFor)
-	heldHead int
-	latest   uint64 // newest event time seen
+	held   heldQueue // waiting for a later piece (holdFor)
+	latest uint64    // newest event time seen
 	// endedInWalk: the connections that ended while a walk ran (BeginWalk
 	// to Resync), at most MaxConns of them (endedOverflow: more did).
 	endedInWalk   map[uint64]struct{}

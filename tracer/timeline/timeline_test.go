@@ -526,6 +526,10 @@ func TestConnEndpoints(t *testing.T) {
 			t.Errorf("SetEndpoints(%+v): Endpoints() = %+v", e, got)
 		}
 	}
+	var zero Conn
+	if e := zero.Endpoints(); e != (tracer.Endpoints{}) {
+		t.Errorf("a zero Conn is at %+v", e)
+	}
 	if s := unsafe.Sizeof(Conn{}); s > 160 {
 		t.Errorf("a Conn takes %d bytes: README counts 160, check it", s)
 	}
