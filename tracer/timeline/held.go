@@ -104,8 +104,9 @@ func (q *heldQueue) pop() *tracer.Event {
 
 // remove takes the i-th event out, keeping the order of the others.
 func (q *heldQueue) remove(i int) {
-	if e := q.at(i); q.index(e) != nil {
-		q.index(e).sub(e.Cookie)
+	e := q.at(i)
+	if x := q.index(e); x != nil {
+		x.sub(e.Cookie)
 	}
 	for ; i < q.n-1; i++ {
 		*q.at(i) = *q.at(i + 1)

@@ -124,6 +124,14 @@ func (c *Conn) SetEndpoints(e tracer.Endpoints) {
 	c.ends.v4 = endsFlags(e.Local.Addr(), endsLocal4, endsLocalSet) | endsFlags(e.Remote.Addr(), endsRemote4, endsRemoteSet)
 }
 
+func addrOf(a [16]byte, v4 bool, port uint16) netip.AddrPort {
+	addr := netip.AddrFrom16(a)
+	if v4 {
+		addr = addr.Unmap()
+	}
+	return netip.AddrPortFrom(addr, port)
+}
+
 func endsFlags(a netip.Addr, v4, set uint8) uint8 {
 	switch {
 	case !a.IsValid():
@@ -364,7 +372,7 @@ func (t *Timeline) Resync(socks []tracer.Socket, withTimewait bool, began uint64
 	// The second tier's (in TIME_WAIT since before the walk began, in
 	// timewait sockets): a walk without those cannot tell.
 	for cookie, w := range t.tw {
-		if !withTimewait || w.flags&twSinceStart == 0 && w.since >= began {
+		if !withTimewait || !w.sinceStart && w.since >= began {
 			continue
 		}
 		if s := present[cookie]; s == nil {

@@ -2,11 +2,7 @@
 
 package timeline
 
-import (
-	"net/netip"
-
-	"github.com/tcpstate/tcpstate/tracer"
-)
+import "github.com/tcpstate/tcpstate/tracer"
 
 // A churning host has a minute of its connections in TIME_WAIT: 100,000 and
 // more, against a few thousand alive. With Options.CompactTimewait the
@@ -17,43 +13,25 @@ import (
 // nothing shows for it: its owner (a timewait socket belongs to no process)
 // and its history (Spans).
 
-// twConn is a connection in TIME_WAIT in a timewait socket, compact.
+// twConn is a connection in TIME_WAIT in a timewait socket, compact: a
+// Conn's ends laid out field by field (ends itself would pad to 72 bytes
+// here, not 64).
 type twConn struct {
 	since, sinceEarliest uint64
 	local, remote        [16]byte
 	lport, rport         uint16
 	netns                uint32
 	family               tracer.Family
-	flags                uint8
+	v4                   uint8 // as ends.v4
+	sinceStart           bool
 	seq                  uint32 // which compaction of the cookie (twOrder)
-}
-
-const (
-	twSinceStart = 1 << iota
-	twLocal4
-	twRemote4
-)
-
-func addrOf(a [16]byte, v4 bool, port uint16) netip.AddrPort {
-	addr := netip.AddrFrom16(a)
-	if v4 {
-		addr = addr.Unmap()
-	}
-	return netip.AddrPortFrom(addr, port)
 }
 
 // fill makes c the connection w keeps.
 func (w *twConn) fill(c *Conn, cookie uint64) {
 	*c = Conn{Cookie: cookie, spans: c.truncSpans(), State: tracer.TimeWait, Timewait: true,
-		Since: w.since, SinceEarliest: w.sinceEarliest, SinceStart: w.flags&twSinceStart != 0}
-	c.ends = ends{local: w.local, remote: w.remote, lport: w.lport, rport: w.rport, netns: w.netns, family: w.family,
-		v4: endsLocalSet | endsRemoteSet}
-	if w.flags&twLocal4 != 0 {
-		c.ends.v4 |= endsLocal4
-	}
-	if w.flags&twRemote4 != 0 {
-		c.ends.v4 |= endsRemote4
-	}
+		Since: w.since, SinceEarliest: w.sinceEarliest, SinceStart: w.sinceStart}
+	c.ends = ends{local: w.local, remote: w.remote, lport: w.lport, rport: w.rport, netns: w.netns, family: w.family, v4: w.v4}
 }
 
 // twKey is one entry of twOrder: which compaction of which cookie.
@@ -68,17 +46,8 @@ func (t *Timeline) compact(c *Conn) {
 	if !t.opts.CompactTimewait || c.State != tracer.TimeWait || !c.Timewait {
 		return
 	}
-	w := twConn{since: c.Since, sinceEarliest: c.SinceEarliest, family: c.ends.family, netns: c.ends.netns,
-		local: c.ends.local, remote: c.ends.remote, lport: c.ends.lport, rport: c.ends.rport}
-	if c.SinceStart {
-		w.flags |= twSinceStart
-	}
-	if c.ends.v4&endsLocal4 != 0 {
-		w.flags |= twLocal4
-	}
-	if c.ends.v4&endsRemote4 != 0 {
-		w.flags |= twRemote4
-	}
+	w := twConn{since: c.Since, sinceEarliest: c.SinceEarliest, sinceStart: c.SinceStart, family: c.ends.family,
+		netns: c.ends.netns, local: c.ends.local, remote: c.ends.remote, lport: c.ends.lport, rport: c.ends.rport, v4: c.ends.v4}
 	t.twSeq++
 	w.seq = t.twSeq
 	// Out of the list (not an end: a walk under way must not take it for
