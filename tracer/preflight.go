@@ -163,11 +163,11 @@ func loadKernelTypes(path string, cache *btf.Cache) (*btf.Spec, error) {
 		path = DefaultKernelBTF
 	}
 	var spec *btf.Spec
-	_, err := os.Stat(path)
-	if err == nil && !given {
-		spec, err = cache.Kernel()
-	} else if err == nil {
+	var err error
+	if given {
 		spec, err = btf.LoadSpec(path)
+	} else if _, err = os.Stat(path); err == nil {
+		spec, err = cache.Kernel()
 	}
 	switch {
 	case errors.Is(err, fs.ErrNotExist) && given:

@@ -378,7 +378,7 @@ func socketOwners() holders {
 		if err != nil {
 			continue
 		}
-		var comm Comm
+		named := false
 		for {
 			n, err := unix.Getdents(dir, dents[:])
 			if n <= 0 || err != nil {
@@ -402,12 +402,12 @@ func socketOwners() holders {
 				if held, ok := owners.pids[ino]; ok && held <= uint32(pid) {
 					continue
 				}
-				if comm == (Comm{}) {
+				if !named {
 					b, _ := os.ReadFile("/proc/" + p.Name() + "/comm")
-					comm = CommFrom(strings.TrimSuffix(string(b), "\n"))
+					owners.comms[uint32(pid)] = CommFrom(strings.TrimSuffix(string(b), "\n"))
+					named = true
 				}
 				owners.pids[ino] = uint32(pid)
-				owners.comms[uint32(pid)] = comm
 			}
 		}
 		unix.Close(dir)
