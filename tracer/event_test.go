@@ -285,20 +285,14 @@ func TestSocketOwners(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer f.Close()
-	var st unix.Stat_t
-	if err := unix.Fstat(int(f.Fd()), &st); err != nil {
-		t.Fatal(err)
-	}
+	lnIno := inode(t, f)
 	pr, pw, err := os.Pipe()
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer pr.Close()
 	defer pw.Close()
-	var pst unix.Stat_t
-	if err := unix.Fstat(int(pr.Fd()), &pst); err != nil {
-		t.Fatal(err)
-	}
+	pipeIno := inode(t, pr)
 	// A child holding a socket of its own (a shell's stdin).
 	child := exec.Command("sleep", "30")
 	cc, err := net.Dial("tcp", ln.Addr().String())
@@ -315,22 +309,19 @@ func TestSocketOwners(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer func() { child.Process.Kill(); child.Wait() }()
-	var cst unix.Stat_t
-	if err := unix.Fstat(int(cf.Fd()), &cst); err != nil {
-		t.Fatal(err)
-	}
+	childIno := inode(t, cf)
 	cf.Close()
 	cc.Close() // (now only the child holds it)
 
 	owners := socketOwners()
-	if o, ok := owners.of(st.Ino); !ok || o.PID != uint32(os.Getpid()) || o.TID != o.PID || o.Comm == (Comm{}) {
-		t.Errorf("the listener (inode %d): %+v, %v; want pid %d", st.Ino, o, ok, os.Getpid())
+	if o, ok := owners.of(lnIno); !ok || o.PID != uint32(os.Getpid()) || o.TID != o.PID || o.Comm == (Comm{}) {
+		t.Errorf("the listener (inode %d): %+v, %v; want pid %d", lnIno, o, ok, os.Getpid())
 	}
-	if o, ok := owners.of(cst.Ino); !ok || o.PID != uint32(child.Process.Pid) || o.Comm != CommFrom("sleep") {
-		t.Errorf("the child's socket (inode %d): %+v, %v; want pid %d sleep", cst.Ino, o, ok, child.Process.Pid)
+	if o, ok := owners.of(childIno); !ok || o.PID != uint32(child.Process.Pid) || o.Comm != CommFrom("sleep") {
+		t.Errorf("the child's socket (inode %d): %+v, %v; want pid %d sleep", childIno, o, ok, child.Process.Pid)
 	}
-	if o, ok := owners.of(pst.Ino); ok {
-		t.Errorf("a pipe (inode %d) has an owner: %+v", pst.Ino, o)
+	if o, ok := owners.of(pipeIno); ok {
+		t.Errorf("a pipe (inode %d) has an owner: %+v", pipeIno, o)
 	}
 
 	// Its allocations do not grow with the sockets (a host has 100,000).
@@ -346,4 +337,14 @@ func TestSocketOwners(t *testing.T) {
 	if after := testing.AllocsPerRun(3, func() { socketOwners() }); after-before > 200 {
 		t.Errorf("socketOwners allocated %.0f times, %.0f with 1,000 more sockets", before, after)
 	}
+}
+
+// inode is the inode number of the open file f.
+func inode(t *testing.T, f *os.File) uint64 {
+	t.Helper()
+	var st unix.Stat_t
+	if err := unix.Fstat(int(f.Fd()), &st); err != nil {
+		t.Fatal(err)
+	}
+	return st.Ino
 }
