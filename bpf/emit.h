@@ -171,6 +171,7 @@ static __always_inline void event_init(struct event *e, __u8 type, __u64 now, __
 	e->type = type;
 	e->ts_ns = now;
 	e->cookie = cookie;
+	e->cpu = bpf_get_smp_processor_id();
 	e->cpu_pid = bpf_get_current_pid_tgid() >> 32;
 	bpf_get_current_comm(e->cpu_comm, sizeof(e->cpu_comm));
 }

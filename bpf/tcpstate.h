@@ -110,7 +110,7 @@ struct event {
 	__u32 ka_idle;		/* effective keepalive_time, jiffies */
 	__u32 ka_intvl;		/* effective keepalive_intvl, jiffies */
 	__u32 ka_user_timeout;	/* TCP_USER_TIMEOUT, ms (0: unset) */
-	__u32 _pad2;
+	__u32 cpu;		/* the CPU the event fired on */
 	__u8 saddr[16];		/* local address; IPv4 in the first 4 bytes */
 	__u8 daddr[16];		/* remote address */
 	char comm[TASK_COMM_LEN];	/* owner */

@@ -36,6 +36,7 @@ const (
 	offCgroup   = unsafe.Offsetof(rawEvent.Cgroup)
 	offTid      = unsafe.Offsetof(rawEvent.Tid)
 	offCPUPid   = unsafe.Offsetof(rawEvent.CpuPid)
+	offCPU      = unsafe.Offsetof(rawEvent.Cpu)
 	offSkErr    = unsafe.Offsetof(rawEvent.SkErr)
 	offFamily   = unsafe.Offsetof(rawEvent.Family)
 	offSport    = unsafe.Offsetof(rawEvent.Sport)
@@ -124,6 +125,7 @@ func Decode(b []byte, e *Event, hz uint32) error {
 		copy(e.Owner.Comm[:], b[offComm:offComm+16])
 	}
 	e.OnCPU.PID = ne.Uint32(b[offCPUPid:])
+	e.CPU, e.HasCPU = ne.Uint32(b[offCPU:]), true
 	copy(e.OnCPU.Comm[:], b[offCPUComm:offCPUComm+16])
 
 	sport, dport := ne.Uint16(b[offSport:]), ne.Uint16(b[offDport:])

@@ -202,6 +202,11 @@ type Event struct {
 	Old State
 	New State
 
+	// CPU is the CPU the event fired on, when HasCPU (the events the tracer
+	// makes itself, and older captures, have none).
+	HasCPU bool
+	CPU    uint32
+
 	// Duration is the time spent in Old, valid when HasDuration: the tracer saw
 	// the socket enter Old. It is never a made-up zero.
 	Duration    time.Duration

@@ -176,7 +176,7 @@ func comm16(s string) (c [16]int8) {
 func TestDecodeIPv4(t *testing.T) {
 	raw := tcpstateEvent{
 		TsNs: 123456789, Cookie: 77, DurationNs: 1500000000, Netns: 4026531840,
-		Pid: 100, Tid: 101, CpuPid: 0, SkErr: 111, Family: afInet, Sport: 5000, Dport: 80,
+		Pid: 100, Tid: 101, CpuPid: 0, Cpu: 3, SkErr: 111, Family: afInet, Sport: 5000, Dport: 80,
 		Type: uint8(EventState), OldState: uint8(SynSent), NewState: uint8(Close),
 		OwnerSrc: uint8(OwnerConnect), Flags: evfDuration | evfOwner,
 		Comm: comm16("curl"), CpuComm: comm16("swapper/0"),
@@ -191,7 +191,7 @@ func TestDecodeIPv4(t *testing.T) {
 		Type: EventState, Time: 123456789, Cookie: 77, Endpoints: Endpoints{NetNS: 4026531840, Family: IPv4, Local: netip.MustParseAddrPort("10.0.0.1:5000"), Remote: netip.MustParseAddrPort("10.0.0.2:80")},
 		Old: SynSent, New: Close, Duration: 1500 * time.Millisecond, HasDuration: true,
 		Owner: Owner{Task: Task{PID: 100, TID: 101, Comm: CommFrom("curl")}, From: OwnerConnect},
-		OnCPU: Task{Comm: CommFrom("swapper/0")}, SkErr: 111,
+		OnCPU: Task{Comm: CommFrom("swapper/0")}, SkErr: 111, HasCPU: true, CPU: 3,
 	}
 	if e != want {
 		t.Errorf("Decode:\n got %+v\nwant %+v", e, want)

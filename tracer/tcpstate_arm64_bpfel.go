@@ -66,7 +66,7 @@ type tcpstateEvent struct {
 	KaIdle        uint32
 	KaIntvl       uint32
 	KaUserTimeout uint32
-	Pad2          uint32
+	Cpu           uint32
 	Saddr         [16]uint8
 	Daddr         [16]uint8
 	Comm          [16]int8

@@ -29,6 +29,7 @@ func sampleEvents(n int) []tracer.Event {
 			Owner: tracer.Owner{Task: tracer.Task{PID: 42, TID: 43, Comm: tracer.CommFrom("app")}, From: tracer.OwnerConnect},
 			OnCPU: tracer.Task{PID: 7, Comm: tracer.CommFrom("swapper/1")}, SkErr: int32(i % 2 * 104), Reason: tracer.Reason(i % 4),
 			RstReason: uint16(i % 7), Timewait: i%4 == 0, DurationMin: i%6 == 0, ExpiresIn: time.Duration(i) * time.Millisecond,
+			HasCPU: i%5 != 0, CPU: uint32(i % 5 * 3), // CPU 0 among them
 		}
 		switch i % 10 {
 		case 7:
@@ -495,7 +496,7 @@ func TestReadsV1Capture(t *testing.T) {
 		t.Errorf("sockets\n got %+v\nwant %+v", socks, want)
 	}
 	if len(events) != 1 || events[0].Cookie != 7 || events[0].Old != tracer.CloseWait || events[0].New != tracer.LastAck ||
-		events[0].Owner.PID != 42 || events[0].Duration != 1100*time.Millisecond || !events[0].DurationMin {
+		events[0].Owner.PID != 42 || events[0].Duration != 1100*time.Millisecond || !events[0].DurationMin || events[0].HasCPU {
 		t.Errorf("events %+v", events)
 	}
 }

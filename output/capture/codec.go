@@ -74,6 +74,9 @@ func appendEvent(b []byte, e *tracer.Event) []byte {
 	le.PutUint32(r[24:], e.Owner.TID)
 	le.PutUint32(r[28:], e.OnCPU.PID)
 	le.PutUint32(r[32:], uint32(e.SkErr))
+	if e.HasCPU {
+		le.PutUint32(r[36:], e.CPU+1)
+	}
 	le.PutUint64(r[40:], e.Time)
 	le.PutUint64(r[48:], e.Cookie)
 	le.PutUint64(r[56:], e.Lost)
@@ -108,6 +111,9 @@ func decodeEvent(r []byte, e *tracer.Event) {
 	}
 	e.Owner.PID, e.Owner.TID = le.Uint32(r[20:]), le.Uint32(r[24:])
 	e.OnCPU.PID = le.Uint32(r[28:])
+	if cpu := le.Uint32(r[36:]); cpu != 0 {
+		e.CPU, e.HasCPU = cpu-1, true
+	}
 	copy(e.Owner.Comm[:], r[136:152])
 	copy(e.OnCPU.Comm[:], r[152:168])
 	if e.Family == tracer.FamilyAny {

@@ -17,11 +17,17 @@ import "github.com/tcpstate/tcpstate/tracer"
 // ports come round again kills thousands of TIME_WAIT a second: held
 // cancels by the thousand.)
 type heldQueue struct {
-	ring    []tracer.Event // len is a power of two
+	ring    []heldEvent // len is a power of two
 	head, n int
 	cancels heldIndex
 	closes  heldIndex
 	maxLen  int // the most events held at once since the queue was last empty
+}
+
+// heldEvent is an event and when it may go (CLOCK_BOOTTIME ns).
+type heldEvent struct {
+	tracer.Event
+	until uint64
 }
 
 // heldIndex counts held events by cookie hash.
@@ -73,17 +79,27 @@ func (q *heldQueue) index(e *tracer.Event) *heldIndex {
 func (q *heldQueue) len() int { return q.n }
 
 // at is the i-th held event, oldest first.
-func (q *heldQueue) at(i int) *tracer.Event { return &q.ring[(q.head+i)&(len(q.ring)-1)] }
+func (q *heldQueue) at(i int) *tracer.Event { return &q.slot(i).Event }
 
-func (q *heldQueue) push(e *tracer.Event) {
+func (q *heldQueue) slot(i int) *heldEvent { return &q.ring[(q.head+i)&(len(q.ring)-1)] }
+
+// due: the oldest held event may go at time now.
+func (q *heldQueue) due(now uint64) bool { return q.n > 0 && q.slot(0).until <= now }
+
+// settle lets the i-th held event go as soon as it is the oldest: nothing
+// more will join it.
+func (q *heldQueue) settle(i int) { q.slot(i).until = q.slot(i).Time }
+
+func (q *heldQueue) push(e *tracer.Event, until uint64) {
 	if q.n == len(q.ring) {
-		ring := make([]tracer.Event, max(2*len(q.ring), 256))
+		ring := make([]heldEvent, max(2*len(q.ring), 256))
 		for i := range q.n {
-			ring[i] = *q.at(i)
+			ring[i] = *q.slot(i)
 		}
 		q.ring, q.head = ring, 0
 	}
-	*q.at(q.n) = *e
+	h := q.slot(q.n)
+	h.Event, h.until = *e, until
 	q.n++
 	q.maxLen = max(q.maxLen, q.n)
 	if x := q.index(e); x != nil {
@@ -109,7 +125,7 @@ func (q *heldQueue) remove(i int) {
 		x.sub(e.Cookie)
 	}
 	for ; i < q.n-1; i++ {
-		*q.at(i) = *q.at(i + 1)
+		*q.slot(i) = *q.slot(i + 1)
 	}
 	q.n--
 }

@@ -10,7 +10,8 @@ import (
 
 // The held queue keeps arrival order through growth, wrap-around and removals
 // from the middle, and its per-cookie counts stay exact (zero when nothing of
-// the cookie is held), colliding cookies included.
+// the cookie is held), colliding cookies included. Each event keeps its own
+// release time through all of it.
 func TestHeldQueue(t *testing.T) {
 	// 37 cookies, pairs of them in one slot.
 	var collide []uint64
@@ -49,6 +50,9 @@ func TestHeldQueue(t *testing.T) {
 			if *q.at(i) != want[i] {
 				t.Fatalf("%s: event %d is %+v, want %+v", step, i, *q.at(i), want[i])
 			}
+			if u := q.slot(i).until; u != want[i].Time*10 {
+				t.Fatalf("%s: event %d may go at %d, want %d", step, i, u, want[i].Time*10)
+			}
 			if isTWCancel(&want[i]) {
 				cancels[want[i].Cookie] = true
 			} else if isHeldClose(&want[i]) {
@@ -72,7 +76,7 @@ func TestHeldQueue(t *testing.T) {
 		for range 300 + 200*round { // grows past 256, 512, 1024...
 			e := mk(next)
 			next++
-			q.push(&e)
+			q.push(&e, e.Time*10)
 			want = append(want, e)
 		}
 		check("pushed")

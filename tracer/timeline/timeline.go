@@ -241,6 +241,9 @@ type Timeline struct {
 
 	held   heldQueue // waiting for a later piece (holdFor)
 	latest uint64    // newest event time seen
+	// cancelOn, by CPU: the timewait cancel held from that CPU whose
+	// re-arm would be the CPU's next event (see settleCancel).
+	cancelOn []heldCancel
 	// endedInWalk: the connections that ended while a walk ran (BeginWalk
 	// to Resync), at most MaxConns of them (endedOverflow: more did).
 	endedInWalk   map[uint64]struct{}
@@ -573,12 +576,17 @@ func (t *Timeline) Event(e *tracer.Event) error {
 	if err := t.release(t.latest); err != nil {
 		return err
 	}
+	if e.HasCPU {
+		t.settleCancel(e)
+	}
 	switch e.Type {
 	case tracer.EventReset:
 		// Join the RST to the CLOSE it follows; else show it alone.
-		if h := t.heldClose(e.Cookie); h != nil {
+		if i := t.held.last(e.Cookie, &t.held.closes, isHeldClose); i >= 0 {
+			h := t.held.slot(i)
 			if h.Reason == tracer.ReasonClosed || h.Reason == tracer.ReasonFIN || h.Reason == tracer.ReasonNone {
 				h.Reason, h.RstReason = tracer.ReasonRSTSent, e.RstReason
+				h.until = h.Time + holdFor(&h.Event)
 			}
 			return nil
 		}
@@ -590,16 +598,45 @@ func (t *Timeline) Event(e *tracer.Event) error {
 			t.dropCancel(e.Cookie)
 		}
 	}
-	t.held.push(e)
+	t.held.push(e, e.Time+holdFor(e))
 	return nil
 }
 
-// heldClose finds a held CLOSE of a full socket with cookie.
-func (t *Timeline) heldClose(cookie uint64) *tracer.Event {
-	if i := t.held.last(cookie, &t.held.closes, isHeldClose); i >= 0 {
-		return t.held.at(i)
+// heldCancel: a held timewait cancel, by cookie (see cancelOn).
+type heldCancel struct {
+	cookie uint64
+	held   bool
+}
+
+// maxCPU bounds cancelOn: a CPU number past it (a damaged capture) is not
+// looked at, and its cancels wait out their window.
+const maxCPU = 1 << 14
+
+// settleCancel ends the wait of a timewait cancel once its CPU's next event
+// says whether it was a re-arm. The kernel re-arms a timer in one stretch
+// with interrupts off (__mod_timer: timer_cancel, then timer_start), so a
+// re-arm's event is the very next one its CPU puts in the ring buffer, right
+// behind the cancel; anything else from that CPU means that the socket was
+// killed. Under churn the kills come by the thousand a second (ports coming
+// round again), and each would otherwise hold every event behind it for the
+// whole pieceWindow: a queue of 200 ms of the host's events. An event with
+// no CPU (older captures) leaves the cancels to their window.
+func (t *Timeline) settleCancel(e *tracer.Event) {
+	if e.CPU >= maxCPU {
+		return
 	}
-	return nil
+	if int(e.CPU) >= len(t.cancelOn) {
+		t.cancelOn = append(t.cancelOn, make([]heldCancel, int(e.CPU)+1-len(t.cancelOn))...)
+	}
+	p := &t.cancelOn[e.CPU]
+	if p.held {
+		rearm := e.Cookie == p.cookie && (e.Type == tracer.EventTWRearm || e.Type == tracer.EventState && e.Timewait)
+		if i := t.held.last(p.cookie, &t.held.cancels, isTWCancel); !rearm && i >= 0 {
+			t.held.settle(i)
+		}
+	}
+	p.held = e.Type == tracer.EventTWCancel
+	p.cookie = e.Cookie
 }
 
 func isTWCancel(e *tracer.Event) bool { return e.Type == tracer.EventTWCancel }
@@ -614,7 +651,7 @@ func (t *Timeline) dropCancel(cookie uint64) {
 // release processes, in order, the held events that have waited long enough
 // at time now.
 func (t *Timeline) release(now uint64) error {
-	for t.held.len() > 0 && t.held.at(0).Time+holdFor(t.held.at(0)) <= now {
+	for t.held.due(now) {
 		if err := t.process(t.held.pop()); err != nil {
 			return err
 		}

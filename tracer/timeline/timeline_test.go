@@ -99,6 +99,69 @@ func TestTimewaitCancelResolution(t *testing.T) {
 	}
 }
 
+// A timewait cancel that carries its CPU is settled by that CPU's next event:
+// a re-arm drops it, whatever other CPUs sent in between; anything else from
+// the CPU releases it as a kill then, not a pieceWindow later with everything
+// queued behind it. Without a CPU it waits out the window.
+func TestTimewaitCancelSettledByItsCPU(t *testing.T) {
+	on := func(e tracer.Event, cpu uint32) tracer.Event {
+		e.CPU, e.HasCPU = cpu, true
+		return e
+	}
+	tw := func(ts, cookie uint64, typ tracer.EventType) tracer.Event {
+		e := ev(ts, cookie, tracer.TimeWait, tracer.Close)
+		e.Type, e.Timewait, e.Reason = typ, true, tracer.ReasonTWKilled
+		return e
+	}
+	other := func(ts, cookie uint64) tracer.Event { return ev(ts, cookie, tracer.Close, tracer.SynSent) }
+
+	s := &sink{}
+	tl := New(s, Options{})
+	feed(t, tl,
+		on(tw(1*ms, 7, tracer.EventTWCancel), 1),
+		on(other(1*ms+10, 20), 0),                  // another CPU: nothing said about 7
+		on(tw(1*ms+20, 7, tracer.EventTWRearm), 1), // re-armed: nothing
+		on(tw(2*ms, 8, tracer.EventTWCancel), 1),
+		on(other(2*ms+10, 21), 0),
+		on(other(2*ms+20, 22), 1), // CPU 1 went on: 8 was killed
+	)
+	// Past the join window of everything before the kill, far inside the
+	// kill's own pieceWindow.
+	if err := tl.Tick(10 * ms); err != nil {
+		t.Fatal(err)
+	}
+	var got []uint64
+	for _, e := range s.events {
+		got = append(got, e.Cookie)
+		if e.Cookie == 7 {
+			t.Errorf("the re-armed cancel was reported: %+v", e)
+		}
+	}
+	if len(got) != 4 || got[0] != 20 || got[1] != 8 || got[2] != 21 || got[3] != 22 {
+		t.Fatalf("released cookies %v at 10 ms, want [20 8 21 22] (the kill in its place)", got)
+	}
+	if k := s.events[1]; k.Type != tracer.EventState || k.Reason != tracer.ReasonTWKilled || k.Time != 2*ms {
+		t.Errorf("kill reported as %+v", k)
+	}
+
+	// No CPU: the same kill waits for its window.
+	s = &sink{}
+	tl = New(s, Options{})
+	feed(t, tl, tw(2*ms, 8, tracer.EventTWCancel), other(2*ms+20, 22))
+	if err := tl.Tick(10 * ms); err != nil {
+		t.Fatal(err)
+	}
+	if len(s.events) != 0 {
+		t.Fatalf("released %+v before the window, with no CPU to tell", s.events)
+	}
+	if err := tl.Tick(2*ms + uint64(pieceWindow)); err != nil {
+		t.Fatal(err)
+	}
+	if len(s.events) != 2 || s.events[0].Cookie != 8 {
+		t.Fatalf("after the window: %+v", s.events)
+	}
+}
+
 // Events are held for the join window and released in order.
 func TestOrderAndRelease(t *testing.T) {
 	s := &sink{}
