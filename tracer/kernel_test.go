@@ -25,6 +25,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/cilium/ebpf"
 	"github.com/tcpstate/tcpstate/tracer"
 	"github.com/tcpstate/tcpstate/tracer/timeline"
 
@@ -561,6 +562,22 @@ func checkSocket(t *testing.T, who string, evs []tracer.Event, pid int, local, r
 	assertOwner(t, who, evs, pid)
 	assertDurations(t, who, evs)
 	assertEndpoints(t, who, evs, local, remote)
+	assertCPU(t, who, evs)
+}
+
+// assertCPU: each event names the CPU it fired on, one of this machine's (the
+// timeline settles timewait cancels by it).
+func assertCPU(t *testing.T, who string, evs []tracer.Event) {
+	t.Helper()
+	cpus, err := ebpf.PossibleCPU()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, e := range evs {
+		if !e.HasCPU || e.CPU >= uint32(cpus) {
+			t.Errorf("%s: %v->%v: CPU %d (known %v), want one of this machine's %d", who, e.Old, e.New, e.CPU, e.HasCPU, cpus)
+		}
+	}
 }
 
 func TestClientClosesFirst(t *testing.T) {
