@@ -67,23 +67,99 @@ static __always_inline void unmap_v4(__u16 *family, __u8 *saddr, __u8 *daddr)
 	}
 }
 
-/* For sockets reached through a timer: probe reads. */
-static __always_inline void read_endpoints(const struct sock_common *skc, __u16 *family,
-					   __u16 *sport, __u16 *dport, __u8 *saddr, __u8 *daddr)
+/*
+ * Fields of a structure reached by a plain address (through a timer or a walk,
+ * not a BTF pointer), read with one probe read of a span of it where reading
+ * field by field costs a helper call each (the keepalive and timewait hooks
+ * read ten and more). SPAN_READ copies sizeof(*buf) bytes of *ptr from field
+ * first on (from the 8-byte boundary before it; buf is 8-byte aligned, so
+ * fields keep their alignment in the copy); SPAN_FIELD takes a scalar field from that copy when it lies
+ * inside it, else reads it on its own. The offsets are CO-RE relocated, fixed
+ * when the program loads, so the choice costs nothing at run time.
+ */
+#define SPAN_BASE(type, first) (bpf_core_field_offset(type, first) & ~7U)	/* stack loads must be aligned */
+
+#define SPAN_READ(buf, ptr, type, first)							\
+	bpf_probe_read_kernel((buf), sizeof(*(buf)), (void *)(ptr) + SPAN_BASE(type, first))
+
+#define SPAN_FIELD(buf, ptr, type, first, field)						\
+	({											\
+		typeof(((type *)0)->field) __v;							\
+		__u32 __o = bpf_core_field_offset(type, field) - SPAN_BASE(type, first);	\
+		/* (else clang folds buf + o into buf | o, which the verifier refuses) */	\
+		barrier_var(__o);								\
+		if (__o + sizeof(__v) <= sizeof(*(buf)))					\
+			__v = *(typeof(__v) *)((void *)(buf) + __o);				\
+		else										\
+			__v = BPF_CORE_READ((type *)(ptr), field);				\
+		__v;										\
+	})
+
+/*
+ * The head of a sock_common (full or timewait socket) reached by address: its
+ * first SKC_HEAD bytes hold every field taken from it on the kernels we know
+ * (skc_flags ends at byte 112).
+ */
+#define SKC_HEAD 128
+
+struct skc_head {
+	__u64 w[SKC_HEAD / 8];
+};
+
+static __always_inline void skc_read_head(struct skc_head *h, const struct sock_common *skc)
 {
-	*family = BPF_CORE_READ(skc, skc_family);
-	*sport = BPF_CORE_READ(skc, skc_num);
-	*dport = bpf_ntohs(BPF_CORE_READ(skc, skc_dport));
+	SPAN_READ(h, skc, struct sock_common, skc_addrpair);
+}
+
+/* A scalar field of sock_common, from h (skc_read_head of skc). */
+#define SKC_FIELD(h, skc, field) SPAN_FIELD(h, skc, struct sock_common, skc_addrpair, field)
+
+/* An IPv6 address of sock_common into dst (16 bytes), from h. */
+#define SKC_ADDR6(h, skc, field, dst)							\
+	do {										\
+		__u32 __o = bpf_core_field_offset(struct sock_common, field) -		\
+			    SPAN_BASE(struct sock_common, skc_addrpair);		\
+		barrier_var(__o);							\
+		if (__o + 16 <= SKC_HEAD)						\
+			__builtin_memcpy((dst), (void *)(h) + __o, 16);			\
+		else									\
+			BPF_CORE_READ_INTO((struct in6_addr *)(dst), skc, field);	\
+	} while (0)
+
+static __always_inline void head_endpoints(const struct skc_head *h, const struct sock_common *skc,
+					   __u16 *family, __u16 *sport, __u16 *dport, __u8 *saddr, __u8 *daddr)
+{
+	*family = SKC_FIELD(h, skc, skc_family);
+	*sport = SKC_FIELD(h, skc, skc_num);
+	*dport = bpf_ntohs(SKC_FIELD(h, skc, skc_dport));
 	__builtin_memset(saddr, 0, 16);
 	__builtin_memset(daddr, 0, 16);
 	if (*family == AF_INET) {
-		*(__u32 *)saddr = BPF_CORE_READ(skc, skc_rcv_saddr);
-		*(__u32 *)daddr = BPF_CORE_READ(skc, skc_daddr);
+		*(__u32 *)saddr = SKC_FIELD(h, skc, skc_rcv_saddr);
+		*(__u32 *)daddr = SKC_FIELD(h, skc, skc_daddr);
 		return;
 	}
-	BPF_CORE_READ_INTO((struct in6_addr *)saddr, skc, skc_v6_rcv_saddr);
-	BPF_CORE_READ_INTO((struct in6_addr *)daddr, skc, skc_v6_daddr);
+	SKC_ADDR6(h, skc, skc_v6_rcv_saddr, saddr);
+	SKC_ADDR6(h, skc, skc_v6_daddr, daddr);
 	unmap_v4(family, saddr, daddr);
+}
+
+/* The network namespace of the socket whose head h is. */
+static __always_inline __u32 head_netns(const struct skc_head *h, const struct sock_common *skc)
+{
+	struct net *net = SKC_FIELD(h, skc, skc_net.net);
+
+	return BPF_CORE_READ(net, ns.inum);
+}
+
+/* For sockets that are not BTF pointers, read once: probe reads. */
+static __always_inline void read_endpoints(const struct sock_common *skc, __u16 *family,
+					   __u16 *sport, __u16 *dport, __u8 *saddr, __u8 *daddr)
+{
+	struct skc_head h;
+
+	skc_read_head(&h, skc);
+	head_endpoints(&h, skc, family, sport, dport, saddr, daddr);
 }
 
 static __always_inline __u32 netns_of(const struct sock_common *skc)

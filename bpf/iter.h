@@ -119,6 +119,7 @@ int iter_fin_wait2(struct bpf_iter__bpf_map_elem *ctx)
 {
 	struct inet_timewait_sock *tw;
 	struct tw_info *info;
+	struct skc_head h;
 	struct event e;
 	__u64 *key = ctx->key, *addr = ctx->value;
 	__u64 k, cookie;
@@ -128,8 +129,9 @@ int iter_fin_wait2(struct bpf_iter__bpf_map_elem *ctx)
 	k = *key;
 	tw = (struct inet_timewait_sock *)*addr;
 	info = bpf_map_lookup_elem(&tw_infos, &k);
-	cookie = BPF_CORE_READ(tw, __tw_common.skc_cookie.counter);
-	if (!info || tw_key(cookie, tw) != k || BPF_CORE_READ(tw, __tw_common.skc_state) != TCP_TIME_WAIT) {
+	skc_read_head(&h, &tw->__tw_common);
+	cookie = SKC_FIELD(&h, &tw->__tw_common, skc_cookie.counter);
+	if (!info || tw_key(cookie, tw) != k || SKC_FIELD(&h, &tw->__tw_common, skc_state) != TCP_TIME_WAIT) {
 		bpf_map_delete_elem(&tw_fin_wait2, &k);
 		return 0;
 	}
@@ -139,7 +141,7 @@ int iter_fin_wait2(struct bpf_iter__bpf_map_elem *ctx)
 	}
 	/* Nobody woken: the walk is the reader's own, which reads the ring
 	 * right after it (a wake-up per event cost more than the walk). */
-	tw_sync(&e, info, tw, (void *)tw + bpf_core_field_offset(struct inet_timewait_sock, tw_timer),
+	tw_sync(&e, info, tw, &h, (void *)tw + bpf_core_field_offset(struct inet_timewait_sock, tw_timer),
 		bpf_ktime_get_boot_ns(), k);
 	return 0;
 }

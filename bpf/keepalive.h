@@ -38,9 +38,9 @@ static __always_inline struct sock *ka_sock_of(struct timer_list *t)
  * its cookie, which its first state change made (Linux 5.12+); before, the
  * tracer's own id of it, else its address.
  */
-static __always_inline __u64 ka_cookie(struct sock *sk)
+static __always_inline __u64 ka_cookie(struct sock *sk, const struct skc_head *h)
 {
-	__u64 cookie = BPF_CORE_READ(sk, __sk_common.skc_cookie.counter);
+	__u64 cookie = SKC_FIELD(h, &sk->__sk_common, skc_cookie.counter);
 	struct sk_info *info;
 
 	if (cookie)
@@ -68,31 +68,33 @@ static __always_inline __u64 ka_cookie(struct sock *sk)
 /*
  * Fills e with the socket's endpoints and its effective keepalive settings:
  * the socket's own (TCP_KEEPIDLE/KEEPINTVL/KEEPCNT, 0 when unset) else its
- * namespace's sysctls, as the kernel's keepalive_*_when() pick them.
+ * namespace's sysctls, as the kernel's keepalive_*_when() pick them. h is the
+ * socket's head (skc_read_head), read now.
  */
-static __always_inline void ka_event(struct event *e, struct sock *sk, struct timer_list *t, __u8 kind,
-				     __u64 now, __u64 cookie)
+static __always_inline void ka_event(struct event *e, struct sock *sk, const struct skc_head *h,
+				     struct timer_list *t, __u8 kind, __u64 now, __u64 cookie)
 {
+	const struct sock_common *skc = &sk->__sk_common;
 	struct tcp_sock *tp = (struct tcp_sock *)sk;
-	struct net *net = BPF_CORE_READ(sk, __sk_common.skc_net.net);
+	struct net *net = SKC_FIELD(h, skc, skc_net.net);
 	__u32 v;
 	__u8 c;
 
 	event_init(e, EVENT_KEEPALIVE, now, cookie);
 	e->ka_event = kind;
-	e->old_state = BPF_CORE_READ(sk, __sk_common.skc_state);
+	e->old_state = SKC_FIELD(h, skc, skc_state);
 	e->new_state = e->old_state;
 	e->netns = BPF_CORE_READ(net, ns.inum);
-	read_endpoints(&sk->__sk_common, &e->family, &e->sport, &e->dport, e->saddr, e->daddr);
+	head_endpoints(h, skc, &e->family, &e->sport, &e->dport, e->saddr, e->daddr);
 	/* A keepalive kill has closed the socket: its port is released
 	 * (inet_num zeroed), inet_sport keeps it. */
 	if (!e->sport)
 		e->sport = bpf_ntohs(BPF_CORE_READ((struct inet_sock *)sk, inet_sport));
-	e->timer_expires = BPF_CORE_READ(t, expires);
+	e->timer_expires = t->expires;
 	e->jiffies = bpf_jiffies64();
 	e->ka_probe = BPF_CORE_READ((struct inet_connection_sock *)sk, icsk_probes_out);
 	e->ka_user_timeout = BPF_CORE_READ((struct inet_connection_sock *)sk, icsk_user_timeout);
-	if (BPF_CORE_READ(sk, __sk_common.skc_flags) & (1UL << SOCK_KEEPOPEN))
+	if (SKC_FIELD(h, skc, skc_flags) & (1UL << SOCK_KEEPOPEN))
 		e->ka_src |= KA_ON;
 	KA_SETTING(v, keepalive_time, KA_IDLE_SOCKET);
 	e->ka_idle = v;
@@ -102,10 +104,10 @@ static __always_inline void ka_event(struct event *e, struct sock *sk, struct ti
 	e->ka_count = c;
 }
 
-static __always_inline void ka_emit(struct event *e, struct sock *sk, struct timer_list *t, __u8 kind,
-				    __u64 now, __u64 cookie)
+static __always_inline void ka_emit(struct event *e, struct sock *sk, const struct skc_head *h,
+				    struct timer_list *t, __u8 kind, __u64 now, __u64 cookie)
 {
-	ka_event(e, sk, t, kind, now, cookie);
+	ka_event(e, sk, h, t, kind, now, cookie);
 	emit(e);
 }
 
@@ -115,8 +117,10 @@ static __always_inline void ka_emit(struct event *e, struct sock *sk, struct tim
 static __always_inline void ka_armed(struct event *e, struct timer_list *t)
 {
 	struct sock *sk = ka_sock_of(t);
+	struct skc_head h;
 
-	ka_event(e, sk, t, KA_ARMED, bpf_ktime_get_boot_ns(), ka_cookie(sk));
+	skc_read_head(&h, &sk->__sk_common);
+	ka_event(e, sk, &h, t, KA_ARMED, bpf_ktime_get_boot_ns(), ka_cookie(sk, &h));
 	/* setsockopt(SO_KEEPALIVE) arms the timer before it sets the flag;
 	 * outside FIN_WAIT2 the timer is only armed for keepalive. */
 	if (e->old_state != TCP_FIN_WAIT2)
@@ -127,41 +131,47 @@ static __always_inline void ka_armed(struct event *e, struct timer_list *t)
 static __always_inline void ka_fire_entry(struct event *e, struct timer_list *t)
 {
 	struct sock *sk = ka_sock_of(t);
-	__u64 now = bpf_ktime_get_boot_ns(), cookie = ka_cookie(sk);
+	__u64 now = bpf_ktime_get_boot_ns(), cookie;
 	struct ka_fire *f;
+	struct skc_head h;
 	__u32 zero = 0;
 	__u8 *last;
 
+	skc_read_head(&h, &sk->__sk_common);
+	cookie = ka_cookie(sk, &h);
 	f = bpf_map_lookup_elem(&ka_fires, &zero);
 	if (!f)
 		return;
 	f->timer = (__u64)t;
 	f->owner_src = OWNER_NONE;
 	f->probes_out = BPF_CORE_READ((struct inet_connection_sock *)sk, icsk_probes_out);
-	f->state = BPF_CORE_READ(sk, __sk_common.skc_state);
+	f->state = SKC_FIELD(&h, &sk->__sk_common, skc_state);
 	/* Probes outstanding at the last fire and none now: an ACK came. */
 	last = bpf_map_lookup_elem(&ka_probes, &cookie);
 	if (last && *last && !f->probes_out)
-		ka_emit(e, sk, t, KA_ANSWERED, now, cookie);
-	ka_emit(e, sk, t, f->state == TCP_FIN_WAIT2 ? KA_FIN_WAIT2 : KA_FIRED, now, cookie);
+		ka_emit(e, sk, &h, t, KA_ANSWERED, now, cookie);
+	ka_emit(e, sk, &h, t, f->state == TCP_FIN_WAIT2 ? KA_FIN_WAIT2 : KA_FIRED, now, cookie);
 }
 
 static __always_inline void ka_fire_exit(struct event *e, struct timer_list *t)
 {
 	struct sock *sk = ka_sock_of(t);
-	__u64 now = bpf_ktime_get_boot_ns(), cookie = ka_cookie(sk);
+	__u64 now = bpf_ktime_get_boot_ns(), cookie;
 	__u8 probes, state;
 	struct ka_fire *f;
+	struct skc_head h;
 	__u32 zero = 0;
 
 	f = bpf_map_lookup_elem(&ka_fires, &zero);
 	if (!f || f->timer != (__u64)t)
 		return;
 	f->timer = 0;
+	skc_read_head(&h, &sk->__sk_common);
+	cookie = ka_cookie(sk, &h);
 	probes = BPF_CORE_READ((struct inet_connection_sock *)sk, icsk_probes_out);
-	state = BPF_CORE_READ(sk, __sk_common.skc_state);
+	state = SKC_FIELD(&h, &sk->__sk_common, skc_state);
 	if (state == TCP_CLOSE && f->state != TCP_CLOSE) {
-		ka_event(e, sk, t, KA_TIMEOUT, now, cookie);
+		ka_event(e, sk, &h, t, KA_TIMEOUT, now, cookie);
 		event_owner(e, f->owner_src, f->pid, f->tid, f->cgroup, f->comm);
 		e->sk_err = BPF_CORE_READ(sk, sk_err);
 		e->reason = REASON_TIMEOUT;
@@ -171,7 +181,7 @@ static __always_inline void ka_fire_exit(struct event *e, struct timer_list *t)
 		return;
 	}
 	if (probes > f->probes_out)
-		ka_emit(e, sk, t, KA_PROBE, now, cookie);
+		ka_emit(e, sk, &h, t, KA_PROBE, now, cookie);
 	bpf_map_update_elem(&ka_probes, &cookie, &probes, BPF_ANY);
 }
 

@@ -28,6 +28,7 @@ int BPF_PROG(handle_timer_start, struct timer_list *t, unsigned long bucket_expi
 {
 	struct inet_timewait_sock *tw;
 	struct tw_info *info;
+	struct skc_head h;
 	struct event e;
 	__u64 now, cookie, key;
 	__u8 state;
@@ -40,16 +41,17 @@ int BPF_PROG(handle_timer_start, struct timer_list *t, unsigned long bucket_expi
 		return 0;
 	tw = tw_of(t);
 	now = bpf_ktime_get_boot_ns();
-	cookie = BPF_CORE_READ(tw, __tw_common.skc_cookie.counter);
+	skc_read_head(&h, &tw->__tw_common);
+	cookie = SKC_FIELD(&h, &tw->__tw_common, skc_cookie.counter);
 	key = tw_key(cookie, tw);
 
 	info = bpf_map_lookup_elem(&tw_infos, &key);
 	if (!info) {
-		tw_first_arm(tw, t, now, cookie, key);
+		tw_first_arm(tw, &h, t, now, cookie, key);
 		return 0;
 	}
 	state = info->state;
-	tw_sync(&e, info, tw, t, now, key);
+	tw_sync(&e, info, tw, &h, t, now, key);
 	info->expires = t->expires;
 	if (info->state != state)
 		return 0;
@@ -58,7 +60,7 @@ int BPF_PROG(handle_timer_start, struct timer_list *t, unsigned long bucket_expi
 	event_init(&e, EVENT_TW_REARM, now, tw_cookie(info, key));
 	e.old_state = state;
 	e.new_state = state;
-	tw_event(&e, tw, info, t);
+	tw_event(&e, tw, &h, info, t);
 	emit(&e);
 	return 0;
 }
@@ -69,6 +71,7 @@ int BPF_PROG(handle_timer_expire, struct timer_list *t, unsigned long baseclk)
 {
 	struct inet_timewait_sock *tw;
 	struct tw_info *info;
+	struct skc_head h;
 	struct event e;
 	__u64 now, cookie, key;
 
@@ -80,11 +83,12 @@ int BPF_PROG(handle_timer_expire, struct timer_list *t, unsigned long baseclk)
 		return 0;
 	tw = tw_of(t);
 	now = bpf_ktime_get_boot_ns();
-	cookie = BPF_CORE_READ(tw, __tw_common.skc_cookie.counter);
+	skc_read_head(&h, &tw->__tw_common);
+	cookie = SKC_FIELD(&h, &tw->__tw_common, skc_cookie.counter);
 	key = tw_key(cookie, tw);
 	info = bpf_map_lookup_elem(&tw_infos, &key);
 	if (info)
-		tw_sync(&e, info, tw, t, now, key);
+		tw_sync(&e, info, tw, &h, t, now, key);
 	else
 		stat_inc(STAT_TW_UNTRACKED);
 	event_init(&e, EVENT_STATE, now, tw_cookie(info, key));
@@ -92,7 +96,7 @@ int BPF_PROG(handle_timer_expire, struct timer_list *t, unsigned long baseclk)
 	e.new_state = TCP_CLOSE;
 	e.reason = e.old_state == TCP_FIN_WAIT2 ? REASON_FIN_TIMEOUT : REASON_TW_EXPIRED;
 	tw_duration(&e, info, now);
-	tw_event(&e, tw, info, t);
+	tw_event(&e, tw, &h, info, t);
 	emit(&e);
 	if (info)
 		bpf_map_delete_elem(&tw_infos, &key);
@@ -111,6 +115,7 @@ int BPF_PROG(handle_timer_cancel, struct timer_list *t)
 {
 	struct inet_timewait_sock *tw;
 	struct tw_info *info;
+	struct skc_head h;
 	struct event e;
 	__u64 now, cookie, key;
 
@@ -120,17 +125,18 @@ int BPF_PROG(handle_timer_cancel, struct timer_list *t)
 		return 0;
 	tw = tw_of(t);
 	now = bpf_ktime_get_boot_ns();
-	cookie = BPF_CORE_READ(tw, __tw_common.skc_cookie.counter);
+	skc_read_head(&h, &tw->__tw_common);
+	cookie = SKC_FIELD(&h, &tw->__tw_common, skc_cookie.counter);
 	key = tw_key(cookie, tw);
 	info = bpf_map_lookup_elem(&tw_infos, &key);
 	if (info)
-		tw_sync(&e, info, tw, t, now, key);
+		tw_sync(&e, info, tw, &h, t, now, key);
 	event_init(&e, EVENT_TW_CANCEL, now, tw_cookie(info, key));
 	e.old_state = info ? info->state : BPF_CORE_READ(tw, tw_substate);
 	e.new_state = TCP_CLOSE;
 	e.reason = REASON_TW_KILLED;
 	tw_duration(&e, info, now);
-	tw_event(&e, tw, info, t);
+	tw_event(&e, tw, &h, info, t);
 	emit(&e);
 	/* Kept for a re-arm; a killed socket's entry ages out of the LRU. */
 	return 0;

@@ -87,13 +87,14 @@ static __always_inline struct inet_timewait_sock *tw_of(struct timer_list *t)
 	return (void *)t - bpf_core_field_offset(struct inet_timewait_sock, tw_timer);
 }
 
-/* Fills e from a timewait socket read through its address (not a BTF pointer). */
-static __always_inline void tw_event(struct event *e, struct inet_timewait_sock *tw,
+/* Fills e from a timewait socket read through its address (not a BTF
+ * pointer): h is its head (skc_read_head). */
+static __always_inline void tw_event(struct event *e, struct inet_timewait_sock *tw, const struct skc_head *h,
 				     const struct tw_info *info, struct timer_list *t)
 {
 	e->flags |= EVF_TIMEWAIT;
-	e->netns = netns_of(&tw->__tw_common);
-	read_endpoints(&tw->__tw_common, &e->family, &e->sport, &e->dport, e->saddr, e->daddr);
+	e->netns = head_netns(h, &tw->__tw_common);
+	head_endpoints(h, &tw->__tw_common, &e->family, &e->sport, &e->dport, e->saddr, e->daddr);
 	e->timer_expires = BPF_CORE_READ(t, expires);
 	e->jiffies = bpf_jiffies64();
 	if (info)
@@ -107,15 +108,15 @@ static __always_inline __u64 tw_cookie(const struct tw_info *info, __u64 key)
 }
 
 /* Whether the endpoint filters want the connection of a timewait socket. */
-static __always_inline bool tw_wanted(struct inet_timewait_sock *tw)
+static __always_inline bool tw_wanted(struct inet_timewait_sock *tw, const struct skc_head *h)
 {
 	__u8 saddr[16], daddr[16];
 	__u16 family, sport, dport;
 
 	if (!filter_family && !filter_netns && !filter_ports && !filter_addrs)
 		return true;
-	read_endpoints(&tw->__tw_common, &family, &sport, &dport, saddr, daddr);
-	return endpoints_wanted(family, netns_of(&tw->__tw_common), sport, dport, saddr, daddr);
+	head_endpoints(h, &tw->__tw_common, &family, &sport, &dport, saddr, daddr);
+	return endpoints_wanted(family, head_netns(h, &tw->__tw_common), sport, dport, saddr, daddr);
 }
 
 static __always_inline void tw_duration(struct event *e, const struct tw_info *info, __u64 now)
@@ -137,7 +138,7 @@ static __always_inline void tw_duration(struct event *e, const struct tw_info *i
  * e is scratch space for the event.
  */
 static __always_inline void tw_sync(struct event *e, struct tw_info *info, struct inet_timewait_sock *tw,
-				    struct timer_list *t, __u64 now, __u64 key)
+				    const struct skc_head *h, struct timer_list *t, __u64 now, __u64 key)
 {
 	__u8 substate = BPF_CORE_READ(tw, tw_substate);
 	__u64 entered, expires;
@@ -162,7 +163,7 @@ static __always_inline void tw_sync(struct event *e, struct tw_info *info, struc
 	e->old_state = info->state;
 	e->new_state = substate;
 	tw_duration(e, info, entered);
-	tw_event(e, tw, info, t);
+	tw_event(e, tw, h, info, t);
 	/* TIME_WAIT ends 60 s after it began, whatever the timer says now
 	 * (mid re-arm it still holds the FIN_WAIT2 expiry). */
 	if (substate == TCP_TIME_WAIT && hz)
@@ -175,8 +176,8 @@ static __always_inline void tw_sync(struct event *e, struct tw_info *info, struc
 }
 
 /* A timewait socket armed for the first time: start following it. */
-static __always_inline void tw_first_arm(struct inet_timewait_sock *tw, struct timer_list *t, __u64 now,
-					 __u64 cookie, __u64 key)
+static __always_inline void tw_first_arm(struct inet_timewait_sock *tw, const struct skc_head *h,
+					 struct timer_list *t, __u64 now, __u64 cookie, __u64 key)
 {
 	struct tw_info fresh = {};
 	struct tw_last *last;
@@ -185,7 +186,7 @@ static __always_inline void tw_first_arm(struct inet_timewait_sock *tw, struct t
 	/* Follow only the connections the filters want: tw_infos is bounded,
 	 * and a host's other timewait sockets must not evict the ones asked
 	 * about. */
-	if (!tw_wanted(tw))
+	if (!tw_wanted(tw, h))
 		return;
 	fresh.cookie = cookie;
 	fresh.state = BPF_CORE_READ(tw, tw_substate);
@@ -207,9 +208,9 @@ static __always_inline void tw_first_arm(struct inet_timewait_sock *tw, struct t
 	if (!last)
 		return;
 	last->key = key;
-	last->sport = BPF_CORE_READ(tw, __tw_common.skc_num);
-	last->dport = bpf_ntohs(BPF_CORE_READ(tw, __tw_common.skc_dport));
-	last->netns = netns_of(&tw->__tw_common);
+	last->sport = SKC_FIELD(h, &tw->__tw_common, skc_num);
+	last->dport = bpf_ntohs(SKC_FIELD(h, &tw->__tw_common, skc_dport));
+	last->netns = head_netns(h, &tw->__tw_common);
 }
 
 #endif
