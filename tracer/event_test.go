@@ -105,6 +105,9 @@ func TestFilterMatch(t *testing.T) {
 	e := sampleEvent()
 	unknownOwner := e
 	unknownOwner.Owner.From = OwnerUnknown
+	rearm, cancel := e, e
+	rearm.Type, rearm.Old, rearm.New, rearm.Timewait = EventTWRearm, TimeWait, TimeWait, true
+	cancel.Type, cancel.Old, cancel.New, cancel.Timewait = EventTWCancel, TimeWait, Close, true
 	for _, tc := range []struct {
 		name string
 		f    Filter
@@ -126,6 +129,11 @@ func TestFilterMatch(t *testing.T) {
 		{"state new", Filter{States: 1 << CloseWait}, e, true},
 		{"state old", Filter{States: 1 << Established}, e, true},
 		{"state miss", Filter{States: 1 << TimeWait}, e, false},
+		// A re-arm is never shown; the timeline needs it to tell the cancel
+		// before it (to CLOSE) from a kill.
+		{"timewait re-arm, any state", Filter{States: 1 << Close}, rearm, true},
+		{"timewait re-arm, other port", Filter{States: 1 << Close, Ports: []uint16{1}}, rearm, false},
+		{"timewait cancel, state miss", Filter{States: 1 << Listen}, cancel, false},
 		{"pid", Filter{PIDs: []uint32{7, 100}}, e, true},
 		{"pid miss", Filter{PIDs: []uint32{7}}, e, false},
 		{"pid needs a known owner", Filter{PIDs: []uint32{100}}, unknownOwner, false},

@@ -52,20 +52,34 @@ func (f *Filter) Validate() error {
 }
 
 // Match reports whether e passes the filter. Lost-event reports always pass.
+// A timewait re-arm passes whatever states the filter wants: it is never
+// shown, and it is what tells the timeline that the timewait cancel before it
+// (a move to CLOSE, which a states filter may want) was no kill.
 func (f *Filter) Match(e *Event) bool {
-	return e.Type == EventLost || f.MatchConn(&e.Endpoints, &e.Owner, e.Old, e.New)
+	switch e.Type {
+	case EventLost:
+		return true
+	case EventTWRearm:
+		return f.matchConn(&e.Endpoints, &e.Owner)
+	}
+	return f.MatchConn(&e.Endpoints, &e.Owner, e.Old, e.New)
 }
 
 // MatchConn reports whether a connection at ep, owned by o, passes the
 // filter in state old or new (the states filter wants either).
 func (f *Filter) MatchConn(ep *Endpoints, o *Owner, old, new State) bool {
+	if f.States != 0 && !f.States.Has(old) && !f.States.Has(new) {
+		return false
+	}
+	return f.matchConn(ep, o)
+}
+
+// matchConn: MatchConn in any state.
+func (f *Filter) matchConn(ep *Endpoints, o *Owner) bool {
 	if f.Family != FamilyAny && ep.Family != f.Family {
 		return false
 	}
 	if f.NetNS != 0 && ep.NetNS != f.NetNS {
-		return false
-	}
-	if f.States != 0 && !f.States.Has(old) && !f.States.Has(new) {
 		return false
 	}
 	lport, rport := ep.Local.Port(), ep.Remote.Port()

@@ -631,7 +631,9 @@ func (t *Timeline) settleCancel(e *tracer.Event) {
 	p := &t.cancelOn[e.CPU]
 	if p.held {
 		rearm := e.Cookie == p.cookie && (e.Type == tracer.EventTWRearm || e.Type == tracer.EventState && e.Timewait)
-		if i := t.held.last(p.cookie, &t.held.cancels, isTWCancel); !rearm && i >= 0 {
+		// (this CPU's own: it may be gone already, and another CPU's of a
+		// reused id may be waiting for its re-arm)
+		if i := t.held.lastCancelOn(p.cookie, e.CPU); !rearm && i >= 0 {
 			t.held.settle(i)
 		}
 	}

@@ -144,6 +144,23 @@ func TestTimewaitCancelSettledByItsCPU(t *testing.T) {
 		t.Errorf("kill reported as %+v", k)
 	}
 
+	// A cancel of the same id from another CPU, still waiting for its
+	// re-arm, is not settled by this CPU's next event.
+	s = &sink{}
+	tl = New(s, Options{})
+	feed(t, tl,
+		on(tw(1*ms, 9, tracer.EventTWCancel), 1),
+		on(tw(1*ms+10, 9, tracer.EventTWCancel), 0),
+		on(other(1*ms+20, 23), 1), // settles CPU 1's, not CPU 0's
+		on(tw(1*ms+30, 9, tracer.EventTWRearm), 0),
+	)
+	if err := tl.Tick(10 * ms); err != nil {
+		t.Fatal(err)
+	}
+	if len(s.events) != 2 || s.events[0].Cookie != 9 || s.events[0].Time != 1*ms || s.events[1].Cookie != 23 {
+		t.Fatalf("got %+v, want CPU 1's kill, then cookie 23 (CPU 0's cancel re-armed)", s.events)
+	}
+
 	// No CPU: the same kill waits for its window.
 	s = &sink{}
 	tl = New(s, Options{})
