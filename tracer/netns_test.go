@@ -204,6 +204,69 @@ func TestTimeWaitExpires(t *testing.T) {
 // kernel rewrites the timer's expiry in place). Every one must be reported
 // within 200 ms of the FIN (the walk of FIN_WAIT2 timewait sockets runs every
 // 100 ms), dated to the FIN (two jiffies), for any delay.
+// A states filter that wants CLOSE but not TIME_WAIT still gets the timewait
+// re-arms (never shown): without them the cancel before each re-arm, a move
+// to CLOSE, reads as a kill. The re-arm here: a timewait socket's FIN_WAIT2
+// turning TIME_WAIT seconds after it began moves its timer to another
+// timer-wheel bucket (at HZ 250 the 60 s level's buckets are 2 s wide).
+func TestStatesFilterKeepsTimewaitRearms(t *testing.T) {
+	ns := newNetNS(t)
+	r := startTracer(t, tracer.Config{Filter: tracer.Filter{NetNS: ns.Inode, States: 1 << tracer.Close}}, nil)
+	raw := startRaw(t, tracer.Config{Filter: tracer.Filter{NetNS: ns.Inode}}, nil) // to see the re-arms
+	var ln net.Listener
+	ns.Do(t, func() {
+		var err error
+		if ln, err = net.Listen("tcp4", "127.0.0.1:0"); err != nil {
+			t.Fatal(err)
+		}
+	})
+	defer ln.Close()
+	srv := parseAddrPort(ln.Addr().String())
+	var clients []net.Conn
+	for range 3 {
+		var c net.Conn
+		ns.Do(t, func() {
+			var err error
+			if c, err = net.Dial("tcp4", srv.String()); err != nil {
+				t.Fatal(err)
+			}
+		})
+		s, err := ln.Accept()
+		if err != nil {
+			t.Fatal(err)
+		}
+		s.Close() // the server closes first: its timewait socket waits in FIN_WAIT2
+		clients = append(clients, c)
+	}
+	time.Sleep(4500 * time.Millisecond) // past two 2 s buckets, whatever the phase
+	for _, c := range clients {
+		c.Close() // the client's FIN: the server's timer is re-armed for TIME_WAIT
+	}
+	// The client's own closes pass the filter and come through the same
+	// queue: once they are all out, a kill would be out too.
+	eventually(t, "the clients' LAST_ACK->CLOSE", func() bool {
+		n := 0
+		for _, c := range clients {
+			cl := parseAddrPort(c.LocalAddr().String())
+			if evs := r.col.socket(func(e *tracer.Event) bool { return e.Local == cl && e.New == tracer.Close }); len(evs) > 0 {
+				n++
+			}
+		}
+		return n == len(clients)
+	})
+	time.Sleep(300 * time.Millisecond) // past pieceWindow, for a cancel nothing settled
+	if _, _, ok := raw.col.first(func(e *tracer.Event) bool { return e.Local == srv && e.Type == tracer.EventTWRearm }); !ok {
+		t.Fatal("no timewait re-arm of the server's sockets: the test proves nothing")
+	}
+	r.col.mu.Lock()
+	defer r.col.mu.Unlock()
+	for _, e := range r.col.events {
+		if e.Local == srv && e.Reason == tracer.ReasonTWKilled {
+			t.Errorf("the server's re-armed TIME_WAIT reported killed: %v -> %v %v", e.Local, e.Remote, e.Reason)
+		}
+	}
+}
+
 func TestTimeWaitReportedInTime(t *testing.T) {
 	ns := newNetNS(t)
 	r := startTracer(t, tracer.Config{Filter: tracer.Filter{NetNS: ns.Inode}}, nil)
