@@ -993,14 +993,7 @@ func TestLostEventsAreReported(t *testing.T) {
 	ns := newNetNS(t)
 	col := &collector{slow: 500 * time.Millisecond}
 	r := startRaw(t, tracer.Config{RingBufferSize: os.Getpagesize(), Filter: tracer.Filter{NetNS: ns.Inode}}, col)
-	var ln net.Listener
-	ns.Do(t, func() {
-		var err error
-		if ln, err = net.Listen("tcp4", "127.0.0.1:0"); err != nil {
-			t.Fatal(err)
-		}
-	})
-	defer ln.Close()
+	ln := ns.Listen(t, "tcp4", "127.0.0.1:0")
 	go func() {
 		for {
 			c, err := ln.Accept()

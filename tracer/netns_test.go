@@ -71,6 +71,26 @@ func timewaitPair(t *testing.T, ns *testnet.NetNS, clientPort string, serverDela
 
 func parseAddrPort(s string) netip.AddrPort { return netip.MustParseAddrPort(s) }
 
+// serverClosesFirst connects to ln from inside ns and closes the accepted end
+// at once: the server goes FIN_WAIT1, then FIN_WAIT2 in a timewait socket,
+// until the client closes the end it returns.
+func serverClosesFirst(t *testing.T, ns *testnet.NetNS, ln net.Listener) net.Conn {
+	t.Helper()
+	var c net.Conn
+	ns.Do(t, func() {
+		var err error
+		if c, err = net.Dial("tcp4", ln.Addr().String()); err != nil {
+			t.Fatal(err)
+		}
+	})
+	s, err := ln.Accept()
+	if err != nil {
+		t.Fatal(err)
+	}
+	s.Close()
+	return c
+}
+
 // The active closer's TIME_WAIT, followed in its timewait socket with its
 // owner, ended early when a new connection reuses the 4-tuple.
 func TestTimeWaitKilledByReuse(t *testing.T) {
@@ -213,30 +233,11 @@ func TestStatesFilterKeepsTimewaitRearms(t *testing.T) {
 	ns := newNetNS(t)
 	r := startTracer(t, tracer.Config{Filter: tracer.Filter{NetNS: ns.Inode, States: 1 << tracer.Close}}, nil)
 	raw := startRaw(t, tracer.Config{Filter: tracer.Filter{NetNS: ns.Inode}}, nil) // to see the re-arms
-	var ln net.Listener
-	ns.Do(t, func() {
-		var err error
-		if ln, err = net.Listen("tcp4", "127.0.0.1:0"); err != nil {
-			t.Fatal(err)
-		}
-	})
-	defer ln.Close()
+	ln := ns.Listen(t, "tcp4", "127.0.0.1:0")
 	srv := parseAddrPort(ln.Addr().String())
 	var clients []net.Conn
 	for range 3 {
-		var c net.Conn
-		ns.Do(t, func() {
-			var err error
-			if c, err = net.Dial("tcp4", srv.String()); err != nil {
-				t.Fatal(err)
-			}
-		})
-		s, err := ln.Accept()
-		if err != nil {
-			t.Fatal(err)
-		}
-		s.Close() // the server closes first: its timewait socket waits in FIN_WAIT2
-		clients = append(clients, c)
+		clients = append(clients, serverClosesFirst(t, ns, ln))
 	}
 	time.Sleep(4500 * time.Millisecond) // past two 2 s buckets, whatever the phase
 	for _, c := range clients {
@@ -270,14 +271,7 @@ func TestStatesFilterKeepsTimewaitRearms(t *testing.T) {
 func TestTimeWaitReportedInTime(t *testing.T) {
 	ns := newNetNS(t)
 	r := startTracer(t, tracer.Config{Filter: tracer.Filter{NetNS: ns.Inode}}, nil)
-	var ln net.Listener
-	ns.Do(t, func() {
-		var err error
-		if ln, err = net.Listen("tcp4", "127.0.0.1:0"); err != nil {
-			t.Fatal(err)
-		}
-	})
-	defer ln.Close()
+	ln := ns.Listen(t, "tcp4", "127.0.0.1:0")
 	srv := parseAddrPort(ln.Addr().String())
 	delays := []time.Duration{10 * time.Millisecond, 100 * time.Millisecond, 300 * time.Millisecond,
 		700 * time.Millisecond, 1500 * time.Millisecond, 2500 * time.Millisecond}
@@ -288,18 +282,7 @@ func TestTimeWaitReportedInTime(t *testing.T) {
 	}
 	results := make(chan result, len(delays))
 	for _, d := range delays {
-		var c net.Conn
-		ns.Do(t, func() {
-			var err error
-			if c, err = net.Dial("tcp4", srv.String()); err != nil {
-				t.Fatal(err)
-			}
-		})
-		s, err := ln.Accept()
-		if err != nil {
-			t.Fatal(err)
-		}
-		s.Close() // the server closes first: FIN_WAIT1, then FIN_WAIT2 in a timewait socket
+		c := serverClosesFirst(t, ns, ln)
 		go func() {
 			time.Sleep(d)
 			before := tracer.BootNow()
