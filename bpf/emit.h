@@ -31,12 +31,15 @@ static __always_inline bool is_any6(const __u8 *a)
 /*
  * Family, addresses and ports of a full or timewait socket (both start with a
  * sock_common); v4-mapped IPv6 is reported as IPv4. Fields are 16 bytes so
- * that struct event and struct iter_rec share this. READ is a direct load for
- * a trusted BTF pointer (the state tracepoint's sk: a plain load) or
- * BPF_CORE_READ for one computed from a timer (a probe read).
+ * that struct event and struct iter_rec share this. READ(p, field) reads a
+ * scalar field and ADDR6(dst, p, field) copies an IPv6 address: direct loads
+ * for a BTF pointer (DIRECT_READ, DIRECT_ADDR6: the state and reset
+ * tracepoints' sk, the tcp iterator's socket), or from the head copied from a
+ * socket reached by address (head_endpoints).
  */
 #define DIRECT_READ(p, field) ((p)->field)
-#define READ_ENDPOINTS(skc, family, sport, dport, saddr, daddr, READ)				\
+#define DIRECT_ADDR6(dst, p, field) __builtin_memcpy((dst), &(p)->field, 16)
+#define READ_ENDPOINTS(skc, family, sport, dport, saddr, daddr, READ, ADDR6)			\
 	do {											\
 		*(family) = READ(skc, skc_family);						\
 		*(sport) = READ(skc, skc_num);							\
@@ -47,8 +50,8 @@ static __always_inline bool is_any6(const __u8 *a)
 			*(__u32 *)(saddr) = READ(skc, skc_rcv_saddr);				\
 			*(__u32 *)(daddr) = READ(skc, skc_daddr);				\
 		} else {									\
-			__builtin_memcpy(saddr, &READ(skc, skc_v6_rcv_saddr), 16);		\
-			__builtin_memcpy(daddr, &READ(skc, skc_v6_daddr), 16);			\
+			ADDR6(saddr, skc, skc_v6_rcv_saddr);					\
+			ADDR6(daddr, skc, skc_v6_daddr);					\
 			unmap_v4(family, saddr, daddr);						\
 		}										\
 	} while (0)
@@ -68,58 +71,49 @@ static __always_inline void unmap_v4(__u16 *family, __u8 *saddr, __u8 *daddr)
 }
 
 /*
- * Fields of a structure reached by a plain address (through a timer or a walk,
- * not a BTF pointer), read with one probe read of a span of it where reading
- * field by field costs a helper call each (the keepalive and timewait hooks
- * read ten and more). SPAN_READ copies sizeof(*buf) bytes of *ptr from field
- * first on (from the 8-byte boundary before it; buf is 8-byte aligned, so
- * fields keep their alignment in the copy); SPAN_FIELD takes a scalar field from that copy when it lies
- * inside it, else reads it on its own. The offsets are CO-RE relocated, fixed
- * when the program loads, so the choice costs nothing at run time.
- */
-#define SPAN_BASE(type, first) (bpf_core_field_offset(type, first) & ~7U)	/* stack loads must be aligned */
-
-#define SPAN_READ(buf, ptr, type, first)							\
-	bpf_probe_read_kernel((buf), sizeof(*(buf)), (void *)(ptr) + SPAN_BASE(type, first))
-
-#define SPAN_FIELD(buf, ptr, type, first, field)						\
-	({											\
-		typeof(((type *)0)->field) __v;							\
-		__u32 __o = bpf_core_field_offset(type, field) - SPAN_BASE(type, first);	\
-		/* (else clang folds buf + o into buf | o, which the verifier refuses) */	\
-		barrier_var(__o);								\
-		if (__o + sizeof(__v) <= sizeof(*(buf)))					\
-			__v = *(typeof(__v) *)((void *)(buf) + __o);				\
-		else										\
-			__v = BPF_CORE_READ((type *)(ptr), field);				\
-		__v;										\
-	})
-
-/*
- * The head of a sock_common (full or timewait socket) reached by address: its
- * first SKC_HEAD bytes hold every field taken from it on the kernels we know
- * (skc_flags ends at byte 104 on 6.18).
+ * The head of a sock_common (full or timewait socket) reached by address,
+ * through a timer or a walk, not a BTF pointer: one probe read of it, where
+ * reading field by field costs a helper call each (the keepalive and timewait
+ * hooks read ten and more). Its first SKC_HEAD bytes hold every field taken
+ * from it on the kernels we know (skc_flags ends at byte 104 on 6.18).
  */
 #define SKC_HEAD 128
 
 struct skc_head {
-	__u64 w[SKC_HEAD / 8];
+	__u64 w[SKC_HEAD / 8];	/* 8-byte aligned: fields keep their alignment (stack loads must be aligned) */
 };
 
 static __always_inline void skc_read_head(struct skc_head *h, const struct sock_common *skc)
 {
-	SPAN_READ(h, skc, struct sock_common, skc_addrpair);
+	bpf_probe_read_kernel(h, sizeof(*h), skc);
 }
 
+/*
+ * A field's offset in the head, CO-RE relocated: fixed when the program loads,
+ * so whether the field lies inside the copy (else it is read on its own)
+ * costs nothing at run time. barrier_var: else clang folds h + o into h | o,
+ * which the verifier refuses.
+ */
+#define SKC_OFFSET(var, field)								\
+	__u32 var = bpf_core_field_offset(struct sock_common, field);			\
+	barrier_var(var)
+
 /* A scalar field of sock_common, from h (skc_read_head of skc). */
-#define SKC_FIELD(h, skc, field) SPAN_FIELD(h, skc, struct sock_common, skc_addrpair, field)
+#define SKC_FIELD(h, skc, field)							\
+	({										\
+		typeof(((struct sock_common *)0)->field) __v;				\
+		SKC_OFFSET(__o, field);							\
+		if (__o + sizeof(__v) <= SKC_HEAD)					\
+			__v = *(typeof(__v) *)((void *)(h) + __o);			\
+		else									\
+			__v = BPF_CORE_READ(skc, field);				\
+		__v;									\
+	})
 
 /* An IPv6 address of sock_common into dst (16 bytes), from h. */
 #define SKC_ADDR6(h, skc, field, dst)							\
 	do {										\
-		__u32 __o = bpf_core_field_offset(struct sock_common, field) -		\
-			    SPAN_BASE(struct sock_common, skc_addrpair);		\
-		barrier_var(__o);							\
+		SKC_OFFSET(__o, field);							\
 		if (__o + 16 <= SKC_HEAD)						\
 			__builtin_memcpy((dst), (void *)(h) + __o, 16);			\
 		else									\
@@ -129,19 +123,11 @@ static __always_inline void skc_read_head(struct skc_head *h, const struct sock_
 static __always_inline void head_endpoints(const struct skc_head *h, const struct sock_common *skc,
 					   __u16 *family, __u16 *sport, __u16 *dport, __u8 *saddr, __u8 *daddr)
 {
-	*family = SKC_FIELD(h, skc, skc_family);
-	*sport = SKC_FIELD(h, skc, skc_num);
-	*dport = bpf_ntohs(SKC_FIELD(h, skc, skc_dport));
-	__builtin_memset(saddr, 0, 16);
-	__builtin_memset(daddr, 0, 16);
-	if (*family == AF_INET) {
-		*(__u32 *)saddr = SKC_FIELD(h, skc, skc_rcv_saddr);
-		*(__u32 *)daddr = SKC_FIELD(h, skc, skc_daddr);
-		return;
-	}
-	SKC_ADDR6(h, skc, skc_v6_rcv_saddr, saddr);
-	SKC_ADDR6(h, skc, skc_v6_daddr, daddr);
-	unmap_v4(family, saddr, daddr);
+#define HEAD_READ(p, field) SKC_FIELD(h, p, field)
+#define HEAD_ADDR6(dst, p, field) SKC_ADDR6(h, p, field, dst)
+	READ_ENDPOINTS(skc, family, sport, dport, saddr, daddr, HEAD_READ, HEAD_ADDR6);
+#undef HEAD_READ
+#undef HEAD_ADDR6
 }
 
 /* The network namespace of the socket whose head h is. */
@@ -150,16 +136,6 @@ static __always_inline __u32 head_netns(const struct skc_head *h, const struct s
 	struct net *net = SKC_FIELD(h, skc, skc_net.net);
 
 	return BPF_CORE_READ(net, ns.inum);
-}
-
-/* For sockets that are not BTF pointers, read once: probe reads. */
-static __always_inline void read_endpoints(const struct sock_common *skc, __u16 *family,
-					   __u16 *sport, __u16 *dport, __u8 *saddr, __u8 *daddr)
-{
-	struct skc_head h;
-
-	skc_read_head(&h, skc);
-	head_endpoints(&h, skc, family, sport, dport, saddr, daddr);
 }
 
 static __always_inline __u32 netns_of(const struct sock_common *skc)

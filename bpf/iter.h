@@ -30,7 +30,7 @@ int iter_tcp(struct bpf_iter__tcp *ctx)
 	}
 	r.state = skc->skc_state;
 	r.netns = netns_of(skc);
-	read_endpoints(skc, &r.family, &r.sport, &r.dport, r.saddr, r.daddr);
+	READ_ENDPOINTS(skc, &r.family, &r.sport, &r.dport, r.saddr, r.daddr, DIRECT_READ, DIRECT_ADDR6);
 	r.cookie = skc_cookie(skc);
 
 	if (r.state == TCP_TIME_WAIT) {

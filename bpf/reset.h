@@ -42,7 +42,7 @@ static __always_inline void rst_out(const struct sock *sk, __u16 reason)
 	e.rst_reason = reason;
 	e.reason = REASON_RST_SENT;
 	e.netns = netns_of(&sk->__sk_common);
-	read_endpoints(&sk->__sk_common, &e.family, &e.sport, &e.dport, e.saddr, e.daddr);
+	READ_ENDPOINTS(&sk->__sk_common, &e.family, &e.sport, &e.dport, e.saddr, e.daddr, DIRECT_READ, DIRECT_ADDR6);
 	if (!e.sport)
 		e.sport = bpf_ntohs(BPF_CORE_READ((struct inet_sock *)sk, inet_sport));
 	event_owner(&e, info->owner_src, info->pid, info->tid, info->cgroup, info->comm);

@@ -37,7 +37,7 @@ static __always_inline void set_state(const struct sock *sk, int oldstate, int n
 	e.old_state = oldstate;
 	e.new_state = newstate;
 	e.netns = skc->skc_net.net->ns.inum;
-	READ_ENDPOINTS(skc, &e.family, &e.sport, &e.dport, e.saddr, e.daddr, DIRECT_READ);
+	READ_ENDPOINTS(skc, &e.family, &e.sport, &e.dport, e.saddr, e.daddr, DIRECT_READ, DIRECT_ADDR6);
 	/* On the way to CLOSE the kernel releases the port (inet_put_port
 	 * zeroes inet_num) before the tracepoint fires; inet_sport keeps it. */
 	if (!e.sport)
