@@ -144,20 +144,6 @@ func (q *heldQueue) last(cookie uint64, x *heldIndex, match func(*tracer.Event) 
 	return -1
 }
 
-// lastCancelOn finds the newest held timewait cancel of cookie that came
-// from cpu; -1 if none.
-func (q *heldQueue) lastCancelOn(cookie uint64, cpu uint32) int {
-	if !q.cancels.mayHold(cookie) {
-		return -1
-	}
-	for i := q.n - 1; i >= 0; i-- {
-		if h := q.at(i); h.Cookie == cookie && h.Type == tracer.EventTWCancel && h.HasCPU && h.CPU == cpu {
-			return i
-		}
-	}
-	return -1
-}
-
 // shrink lets an empty ring that grew past a busy moment go.
 func (q *heldQueue) shrink() {
 	if q.n == 0 && len(q.ring) > 4096 && q.maxLen < len(q.ring)/4 {

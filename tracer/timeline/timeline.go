@@ -633,7 +633,8 @@ func (t *Timeline) settleCancel(e *tracer.Event) {
 		rearm := e.Cookie == p.cookie && (e.Type == tracer.EventTWRearm || e.Type == tracer.EventState && e.Timewait)
 		// (this CPU's own: it may be gone already, and another CPU's of a
 		// reused id may be waiting for its re-arm)
-		if i := t.held.lastCancelOn(p.cookie, e.CPU); !rearm && i >= 0 {
+		fromCPU := func(h *tracer.Event) bool { return isTWCancel(h) && h.HasCPU && h.CPU == e.CPU }
+		if i := t.held.last(p.cookie, &t.held.cancels, fromCPU); !rearm && i >= 0 {
 			t.held.settle(i)
 		}
 	}
