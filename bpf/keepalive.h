@@ -111,15 +111,57 @@ static __always_inline void ka_emit(struct event *e, struct sock *sk, const stru
 	emit(e);
 }
 
+/*
+ * Whether this arm of an orphaned socket's timer in FIN_WAIT2 is replaced at
+ * once. tcp_rcv_state_process() arms it, on the ACK of an orphan's FIN, for
+ * the FIN_WAIT2 timeout tcp_fin_time(), in two cases only when that is at
+ * most TCP_TIMEWAIT_LEN (the default):
+ * - the segment also carries the peer's FIN, in order (an out-of-order FIN
+ *   after close() aborts the socket instead): tcp_fin() moves the socket to
+ *   TIME_WAIT while handling the same segment;
+ * - the socket is owned by a task: almost always tcp_close(), running the
+ *   backlog right after it orphaned the socket, which then hands the socket
+ *   to a timewait socket.
+ * The next events (CLOSE, the timewait socket's) say what this arm would.
+ * Above TCP_TIMEWAIT_LEN the arm stands and is sent. The one arm left unsent
+ * that stands: an orphan owned, when the ACK came, by another task than
+ * tcp_close() (a socket-lock holder such as a tcp iterator); its timer's fire
+ * and the socket's close are still sent.
+ */
+static __always_inline bool ka_arm_replaced(struct sock *sk, const struct skc_head *h)
+{
+	struct tcp_sock *tp = (struct tcp_sock *)sk;
+	struct net *net;
+	__s32 fin, floor;
+	__u32 rto;
+
+	if (SKC_FIELD(h, &sk->__sk_common, skc_state) != TCP_FIN_WAIT2 ||
+	    !(SKC_FIELD(h, &sk->__sk_common, skc_flags) & (1UL << SOCK_DEAD)) || !hz)
+		return false;
+	/* tcp_fin_time(), in jiffies */
+	fin = BPF_CORE_READ(tp, linger2);
+	if (!fin) {
+		net = SKC_FIELD(h, &sk->__sk_common, skc_net.net);
+		fin = BPF_CORE_READ(net, ipv4.sysctl_tcp_fin_timeout);
+	}
+	rto = BPF_CORE_READ((struct inet_connection_sock *)sk, icsk_rto);
+	floor = (__s32)((rto << 2) - (rto >> 1));
+	if (fin < floor)
+		fin = floor;
+	return fin <= (__s32)(60 * hz);
+}
+
 /* The keepalive timer armed: at connect/accept with SO_KEEPALIVE, by
- * setsockopt, and after each fire for the rest of the idle time or a probe
- * interval. */
+ * setsockopt, after each fire for the rest of the idle time or a probe
+ * interval, and in FIN_WAIT2 for its timeout (unless ka_arm_replaced). */
 static __always_inline void ka_armed(struct event *e, struct timer_list *t)
 {
 	struct sock *sk = ka_sock_of(t);
 	struct skc_head h;
 
 	skc_read_head(&h, &sk->__sk_common);
+	if (ka_arm_replaced(sk, &h))
+		return;
 	ka_event(e, sk, &h, t, KA_ARMED, bpf_ktime_get_boot_ns(), ka_cookie(sk, &h));
 	/* setsockopt(SO_KEEPALIVE) arms the timer before it sets the flag;
 	 * outside FIN_WAIT2 the timer is only armed for keepalive. */

@@ -259,3 +259,78 @@ func TestKeepaliveKillOfOlderSocketNamed(t *testing.T) {
 		t.Errorf("kill owned by %d (%v), want %d from the walk", kill.Owner.PID, kill.Owner.From, os.Getpid())
 	}
 }
+
+// finWait2Arms returns the keepalive timer's arms in FIN_WAIT2 (the FIN_WAIT2
+// timer) among the events of the sockets with local port port.
+func finWait2Arms(c *collector, port uint16) []tracer.Event {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	var out []tracer.Event
+	for _, e := range c.events {
+		if e.Local.Port() == port && e.Type == tracer.EventKeepalive &&
+			e.Keepalive.Event == tracer.KeepaliveArmed && e.New == tracer.FinWait2 {
+			out = append(out, e)
+		}
+	}
+	return out
+}
+
+// An orphan's FIN_WAIT2 timer is sent when it stands, and not when the kernel
+// replaces it while handling the same segment. A client that closes as soon
+// as it reads the server's FIN acks that FIN with its own: the server's
+// kernel arms the FIN_WAIT2 timer, then at once moves the socket to TIME_WAIT.
+// With tcp_fin_timeout above TCP_TIMEWAIT_LEN (60 s) and a client that never
+// closes, the timer stands, armed for the excess.
+func TestFinWait2TimerSentWhenItStands(t *testing.T) {
+	t.Run("replaced", func(t *testing.T) {
+		ns := newNetNS(t)
+		r := startTracer(t, tracer.Config{Filter: tracer.Filter{NetNS: ns.Inode}}, nil)
+		ln := ns.Listen(t, "tcp4", "127.0.0.1:0")
+		port := parseAddrPort(ln.Addr().String()).Port()
+		const conns = 20
+		for range conns {
+			c := serverClosesFirst(t, ns, ln)
+			if _, err := c.Read(make([]byte, 1)); err != io.EOF {
+				t.Fatalf("client read %v, want EOF", err)
+			}
+			c.Close()
+		}
+		// Every server socket goes FIN_WAIT2 -> TIME_WAIT.
+		timewaits := func() int {
+			r.col.mu.Lock()
+			defer r.col.mu.Unlock()
+			n := 0
+			for _, e := range r.col.events {
+				if e.Local.Port() == port && e.Type == tracer.EventState && e.Old == tracer.FinWait2 && e.New == tracer.TimeWait {
+					n++
+				}
+			}
+			return n
+		}
+		eventually(t, "every server socket in TIME_WAIT", func() bool { return timewaits() == conns })
+		time.Sleep(100 * time.Millisecond)
+		if arms := finWait2Arms(r.col, port); len(arms) > 0 {
+			t.Errorf("%d of %d server sockets sent a FIN_WAIT2 timer arm that TIME_WAIT replaced at once: %v",
+				len(arms), conns, transitions(arms))
+		}
+	})
+	t.Run("stands", func(t *testing.T) {
+		// tcp_fin_timeout 90 s: the orphan's keepalive timer runs the first
+		// 30 s of FIN_WAIT2, then a timewait socket the last 60.
+		ns := newNetNS(t, "net.ipv4.tcp_fin_timeout=90")
+		r := startTracer(t, tracer.Config{Filter: tracer.Filter{NetNS: ns.Inode}}, nil)
+		ln := ns.Listen(t, "tcp4", "127.0.0.1:0")
+		port := parseAddrPort(ln.Addr().String()).Port()
+		c := serverClosesFirst(t, ns, ln)
+		defer c.Close() // open to the end: the server's FIN_WAIT2 is never answered
+		var arms []tracer.Event
+		eventually(t, "the server's FIN_WAIT2 timer armed", func() bool {
+			arms = finWait2Arms(r.col, port)
+			return len(arms) > 0
+		})
+		// (a jiffy may pass between arming and the tracer's read)
+		if e := arms[0]; !near(e.ExpiresIn, 30*time.Second-10*time.Millisecond, 10*time.Millisecond+timerJiffies) {
+			t.Errorf("FIN_WAIT2 timer armed for %v, want 30s", e.ExpiresIn)
+		}
+	})
+}
