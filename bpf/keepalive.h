@@ -112,31 +112,29 @@ static __always_inline void ka_emit(struct event *e, struct sock *sk, const stru
 }
 
 /*
- * Whether this arm of an orphaned socket's timer in FIN_WAIT2 is replaced at
- * once. tcp_rcv_state_process() arms it, on the ACK of an orphan's FIN, for
- * the FIN_WAIT2 timeout tcp_fin_time(), in two cases only when that is at
- * most TCP_TIMEWAIT_LEN (the default):
- * - the segment also carries the peer's FIN, in order (an out-of-order FIN
- *   after close() aborts the socket instead): tcp_fin() moves the socket to
- *   TIME_WAIT while handling the same segment;
- * - the socket is owned by a task: almost always tcp_close(), running the
- *   backlog right after it orphaned the socket, which then hands the socket
- *   to a timewait socket.
- * The next events (CLOSE, the timewait socket's) say what this arm would.
- * Above TCP_TIMEWAIT_LEN the arm stands and is sent. The one arm left unsent
- * that stands: an orphan owned, when the ACK came, by another task than
- * tcp_close() (a socket-lock holder such as a tcp iterator); its timer's fire
- * and the socket's close are still sent.
+ * Whether this arm of an orphaned socket's timer in FIN_WAIT2 is replaced
+ * while the kernel handles the segment that made it. On the ACK of an orphan's
+ * FIN, tcp_rcv_state_process() arms the timer for the FIN_WAIT2 timeout
+ * tcp_fin_time() when the socket is owned by a task or the segment carries the
+ * peer's FIN (for exactly that timeout, when it is at most TCP_TIMEWAIT_LEN;
+ * above, for the excess, always). The FIN is in order there (an out-of-order
+ * FIN after close() aborts the socket first): tcp_fin() then moves the socket
+ * to TIME_WAIT in the same segment, and the next events (CLOSE, the timewait
+ * socket's) say what this arm would. So an arm of a socket not owned, for
+ * exactly tcp_fin_time(), is not sent. Owned, the arm may stand: tcp_close()
+ * replaces the one made while it runs the backlog, not one made at its final
+ * release_sock(), which the socket keeps for the FIN_WAIT2 timeout.
  */
-static __always_inline bool ka_arm_replaced(struct sock *sk, const struct skc_head *h)
+static __always_inline bool ka_arm_replaced(struct sock *sk, const struct skc_head *h, struct timer_list *t)
 {
 	struct tcp_sock *tp = (struct tcp_sock *)sk;
 	struct net *net;
-	__s32 fin, floor;
+	__s64 fin, floor, len;
 	__u32 rto;
 
 	if (SKC_FIELD(h, &sk->__sk_common, skc_state) != TCP_FIN_WAIT2 ||
-	    !(SKC_FIELD(h, &sk->__sk_common, skc_flags) & (1UL << SOCK_DEAD)) || !hz)
+	    !(SKC_FIELD(h, &sk->__sk_common, skc_flags) & (1UL << SOCK_DEAD)) ||
+	    BPF_CORE_READ(sk, sk_lock.owned))
 		return false;
 	/* tcp_fin_time(), in jiffies */
 	fin = BPF_CORE_READ(tp, linger2);
@@ -148,7 +146,11 @@ static __always_inline bool ka_arm_replaced(struct sock *sk, const struct skc_he
 	floor = (__s32)((rto << 2) - (rto >> 1));
 	if (fin < floor)
 		fin = floor;
-	return fin <= (__s32)(60 * hz);
+	/* Armed for fin jiffies from the jiffy of the arm, this one or the
+	 * last (a tick may fall in between); the excess over TCP_TIMEWAIT_LEN
+	 * is shorter by 60 s. */
+	len = (__s64)(t->expires - bpf_jiffies64());
+	return len <= fin && len >= fin - 2;
 }
 
 /* The keepalive timer armed: at connect/accept with SO_KEEPALIVE, by
@@ -160,7 +162,7 @@ static __always_inline void ka_armed(struct event *e, struct timer_list *t)
 	struct skc_head h;
 
 	skc_read_head(&h, &sk->__sk_common);
-	if (ka_arm_replaced(sk, &h))
+	if (ka_arm_replaced(sk, &h, t))
 		return;
 	ka_event(e, sk, &h, t, KA_ARMED, bpf_ktime_get_boot_ns(), ka_cookie(sk, &h));
 	/* setsockopt(SO_KEEPALIVE) arms the timer before it sets the flag;

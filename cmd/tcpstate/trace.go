@@ -36,8 +36,8 @@ timewait_expired, fin_timeout, timewait_killed, closed) or that the new state
 lives in the timewait socket. The keepalive timer's events show in TRANSITION as
 "keepalive armed|fired|probe N/M|answered|timeout|fin_wait2" with the effective
 idle, interval and count and where each comes from (socket option or sysctl);
-armed in FIN_WAIT2 it is the FIN_WAIT2 timeout, "fin_wait2 timer armed", shown
-when it stands: tcp_fin_timeout over 60 s (else a timewait socket runs it).
+armed in FIN_WAIT2 it is the FIN_WAIT2 timeout, "fin_wait2 timer armed" (not
+shown when the peer's FIN came with the ACK that armed it: TIME_WAIT follows).
 --wide adds the local address, thread, how the owner was learnt, the task on the
 CPU, cookie and netns. JSON lines: one object per event; the fields are listed
 in README.md.
