@@ -99,6 +99,24 @@ static __always_inline bool is_new(const struct sk_info *info, __u64 cookie, int
 	return !info->cookie || (cookie && info->cookie != cookie) || oldstate == TCP_CLOSE;
 }
 
+/*
+ * Where a TCP socket's keepalive timer lives: sk->sk_timer until the kernel
+ * gave it a field of its own, icsk->icsk_keepalive_timer ("tcp: introduce
+ * icsk->icsk_keepalive_timer", Linux 6.19, queued for stable kernels from 6.1
+ * in October 2026). As an offset from the socket; the flavour below names the
+ * new field for kernels whose BTF has it (this build's vmlinux.h has not).
+ */
+struct inet_connection_sock___ka_timer {
+	struct timer_list icsk_keepalive_timer;
+} __attribute__((preserve_access_index));
+
+static __always_inline __u32 ka_timer_offset(void)
+{
+	if (bpf_core_field_exists(struct inet_connection_sock___ka_timer, icsk_keepalive_timer))
+		return bpf_core_field_offset(struct inet_connection_sock___ka_timer, icsk_keepalive_timer);
+	return bpf_core_field_offset(struct sock, sk_timer);
+}
+
 /* The kernel's reset reason for a keepalive kill, where it has reasons (6.10). */
 static __always_inline __u16 ka_rst_reason(void)
 {

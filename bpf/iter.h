@@ -67,6 +67,7 @@ int iter_tcp(struct bpf_iter__tcp *ctx)
 		}
 	} else if (r.state != TCP_NEW_SYN_RECV) {
 		struct tcp_sock *tp = bpf_skc_to_tcp_sock(skc);
+		struct timer_list *kt;
 		struct sk_info *info;
 
 		if (!tp)
@@ -81,10 +82,10 @@ int iter_tcp(struct bpf_iter__tcp *ctx)
 		r.ka_probes = tp->keepalive_probes;
 		if (tp->inet_conn.icsk_inet.sk.__sk_common.skc_flags & (1UL << SOCK_KEEPOPEN))
 			r.ka_src |= KA_ON;
-		if (ka_timer_fn && tp->inet_conn.icsk_inet.sk.sk_timer.entry.pprev &&
-		    (__u64)tp->inet_conn.icsk_inet.sk.sk_timer.function == ka_timer_fn) {
+		kt = (void *)tp + ka_timer_offset();
+		if (ka_timer_fn && BPF_CORE_READ(kt, entry.pprev) && (__u64)BPF_CORE_READ(kt, function) == ka_timer_fn) {
 			r.ka_src |= KA_PENDING;
-			r.ka_expires = tp->inet_conn.icsk_inet.sk.sk_timer.expires;
+			r.ka_expires = BPF_CORE_READ(kt, expires);
 		}
 		r.uid = tp->inet_conn.icsk_inet.sk.sk_uid.val;
 		r.ino = BPF_CORE_READ(tp, inet_conn.icsk_inet.sk.sk_socket, file, f_inode, i_ino);

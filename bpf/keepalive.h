@@ -1,6 +1,6 @@
 /* SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause) */
 /*
- * The keepalive timer (sk->sk_timer running tcp_keepalive_timer): armed, fired, probes, kills.
+ * The keepalive timer (running tcp_keepalive_timer, ka_timer_offset): armed, fired, probes, kills.
  * Part of tcpstate.bpf.c (one object): included there, in order.
  */
 #ifndef __TCPSTATE_KEEPALIVE_H
@@ -16,7 +16,7 @@ static __always_inline void ka_note_owner(const struct sock *sk, const struct sk
 	__u32 zero = 0;
 	struct ka_fire *f = bpf_map_lookup_elem(&ka_fires, &zero);
 
-	if (!f || !f->timer || f->timer != (__u64)&sk->sk_timer)
+	if (!f || !f->timer || f->timer != (__u64)sk + ka_timer_offset())
 		return;
 	f->owner_src = info->owner_src;
 	f->pid = info->pid;
@@ -27,10 +27,10 @@ static __always_inline void ka_note_owner(const struct sock *sk, const struct sk
 
 #define SOCK_KEEPOPEN	3
 
-/* The socket behind a timer that runs tcp_keepalive_timer (sk->sk_timer). */
+/* The socket behind a timer that runs tcp_keepalive_timer. */
 static __always_inline struct sock *ka_sock_of(struct timer_list *t)
 {
-	return (void *)t - bpf_core_field_offset(struct sock, sk_timer);
+	return (void *)t - ka_timer_offset();
 }
 
 /*
