@@ -352,19 +352,34 @@ func (a *apt) kernel(ctx context.Context, k kernel, into string) (*kernelPkg, er
 	if dep == "" {
 		return nil, fmt.Errorf("%s in %s depends on no kernel image:\n%s", meta, k.Suite, out)
 	}
-	name := strings.TrimSuffix(dep, "-unsigned") + "-unsigned"
-	release := strings.TrimSuffix(strings.TrimPrefix(name, "linux-image-"), "-unsigned")
-	deb, err := a.download(ctx, name+":"+k.Arch, name+"_*_"+k.Arch+".deb")
-	if err != nil {
-		return nil, err
-	}
+	// Debian 11 to 13: the image in linux-image-RELEASE-unsigned (beside
+	// the signed one). Later suites split linux-image-RELEASE into
+	// linux-binary-RELEASE (the image) and linux-base-RELEASE (the config),
+	// under usr/lib/modules/RELEASE.
+	release := strings.TrimSuffix(strings.TrimPrefix(dep, "linux-image-"), "-unsigned")
+	name := "linux-image-" + release + "-unsigned"
 	dir := filepath.Join(into, release)
 	p := &kernelPkg{
 		name: name, release: release,
 		vmlinuz: filepath.Join(dir, "boot", "vmlinuz-"+release),
 		config:  filepath.Join(dir, "boot", "config-"+release),
 	}
-	if base := filepath.Base(deb); strings.Count(base, "_") == 2 {
+	parts := []string{name}
+	if _, err := a.cmd(ctx, "apt-cache", "show", name+":"+k.Arch).Output(); err != nil {
+		p.name = "linux-binary-" + release
+		p.vmlinuz = filepath.Join(dir, "usr", "lib", "modules", release, "vmlinuz")
+		p.config = filepath.Join(dir, "usr", "lib", "modules", release, "config")
+		parts = []string{p.name, "linux-base-" + release}
+	}
+	var debs []string
+	for _, part := range parts {
+		deb, err := a.download(ctx, part+":"+k.Arch, part+"_*_"+k.Arch+".deb")
+		if err != nil {
+			return nil, err
+		}
+		debs = append(debs, deb)
+	}
+	if base := filepath.Base(debs[0]); strings.Count(base, "_") == 2 {
 		p.version = strings.Split(base, "_")[1]
 	}
 	if _, err := os.Stat(p.vmlinuz); err != nil {
@@ -372,12 +387,19 @@ func (a *apt) kernel(ctx context.Context, k kernel, into string) (*kernelPkg, er
 		if err := os.MkdirAll(dir, 0o755); err != nil {
 			return nil, err
 		}
-		if out, err := exec.CommandContext(ctx, "dpkg-deb", "-x", deb, dir).CombinedOutput(); err != nil {
-			return nil, fmt.Errorf("dpkg-deb -x %s: %v\n%s", deb, err, out)
+		for _, deb := range debs {
+			if out, err := exec.CommandContext(ctx, "dpkg-deb", "-x", deb, dir).CombinedOutput(); err != nil {
+				return nil, fmt.Errorf("dpkg-deb -x %s: %v\n%s", deb, err, out)
+			}
 		}
 		// The modules are not needed: the tests use what is built in.
 		_ = os.RemoveAll(filepath.Join(dir, "lib"))
-		_ = os.RemoveAll(filepath.Join(dir, "usr"))
+		if len(parts) == 1 {
+			_ = os.RemoveAll(filepath.Join(dir, "usr"))
+		} else {
+			_ = os.RemoveAll(filepath.Join(dir, "usr", "lib", "modules", release, "kernel"))
+			_ = os.RemoveAll(filepath.Join(dir, "usr", "share"))
+		}
 	}
 	return p, nil
 }
