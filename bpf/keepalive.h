@@ -121,7 +121,7 @@ static __always_inline void ka_emit(struct event *e, struct sock *sk, const stru
  * FIN after close() aborts the socket first): tcp_fin() then moves the socket
  * to TIME_WAIT in the same segment, and the next events (CLOSE, the timewait
  * socket's) say what this arm would. So an arm of a socket not owned, for
- * exactly tcp_fin_time(), is not sent. Owned, the arm may stand: tcp_close()
+ * tcp_fin_time(), is not sent. Owned, the arm may stand: tcp_close()
  * replaces the one made while it runs the backlog, not one made at its final
  * release_sock(), which the socket keeps for the FIN_WAIT2 timeout.
  */
@@ -146,11 +146,11 @@ static __always_inline bool ka_arm_replaced(struct sock *sk, const struct skc_he
 	floor = (__s32)((rto << 2) - (rto >> 1));
 	if (fin < floor)
 		fin = floor;
-	/* Armed for fin jiffies from the jiffy of the arm, this one or the
-	 * last (a tick may fall in between); the excess over TCP_TIMEWAIT_LEN
-	 * is shorter by 60 s. */
+	/* Armed for fin jiffies from the jiffy of the arm: up to a second
+	 * earlier than now (ticks may pass in between, many while a virtual
+	 * CPU stalls). The excess over TCP_TIMEWAIT_LEN is 60 s shorter. */
 	len = (__s64)(t->expires - bpf_jiffies64());
-	return len <= fin && len >= fin - 2;
+	return len <= fin && len >= fin - (hz ? hz : 250);
 }
 
 /* The keepalive timer armed: at connect/accept with SO_KEEPALIVE, by
