@@ -76,13 +76,7 @@ func parseAddrPort(s string) netip.AddrPort { return netip.MustParseAddrPort(s) 
 // until the client closes the end it returns.
 func serverClosesFirst(t *testing.T, ns *testnet.NetNS, ln net.Listener) net.Conn {
 	t.Helper()
-	var c net.Conn
-	ns.Do(t, func() {
-		var err error
-		if c, err = net.Dial("tcp4", ln.Addr().String()); err != nil {
-			t.Fatal(err)
-		}
-	})
+	c := ns.Dial(t, "tcp4", ln.Addr().String())
 	s, err := ln.Accept()
 	if err != nil {
 		t.Fatal(err)

@@ -426,13 +426,7 @@ func TestWatchOrphanedFinWait2LiveAndOnce(t *testing.T) {
 	ns := testnet.New(t, "net.ipv4.tcp_fin_timeout=30")
 	ln := ns.Listen(t, "tcp4", "127.0.0.1:0")
 	wait := startCmd(t, "watch", "-o", "json", "-i", "300ms", "-d", "2s", "--netns", ns.Name, "--state", "fin-wait-2")
-	var client net.Conn
-	ns.Do(t, func() {
-		var err error
-		if client, err = net.Dial("tcp4", ln.Addr().String()); err != nil {
-			t.Fatal(err)
-		}
-	})
+	client := ns.Dial(t, "tcp4", ln.Addr().String())
 	peer, err := ln.Accept()
 	if err != nil {
 		t.Fatal(err)

@@ -148,12 +148,7 @@ func TestVerifyFinTimeoutLowered(t *testing.T) {
 	ns := testnet.New(t, "net.ipv4.tcp_fin_timeout=5")
 	var ln net.Listener
 	orphan := func() (client, peer net.Conn) {
-		ns.Do(t, func() {
-			var err error
-			if client, err = net.Dial("tcp4", ln.Addr().String()); err != nil {
-				t.Fatal(err)
-			}
-		})
+		client = ns.Dial(t, "tcp4", ln.Addr().String())
 		peer, err := ln.Accept()
 		if err != nil {
 			t.Fatal(err)

@@ -209,3 +209,17 @@ func (n *NetNS) Listen(t testing.TB, network, addr string) net.Listener {
 	t.Cleanup(func() { ln.Close() })
 	return ln
 }
+
+// Dial connects from inside the namespace to addr; the connection is closed
+// when the test ends, if it was not before.
+func (n *NetNS) Dial(t testing.TB, network, addr string) net.Conn {
+	t.Helper()
+	var c net.Conn
+	var err error
+	n.Do(t, func() { c, err = net.Dial(network, addr) })
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	return c
+}
