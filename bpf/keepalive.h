@@ -150,7 +150,7 @@ static __always_inline bool ka_arm_replaced(struct sock *sk, const struct skc_he
 	 * earlier than now (ticks may pass in between, many while a virtual
 	 * CPU stalls). The excess over TCP_TIMEWAIT_LEN is 60 s shorter. */
 	len = (__s64)(t->expires - bpf_jiffies64());
-	return len <= fin && len >= fin - (hz ? hz : 250);
+	return len <= fin && len >= fin - hz;
 }
 
 /* The keepalive timer armed: at connect/accept with SO_KEEPALIVE, by
