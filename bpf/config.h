@@ -19,6 +19,13 @@ volatile const char filter_comm[TASK_COMM_LEN];	/* owner comm, exact */
 volatile const __u64 tw_timer_fn;	/* tw_timer_handler */
 volatile const __u64 ka_timer_fn;	/* tcp_keepalive_timer */
 volatile const __u32 hz = 250;		/* CONFIG_HZ, to turn jiffies into time */
+/*
+ * Jiffies from a timewait FIN_WAIT2 timer's expiry back to the last moment the
+ * peer's FIN may re-arm it within its timer-wheel bucket, with no timer_start:
+ * TCP_TIMEWAIT_LEN less twice the granularity of the bucket that holds it
+ * (tracer.fw2SilentLead). 0: always watched.
+ */
+volatile const __u64 fw2_silent_lead;
 /* Wake the reader only when this much is waiting (0: at every event); it
  * also reads every 100 ms. Saves a wakeup per event under load. */
 volatile const __u64 wakeup_bytes;

@@ -59,12 +59,8 @@ int iter_tcp(struct bpf_iter__tcp *ctx)
 		fresh.expires = r.timer_expires;
 		fresh.flags = INFO_SINCE_START;
 		bpf_map_update_elem(&tw_infos, &key, &fresh, BPF_NOEXIST);
-		if (r.state == TCP_FIN_WAIT2) {
-			__u64 addr = (__u64)tw;
-
-			if (!bpf_map_update_elem(&tw_fin_wait2, &key, &addr, BPF_NOEXIST))
-				stat_inc(STAT_FW2_ADDED);
-		}
+		if (r.state == TCP_FIN_WAIT2)
+			fw2_watch(tw, key, r.timer_expires, BPF_NOEXIST);
 	} else if (r.state != TCP_NEW_SYN_RECV) {
 		struct tcp_sock *tp = bpf_skc_to_tcp_sock(skc);
 		struct timer_list *kt;
@@ -113,7 +109,8 @@ int iter_tcp(struct bpf_iter__tcp *ctx)
  * turned TIME_WAIT in place is reported now, dated from its rewritten expiry
  * (TIME_WAIT began TCP_TIMEWAIT_LEN before it: exact to the jiffy). The
  * socket is read through its address: an entry whose socket is gone (its key
- * no longer matches, or it is no longer a timewait socket) is dropped.
+ * no longer matches, or it is no longer a timewait socket) is dropped, and so
+ * is one still in FIN_WAIT2 whose peer's FIN can no longer go unseen.
  */
 SEC("iter/bpf_map_elem")
 int iter_fin_wait2(struct bpf_iter__bpf_map_elem *ctx)
@@ -122,22 +119,33 @@ int iter_fin_wait2(struct bpf_iter__bpf_map_elem *ctx)
 	struct tw_info *info;
 	struct skc_head h;
 	struct event e;
-	__u64 *key = ctx->key, *addr = ctx->value;
+	struct fw2_entry *v = ctx->value;
+	__u64 *key = ctx->key;
 	__u64 k, cookie;
 
-	if (!key || !addr)
+	if (!key || !v)
 		return 0;
 	k = *key;
-	tw = (struct inet_timewait_sock *)*addr;
-	info = bpf_map_lookup_elem(&tw_infos, &k);
+	tw = (struct inet_timewait_sock *)v->addr;
 	skc_read_head(&h, &tw->__tw_common);
 	cookie = SKC_FIELD(&h, &tw->__tw_common, skc_cookie.counter);
-	if (!info || tw_key(cookie, tw) != k || SKC_FIELD(&h, &tw->__tw_common, skc_state) != TCP_TIME_WAIT) {
+	if (tw_key(cookie, tw) != k || SKC_FIELD(&h, &tw->__tw_common, skc_state) != TCP_TIME_WAIT) {
 		bpf_map_delete_elem(&tw_fin_wait2, &k);
 		return 0;
 	}
-	if (BPF_CORE_READ(tw, tw_substate) != TCP_TIME_WAIT || info->state != TCP_FIN_WAIT2) {
-		stat_inc(STAT_FW2_KEPT);
+	if (BPF_CORE_READ(tw, tw_substate) != TCP_TIME_WAIT) {
+		if (fw2_silent_lead && (__s64)(bpf_jiffies64() - v->until) >= 0)
+			bpf_map_delete_elem(&tw_fin_wait2, &k);
+		else
+			stat_inc(STAT_FW2_KEPT);
+		return 0;
+	}
+	/* Turned TIME_WAIT: the rare case, the only one that looks the
+	 * connection up (a lookup per entry and walk was most of the walk's
+	 * cost). Not followed any more, or already reported: dropped. */
+	info = bpf_map_lookup_elem(&tw_infos, &k);
+	if (!info || info->state != TCP_FIN_WAIT2) {
+		bpf_map_delete_elem(&tw_fin_wait2, &k);
 		return 0;
 	}
 	/* Nobody woken: the walk is the reader's own, which reads the ring

@@ -99,19 +99,28 @@ struct {
 } tw_infos SEC(".maps");
 
 /*
- * Timewait sockets still in FIN_WAIT2, keyed as in tw_infos, valued by the
- * timewait socket's address. The peer's FIN turns one TIME_WAIT; when the new
- * expiry stays in the same timer-wheel bucket the kernel only rewrites
- * timer->expires, with no tracepoint. iter_fin_wait2 walks this map (user
- * space runs it every 100 ms) to find those. Added when a timewait socket is
- * followed in FIN_WAIT2 (first arm, start-up walk), deleted when it is seen in
- * TIME_WAIT or ends, or found gone. LRU, sized as tw_infos.
+ * Timewait sockets still in FIN_WAIT2 whose peer's FIN could still go
+ * unseen, keyed as in tw_infos. The FIN turns the socket TIME_WAIT and re-arms
+ * its timer for TCP_TIMEWAIT_LEN; when the new expiry stays in the same
+ * timer-wheel bucket the kernel only rewrites timer->expires, with no
+ * tracepoint. That can happen only within a bucket's granularity of the
+ * first arm (about 2 s at HZ=250); later, a FIN moves the timer to another
+ * bucket, and timer_start reports it. iter_fin_wait2 walks this map (user
+ * space runs it every 100 ms) to find the silent ones. Added when a timewait
+ * socket is followed in FIN_WAIT2 (first arm, start-up walk) inside that
+ * window, deleted when it is seen in TIME_WAIT, ends, is found gone, or
+ * leaves the window. LRU, sized as tw_infos.
  */
+struct fw2_entry {
+	__u64 addr;	/* the inet_timewait_sock */
+	__u64 until;	/* jiffies: after this a FIN comes with timer_start */
+};
+
 struct {
 	__uint(type, BPF_MAP_TYPE_LRU_HASH);
 	__uint(max_entries, 65536);
 	__type(key, __u64);
-	__type(value, __u64);
+	__type(value, struct fw2_entry);
 } tw_fin_wait2 SEC(".maps");
 
 /*

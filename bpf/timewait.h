@@ -13,6 +13,25 @@ static __always_inline __u64 tw_key(__u64 cookie, const void *tw)
 }
 
 /*
+ * Watches a timewait socket in FIN_WAIT2, whose timer expires at expires, for
+ * a turn to TIME_WAIT without timer_start (tw_fin_wait2), unless its peer's
+ * FIN can no longer bring one.
+ */
+static __always_inline void fw2_watch(const struct inet_timewait_sock *tw, __u64 key, __u64 expires,
+				      __u64 flags)
+{
+	struct fw2_entry v = {
+		.addr = (__u64)tw,
+		.until = expires - fw2_silent_lead,
+	};
+
+	if (fw2_silent_lead && (__s64)(bpf_jiffies64() - v.until) >= 0)
+		return;
+	if (!bpf_map_update_elem(&tw_fin_wait2, &key, &v, flags))
+		stat_inc(STAT_FW2_ADDED);
+}
+
+/*
  * The timewait socket that took over the connection of a full socket now
  * reaching CLOSE: by cookie, which it inherits when the full socket had one;
  * else the one armed last on this CPU, if its endpoints are the same.
@@ -194,12 +213,8 @@ static __always_inline void tw_first_arm(struct inet_timewait_sock *tw, const st
 	fresh.expires = t->expires;
 	fresh.flags = INFO_HANDOVER;
 	bpf_map_update_elem(&tw_infos, &key, &fresh, BPF_ANY);
-	if (fresh.state == TCP_FIN_WAIT2) {
-		__u64 addr = (__u64)tw;
-
-		if (!bpf_map_update_elem(&tw_fin_wait2, &key, &addr, BPF_ANY))
-			stat_inc(STAT_FW2_ADDED);
-	}
+	if (fresh.state == TCP_FIN_WAIT2)
+		fw2_watch(tw, key, fresh.expires, BPF_ANY);
 	if (cookie)
 		return;
 	/* No cookie to find it by: the full socket's CLOSE, next on this

@@ -356,3 +356,27 @@ func inode(t *testing.T, f *os.File) uint64 {
 	}
 	return st.Ino
 }
+
+// The FIN_WAIT2 watch ends a bucket's width plus a margin after the first
+// arm: the granularity of the timer-wheel level that holds 60 s at each HZ
+// Linux offers (kernel/time/timer.c).
+func TestFinWait2SilentLead(t *testing.T) {
+	for _, c := range []struct {
+		hz   uint32
+		gran uint64 // jiffies a bucket of the level that holds 60 s
+	}{
+		{0, 0},       // unknown: always watched
+		{100, 512},   // 6,000 jiffies: level 3
+		{250, 512},   // 15,000: level 3
+		{300, 512},   // 18,000: level 3
+		{1000, 4096}, // 60,000: level 4
+	} {
+		want := uint64(0)
+		if c.hz != 0 {
+			want = uint64(60*c.hz) - 2*c.gran
+		}
+		if got := fw2SilentLead(c.hz); got != want {
+			t.Errorf("HZ=%d: lead %d jiffies, want %d", c.hz, got, want)
+		}
+	}
+}

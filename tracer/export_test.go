@@ -2,5 +2,32 @@
 
 package tracer
 
+import "time"
+
 // DiagTimewait is diagTimewait for the kernel tests.
 var DiagTimewait = diagTimewait
+
+// FinWait2Watched counts the timewait sockets watched for a turn to
+// TIME_WAIT without timer_start (tw_fin_wait2).
+func (t *Tracer) FinWait2Watched() (int, error) {
+	var (
+		key uint64
+		val tcpstateFw2Entry
+		n   int
+	)
+	it := t.coll.Maps[tcpstateMapTwFinWait2].Iterate()
+	for it.Next(&key, &val) {
+		n++
+	}
+	return n, it.Err()
+}
+
+// FinWait2Window is how long after its first arm a timewait FIN_WAIT2 is
+// watched at hz (0: for ever).
+func FinWait2Window(hz uint32) time.Duration {
+	lead := fw2SilentLead(hz)
+	if lead == 0 {
+		return 0
+	}
+	return time.Duration(uint64(60*hz)-lead) * time.Second / time.Duration(hz)
+}

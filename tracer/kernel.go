@@ -54,6 +54,44 @@ func configHZ(r io.Reader) uint32 {
 	return 0
 }
 
+// fw2SilentLead is, in jiffies at hz, how long before a timewait FIN_WAIT2
+// timer's expiry the peer's FIN stops being able to turn the socket TIME_WAIT
+// without timer_start (bpf fw2_silent_lead).
+//
+// The FIN re-arms the timer for TCP_TIMEWAIT_LEN (60 s) with mod_timer. Only
+// when the new expiry falls in the timer's current wheel bucket does the
+// kernel just rewrite timer->expires; in any other bucket it re-queues the
+// timer, and timer_start fires. Both expiries lie in the level that holds
+// 60 s (timer_wheel.c's calc_wheel_index: at HZ=250 level 3, whose buckets are
+// 512 jiffies wide), and the FIN_WAIT2 timer ran for at most 60 s, so once the
+// old expiry is more than a bucket's width short of "now + 60 s", no FIN can
+// keep it in its bucket. The lead leaves a second bucket's width of margin.
+// 0 (always watched) when hz is not known: a wrong guess could end the
+// watch too early.
+func fw2SilentLead(hz uint32) uint64 {
+	if hz == 0 {
+		return 0
+	}
+	const (
+		lvlBits  = 6 // LVL_BITS: 64 buckets a level
+		lvlShift = 3 // LVL_CLK_SHIFT: each level 8 times coarser
+	)
+	timewaitLen := uint64(60 * hz)
+	// Level n holds the deltas from LVL_START(n) = (LVL_SIZE - 1) << ((n - 1)
+	// * LVL_CLK_SHIFT) on. The delta is taken a little long: the base's clock
+	// may lag jiffies by a few ticks, and a coarser level only widens the
+	// margin.
+	level := uint64(0)
+	for level < 8 && timewaitLen+64 >= ((1<<lvlBits)-1)<<(level*lvlShift) {
+		level++
+	}
+	gran := uint64(1) << (level * lvlShift)
+	if 2*gran >= timewaitLen {
+		return 0
+	}
+	return timewaitLen - 2*gran
+}
+
 // kallsyms finds the addresses of the named kernel functions. A name that is
 // missing, or hidden (kernel.kptr_restrict shows zeros), maps to 0.
 func kallsyms(names ...string) (map[string]uint64, error) {

@@ -269,8 +269,16 @@ func TestTimeWaitReportedInTime(t *testing.T) {
 	r := startTracer(t, tracer.Config{Filter: tracer.Filter{NetNS: ns.Inode}}, nil)
 	ln := ns.Listen(t, "tcp4", "127.0.0.1:0")
 	srv := parseAddrPort(ln.Addr().String())
+	// A FIN_WAIT2 is watched for a turn to TIME_WAIT without timer_start for
+	// the first few seconds only: after that the peer's FIN always moves its
+	// timer, and timer_start reports it. The last delay comes after the watch.
+	window := tracer.FinWait2Window(r.tr.Info().HZ)
+	if window == 0 {
+		t.Fatalf("HZ=%d: FIN_WAIT2 watched for ever", r.tr.Info().HZ)
+	}
+	late := window + 1500*time.Millisecond
 	delays := []time.Duration{10 * time.Millisecond, 100 * time.Millisecond, 300 * time.Millisecond,
-		700 * time.Millisecond, 1500 * time.Millisecond, 2500 * time.Millisecond}
+		700 * time.Millisecond, 1500 * time.Millisecond, 2500 * time.Millisecond, late}
 	type result struct {
 		client             netip.AddrPort
 		delay              time.Duration
@@ -286,6 +294,18 @@ func TestTimeWaitReportedInTime(t *testing.T) {
 			results <- result{parseAddrPort(c.LocalAddr().String()), d, before, tracer.BootNow()}
 		}()
 	}
+	go func() {
+		// The server sockets whose client has not closed yet are watched
+		// (300 ms and later: 5), until the watch ends (none left).
+		time.Sleep(200 * time.Millisecond)
+		if n, err := r.tr.FinWait2Watched(); err != nil || n < 4 {
+			t.Errorf("at 200ms: %d FIN_WAIT2 watched (%v), want the 4 or 5 whose client has not closed", n, err)
+		}
+		time.Sleep(window + 500*time.Millisecond)
+		if n, err := r.tr.FinWait2Watched(); err != nil || n != 0 {
+			t.Errorf("%v after the server closed: %d FIN_WAIT2 still watched (%v), want none", window+700*time.Millisecond, n, err)
+		}
+	}()
 	const jiffies = timerJiffies
 	for range delays {
 		res := <-results

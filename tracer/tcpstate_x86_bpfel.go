@@ -93,6 +93,12 @@ const (
 	tcpstateEventTypeEVENT_TW_HANDOVER tcpstateEventType = 6
 )
 
+type tcpstateFw2Entry struct {
+	_     structs.HostLayout
+	Addr  uint64
+	Until uint64
+}
+
 type tcpstateIterRec struct {
 	_            structs.HostLayout
 	Cookie       uint64
@@ -277,6 +283,7 @@ const (
 	tcpstateVarFilterPids         = "filter_pids"
 	tcpstateVarFilterPorts        = "filter_ports"
 	tcpstateVarFilterStates       = "filter_states"
+	tcpstateVarFw2SilentLead      = "fw2_silent_lead"
 	tcpstateVarHaveCookie         = "have_cookie"
 	tcpstateVarHaveSkStorage      = "have_sk_storage"
 	tcpstateVarHz                 = "hz"
@@ -384,6 +391,7 @@ type tcpstateVariableSpecs struct {
 	FilterPids        *ebpf.VariableSpec `ebpf:"filter_pids"`
 	FilterPorts       *ebpf.VariableSpec `ebpf:"filter_ports"`
 	FilterStates      *ebpf.VariableSpec `ebpf:"filter_states"`
+	Fw2SilentLead     *ebpf.VariableSpec `ebpf:"fw2_silent_lead"`
 	HaveCookie        *ebpf.VariableSpec `ebpf:"have_cookie"`
 	HaveSkStorage     *ebpf.VariableSpec `ebpf:"have_sk_storage"`
 	Hz                *ebpf.VariableSpec `ebpf:"hz"`
@@ -467,6 +475,7 @@ type tcpstateVariables struct {
 	FilterPids        *ebpf.Variable `ebpf:"filter_pids"`
 	FilterPorts       *ebpf.Variable `ebpf:"filter_ports"`
 	FilterStates      *ebpf.Variable `ebpf:"filter_states"`
+	Fw2SilentLead     *ebpf.Variable `ebpf:"fw2_silent_lead"`
 	HaveCookie        *ebpf.Variable `ebpf:"have_cookie"`
 	HaveSkStorage     *ebpf.Variable `ebpf:"have_sk_storage"`
 	Hz                *ebpf.Variable `ebpf:"hz"`

@@ -212,6 +212,7 @@ func New(cfg Config) (*Tracer, error) {
 	}
 	t := &Tracer{info: KernelInfo{HZ: kernelHZ(), RstReasons: resetReasons(kernelTypes)}, spec: spec}
 	t.warnings = append(t.warnings, privilegeWarnings()...)
+	fw2Lead := fw2SilentLead(t.info.HZ)
 	if t.info.HZ == 0 {
 		t.info.HZ = 250
 		t.warnings = append(t.warnings, "kernel config not found (/boot/config-*, /proc/config.gz): assuming CONFIG_HZ=250 for timer expiries")
@@ -269,6 +270,7 @@ func New(cfg Config) (*Tracer, error) {
 		setting{vars.TwTimerFn, syms["tw_timer_handler"]},
 		setting{vars.KaTimerFn, syms["tcp_keepalive_timer"]},
 		setting{vars.Hz, t.info.HZ},
+		setting{vars.Fw2SilentLead, fw2Lead},
 		setting{vars.HaveSkStorage, caps.skStorage},
 		setting{vars.HaveCookie, caps.cookie},
 	); err != nil {
