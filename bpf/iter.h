@@ -104,8 +104,8 @@ int iter_tcp(struct bpf_iter__tcp *ctx)
 }
 
 /*
- * Walks tw_fin_wait2 (user space runs it every 100 ms, unless the last walk
- * kept nothing and nothing was added since): a timewait socket that
+ * Walks tw_fin_wait2 (user space runs it every 100 ms while it holds
+ * anything: STAT_FW2_ADDED above STAT_FW2_REMOVED): a timewait socket that
  * turned TIME_WAIT in place is reported now, dated from its rewritten expiry
  * (TIME_WAIT began TCP_TIMEWAIT_LEN before it: exact to the jiffy). The
  * socket is read through its address: an entry whose socket is gone (its key
@@ -130,14 +130,13 @@ int iter_fin_wait2(struct bpf_iter__bpf_map_elem *ctx)
 	skc_read_head(&h, &tw->__tw_common);
 	cookie = SKC_FIELD(&h, &tw->__tw_common, skc_cookie.counter);
 	if (tw_key(cookie, tw) != k || SKC_FIELD(&h, &tw->__tw_common, skc_state) != TCP_TIME_WAIT) {
-		bpf_map_delete_elem(&tw_fin_wait2, &k);
+		fw2_unwatch(k);
 		return 0;
 	}
 	if (BPF_CORE_READ(tw, tw_substate) != TCP_TIME_WAIT) {
+		/* Still in FIN_WAIT2: kept while its peer's FIN may go unseen. */
 		if (fw2_silent_lead && (__s64)(bpf_jiffies64() - v->until) >= 0)
-			bpf_map_delete_elem(&tw_fin_wait2, &k);
-		else
-			stat_inc(STAT_FW2_KEPT);
+			fw2_unwatch(k);
 		return 0;
 	}
 	/* Turned TIME_WAIT: the rare case, the only one that looks the
@@ -145,7 +144,7 @@ int iter_fin_wait2(struct bpf_iter__bpf_map_elem *ctx)
 	 * cost). Not followed any more, or already reported: dropped. */
 	info = bpf_map_lookup_elem(&tw_infos, &k);
 	if (!info || info->state != TCP_FIN_WAIT2) {
-		bpf_map_delete_elem(&tw_fin_wait2, &k);
+		fw2_unwatch(k);
 		return 0;
 	}
 	/* Nobody woken: the walk is the reader's own, which reads the ring

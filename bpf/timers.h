@@ -100,7 +100,7 @@ int BPF_PROG(handle_timer_expire, struct timer_list *t, unsigned long baseclk)
 	emit(&e);
 	if (info)
 		bpf_map_delete_elem(&tw_infos, &key);
-	bpf_map_delete_elem(&tw_fin_wait2, &key);
+	fw2_unwatch(key);
 	return 0;
 }
 

@@ -31,6 +31,14 @@ static __always_inline void fw2_watch(const struct inet_timewait_sock *tw, __u64
 		stat_inc(STAT_FW2_ADDED);
 }
 
+/* Ends the watch of fw2_watch, if any. Counted: with nothing left to watch,
+ * user space skips the walk. */
+static __always_inline void fw2_unwatch(__u64 key)
+{
+	if (!bpf_map_delete_elem(&tw_fin_wait2, &key))
+		stat_inc(STAT_FW2_REMOVED);
+}
+
 /*
  * The timewait socket that took over the connection of a full socket now
  * reaching CLOSE: by cookie, which it inherits when the full socket had one;
@@ -191,7 +199,7 @@ static __always_inline void tw_sync(struct event *e, struct tw_info *info, struc
 	info->state = substate;
 	info->state_ts = entered;
 	info->flags &= ~INFO_SINCE_START;
-	bpf_map_delete_elem(&tw_fin_wait2, &key);
+	fw2_unwatch(key);
 }
 
 /* A timewait socket armed for the first time: start following it. */

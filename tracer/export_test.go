@@ -22,6 +22,9 @@ func (t *Tracer) FinWait2Watched() (int, error) {
 	return n, it.Err()
 }
 
+// FinWait2Walks counts the walks of tw_fin_wait2 run so far.
+func (t *Tracer) FinWait2Walks() uint64 { return t.fw2Walks.Load() }
+
 // FinWait2Window is how long after its first arm a timewait FIN_WAIT2 is
 // watched at hz (0: for ever).
 func FinWait2Window(hz uint32) time.Duration {

@@ -334,4 +334,14 @@ func TestTimeWaitReportedInTime(t *testing.T) {
 		}
 		t.Logf("client close delay %v: TIME_WAIT reported %v after the FIN", res.delay, late.Round(time.Millisecond))
 	}
+	// All in TIME_WAIT: nothing left to watch, and no more walks.
+	eventually(t, "the FIN_WAIT2 watch empty", func() bool {
+		n, err := r.tr.FinWait2Watched()
+		return err == nil && n == 0
+	})
+	walks := r.tr.FinWait2Walks()
+	time.Sleep(500 * time.Millisecond)
+	if n := r.tr.FinWait2Walks() - walks; n > 0 {
+		t.Errorf("%d walks of an empty FIN_WAIT2 watch in 500ms, want none", n)
+	}
 }

@@ -216,7 +216,7 @@ const (
 	tcpstateStatIndexSTAT_TW_UNTRACKED tcpstateStatIndex = 4
 	tcpstateStatIndexSTAT_CAUGHT       tcpstateStatIndex = 5
 	tcpstateStatIndexSTAT_FW2ADDED     tcpstateStatIndex = 6
-	tcpstateStatIndexSTAT_FW2KEPT      tcpstateStatIndex = 7
+	tcpstateStatIndexSTAT_FW2REMOVED   tcpstateStatIndex = 7
 	tcpstateStatIndexSTAT_MAX          tcpstateStatIndex = 8
 )
 

@@ -12,6 +12,7 @@ import (
 	"net/netip"
 	"os"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"github.com/cilium/ebpf"
@@ -143,20 +144,16 @@ var probes = []string{tcpstateProgProbeSkStorage, tcpstateProgProbeCookie}
 
 // Tracer is attached to the kernel from New until Close.
 type Tracer struct {
-	spec  *ebpf.CollectionSpec
-	info  KernelInfo
-	coll  *ebpf.Collection
-	links []link.Link
-	fw2   *link.Iter // walks timewait sockets in FIN_WAIT2; nil without timewait hooks
-	// The last walk of fw2: the entries added before it (STAT_FW2_ADDED)
-	// and those it kept. When it kept none and none were added since, the
-	// map is empty.
-	fw2Walked             bool
-	fw2Added, fw2LastKept uint64
-	reader                *ringbuf.Reader
-	stats                 *ebpf.Map
-	warnings              []string
-	features              []Feature
+	spec     *ebpf.CollectionSpec
+	info     KernelInfo
+	coll     *ebpf.Collection
+	links    []link.Link
+	fw2      *link.Iter // walks timewait sockets in FIN_WAIT2; nil without timewait hooks
+	fw2Walks atomic.Uint64
+	reader   *ringbuf.Reader
+	stats    *ebpf.Map
+	warnings []string
+	features []Feature
 
 	lostSeen uint64 // lost count already reported
 	percpu   []uint64
@@ -489,27 +486,27 @@ func (t *Tracer) periodic(sink Sink, ev *Event) error {
 //
 // The walk visits every bucket of the map, full or not (2 ms for 65,536, a
 // fiftieth of a CPU at 10 a second), so it is skipped while the map is
-// empty: the last walk kept nothing and nothing was added since.
+// empty: as many entries removed as added. The removals are read first: an
+// entry removed after it was added is then counted in both, and one there
+// all along only in the additions. An entry added during the reads waits for
+// the next walk. LRU evictions are not counted: after one, the walk runs
+// every time, as if the map were never empty.
 func (t *Tracer) walkFinWait2() error {
 	if t.fw2 == nil {
 		return nil
+	}
+	removed, err := t.stat(uint32(tcpstateStatIndexSTAT_FW2REMOVED))
+	if err != nil {
+		return err
 	}
 	added, err := t.stat(uint32(tcpstateStatIndexSTAT_FW2ADDED))
 	if err != nil {
 		return err
 	}
-	if t.fw2Walked && added == t.fw2Added && t.fw2LastKept == 0 {
+	if added <= removed {
 		return nil
 	}
-	keptBefore, err := t.stat(uint32(tcpstateStatIndexSTAT_FW2KEPT))
-	if err != nil {
-		return err
-	}
-	defer func() {
-		if kept, err := t.stat(uint32(tcpstateStatIndexSTAT_FW2KEPT)); err == nil {
-			t.fw2Walked, t.fw2Added, t.fw2LastKept = true, added, kept-keptBefore
-		}
-	}()
+	t.fw2Walks.Add(1)
 	rd, err := t.fw2.Open()
 	if err != nil {
 		return fmt.Errorf("walking timewait sockets: %w", err)
