@@ -3,7 +3,9 @@
 // Command churn makes short TCP connections on loopback as fast as it can (or
 // at a set rate) for a while, and prints how many it made per second. The
 // server closes first, so the clients never hold TIME_WAIT and never run out
-// of ports. It can also hold idle keepalive sockets, to load the timer hooks.
+// of ports. It can also hold idle keepalive sockets, to load the timer hooks:
+// connections ESTABLISHED at both ends, on a listener of their own, with
+// keepalive on both ends.
 //
 //	go run ./scripts/churn -d 5s -c 2 -keepalive 10000
 package main
@@ -27,7 +29,7 @@ func main() {
 	dur := flag.Duration("d", 5*time.Second, "how long to churn")
 	rate := flag.Int("rate", 0, "connections per second (0: as fast as possible)")
 	conc := flag.Int("c", 2, "client workers")
-	idle := flag.Int("keepalive", 0, "idle keepalive sockets to hold meanwhile")
+	idle := flag.Int("keepalive", 0, "idle keepalive sockets to hold meanwhile (half as many connections, keepalive on both ends)")
 	idleTime := flag.Int("keepalive-idle", 5, "their TCP_KEEPIDLE and TCP_KEEPINTVL, seconds")
 	addr := flag.String("addr", "127.0.0.1:0", "listen address (loopback)")
 	hold := flag.Int("hold", 0, "instead of churning, hold this many connections open for -d (both ends: twice the sockets)")
@@ -66,12 +68,25 @@ func run(dur time.Duration, rate, conc, idle, idleTime int, addr string) error {
 			syscall.Close(fd)
 		}
 	}()
-	for range idle {
-		fd, err := dial(sa, idleTime)
+	if idle > 0 {
+		ilfd, isa, err := listen(netip.AddrPortFrom(ap.Addr(), 0))
 		if err != nil {
-			return fmt.Errorf("opening idle keepalive sockets: %w (raise `ulimit -n`?)", err)
+			return err
 		}
-		held = append(held, fd)
+		defer syscall.Close(ilfd)
+		for range (idle + 1) / 2 {
+			c, err := dial(isa, idleTime)
+			if err != nil {
+				return fmt.Errorf("opening idle keepalive sockets: %w (raise `ulimit -n`?)", err)
+			}
+			s, _, err := syscall.Accept4(ilfd, syscall.SOCK_CLOEXEC)
+			if err != nil {
+				syscall.Close(c)
+				return fmt.Errorf("accepting idle keepalive sockets: %w (raise `ulimit -n`?)", err)
+			}
+			setKeepalive(s, idleTime)
+			held = append(held, c, s)
+		}
 	}
 
 	var made atomic.Int64
