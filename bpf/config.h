@@ -20,9 +20,10 @@ volatile const __u64 tw_timer_fn;	/* tw_timer_handler */
 volatile const __u64 ka_timer_fn;	/* tcp_keepalive_timer */
 volatile const __u32 hz = 250;		/* CONFIG_HZ, to turn jiffies into time */
 /*
- * Jiffies from a timewait FIN_WAIT2 timer's expiry back to the last moment the
- * peer's FIN may re-arm it within its timer-wheel bucket, with no timer_start:
- * TCP_TIMEWAIT_LEN less twice the granularity of the bucket that holds it
+ * Jiffies from a timewait FIN_WAIT2 timer's expiry back to the end of its
+ * watch: one bucket's width after the last moment the peer's FIN may re-arm
+ * it within its timer-wheel bucket, with no timer_start. TCP_TIMEWAIT_LEN
+ * less twice the granularity of the level that holds it
  * (tracer.fw2SilentLead). 0: always watched.
  */
 volatile const __u64 fw2_silent_lead;

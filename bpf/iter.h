@@ -105,7 +105,7 @@ int iter_tcp(struct bpf_iter__tcp *ctx)
 
 /*
  * Walks tw_fin_wait2 (user space runs it every 100 ms while it holds
- * anything: STAT_FW2_ADDED above STAT_FW2_REMOVED): a timewait socket that
+ * anything): a timewait socket that
  * turned TIME_WAIT in place is reported now, dated from its rewritten expiry
  * (TIME_WAIT began TCP_TIMEWAIT_LEN before it: exact to the jiffy). The
  * socket is read through its address: an entry whose socket is gone (its key

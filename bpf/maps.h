@@ -103,8 +103,9 @@ struct {
  * unseen, keyed as in tw_infos. The FIN turns the socket TIME_WAIT and re-arms
  * its timer for TCP_TIMEWAIT_LEN; when the new expiry stays in the same
  * timer-wheel bucket the kernel only rewrites timer->expires, with no
- * tracepoint. That can happen only within a bucket's granularity of the
- * first arm (about 2 s at HZ=250); later, a FIN moves the timer to another
+ * tracepoint. That can happen only while the new expiry, the FIN's time plus
+ * 60 s, is within a bucket's granularity of the old one: for a first arm of
+ * 60 s, in its first 2 s at HZ=250. Later, a FIN moves the timer to another
  * bucket, and timer_start reports it. iter_fin_wait2 walks this map (user
  * space runs it every 100 ms) to find the silent ones. Added when a timewait
  * socket is followed in FIN_WAIT2 (first arm, start-up walk) inside that
@@ -113,7 +114,7 @@ struct {
  */
 struct fw2_entry {
 	__u64 addr;	/* the inet_timewait_sock */
-	__u64 until;	/* jiffies: after this a FIN comes with timer_start */
+	__u64 until;	/* jiffies: after this a FIN comes with timer_start (with a bucket's margin) */
 };
 
 struct {

@@ -74,8 +74,6 @@ enum stat_index {
 	STAT_NOSTORAGE,	/* no socket storage could be had: owner and duration unknown */
 	STAT_TW_UNTRACKED,	/* timewait socket not in tw_infos (evicted, or older than the tracer) */
 	STAT_CAUGHT,	/* state changes handle_set_state missed that catch_set_state took */
-	STAT_FW2_ADDED,	/* entries put in tw_fin_wait2 */
-	STAT_FW2_REMOVED,	/* entries deleted from tw_fin_wait2 (not counted: LRU evictions) */
 	STAT_MAX,
 };
 

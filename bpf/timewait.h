@@ -27,16 +27,13 @@ static __always_inline void fw2_watch(const struct inet_timewait_sock *tw, __u64
 
 	if (fw2_silent_lead && (__s64)(bpf_jiffies64() - v.until) >= 0)
 		return;
-	if (!bpf_map_update_elem(&tw_fin_wait2, &key, &v, flags))
-		stat_inc(STAT_FW2_ADDED);
+	bpf_map_update_elem(&tw_fin_wait2, &key, &v, flags);
 }
 
-/* Ends the watch of fw2_watch, if any. Counted: with nothing left to watch,
- * user space skips the walk. */
+/* Ends the watch of fw2_watch, if any. */
 static __always_inline void fw2_unwatch(__u64 key)
 {
-	if (!bpf_map_delete_elem(&tw_fin_wait2, &key))
-		stat_inc(STAT_FW2_REMOVED);
+	bpf_map_delete_elem(&tw_fin_wait2, &key);
 }
 
 /*

@@ -55,19 +55,22 @@ func configHZ(r io.Reader) uint32 {
 }
 
 // fw2SilentLead is, in jiffies at hz, how long before a timewait FIN_WAIT2
-// timer's expiry the peer's FIN stops being able to turn the socket TIME_WAIT
-// without timer_start (bpf fw2_silent_lead).
+// timer's expiry the watch for a silent turn to TIME_WAIT ends (bpf
+// fw2_silent_lead): one bucket's width after the peer's FIN stops being able
+// to make one.
 //
-// The FIN re-arms the timer for TCP_TIMEWAIT_LEN (60 s) with mod_timer. Only
-// when the new expiry falls in the timer's current wheel bucket does the
-// kernel just rewrite timer->expires; in any other bucket it re-queues the
-// timer, and timer_start fires. Both expiries lie in the level that holds
-// 60 s (timer_wheel.c's calc_wheel_index: at HZ=250 level 3, whose buckets are
-// 512 jiffies wide), and the FIN_WAIT2 timer ran for at most 60 s, so once the
-// old expiry is more than a bucket's width short of "now + 60 s", no FIN can
-// keep it in its bucket. The lead leaves a second bucket's width of margin.
-// 0 (always watched) when hz is not known: a wrong guess could end the
-// watch too early.
+// The FIN re-arms the timer for TCP_TIMEWAIT_LEN (60 s) with
+// mod_timer_pending(). Only when the new expiry falls in the timer's current
+// wheel bucket (same level, same slot: kernel/time/timer.c, __mod_timer() and
+// calc_wheel_index()) does the kernel just rewrite timer->expires; in any
+// other bucket it re-queues the timer, and timer_start fires. The same bucket
+// needs the two expiries less than the level's granularity apart (the level
+// that holds 60 s: at HZ=250 level 3, 512 jiffies). The new expiry is the
+// FIN's jiffies plus 60 s, so a silent turn needs the FIN before the old
+// expiry less 60 s plus one granularity, whatever the first timeout was (up
+// to 60 s, or more: 3.5 RTO, or tcp_fin_timeout above 120 s). The lead ends
+// the watch a second granularity later. 0 (always watched) when hz is not
+// known: a wrong guess could end the watch too early.
 func fw2SilentLead(hz uint32) uint64 {
 	if hz == 0 {
 		return 0

@@ -215,9 +215,7 @@ const (
 	tcpstateStatIndexSTAT_NOSTORAGE    tcpstateStatIndex = 3
 	tcpstateStatIndexSTAT_TW_UNTRACKED tcpstateStatIndex = 4
 	tcpstateStatIndexSTAT_CAUGHT       tcpstateStatIndex = 5
-	tcpstateStatIndexSTAT_FW2ADDED     tcpstateStatIndex = 6
-	tcpstateStatIndexSTAT_FW2REMOVED   tcpstateStatIndex = 7
-	tcpstateStatIndexSTAT_MAX          tcpstateStatIndex = 8
+	tcpstateStatIndexSTAT_MAX          tcpstateStatIndex = 6
 )
 
 type tcpstateTwInfo struct {

@@ -486,26 +486,20 @@ func (t *Tracer) periodic(sink Sink, ev *Event) error {
 // turned TIME_WAIT since the last walk report it into the ring buffer.
 //
 // The walk visits every bucket of the map, full or not (2 ms for 65,536, a
-// fiftieth of a CPU at 10 a second), so it is skipped while the map is
-// empty: as many entries removed as added. The removals are read first: an
-// entry removed after it was added is then counted in both, and one there
-// all along only in the additions. An entry added during the reads waits for
-// the next walk. LRU evictions are not counted: after one, the walk runs
-// every time, as if the map were never empty.
+// fiftieth of a CPU at 10 a second), so it runs only while the map holds
+// anything. Asking for its first key tells: the kernel scans the bucket
+// heads without running a program. (Counting additions and removals in the
+// kernel would be cheaper to read, but per-CPU counters lose increments to
+// softirqs that interrupt the walk, and a count gone wrong stays wrong.)
 func (t *Tracer) walkFinWait2() error {
 	if t.fw2 == nil {
 		return nil
 	}
-	removed, err := t.stat(uint32(tcpstateStatIndexSTAT_FW2REMOVED))
-	if err != nil {
-		return err
-	}
-	added, err := t.stat(uint32(tcpstateStatIndexSTAT_FW2ADDED))
-	if err != nil {
-		return err
-	}
-	if added <= removed {
+	var key uint64
+	if err := t.coll.Maps[tcpstateMapTwFinWait2].NextKey(nil, &key); errors.Is(err, ebpf.ErrKeyNotExist) {
 		return nil
+	} else if err != nil {
+		return fmt.Errorf("walking timewait sockets: %w", err)
 	}
 	t.fw2Walks.Add(1)
 	rd, err := t.fw2.Open()
