@@ -135,7 +135,7 @@ int iter_fin_wait2(struct bpf_iter__bpf_map_elem *ctx)
 	}
 	if (BPF_CORE_READ(tw, tw_substate) != TCP_TIME_WAIT) {
 		/* Still in FIN_WAIT2: kept while its peer's FIN may go unseen. */
-		if (fw2_silent_lead && (__s64)(bpf_jiffies64() - v->until) >= 0)
+		if (fw2_over(v->until))
 			fw2_unwatch(k);
 		return 0;
 	}

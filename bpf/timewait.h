@@ -12,6 +12,12 @@ static __always_inline __u64 tw_key(__u64 cookie, const void *tw)
 	return cookie ? cookie : (__u64)tw;
 }
 
+/* Whether a watch that lasts until then is over (never without a lead). */
+static __always_inline bool fw2_over(__u64 until)
+{
+	return fw2_silent_lead && (__s64)(bpf_jiffies64() - until) >= 0;
+}
+
 /*
  * Watches a timewait socket in FIN_WAIT2, whose timer expires at expires, for
  * a turn to TIME_WAIT without timer_start (tw_fin_wait2), unless its peer's
@@ -25,7 +31,7 @@ static __always_inline void fw2_watch(const struct inet_timewait_sock *tw, __u64
 		.until = expires - fw2_silent_lead,
 	};
 
-	if (fw2_silent_lead && (__s64)(bpf_jiffies64() - v.until) >= 0)
+	if (fw2_over(v.until))
 		return;
 	bpf_map_update_elem(&tw_fin_wait2, &key, &v, flags);
 }

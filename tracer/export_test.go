@@ -32,5 +32,5 @@ func FinWait2Window(hz uint32) time.Duration {
 	if lead == 0 {
 		return 0
 	}
-	return time.Duration(uint64(60*hz)-lead) * time.Second / time.Duration(hz)
+	return TimewaitLen - time.Duration(lead)*time.Second/time.Duration(hz)
 }

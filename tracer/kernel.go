@@ -10,6 +10,7 @@ import (
 	"os"
 	"strconv"
 	"strings"
+	"time"
 
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/btf"
@@ -79,7 +80,7 @@ func fw2SilentLead(hz uint32) uint64 {
 		lvlBits  = 6 // LVL_BITS: 64 buckets a level
 		lvlShift = 3 // LVL_CLK_SHIFT: each level 8 times coarser
 	)
-	timewaitLen := uint64(60 * hz)
+	timewaitLen := uint64(TimewaitLen/time.Second) * uint64(hz)
 	// Level n holds the deltas from LVL_START(n) = (LVL_SIZE - 1) << ((n - 1)
 	// * LVL_CLK_SHIFT) on. The delta is taken a little long: the base's clock
 	// may lag jiffies by a few ticks, and a coarser level only widens the

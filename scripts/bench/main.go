@@ -73,9 +73,9 @@ func main() {
 		{name: "tcpstates (libbpf-tools)", cmd: []string{"tcpstates"}, settle: 2 * time.Second},
 		{name: "bpftrace one-liner", cmd: []string{"bpftrace", "-e", oneLiner}, settle: 3 * time.Second},
 		// 10,000 idle keepalive sockets held meanwhile: 5,000 connections
-		// ESTABLISHED at both ends, keepalive on both. Their own kernel work (made at the churn's start,
-		// keepalive probes every 5 s) slows the untraced churn too: the
-		// ratio is to untraced rounds with them.
+		// ESTABLISHED at both ends, keepalive on both. Their own kernel
+		// work (made at the churn's start, keepalive probes every 5 s) slows
+		// the untraced churn too: the ratio is to untraced rounds with them.
 		{name: "none (10k keepalive)", churn: ka10k},
 		{name: "tcpstate record (10k keepalive)", cmd: []string{*bin, "record", "-w", out}, churn: ka10k, settle: time.Second, ours: true},
 		// Keepalive on every churned connection, as Go's net package sets it.
