@@ -30,7 +30,7 @@ func (t *Text) RenderConn(c *timeline.Conn) error {
 	}
 	r := row{b: t.buf[:0], cols: connColumns}
 	var end [16]byte
-	r.cell(t.opts.Clock.Wall(c.End).In(t.opts.Location).AppendFormat(end[:0], "15:04:05"))
+	r.cell(t.opts.Clock.Wall(c.End()).In(t.opts.Location).AppendFormat(end[:0], "15:04:05"))
 	r.owner(&c.Owner, false, false)
 	ends := c.Endpoints()
 	r.endpoint(ends.Local)
@@ -68,7 +68,7 @@ func (t *Text) RenderConn(c *timeline.Conn) error {
 // the list of states with their durations.
 func (j *JSON) RenderConn(c *timeline.Conn) error {
 	b := append(j.buf[:0], `{"time":"`...)
-	b = j.stamp.append(b, j.opts.Clock.Wall(c.End))
+	b = j.stamp.append(b, j.opts.Clock.Wall(c.End()))
 	b = append(b, `","type":"connection","cookie":`...)
 	b = strconv.AppendUint(b, c.Cookie, 10)
 	ends := c.Endpoints()

@@ -301,10 +301,10 @@ func conns() []*timeline.Conn {
 	owner := tracer.Task{PID: 4242, TID: 4242, Comm: tracer.CommFrom("curl")}
 	cs := []*timeline.Conn{{
 		Cookie: 1,
-		Owner:  tracer.Owner{Task: owner, From: tracer.OwnerConnect}, Reason: tracer.ReasonTWExpired, End: 70_000_000_000,
+		Owner:  tracer.Owner{Task: owner, From: tracer.OwnerConnect}, Reason: tracer.ReasonTWExpired, State: tracer.Close, Since: 70_000_000_000,
 	}, {
 		Cookie: 2,
-		Reason: tracer.ReasonRSTSent, RstReason: 11, End: 71_000_000_000,
+		Reason: tracer.ReasonRSTSent, RstReason: 11, State: tracer.Close, Since: 71_000_000_000,
 	}}
 	cs[0].SetEndpoints(tracer.Endpoints{NetNS: 4026531840, Family: tracer.IPv4,
 		Local: netip.MustParseAddrPort("10.0.0.1:43210"), Remote: netip.MustParseAddrPort("10.0.0.20:8443")})

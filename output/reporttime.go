@@ -312,7 +312,7 @@ func lingered(c *timeline.Conn, end uint64) time.Duration {
 			d = max(d, time.Duration(end-s.Start)) // still there
 		}
 	}
-	if (c.State == tracer.CloseWait || c.State == tracer.FinWait2) && c.End == 0 {
+	if c.State == tracer.CloseWait || c.State == tracer.FinWait2 {
 		d = max(d, c.Age(end))
 	}
 	return d

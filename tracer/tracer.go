@@ -147,7 +147,6 @@ var probes = []string{tcpstateProgProbeSkStorage, tcpstateProgProbeCookie}
 
 // Tracer is attached to the kernel from New until Close.
 type Tracer struct {
-	spec     *ebpf.CollectionSpec
 	info     KernelInfo
 	coll     *ebpf.Collection
 	links    []link.Link
@@ -210,7 +209,7 @@ func New(cfg Config) (*Tracer, error) {
 	if err := spec.Assign(&obj); err != nil {
 		return nil, fmt.Errorf("reading BPF object: %w", err)
 	}
-	t := &Tracer{info: KernelInfo{HZ: kernelHZ(), RstReasons: resetReasons(kernelTypes)}, spec: spec}
+	t := &Tracer{info: KernelInfo{HZ: kernelHZ(), RstReasons: resetReasons(kernelTypes)}}
 	t.warnings = append(t.warnings, privilegeWarnings()...)
 	fw2Lead := fw2SilentLead(t.info.HZ)
 	if t.info.HZ == 0 {

@@ -18,8 +18,8 @@ import (
 	"github.com/tcpstate/tcpstate/tracer"
 )
 
-// DefaultMaxConns bounds the connection table: about 180 bytes a connection
-// (a 160-byte Conn and its map slot; without spans), 18 MiB.
+// DefaultMaxConns bounds the connection table: about 165 bytes a connection
+// (a 144-byte Conn and its map slot; without spans), 16 MiB.
 const DefaultMaxConns = 100000
 
 // joinWindow is how long an event is held for a later piece of it, in the
@@ -65,25 +65,33 @@ const maxSpans = 32
 // Conn is one connection (or listener) as the timeline knows it.
 type Conn struct {
 	Cookie uint64
-	ends   ends // (Endpoints and SetEndpoints)
+	ends   ends  // (Endpoints and SetEndpoints)
+	SkErr  int32 // the socket's error when it ended (in the 4 bytes ends leaves before Owner)
 	Owner  tracer.Owner
 
-	Since uint64 // when State began (CLOCK_BOOTTIME ns); see SinceStart
+	Since uint64 // when State began (CLOCK_BOOTTIME ns); see SinceStart; in CLOSE, its end (End)
 	// SinceEarliest: with SinceStart, the earliest State can have begun
 	// (tracer.Socket.SinceEarliest); 0 when nothing bounds it.
 	SinceEarliest uint64
-	End           uint64  // CLOCK_BOOTTIME ns of its end
 	spans         *[]Span // (Spans, SetSpans) with Options.Spans, else nil: 8 bytes, not a slice's 24
 	prev, next    *Conn   // LRU list, most recently updated at the head
 
-	// (the small fields last, together: 160 bytes a Conn)
-	SkErr      int32
+	// (the small fields last, together: 144 bytes a Conn, a size class of
+	// the allocator; one byte more would take 160)
 	RstReason  uint16
 	State      tracer.State
 	Reason     tracer.Reason // how it ended
 	SinceStart bool          // State began before the tracer: Since is an estimate or the start time
 	Timewait   bool          // the connection lives in a timewait socket
 	lingered   bool
+}
+
+// End is when the connection ended (CLOCK_BOOTTIME ns), 0 while it has not.
+func (c *Conn) End() uint64 {
+	if c.State != tracer.Close {
+		return 0
+	}
+	return c.Since
 }
 
 // ends are a connection's tracer.Endpoints in 44 bytes, not 72: addresses
@@ -842,7 +850,7 @@ func (t *Timeline) advance(c *Conn, e *tracer.Event) {
 	}
 	c.State, c.Since, c.SinceStart, c.SinceEarliest, c.Timewait = e.New, e.Time, false, 0, e.Timewait
 	if e.New == tracer.Close {
-		c.Reason, c.RstReason, c.SkErr, c.End = e.Reason, e.RstReason, e.SkErr, e.Time
+		c.Reason, c.RstReason, c.SkErr = e.Reason, e.RstReason, e.SkErr
 	} else if t.opts.Spans {
 		if spans := c.Spans(); len(spans) == maxSpans {
 			*c.spans = append(spans[:maxSpans/2], spans[maxSpans/2+1:]...)

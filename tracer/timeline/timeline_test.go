@@ -610,7 +610,8 @@ func TestConnEndpoints(t *testing.T) {
 	if e := zero.Endpoints(); e != (tracer.Endpoints{}) {
 		t.Errorf("a zero Conn is at %+v", e)
 	}
-	if s := unsafe.Sizeof(Conn{}); s > 160 {
-		t.Errorf("a Conn takes %d bytes: README counts 160, check it", s)
+	// 144 is a size class of Go's allocator: a byte more takes 160.
+	if s := unsafe.Sizeof(Conn{}); s > 144 {
+		t.Errorf("a Conn takes %d bytes: README counts 144, check it", s)
 	}
 }
