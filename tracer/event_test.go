@@ -9,6 +9,7 @@ import (
 	"net/netip"
 	"os"
 	"os/exec"
+	"strings"
 	"testing"
 	"time"
 
@@ -378,5 +379,79 @@ func TestFinWait2SilentLead(t *testing.T) {
 		if got := fw2SilentLead(c.hz); got != want {
 			t.Errorf("HZ=%d: lead %d jiffies, want %d", c.hz, got, want)
 		}
+	}
+}
+
+func TestParseTimerList(t *testing.T) {
+	const list = "Timer List Version: v0.10\nHRTIMER_MAX_CLOCK_BASES: 8\nnow at 506874685081 nsecs\n\ncpu: 0\n" +
+		"  .last_jiffies   : 4295015487\njiffies: 4295018951\n\ncpu: 1\njiffies: 4295018952\n"
+	if got := parseTimerList(strings.NewReader(list)); got != (jiffiesSample{jiffies: 4295018951, mono: 506874685081, ok: true}) {
+		t.Errorf("parseTimerList = %+v", got)
+	}
+	for _, bad := range []string{"", "jiffies: 5\n", "now at 5 nsecs\n", "now at x nsecs\njiffies: 5\n", "now at 5 nsecs\njiffies: -1\n"} {
+		if got := parseTimerList(strings.NewReader(bad)); got.ok {
+			t.Errorf("parseTimerList(%q) = %+v, want not ok", bad, got)
+		}
+	}
+}
+
+func TestMeasuredHZ(t *testing.T) {
+	at := func(jiffies uint64, ms uint64) jiffiesSample {
+		return jiffiesSample{jiffies: 1<<32 + jiffies, mono: 5e9 + ms*1e6, ok: true}
+	}
+	for _, c := range []struct {
+		a, b jiffiesSample
+		want uint32
+	}{
+		{at(0, 0), at(25, 100), 250},
+		{at(0, 0), at(23, 100), 250}, // both samples a tick off
+		{at(0, 0), at(28, 100), 300}, // 280/s: 300's, not 250's
+		{at(0, 0), at(10, 100), 100},
+		{at(0, 0), at(202, 200), 1000},
+		{at(0, 0), at(40, 200), 0},     // 200/s: no kernel of ours
+		{at(0, 0), at(2, 99), 0},       // too close
+		{at(0, 0), jiffiesSample{}, 0}, // no second sample
+		{at(30, 0), at(0, 100), 0},     // jiffies back: not one clock
+	} {
+		if got := measuredHZ(c.a, c.b); got != c.want {
+			t.Errorf("measuredHZ(%+v, %+v) = %d, want %d", c.a, c.b, got, c.want)
+		}
+	}
+}
+
+func TestResolveHZ(t *testing.T) {
+	for _, c := range []struct {
+		config, measured, want uint32
+		warn                   bool
+	}{
+		{250, 250, 250, false},
+		{250, 0, 250, false},   // not measured: the config
+		{0, 1000, 1000, false}, // no config (a container): measured
+		{0, 0, 0, false},
+		{250, 1000, 1000, true}, // a config of another build
+	} {
+		hz, warning := resolveHZ(c.config, c.measured)
+		if hz != c.want || (warning != "") != c.warn {
+			t.Errorf("resolveHZ(%d, %d) = %d, %q; want %d, warning %v", c.config, c.measured, hz, warning, c.want, c.warn)
+		}
+	}
+}
+
+// The running kernel's jiffies, measured, advance at its CONFIG_HZ.
+func TestJiffiesRate(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("needs root: /proc/timer_list is root's only")
+	}
+	config := kernelHZ()
+	if config == 0 {
+		t.Skip("no kernel config to compare with")
+	}
+	a := sampleJiffies()
+	if !a.ok {
+		t.Fatal("/proc/timer_list: no \"now at\" and \"jiffies:\" lines")
+	}
+	time.Sleep(250 * time.Millisecond)
+	if got := measuredHZ(a, sampleJiffies()); got != config {
+		t.Errorf("jiffies advance at %d a second, CONFIG_HZ=%d", got, config)
 	}
 }

@@ -55,6 +55,82 @@ func configHZ(r io.Reader) uint32 {
 	return 0
 }
 
+// jiffiesSample is the kernel's jiffies and CLOCK_MONOTONIC (ns) read
+// together, from /proc/timer_list (root only); ok false when it cannot be.
+type jiffiesSample struct {
+	jiffies, mono uint64
+	ok            bool
+}
+
+// sampleJiffies reads /proc/timer_list up to its first "jiffies:" line: the
+// header's "now at N nsecs" is CLOCK_MONOTONIC, printed microseconds before.
+func sampleJiffies() jiffiesSample {
+	f, err := os.Open("/proc/timer_list")
+	if err != nil {
+		return jiffiesSample{}
+	}
+	defer f.Close()
+	return parseTimerList(f)
+}
+
+func parseTimerList(r io.Reader) jiffiesSample {
+	var s jiffiesSample
+	sc := bufio.NewScanner(r)
+	for sc.Scan() {
+		line := sc.Text()
+		if v, ok := strings.CutPrefix(line, "now at "); ok {
+			n, err := strconv.ParseUint(strings.TrimSuffix(v, " nsecs"), 10, 64)
+			if err != nil {
+				return jiffiesSample{}
+			}
+			s.mono = n
+		} else if v, ok := strings.CutPrefix(line, "jiffies: "); ok {
+			n, err := strconv.ParseUint(v, 10, 64)
+			if err != nil || s.mono == 0 {
+				return jiffiesSample{}
+			}
+			s.jiffies, s.ok = n, true
+			return s
+		}
+	}
+	return jiffiesSample{}
+}
+
+// minHZSpan is how far apart two samples must be to tell CONFIG_HZ 250 from
+// 300: 25 from 30 jiffies, each sample up to a tick late.
+const minHZSpan = 100 * time.Millisecond
+
+// measuredHZ is the rate of jiffies between two samples, as the nearest
+// CONFIG_HZ of x86 and arm64 kernels (100, 250, 300, 1000) within 10 %; 0
+// when the samples are too close, or the rate near none (a NO_HZ_FULL CPU
+// whose jiffies lag).
+func measuredHZ(a, b jiffiesSample) uint32 {
+	if !a.ok || !b.ok || b.mono < a.mono+uint64(minHZSpan) || b.jiffies < a.jiffies {
+		return 0
+	}
+	rate := float64(b.jiffies-a.jiffies) / (float64(b.mono-a.mono) / 1e9)
+	for _, hz := range []float64{100, 250, 300, 1000} {
+		if rate > hz*0.9 && rate < hz*1.1 {
+			return uint32(hz)
+		}
+	}
+	return 0
+}
+
+// resolveHZ chooses between CONFIG_HZ from the kernel's config (0: not
+// found) and the rate measured (0: none): the measurement when they differ
+// (a config file of another build of the same release), with a warning.
+// 0 when neither is known.
+func resolveHZ(config, measured uint32) (hz uint32, warning string) {
+	switch {
+	case measured == 0 || measured == config:
+		return config, ""
+	case config == 0:
+		return measured, ""
+	}
+	return measured, fmt.Sprintf("the kernel config says CONFIG_HZ=%d, but jiffies advance %d a second: using %d", config, measured, measured)
+}
+
 // fw2SilentLead is, in jiffies at hz, how long before a timewait FIN_WAIT2
 // timer's expiry the watch for a silent turn to TIME_WAIT ends (bpf
 // fw2_silent_lead): one bucket's width after the peer's FIN stops being able

@@ -177,6 +177,7 @@ func New(cfg Config) (*Tracer, error) {
 	if err := CheckPrivileges(); err != nil {
 		return nil, err
 	}
+	started, jiffies0 := time.Now(), sampleJiffies()
 	if err := checkBTFFile(cfg.KernelBTF); err != nil {
 		return nil, err
 	}
@@ -209,12 +210,25 @@ func New(cfg Config) (*Tracer, error) {
 	if err := spec.Assign(&obj); err != nil {
 		return nil, fmt.Errorf("reading BPF object: %w", err)
 	}
-	t := &Tracer{info: KernelInfo{HZ: kernelHZ(), RstReasons: resetReasons(kernelTypes)}}
+	t := &Tracer{info: KernelInfo{RstReasons: resetReasons(kernelTypes)}}
 	t.warnings = append(t.warnings, privilegeWarnings()...)
+	// The rate of jiffies, which timer expiries are in: the kernel's config
+	// says it, checked against jiffies measured across the loading so far
+	// when that took long enough. Without a config (a container), only the
+	// measurement says it: it waits for it.
+	config := kernelHZ()
+	if d := minHZSpan - time.Since(started); config == 0 && jiffies0.ok && d > 0 {
+		time.Sleep(d)
+	}
+	hz, warning := resolveHZ(config, measuredHZ(jiffies0, sampleJiffies()))
+	if warning != "" {
+		t.warnings = append(t.warnings, warning)
+	}
+	t.info.HZ = hz
 	fw2Lead := fw2SilentLead(t.info.HZ)
 	if t.info.HZ == 0 {
 		t.info.HZ = 250
-		t.warnings = append(t.warnings, "kernel config not found (/boot/config-*, /proc/config.gz): assuming CONFIG_HZ=250 for timer expiries")
+		t.warnings = append(t.warnings, "CONFIG_HZ not known (no /boot/config-*, no /proc/config.gz, no /proc/timer_list): assuming 250 for timer expiries")
 	}
 	if !hasTracepoint(kernelTypes, "inet_sock_set_state") {
 		return nil, fmt.Errorf("%w: inet_sock_set_state (tcpstate needs Linux 5.10 or later with BTF)", ErrMissingHook)
