@@ -9,7 +9,6 @@ import (
 	"net/netip"
 	"os"
 	"os/exec"
-	"strings"
 	"testing"
 	"time"
 
@@ -382,36 +381,52 @@ func TestFinWait2SilentLead(t *testing.T) {
 	}
 }
 
-func TestParseTimerList(t *testing.T) {
-	const list = "Timer List Version: v0.10\nHRTIMER_MAX_CLOCK_BASES: 8\nnow at 506874685081 nsecs\n\ncpu: 0\n" +
+func TestParseJiffies(t *testing.T) {
+	const timerList = "Timer List Version: v0.10\nHRTIMER_MAX_CLOCK_BASES: 8\nnow at 506874685081 nsecs\n\ncpu: 0\n" +
 		"  .last_jiffies   : 4295015487\njiffies: 4295018951\n\ncpu: 1\njiffies: 4295018952\n"
-	if got := parseTimerList(strings.NewReader(list)); got != (jiffiesSample{jiffies: 4295018951, mono: 506874685081, ok: true}) {
-		t.Errorf("parseTimerList = %+v", got)
-	}
-	for _, bad := range []string{"", "jiffies: 5\n", "now at 5 nsecs\n", "now at x nsecs\njiffies: 5\n", "now at 5 nsecs\njiffies: -1\n"} {
-		if got := parseTimerList(strings.NewReader(bad)); got.ok {
-			t.Errorf("parseTimerList(%q) = %+v, want not ok", bad, got)
+	const schedstat = "version 15\ntimestamp 4295123456\ncpu0 0 0 0 0 0 0 1 2 3\n"
+	for _, c := range []struct {
+		text, prefix string
+		want         uint64
+		ok           bool
+	}{
+		{timerList, "jiffies: ", 4295018951, true},
+		{schedstat, "timestamp ", 4295123456, true},
+		{"", "jiffies: ", 0, false},
+		{"jiffies: 12", "jiffies: ", 0, false}, // cut short
+		{"jiffies: -1\n", "jiffies: ", 0, false},
+		{schedstat, "jiffies: ", 0, false},
+	} {
+		got, ok := parseJiffies([]byte(c.text), c.prefix)
+		if got != c.want || ok != c.ok {
+			t.Errorf("parseJiffies(%q, %q) = %d, %v; want %d, %v", c.text, c.prefix, got, ok, c.want, c.ok)
 		}
 	}
 }
 
 func TestMeasuredHZ(t *testing.T) {
-	at := func(jiffies uint64, ms uint64) jiffiesSample {
-		return jiffiesSample{jiffies: 1<<32 + jiffies, mono: 5e9 + ms*1e6, ok: true}
+	t0 := time.Unix(1000, 0)
+	at := func(jiffies uint64, ms int) jiffiesSample {
+		return jiffiesSample{jiffies: 1<<32 + jiffies, at: t0.Add(time.Duration(ms) * time.Millisecond), window: 100 * time.Microsecond, ok: true}
 	}
+	wide := at(0, 0)
+	wide.window = 40 * time.Millisecond
 	for _, c := range []struct {
 		a, b jiffiesSample
 		want uint32
 	}{
-		{at(0, 0), at(25, 100), 250},
-		{at(0, 0), at(23, 100), 250}, // both samples a tick off
-		{at(0, 0), at(28, 100), 300}, // 280/s: 300's, not 250's
-		{at(0, 0), at(10, 100), 100},
-		{at(0, 0), at(202, 200), 1000},
-		{at(0, 0), at(40, 200), 0},     // 200/s: no kernel of ours
-		{at(0, 0), at(2, 99), 0},       // too close
+		{at(0, 0), at(37, 150), 250},
+		{at(0, 0), at(36, 150), 250}, // a tick off
+		{at(0, 0), at(39, 150), 250},
+		{at(0, 0), at(45, 150), 300},
+		{at(0, 0), at(41, 150), 0}, // between 250's and 300's
+		{at(0, 0), at(15, 150), 100},
+		{at(0, 0), at(151, 150), 1000},
+		{at(0, 0), at(30, 150), 0},     // 200 a second: no kernel of ours
+		{wide, at(41, 150), 0},         // a wide window fits both 250 and 300
+		{at(0, 0), at(25, 100), 0},     // too close
 		{at(0, 0), jiffiesSample{}, 0}, // no second sample
-		{at(30, 0), at(0, 100), 0},     // jiffies back: not one clock
+		{at(40, 0), at(0, 150), 0},     // jiffies back: not one clock
 	} {
 		if got := measuredHZ(c.a, c.b); got != c.want {
 			t.Errorf("measuredHZ(%+v, %+v) = %d, want %d", c.a, c.b, got, c.want)
@@ -440,7 +455,7 @@ func TestResolveHZ(t *testing.T) {
 // The running kernel's jiffies, measured, advance at its CONFIG_HZ.
 func TestJiffiesRate(t *testing.T) {
 	if os.Geteuid() != 0 {
-		t.Skip("needs root: /proc/timer_list is root's only")
+		t.Skip("needs root: /proc/timer_list is root's only (and /proc/schedstat only with CONFIG_SCHEDSTATS)")
 	}
 	config := kernelHZ()
 	if config == 0 {
@@ -448,7 +463,7 @@ func TestJiffiesRate(t *testing.T) {
 	}
 	a := sampleJiffies()
 	if !a.ok {
-		t.Fatal("/proc/timer_list: no \"now at\" and \"jiffies:\" lines")
+		t.Fatal("no jiffies read from /proc/schedstat or /proc/timer_list")
 	}
 	time.Sleep(250 * time.Millisecond)
 	if got := measuredHZ(a, sampleJiffies()); got != config {

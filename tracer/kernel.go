@@ -55,66 +55,105 @@ func configHZ(r io.Reader) uint32 {
 	return 0
 }
 
-// jiffiesSample is the kernel's jiffies and CLOCK_MONOTONIC (ns) read
-// together, from /proc/timer_list (root only); ok false when it cannot be.
+// jiffiesSample is the kernel's jiffies, read between two readings of the
+// monotonic clock (at is their midpoint, window their distance); ok false
+// when no file gave it.
 type jiffiesSample struct {
-	jiffies, mono uint64
-	ok            bool
+	jiffies uint64
+	at      time.Time
+	window  time.Duration
+	ok      bool
 }
 
-// sampleJiffies reads /proc/timer_list up to its first "jiffies:" line: the
-// header's "now at N nsecs" is CLOCK_MONOTONIC, printed microseconds before.
+// jiffiesFiles give jiffies in a line of their first lines: /proc/schedstat
+// (CONFIG_SCHEDSTATS, world-readable, not masked in containers), then
+// /proc/timer_list (root only; masked by container runtimes unless
+// privileged).
+var jiffiesFiles = []struct{ path, prefix string }{
+	{"/proc/schedstat", "timestamp "},
+	{"/proc/timer_list", "jiffies: "},
+}
+
+// maxJiffiesWindow bounds a sample's window: a read delayed longer (timer_list
+// prints a CPU's high-resolution timers first; a preemption) is made again.
+const maxJiffiesWindow = 2 * time.Millisecond
+
+// sampleJiffies reads jiffies from the first of jiffiesFiles that has them.
 func sampleJiffies() jiffiesSample {
-	f, err := os.Open("/proc/timer_list")
-	if err != nil {
-		return jiffiesSample{}
-	}
-	defer f.Close()
-	return parseTimerList(f)
-}
-
-func parseTimerList(r io.Reader) jiffiesSample {
-	var s jiffiesSample
-	sc := bufio.NewScanner(r)
-	for sc.Scan() {
-		line := sc.Text()
-		if v, ok := strings.CutPrefix(line, "now at "); ok {
-			n, err := strconv.ParseUint(strings.TrimSuffix(v, " nsecs"), 10, 64)
-			if err != nil {
-				return jiffiesSample{}
+	var line [4096]byte
+	for _, f := range jiffiesFiles {
+		for range 3 {
+			before := time.Now()
+			j, ok := readJiffies(f.path, f.prefix, line[:])
+			after := time.Now()
+			if !ok {
+				break
 			}
-			s.mono = n
-		} else if v, ok := strings.CutPrefix(line, "jiffies: "); ok {
-			n, err := strconv.ParseUint(v, 10, 64)
-			if err != nil || s.mono == 0 {
-				return jiffiesSample{}
+			if w := after.Sub(before); w <= maxJiffiesWindow {
+				return jiffiesSample{jiffies: j, at: before.Add(w / 2), window: w, ok: true}
 			}
-			s.jiffies, s.ok = n, true
-			return s
 		}
 	}
 	return jiffiesSample{}
 }
 
-// minHZSpan is how far apart two samples must be to tell CONFIG_HZ 250 from
-// 300: 25 from 30 jiffies, each sample up to a tick late.
-const minHZSpan = 100 * time.Millisecond
-
-// measuredHZ is the rate of jiffies between two samples, as the nearest
-// CONFIG_HZ of x86 and arm64 kernels (100, 250, 300, 1000) within 10 %; 0
-// when the samples are too close, or the rate near none (a NO_HZ_FULL CPU
-// whose jiffies lag).
-func measuredHZ(a, b jiffiesSample) uint32 {
-	if !a.ok || !b.ok || b.mono < a.mono+uint64(minHZSpan) || b.jiffies < a.jiffies {
-		return 0
+// readJiffies finds the first line of path that starts with prefix, in its
+// first len(buf) bytes, and parses the number after it.
+func readJiffies(path, prefix string, buf []byte) (uint64, bool) {
+	f, err := os.Open(path)
+	if err != nil {
+		return 0, false
 	}
-	rate := float64(b.jiffies-a.jiffies) / (float64(b.mono-a.mono) / 1e9)
-	for _, hz := range []float64{100, 250, 300, 1000} {
-		if rate > hz*0.9 && rate < hz*1.1 {
-			return uint32(hz)
+	defer f.Close()
+	n, _ := io.ReadFull(f, buf)
+	return parseJiffies(buf[:n], prefix)
+}
+
+func parseJiffies(b []byte, prefix string) (uint64, bool) {
+	text := string(b)
+	for {
+		line, rest, found := strings.Cut(text, "\n")
+		if !found {
+			return 0, false // the end, or cut short: not a whole line
+		}
+		text = rest
+		if v, ok := strings.CutPrefix(line, prefix); ok {
+			n, err := strconv.ParseUint(strings.TrimSpace(v), 10, 64)
+			return n, err == nil
 		}
 	}
-	return 0
+}
+
+// minHZSpan is how far apart two samples must be for measuredHZ: 250 and 300
+// are then 37.5 and 45 jiffies apart.
+const minHZSpan = 150 * time.Millisecond
+
+// hzCandidates are the CONFIG_HZ choices of x86 and arm64 kernels.
+var hzCandidates = []uint32{100, 250, 300, 1000}
+
+// measuredHZ is the CONFIG_HZ that jiffies advanced at between two samples:
+// the one candidate whose expected count of jiffies is within the
+// samples' error (each up to a tick late, and read somewhere in its
+// window). 0 when none or more than one fits, or the samples are too close.
+func measuredHZ(a, b jiffiesSample) uint32 {
+	span := b.at.Sub(a.at)
+	if !a.ok || !b.ok || span < minHZSpan || b.jiffies < a.jiffies {
+		return 0
+	}
+	got := float64(b.jiffies - a.jiffies)
+	found := uint32(0)
+	for _, hz := range hzCandidates {
+		want := float64(hz) * span.Seconds()
+		slack := 1.5 + float64(hz)*(a.window+b.window).Seconds()/2
+		if got < want-slack || got > want+slack {
+			continue
+		}
+		if found != 0 {
+			return 0
+		}
+		found = hz
+	}
+	return found
 }
 
 // resolveHZ chooses between CONFIG_HZ from the kernel's config (0: not

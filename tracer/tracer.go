@@ -177,7 +177,7 @@ func New(cfg Config) (*Tracer, error) {
 	if err := CheckPrivileges(); err != nil {
 		return nil, err
 	}
-	started, jiffies0 := time.Now(), sampleJiffies()
+	jiffies0 := sampleJiffies()
 	if err := checkBTFFile(cfg.KernelBTF); err != nil {
 		return nil, err
 	}
@@ -217,7 +217,7 @@ func New(cfg Config) (*Tracer, error) {
 	// when that took long enough. Without a config (a container), only the
 	// measurement says it: it waits for it.
 	config := kernelHZ()
-	if d := minHZSpan - time.Since(started); config == 0 && jiffies0.ok && d > 0 {
+	if d := minHZSpan + maxJiffiesWindow - time.Since(jiffies0.at); config == 0 && jiffies0.ok && d > 0 {
 		time.Sleep(d)
 	}
 	hz, warning := resolveHZ(config, measuredHZ(jiffies0, sampleJiffies()))
@@ -228,7 +228,7 @@ func New(cfg Config) (*Tracer, error) {
 	fw2Lead := fw2SilentLead(t.info.HZ)
 	if t.info.HZ == 0 {
 		t.info.HZ = 250
-		t.warnings = append(t.warnings, "CONFIG_HZ not known (no /boot/config-*, no /proc/config.gz, no /proc/timer_list): assuming 250 for timer expiries")
+		t.warnings = append(t.warnings, "CONFIG_HZ not known (no /boot/config-*, no /proc/config.gz; no jiffies in /proc/schedstat or /proc/timer_list to measure it): assuming 250 for timer expiries")
 	}
 	if !hasTracepoint(kernelTypes, "inet_sock_set_state") {
 		return nil, fmt.Errorf("%w: inet_sock_set_state (tcpstate needs Linux 5.10 or later with BTF)", ErrMissingHook)

@@ -371,7 +371,7 @@ func (f *tracerFlags) validate() error {
 		return usagef("--max-timewait %d: must be between 1 and %d", f.twEntries, maxTimewaitEntries)
 	}
 	if f.maxConns > maxConnections {
-		return usagef("--max-connections %d: at most %d (about 180 bytes each)", f.maxConns, maxConnections)
+		return usagef("--max-connections %d: at most %d (about 165 bytes each)", f.maxConns, maxConnections)
 	}
 	return nil
 }
