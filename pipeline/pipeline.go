@@ -320,7 +320,17 @@ func FullSockets(socks []tracer.Socket) []tracer.Socket {
 // --netns or --port holds no other namespace's or port's sockets.
 func WalkedFor(socks []tracer.Socket, f tracer.Filter) []tracer.Socket {
 	wants := WalkWants(f)
-	return slices.DeleteFunc(socks, func(s tracer.Socket) bool { return !wants(&s) })
+	// (not slices.DeleteFunc: its func takes each socket by value, and
+	// handing that on as a pointer put a copy of every one on the heap)
+	n := 0
+	for i := range socks {
+		if wants(&socks[i]) {
+			socks[n] = socks[i]
+			n++
+		}
+	}
+	clear(socks[n:])
+	return socks[:n]
 }
 
 // WalkWants tells whether a walked socket can be one of a filter's

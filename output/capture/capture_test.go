@@ -257,7 +257,11 @@ func TestRotationAndMode(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	walk := []tracer.Socket{{Cookie: 9, State: tracer.Listen, Endpoints: tracer.Endpoints{Local: netip.MustParseAddrPort("0.0.0.0:80")}}}
+	// A walk of two blocks, copied from each file to the next.
+	walk := make([]tracer.Socket, socketsPerBlock+1)
+	for i := range walk {
+		walk[i] = tracer.Socket{Cookie: uint64(9 + i), State: tracer.Listen, Endpoints: tracer.Endpoints{Local: netip.MustParseAddrPort("0.0.0.0:80")}}
+	}
 	if err := w.Sockets(walk); err != nil {
 		t.Fatal(err)
 	}
@@ -286,11 +290,39 @@ func TestRotationAndMode(t *testing.T) {
 		if err != nil || len(warnings) > 0 {
 			t.Errorf("%s: %v %v", n, err, warnings)
 		}
-		// Each file replays on its own: with the walk, and events.
-		if len(socks) != 1 || len(socks[0]) != 1 || socks[0][0].Cookie != 9 || len(evs) == 0 {
-			t.Errorf("%s: %d events, walk %v", n, len(evs), socks)
+		// Each file replays on its own: with the whole walk, and events.
+		if len(socks) != 2 || len(socks[0])+len(socks[1]) != len(walk) || socks[0][0].Cookie != 9 ||
+			socks[1][0].Cookie != 9+socketsPerBlock || len(evs) == 0 {
+			t.Errorf("%s: %d events, walk of %d blocks", n, len(evs), len(socks))
 		}
 	}
+}
+
+// Rotation copies the walk from the file: a walk changed there is refused,
+// not copied on.
+func TestRotationRefusesAChangedWalk(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "c")
+	w, err := Create(path, header, Options{BlockSize: 10 * EventSize, MaxSize: 1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := w.Sockets([]tracer.Socket{{Cookie: 9, State: tracer.Listen}}); err != nil {
+		t.Fatal(err)
+	}
+	f, err := os.OpenFile(path, os.O_WRONLY, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, _ = f.WriteAt([]byte{'X'}, w.walk[0].off+blkHdrSize+2)
+	f.Close()
+	evs := sampleEvents(10)
+	for i := range evs {
+		err = errors.Join(err, w.Event(&evs[i]))
+	}
+	if err == nil || !strings.Contains(err.Error(), "walk changed on disk") {
+		t.Errorf("rotating after the walk changed: %v", err)
+	}
+	w.Close()
 }
 
 func TestFlightKeepsTheLatest(t *testing.T) {

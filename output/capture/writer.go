@@ -43,7 +43,10 @@ type Writer struct {
 	// rotateDue: the file reached MaxSize; the next block starts a new one
 	// (not before: closing then leaves no empty file, and pushes no old one out).
 	rotateDue bool
-	walk      []walkBlock // the walk's sockets blocks, written again at the top of each new file
+	// walk is where the walk's sockets blocks are in the file, to be
+	// copied from it to the top of each new one: a host's walk is tens of
+	// megabytes, not to be held for the recorder's whole life.
+	walk    []walkSpan
 	written   uint64      // events in blocks that reached the file
 }
 
@@ -51,9 +54,10 @@ type Writer struct {
 // short of what was given).
 func (w *Writer) Written() uint64 { return w.written }
 
-type walkBlock struct {
-	payload []byte
-	count   uint32
+// walkSpan is one whole block (header and payload) at off in the file.
+type walkSpan struct {
+	off int64
+	n   int
 }
 
 // Create makes (or truncates) a capture file, mode 0600: it holds addresses
@@ -162,9 +166,17 @@ func (w *Writer) writeBlock(typ uint8, payload []byte, count uint32) error {
 
 // rotate shifts FILE to FILE.1 (and so on) and starts a new FILE.
 func (w *Writer) rotate() error {
-	if err := w.f.Close(); err != nil {
-		return fmt.Errorf("closing %s: %w", w.path, err)
+	old := w.f
+	err := w.rotateFrom(old)
+	if cerr := old.Close(); err == nil && cerr != nil {
+		err = fmt.Errorf("closing %s: %w", w.path, cerr)
 	}
+	return err
+}
+
+// rotateFrom renames the files and starts the new FILE with the walk,
+// copied from old (the file that was FILE, still open).
+func (w *Writer) rotateFrom(old *os.File) error {
 	keep := max(w.opts.Keep, 1)
 	_ = os.Remove(fmt.Sprintf("%s.%d", w.path, keep))
 	for i := keep - 1; i >= 1; i-- {
@@ -178,17 +190,28 @@ func (w *Writer) rotate() error {
 		return err
 	}
 	// Each file replays on its own: it names the owners the walk found.
-	for _, b := range w.walk {
-		h := blockHeader(blockSockets, b.payload, b.count)
-		if err := w.write(append(h[:], b.payload...)); err != nil {
+	spans := w.walk
+	w.walk = nil
+	var b []byte
+	for _, s := range spans {
+		b = slices.Grow(b[:0], s.n)[:s.n]
+		if _, err := old.ReadAt(b, s.off); err != nil {
+			return fmt.Errorf("rotating %s: reading its walk back: %w", w.path, err)
+		}
+		if s.n < blkHdrSize || !blockCRCOK(b[:blkHdrSize], b[blkHdrSize:]) {
+			return fmt.Errorf("rotating %s: its walk changed on disk (checksum)", w.path)
+		}
+		if err := w.write(b); err != nil {
 			return err
 		}
+		w.walk = append(w.walk, walkSpan{off: w.size - int64(s.n), n: s.n})
 	}
 	return nil
 }
 
-// socketsPerBlock keeps a walk's blocks far below the reader's bound.
-const socketsPerBlock = 10000
+// socketsPerBlock keeps a walk's blocks far below the reader's bound, and
+// what encoding one takes at about 1 MB.
+const socketsPerBlock = 2000
 
 // Sockets writes the start-up walk, which replay needs to name owners.
 func (w *Writer) Sockets(socks []tracer.Socket) error {
@@ -201,8 +224,9 @@ func (w *Writer) Sockets(socks []tracer.Socket) error {
 		if err := w.jsonBlock(blockSockets, recs, uint32(n)); err != nil {
 			return err
 		}
-		w.walk = append(w.walk, walkBlock{payload: slices.Clone(w.out[blkHdrSize:]), count: uint32(n)})
+		w.walk = append(w.walk, walkSpan{off: w.size - int64(len(w.out)), n: len(w.out)})
 		if socks = socks[n:]; len(socks) == 0 {
+			w.out = nil // (grown for the walk's blocks; events' are smaller)
 			return nil
 		}
 	}
@@ -293,7 +317,8 @@ func openFile(path string) (*os.File, error) {
 	if err := regularOrAbsent(path); err != nil {
 		return nil, err
 	}
-	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|syscall.O_NOFOLLOW|syscall.O_NONBLOCK, 0o600)
+	// (read too: rotation copies the walk from the file)
+	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE|syscall.O_NOFOLLOW|syscall.O_NONBLOCK, 0o600)
 	if err != nil {
 		if errors.Is(err, syscall.ELOOP) {
 			return nil, fmt.Errorf("capture %s is a symbolic link: refusing to write through it", path)
