@@ -47,7 +47,7 @@ type Writer struct {
 	// copied from it to the top of each new one: a host's walk is tens of
 	// megabytes, not to be held for the recorder's whole life.
 	walk    []walkSpan
-	written   uint64      // events in blocks that reached the file
+	written uint64 // events in blocks that reached the file
 }
 
 // Written counts the events in blocks written whole (a full disk stops
