@@ -314,15 +314,29 @@ func memory(bin, churnBin string, sockets int) error {
 			return fmt.Errorf("holder: %q %v", line, err)
 		}
 	}
-	t := exec.Command(bin, "trace", "-d", "3s")
-	var stderr bytes.Buffer
-	t.Stderr = &stderr
-	if err := t.Run(); err != nil {
-		return fmt.Errorf("%v: %s", err, stderr.String())
+	dir, err := os.MkdirTemp("", "tcpstate-bench-")
+	if err != nil {
+		return err
 	}
-	ru := t.ProcessState.SysUsage().(*syscall.Rusage)
-	fmt.Printf("memory: tcpstate trace with %d live TCP sockets (%d connections, both ends) in its table: peak RSS %.1f MiB\n",
-		len(holders)*2*per, len(holders)*per, float64(ru.Maxrss)/1024)
+	defer os.RemoveAll(dir)
+	for _, run := range []struct {
+		what, where string
+		args        []string
+	}{
+		{"trace", " in its table", []string{"trace", "-d", "3s"}},
+		// record has no table; it writes the walk into the capture
+		{"record", ", walked into the capture", []string{"record", "-w", filepath.Join(dir, "c"), "-d", "3s"}},
+	} {
+		t := exec.Command(bin, run.args...)
+		var stderr bytes.Buffer
+		t.Stderr = &stderr
+		if err := t.Run(); err != nil {
+			return fmt.Errorf("%v: %s", err, stderr.String())
+		}
+		ru := t.ProcessState.SysUsage().(*syscall.Rusage)
+		fmt.Printf("memory: tcpstate %s with %d live TCP sockets (%d connections, both ends)%s: peak RSS %.1f MiB\n",
+			run.what, len(holders)*2*per, len(holders)*per, run.where, float64(ru.Maxrss)/1024)
+	}
 	return nil
 }
 
