@@ -9,6 +9,7 @@ import (
 	"errors"
 	"maps"
 	"net/netip"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -174,5 +175,28 @@ func TestServeFailedConnectRemotes(t *testing.T) {
 	refused(11*time.Minute, "10.0.0.5:80") // 10.0.0.2 has been quiet for 10 minutes
 	if want := map[string]uint64{"10.0.0.3:80": 2, "10.0.0.5:80": 1, "[other]": 1}; !maps.Equal(counts(), want) {
 		t.Errorf("failed connects %v, want %v", counts(), want)
+	}
+}
+
+// A walk that takes most of --max-size is said: every file starts with it.
+func TestRecordWarnsOfAWalkOverMaxSize(t *testing.T) {
+	socks := make([]tracer.Socket, 3000)
+	for i := range socks {
+		socks[i] = tracer.Socket{Cookie: uint64(i + 1), State: tracer.Established}
+	}
+	for _, c := range []struct {
+		maxSize int64
+		warn    bool
+	}{{64 << 10, true}, {64 << 20, false}, {0, false}} {
+		var stderr bytes.Buffer
+		r, err := NewRecorder(RecordOptions{Path: filepath.Join(t.TempDir(), "c"), Sockets: socks, MaxSize: c.maxSize, Keep: 1,
+			SysctlInterval: time.Hour, Stderr: &stderr})
+		if err != nil {
+			t.Fatal(err)
+		}
+		r.Close()
+		if got := strings.Contains(stderr.String(), "more than half of --max-size"); got != c.warn {
+			t.Errorf("--max-size %d: warned %v, want %v: %q", c.maxSize, got, c.warn, stderr.String())
+		}
 	}
 }

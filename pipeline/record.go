@@ -65,6 +65,10 @@ func NewRecorder(o RecordOptions) (*Recorder, error) {
 		w.Close()
 		return nil, err
 	}
+	if walk := w.WalkBytes(); o.MaxSize > 0 && walk > o.MaxSize/2 && o.Stderr != nil {
+		fmt.Fprintf(o.Stderr, "tcpstate: warning: the start-up walk (%d sockets) takes %.1f MB at the top of every file, more than half of --max-size: raise it\n",
+			len(o.Sockets), float64(walk)/1e6)
+	}
 	r.w = w
 	return r, nil
 }

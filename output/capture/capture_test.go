@@ -322,7 +322,49 @@ func TestRotationRefusesAChangedWalk(t *testing.T) {
 	if err == nil || !strings.Contains(err.Error(), "walk changed on disk") {
 		t.Errorf("rotating after the walk changed: %v", err)
 	}
+	// The writer stops there: the new file has no walk.
+	if err := w.Event(&evs[0]); err == nil {
+		t.Error("an event written after the failed rotation")
+	}
 	w.Close()
+}
+
+// A file holds the whole walk: reaching MaxSize inside it does not rotate.
+func TestNoRotationInsideTheWalk(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "c")
+	w, err := Create(path, header, Options{MaxSize: 1, Keep: 3})
+	if err != nil {
+		t.Fatal(err)
+	}
+	walk := make([]tracer.Socket, 2*socketsPerBlock+1)
+	for i := range walk {
+		walk[i] = tracer.Socket{Cookie: uint64(i + 1), State: tracer.Listen}
+	}
+	if err := w.Sockets(walk); err != nil {
+		t.Fatal(err)
+	}
+	evs := sampleEvents(1)
+	if err := w.Event(&evs[0]); err != nil {
+		t.Fatal(err)
+	}
+	if err := w.Close(); err != nil {
+		t.Fatal(err)
+	}
+	names, _ := filepath.Glob(path + "*")
+	if len(names) != 2 {
+		t.Fatalf("files %v, want the walk's and the event's", names)
+	}
+	for _, n := range names {
+		data, _ := os.ReadFile(n)
+		_, socks, warnings, err := readAll(t, data)
+		got := 0
+		for _, b := range socks {
+			got += len(b)
+		}
+		if err != nil || len(warnings) > 0 || got != len(walk) {
+			t.Errorf("%s: %d of %d walked sockets, %v %v", n, got, len(walk), warnings, err)
+		}
+	}
 }
 
 func TestFlightKeepsTheLatest(t *testing.T) {

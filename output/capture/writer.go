@@ -47,7 +47,18 @@ type Writer struct {
 	// copied from it to the top of each new one: a host's walk is tens of
 	// megabytes, not to be held for the recorder's whole life.
 	walk    []walkSpan
+	walking bool   // Sockets is writing the walk: no rotation inside it
 	written uint64 // events in blocks that reached the file
+}
+
+// WalkBytes is how much of each file the walk takes: every file starts
+// with it.
+func (w *Writer) WalkBytes() int64 {
+	var n int64
+	for _, s := range w.walk {
+		n += int64(s.n)
+	}
+	return n
 }
 
 // Written counts the events in blocks written whole (a full disk stops
@@ -158,18 +169,26 @@ func (w *Writer) writeBlock(typ uint8, payload []byte, count uint32) error {
 	if err := w.write(w.out); err != nil {
 		return err
 	}
-	if w.opts.MaxSize > 0 && w.size >= w.opts.MaxSize {
+	if w.opts.MaxSize > 0 && w.size >= w.opts.MaxSize && !w.walking {
 		w.rotateDue = true
 	}
 	return nil
 }
 
-// rotate shifts FILE to FILE.1 (and so on) and starts a new FILE.
+// rotate shifts FILE to FILE.1 (and so on) and starts a new FILE. A
+// failure stops the writer: the new file would lack the walk, or there is
+// none.
 func (w *Writer) rotate() error {
 	old := w.f
 	err := w.rotateFrom(old)
+	if w.f == old {
+		w.f = nil // no new file
+	}
 	if cerr := old.Close(); err == nil && cerr != nil {
 		err = fmt.Errorf("closing %s: %w", w.path, cerr)
+	}
+	if err != nil && w.err == nil {
+		w.err = err
 	}
 	return err
 }
@@ -198,7 +217,8 @@ func (w *Writer) rotateFrom(old *os.File) error {
 		if _, err := old.ReadAt(b, s.off); err != nil {
 			return fmt.Errorf("rotating %s: reading its walk back: %w", w.path, err)
 		}
-		if s.n < blkHdrSize || !blockCRCOK(b[:blkHdrSize], b[blkHdrSize:]) {
+		if s.n < blkHdrSize || string(b[:4]) != blockMagic || b[4] != blockSockets ||
+			int(le.Uint32(b[8:])) != s.n-blkHdrSize || !blockCRCOK(b[:blkHdrSize], b[blkHdrSize:]) {
 			return fmt.Errorf("rotating %s: its walk changed on disk (checksum)", w.path)
 		}
 		if err := w.write(b); err != nil {
@@ -215,6 +235,15 @@ const socketsPerBlock = 2000
 
 // Sockets writes the start-up walk, which replay needs to name owners.
 func (w *Writer) Sockets(socks []tracer.Socket) error {
+	// A file holds the whole walk or none of it: one reaching MaxSize
+	// inside it rotates after it.
+	w.walking = true
+	defer func() {
+		w.walking = false
+		if w.opts.MaxSize > 0 && w.size >= w.opts.MaxSize {
+			w.rotateDue = true
+		}
+	}()
 	for {
 		n := min(len(socks), socketsPerBlock)
 		recs := make([]socketRecord, n)
@@ -251,6 +280,9 @@ func (w *Writer) jsonBlock(typ uint8, v any, count uint32) error {
 // Close writes what is pending and closes the file.
 func (w *Writer) Close() error {
 	err := w.Flush()
+	if w.f == nil {
+		return err // a rotation failed to make the file
+	}
 	if cerr := w.f.Close(); err == nil && cerr != nil {
 		err = fmt.Errorf("closing %s: %w", w.path, cerr)
 	}
