@@ -437,17 +437,18 @@ func TestMeasuredHZ(t *testing.T) {
 func TestResolveHZ(t *testing.T) {
 	for _, c := range []struct {
 		config, measured, want uint32
+		from                   string
 		warn                   bool
 	}{
-		{250, 250, 250, false},
-		{250, 0, 250, false},   // not measured: the config
-		{0, 1000, 1000, false}, // no config (a container): measured
-		{0, 0, 0, false},
-		{250, 1000, 1000, true}, // a config of another build
+		{250, 250, 250, "the kernel config, and measured", false},
+		{250, 0, 250, "the kernel config", false},             // not measured: the config
+		{0, 1000, 1000, "measured (no kernel config)", false}, // no config (a container): measured
+		{0, 0, 0, "", false},
+		{250, 1000, 1000, "measured (the kernel config says 250)", true}, // a config of another build
 	} {
-		hz, warning := resolveHZ(c.config, c.measured)
-		if hz != c.want || (warning != "") != c.warn {
-			t.Errorf("resolveHZ(%d, %d) = %d, %q; want %d, warning %v", c.config, c.measured, hz, warning, c.want, c.warn)
+		hz, from, warning := resolveHZ(c.config, c.measured)
+		if hz != c.want || from != c.from || (warning != "") != c.warn {
+			t.Errorf("resolveHZ(%d, %d) = %d, %q, %q; want %d, %q, warning %v", c.config, c.measured, hz, from, warning, c.want, c.from, c.warn)
 		}
 	}
 }

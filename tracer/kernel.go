@@ -160,15 +160,20 @@ func measuredHZ(a, b jiffiesSample) uint32 {
 // resolveHZ chooses between CONFIG_HZ from the kernel's config (0: not
 // found) and the rate measured (0: none): the measurement when they differ
 // (a config file of another build of the same release), with a warning.
-// 0 when neither is known.
-func resolveHZ(config, measured uint32) (hz uint32, warning string) {
+// from says which; hz 0 when neither is known.
+func resolveHZ(config, measured uint32) (hz uint32, from, warning string) {
 	switch {
-	case measured == 0 || measured == config:
-		return config, ""
+	case config == 0 && measured == 0:
+		return 0, "", ""
+	case measured == 0:
+		return config, "the kernel config", ""
+	case measured == config:
+		return config, "the kernel config, and measured", ""
 	case config == 0:
-		return measured, ""
+		return measured, "measured (no kernel config)", ""
 	}
-	return measured, fmt.Sprintf("the kernel config says CONFIG_HZ=%d, but jiffies advance %d a second: using %d", config, measured, measured)
+	return measured, fmt.Sprintf("measured (the kernel config says %d)", config),
+		fmt.Sprintf("the kernel config says CONFIG_HZ=%d, but jiffies advance %d a second: using %d", config, measured, measured)
 }
 
 // fw2SilentLead is, in jiffies at hz, how long before a timewait FIN_WAIT2

@@ -62,6 +62,7 @@ const DefaultSocketEntries = 131072
 // events later (also from a capture, on another machine).
 type KernelInfo struct {
 	HZ         uint32            // jiffies per second (CONFIG_HZ)
+	HZFrom     string            // where HZ comes from: the kernel config, measured, assumed
 	RstReasons map[uint16]string // enum sk_rst_reason: TCP_ABORT_ON_CLOSE, ...
 }
 
@@ -220,14 +221,14 @@ func New(cfg Config) (*Tracer, error) {
 	if d := minHZSpan + maxJiffiesWindow - time.Since(jiffies0.at); config == 0 && jiffies0.ok && d > 0 {
 		time.Sleep(d)
 	}
-	hz, warning := resolveHZ(config, measuredHZ(jiffies0, sampleJiffies()))
+	hz, from, warning := resolveHZ(config, measuredHZ(jiffies0, sampleJiffies()))
 	if warning != "" {
 		t.warnings = append(t.warnings, warning)
 	}
-	t.info.HZ = hz
+	t.info.HZ, t.info.HZFrom = hz, from
 	fw2Lead := fw2SilentLead(t.info.HZ)
 	if t.info.HZ == 0 {
-		t.info.HZ = 250
+		t.info.HZ, t.info.HZFrom = 250, "assumed: not known"
 		t.warnings = append(t.warnings, "CONFIG_HZ not known (no /boot/config-*, no /proc/config.gz; no jiffies in /proc/schedstat or /proc/timer_list to measure it): assuming 250 for timer expiries")
 	}
 	if !hasTracepoint(kernelTypes, "inet_sock_set_state") {

@@ -52,6 +52,8 @@ type checkReport struct {
 	Arch     string         `json:"arch"`
 	Tcpstate string         `json:"tcpstate"`
 	Usable   bool           `json:"usable"`
+	HZ       uint32         `json:"hz,omitempty"`      // CONFIG_HZ, the rate of the timer expiries' jiffies
+	HZFrom   string         `json:"hz_from,omitempty"` // where it comes from
 	Error    string         `json:"error,omitempty"`
 	Features []checkFeature `json:"features,omitempty"`
 	Warnings []string       `json:"warnings,omitempty"`
@@ -75,6 +77,7 @@ func runCheck(_ context.Context, args []string, stdout, stderr io.Writer) error 
 	if err == nil {
 		defer t.Close()
 		rep.Usable = true
+		rep.HZ, rep.HZFrom = t.Info().HZ, t.Info().HZFrom
 		for _, ft := range t.Features() {
 			f := checkFeature{Name: ft.Name, OK: ft.OK, Detail: ft.Detail}
 			if !ft.OK {
@@ -125,6 +128,7 @@ func runCheck(_ context.Context, args []string, stdout, stderr io.Writer) error 
 	if err := tw.Flush(); err != nil {
 		return err
 	}
+	fmt.Fprintf(stdout, "\ntimer expiries in jiffies at CONFIG_HZ=%d: %s\n", rep.HZ, rep.HZFrom)
 	for _, w := range rep.Warnings {
 		fmt.Fprintf(stderr, "tcpstate: warning: %s\n", w)
 	}

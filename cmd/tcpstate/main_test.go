@@ -340,6 +340,11 @@ func TestCheck(t *testing.T) {
 	if !rep.Usable || rep.Kernel == "" {
 		t.Errorf("report %+v", rep)
 	}
+	// The test machines have their kernel's config (and on most, jiffies
+	// to measure): HZ is known, not assumed.
+	if rep.HZ == 0 || !strings.HasPrefix(rep.HZFrom, "the kernel config") {
+		t.Errorf("hz %d from %q, want the kernel config's", rep.HZ, rep.HZFrom)
+	}
 	code, stdout, _ = runCmd(context.Background(), "check", "-o", "json", "--btf", "/nonexistent/vmlinux")
 	if code != exitError || !strings.Contains(stdout, `"usable":false`) || !strings.Contains(stdout, "--btf /nonexistent/vmlinux does not exist") {
 		t.Errorf("without BTF: exit %d, %s", code, stdout)
