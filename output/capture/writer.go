@@ -47,7 +47,6 @@ type Writer struct {
 	// copied from it to the top of each new one: a host's walk is tens of
 	// megabytes, not to be held for the recorder's whole life.
 	walk    []walkSpan
-	walking bool   // Sockets is writing the walk: no rotation inside it
 	written uint64 // events in blocks that reached the file
 }
 
@@ -157,7 +156,9 @@ func (w *Writer) Flush() error {
 }
 
 func (w *Writer) writeBlock(typ uint8, payload []byte, count uint32) error {
-	if w.rotateDue {
+	// A file holds the whole walk: one that reached MaxSize inside it
+	// rotates at the next block after it.
+	if w.rotateDue && typ != blockSockets {
 		w.rotateDue = false
 		if err := w.rotate(); err != nil {
 			return err
@@ -169,7 +170,7 @@ func (w *Writer) writeBlock(typ uint8, payload []byte, count uint32) error {
 	if err := w.write(w.out); err != nil {
 		return err
 	}
-	if w.opts.MaxSize > 0 && w.size >= w.opts.MaxSize && !w.walking {
+	if w.opts.MaxSize > 0 && w.size >= w.opts.MaxSize {
 		w.rotateDue = true
 	}
 	return nil
@@ -235,15 +236,6 @@ const socketsPerBlock = 2000
 
 // Sockets writes the start-up walk, which replay needs to name owners.
 func (w *Writer) Sockets(socks []tracer.Socket) error {
-	// A file holds the whole walk or none of it: one reaching MaxSize
-	// inside it rotates after it.
-	w.walking = true
-	defer func() {
-		w.walking = false
-		if w.opts.MaxSize > 0 && w.size >= w.opts.MaxSize {
-			w.rotateDue = true
-		}
-	}()
 	for {
 		n := min(len(socks), socketsPerBlock)
 		recs := make([]socketRecord, n)
