@@ -183,30 +183,36 @@ struct {
 } filter_pid_map SEC(".maps");
 
 /*
- * Per CPU: the state changes handle_set_state is running for, or ran for and
- * catch_set_state has not yet passed, by socket and transition; a stack, one
- * entry per tracepoint call under way on this CPU (a change that interrupts
- * another one's call nests, level up). catch_set_state runs after
- * handle_set_state in each call, on the same CPU: it finds its change here,
- * and pops it with whatever nested above it and was left; or it takes the
- * change over, because the kernel skipped handle_set_state for it. That
- * happens when the change interrupts a run of handle_set_state on this CPU,
- * including the kernel's own entry and exit around the run, where the program
- * cannot note that it is running (a depth counted inside the program missed
- * those: a few changes in a million were lost under churn). Where the kernel
- * lets runs nest (no recursion guard, before Linux 6.1), each nested change
- * is pushed and popped above its host's. An entry whose catch_set_state the
- * kernel skipped (its change interrupted a catch_set_state) and that no
- * catch popped with its own is dropped by the next push a second later: no
- * tracepoint call lasts that long.
+ * Per CPU: the state changes handle_set_state ran for and catch_set_state has
+ * not yet passed. catch_set_state runs after handle_set_state in each
+ * tracepoint call, on the same CPU: it finds its change here and frees the
+ * slot, or it takes the change over, because the kernel skipped
+ * handle_set_state for it. That happens when the change interrupts a run of
+ * handle_set_state on this CPU, including the kernel's own entry and exit
+ * around the run, where the program cannot note that it is running (a depth
+ * counted inside the program missed those: a few changes in a million were
+ * lost under churn).
+ *
+ * A call is known by where the kernel put its arguments (the programs' ctx):
+ * both programs of one call get the same array, in the frame of the same
+ * caller, and two calls under way on one CPU never share it (a nested one
+ * runs deeper on the same stack, or on another stack). So a slot whose call
+ * lies where this one does is left by a call that ended, and is taken again.
+ * Slots are also left by changes whose catch_set_state the kernel skipped (they
+ * interrupted its entry or exit, and can be any number in one softirq), and
+ * by changes before catch_set_state was attached: with no slot free, the one
+ * taken longest ago is taken; calls under way are younger than the left
+ * ones, save a few at most. The older design, a stack whose full top was
+ * replaced, reported a change twice when a softirq came between its two
+ * programs after left entries filled the stack.
  */
-#define SEEN_MAX 8
+#define SEEN_MAX 16
 
 struct set_state_seen {
+	__u64 ctx[SEEN_MAX];	/* the call's argument array; 0: free */
 	__u64 sk[SEEN_MAX];
-	__u64 ts[SEEN_MAX];	/* when pushed (see handle_set_state) */
+	__u64 ts[SEEN_MAX];	/* when taken */
 	__u32 trans[SEEN_MAX];	/* seen_trans() */
-	__u32 level;		/* entries in use */
 };
 
 struct {

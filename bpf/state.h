@@ -88,8 +88,6 @@ static __always_inline void set_state(const struct sock *sk, int oldstate, int n
 	emit(&e);
 }
 
-#define SEEN_STALE_NS	1000000000ULL	/* (set_state_seens) */
-
 static __always_inline __u32 seen_trans(int oldstate, int newstate)
 {
 	return (((__u32)oldstate & 0xff) << 8 | ((__u32)newstate & 0xff)) + 1;
@@ -98,38 +96,46 @@ static __always_inline __u32 seen_trans(int oldstate, int newstate)
 /*
  * Every TCP state change. A softirq's change that interrupts this program on
  * its CPU (a packet arriving while a system call's change is traced) is
- * skipped by the kernel's recursion guard (Linux 6.x; counted in the
- * program's recursion misses): catch_set_state, attached after this one,
+ * skipped by the kernel's recursion guard (Linux 6.1 and later; counted in
+ * the program's recursion misses): catch_set_state, attached after this one,
  * takes it over.
  */
 SEC("tp_btf/inet_sock_set_state")
 int BPF_PROG(handle_set_state, const struct sock *sk, int oldstate, int newstate)
 {
 	struct set_state_seen *seen;
-	__u32 zero = 0, l;
-	__u64 now;
+	__u64 call = (__u64)ctx, oldest = ~0ULL;
+	__u32 zero = 0, slot = 0;
+	bool free = false;
 
 	seen = bpf_map_lookup_elem(&set_state_seens, &zero);
 	if (seen) {
-		now = bpf_ktime_get_ns();
-		l = seen->level;
-		for (int i = SEEN_MAX - 1; i >= 0; i--) {
-			if (i != (int)l - 1 || now - seen->ts[i] < SEEN_STALE_NS)
+		for (int i = 0; i < SEEN_MAX; i++) {
+			if (seen->ctx[i] == call) {
+				slot = i; /* left by a call that ended */
+				break;
+			}
+			if (free)
 				continue;
-			l = i; /* left by a call that ended: drop */
+			if (!seen->ctx[i]) {
+				slot = i;
+				free = true;
+			} else if (seen->ts[i] < oldest) {
+				slot = i;
+				oldest = seen->ts[i];
+			}
 		}
-		/* Full: only left entries can fill it (calls do not nest 8
-		 * deep); the newest is replaced. */
-		if (l >= SEEN_MAX)
-			l = SEEN_MAX - 1;
-		l &= SEEN_MAX - 1;
-		/* The slot is taken before it is written: a change nested in
-		 * between (no recursion guard) pushes above it. */
-		seen->level = l + 1;
+		slot &= SEEN_MAX - 1;
+		/* In this order, a change nested in between (where the kernel
+		 * lets runs nest, before Linux 6.1) either takes another slot
+		 * (this one is taken and the youngest) or takes this one, frees
+		 * it and leaves the rest to be written here. */
+		seen->ts[slot] = bpf_ktime_get_ns();
 		barrier();
-		seen->sk[l] = (__u64)sk;
-		seen->ts[l] = now;
-		seen->trans[l] = seen_trans(oldstate, newstate);
+		seen->ctx[slot] = call;
+		barrier();
+		seen->sk[slot] = (__u64)sk;
+		seen->trans[slot] = seen_trans(oldstate, newstate);
 	}
 	set_state(sk, oldstate, newstate);
 	return 0;
@@ -143,25 +149,20 @@ SEC("tp_btf/inet_sock_set_state")
 int BPF_PROG(catch_set_state, const struct sock *sk, int oldstate, int newstate)
 {
 	struct set_state_seen *seen;
-	__u32 zero = 0, trans = seen_trans(oldstate, newstate), l;
+	__u32 zero = 0, trans = seen_trans(oldstate, newstate);
+	__u64 call = (__u64)ctx;
 
 	seen = bpf_map_lookup_elem(&set_state_seens, &zero);
 	if (!seen)
 		return 0;
-	l = seen->level;
-	for (int i = SEEN_MAX - 1; i >= 0; i--) {
-		if (i >= l)
-			continue;
-		if (seen->trans[i] == trans && seen->sk[i] == (__u64)sk) {
-			seen->level = i;
+	for (int i = 0; i < SEEN_MAX; i++) {
+		if (seen->ctx[i] == call && seen->sk[i] == (__u64)sk && seen->trans[i] == trans) {
+			seen->ctx[i] = 0;
 			return 0;
 		}
 	}
 	stat_inc(STAT_CAUGHT);
 	set_state(sk, oldstate, newstate);
-	/* What changes interrupting this run pushed, the kernel skipped this
-	 * program for: nobody pops it but here. */
-	seen->level = l;
 	return 0;
 }
 

@@ -184,11 +184,10 @@ const (
 
 type tcpstateSetStateSeen struct {
 	_     structs.HostLayout
-	Sk    [8]uint64
-	Ts    [8]uint64
-	Trans [8]uint32
-	Level uint32
-	_     [4]byte
+	Ctx   [16]uint64
+	Sk    [16]uint64
+	Ts    [16]uint64
+	Trans [16]uint32
 }
 
 type tcpstateSkInfo struct {

@@ -35,6 +35,7 @@ import (
 	"regexp"
 	"slices"
 	"sort"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -59,6 +60,7 @@ type options struct {
 	kernels  []kernel
 	cache    string
 	run      string
+	count    int
 	short    bool
 	timeout  time.Duration
 	jobs     int
@@ -75,6 +77,7 @@ func main() {
 	flag.StringVar(&list, "kernels", "", "comma-separated SUITE/ARCH to run (default: the whole matrix: "+matrixString()+")")
 	flag.StringVar(&o.cache, "cache", "/var/tmp/tcpstate-vmtest", "directory for packages, kernels and logs, kept between runs")
 	flag.StringVar(&o.run, "run", "", "only tests matching this regexp (as go test -run)")
+	flag.IntVar(&o.count, "count", 1, "run each test this many times (as go test -count), to catch a rare failure")
 	flag.BoolVar(&o.short, "short", true, "run the tests with -short (skips the minute-long TIME_WAIT waits)")
 	flag.DurationVar(&o.timeout, "timeout", 30*time.Minute, "give up on one kernel after this long")
 	flag.IntVar(&o.jobs, "j", 1, "kernels booted at once (each VM gets 2 CPUs)")
@@ -473,6 +476,9 @@ func buildInitrd(path, payload string, k *kernelPkg, root string, o options) err
 	}
 	if o.run != "" {
 		args = append(args, "-test.run '"+strings.ReplaceAll(o.run, "'", "")+"'")
+	}
+	if o.count > 1 {
+		args = append(args, "-test.count "+strconv.Itoa(o.count))
 	}
 	readme, err := os.ReadFile(filepath.Join(root, "README.md"))
 	if err != nil {
