@@ -194,19 +194,25 @@ struct {
  * lost under churn).
  *
  * A call is known by where the kernel put its arguments (the programs' ctx):
- * both programs of one call get the same array, in the frame of the same
- * caller, and two calls under way on one CPU never share it (a nested one
- * runs deeper on the same stack, or on another stack). So a slot whose call
- * lies where this one does is left by a call that ended, and is taken again.
- * Slots are also left by changes whose catch_set_state the kernel skipped (they
- * interrupted its entry or exit, and can be any number in one softirq), and
- * by changes before catch_set_state was attached: with no slot free, the one
- * taken longest ago is taken; calls under way are younger than the left
- * ones, save a few at most. The older design, a stack whose full top was
- * replaced, reported a change twice when a softirq came between its two
- * programs after left entries filled the stack.
+ * bpf_trace_runN copies them to an array in its frame, and the tracepoint's
+ * __traceiter_* calls it from the same frame for each program, so both
+ * programs of one call get the same address. Two calls under way on one CPU
+ * never share it: a nested one runs deeper on the same stack, or on another
+ * stack. So a slot whose call lay where this one does was left by a call
+ * that ended, and is taken again.
+ *
+ * Slots are also left by changes whose catch_set_state the kernel skipped
+ * (they came while it was running on the CPU, its entry and exit included;
+ * any number in one softirq), and by changes before catch_set_state was
+ * attached. With no slot free, the one taken longest ago is taken. A call
+ * under way loses its slot only if SEEN_MAX - 1 others, at other addresses,
+ * are taken while it waits between its two programs; its change is then
+ * reported twice. The older design, a stack whose full top was replaced,
+ * reported changes twice whenever a softirq came between the two programs
+ * after left entries had filled it.
  */
-#define SEEN_MAX 16
+#define SEEN_MAX 32
+_Static_assert((SEEN_MAX & (SEEN_MAX - 1)) == 0, "slots are indexed with a mask");
 
 struct set_state_seen {
 	__u64 ctx[SEEN_MAX];	/* the call's argument array; 0: free */

@@ -126,10 +126,11 @@ int BPF_PROG(handle_set_state, const struct sock *sk, int oldstate, int newstate
 			}
 		}
 		slot &= SEEN_MAX - 1;
-		/* In this order, a change nested in between (where the kernel
-		 * lets runs nest, before Linux 6.1) either takes another slot
-		 * (this one is taken and the youngest) or takes this one, frees
-		 * it and leaves the rest to be written here. */
+		/* Where the kernel lets runs nest (before Linux 6.1), a change
+		 * nested in between runs both its programs before this one goes
+		 * on. Written in this order, it either takes another slot (this
+		 * one is taken and the youngest) or takes this one and frees it,
+		 * and the rest is written here. */
 		seen->ts[slot] = bpf_ktime_get_ns();
 		barrier();
 		seen->ctx[slot] = call;
@@ -142,8 +143,9 @@ int BPF_PROG(handle_set_state, const struct sock *sk, int oldstate, int newstate
 }
 
 /*
- * Runs after handle_set_state on every state change; works only when the
- * kernel skipped handle_set_state for it (set_state_seens).
+ * Runs after handle_set_state on every state change; reports it only when
+ * handle_set_state left no slot for it: the kernel skipped handle_set_state,
+ * or (see set_state_seens) its slot was taken while it waited.
  */
 SEC("tp_btf/inet_sock_set_state")
 int BPF_PROG(catch_set_state, const struct sock *sk, int oldstate, int newstate)

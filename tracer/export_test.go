@@ -62,3 +62,21 @@ func (t *Tracer) FillSetStateSeens() error {
 	}
 	return m.Update(uint32(0), vals, ebpf.UpdateAny)
 }
+
+// FilledSetStateSeens counts the slots of set_state_seens, on all CPUs, still
+// holding what FillSetStateSeens put there, and all the slots.
+func (t *Tracer) FilledSetStateSeens() (left, all int, err error) {
+	var vals []tcpstateSetStateSeen
+	if err := t.coll.Maps[tcpstateMapSetStateSeens].Lookup(uint32(0), &vals); err != nil {
+		return 0, 0, err
+	}
+	for _, v := range vals {
+		for i, c := range v.Ctx {
+			all++
+			if c == uint64(i+1) {
+				left++
+			}
+		}
+	}
+	return left, all, nil
+}

@@ -184,10 +184,10 @@ const (
 
 type tcpstateSetStateSeen struct {
 	_     structs.HostLayout
-	Ctx   [16]uint64
-	Sk    [16]uint64
-	Ts    [16]uint64
-	Trans [16]uint32
+	Ctx   [32]uint64
+	Sk    [32]uint64
+	Ts    [32]uint64
+	Trans [32]uint32
 }
 
 type tcpstateSkInfo struct {
