@@ -147,10 +147,19 @@ int iter_fin_wait2(struct bpf_iter__bpf_map_elem *ctx)
 		fw2_unwatch(k);
 		return 0;
 	}
+	/* Its expiry not rewritten yet: the walk came between the kernel's
+	 * switch to TIME_WAIT and its re-arm (tcp_timewait_state_process, on
+	 * another CPU), and dating it now would be up to a walk late. Left to
+	 * the re-arm's timer_start or the next walk; an expiry still the same
+	 * then was rewritten to the same jiffy, and dates it as well. */
+	if (BPF_CORE_READ(tw, tw_timer.expires) == info->expires && !v->turned) {
+		v->turned = 1;
+		return 0;
+	}
 	/* Nobody woken: the walk is the reader's own, which reads the ring
 	 * right after it (a wake-up per event cost more than the walk). */
 	tw_sync(&e, info, tw, &h, (void *)tw + bpf_core_field_offset(struct inet_timewait_sock, tw_timer),
-		bpf_ktime_get_boot_ns(), k);
+		bpf_ktime_get_boot_ns(), k, true);
 	return 0;
 }
 

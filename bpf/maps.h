@@ -115,6 +115,7 @@ struct {
 struct fw2_entry {
 	__u64 addr;	/* the inet_timewait_sock */
 	__u64 until;	/* jiffies: after this a FIN comes with timer_start (with a bucket's margin) */
+	__u64 turned;	/* seen in TIME_WAIT with its FIN_WAIT2 expiry (see iter_fin_wait2) */
 };
 
 struct {

@@ -51,7 +51,7 @@ int BPF_PROG(handle_timer_start, struct timer_list *t, unsigned long bucket_expi
 		return 0;
 	}
 	state = info->state;
-	tw_sync(&e, info, tw, &h, t, now, key);
+	tw_sync(&e, info, tw, &h, t, now, key, false);
 	info->expires = t->expires;
 	if (info->state != state)
 		return 0;
@@ -88,7 +88,7 @@ int BPF_PROG(handle_timer_expire, struct timer_list *t, unsigned long baseclk)
 	key = tw_key(cookie, tw);
 	info = bpf_map_lookup_elem(&tw_infos, &key);
 	if (info)
-		tw_sync(&e, info, tw, &h, t, now, key);
+		tw_sync(&e, info, tw, &h, t, now, key, false);
 	else
 		stat_inc(STAT_TW_UNTRACKED);
 	event_init(&e, EVENT_STATE, now, tw_cookie(info, key));
@@ -130,7 +130,7 @@ int BPF_PROG(handle_timer_cancel, struct timer_list *t)
 	key = tw_key(cookie, tw);
 	info = bpf_map_lookup_elem(&tw_infos, &key);
 	if (info)
-		tw_sync(&e, info, tw, &h, t, now, key);
+		tw_sync(&e, info, tw, &h, t, now, key, false);
 	event_init(&e, EVENT_TW_CANCEL, now, tw_cookie(info, key));
 	e.old_state = info ? info->state : BPF_CORE_READ(tw, tw_substate);
 	e.new_state = TCP_CLOSE;

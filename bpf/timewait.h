@@ -168,7 +168,8 @@ static __always_inline void tw_duration(struct event *e, const struct tw_info *i
  * e is scratch space for the event.
  */
 static __always_inline void tw_sync(struct event *e, struct tw_info *info, struct inet_timewait_sock *tw,
-				    const struct skc_head *h, struct timer_list *t, __u64 now, __u64 key)
+				    const struct skc_head *h, struct timer_list *t, __u64 now, __u64 key,
+				    bool same_expiry)
 {
 	__u8 substate = BPF_CORE_READ(tw, tw_substate);
 	__u64 entered, expires;
@@ -178,10 +179,12 @@ static __always_inline void tw_sync(struct event *e, struct tw_info *info, struc
 		return;
 	/* An expiry unchanged since last seen: the timer is being re-armed for
 	 * the change right now (timer_cancel fires before the new expiry is
-	 * set). A changed one was rewritten in place: date the change from it. */
+	 * set). A changed one was rewritten in place: date the change from it.
+	 * same_expiry: the expiry was rewritten to what it was (the FIN came
+	 * in the jiffy FIN_WAIT2 began): date from it too. */
 	entered = now;
 	expires = BPF_CORE_READ(t, expires);
-	if (substate == TCP_TIME_WAIT && hz && expires != info->expires) {
+	if (substate == TCP_TIME_WAIT && hz && (expires != info->expires || same_expiry)) {
 		/* Negative when the timer fires late (it is firing now). */
 		left_ns = (__s64)(expires - bpf_jiffies64()) * (1000000000LL / hz);
 		if (left_ns > -(__s64)TIMEWAIT_LEN_NS && left_ns <= (__s64)TIMEWAIT_LEN_NS)

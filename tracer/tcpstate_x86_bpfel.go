@@ -94,9 +94,10 @@ const (
 )
 
 type tcpstateFw2Entry struct {
-	_     structs.HostLayout
-	Addr  uint64
-	Until uint64
+	_      structs.HostLayout
+	Addr   uint64
+	Until  uint64
+	Turned uint64
 }
 
 type tcpstateIterRec struct {
