@@ -86,8 +86,14 @@ func main() {
 	if *floorBin != "" {
 		// Beside the tracers of each churn.
 		at := slices.IndexFunc(modes, func(m mode) bool { return m.name == "tcpstates (libbpf-tools)" })
-		modes = slices.Insert(modes, at, mode{name: "empty programs (same hooks)", cmd: []string{*floorBin}, settle: time.Second})
-		modes = append(modes, mode{name: "empty programs (keepalive churn)", cmd: []string{*floorBin}, churn: kaChurn, settle: time.Second})
+		// And the least a tracer of every transition and timewait or
+		// keepalive timer can do: 32-byte records, read and dropped.
+		modes = slices.Insert(modes, at,
+			mode{name: "empty programs (same hooks)", cmd: []string{*floorBin}, settle: time.Second},
+			mode{name: "32-byte records (same hooks)", cmd: []string{*floorBin, "-emit"}, settle: time.Second})
+		modes = append(modes,
+			mode{name: "empty programs (keepalive churn)", cmd: []string{*floorBin}, churn: kaChurn, settle: time.Second},
+			mode{name: "32-byte records (keepalive churn)", cmd: []string{*floorBin, "-emit"}, churn: kaChurn, settle: time.Second})
 	}
 	if *baseBin != "" {
 		modes = append(modes,

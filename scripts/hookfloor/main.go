@@ -5,23 +5,35 @@
 // SIGINT or SIGTERM. Under scripts/bench it measures the floor of any tracer
 // that follows TCP through these tracepoints: what the kernel's dispatch of a
 // program costs on this machine, before a single instruction of tcpstate's
-// runs. It needs no clang: the programs are two instructions built here.
+// runs. It needs no clang: the programs are a few instructions built here.
 //
-//	go run ./scripts/hookfloor [-tracepoints inet_sock_set_state,timer_start]
+// With -emit it is the least a tracer with tcpstate's reach can do: every
+// state change, and every start, fire and removal of a timewait or keepalive
+// timer, goes to user space as a 32-byte record (time, the tracepoint's
+// arguments: a state change's three, a timer's one) through a ring buffer, and is read there and dropped.
+// Every other timer leaves after two compares. The second program on
+// inet_sock_set_state stays empty. The records wake nobody: the reader
+// polls every 10 ms.
+//
+//	go run ./scripts/hookfloor [-emit] [-tracepoints inet_sock_set_state,timer_start]
 package main
 
 import (
+	"bufio"
 	"errors"
 	"flag"
 	"fmt"
 	"os"
 	"os/signal"
+	"strconv"
 	"strings"
 	"syscall"
+	"time"
 
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/asm"
 	"github.com/cilium/ebpf/link"
+	"github.com/cilium/ebpf/ringbuf"
 	"github.com/cilium/ebpf/rlimit"
 )
 
@@ -31,18 +43,35 @@ import (
 const tcpstateHooks = "inet_sock_set_state,inet_sock_set_state,sock_send_length,sock_recv_length," +
 	"tcp_receive_reset,tcp_send_reset,timer_start,timer_expire_entry,timer_cancel,timer_expire_exit"
 
+// timerHooks: the tracepoints whose first argument is a struct timer_list.
+var timerHooks = map[string]bool{"timer_start": true, "timer_expire_entry": true, "timer_cancel": true, "timer_expire_exit": true}
+
 func main() {
 	list := flag.String("tracepoints", tcpstateHooks, "tracepoints to attach an empty program to, comma-separated (repeat one to attach two)")
+	emit := flag.Bool("emit", false, "send each state change and each timewait or keepalive timer event to user space (32 bytes), and read it there")
 	flag.Parse()
-	if err := run(strings.Split(*list, ",")); err != nil {
+	if err := run(strings.Split(*list, ","), *emit); err != nil {
 		fmt.Fprintln(os.Stderr, "hookfloor:", err)
 		os.Exit(1)
 	}
 }
 
-func run(tracepoints []string) error {
+func run(tracepoints []string, emit bool) error {
 	if err := rlimit.RemoveMemlock(); err != nil {
 		return err
+	}
+	var rb *ebpf.Map
+	var timerFns []uint64
+	if emit {
+		var err error
+		rb, err = ebpf.NewMap(&ebpf.MapSpec{Name: "hookfloor", Type: ebpf.RingBuf, MaxEntries: 8 << 20})
+		if err != nil {
+			return fmt.Errorf("ring buffer: %w", err)
+		}
+		defer rb.Close()
+		if timerFns, err = kallsyms("tw_timer_handler", "tcp_keepalive_timer"); err != nil {
+			return err
+		}
 	}
 	var links []link.Link
 	defer func() {
@@ -51,17 +80,23 @@ func run(tracepoints []string) error {
 		}
 	}()
 	var skipped []string
+	emitted := map[string]bool{}
 	for _, tp := range tracepoints {
+		insns := asm.Instructions{asm.Mov.Imm(asm.R0, 0), asm.Return()}
+		switch {
+		case rb != nil && tp == "inet_sock_set_state" && !emitted[tp]:
+			insns = emitAll(rb)
+		case rb != nil && timerHooks[tp]:
+			insns = emitTimers(rb, timerFns)
+		}
+		emitted[tp] = true
 		prog, err := ebpf.NewProgram(&ebpf.ProgramSpec{
-			Name:       "hookfloor",
-			Type:       ebpf.Tracing,
-			AttachType: ebpf.AttachTraceRawTp,
-			AttachTo:   tp,
-			License:    "GPL",
-			Instructions: asm.Instructions{
-				asm.Mov.Imm(asm.R0, 0),
-				asm.Return(),
-			},
+			Name:         "hookfloor",
+			Type:         ebpf.Tracing,
+			AttachType:   ebpf.AttachTraceRawTp,
+			AttachTo:     tp,
+			License:      "GPL",
+			Instructions: insns,
 		})
 		if errors.Is(err, ebpf.ErrNotSupported) || err != nil && strings.Contains(err.Error(), "not found") {
 			skipped = append(skipped, tp) // (a tracepoint this kernel lacks, as tcpstate skips it)
@@ -77,13 +112,135 @@ func run(tracepoints []string) error {
 		}
 		links = append(links, l)
 	}
-	fmt.Fprintf(os.Stderr, "hookfloor: %d empty programs attached", len(links))
+	what := "empty programs"
+	if rb != nil {
+		what = "programs sending 32-byte records"
+	}
+	fmt.Fprintf(os.Stderr, "hookfloor: %d %s attached", len(links), what)
 	if len(skipped) > 0 {
 		fmt.Fprintf(os.Stderr, " (no tracepoint %s)", strings.Join(skipped, ", "))
 	}
 	fmt.Fprintln(os.Stderr, "; Ctrl-C ends")
 	sig := make(chan os.Signal, 1)
 	signal.Notify(sig, syscall.SIGINT, syscall.SIGTERM)
-	<-sig
-	return nil
+	if rb == nil {
+		<-sig
+		return nil
+	}
+	r, err := ringbuf.NewReader(rb)
+	if err != nil {
+		return err
+	}
+	// The programs never wake the reader (BPF_RB_NO_WAKEUP): it reads
+	// whatever there is every 10 ms, a wakeup per 4,000 records or so.
+	var records, bytes uint64
+	var rec ringbuf.Record
+	tick := time.NewTicker(10 * time.Millisecond)
+	defer tick.Stop()
+	for {
+		select {
+		case <-sig:
+			fmt.Fprintf(os.Stderr, "hookfloor: %d records read (%d bytes)\n", records, bytes)
+			return r.Close()
+		case <-tick.C:
+		}
+		r.SetDeadline(time.Now())
+		for {
+			err := r.ReadInto(&rec)
+			if errors.Is(err, os.ErrDeadlineExceeded) {
+				break
+			}
+			if err != nil {
+				return err
+			}
+			records++
+			bytes += uint64(len(rec.RawSample))
+		}
+	}
+}
+
+// emitAll sends every run: its time and the first three arguments.
+func emitAll(rb *ebpf.Map) asm.Instructions {
+	return append(asm.Instructions{asm.Mov.Reg(asm.R6, asm.R1)}, send(rb, "", 3)...)
+}
+
+// emitTimers sends a run whose timer runs one of fns (its first argument's
+// function, at offset 24 of struct timer_list: after the list node and the
+// expiry), and leaves at once for every other timer.
+func emitTimers(rb *ebpf.Map, fns []uint64) asm.Instructions {
+	insns := asm.Instructions{
+		asm.Mov.Reg(asm.R6, asm.R1),
+		asm.LoadMem(asm.R2, asm.R1, 0, asm.DWord),
+		asm.LoadMem(asm.R3, asm.R2, 24, asm.DWord),
+	}
+	for _, fn := range fns {
+		insns = append(insns,
+			asm.LoadImm(asm.R4, int64(fn), asm.DWord),
+			asm.JEq.Reg(asm.R3, asm.R4, "send"))
+	}
+	insns = append(insns, asm.Mov.Imm(asm.R0, 0), asm.Return())
+	return append(insns, send(rb, "send", 1)...)
+}
+
+// send: bpf_ringbuf_output of {ktime, the first nargs arguments, zeros} from
+// the stack; the program's context is in R6. The first instruction carries
+// label.
+func send(rb *ebpf.Map, label string, nargs int16) asm.Instructions {
+	insns := asm.Instructions{
+		asm.FnKtimeGetNs.Call().WithSymbol(label),
+		asm.StoreMem(asm.RFP, -32, asm.R0, asm.DWord),
+	}
+	for i := range int16(3) {
+		if i < nargs {
+			insns = append(insns, asm.LoadMem(asm.R1, asm.R6, 8*i, asm.DWord))
+		} else {
+			insns = append(insns, asm.Mov.Imm(asm.R1, 0))
+		}
+		insns = append(insns, asm.StoreMem(asm.RFP, -24+8*i, asm.R1, asm.DWord))
+	}
+	return append(insns,
+		asm.LoadMapPtr(asm.R1, rb.FD()),
+		asm.Mov.Reg(asm.R2, asm.RFP),
+		asm.Add.Imm(asm.R2, -32),
+		asm.Mov.Imm(asm.R3, 32),
+		asm.Mov.Imm(asm.R4, 1), // BPF_RB_NO_WAKEUP
+		asm.FnRingbufOutput.Call(),
+		asm.Mov.Imm(asm.R0, 0),
+		asm.Return())
+}
+
+// kallsyms finds the addresses of the named kernel functions, all of them.
+func kallsyms(names ...string) ([]uint64, error) {
+	f, err := os.Open("/proc/kallsyms")
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	found := map[string]uint64{}
+	s := bufio.NewScanner(f)
+	for s.Scan() {
+		fields := strings.Fields(s.Text())
+		if len(fields) < 3 || len(fields) > 3 { // (module symbols have a fourth)
+			continue
+		}
+		for _, n := range names {
+			if fields[2] == n {
+				if a, err := strconv.ParseUint(fields[0], 16, 64); err == nil && a != 0 {
+					found[n] = a
+				}
+			}
+		}
+	}
+	if err := s.Err(); err != nil {
+		return nil, err
+	}
+	var addrs []uint64
+	for _, n := range names {
+		a, ok := found[n]
+		if !ok {
+			return nil, fmt.Errorf("/proc/kallsyms has no address of %s (not root?)", n)
+		}
+		addrs = append(addrs, a)
+	}
+	return addrs, nil
 }
