@@ -218,7 +218,7 @@ _Static_assert((SEEN_MAX & (SEEN_MAX - 1)) == 0, "slots are indexed with a mask"
 struct set_state_seen {
 	__u64 ctx[SEEN_MAX];	/* the call's argument array; 0: free */
 	__u64 sk[SEEN_MAX];
-	__u64 ts[SEEN_MAX];	/* when taken */
+	__u64 ts[SEEN_MAX];	/* when taken (bpf_ktime_get_boot_ns) */
 	__u32 trans[SEEN_MAX];	/* seen_trans() */
 };
 

@@ -7,12 +7,13 @@
 #ifndef __TCPSTATE_STATE_H
 #define __TCPSTATE_STATE_H
 
-static __always_inline void set_state(const struct sock *sk, int oldstate, int newstate)
+/* A state change, now (bpf_ktime_get_boot_ns: the caller's, one clock read a run). */
+static __always_inline void set_state(const struct sock *sk, int oldstate, int newstate, __u64 now)
 {
 	const struct sock_common *skc = &sk->__sk_common;
 	struct sk_info *info;
 	struct event e;
-	__u64 now, cookie;
+	__u64 cookie;
 	__u8 src;
 
 	if (sk->sk_protocol != IPPROTO_TCP)
@@ -27,7 +28,6 @@ static __always_inline void set_state(const struct sock *sk, int oldstate, int n
 		return;
 	}
 
-	now = bpf_ktime_get_boot_ns();
 	if (oldstate == TCP_LISTEN && newstate == TCP_SYN_RECV) {
 		child_born(sk, now);
 		return;
@@ -104,7 +104,7 @@ SEC("tp_btf/inet_sock_set_state")
 int BPF_PROG(handle_set_state, const struct sock *sk, int oldstate, int newstate)
 {
 	struct set_state_seen *seen;
-	__u64 call = (__u64)ctx, oldest = ~0ULL;
+	__u64 call = (__u64)ctx, oldest = ~0ULL, now = bpf_ktime_get_boot_ns();
 	__u32 zero = 0, slot = 0;
 	bool free = false;
 
@@ -131,14 +131,14 @@ int BPF_PROG(handle_set_state, const struct sock *sk, int oldstate, int newstate
 		 * on. Written in this order, it either takes another slot (this
 		 * one is taken and the youngest) or takes this one and frees it,
 		 * and the rest is written here. */
-		seen->ts[slot] = bpf_ktime_get_ns();
+		seen->ts[slot] = now;
 		barrier();
 		seen->ctx[slot] = call;
 		barrier();
 		seen->sk[slot] = (__u64)sk;
 		seen->trans[slot] = seen_trans(oldstate, newstate);
 	}
-	set_state(sk, oldstate, newstate);
+	set_state(sk, oldstate, newstate, now);
 	return 0;
 }
 
@@ -164,7 +164,7 @@ int BPF_PROG(catch_set_state, const struct sock *sk, int oldstate, int newstate)
 		}
 	}
 	stat_inc(STAT_CAUGHT);
-	set_state(sk, oldstate, newstate);
+	set_state(sk, oldstate, newstate, bpf_ktime_get_boot_ns());
 	return 0;
 }
 

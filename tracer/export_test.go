@@ -49,7 +49,7 @@ func (t *Tracer) FillSetStateSeens() error {
 		return err
 	}
 	var ts unix.Timespec
-	if err := unix.ClockGettime(unix.CLOCK_MONOTONIC, &ts); err != nil {
+	if err := unix.ClockGettime(unix.CLOCK_BOOTTIME, &ts); err != nil {
 		return err
 	}
 	vals := make([]tcpstateSetStateSeen, n)
