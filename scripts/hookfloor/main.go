@@ -7,13 +7,15 @@
 // program costs on this machine, before a single instruction of tcpstate's
 // runs. It needs no clang: the programs are a few instructions built here.
 //
-// With -emit it is the least a tracer with tcpstate's reach can do: every
-// state change, and every start, fire and removal of a timewait or keepalive
-// timer, goes to user space as a 32-byte record (time, the tracepoint's
-// arguments: a state change's three, a timer's one) through a ring buffer, and is read there and dropped.
-// Every other timer leaves after two compares. The second program on
-// inet_sock_set_state stays empty. The records wake nobody: the reader
-// polls every 10 ms.
+// With -emit it is the least a tracer with tcpstate's reach can do: the
+// events tcpstate looks at go to user space as 32-byte records (time, the
+// tracepoint's arguments: a state change's three, a timer's one) through a
+// ring buffer, and are read there and dropped. They are every state change
+// of a socket (not a listener's new child, not a call that leaves the state
+// as it was), every start and fire of a timewait or keepalive timer, the
+// removal of a timewait timer and the end of a keepalive timer's run; other
+// timers leave after two compares. The second program on inet_sock_set_state
+// stays empty. The records wake nobody: the reader polls every 10 ms.
 //
 //	go run ./scripts/hookfloor [-emit] [-tracepoints inet_sock_set_state,timer_start]
 package main
@@ -43,8 +45,15 @@ import (
 const tcpstateHooks = "inet_sock_set_state,inet_sock_set_state,sock_send_length,sock_recv_length," +
 	"tcp_receive_reset,tcp_send_reset,timer_start,timer_expire_entry,timer_cancel,timer_expire_exit"
 
-// timerHooks: the tracepoints whose first argument is a struct timer_list.
-var timerHooks = map[string]bool{"timer_start": true, "timer_expire_entry": true, "timer_cancel": true, "timer_expire_exit": true}
+// timerHooks: the tracepoints whose first argument is a struct timer_list,
+// and the timers' functions tcpstate looks at there, from {timewait,
+// keepalive}.
+var timerHooks = map[string]func(fns []uint64) []uint64{
+	"timer_start":        func(fns []uint64) []uint64 { return fns },
+	"timer_expire_entry": func(fns []uint64) []uint64 { return fns },
+	"timer_cancel":       func(fns []uint64) []uint64 { return fns[:1] },
+	"timer_expire_exit":  func(fns []uint64) []uint64 { return fns[1:] },
+}
 
 func main() {
 	list := flag.String("tracepoints", tcpstateHooks, "tracepoints to attach an empty program to, comma-separated (repeat one to attach two)")
@@ -85,9 +94,9 @@ func run(tracepoints []string, emit bool) error {
 		insns := asm.Instructions{asm.Mov.Imm(asm.R0, 0), asm.Return()}
 		switch {
 		case rb != nil && tp == "inet_sock_set_state" && !emitted[tp]:
-			insns = emitAll(rb)
-		case rb != nil && timerHooks[tp]:
-			insns = emitTimers(rb, timerFns)
+			insns = emitStates(rb)
+		case rb != nil && timerHooks[tp] != nil:
+			insns = emitTimers(rb, timerHooks[tp](timerFns))
 		}
 		emitted[tp] = true
 		prog, err := ebpf.NewProgram(&ebpf.ProgramSpec{
@@ -132,7 +141,7 @@ func run(tracepoints []string, emit bool) error {
 		return err
 	}
 	// The programs never wake the reader (BPF_RB_NO_WAKEUP): it reads
-	// whatever there is every 10 ms, a wakeup per 4,000 records or so.
+	// whatever there is every 10 ms, whatever the rate.
 	var records, bytes uint64
 	var rec ringbuf.Record
 	tick := time.NewTicker(10 * time.Millisecond)
@@ -159,9 +168,22 @@ func run(tracepoints []string, emit bool) error {
 	}
 }
 
-// emitAll sends every run: its time and the first three arguments.
-func emitAll(rb *ebpf.Map) asm.Instructions {
-	return append(asm.Instructions{asm.Mov.Reg(asm.R6, asm.R1)}, send(rb, "", 3)...)
+// emitStates sends a state change (its time and three arguments), but not a
+// listener's new child (LISTEN to SYN_RECV) nor a call that leaves the state
+// as it was.
+func emitStates(rb *ebpf.Map) asm.Instructions {
+	const listen, synRecv = 10, 3
+	insns := asm.Instructions{
+		asm.Mov.Reg(asm.R6, asm.R1),
+		asm.LoadMem(asm.R2, asm.R1, 8, asm.DWord),  // oldstate
+		asm.LoadMem(asm.R3, asm.R1, 16, asm.DWord), // newstate
+		asm.JEq.Reg32(asm.R2, asm.R3, "skip"),
+		asm.JNE.Imm32(asm.R2, listen, "send"),
+		asm.JNE.Imm32(asm.R3, synRecv, "send"),
+		asm.Mov.Imm(asm.R0, 0).WithSymbol("skip"),
+		asm.Return(),
+	}
+	return append(insns, send(rb, "send", 3)...)
 }
 
 // emitTimers sends a run whose timer runs one of fns (its first argument's
@@ -187,7 +209,7 @@ func emitTimers(rb *ebpf.Map, fns []uint64) asm.Instructions {
 // label.
 func send(rb *ebpf.Map, label string, nargs int16) asm.Instructions {
 	insns := asm.Instructions{
-		asm.FnKtimeGetNs.Call().WithSymbol(label),
+		asm.FnKtimeGetBootNs.Call().WithSymbol(label),
 		asm.StoreMem(asm.RFP, -32, asm.R0, asm.DWord),
 	}
 	for i := range int16(3) {
