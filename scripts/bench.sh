@@ -3,7 +3,9 @@
 #
 # Whole-system benchmark: loopback churn under tcpstate (record, trace, trace
 # -o json, serve), empty programs on the same tracepoints (scripts/hookfloor,
-# the floor), libbpf-tools tcpstates and a bpftrace one-liner, interleaved; then
+# the floor), 32-byte records from them (hookfloor -emit, the least a tracer of
+# the same events does), libbpf-tools tcpstates and a bpftrace one-liner,
+# interleaved; then
 # memory with 100,000 live sockets and start-up time. As root; installs the
 # peers from Debian's packages and mounts tracefs when missing.
 #
