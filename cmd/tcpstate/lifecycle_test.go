@@ -24,8 +24,10 @@ import (
 func TestMain(m *testing.M) {
 	if os.Getenv("TCPSTATE_HELPER") == "leak" {
 		// Connect, say where from, and never close: the socket sits in
-		// CLOSE_WAIT once the server hangs up, until stdin closes.
-		c, err := net.Dial("tcp", os.Getenv("ADDR"))
+		// CLOSE_WAIT once the server hangs up, until stdin closes. No
+		// keepalive: the ACK to a probe (Go's net package sends one after
+		// 15 s) moves the last ACK received, the bound an age starts from.
+		c, err := (&net.Dialer{KeepAlive: -1}).Dial("tcp", os.Getenv("ADDR"))
 		if err != nil {
 			fmt.Fprintln(os.Stderr, err)
 			os.Exit(3)
@@ -321,6 +323,7 @@ func TestWatchOnceShowsTimeWait(t *testing.T) {
 	requireRoot(t)
 	ns := testnet.New(t)
 	var port int
+	var closed time.Time
 	ns.Do(t, func() {
 		must := func(err error) {
 			t.Helper()
@@ -341,6 +344,7 @@ func TestWatchOnceShowsTimeWait(t *testing.T) {
 		must(syscall.Connect(c, sa))
 		s, _, err := syscall.Accept(lfd)
 		must(err)
+		closed = time.Now()
 		syscall.Close(s) // the server closes first: its side ends in TIME_WAIT
 		time.Sleep(50 * time.Millisecond)
 		syscall.Close(c)
@@ -354,8 +358,15 @@ func TestWatchOnceShowsTimeWait(t *testing.T) {
 	for _, o := range parseLines(t, stdout) {
 		if o.Type == "socket" && o.Sport == port && o.State == "TIME_WAIT" {
 			found = true
-			if age := time.Duration(o.AgeNS); !o.SinceStart || age <= 0 || age > 5*time.Second {
-				t.Errorf("TIME_WAIT socket: %+v", o)
+			// At most the time since the server's close (start-up
+			// included: 9 s under emulation), a jiffy (10 ms) of
+			// rounding on top.
+			at, err := time.Parse(time.RFC3339Nano, o.Time)
+			if err != nil {
+				t.Fatalf("snapshot time %q: %v", o.Time, err)
+			}
+			if age := time.Duration(o.AgeNS); !o.SinceStart || age <= 0 || age > at.Sub(closed)+10*time.Millisecond {
+				t.Errorf("TIME_WAIT socket: %+v; want an age up to %v", o, at.Sub(closed))
 			}
 		}
 	}

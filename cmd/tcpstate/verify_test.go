@@ -145,7 +145,10 @@ func TestVerifyKeepaliveTimeChange(t *testing.T) {
 // at the new value and verify says so; one armed before leaves when it ends.
 func TestVerifyFinTimeoutLowered(t *testing.T) {
 	requireRoot(t)
-	ns := testnet.New(t, "net.ipv4.tcp_fin_timeout=5")
+	// The FIN_WAIT2 armed before the change must outlast verify's start-up
+	// (9 s under emulation) and the one made after it: verify ends when no
+	// socket is left to wait for.
+	ns := testnet.New(t, "net.ipv4.tcp_fin_timeout=20")
 	var ln net.Listener
 	orphan := func() (client, peer net.Conn) {
 		client = ns.Dial(t, "tcp4", ln.Addr().String())
@@ -166,7 +169,7 @@ func TestVerifyFinTimeoutLowered(t *testing.T) {
 	defer ln.Close()
 	before, _ := orphan()
 	wait := startCmd(t, "verify", "--netns", ns.Name, "--rport", strconv.Itoa(ln.Addr().(*net.TCPAddr).Port),
-		"--expect", "fin_timeout=2", "--within", "10s", "-i", "200ms", "-o", "json")
+		"--expect", "fin_timeout=2", "--within", "30s", "-i", "200ms", "-o", "json")
 	ns.Sysctl(t, "net.ipv4.tcp_fin_timeout=2")
 	time.Sleep(500 * time.Millisecond) // past verify's sysctl poll (-i 200ms), so the new socket is made after it saw the change
 	after, _ := orphan()
