@@ -462,18 +462,15 @@ func TestJiffiesRate(t *testing.T) {
 	if config == 0 {
 		t.Skip("no kernel config to compare with")
 	}
-	// A busy machine can slow the reads so much that more than one rate
-	// fits (measuredHZ says 0, and tcpstate keeps the config): measured
-	// again then. A rate that fits and is not the config's fails at once.
+	// A busy machine can slow the reads so much that no sample is taken,
+	// or more than one rate fits (measuredHZ says 0, and tcpstate keeps
+	// the config): measured again then. A rate that fits and is not the config's fails at once.
 	var windows []time.Duration
 	for range 5 {
 		a := sampleJiffies()
-		if !a.ok {
-			t.Fatal("no jiffies read from /proc/schedstat or /proc/timer_list")
-		}
 		time.Sleep(250 * time.Millisecond)
 		b := sampleJiffies()
-		got := measuredHZ(a, b)
+		got := measuredHZ(a, b) // (0 also when a read never came within its window)
 		if got == config {
 			return
 		}
@@ -482,5 +479,5 @@ func TestJiffiesRate(t *testing.T) {
 		}
 		windows = append(windows, a.window, b.window)
 	}
-	t.Errorf("no rate told apart in 5 measurements (CONFIG_HZ=%d); the reads took %v", config, windows)
+	t.Errorf("no rate told apart in 5 measurements (CONFIG_HZ=%d); the samples' windows (0: none within %v): %v", config, maxJiffiesWindow, windows)
 }

@@ -76,14 +76,15 @@ var jiffiesFiles = []struct{ path, prefix string }{
 }
 
 // maxJiffiesWindow bounds a sample's window: a read delayed longer (timer_list
-// prints a CPU's high-resolution timers first; a preemption) is made again.
+// prints a CPU's high-resolution timers first; a preemption) is made again,
+// up to ten times (a loaded machine can preempt three reads in a row).
 const maxJiffiesWindow = 2 * time.Millisecond
 
 // sampleJiffies reads jiffies from the first of jiffiesFiles that has them.
 func sampleJiffies() jiffiesSample {
 	var line [4096]byte
 	for _, f := range jiffiesFiles {
-		for range 3 {
+		for range 10 {
 			before := time.Now()
 			j, ok := readJiffies(f.path, f.prefix, line[:])
 			after := time.Now()
