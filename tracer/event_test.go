@@ -464,7 +464,8 @@ func TestJiffiesRate(t *testing.T) {
 	}
 	// A busy machine can slow the reads so much that no sample is taken,
 	// or more than one rate fits (measuredHZ says 0, and tcpstate keeps
-	// the config): measured again then. A rate that fits and is not the config's fails at once.
+	// the config): measured again then. A rate that fits and is not the
+	// config's fails at once.
 	var windows []time.Duration
 	for range 5 {
 		a := sampleJiffies()

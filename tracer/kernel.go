@@ -218,9 +218,10 @@ func fw2SilentLead(hz uint32) uint64 {
 	return timewaitLen - 2*gran
 }
 
-// kallsyms finds the addresses of the named kernel functions. A name that is
-// missing, or hidden (kernel.kptr_restrict shows zeros), maps to 0.
-func kallsyms(names ...string) (map[string]uint64, error) {
+// Kallsyms finds the addresses of the named kernel functions in
+// /proc/kallsyms. A name that is missing, or hidden (kernel.kptr_restrict
+// shows zeros), maps to 0.
+func Kallsyms(names ...string) (map[string]uint64, error) {
 	f, err := os.Open("/proc/kallsyms")
 	if err != nil {
 		return nil, err

@@ -235,7 +235,7 @@ func New(cfg Config) (*Tracer, error) {
 		return nil, fmt.Errorf("%w: inet_sock_set_state (tcpstate needs Linux 5.10 or later with BTF)", ErrMissingHook)
 	}
 	caps := probeKernel(spec, kernelTypes, btfCache)
-	syms, err := kallsyms("tw_timer_handler", "tcp_keepalive_timer")
+	syms, err := Kallsyms("tw_timer_handler", "tcp_keepalive_timer")
 	if err != nil {
 		syms = map[string]uint64{}
 	}

@@ -21,13 +21,11 @@
 package main
 
 import (
-	"bufio"
 	"errors"
 	"flag"
 	"fmt"
 	"os"
 	"os/signal"
-	"strconv"
 	"strings"
 	"syscall"
 	"time"
@@ -37,6 +35,8 @@ import (
 	"github.com/cilium/ebpf/link"
 	"github.com/cilium/ebpf/ringbuf"
 	"github.com/cilium/ebpf/rlimit"
+
+	"github.com/tcpstate/tcpstate/tracer"
 )
 
 // tcpstateHooks are the tracepoints tcpstate attaches to, one entry per
@@ -46,13 +46,12 @@ const tcpstateHooks = "inet_sock_set_state,inet_sock_set_state,sock_send_length,
 	"tcp_receive_reset,tcp_send_reset,timer_start,timer_expire_entry,timer_cancel,timer_expire_exit"
 
 // timerHooks: the tracepoints whose first argument is a struct timer_list,
-// and the timers' functions tcpstate looks at there, from {timewait,
-// keepalive}.
-var timerHooks = map[string]func(fns []uint64) []uint64{
-	"timer_start":        func(fns []uint64) []uint64 { return fns },
-	"timer_expire_entry": func(fns []uint64) []uint64 { return fns },
-	"timer_cancel":       func(fns []uint64) []uint64 { return fns[:1] },
-	"timer_expire_exit":  func(fns []uint64) []uint64 { return fns[1:] },
+// and the functions of the timers tcpstate looks at there.
+var timerHooks = map[string][]string{
+	"timer_start":        {"tw_timer_handler", "tcp_keepalive_timer"},
+	"timer_expire_entry": {"tw_timer_handler", "tcp_keepalive_timer"},
+	"timer_cancel":       {"tw_timer_handler"},
+	"timer_expire_exit":  {"tcp_keepalive_timer"},
 }
 
 func main() {
@@ -70,7 +69,7 @@ func run(tracepoints []string, emit bool) error {
 		return err
 	}
 	var rb *ebpf.Map
-	var timerFns []uint64
+	var syms map[string]uint64
 	if emit {
 		var err error
 		rb, err = ebpf.NewMap(&ebpf.MapSpec{Name: "hookfloor", Type: ebpf.RingBuf, MaxEntries: 8 << 20})
@@ -78,8 +77,14 @@ func run(tracepoints []string, emit bool) error {
 			return fmt.Errorf("ring buffer: %w", err)
 		}
 		defer rb.Close()
-		if timerFns, err = kallsyms("tw_timer_handler", "tcp_keepalive_timer"); err != nil {
+		names := []string{"tw_timer_handler", "tcp_keepalive_timer"}
+		if syms, err = tracer.Kallsyms(names...); err != nil {
 			return err
+		}
+		for _, n := range names {
+			if syms[n] == 0 {
+				return fmt.Errorf("/proc/kallsyms has no address of %s (not root?)", n)
+			}
 		}
 	}
 	var links []link.Link
@@ -89,16 +94,20 @@ func run(tracepoints []string, emit bool) error {
 		}
 	}()
 	var skipped []string
-	emitted := map[string]bool{}
+	statesSent := false // by the first program on inet_sock_set_state only
 	for _, tp := range tracepoints {
 		insns := asm.Instructions{asm.Mov.Imm(asm.R0, 0), asm.Return()}
 		switch {
-		case rb != nil && tp == "inet_sock_set_state" && !emitted[tp]:
+		case rb != nil && tp == "inet_sock_set_state" && !statesSent:
 			insns = emitStates(rb)
+			statesSent = true
 		case rb != nil && timerHooks[tp] != nil:
-			insns = emitTimers(rb, timerHooks[tp](timerFns))
+			var fns []uint64
+			for _, n := range timerHooks[tp] {
+				fns = append(fns, syms[n])
+			}
+			insns = emitTimers(rb, fns)
 		}
-		emitted[tp] = true
 		prog, err := ebpf.NewProgram(&ebpf.ProgramSpec{
 			Name:         "hookfloor",
 			Type:         ebpf.Tracing,
@@ -229,40 +238,4 @@ func send(rb *ebpf.Map, label string, nargs int16) asm.Instructions {
 		asm.FnRingbufOutput.Call(),
 		asm.Mov.Imm(asm.R0, 0),
 		asm.Return())
-}
-
-// kallsyms finds the addresses of the named kernel functions, all of them.
-func kallsyms(names ...string) ([]uint64, error) {
-	f, err := os.Open("/proc/kallsyms")
-	if err != nil {
-		return nil, err
-	}
-	defer f.Close()
-	found := map[string]uint64{}
-	s := bufio.NewScanner(f)
-	for s.Scan() {
-		fields := strings.Fields(s.Text())
-		if len(fields) < 3 || len(fields) > 3 { // (module symbols have a fourth)
-			continue
-		}
-		for _, n := range names {
-			if fields[2] == n {
-				if a, err := strconv.ParseUint(fields[0], 16, 64); err == nil && a != 0 {
-					found[n] = a
-				}
-			}
-		}
-	}
-	if err := s.Err(); err != nil {
-		return nil, err
-	}
-	var addrs []uint64
-	for _, n := range names {
-		a, ok := found[n]
-		if !ok {
-			return nil, fmt.Errorf("/proc/kallsyms has no address of %s (not root?)", n)
-		}
-		addrs = append(addrs, a)
-	}
-	return addrs, nil
 }
