@@ -4,6 +4,7 @@ package tracer_test
 
 import (
 	"context"
+	"fmt"
 	"io"
 	"net"
 	"net/netip"
@@ -52,6 +53,24 @@ func keepalives(evs []tracer.Event, kind tracer.KeepaliveEvent) []tracer.Event {
 		if e.Type == tracer.EventKeepalive && e.Keepalive.Event == kind {
 			out = append(out, e)
 		}
+	}
+	return out
+}
+
+// kaTimeline lists a socket's keepalive events with their times from the
+// first one, for failure messages.
+func kaTimeline(evs []tracer.Event) []string {
+	var out []string
+	var t0 uint64
+	for _, e := range evs {
+		if e.Type != tracer.EventKeepalive {
+			continue
+		}
+		if t0 == 0 {
+			t0 = e.Time
+		}
+		out = append(out, fmt.Sprintf("+%v cpu%d %v(probes %d, expires in %v)", time.Duration(e.Time-t0).Round(time.Millisecond), e.CPU,
+			e.Keepalive.Event, e.Keepalive.Probes, e.ExpiresIn.Round(time.Millisecond)))
 	}
 	return out
 }
@@ -130,10 +149,17 @@ func TestKeepaliveDeadPeer(t *testing.T) {
 func TestKeepaliveLivePeer(t *testing.T) {
 	ns := newNetNS(t)
 	r := startTracer(t, tracer.Config{Filter: tracer.Filter{NetNS: ns.Inode}}, nil)
-	_, _, srv := keepaliveClient(t, ns, net.KeepAliveConfig{Enable: true, Idle: 2 * time.Second, Interval: time.Second, Count: 3})
+	const idle = 2 * time.Second
+	_, _, srv := keepaliveClient(t, ns, net.KeepAliveConfig{Enable: true, Idle: idle, Interval: time.Second, Count: 3})
 	isClient := func(e *tracer.Event) bool { return e.Remote == srv && e.New == tracer.SynSent }
 	// Probes at about 2, 4 and 6 s (each fire may be a few jiffies late).
-	deadline := time.Now().Add(9 * time.Second)
+	// Under load on a virtual machine, now and then one run of the timer
+	// (its fire, probe, answer and re-arm) passes without the kernel's timer
+	// tracepoints: bpftrace on timer:timer_expire_entry misses it as tcpstate
+	// does, and only the next fire's re-arm (for the rest of the idle time
+	// since the answer) shows that it happened. The two probes seen around
+	// it are then two keepalive_times apart; the deadline leaves room for one.
+	deadline := time.Now().Add(11 * time.Second)
 	for len(keepalives(r.col.socketAll(isClient), tracer.KeepaliveProbe)) < 3 && time.Now().Before(deadline) {
 		time.Sleep(100 * time.Millisecond)
 	}
@@ -143,13 +169,22 @@ func TestKeepaliveLivePeer(t *testing.T) {
 	if len(probes) != 3 {
 		t.Fatalf("%d probes, want 3 (at 2, 4, 6s): %v", len(probes), transitions(evs))
 	}
+	apart := 0 // gaps of one keepalive_time
 	for i := 1; i < len(probes); i++ {
-		if gap := time.Duration(probes[i].Time - probes[i-1].Time); !near(gap, 2*time.Second, 100*time.Millisecond) {
-			t.Errorf("probes %d and %d are %v apart, want keepalive_time 2s", i-1, i, gap)
+		gap := time.Duration(probes[i].Time - probes[i-1].Time)
+		switch {
+		case near(gap, idle, 100*time.Millisecond):
+			apart++
+		case near(gap, 2*idle, 100*time.Millisecond): // (a run unreported, above)
+		default:
+			t.Errorf("probes %d and %d are %v apart, want keepalive_time 2s: %q", i-1, i, gap, kaTimeline(evs))
 		}
 		if probes[i].Keepalive.Probes != 1 {
 			t.Errorf("probe %d is number %d: the answer should have reset the count", i, probes[i].Keepalive.Probes)
 		}
+	}
+	if apart == 0 {
+		t.Errorf("no two probes keepalive_time 2s apart: %q", kaTimeline(evs))
 	}
 	if len(answered) < 2 {
 		t.Errorf("%d answers seen, want one per probe before the last", len(answered))

@@ -221,6 +221,18 @@ func TestReportHTML(t *testing.T) {
 		}
 	}
 
+	if t.Failed() {
+		// What the capture holds of the closes, to tell the kernel's doing
+		// from the report's.
+		_, out, _ := runCmd(context.Background(), "trace", "-r", capPath)
+		var lines []string
+		for _, l := range strings.Split(out, "\n") {
+			if strings.Contains(l, "WAIT") || strings.Contains(l, "LAST_ACK") || strings.Contains(l, "lost") {
+				lines = append(lines, l)
+			}
+		}
+		t.Logf("the capture's closes:\n%s", strings.Join(lines, "\n"))
+	}
 	if !strings.Contains(dom, fmt.Sprintf("netns %d  net.ipv4.tcp_fin_timeout: 60 → 7", ns.Inode)) &&
 		!strings.Contains(dom, fmt.Sprintf("netns %d  fin_timeout: 60 → 7", ns.Inode)) {
 		t.Errorf("no sysctl change listed for netns %d", ns.Inode)
