@@ -75,6 +75,26 @@ struct {
 	__type(value, struct tw_last);
 } tw_lasts SEC(".maps");
 
+/*
+ * Per CPU: the timewait socket whose timer was removed last here while
+ * tcpstate did not follow it (older than the tracer, evicted, or its first
+ * arm never reported). The kernel moves a pending timer in one stretch with
+ * interrupts off (__mod_timer: timer_cancel, then timer_start on the same
+ * CPU), so a timer_start for it next is a re-arm, not a new timewait socket
+ * after a kill.
+ */
+struct tw_cancel_last {
+	__u64 key;
+	__u64 ts;
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct tw_cancel_last);
+} tw_cancel_lasts SEC(".maps");
+
 /* Per CPU: the next connection id made here when the kernel has no cookie. */
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);

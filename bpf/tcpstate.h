@@ -54,6 +54,7 @@ enum event_flag {
 	EVF_OWNER = 1 << 1,	/* pid, tid and comm name the socket's owner */
 	EVF_TIMEWAIT = 1 << 2,	/* the new state lives in a timewait socket */
 	EVF_DURATION_MIN = 1 << 3,	/* the state began before the tracer: duration_ns is a lower bound */
+	EVF_UNSEEN = 1 << 4,	/* EVENT_TW_REARM: of a timewait socket not followed before (its earlier events unseen) */
 };
 
 /* Where the owner was learnt, weakest first. */

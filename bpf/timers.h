@@ -47,7 +47,19 @@ int BPF_PROG(handle_timer_start, struct timer_list *t, unsigned long bucket_expi
 
 	info = bpf_map_lookup_elem(&tw_infos, &key);
 	if (!info) {
-		tw_first_arm(tw, &h, t, now, cookie, key);
+		if (!tw_rearm_unseen(key, now)) {
+			tw_first_arm(tw, &h, t, now, cookie, key, false);
+			return 0;
+		}
+		/* Re-armed, and not followed until now: the timewait cancel
+		 * just sent was no kill. User space learns the socket's state
+		 * here (its earlier events were not seen). */
+		tw_first_arm(tw, &h, t, now, cookie, key, true);
+		event_init(&e, EVENT_TW_REARM, now, key);
+		e.old_state = e.new_state = BPF_CORE_READ(tw, tw_substate);
+		e.flags = EVF_UNSEEN;
+		tw_event(&e, tw, &h, NULL, t);
+		emit(&e);
 		return 0;
 	}
 	state = info->state;
@@ -131,6 +143,8 @@ int BPF_PROG(handle_timer_cancel, struct timer_list *t)
 	info = bpf_map_lookup_elem(&tw_infos, &key);
 	if (info)
 		tw_sync(&e, info, tw, &h, t, now, key, false);
+	else
+		tw_note_unseen_cancel(key, now);
 	event_init(&e, EVENT_TW_CANCEL, now, tw_cookie(info, key));
 	e.old_state = info ? info->state : BPF_CORE_READ(tw, tw_substate);
 	e.new_state = TCP_CLOSE;

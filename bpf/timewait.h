@@ -208,9 +208,13 @@ static __always_inline void tw_sync(struct event *e, struct tw_info *info, struc
 	fw2_unwatch(key);
 }
 
-/* A timewait socket armed for the first time: start following it. */
+/*
+ * A timewait socket armed for the first time: start following it. rearm: it
+ * is not its first arm, only the first seen (tw_rearm_unseen): its state may
+ * have begun before now, and its full socket's CLOSE is past.
+ */
 static __always_inline void tw_first_arm(struct inet_timewait_sock *tw, const struct skc_head *h,
-					 struct timer_list *t, __u64 now, __u64 cookie, __u64 key)
+					 struct timer_list *t, __u64 now, __u64 cookie, __u64 key, bool rearm)
 {
 	struct tw_info fresh = {};
 	struct tw_last *last;
@@ -225,11 +229,11 @@ static __always_inline void tw_first_arm(struct inet_timewait_sock *tw, const st
 	fresh.state = BPF_CORE_READ(tw, tw_substate);
 	fresh.state_ts = now;
 	fresh.expires = t->expires;
-	fresh.flags = INFO_HANDOVER;
+	fresh.flags = rearm ? INFO_SINCE_START : INFO_HANDOVER;
 	bpf_map_update_elem(&tw_infos, &key, &fresh, BPF_ANY);
 	if (fresh.state == TCP_FIN_WAIT2)
 		fw2_watch(tw, key, fresh.expires, BPF_ANY);
-	if (cookie)
+	if (cookie || rearm)
 		return;
 	/* No cookie to find it by: the full socket's CLOSE, next on this
 	 * CPU, finds it here. */
@@ -240,6 +244,43 @@ static __always_inline void tw_first_arm(struct inet_timewait_sock *tw, const st
 	last->sport = SKC_FIELD(h, &tw->__tw_common, skc_num);
 	last->dport = bpf_ntohs(SKC_FIELD(h, &tw->__tw_common, skc_dport));
 	last->netns = head_netns(h, &tw->__tw_common);
+}
+
+/*
+ * Notes, on timer_cancel, the removal of the timer of a timewait socket not
+ * followed (no tw_infos entry): a timer_start for it next is a re-arm.
+ */
+static __always_inline void tw_note_unseen_cancel(__u64 key, __u64 now)
+{
+	struct tw_cancel_last *last;
+	__u32 zero = 0;
+
+	last = bpf_map_lookup_elem(&tw_cancel_lasts, &zero);
+	if (last) {
+		last->key = key;
+		last->ts = now;
+	}
+}
+
+/*
+ * Whether a timewait timer now started, for a socket not followed, is the
+ * second half of a re-arm (tw_cancel_lasts): the kernel reported its removal
+ * on this CPU just before. Any start of a timewait timer here ends the
+ * removal's wait.
+ */
+static __always_inline bool tw_rearm_unseen(__u64 key, __u64 now)
+{
+	struct tw_cancel_last *last;
+	__u32 zero = 0;
+	bool rearm;
+
+	last = bpf_map_lookup_elem(&tw_cancel_lasts, &zero);
+	if (!last || !last->key)
+		return false;
+	/* (1 ms: natively microseconds apart, interrupts off in between) */
+	rearm = last->key == key && now - last->ts < 1000000;
+	last->key = 0;
+	return rearm;
 }
 
 #endif

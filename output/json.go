@@ -73,6 +73,9 @@ func (j *JSON) Render(e *tracer.Event) error {
 	if e.DurationMin {
 		b = append(b, `,"since_start":true`...)
 	}
+	if e.Unseen {
+		b = append(b, `,"unseen":true`...)
+	}
 	if e.Timewait && e.Type != tracer.EventKeepalive {
 		b = append(b, `,"timewait":true`...)
 		if e.ExpiresIn > 0 && e.New != tracer.Close {

@@ -582,3 +582,25 @@ func TestRstReasonNamesSanitised(t *testing.T) {
 		t.Errorf("JSON %q: %v", js.String(), err)
 	}
 }
+
+// A transition whose steps between were not seen says so, in text and JSON,
+// with no duration.
+func TestUnseenSteps(t *testing.T) {
+	e := tracer.Event{Type: tracer.EventState, Time: 1e9, Cookie: 3, Old: tracer.FinWait1, New: tracer.TimeWait, Timewait: true, Unseen: true,
+		Endpoints: tracer.Endpoints{Family: tracer.IPv4, Local: netip.MustParseAddrPort("127.0.0.1:40000"), Remote: netip.MustParseAddrPort("127.0.0.1:80")},
+		ExpiresIn: 60 * time.Second}
+	var text, js bytes.Buffer
+	for _, r := range []Renderer{NewText(&text, TextOptions{Clock: clock, Location: time.UTC, NoHeader: true}), NewJSON(&js, JSONOptions{Clock: clock})} {
+		if err := r.Render(&e); err != nil {
+			t.Fatal(err)
+		}
+		_ = r.Flush()
+	}
+	if got := text.String(); !strings.Contains(got, " - ") || !strings.Contains(got, "FIN_WAIT1 -> TIME_WAIT (timewait, ends in 60.0s; steps between unseen)") {
+		t.Errorf("text: %q", got)
+	}
+	var m map[string]any
+	if err := json.Unmarshal(js.Bytes(), &m); err != nil || m["unseen"] != true || m["duration_ns"] != nil {
+		t.Errorf("JSON: %s (%v)", js.String(), err)
+	}
+}

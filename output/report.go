@@ -118,6 +118,7 @@ type Report struct {
 	KAByProc    map[procKey]uint64
 	Lost        []tracer.Event
 	LostTotal   uint64
+	Unseen      uint64 // transitions whose steps between were not seen (tracer.Event.Unseen)
 	Reasons     map[string]uint64
 	// Time is the report over time (report --html).
 	Time TimeLine
@@ -152,6 +153,9 @@ func (r *Report) Event(e *tracer.Event) error {
 		}
 	case tracer.EventState:
 		r.Transitions[e.Old.String()+" -> "+e.New.String()]++
+		if e.Unseen {
+			r.Unseen++
+		}
 		if e.New == tracer.Close && e.Reason != tracer.ReasonNone {
 			r.Reasons[e.Reason.String()]++
 		}
@@ -242,6 +246,9 @@ func (r *Report) Render(w io.Writer, clock tracer.Clock, loc *time.Location, asJ
 	p := func(format string, args ...any) { fmt.Fprintf(bw, format, args...) }
 	p("tcpstate report: %s to %s (%s), %d events, %d lost\n", clock.Wall(r.Start).In(loc).Format("2006-01-02 15:04:05"),
 		clock.Wall(r.End).In(loc).Format("15:04:05"), time.Duration(r.End-r.Start).Round(time.Second), r.Events, r.LostTotal)
+	if r.Unseen > 0 {
+		p("%d transitions had steps between not seen (a timewait socket found in a state its connection was not seen to reach)\n", r.Unseen)
+	}
 
 	p("\nTRANSITIONS\n")
 	for _, row := range top(r.Transitions, 1000, func(a, b string) int { return cmp.Compare(a, b) }) {
@@ -377,6 +384,7 @@ func (r *Report) renderJSON(w io.Writer, clock tracer.Clock) error {
 		End         time.Time         `json:"end"`
 		Events      uint64            `json:"events"`
 		Lost        uint64            `json:"lost"`
+		Unseen      uint64            `json:"unseen_transitions"`
 		Transitions map[string]uint64 `json:"transitions"`
 		Reasons     map[string]uint64 `json:"close_reasons"`
 		States      []stateJSON       `json:"states"`
@@ -388,7 +396,7 @@ func (r *Report) renderJSON(w io.Writer, clock tracer.Clock) error {
 		KAByProc    []procJSON        `json:"keepalive_probes_by_process"`
 		LostEvents  []lostJSON        `json:"lost_events"`
 	}{
-		Start: clock.Wall(r.Start), End: clock.Wall(r.End), Events: r.Events, Lost: r.LostTotal,
+		Start: clock.Wall(r.Start), End: clock.Wall(r.End), Events: r.Events, Lost: r.LostTotal, Unseen: r.Unseen,
 		Transitions: r.Transitions, Reasons: r.Reasons, Keepalive: r.Keepalive,
 		States: []stateJSON{}, Lingers: []lingerJSON{}, CloseWait: []procJSON{}, KAByProc: []procJSON{}, LostEvents: []lostJSON{},
 		TimeWaitL: map[string]uint64{}, TimeWaitR: map[string]uint64{},

@@ -184,6 +184,9 @@ func (t *Text) note(b []byte, e *tracer.Event) []byte {
 			b = append(b, ", ends in "...)
 			b = AppendDuration(b, e.ExpiresIn)
 		}
+		if e.Unseen {
+			b = append(b, "; steps between unseen"...)
+		}
 	}
 	return b
 }

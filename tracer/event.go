@@ -234,6 +234,12 @@ type Event struct {
 	// only how long the tracer saw of it.
 	DurationMin bool
 
+	// Unseen: the steps between Old and New were not seen. The timeline
+	// found the connection in New, in a timewait socket, from an
+	// EventTWRearm of a timewait socket the kernel side had not followed
+	// (its Unseen), when the table last saw it in Old. No Duration then.
+	Unseen bool
+
 	// Keepalive describes EventKeepalive; ExpiresIn is when an armed timer fires.
 	Keepalive Keepalive
 

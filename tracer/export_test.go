@@ -80,3 +80,27 @@ func (t *Tracer) FilledSetStateSeens() (left, all int, err error) {
 	}
 	return left, all, nil
 }
+
+// ForgetTimewaits empties tw_infos, as if every timewait socket followed had
+// been evicted: the kernel side no longer knows them.
+func (t *Tracer) ForgetTimewaits() (int, error) {
+	m := t.coll.Maps[tcpstateMapTwInfos]
+	var keys []uint64
+	var (
+		key uint64
+		val tcpstateTwInfo
+	)
+	it := m.Iterate()
+	for it.Next(&key, &val) {
+		keys = append(keys, key)
+	}
+	if err := it.Err(); err != nil {
+		return 0, err
+	}
+	for _, k := range keys {
+		if err := m.Delete(k); err != nil {
+			return 0, err
+		}
+	}
+	return len(keys), nil
+}

@@ -80,6 +80,7 @@ const (
 	tcpstateEventFlagEVF_OWNER        tcpstateEventFlag = 2
 	tcpstateEventFlagEVF_TIMEWAIT     tcpstateEventFlag = 4
 	tcpstateEventFlagEVF_DURATION_MIN tcpstateEventFlag = 8
+	tcpstateEventFlagEVF_UNSEEN       tcpstateEventFlag = 16
 )
 
 type tcpstateEventType uint32
@@ -218,6 +219,12 @@ const (
 	tcpstateStatIndexSTAT_MAX          tcpstateStatIndex = 6
 )
 
+type tcpstateTwCancelLast struct {
+	_   structs.HostLayout
+	Key uint64
+	Ts  uint64
+}
+
 type tcpstateTwInfo struct {
 	_        structs.HostLayout
 	Cookie   uint64
@@ -256,6 +263,7 @@ const (
 	tcpstateMapSkInfoMap          = "sk_info_map"
 	tcpstateMapSkInfos            = "sk_infos"
 	tcpstateMapStats              = "stats"
+	tcpstateMapTwCancelLasts      = "tw_cancel_lasts"
 	tcpstateMapTwFinWait2         = "tw_fin_wait2"
 	tcpstateMapTwInfos            = "tw_infos"
 	tcpstateMapTwLasts            = "tw_lasts"
@@ -373,6 +381,7 @@ type tcpstateMapSpecs struct {
 	SkInfoMap     *ebpf.MapSpec `ebpf:"sk_info_map"`
 	SkInfos       *ebpf.MapSpec `ebpf:"sk_infos"`
 	Stats         *ebpf.MapSpec `ebpf:"stats"`
+	TwCancelLasts *ebpf.MapSpec `ebpf:"tw_cancel_lasts"`
 	TwFinWait2    *ebpf.MapSpec `ebpf:"tw_fin_wait2"`
 	TwInfos       *ebpf.MapSpec `ebpf:"tw_infos"`
 	TwLasts       *ebpf.MapSpec `ebpf:"tw_lasts"`
@@ -438,6 +447,7 @@ type tcpstateMaps struct {
 	SkInfoMap     *ebpf.Map `ebpf:"sk_info_map"`
 	SkInfos       *ebpf.Map `ebpf:"sk_infos"`
 	Stats         *ebpf.Map `ebpf:"stats"`
+	TwCancelLasts *ebpf.Map `ebpf:"tw_cancel_lasts"`
 	TwFinWait2    *ebpf.Map `ebpf:"tw_fin_wait2"`
 	TwInfos       *ebpf.Map `ebpf:"tw_infos"`
 	TwLasts       *ebpf.Map `ebpf:"tw_lasts"`
@@ -456,6 +466,7 @@ func (m *tcpstateMaps) Close() error {
 		m.SkInfoMap,
 		m.SkInfos,
 		m.Stats,
+		m.TwCancelLasts,
 		m.TwFinWait2,
 		m.TwInfos,
 		m.TwLasts,

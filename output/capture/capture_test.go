@@ -28,7 +28,7 @@ func sampleEvents(n int) []tracer.Event {
 			Old: tracer.State(1 + i%5), New: tracer.State(2 + i%5), Duration: time.Duration(i) * time.Microsecond, HasDuration: i%3 != 0,
 			Owner: tracer.Owner{Task: tracer.Task{PID: 42, TID: 43, Comm: tracer.CommFrom("app")}, From: tracer.OwnerConnect},
 			OnCPU: tracer.Task{PID: 7, Comm: tracer.CommFrom("swapper/1")}, SkErr: int32(i % 2 * 104), Reason: tracer.Reason(i % 4),
-			RstReason: uint16(i % 7), Timewait: i%4 == 0, DurationMin: i%6 == 0, ExpiresIn: time.Duration(i) * time.Millisecond,
+			RstReason: uint16(i % 7), Timewait: i%4 == 0, DurationMin: i%6 == 0, Unseen: i%5 == 0, ExpiresIn: time.Duration(i) * time.Millisecond,
 			HasCPU: i%5 != 0, CPU: uint32(i % 5 * 3), // CPU 0 among them
 		}
 		switch i % 10 {

@@ -52,6 +52,7 @@ const (
 	flKaIdleSocket
 	flKaIntvlSocket
 	flKaCountSocket
+	flUnseen
 )
 
 var le = binary.LittleEndian
@@ -62,7 +63,7 @@ func appendEvent(b []byte, e *tracer.Event) []byte {
 	k := &e.Keepalive
 	fl := bit(e.HasDuration, flHasDuration) | bit(e.DurationMin, flDurationMin) | bit(e.Timewait, flTimewait) |
 		bit(k.On, flKaOn) | bit(k.IdleFromSocket, flKaIdleSocket) | bit(k.IntvlFromSocket, flKaIntvlSocket) |
-		bit(k.CountFromSocket, flKaCountSocket)
+		bit(k.CountFromSocket, flKaCountSocket) | bit(e.Unseen, flUnseen)
 	r[0], r[1], r[2], r[3] = uint8(e.Type), uint8(e.Family), uint8(e.Old), uint8(e.New)
 	r[4], r[5], r[6], r[7] = uint8(e.Owner.From), uint8(e.Reason), fl, uint8(k.Event)
 	le.PutUint16(r[8:], e.Local.Port())
@@ -101,7 +102,7 @@ func decodeEvent(r []byte, e *tracer.Event) {
 		Owner: tracer.Owner{From: tracer.OwnerSource(r[4])}, Reason: tracer.Reason(r[5]), RstReason: le.Uint16(r[12:]), SkErr: int32(le.Uint32(r[32:])),
 		Time: le.Uint64(r[40:]), Cookie: le.Uint64(r[48:]), Lost: le.Uint64(r[56:]),
 		Duration: time.Duration(le.Uint64(r[64:])), ExpiresIn: time.Duration(le.Uint64(r[72:])),
-		HasDuration: fl&flHasDuration != 0, DurationMin: fl&flDurationMin != 0, Timewait: fl&flTimewait != 0,
+		HasDuration: fl&flHasDuration != 0, DurationMin: fl&flDurationMin != 0, Timewait: fl&flTimewait != 0, Unseen: fl&flUnseen != 0,
 		Keepalive: tracer.Keepalive{
 			Event: tracer.KeepaliveEvent(r[7]), On: fl&flKaOn != 0, Probes: r[14], Count: r[15],
 			Idle: time.Duration(le.Uint64(r[80:])), Intvl: time.Duration(le.Uint64(r[88:])),

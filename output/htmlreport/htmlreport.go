@@ -127,7 +127,7 @@ func Write(w io.Writer, r *output.Report, o Options) error {
 		[2]string{"files", strings.Join(o.Files, ", ")},
 		[2]string{"capture", fmt.Sprintf("%s to %s (%s)", wall(r.Start).Format("2006-01-02 15:04:05"), wall(r.End).Format("15:04:05 MST"),
 			time.Duration(r.End-r.Start).Round(time.Second))},
-		[2]string{"events", fmt.Sprintf("%d, %d lost", r.Events, r.LostTotal)})
+		[2]string{"events", eventsFact(r)})
 	for _, c := range r.Time.Sysctls {
 		p.Changes = append(p.Changes, fmt.Sprintf("%s  netns %d  %s: %s → %s", wall(c.Time).Format("15:04:05"), c.NetNS, c.Name, c.Old, c.New))
 	}
@@ -882,3 +882,13 @@ footer { margin-top: 2em; color: #777; font-size: .8em; }
 </body>
 </html>
 `))
+
+// eventsFact: how many events, how many lost, and how many transitions had
+// steps between not seen.
+func eventsFact(r *output.Report) string {
+	s := fmt.Sprintf("%d, %d lost", r.Events, r.LostTotal)
+	if r.Unseen > 0 {
+		s += fmt.Sprintf(", %d transitions with steps between not seen", r.Unseen)
+	}
+	return s
+}

@@ -218,6 +218,7 @@ var (
 	descTracked        = desc("tracked_connections", "Connections in tcpstate's table.")
 	descEvicted        = desc("evicted_connections_total", "Connections dropped from a full table (raise --max-connections).")
 	descGone           = desc("resync_gone_connections_total", "Connections a walk after a loss no longer found (their end was lost).")
+	descUnseen         = desc("unseen_transitions_total", "Transitions whose steps between were not seen: a timewait socket found in a state its connection was not seen to reach.")
 	descUntracked      = desc("timewait_untracked_total", "Timewait sockets that ended without tcpstate knowing their start.")
 	descProgRuns       = desc("bpf_program_runs_total", "Runs of tcpstate's BPF programs, by tracepoint (with kernel BPF statistics on: --bpf-stats).", "tracepoint")
 	descProgTime       = desc("bpf_program_run_seconds_total", "Time in tcpstate's BPF programs, by tracepoint (with kernel BPF statistics on: --bpf-stats).", "tracepoint")
@@ -225,7 +226,7 @@ var (
 	descLocalPorts     = desc("local_ports", "Ports in net.ipv4.ip_local_port_range in tcpstate's network namespace: how many connections to one remote endpoint can exist at once.")
 	descBuild          = desc("build_info", "tcpstate's version and the kernel it runs on.", "version", "kernel")
 	descScrapeErr      = desc("scrape_error", "1 when the kernel's counters could not be read for this scrape.")
-	allDescs           = []*prometheus.Desc{descSockets, descOldest, descProc, descProcOldest, descTWRemote, descTransitions, descDuration, descCloses, descResets, descKAProbes, descKATimeouts, descFailed, descEvents, descFiltered, descLost, descTimersSkipped, descTracked, descEvicted, descGone, descUntracked, descProgRuns, descProgTime, descBuild, descScrapeErr, descFinTimeout, descLocalPorts}
+	allDescs           = []*prometheus.Desc{descSockets, descOldest, descProc, descProcOldest, descTWRemote, descTransitions, descDuration, descCloses, descResets, descKAProbes, descKATimeouts, descFailed, descEvents, descFiltered, descLost, descTimersSkipped, descTracked, descEvicted, descGone, descUnseen, descUntracked, descProgRuns, descProgTime, descBuild, descScrapeErr, descFinTimeout, descLocalPorts}
 	kernelRelease      string
 	closeReasonsLabels = func() map[tracer.Reason]string {
 		m := map[tracer.Reason]string{}
@@ -320,6 +321,7 @@ func (c *Collector) Collect(ch chan<- prometheus.Metric) {
 	gauge(descTracked, float64(s.Timeline.Conns))
 	counter(descEvicted, float64(s.Timeline.Evicted))
 	counter(descGone, float64(s.Timeline.Gone))
+	counter(descUnseen, float64(s.Timeline.Unseen))
 	if s.FinTimeout > 0 {
 		gauge(descFinTimeout, s.FinTimeout.Seconds())
 	}

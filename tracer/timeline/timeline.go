@@ -226,6 +226,9 @@ type Stats struct {
 	Gone uint64
 	// Corrected: connections such a walk found in another state.
 	Corrected uint64
+	// Unseen: connections found in a timewait socket by a re-arm of its
+	// timer, in a state the table never saw them reach (Event.Unseen).
+	Unseen uint64
 }
 
 // Timeline is a tracer.Sink. It is not safe for concurrent use.
@@ -600,7 +603,10 @@ func (t *Timeline) Event(e *tracer.Event) error {
 		}
 	case tracer.EventTWRearm:
 		t.dropCancel(e.Cookie)
-		return nil
+		if !e.Unseen {
+			return nil
+		}
+		// (in order with the rest: it may tell where the connection is)
 	case tracer.EventState:
 		if e.Timewait {
 			t.dropCancel(e.Cookie)
@@ -725,6 +731,9 @@ func (t *Timeline) process(e *tracer.Event) error {
 		}
 		return nil
 	}
+	if e.Type == tracer.EventTWRearm {
+		return t.unseenRearm(e)
+	}
 	if e.Type == tracer.EventTWCancel {
 		// Not re-armed: the timewait socket was killed early.
 		e.Type, e.New, e.Reason = tracer.EventState, tracer.Close, tracer.ReasonTWKilled
@@ -763,12 +772,18 @@ func (t *Timeline) process(e *tracer.Event) error {
 			return err
 		}
 	}
-	if e.DurationMin && c.SinceStart && c.Since != 0 && c.State == e.Old && e.Time > c.Since {
+	switch {
+	case !e.DurationMin || c.Since == 0 || c.State != e.Old || e.Time <= c.Since:
+	case c.SinceStart:
 		// The walk estimated when the state began: better than the
 		// tracer's start as a lower bound.
 		if d := time.Duration(e.Time - c.Since); d > e.Duration {
 			e.Duration = d
 		}
+	case e.Timewait:
+		// The kernel side began to follow the timewait socket late (an
+		// unseen re-arm); the table saw the state begin.
+		e.Duration, e.DurationMin = time.Duration(e.Time-c.Since), false
 	}
 	t.advance(c, e)
 	if err := t.next.Event(e); err != nil {
@@ -787,6 +802,45 @@ func (t *Timeline) process(e *tracer.Event) error {
 	}
 	t.compact(c)
 	return nil
+}
+
+// unseenRearm: the kernel side found the timer of a timewait socket it did
+// not follow re-armed (the socket is older than the tracer and was not
+// walked, was evicted from the kernel side's bounded table, or its first arm
+// was never reported). The connection lives there, in e.New. When the table
+// has it elsewhere, that is shown as a transition: from FIN_WAIT2 to
+// TIME_WAIT it is the step itself (the peer's FIN re-arms the timer), seen
+// now; from any other state, the steps between were not seen (Unseen,
+// counted), and how long each state lasted is not known.
+func (t *Timeline) unseenRearm(e *tracer.Event) error {
+	c := t.find(e.Cookie, true)
+	switch {
+	case c == nil, c.State == e.New && c.Timewait:
+		return nil // not a connection of the table, or no news (TIME_WAIT restarted)
+	case c.State == e.New:
+		c.Timewait = true // (a handover not seen: only where it lives)
+		t.compact(c)
+		return nil
+	}
+	e.Type, e.Old, e.Timewait = tracer.EventState, c.State, true
+	e.Reason, e.RstReason, e.SkErr = tracer.ReasonNone, 0, 0
+	e.Duration, e.HasDuration, e.DurationMin, e.Unseen = 0, false, false, false
+	if c.State == tracer.FinWait2 && e.New == tracer.TimeWait {
+		if c.Since != 0 && e.Time >= c.Since {
+			e.Duration, e.HasDuration, e.DurationMin = time.Duration(e.Time-c.Since), true, c.SinceStart
+		}
+	} else {
+		e.Unseen = true
+		t.stats.Unseen++
+	}
+	if e.Local.Port() != 0 {
+		c.SetEndpoints(e.Endpoints)
+	}
+	t.enrichOwner(c, e)
+	t.advance(c, e)
+	err := t.next.Event(e)
+	t.compact(c)
+	return err
 }
 
 // untracked completes a timewait event that the kernel side sent without a

@@ -5,6 +5,7 @@ package timeline
 import (
 	"maps"
 	"net/netip"
+	"slices"
 	"testing"
 	"time"
 	"unsafe"
@@ -96,6 +97,77 @@ func TestTimewaitCancelResolution(t *testing.T) {
 	}
 	if tl.Stats().Killed != 1 {
 		t.Errorf("killed %d, want 1", tl.Stats().Killed)
+	}
+}
+
+// The re-arm of a timewait socket the kernel side did not follow (Unseen)
+// is no kill either, and tells where the connection is: from FIN_WAIT1 the
+// steps between were not seen (shown and counted, no duration); from
+// FIN_WAIT2 it is the turn to TIME_WAIT itself, timed; in TIME_WAIT already
+// (a restart) nothing is news. The end of such a TIME_WAIT, which the kernel
+// side times from the re-arm as a lower bound, takes the table's exact time.
+func TestUnseenRearm(t *testing.T) {
+	on := func(e tracer.Event, typ tracer.EventType) tracer.Event {
+		e.Type, e.Timewait, e.CPU, e.HasCPU = typ, true, 1, true
+		if typ == tracer.EventTWCancel {
+			e.Reason = tracer.ReasonTWKilled
+		} else {
+			e.Unseen, e.ExpiresIn = true, tracer.TimewaitLen
+		}
+		return e
+	}
+	fw2 := ev(2*ms, 2, tracer.FinWait1, tracer.FinWait2)
+	fw2.HasDuration, fw2.Duration = true, time.Millisecond
+	expiry := ev(60*uint64(time.Second)+30*ms, 2, tracer.TimeWait, tracer.Close)
+	expiry.Timewait, expiry.Reason = true, tracer.ReasonTWExpired
+	expiry.HasDuration, expiry.DurationMin, expiry.Duration = true, true, 60*time.Second
+	s := &sink{}
+	tl := New(s, Options{})
+	feed(t, tl,
+		ev(1*ms, 1, tracer.Established, tracer.FinWait1),
+		on(ev(20*ms, 1, tracer.TimeWait, tracer.Close), tracer.EventTWCancel),
+		on(ev(20*ms+16000, 1, tracer.TimeWait, tracer.TimeWait), tracer.EventTWRearm),
+		ev(1*ms, 2, tracer.Established, tracer.FinWait1),
+		fw2,
+		on(ev(30*ms, 2, tracer.TimeWait, tracer.Close), tracer.EventTWCancel),
+		on(ev(30*ms+16000, 2, tracer.TimeWait, tracer.TimeWait), tracer.EventTWRearm),
+		on(ev(40*ms, 2, tracer.TimeWait, tracer.Close), tracer.EventTWCancel),
+		on(ev(40*ms+16000, 2, tracer.TimeWait, tracer.TimeWait), tracer.EventTWRearm),
+		expiry,
+	)
+	if err := tl.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	type row struct {
+		cookie      uint64
+		old, new    tracer.State
+		duration    time.Duration // -1: none
+		min, unseen bool
+	}
+	var got []row
+	for _, e := range s.events {
+		d := time.Duration(-1)
+		if e.HasDuration {
+			d = e.Duration
+		}
+		got = append(got, row{e.Cookie, e.Old, e.New, d, e.DurationMin, e.Unseen})
+		if e.Type != tracer.EventState || e.Reason == tracer.ReasonTWKilled {
+			t.Errorf("%+v: want a state change, no kill", e)
+		}
+	}
+	want := []row{
+		{1, tracer.Established, tracer.FinWait1, -1, false, false},
+		{1, tracer.FinWait1, tracer.TimeWait, -1, false, true},
+		{2, tracer.Established, tracer.FinWait1, -1, false, false},
+		{2, tracer.FinWait1, tracer.FinWait2, time.Millisecond, false, false},
+		{2, tracer.FinWait2, tracer.TimeWait, 30*time.Millisecond - 2*time.Millisecond + 16*time.Microsecond, false, false},
+		{2, tracer.TimeWait, tracer.Close, 60*time.Second + 30*time.Millisecond - (30*time.Millisecond + 16*time.Microsecond), false, false},
+	}
+	if !slices.Equal(got, want) {
+		t.Errorf("events:\n%v\nwant\n%v", got, want)
+	}
+	if st := tl.Stats(); st.Unseen != 1 || st.Killed != 0 {
+		t.Errorf("unseen %d, killed %d: want 1, 0", st.Unseen, st.Killed)
 	}
 }
 
