@@ -76,16 +76,15 @@ struct {
 } tw_lasts SEC(".maps");
 
 /*
- * Per CPU: the timewait socket whose timer was removed last here while
- * tcpstate did not follow it (older than the tracer, evicted, or its first
- * arm never reported). The kernel moves a pending timer in one stretch with
- * interrupts off (__mod_timer: timer_cancel, then timer_start on the same
- * CPU), so a timer_start for it next is a re-arm, not a new timewait socket
- * after a kill.
+ * Per CPU: the cookie of the timewait socket whose timer was removed last
+ * here while tcpstate did not follow it (older than the tracer, evicted, or
+ * its first arm never reported). The kernel moves a pending timer in one
+ * stretch with interrupts off (__mod_timer: timer_cancel, then timer_start on
+ * the same CPU), so a timer_start for it next is a re-arm, not a new timewait
+ * socket after a kill.
  */
 struct tw_cancel_last {
-	__u64 key;
-	__u64 ts;
+	__u64 cookie;
 };
 
 struct {

@@ -47,7 +47,7 @@ int BPF_PROG(handle_timer_start, struct timer_list *t, unsigned long bucket_expi
 
 	info = bpf_map_lookup_elem(&tw_infos, &key);
 	if (!info) {
-		if (!tw_rearm_unseen(key, now)) {
+		if (!tw_rearm_unseen(cookie)) {
 			tw_first_arm(tw, &h, t, now, cookie, key, false);
 			return 0;
 		}
@@ -143,8 +143,8 @@ int BPF_PROG(handle_timer_cancel, struct timer_list *t)
 	info = bpf_map_lookup_elem(&tw_infos, &key);
 	if (info)
 		tw_sync(&e, info, tw, &h, t, now, key, false);
-	else
-		tw_note_unseen_cancel(key, now);
+	else if (cookie)
+		tw_note_unseen_cancel(cookie);
 	event_init(&e, EVENT_TW_CANCEL, now, tw_cookie(info, key));
 	e.old_state = info ? info->state : BPF_CORE_READ(tw, tw_substate);
 	e.new_state = TCP_CLOSE;

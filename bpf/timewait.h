@@ -248,38 +248,41 @@ static __always_inline void tw_first_arm(struct inet_timewait_sock *tw, const st
 
 /*
  * Notes, on timer_cancel, the removal of the timer of a timewait socket not
- * followed (no tw_infos entry): a timer_start for it next is a re-arm.
+ * followed (no tw_infos entry), by its cookie: a timer_start for it next is
+ * a re-arm. Only with a cookie: a timewait socket's address comes back at
+ * once for the next one (the allocator's free list), and the next socket's
+ * first arm, right after a kill of this one, would read as a re-arm.
  */
-static __always_inline void tw_note_unseen_cancel(__u64 key, __u64 now)
+static __always_inline void tw_note_unseen_cancel(__u64 cookie)
 {
 	struct tw_cancel_last *last;
 	__u32 zero = 0;
 
 	last = bpf_map_lookup_elem(&tw_cancel_lasts, &zero);
-	if (last) {
-		last->key = key;
-		last->ts = now;
-	}
+	if (last)
+		last->cookie = cookie;
 }
 
 /*
  * Whether a timewait timer now started, for a socket not followed, is the
- * second half of a re-arm (tw_cancel_lasts): the kernel reported its removal
- * on this CPU just before. Any start of a timewait timer here ends the
- * removal's wait.
+ * second half of a re-arm (tw_cancel_lasts): the kernel reported the removal
+ * of the same socket's timer on this CPU before. A cookie is never given
+ * twice and a killed socket is not armed again, so the last removal noted
+ * can be no other's. Any start of such a timer here ends the wait.
  */
-static __always_inline bool tw_rearm_unseen(__u64 key, __u64 now)
+static __always_inline bool tw_rearm_unseen(__u64 cookie)
 {
 	struct tw_cancel_last *last;
 	__u32 zero = 0;
 	bool rearm;
 
-	last = bpf_map_lookup_elem(&tw_cancel_lasts, &zero);
-	if (!last || !last->key)
+	if (!cookie)
 		return false;
-	/* (1 ms: natively microseconds apart, interrupts off in between) */
-	rearm = last->key == key && now - last->ts < 1000000;
-	last->key = 0;
+	last = bpf_map_lookup_elem(&tw_cancel_lasts, &zero);
+	if (!last || !last->cookie)
+		return false;
+	rearm = last->cookie == cookie;
+	last->cookie = 0;
 	return rearm;
 }
 

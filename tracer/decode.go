@@ -57,6 +57,7 @@ const (
 	evfOwner       = uint8(tcpstateEventFlagEVF_OWNER)
 	evfTimewait    = uint8(tcpstateEventFlagEVF_TIMEWAIT)
 	evfDurationMin = uint8(tcpstateEventFlagEVF_DURATION_MIN)
+	evfUnseen      = uint8(tcpstateEventFlagEVF_UNSEEN)
 )
 
 const (
@@ -98,6 +99,7 @@ func Decode(b []byte, e *Event, hz uint32) error {
 	flags := b[offFlags]
 	e.Timewait = flags&evfTimewait != 0
 	e.DurationMin = flags&evfDurationMin != 0
+	e.Unseen = flags&evfUnseen != 0
 	if (e.Timewait || e.Type == EventKeepalive) && hz != 0 {
 		e.ExpiresIn = JiffiesToDuration(int64(ne.Uint64(b[offExpires:])-ne.Uint64(b[offJiffies:])), hz)
 	}

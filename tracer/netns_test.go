@@ -3,6 +3,7 @@
 package tracer_test
 
 import (
+	"fmt"
 	"net"
 	"net/netip"
 	"os"
@@ -87,12 +88,25 @@ func serverClosesFirst(t *testing.T, ns *testnet.NetNS, ln net.Listener) net.Con
 
 // The active closer's TIME_WAIT, followed in its timewait socket with its
 // owner, ended early when a new connection reuses the 4-tuple.
-func TestTimeWaitKilledByReuse(t *testing.T) {
+func TestTimeWaitKilledByReuse(t *testing.T) { timeWaitKilledByReuse(t, false) }
+
+// The same when the kernel side no longer follows the timewait socket (as if
+// evicted): its timer's removal with no re-arm after it is a kill still, and
+// the table knows how long TIME_WAIT lasted.
+func TestUnfollowedTimeWaitKilledByReuse(t *testing.T) { timeWaitKilledByReuse(t, true) }
+
+func timeWaitKilledByReuse(t *testing.T, forget bool) {
 	ns := newNetNS(t, "net.ipv4.tcp_tw_reuse=1")
 	r := startTracer(t, tracer.Config{Filter: tracer.Filter{NetNS: ns.Inode}}, nil)
 	const hold = 1200 * time.Millisecond // tw_reuse wants the last timestamp over a second old
 	const delay = 100 * time.Millisecond
 	clientAddr, serverAddr, serverClosed := timewaitPair(t, ns, "40001", delay)
+	if forget {
+		time.Sleep(100 * time.Millisecond) // (the server's FIN and the re-arm for TIME_WAIT are in)
+		if n, err := r.tr.ForgetTimewaits(); err != nil || n == 0 {
+			t.Fatalf("forgetting the timewait sockets followed: %d forgotten (%v)", n, err)
+		}
+	}
 	time.Sleep(hold)
 	var again net.Conn
 	ns.Do(t, func() { again = dialFrom(t, clientAddr, serverAddr) })
@@ -302,8 +316,15 @@ func TestTimewaitRearmUnfollowed(t *testing.T) {
 	})
 	time.Sleep(300 * time.Millisecond) // past pieceWindow, for a cancel nothing settled
 	if _, _, ok := raw.col.first(func(e *tracer.Event) bool { return isServer(e) && e.Type == tracer.EventTWRearm && e.Unseen }); !ok {
-		t.Fatalf("no re-arm of the unfollowed timewait socket: the test proves nothing; raw: %v",
-			transitions(raw.col.socket(func(e *tracer.Event) bool { return e.Local == srv })))
+		raw.col.mu.Lock()
+		var got []string
+		for _, e := range raw.col.events {
+			if isServer(&e) {
+				got = append(got, fmt.Sprintf("%v %v->%v cookie %d unseen %v cpu %d t %d", e.Type, e.Old, e.New, e.Cookie, e.Unseen, e.CPU, e.Time))
+			}
+		}
+		raw.col.mu.Unlock()
+		t.Fatalf("no re-arm of the unfollowed timewait socket: the test proves nothing; the server's raw events: %v", got)
 	}
 	evs := r.col.socket(func(e *tracer.Event) bool { return e.Local == srv && e.Remote == cl })
 	assertSequence(t, "server", evs, "LISTEN->SYN_RECV", "SYN_RECV->ESTABLISHED", "ESTABLISHED->FIN_WAIT1",

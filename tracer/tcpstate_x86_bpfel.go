@@ -220,9 +220,8 @@ const (
 )
 
 type tcpstateTwCancelLast struct {
-	_   structs.HostLayout
-	Key uint64
-	Ts  uint64
+	_      structs.HostLayout
+	Cookie uint64
 }
 
 type tcpstateTwInfo struct {
