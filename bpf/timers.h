@@ -32,6 +32,7 @@ int BPF_PROG(handle_timer_start, struct timer_list *t, unsigned long bucket_expi
 	struct event e;
 	__u64 now, cookie, key;
 	__u8 state;
+	bool rearm;
 
 	if (ka_timer_fn && (__u64)t->function == ka_timer_fn) {
 		ka_armed(&e, t);
@@ -47,14 +48,13 @@ int BPF_PROG(handle_timer_start, struct timer_list *t, unsigned long bucket_expi
 
 	info = bpf_map_lookup_elem(&tw_infos, &key);
 	if (!info) {
-		if (!tw_rearm_unseen(cookie)) {
-			tw_first_arm(tw, &h, t, now, cookie, key, false);
+		rearm = tw_rearm_unseen(cookie);
+		tw_first_arm(tw, &h, t, now, cookie, key, rearm);
+		if (!rearm)
 			return 0;
-		}
 		/* Re-armed, and not followed until now: the timewait cancel
 		 * just sent was no kill. User space learns the socket's state
 		 * here (its earlier events were not seen). */
-		tw_first_arm(tw, &h, t, now, cookie, key, true);
 		event_init(&e, EVENT_TW_REARM, now, key);
 		e.old_state = e.new_state = BPF_CORE_READ(tw, tw_substate);
 		e.flags = EVF_UNSEEN;

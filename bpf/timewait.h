@@ -268,7 +268,8 @@ static __always_inline void tw_note_unseen_cancel(__u64 cookie)
  * second half of a re-arm (tw_cancel_lasts): the kernel reported the removal
  * of the same socket's timer on this CPU before. A cookie is never given
  * twice and a killed socket is not armed again, so the last removal noted
- * can be no other's. Any start of such a timer here ends the wait.
+ * can be no other's. The first start of an unfollowed socket's timer here
+ * after it ends the wait.
  */
 static __always_inline bool tw_rearm_unseen(__u64 cookie)
 {

@@ -604,3 +604,30 @@ func TestUnseenSteps(t *testing.T) {
 		t.Errorf("JSON: %s (%v)", js.String(), err)
 	}
 }
+
+// The report counts the transitions whose steps between were not seen, in
+// text and JSON.
+func TestReportCountsUnseen(t *testing.T) {
+	r := NewReport()
+	e := tracer.Event{Type: tracer.EventState, Time: 1e9, Cookie: 3, Old: tracer.FinWait1, New: tracer.TimeWait, Timewait: true, Unseen: true,
+		Endpoints: tracer.Endpoints{Family: tracer.IPv4, Local: netip.MustParseAddrPort("127.0.0.1:40000"), Remote: netip.MustParseAddrPort("127.0.0.1:80")}}
+	_ = r.Event(&e)
+	e.Unseen, e.Cookie, e.Old = false, 4, tracer.FinWait2
+	_ = r.Event(&e)
+	var text, js bytes.Buffer
+	if err := r.Render(&text, clock, time.UTC, false); err != nil {
+		t.Fatal(err)
+	}
+	if err := r.Render(&js, clock, time.UTC, true); err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(text.String(), "\n1 transitions had steps between not seen") {
+		t.Errorf("text:\n%s", text.String())
+	}
+	var got struct {
+		Unseen uint64 `json:"unseen_transitions"`
+	}
+	if err := json.Unmarshal(js.Bytes(), &got); err != nil || got.Unseen != 1 {
+		t.Errorf("JSON unseen_transitions %d (%v), want 1", got.Unseen, err)
+	}
+}

@@ -360,7 +360,7 @@ func Summary(s tracer.Stats, shown uint64, what string, tl timeline.Stats) strin
 		line += fmt.Sprintf("; %d connections evicted from a full table (raise --max-connections)", tl.Evicted)
 	}
 	if tl.Unseen > 0 {
-		line += fmt.Sprintf("; %d connections found in TIME_WAIT or FIN_WAIT2 by steps not seen", tl.Unseen)
+		line += fmt.Sprintf("; %d transitions to a timewait socket with the steps between not seen", tl.Unseen)
 	}
 	if s.TimewaitUntracked > 0 {
 		line += fmt.Sprintf("; %d timewait sockets ended unfollowed", s.TimewaitUntracked)

@@ -229,6 +229,27 @@ func TestDecodeIPv6UnknownOwnerAndDuration(t *testing.T) {
 	}
 }
 
+// A timewait re-arm of a socket the kernel side did not follow carries
+// EVF_UNSEEN, its state, and when the timer ends.
+func TestDecodeUnseenRearm(t *testing.T) {
+	raw := tcpstateEvent{
+		TsNs: 1, Cookie: 2, Family: afInet, Sport: 40000, Dport: 80, Type: uint8(EventTWRearm),
+		OldState: uint8(TimeWait), NewState: uint8(TimeWait), Flags: evfUnseen | evfTimewait,
+		TimerExpires: 1000 + 15000, Jiffies: 1000,
+	}
+	var e Event
+	if err := Decode(encode(t, raw), &e, 250); err != nil {
+		t.Fatal(err)
+	}
+	if !e.Unseen || !e.Timewait || e.ExpiresIn != 60*time.Second || e.HasDuration || e.DurationMin {
+		t.Errorf("unseen %v, timewait %v, ends in %v, duration %v (min %v): want true, true, 1m0s, none", e.Unseen, e.Timewait, e.ExpiresIn, e.HasDuration, e.DurationMin)
+	}
+	raw.Flags = evfTimewait
+	if err := Decode(encode(t, raw), &e, 250); err != nil || e.Unseen {
+		t.Errorf("unseen %v without EVF_UNSEEN (%v)", e.Unseen, err)
+	}
+}
+
 func TestDecodeRejectsBadRecords(t *testing.T) {
 	var e Event
 	good := encode(t, tcpstateEvent{Type: uint8(EventState), Family: afInet})

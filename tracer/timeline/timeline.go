@@ -813,12 +813,15 @@ func (t *Timeline) process(e *tracer.Event) error {
 // now; from any other state, the steps between were not seen (Unseen,
 // counted), and how long each state lasted is not known.
 func (t *Timeline) unseenRearm(e *tracer.Event) error {
+	if _, ok := t.tw[e.Cookie]; ok && e.New == tracer.TimeWait {
+		return nil // in TIME_WAIT already (the compact tier): restarted, no news
+	}
 	c := t.find(e.Cookie, true)
 	switch {
-	case c == nil, c.State == e.New && c.Timewait:
-		return nil // not a connection of the table, or no news (TIME_WAIT restarted)
+	case c == nil:
+		return nil // not a connection of the table
 	case c.State == e.New:
-		c.Timewait = true // (a handover not seen: only where it lives)
+		c.Timewait = true // no news, or a handover not seen: only where it lives
 		t.compact(c)
 		return nil
 	}
@@ -838,6 +841,9 @@ func (t *Timeline) unseenRearm(e *tracer.Event) error {
 	}
 	t.enrichOwner(c, e)
 	t.advance(c, e)
+	// Unseen: the state may have begun before (the re-arm a restart):
+	// its start is the latest it can have been.
+	c.SinceStart = e.Unseen
 	err := t.next.Event(e)
 	t.compact(c)
 	return err

@@ -118,9 +118,12 @@ func TestUnseenRearm(t *testing.T) {
 	}
 	fw2 := ev(2*ms, 2, tracer.FinWait1, tracer.FinWait2)
 	fw2.HasDuration, fw2.Duration = true, time.Millisecond
-	expiry := ev(60*uint64(time.Second)+30*ms, 2, tracer.TimeWait, tracer.Close)
-	expiry.Timewait, expiry.Reason = true, tracer.ReasonTWExpired
-	expiry.HasDuration, expiry.DurationMin, expiry.Duration = true, true, 60*time.Second
+	expiry := func(ts, cookie uint64) tracer.Event {
+		e := ev(ts, cookie, tracer.TimeWait, tracer.Close)
+		e.Timewait, e.Reason = true, tracer.ReasonTWExpired
+		e.HasDuration, e.DurationMin, e.Duration = true, true, 60*time.Second
+		return e
+	}
 	s := &sink{}
 	tl := New(s, Options{})
 	feed(t, tl,
@@ -133,7 +136,8 @@ func TestUnseenRearm(t *testing.T) {
 		on(ev(30*ms+16000, 2, tracer.TimeWait, tracer.TimeWait), tracer.EventTWRearm),
 		on(ev(40*ms, 2, tracer.TimeWait, tracer.Close), tracer.EventTWCancel),
 		on(ev(40*ms+16000, 2, tracer.TimeWait, tracer.TimeWait), tracer.EventTWRearm),
-		expiry,
+		expiry(60*uint64(time.Second)+20*ms+16000, 1),
+		expiry(60*uint64(time.Second)+30*ms, 2),
 	)
 	if err := tl.Flush(); err != nil {
 		t.Fatal(err)
@@ -161,6 +165,8 @@ func TestUnseenRearm(t *testing.T) {
 		{2, tracer.Established, tracer.FinWait1, -1, false, false},
 		{2, tracer.FinWait1, tracer.FinWait2, time.Millisecond, false, false},
 		{2, tracer.FinWait2, tracer.TimeWait, 30*time.Millisecond - 2*time.Millisecond + 16*time.Microsecond, false, false},
+		// (unseen: the re-arm may have restarted a TIME_WAIT begun before)
+		{1, tracer.TimeWait, tracer.Close, 60 * time.Second, true, false},
 		{2, tracer.TimeWait, tracer.Close, 60*time.Second + 30*time.Millisecond - (30*time.Millisecond + 16*time.Microsecond), false, false},
 	}
 	if !slices.Equal(got, want) {
@@ -168,6 +174,31 @@ func TestUnseenRearm(t *testing.T) {
 	}
 	if st := tl.Stats(); st.Unseen != 1 || st.Killed != 0 {
 		t.Errorf("unseen %d, killed %d: want 1, 0", st.Unseen, st.Killed)
+	}
+}
+
+// A TIME_WAIT in the compact tier stays there through an unseen re-arm (a
+// restart), and nothing is shown.
+func TestUnseenRearmOfCompactTimewait(t *testing.T) {
+	s := &sink{}
+	tl := New(s, Options{CompactTimewait: true})
+	cancel, rearm := twEv(5*ms, 3, tracer.IPv4, "10.0.0.1:40001", "10.0.0.2:80"), twEv(5*ms+16000, 3, tracer.IPv4, "10.0.0.1:40001", "10.0.0.2:80")
+	cancel.Type, cancel.Old, cancel.New, cancel.Reason = tracer.EventTWCancel, tracer.TimeWait, tracer.Close, tracer.ReasonTWKilled
+	rearm.Type, rearm.Old, rearm.Unseen = tracer.EventTWRearm, tracer.TimeWait, true
+	cancel.CPU, cancel.HasCPU, rearm.CPU, rearm.HasCPU = 1, true, 1, true
+	feed(t, tl, twEv(2*ms, 3, tracer.IPv4, "10.0.0.1:40001", "10.0.0.2:80"))
+	if err := tl.Tick(4 * ms); err != nil {
+		t.Fatal(err)
+	}
+	feed(t, tl, cancel, rearm)
+	if err := tl.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	if len(s.events) != 1 {
+		t.Errorf("%d events, want only the first TIME_WAIT: %+v", len(s.events), s.events)
+	}
+	if len(tl.tw) != 1 || len(tl.conns) != 0 || tl.Stats().Killed != 0 || tl.Stats().Unseen != 0 {
+		t.Errorf("%d in the compact tier, %d in the list, %d killed, %d unseen: want 1, 0, 0, 0", len(tl.tw), len(tl.conns), tl.Stats().Killed, tl.Stats().Unseen)
 	}
 }
 
