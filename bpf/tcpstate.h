@@ -73,7 +73,7 @@ enum stat_index {
 	STAT_FILTERED,	/* dropped by the in-kernel filters */
 	STAT_LOST,	/* ring buffer full: event lost */
 	STAT_NOSTORAGE,	/* no socket storage could be had: owner and duration unknown */
-	STAT_TW_UNTRACKED,	/* timewait socket not in tw_infos (evicted, or older than the tracer) */
+	STAT_TW_UNTRACKED,	/* timewait socket the filters want, not in tw_infos (evicted, or older than the tracer) */
 	STAT_CAUGHT,	/* state changes handle_set_state missed that catch_set_state took */
 	STAT_MAX,
 };

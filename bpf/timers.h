@@ -101,8 +101,8 @@ int BPF_PROG(handle_timer_expire, struct timer_list *t, unsigned long baseclk)
 	info = bpf_map_lookup_elem(&tw_infos, &key);
 	if (info)
 		tw_sync(&e, info, tw, &h, t, now, key, false);
-	else
-		stat_inc(STAT_TW_UNTRACKED);
+	else if (tw_wanted(tw, &h))
+		stat_inc(STAT_TW_UNTRACKED); /* (not the filtered: never to be followed) */
 	event_init(&e, EVENT_STATE, now, tw_cookie(info, key));
 	e.old_state = info ? info->state : BPF_CORE_READ(tw, tw_substate);
 	e.new_state = TCP_CLOSE;

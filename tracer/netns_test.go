@@ -194,6 +194,62 @@ func TestOrphanedFinWait2LastsFinTimeout(t *testing.T) {
 	}
 }
 
+// A timewait socket the filters want that ends unfollowed (here: forgotten,
+// as if evicted) is counted; one the filters leave out is not, however many
+// the host has.
+func TestTimewaitUntrackedOnlyWanted(t *testing.T) {
+	ns := newNetNS(t, "net.ipv4.tcp_fin_timeout=2")
+	other := newNetNS(t, "net.ipv4.tcp_fin_timeout=2")
+	r := startTracer(t, tracer.Config{Filter: tracer.Filter{NetNS: ns.Inode}}, nil)
+	var peers []net.Conn
+	orphan := func(n *testnet.NetNS) netip.AddrPort { // an orphaned FIN_WAIT2: ends after tcp_fin_timeout
+		ln := n.Listen(t, "tcp4", "127.0.0.1:0")
+		c := n.Dial(t, "tcp4", ln.Addr().String())
+		p, err := ln.Accept()
+		if err != nil {
+			t.Fatal(err)
+		}
+		peers = append(peers, p) // never closed before the end
+		c.Close()
+		return parseAddrPort(c.LocalAddr().String())
+	}
+	defer func() {
+		for _, p := range peers {
+			p.Close()
+		}
+	}()
+	for range 3 {
+		orphan(other)
+	}
+	cl := orphan(ns)
+	eventually(t, "the client's FIN_WAIT2", func() bool {
+		return len(r.col.socket(func(e *tracer.Event) bool { return e.Local == cl && e.New == tracer.FinWait2 })) > 0
+	})
+	time.Sleep(50 * time.Millisecond) // (its timewait socket's first arm is in)
+	if n, err := r.tr.ForgetTimewaits(); err != nil || n == 0 {
+		t.Fatalf("forgot %d timewait sockets (%v), want the client's at least (and those the walk found)", n, err)
+	}
+	deadline := time.Now().Add(6 * time.Second)
+	for {
+		evs := r.col.socketAll(func(e *tracer.Event) bool { return e.Local == cl && e.New == tracer.FinWait2 })
+		if len(evs) > 0 && evs[len(evs)-1].New == tracer.Close {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("no end of the client's FIN_WAIT2: %v", transitions(evs))
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	time.Sleep(500 * time.Millisecond) // (the other namespace's three end with it, give or take a bucket)
+	st, err := r.tr.Stats()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st.TimewaitUntracked != 1 {
+		t.Errorf("%d timewait sockets ended unfollowed, want 1: the filtered namespace's 3 are not tcpstate's to follow", st.TimewaitUntracked)
+	}
+}
+
 // TIME_WAIT runs its fixed 60 s and the tracer reports its end. Slow: runs in
 // parallel with the rest.
 func TestTimeWaitExpires(t *testing.T) {

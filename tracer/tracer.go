@@ -73,7 +73,8 @@ type Stats struct {
 	Lost      uint64 // lost because the ring buffer was full
 	NoStorage uint64 // socket storage unavailable: owner and duration unknown
 	// TimewaitUntracked: timewait sockets that ended without the tracer
-	// knowing their start (older than the tracer, or evicted from its table).
+	// knowing their start (older than the tracer, or evicted from its table);
+	// those the endpoint filters leave out are not counted.
 	TimewaitUntracked uint64
 	// Skipped: state changes the kernel did not let tcpstate see: its
 	// recursion guard skips a tracing program that is already running on the
