@@ -229,14 +229,19 @@ func TestTimewaitUntrackedOnlyWanted(t *testing.T) {
 	if n, err := r.tr.ForgetTimewaits(); err != nil || n == 0 {
 		t.Fatalf("forgot %d timewait sockets (%v), want the client's at least (and those the walk found)", n, err)
 	}
+	// (By the count: without socket cookies, Linux 5.10, the end of a
+	// forgotten timewait socket is not joined to its connection.)
 	deadline := time.Now().Add(6 * time.Second)
 	for {
-		evs := r.col.socketAll(func(e *tracer.Event) bool { return e.Local == cl && e.New == tracer.FinWait2 })
-		if len(evs) > 0 && evs[len(evs)-1].New == tracer.Close {
+		st, err := r.tr.Stats()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if st.TimewaitUntracked > 0 {
 			break
 		}
 		if time.Now().After(deadline) {
-			t.Fatalf("no end of the client's FIN_WAIT2: %v", transitions(evs))
+			t.Fatalf("the client's FIN_WAIT2 did not end unfollowed within 6s (tcp_fin_timeout 2s)")
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
