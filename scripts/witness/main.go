@@ -144,42 +144,19 @@ func kernelLayout() (layout, error) {
 	if err != nil {
 		return l, err
 	}
-	offsets := []struct {
+	var netNS, nsInum int32
+	for _, o := range []struct {
 		typ, member string
 		to          *int32
 	}{
-		{"sock_common", "skc_net", &l.net}, {"net", "ns", &l.inum}, {"inet_timewait_sock", "tw_timer", &l.twTimer},
-		{"inet_timewait_sock", "tw_substate", &l.substate},
-	}
-	for _, o := range offsets {
-		var s *btf.Struct
-		if err := spec.TypeByName(o.typ, &s); err != nil {
+		{"sock_common", "skc_net", &l.net}, {"net", "ns", &netNS}, {"ns_common", "inum", &nsInum},
+		{"inet_timewait_sock", "tw_timer", &l.twTimer}, {"inet_timewait_sock", "tw_substate", &l.substate},
+	} {
+		if *o.to, err = offset(spec, o.typ, o.member); err != nil {
 			return l, err
 		}
-		found := false
-		for _, m := range s.Members {
-			if m.Name == o.member {
-				*o.to, found = int32(m.Offset.Bytes()), true
-			}
-		}
-		if !found {
-			return l, fmt.Errorf("no %s.%s in the kernel's BTF", o.typ, o.member)
-		}
 	}
-	var ns *btf.Struct
-	if err := spec.TypeByName("ns_common", &ns); err != nil {
-		return l, err
-	}
-	inum := int32(-1)
-	for _, m := range ns.Members {
-		if m.Name == "inum" {
-			inum = int32(m.Offset.Bytes())
-		}
-	}
-	if inum < 0 {
-		return l, errors.New("no ns_common.inum in the kernel's BTF")
-	}
-	l.inum += inum
+	l.inum = netNS + nsInum
 	var st syscall.Stat_t
 	if err := syscall.Stat("/proc/self/ns/net", &st); err != nil {
 		return l, err
@@ -193,6 +170,20 @@ func kernelLayout() (layout, error) {
 		return l, errors.New("/proc/kallsyms has no address of tw_timer_handler (not root?)")
 	}
 	return l, nil
+}
+
+// offset is where member lies in the kernel's struct typ, in bytes.
+func offset(spec *btf.Spec, typ, member string) (int32, error) {
+	var s *btf.Struct
+	if err := spec.TypeByName(typ, &s); err != nil {
+		return 0, err
+	}
+	for _, m := range s.Members {
+		if m.Name == member {
+			return int32(m.Offset.Bytes()), nil
+		}
+	}
+	return 0, fmt.Errorf("no %s.%s in the kernel's BTF", typ, member)
 }
 
 // send writes the record at fp-56 (time, kind and CPU, the socket in R7, the
