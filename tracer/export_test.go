@@ -85,10 +85,10 @@ func (t *Tracer) FilledSetStateSeens() (left, all int, err error) {
 // been evicted: the kernel side no longer knows them.
 func (t *Tracer) ForgetTimewaits() (int, error) {
 	m := t.coll.Maps[tcpstateMapTwInfos]
-	var keys []uint64
 	var (
-		key uint64
-		val tcpstateTwInfo
+		keys []uint64
+		key  uint64
+		val  tcpstateTwInfo
 	)
 	it := m.Iterate()
 	for it.Next(&key, &val) {
