@@ -45,6 +45,7 @@ type Trace struct {
 	tl     *timeline.Timeline
 	Filter *Filter
 	conns  bool
+	async  *Async // nil: rendering on the caller's goroutine
 	r      interface {
 		output.Renderer
 		output.ConnRenderer
@@ -52,14 +53,25 @@ type Trace struct {
 }
 
 // NewTrace assembles the stages after the source.
-func NewTrace(o TraceOptions) *Trace {
+func NewTrace(o TraceOptions) *Trace { return newTrace(o, false) }
+
+// newTrace is NewTrace; with async the renderer runs on a goroutine of its
+// own (Async), beside the timeline: for a replay, whose reading nothing else
+// paces. Not with Conns, whose connections the timeline reuses once
+// rendered.
+func newTrace(o TraceOptions, async bool) *Trace {
 	p := &Trace{conns: o.Conns}
 	if o.JSON {
 		p.r = output.NewJSON(o.Out, output.JSONOptions{Clock: o.Clock, Kernel: o.Kernel, Attribute: o.Attribute})
 	} else {
 		p.r = output.NewText(o.Out, output.TextOptions{Wide: o.Wide, NoHeader: o.NoHeader, Clock: o.Clock, Kernel: o.Kernel, Diag: o.Diag, Attribute: o.Attribute})
 	}
-	p.Filter = &Filter{Filter: &o.Filter, Next: Render{p.r}, LostOnly: o.Conns}
+	var render tracer.Sink = Render{p.r}
+	if async && !o.Conns {
+		p.async = NewAsync(render)
+		render = p.async
+	}
+	p.Filter = &Filter{Filter: &o.Filter, Next: render, LostOnly: o.Conns}
 	opts := timeline.Options{MaxConns: o.MaxConns, Linger: o.Linger, Spans: o.Conns}
 	if o.Conns {
 		p.Filter.Conns = p.r
@@ -98,7 +110,13 @@ func (p *Trace) ShownWhat() string {
 
 // Finish releases what the timeline holds and flushes the output.
 func (p *Trace) Finish() error {
-	if err := p.tl.Flush(); err != nil {
+	err := p.tl.Flush()
+	if p.async != nil {
+		if cerr := p.async.Close(); err == nil {
+			err = cerr
+		}
+	}
+	if err != nil {
 		return fmt.Errorf("writing output: %w", err)
 	}
 	if err := p.r.Flush(); err != nil {
@@ -108,8 +126,12 @@ func (p *Trace) Finish() error {
 }
 
 // ReplayTrace feeds the capture at path through a trace pipeline, and says on
-// stderr what it read.
+// stderr what it read. It renders beside the reading (newTrace).
 func ReplayTrace(ctx context.Context, path string, o TraceOptions) error {
+	return replayTrace(ctx, path, o, true)
+}
+
+func replayTrace(ctx context.Context, path string, o TraceOptions, async bool) error {
 	stderr := o.Diag
 	if stderr == nil {
 		stderr = io.Discard
@@ -120,7 +142,7 @@ func ReplayTrace(ctx context.Context, path string, o TraceOptions) error {
 	}
 	defer file.Close()
 	o.Clock, o.Kernel = rd.Header.Clock(), rd.Header.KernelInfo()
-	p := NewTrace(o)
+	p := newTrace(o, async)
 	n, err := Replay(ctx, rd, p.tl)
 	if ctx.Err() != nil && errors.Is(err, ctx.Err()) {
 		err = nil // interrupted: what was read is shown, and said
