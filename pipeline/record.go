@@ -29,10 +29,15 @@ type Recorder struct {
 
 // RecordOptions say where and how to record.
 type RecordOptions struct {
-	Path           string
-	Header         capture.Header
-	Sockets        []tracer.Socket // the start-up walk
-	NetNS          []tracer.NetNS  // whose sysctls to record
+	Path    string
+	Header  capture.Header
+	Sockets []tracer.Socket // the start-up walk (a flight recorder's, or with no Walk)
+	NetNS   []tracer.NetNS  // whose sysctls to record
+	// Walk, for a file: walks the sockets into each as it reads them, and
+	// returns the namespaces it walked, whose sysctls are recorded from
+	// then on (one that is not in the header gets them at once). A host's
+	// walk is never held whole: a file streams it.
+	Walk           func(each func(*tracer.Socket)) []tracer.NetNS
 	SysctlInterval time.Duration
 	MaxSize        int64 // file: rotate at this size (0: never)
 	Keep           int   // file: rotated files kept
@@ -61,16 +66,51 @@ func NewRecorder(o RecordOptions) (*Recorder, error) {
 	if err != nil {
 		return nil, err
 	}
-	if err := w.Sockets(o.Sockets); err != nil {
+	walked := len(o.Sockets)
+	if o.Walk != nil {
+		walked = 0
+		var err error
+		nss := o.Walk(func(s *tracer.Socket) {
+			if err == nil {
+				err = w.Socket(s)
+				walked++
+			}
+		})
+		if err == nil {
+			err = w.EndSockets()
+		}
+		if err != nil {
+			w.Close()
+			return nil, err
+		}
+		if !sameNetNS(nss, o.Header.Namespaces) {
+			r.last = time.Time{} // their sysctls at the first Idle
+		}
+		r.nss = nss
+	} else if err := w.Sockets(o.Sockets); err != nil {
 		w.Close()
 		return nil, err
 	}
 	if walk := w.WalkBytes(); o.MaxSize > 0 && walk > o.MaxSize/2 && o.Stderr != nil {
 		fmt.Fprintf(o.Stderr, "tcpstate: warning: the start-up walk (%d sockets) takes %.1f MB at the top of every file, more than half of --max-size: raise it\n",
-			len(o.Sockets), float64(walk)/1e6)
+			walked, float64(walk)/1e6)
 	}
 	r.w = w
 	return r, nil
+}
+
+// sameNetNS tells whether the walk's namespaces are all in the header.
+func sameNetNS(walked []tracer.NetNS, header []capture.Namespace) bool {
+	in := make(map[uint32]bool, len(header))
+	for _, ns := range header {
+		in[ns.Inode] = true
+	}
+	for _, ns := range walked {
+		if !in[ns.Inode] {
+			return false
+		}
+	}
+	return true
 }
 
 // Dump asks a flight recorder to write what it holds at the next Idle; safe

@@ -112,13 +112,33 @@ func runRecord(ctx context.Context, args []string, stdout, stderr io.Writer) err
 		return err
 	}
 	defer t.Close()
-	socks, nss := pipeline.Scan(t, tracer.ScanOptions{}, stderr)
-	rec, err := pipeline.NewRecorder(pipeline.RecordOptions{
-		Path: f.write, Header: pipeline.Header(version, os.Args[1:], tracer.NewClock(), t.Info(), nss, t.Warnings()),
-		Sockets: pipeline.WalkedFor(pipeline.FullSockets(socks), filter), NetNS: nss, SysctlInterval: time.Duration(f.sysctls),
+	opts := pipeline.RecordOptions{
+		Path: f.write, SysctlInterval: time.Duration(f.sysctls),
 		MaxSize: int64(f.maxSize), Keep: f.keep,
 		Flight: f.flight, FlightSize: int(f.keepSize), FlightTime: time.Duration(f.keepTime), Stderr: stderr,
-	})
+	}
+	if f.flight {
+		// Every dump starts with the walk: a flight recorder holds it.
+		socks, nss := pipeline.Scan(t, tracer.ScanOptions{}, stderr)
+		opts.Header = pipeline.Header(version, os.Args[1:], tracer.NewClock(), t.Info(), nss, t.Warnings())
+		opts.Sockets, opts.NetNS = pipeline.WalkedFor(pipeline.FullSockets(socks), filter), nss
+	} else {
+		// The file's header names the namespaces; the walk streams into
+		// the file after it (a timewait socket is the kernel side's, see
+		// FullSockets).
+		nss := tracer.NetNamespaces()
+		opts.Header = pipeline.Header(version, os.Args[1:], tracer.NewClock(), t.Info(), nss, t.Warnings())
+		opts.NetNS = nss
+		wants := pipeline.WalkWants(filter)
+		opts.Walk = func(each func(*tracer.Socket)) []tracer.NetNS {
+			return pipeline.ScanEach(t, tracer.ScanOptions{}, stderr, func(s *tracer.Socket) {
+				if !s.Timewait && wants(s) {
+					each(s)
+				}
+			})
+		}
+	}
+	rec, err := pipeline.NewRecorder(opts)
 	if err != nil {
 		return err
 	}

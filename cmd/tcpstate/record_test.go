@@ -18,6 +18,7 @@ import (
 
 	"github.com/tcpstate/tcpstate/internal/testnet"
 	"github.com/tcpstate/tcpstate/output/capture"
+	"github.com/tcpstate/tcpstate/tracer"
 )
 
 // placeFields are the JSON fields only a live trace has.
@@ -272,5 +273,63 @@ func TestFlightRecorderSurvivesFailedDump(t *testing.T) {
 	code, out, stderr := runCmd(context.Background(), "trace", "-r", path, "--no-header", "--comm", testnet.SelfComm(t))
 	if code != exitOK || !strings.Contains(out, "CLOSE -> SYN_SENT") {
 		t.Errorf("replay of the dump written at SIGHUP: exit %d\n%s%s", code, out, stderr)
+	}
+}
+
+// The walk of a file streams in after its header: it holds the traced
+// namespace's sockets, each with its owner, and none of the host's.
+func TestRecordWalksIntoTheFile(t *testing.T) {
+	requireRoot(t)
+	ns := testnet.New(t)
+	ln := ns.Listen(t, "tcp4", "127.0.0.1:0")
+	const held = 3
+	pid, _ := hold(t, ns, ln.Addr().String(), held)
+	for range held {
+		s, err := ln.Accept()
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer s.Close()
+	}
+	path := filepath.Join(t.TempDir(), "c.tcpstate")
+	if r := startCmd(t, "record", "-w", path, "--netns", ns.Name, "-d", "1s")(); r.code != exitOK {
+		t.Fatalf("record: exit %d: %s", r.code, r.stderr)
+	}
+	rd, f, err := capture.Open(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	if len(rd.Header.Namespaces) == 0 {
+		t.Errorf("the header names no namespace")
+	}
+	port := uint16(ln.Addr().(*net.TCPAddr).Port)
+	var clients, accepted, listeners, other int
+	for {
+		rec, err := rd.Next()
+		if err == io.EOF {
+			break
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, s := range rec.Sockets {
+			switch {
+			case s.NetNS != ns.Inode:
+				other++
+			case s.State == tracer.Listen && s.Local.Port() == port:
+				listeners++
+			case s.State == tracer.Established && s.Remote.Port() == port && s.Owner.PID == uint32(pid):
+				clients++
+			case s.State == tracer.Established && s.Local.Port() == port && s.Owner.PID == uint32(os.Getpid()):
+				accepted++
+			default:
+				t.Errorf("walked a socket of no one's: %+v", s)
+			}
+		}
+	}
+	if listeners != 1 || clients != held || accepted != held || other != 0 {
+		t.Errorf("walk: %d listeners, %d clients of pid %d, %d accepted by this test, %d of other namespaces; want 1, %d, %d, 0",
+			listeners, clients, pid, accepted, other, held, held)
 	}
 }

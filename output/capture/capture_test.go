@@ -532,6 +532,62 @@ func TestLargeWalk(t *testing.T) {
 	}
 }
 
+// A walk streamed a socket at a time (record) makes the same file as one
+// given whole, a walk that found nothing included: one empty block.
+func TestStreamedWalk(t *testing.T) {
+	for _, n := range []int{0, 1, socketsPerBlock, 2*socketsPerBlock + 3} {
+		socks := make([]tracer.Socket, n)
+		for i := range socks {
+			socks[i] = tracer.Socket{Cookie: uint64(i + 1), State: tracer.Established, Owner: tracer.Owner{Task: tracer.Task{PID: uint32(i)}},
+				Endpoints: tracer.Endpoints{Local: netip.MustParseAddrPort("10.0.0.1:80"), Remote: netip.AddrPortFrom(netip.MustParseAddr("10.0.0.2"), uint16(i))}}
+		}
+		dir := t.TempDir()
+		whole, err := Create(filepath.Join(dir, "whole"), header, Options{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		streamed, err := Create(filepath.Join(dir, "streamed"), header, Options{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := whole.Sockets(socks); err != nil {
+			t.Fatal(err)
+		}
+		for i := range socks {
+			if err := streamed.Socket(&socks[i]); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if err := streamed.EndSockets(); err != nil {
+			t.Fatal(err)
+		}
+		evs := sampleEvents(3)
+		for _, w := range []*Writer{whole, streamed} {
+			for i := range evs {
+				if err := w.Event(&evs[i]); err != nil {
+					t.Fatal(err)
+				}
+			}
+			if err := w.Close(); err != nil {
+				t.Fatal(err)
+			}
+		}
+		a, _ := os.ReadFile(filepath.Join(dir, "whole"))
+		b, _ := os.ReadFile(filepath.Join(dir, "streamed"))
+		if !bytes.Equal(a, b) {
+			t.Errorf("%d sockets: the streamed walk's file differs from the whole one's (%d and %d bytes)", n, len(b), len(a))
+		}
+		_, got, warnings, err := readAll(t, b)
+		total := 0
+		for _, blk := range got {
+			total += len(blk)
+		}
+		if err != nil || len(warnings) > 0 || total != n || len(got) != max(1, (n+socketsPerBlock-1)/socketsPerBlock) {
+			t.Errorf("%d sockets: %d back in %d blocks, %v %v", n, total, len(got), warnings, err)
+		}
+	}
+}
+
 // A capture written by an earlier tcpstate (testdata/v1.tcpcap, committed)
 // still reads, field by field: the sockets block's JSON names are the file
 // format, not whatever the Go fields are called now.

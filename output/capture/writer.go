@@ -46,8 +46,9 @@ type Writer struct {
 	// walk is where the walk's sockets blocks are in the file, to be
 	// copied from it to the top of each new one: a host's walk is tens of
 	// megabytes, not to be held for the recorder's whole life.
-	walk    []walkSpan
-	written uint64 // events in blocks that reached the file
+	walk     []walkSpan
+	walkRecs []socketRecord // the walk's block in progress (Socket)
+	written  uint64         // events in blocks that reached the file
 }
 
 // WalkBytes is how much of each file the walk takes: every file starts
@@ -236,21 +237,51 @@ const socketsPerBlock = 2000
 
 // Sockets writes the start-up walk, which replay needs to name owners.
 func (w *Writer) Sockets(socks []tracer.Socket) error {
-	for {
-		n := min(len(socks), socketsPerBlock)
-		recs := make([]socketRecord, n)
-		for i := range recs {
-			recs[i] = socketRecordOf(&socks[i])
-		}
-		if err := w.jsonBlock(blockSockets, recs, uint32(n)); err != nil {
+	for i := range socks {
+		if err := w.Socket(&socks[i]); err != nil {
 			return err
 		}
-		w.walk = append(w.walk, walkSpan{off: w.size - int64(len(w.out)), n: len(w.out)})
-		if socks = socks[n:]; len(socks) == 0 {
-			w.out = nil // (grown for the walk's blocks; events' are smaller)
-			return nil
-		}
 	}
+	return w.EndSockets()
+}
+
+// Socket adds one socket of the walk, as the walk reads it; EndSockets ends
+// the walk. Streamed so, the walk holds one block's sockets at a time, not
+// the host's.
+func (w *Writer) Socket(s *tracer.Socket) error {
+	if w.err != nil {
+		return w.err
+	}
+	w.walkRecs = append(w.walkRecs, socketRecordOf(s))
+	if len(w.walkRecs) < socketsPerBlock {
+		return nil
+	}
+	return w.socketsBlock()
+}
+
+// EndSockets writes the walk's last block: at least one, for a walk that
+// found nothing.
+func (w *Writer) EndSockets() error {
+	var err error
+	if len(w.walkRecs) > 0 || len(w.walk) == 0 {
+		err = w.socketsBlock()
+	}
+	w.walkRecs = nil
+	w.out = nil // (grown for the walk's blocks; events' are smaller)
+	return err
+}
+
+func (w *Writer) socketsBlock() error {
+	recs := w.walkRecs
+	if recs == nil {
+		recs = []socketRecord{} // "[]", not "null"
+	}
+	w.walkRecs = w.walkRecs[:0]
+	if err := w.jsonBlock(blockSockets, recs, uint32(len(recs))); err != nil {
+		return err
+	}
+	w.walk = append(w.walk, walkSpan{off: w.size - int64(len(w.out)), n: len(w.out)})
+	return nil
 }
 
 // Sysctls writes a snapshot of the namespaces' sysctls.
