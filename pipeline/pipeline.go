@@ -151,13 +151,14 @@ type Tee struct {
 	next tracer.Sink
 }
 
-// NewTee creates the capture at path with its header and the walk's sockets.
-func NewTee(path string, h capture.Header, socks []tracer.Socket, next tracer.Sink) (*Tee, error) {
+// NewTee creates the capture at path with its header, and streams the walk
+// into it (walkInto).
+func NewTee(path string, h capture.Header, walk Walk, next tracer.Sink) (*Tee, error) {
 	w, err := capture.Create(path, h, capture.Options{})
 	if err != nil {
 		return nil, err
 	}
-	if err := w.Sockets(socks); err != nil {
+	if _, _, err := walkInto(w, h.Namespaces, walk); err != nil {
 		w.Close()
 		return nil, err
 	}

@@ -33,11 +33,10 @@ type RecordOptions struct {
 	Header  capture.Header
 	Sockets []tracer.Socket // the start-up walk (a flight recorder's, or with no Walk)
 	NetNS   []tracer.NetNS  // whose sysctls to record
-	// Walk, for a file: walks the sockets into each as it reads them, and
-	// returns the namespaces it walked, whose sysctls are recorded from
-	// then on (one that is not in the header gets them at once). A host's
-	// walk is never held whole: a file streams it.
-	Walk           func(each func(*tracer.Socket)) []tracer.NetNS
+	// Walk, for a file: the walk, streamed into the file (a host's walk
+	// is never held whole there); the namespaces it returns are those whose
+	// sysctls are recorded from then on.
+	Walk           Walk
 	SysctlInterval time.Duration
 	MaxSize        int64 // file: rotate at this size (0: never)
 	Keep           int   // file: rotated files kept
@@ -68,25 +67,10 @@ func NewRecorder(o RecordOptions) (*Recorder, error) {
 	}
 	walked := len(o.Sockets)
 	if o.Walk != nil {
-		walked = 0
-		var err error
-		nss := o.Walk(func(s *tracer.Socket) {
-			if err == nil {
-				err = w.Socket(s)
-				walked++
-			}
-		})
-		if err == nil {
-			err = w.EndSockets()
-		}
-		if err != nil {
+		if walked, r.nss, err = walkInto(w, o.Header.Namespaces, o.Walk); err != nil {
 			w.Close()
 			return nil, err
 		}
-		if !sameNetNS(nss, o.Header.Namespaces) {
-			r.last = time.Time{} // their sysctls at the first Idle
-		}
-		r.nss = nss
 	} else if err := w.Sockets(o.Sockets); err != nil {
 		w.Close()
 		return nil, err
@@ -99,18 +83,44 @@ func NewRecorder(o RecordOptions) (*Recorder, error) {
 	return r, nil
 }
 
-// sameNetNS tells whether the walk's namespaces are all in the header.
-func sameNetNS(walked []tracer.NetNS, header []capture.Namespace) bool {
+// A Walk walks the sockets into each as it reads them, and returns the
+// namespaces it walked (tracer.Tracer.ScanEach).
+type Walk func(each func(*tracer.Socket)) []tracer.NetNS
+
+// walkInto streams walk into w's walk, and returns how many sockets it
+// wrote and the namespaces walked. One that is not among the header's (new
+// since the header was made) gets its sysctls, as the walk read them, in a
+// snapshot right after the walk.
+func walkInto(w *capture.Writer, header []capture.Namespace, walk Walk) (int, []tracer.NetNS, error) {
+	walked := 0
+	var err error
+	nss := walk(func(s *tracer.Socket) {
+		if err == nil {
+			err = w.Socket(s)
+			walked++
+		}
+	})
+	if err == nil {
+		err = w.EndSockets()
+	}
+	if err != nil {
+		return walked, nss, err
+	}
 	in := make(map[uint32]bool, len(header))
 	for _, ns := range header {
 		in[ns.Inode] = true
 	}
-	for _, ns := range walked {
+	var snap capture.SysctlSnapshot
+	for _, ns := range nss {
 		if !in[ns.Inode] {
-			return false
+			snap.Namespaces = append(snap.Namespaces, capture.Namespace{Inode: ns.Inode, Sysctls: ns.Sysctls})
 		}
 	}
-	return true
+	if len(snap.Namespaces) > 0 {
+		snap.Time = tracer.BootNow()
+		err = w.Sysctls(snap)
+	}
+	return walked, nss, err
 }
 
 // Dump asks a flight recorder to write what it holds at the next Idle; safe

@@ -128,15 +128,7 @@ func runRecord(ctx context.Context, args []string, stdout, stderr io.Writer) err
 		// FullSockets).
 		nss := tracer.NetNamespaces()
 		opts.Header = pipeline.Header(version, os.Args[1:], tracer.NewClock(), t.Info(), nss, t.Warnings())
-		opts.NetNS = nss
-		wants := pipeline.WalkWants(filter)
-		opts.Walk = func(each func(*tracer.Socket)) []tracer.NetNS {
-			return pipeline.ScanEach(t, tracer.ScanOptions{}, stderr, func(s *tracer.Socket) {
-				if !s.Timewait && wants(s) {
-					each(s)
-				}
-			})
-		}
+		opts.NetNS, opts.Walk = nss, recordWalk(t, filter, stderr, nil)
 	}
 	rec, err := pipeline.NewRecorder(opts)
 	if err != nil {
@@ -164,4 +156,22 @@ func runRecord(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	}
 	fmt.Fprintf(stderr, "tcpstate: %d events seen, %d written to %s, %d lost (%d filtered in kernel)%s\n", stats.Seen, rec.Written(), f.write, stats.AllLost(), stats.Filtered, pipeline.SkippedNote(stats))
 	return runErr
+}
+
+// recordWalk is the walk a capture keeps: the full sockets (a timewait
+// socket is the kernel side's, see pipeline.FullSockets) a filter's
+// connections can be, each handed to also, if set, before the capture.
+func recordWalk(t *tracer.Tracer, filter tracer.Filter, stderr io.Writer, also func(*tracer.Socket)) pipeline.Walk {
+	wants := pipeline.WalkWants(filter)
+	return func(each func(*tracer.Socket)) []tracer.NetNS {
+		return pipeline.ScanEach(t, tracer.ScanOptions{}, stderr, func(s *tracer.Socket) {
+			if s.Timewait || !wants(s) {
+				return
+			}
+			if also != nil {
+				also(s)
+			}
+			each(s)
+		})
+	}
 }

@@ -131,15 +131,13 @@ func runTrace(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	if f.write == "" {
 		seedWalk(t, filter, tracer.ScanOptions{}, stderr, p.SeedSocket)
 	} else {
-		// The capture keeps the walk's sockets too.
-		socks, nss := pipeline.Scan(t, tracer.ScanOptions{}, stderr)
-		socks = pipeline.WalkedFor(pipeline.FullSockets(socks), filter)
-		for i := range socks {
-			lookUpOwner(&socks[i])
-		}
-		p.Seed(socks)
-		h := pipeline.Header(version, os.Args[1:], opts.Clock, opts.Kernel, nss, t.Warnings())
-		if tee, err = pipeline.NewTee(f.write, h, socks, p.Sink()); err != nil {
+		// The capture keeps the walk's sockets too, streamed into it as
+		// the table gets them (see record).
+		h := pipeline.Header(version, os.Args[1:], opts.Clock, opts.Kernel, tracer.NetNamespaces(), t.Warnings())
+		if tee, err = pipeline.NewTee(f.write, h, recordWalk(t, filter, stderr, func(s *tracer.Socket) {
+			lookUpOwner(s)
+			p.SeedSocket(s)
+		}), p.Sink()); err != nil {
 			return err
 		}
 		src = tee
