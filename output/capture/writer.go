@@ -3,6 +3,7 @@
 package capture
 
 import (
+	"bytes"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -48,6 +49,7 @@ type Writer struct {
 	// megabytes, not to be held for the recorder's whole life.
 	walk     []walkSpan
 	walkRecs []socketRecord // the walk's block in progress (Socket)
+	js       bytes.Buffer   // a JSON block's encoding
 	written  uint64         // events in blocks that reached the file
 }
 
@@ -267,7 +269,8 @@ func (w *Writer) EndSockets() error {
 		err = w.socketsBlock()
 	}
 	w.walkRecs = nil
-	w.out = nil // (grown for the walk's blocks; events' are smaller)
+	// (grown for the walk's blocks; events' and sysctls' are smaller)
+	w.out, w.js = nil, bytes.Buffer{}
 	return err
 }
 
@@ -293,11 +296,13 @@ func (w *Writer) jsonBlock(typ uint8, v any, count uint32) error {
 	if err := w.Flush(); err != nil {
 		return err
 	}
-	js, err := json.Marshal(v)
-	if err != nil {
+	// Into one buffer, block after block: a host's walk is tens of
+	// megabytes of JSON, garbage that raised the heap's peak by as much.
+	w.js.Reset()
+	if err := json.NewEncoder(&w.js).Encode(v); err != nil {
 		return fmt.Errorf("encoding capture block: %w", err)
 	}
-	return w.writeBlock(typ, js, count)
+	return w.writeBlock(typ, bytes.TrimSuffix(w.js.Bytes(), []byte("\n")), count)
 }
 
 // Close writes what is pending and closes the file.
