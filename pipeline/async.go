@@ -23,8 +23,9 @@ const asyncBuffers = 3
 // timeline (on two cores, the replay takes the longer of the two instead of
 // their sum). Events are copied: the sender may reuse e, as tracer.Sink
 // allows. An error of Next stops the rendering and is returned by the next
-// Event, Idle or Close; the events after it are dropped, as a synchronous
-// sink would never have been given them.
+// Event, Idle or Close; the events after it are dropped (and counted in
+// Dropped), as a synchronous sink would never have been given them. Event
+// after Close is an error.
 //
 // Idle and Close wait until Next has seen every event sent before them; Idle
 // then calls Next.Idle on the caller's goroutine (Next is idle meanwhile).
@@ -37,11 +38,16 @@ type Async struct {
 	out   int                 // batches sent and not yet back
 	err   error
 	done  bool // closed
+	// Dropped counts the events other than loss reports that were given to
+	// Async and never reached Next, for an error: a count of what was
+	// shown takes them off.
+	Dropped uint64
 }
 
 type asyncDone struct {
-	batch []tracer.Event
-	err   error
+	batch   []tracer.Event
+	err     error
+	dropped uint64
 }
 
 // NewAsync starts the goroutine that feeds next; Close stops it.
@@ -60,16 +66,34 @@ func NewAsync(next tracer.Sink) *Async {
 func (a *Async) work(full <-chan []tracer.Event, free chan<- asyncDone) {
 	var err error
 	for b := range full {
-		for i := 0; err == nil && i < len(b); i++ {
+		i := 0
+		for ; err == nil && i < len(b); i++ {
 			err = a.next.Event(&b[i])
 		}
-		free <- asyncDone{batch: b[:0], err: err}
+		free <- asyncDone{batch: b[:0], err: err, dropped: dropped(b[i:])}
 	}
+}
+
+// dropped counts the events of b a count of what was shown counted.
+func dropped(b []tracer.Event) uint64 {
+	var n uint64
+	for i := range b {
+		if b[i].Type != tracer.EventLost {
+			n++
+		}
+	}
+	return n
 }
 
 // Event copies e into the batch, and hands the batch over when it is full.
 func (a *Async) Event(e *tracer.Event) error {
-	if a.err != nil {
+	if a.err != nil || a.done {
+		if e.Type != tracer.EventLost {
+			a.Dropped++
+		}
+		if a.err == nil {
+			return errAsyncClosed
+		}
 		return a.err
 	}
 	a.batch = append(a.batch, *e)
@@ -82,9 +106,6 @@ func (a *Async) Event(e *tracer.Event) error {
 // send hands the batch over and takes another: a new one while fewer than
 // asyncBuffers exist, else the first to come back.
 func (a *Async) send() error {
-	if a.done {
-		return errAsyncClosed
-	}
 	a.full <- a.batch
 	a.out++
 	if a.out < asyncBuffers {
@@ -100,6 +121,7 @@ func (a *Async) back() {
 	d := <-a.free
 	a.out--
 	a.batch = d.batch
+	a.Dropped += d.dropped
 	if a.err == nil {
 		a.err = d.err
 	}
@@ -114,6 +136,8 @@ func (a *Async) wait() error {
 		a.full <- a.batch
 		a.out++
 		a.batch = nil
+	} else {
+		a.Dropped += dropped(a.batch)
 	}
 	for a.out > 0 {
 		a.back()

@@ -3,11 +3,13 @@
 package pipeline
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"io"
 	"net/netip"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
@@ -108,6 +110,40 @@ func TestAsyncStopsOnError(t *testing.T) {
 	if len(s.idles) != 0 {
 		t.Errorf("Idle reached the sink after its error")
 	}
+	// Every event given is rendered, the failed one, or dropped.
+	if given := uint64(sent + 1); a.Dropped != given-failAt {
+		t.Errorf("dropped %d of %d given, want %d", a.Dropped, given, given-failAt)
+	}
+}
+
+// An error in the last, partial batch comes back from Close; an event after
+// Close is refused, not lost without a word.
+func TestAsyncErrorAtClose(t *testing.T) {
+	s := &seen{failAt: 10}
+	a := NewAsync(s)
+	var e tracer.Event
+	for i := range 20 {
+		e.Cookie = uint64(i + 1)
+		if err := a.Event(&e); err != nil {
+			t.Fatalf("event %d: %v (the batch was not full yet)", i+1, err)
+		}
+	}
+	if err := a.Close(); !errors.Is(err, errSink) {
+		t.Fatalf("Close: %v, want the sink's error", err)
+	}
+	if len(s.cookies) != 9 || a.Dropped != 10 {
+		t.Errorf("%d events reached the sink, %d dropped; want 9 and 10", len(s.cookies), a.Dropped)
+	}
+	ok := NewAsync(&seen{})
+	if err := ok.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if err := ok.Event(&e); !errors.Is(err, errAsyncClosed) {
+		t.Errorf("Event after Close: %v, want %v", err, errAsyncClosed)
+	}
+	if err := ok.Idle(); err != nil {
+		t.Errorf("Idle after Close: %v", err)
+	}
 }
 
 // churnCapture writes a capture of n loopback connections as the kernel
@@ -173,5 +209,53 @@ func BenchmarkReplayJSON(b *testing.B) {
 			}
 			b.ReportMetric(float64(events)/b.Elapsed().Seconds(), "events/s")
 		})
+	}
+}
+
+// cancelAt cancels a context at its nth write, and keeps what it is given.
+type cancelAt struct {
+	bytes.Buffer
+	n      int
+	cancel context.CancelFunc
+}
+
+func (c *cancelAt) Write(p []byte) (int, error) {
+	if c.n--; c.n == 0 {
+		c.cancel()
+	}
+	return c.Buffer.Write(p)
+}
+
+// Ctrl-C during a replay whose renderer writes to stderr too (text: loss
+// reports): every line of the renderer comes before the summary's, none
+// beside it.
+func TestReplayInterruptedInOrder(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "lossy.tcpstate")
+	w, err := capture.Create(path, capture.Header{Tcpstate: "test", HZ: 250}, capture.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := range 20_000 {
+		e := tracer.Event{Type: tracer.EventLost, Time: uint64(1e9 + i), Lost: 1}
+		if err := w.Event(&e); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := w.Close(); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	diag := &cancelAt{n: 100, cancel: cancel}
+	if err := ReplayTrace(ctx, path, TraceOptions{Out: io.Discard, Diag: diag}); err != nil {
+		t.Fatal(err)
+	}
+	out := diag.String()
+	i := strings.Index(out, "interrupted")
+	if i < 0 {
+		t.Fatalf("not interrupted:\n%.500s", out)
+	}
+	if after := out[i:]; strings.Contains(after, "events lost") {
+		t.Errorf("loss reports after the interruption's message:\n%.500s", after)
 	}
 }

@@ -90,14 +90,17 @@ type Walk func(each func(*tracer.Socket)) []tracer.NetNS
 // walkInto streams walk into w's walk, and returns how many sockets it
 // wrote and the namespaces walked. One that is not among the header's (new
 // since the header was made) gets its sysctls, as the walk read them, in a
-// snapshot right after the walk.
+// snapshot right after the walk, and in the header of every later file
+// (capture.Writer.AddNamespaces). A failed write stops the writing, not the
+// walk (which cannot be stopped); its error is returned.
 func walkInto(w *capture.Writer, header []capture.Namespace, walk Walk) (int, []tracer.NetNS, error) {
 	walked := 0
 	var err error
 	nss := walk(func(s *tracer.Socket) {
 		if err == nil {
-			err = w.Socket(s)
-			walked++
+			if err = w.Socket(s); err == nil {
+				walked++
+			}
 		}
 	})
 	if err == nil {
@@ -110,15 +113,14 @@ func walkInto(w *capture.Writer, header []capture.Namespace, walk Walk) (int, []
 	for _, ns := range header {
 		in[ns.Inode] = true
 	}
-	var snap capture.SysctlSnapshot
+	var added []capture.Namespace
 	for _, ns := range nss {
 		if !in[ns.Inode] {
-			snap.Namespaces = append(snap.Namespaces, capture.Namespace{Inode: ns.Inode, Sysctls: ns.Sysctls})
+			added = append(added, capture.Namespace{Inode: ns.Inode, Sysctls: ns.Sysctls})
 		}
 	}
-	if len(snap.Namespaces) > 0 {
-		snap.Time = tracer.BootNow()
-		err = w.Sysctls(snap)
+	if len(added) > 0 {
+		err = w.AddNamespaces(tracer.BootNow(), added)
 	}
 	return walked, nss, err
 }

@@ -115,6 +115,8 @@ func (p *Trace) Finish() error {
 		if cerr := p.async.Close(); err == nil {
 			err = cerr
 		}
+		// Counted as shown, never rendered: after an error.
+		p.Filter.Shown -= min(p.async.Dropped, p.Filter.Shown)
 	}
 	if err != nil {
 		return fmt.Errorf("writing output: %w", err)
@@ -144,12 +146,17 @@ func replayTrace(ctx context.Context, path string, o TraceOptions, async bool) e
 	o.Clock, o.Kernel = rd.Header.Clock(), rd.Header.KernelInfo()
 	p := newTrace(o, async)
 	n, err := Replay(ctx, rd, p.tl)
-	if ctx.Err() != nil && errors.Is(err, ctx.Err()) {
-		err = nil // interrupted: what was read is shown, and said
-		fmt.Fprintf(stderr, "tcpstate: interrupted: %s read in part\n", path)
+	interrupted := ctx.Err() != nil && errors.Is(err, ctx.Err())
+	if interrupted {
+		err = nil // what was read is shown, and said
 	}
+	// (Finish first: the renderer may still be writing to stderr, its loss
+	// reports, on its own goroutine.)
 	if ferr := p.Finish(); err == nil {
 		err = ferr
+	}
+	if interrupted {
+		fmt.Fprintf(stderr, "tcpstate: interrupted: %s read in part\n", path)
 	}
 	ReadNotes(stderr, path, rd)
 	fmt.Fprintf(stderr, "tcpstate: %d events read, %d %s, %d lost when recorded\n", n, p.Filter.Shown, p.ShownWhat(), p.Filter.Lost)

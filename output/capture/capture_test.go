@@ -4,6 +4,7 @@ package capture
 
 import (
 	"bytes"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -585,6 +586,100 @@ func TestStreamedWalk(t *testing.T) {
 		if err != nil || len(warnings) > 0 || total != n || len(got) != max(1, (n+socketsPerBlock-1)/socketsPerBlock) {
 			t.Errorf("%d sockets: %d back in %d blocks, %v %v", n, total, len(got), warnings, err)
 		}
+	}
+}
+
+// A walk block's payload is json.Marshal's encoding of its records, byte for
+// byte (the writer encodes into a buffer of its own with an Encoder: no
+// trailing newline, HTML and U+2028 escaped as Marshal does).
+func TestWalkBlockIsMarshal(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "c")
+	w, err := Create(path, header, Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	socks := []tracer.Socket{
+		{Cookie: 1, State: tracer.Established, Owner: tracer.Owner{Task: tracer.Task{PID: 7, Comm: tracer.CommFrom("<a&b>\u2028\"")}}},
+		{Cookie: 2, State: tracer.Listen, Endpoints: tracer.Endpoints{Family: tracer.IPv6, Local: netip.MustParseAddrPort("[::1]:80")}},
+	}
+	if err := w.Sockets(socks); err != nil {
+		t.Fatal(err)
+	}
+	span := w.walk[0]
+	if err := w.Close(); err != nil {
+		t.Fatal(err)
+	}
+	data, _ := os.ReadFile(path)
+	recs := []socketRecord{socketRecordOf(&socks[0]), socketRecordOf(&socks[1])}
+	want, _ := json.Marshal(recs)
+	if got := data[span.off+blkHdrSize : span.off+int64(span.n)]; !bytes.Equal(got, want) {
+		t.Errorf("walk block:\n%s\nwant json.Marshal's:\n%s", got, want)
+	}
+}
+
+// A namespace the walk found after the header was written is named in
+// every file: in the first by a snapshot right after the walk (even when the
+// walk alone filled the file), in every later one by its header.
+func TestAddNamespacesAcrossRotation(t *testing.T) {
+	dir := t.TempDir()
+	path := filepath.Join(dir, "c")
+	// The walk alone (two blocks) is past MaxSize: the rotation is due at
+	// the first block after it.
+	w, err := Create(path, header, Options{BlockSize: 10 * EventSize, MaxSize: 8 * 10 * EventSize, Keep: 10})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := range socketsPerBlock + 1 {
+		if err := w.Socket(&tracer.Socket{Cookie: uint64(i + 1), State: tracer.Established, Endpoints: tracer.Endpoints{NetNS: 2}}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := w.EndSockets(); err != nil {
+		t.Fatal(err)
+	}
+	if err := w.AddNamespaces(5, []Namespace{{Inode: 2, Sysctls: map[string]string{"fin_timeout": "7"}}}); err != nil {
+		t.Fatal(err)
+	}
+	evs := sampleEvents(30) // a rotation a block (each file starts with the walk): 3, the first file kept
+	for i := range evs {
+		if err := w.Event(&evs[i]); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := w.Close(); err != nil {
+		t.Fatal(err)
+	}
+	names, _ := filepath.Glob(path + "*")
+	if len(names) < 3 {
+		t.Fatalf("files %v: want rotations", names)
+	}
+	for _, n := range names {
+		rd, f, err := Open(n)
+		if err != nil {
+			t.Fatal(err)
+		}
+		named := false
+		for _, ns := range rd.Header.Namespaces {
+			named = named || ns.Inode == 2 && ns.Sysctls["fin_timeout"] == "7"
+		}
+		for {
+			rec, err := rd.Next()
+			if err != nil {
+				break
+			}
+			if rec.Sysctls != nil {
+				for _, ns := range rec.Sysctls.Namespaces {
+					named = named || ns.Inode == 2 && ns.Sysctls["fin_timeout"] == "7"
+				}
+			}
+		}
+		f.Close()
+		if !named {
+			t.Errorf("%s: namespace 2's sysctls in neither its header nor a snapshot", n)
+		}
+	}
+	if len(header.Namespaces) != 1 {
+		t.Errorf("the caller's header changed: %+v", header.Namespaces)
 	}
 }
 

@@ -287,6 +287,20 @@ func (w *Writer) socketsBlock() error {
 	return nil
 }
 
+// AddNamespaces names namespaces that the header does not (the walk found
+// them after the header was written): in a sysctl snapshot at time, right
+// after the walk and in the same file, and in the header of every file a
+// rotation starts.
+func (w *Writer) AddNamespaces(time uint64, nss []Namespace) error {
+	w.header.Namespaces = append(slices.Clip(w.header.Namespaces), nss...)
+	// Part of the walk: no rotation before it, as none inside the walk.
+	due := w.rotateDue
+	w.rotateDue = false
+	err := w.Sysctls(SysctlSnapshot{Time: time, Namespaces: nss})
+	w.rotateDue = w.rotateDue || due
+	return err
+}
+
 // Sysctls writes a snapshot of the namespaces' sysctls.
 func (w *Writer) Sysctls(s SysctlSnapshot) error {
 	return w.jsonBlock(blockSysctls, s, uint32(len(s.Namespaces)))
