@@ -19,6 +19,7 @@ type Recorder struct {
 	w        *capture.Writer
 	flight   *capture.Flight
 	path     string
+	keep     int // flight: earlier dumps kept
 	nss      []tracer.NetNS
 	interval time.Duration
 	last     time.Time
@@ -39,7 +40,7 @@ type RecordOptions struct {
 	Walk           Walk
 	SysctlInterval time.Duration
 	MaxSize        int64 // file: rotate at this size (0: never)
-	Keep           int   // file: rotated files kept
+	Keep           int   // rotated files kept; flight: earlier dumps kept
 	// Flight: keep the latest FlightSize bytes (or FlightTime) of events in
 	// memory instead of writing a file as they come.
 	Flight     bool
@@ -51,7 +52,7 @@ type RecordOptions struct {
 // NewRecorder opens the capture (a file) or the flight recorder, with the
 // walk's sockets in it.
 func NewRecorder(o RecordOptions) (*Recorder, error) {
-	r := &Recorder{path: o.Path, nss: o.NetNS, interval: o.SysctlInterval, last: time.Now(), stderr: o.Stderr}
+	r := &Recorder{path: o.Path, keep: o.Keep, nss: o.NetNS, interval: o.SysctlInterval, last: time.Now(), stderr: o.Stderr}
 	if o.Flight {
 		// Found out now, not at the first dump, weeks later.
 		if err := capture.CheckPath(o.Path); err != nil {
@@ -142,7 +143,7 @@ func (r *Recorder) Idle() error {
 	if r.dump.Swap(false) && r.flight != nil {
 		// A failed dump keeps what memory holds, and the recorder
 		// running: the next SIGUSR1 (or the exit) tries again.
-		if err := r.flight.Dump(r.path); err != nil {
+		if err := r.flight.Dump(r.path, r.keep); err != nil {
 			fmt.Fprintf(r.stderr, "tcpstate: %v; the events stay in memory: kill -USR1 again once it can be written\n", err)
 		} else {
 			fmt.Fprintf(r.stderr, "tcpstate: flight recorder wrote %d events to %s\n", r.flight.Kept(), r.path)
@@ -167,7 +168,7 @@ func (r *Recorder) Idle() error {
 // last block.
 func (r *Recorder) Close() error {
 	if r.flight != nil {
-		if err := r.flight.Dump(r.path); err != nil {
+		if err := r.flight.Dump(r.path, r.keep); err != nil {
 			r.failed = true
 			return fmt.Errorf("%w: %d events lost at exit", err, r.flight.Kept())
 		}

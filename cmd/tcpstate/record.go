@@ -28,7 +28,9 @@ every second: if the recorder is killed, every complete block reads back.
 With --flight-recorder, nothing is written until SIGUSR1 or exit: the last
 --keep-size bytes or --keep-time of events are kept in memory and written to
 FILE then (SIGUSR1 can be sent any number of times), so it can run for weeks
-before the incident. A dump that cannot be written keeps the events in memory
+before the incident. Each dump moves the one before it to FILE.1 (FILE.1 to
+FILE.2, and so on, --keep of them): an incident's dump outlives the next one
+and the one at exit. A dump that cannot be written keeps the events in memory
 and the recorder running. Ends at Ctrl-C, SIGTERM, SIGHUP or --duration,
 writing what it holds.
 
@@ -59,7 +61,7 @@ func newRecordFlags() (*pflag.FlagSet, *recordFlags) {
 	fs.StringVarP(&f.write, "write", "w", "", "capture `file` to write (required)")
 	fs.VarP(&f.duration, "duration", "d", "stop after this long; default: until interrupted")
 	fs.Var(&f.maxSize, "max-size", "rotate the file at this `size` (64K to 1G, e.g. 100M): FILE becomes FILE.1, and so on")
-	fs.IntVar(&f.keep, "keep", 3, "rotated files to keep")
+	fs.IntVar(&f.keep, "keep", 3, "rotated files to keep; with --flight-recorder, earlier dumps (FILE.1, ...)")
 	fs.BoolVar(&f.flight, "flight-recorder", false, "keep the latest events in memory, write them on SIGUSR1 and at exit")
 	fs.Var(&f.keepSize, "keep-size", "flight recorder: memory `size` of events to keep")
 	fs.Var(&f.keepTime, "keep-time", "flight recorder: keep only this `long` of events (default: by size only)")

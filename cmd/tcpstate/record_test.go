@@ -3,6 +3,7 @@
 package main
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"io"
@@ -182,9 +183,23 @@ func TestFlightRecorderDumpsOnSIGUSR1(t *testing.T) {
 	if code != exitOK || !strings.Contains(out, "CLOSE -> SYN_SENT") {
 		t.Errorf("replay of the dump: exit %d\n%s%s", code, out, stderr)
 	}
+	first, _ := os.ReadFile(path)
+	// The next dump, and the exit's, keep the first: FILE.1, then FILE.2.
+	_ = cmd.Process.Signal(syscall.SIGUSR1)
+	for deadline := time.Now().Add(3 * time.Second); ; time.Sleep(50 * time.Millisecond) {
+		if _, err := os.Stat(path + ".1"); err == nil {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("no FILE.1 after the second SIGUSR1")
+		}
+	}
 	_ = cmd.Process.Signal(syscall.SIGTERM)
 	if err := cmd.Wait(); err != nil {
 		t.Errorf("flight recorder exit: %v", err)
+	}
+	if kept, err := os.ReadFile(path + ".2"); err != nil || !bytes.Equal(kept, first) {
+		t.Errorf("the first dump is not FILE.2 after two more (%v)", err)
 	}
 }
 

@@ -375,7 +375,7 @@ func TestFlightKeepsTheLatest(t *testing.T) {
 		_ = f.Event(&evs[i])
 	}
 	path := filepath.Join(t.TempDir(), "flight.tcpstate")
-	if err := f.Dump(path); err != nil {
+	if err := f.Dump(path, 1); err != nil {
 		t.Fatal(err)
 	}
 	data, _ := os.ReadFile(path)
@@ -392,6 +392,42 @@ func TestFlightKeepsTheLatest(t *testing.T) {
 	r, _ := NewReader(bytes.NewReader(data), int64(len(data)), "t")
 	if r.Header.FlightStart != out[0].Time {
 		t.Errorf("flight start %d, first event %d", r.Header.FlightStart, out[0].Time)
+	}
+}
+
+// Each dump keeps the ones before it (path.1, path.2, up to keep): an
+// incident's dump outlives the next SIGUSR1 and the exit's.
+func TestFlightKeepsEarlierDumps(t *testing.T) {
+	f := NewFlight(header, 1<<20, 0)
+	path := filepath.Join(t.TempDir(), "flight.tcpstate")
+	evs := sampleEvents(40)
+	for d := range 4 {
+		for i := range 10 {
+			e := evs[d*10+i]
+			if e.Type == tracer.EventLost {
+				e.Type = tracer.EventState
+			}
+			e.Cookie = uint64(1000 * (d + 1)) // which dump's
+			_ = f.Event(&e)
+		}
+		if err := f.Dump(path, 2); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// The last dump holds all 40 events; path.1 the third's 30, path.2 the
+	// second's 20; the first's is gone (keep 2).
+	for name, want := range map[string]int{path: 40, path + ".1": 30, path + ".2": 20} {
+		data, err := os.ReadFile(name)
+		if err != nil {
+			t.Fatal(err)
+		}
+		out, _, _, err := readAll(t, data)
+		if err != nil || len(out) != want {
+			t.Errorf("%s: %d events, want %d (%v)", filepath.Base(name), len(out), want, err)
+		}
+	}
+	if _, err := os.Stat(path + ".3"); err == nil {
+		t.Errorf("%s.3 kept: keep is 2", path)
 	}
 }
 
@@ -758,7 +794,7 @@ func TestRefusesWhatIsNotAFile(t *testing.T) {
 		f := NewFlight(header, 1<<20, 0)
 		ev := sampleEvents(1)[0]
 		_ = f.Event(&ev)
-		if err := f.Dump(c.path); err == nil || !strings.Contains(err.Error(), c.want) {
+		if err := f.Dump(c.path, 1); err == nil || !strings.Contains(err.Error(), c.want) {
 			t.Errorf("Flight.Dump(%s): %v, want %q", c.path, err, c.want)
 		}
 	}

@@ -97,7 +97,11 @@ func (f *Flight) Kept() uint64 {
 
 // Dump writes what is kept to path (through a temporary file, renamed at
 // the end, so a reader never sees half a dump).
-func (f *Flight) Dump(path string) error {
+//
+// The dumps before it are kept: path becomes path.1, path.1 path.2, and so
+// on, keep of them (at least 1), as --max-size rotates files. So an
+// incident's dump outlives the next SIGUSR1 and the exit's.
+func (f *Flight) Dump(path string, keep int) error {
 	f.seal()
 	h := f.header
 	if len(f.blocks) > 0 && f.dropped > 0 {
@@ -128,6 +132,9 @@ func (f *Flight) Dump(path string) error {
 		// Only ever over a regular file (or nothing): never over a
 		// device, a FIFO, or a symbolic link planted there.
 		err = regularOrAbsent(path)
+	}
+	if err == nil {
+		err = shiftKept(path, keep)
 	}
 	if err == nil {
 		err = os.Rename(tmpPath, path)

@@ -200,13 +200,8 @@ func (w *Writer) rotate() error {
 // rotateFrom renames the files and starts the new FILE with the walk,
 // copied from old (the file that was FILE, still open).
 func (w *Writer) rotateFrom(old *os.File) error {
-	keep := max(w.opts.Keep, 1)
-	_ = os.Remove(fmt.Sprintf("%s.%d", w.path, keep))
-	for i := keep - 1; i >= 1; i-- {
-		_ = os.Rename(fmt.Sprintf("%s.%d", w.path, i), fmt.Sprintf("%s.%d", w.path, i+1))
-	}
-	if err := os.Rename(w.path, w.path+".1"); err != nil {
-		return fmt.Errorf("rotating %s: %w", w.path, err)
+	if err := shiftKept(w.path, w.opts.Keep); err != nil {
+		return err
 	}
 	w.header.Started = time.Now().UTC()
 	if err := w.open(); err != nil {
@@ -229,6 +224,21 @@ func (w *Writer) rotateFrom(old *os.File) error {
 			return err
 		}
 		w.walk = append(w.walk, walkSpan{off: w.size - int64(s.n), n: s.n})
+	}
+	return nil
+}
+
+// shiftKept makes room at path: path becomes path.1, path.1 path.2, and so
+// on, keep of them (at least 1); the oldest beyond goes. Nothing at path is
+// nothing to shift. Renames never write through a link planted at a name.
+func shiftKept(path string, keep int) error {
+	keep = max(keep, 1)
+	_ = os.Remove(fmt.Sprintf("%s.%d", path, keep))
+	for i := keep - 1; i >= 1; i-- {
+		_ = os.Rename(fmt.Sprintf("%s.%d", path, i), fmt.Sprintf("%s.%d", path, i+1))
+	}
+	if err := os.Rename(path, path+".1"); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return fmt.Errorf("rotating %s: %w", path, err)
 	}
 	return nil
 }
