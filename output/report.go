@@ -106,7 +106,7 @@ type procKey struct {
 // Report aggregates events (after the timeline) and finished connections.
 // It is a tracer.Sink.
 type Report struct {
-	Start, End  uint64 // first and last event time
+	Start, End  uint64 // what the captures cover (Covers), events included
 	Events      uint64
 	Transitions map[string]uint64
 	Durations   map[tracer.State]*Hist
@@ -134,12 +134,22 @@ func NewReport() *Report {
 		KAByProc: map[procKey]uint64{}, Reasons: map[string]uint64{}}
 }
 
+// Covers says that the captures cover t though no event came then: a
+// capture's start, a sysctl snapshot (a recorder writes one as it ends). A
+// capture with few events or none is not dated by them alone.
+func (r *Report) Covers(t uint64) {
+	if t == 0 {
+		return
+	}
+	if r.Start == 0 || t < r.Start {
+		r.Start = t
+	}
+	r.End = max(r.End, t)
+}
+
 // Event takes one event.
 func (r *Report) Event(e *tracer.Event) error {
-	if r.Start == 0 || e.Time < r.Start {
-		r.Start = e.Time
-	}
-	r.End = max(r.End, e.Time)
+	r.Covers(e.Time)
 	r.Events++
 	r.Time.event(e)
 	switch e.Type {

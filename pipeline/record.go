@@ -150,18 +150,23 @@ func (r *Recorder) Idle() error {
 		}
 	}
 	if r.w != nil && time.Since(r.last) >= r.interval {
-		r.last = time.Now()
-		snap := capture.SysctlSnapshot{Time: tracer.BootNow()}
-		for _, ns := range r.nss {
-			if vals, err := tracer.ReadSysctls(ns.Path); err == nil {
-				snap.Namespaces = append(snap.Namespaces, capture.Namespace{Inode: ns.Inode, Sysctls: vals})
-			}
-		}
-		if err := r.w.Sysctls(snap); err != nil {
+		if err := r.sysctls(); err != nil {
 			return err
 		}
 	}
 	return r.sink().Idle()
+}
+
+// sysctls writes a snapshot of the namespaces' sysctls.
+func (r *Recorder) sysctls() error {
+	r.last = time.Now()
+	snap := capture.SysctlSnapshot{Time: tracer.BootNow()}
+	for _, ns := range r.nss {
+		if vals, err := tracer.ReadSysctls(ns.Path); err == nil {
+			snap.Namespaces = append(snap.Namespaces, capture.Namespace{Inode: ns.Inode, Sysctls: vals})
+		}
+	}
+	return r.w.Sysctls(snap)
 }
 
 // Close writes what is pending: a flight recorder's memory, or the file's
@@ -177,7 +182,13 @@ func (r *Recorder) Close() error {
 		}
 		return nil
 	}
-	return r.w.Close()
+	// A last snapshot: the file says when recording ended, events or not
+	// (report dates a capture by it).
+	err := r.sysctls()
+	if cerr := r.w.Close(); err == nil {
+		err = cerr
+	}
+	return err
 }
 
 // Written says how many events the capture holds: all for a file, the

@@ -3,9 +3,11 @@
 package pipeline
 
 import (
+	"context"
 	"io"
 	"path/filepath"
 	"testing"
+	"time"
 
 	"github.com/tcpstate/tcpstate/output/capture"
 	"github.com/tcpstate/tcpstate/tracer"
@@ -63,5 +65,34 @@ func TestWalkInto(t *testing.T) {
 	}
 	if len(snaps) != 1 || len(snaps[0].Namespaces) != 1 || snaps[0].Namespaces[0].Inode != 2 || snaps[0].Namespaces[0].Sysctls["fin_timeout"] != "7" {
 		t.Errorf("snapshots after the walk: %+v, want namespace 2's alone", snaps)
+	}
+}
+
+// A capture with no event is dated by what it covers: from the recorder's
+// start (its header) to its end (the last sysctl snapshot, which a
+// recorder writes as it closes), not at boot.
+func TestReportCoversEventlessCapture(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "c")
+	began := time.Now()
+	rec, err := NewRecorder(RecordOptions{
+		Path: path, SysctlInterval: time.Minute, Keep: 1,
+		Header: capture.Header{Tcpstate: "test", HZ: 250, BootWall: tracer.NewClock().BootWall, Started: began.UTC()},
+		Walk:   func(func(*tracer.Socket)) []tracer.NetNS { return nil },
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(1100 * time.Millisecond)
+	if err := rec.Close(); err != nil {
+		t.Fatal(err)
+	}
+	ended := time.Now()
+	rep, clock, err := Report(context.Background(), []string{path}, &tracer.Filter{}, io.Discard)
+	if err != nil {
+		t.Fatal(err)
+	}
+	start, end := clock.Wall(rep.Start), clock.Wall(rep.End)
+	if rep.Events != 0 || start.Sub(began).Abs() > 10*time.Millisecond || end.Before(began.Add(time.Second)) || end.After(ended) {
+		t.Errorf("%d events, %v to %v; want none, from %v to about a second later", rep.Events, start, end, began)
 	}
 }

@@ -170,6 +170,19 @@ func Report(ctx context.Context, paths []string, filter *tracer.Filter, stderr i
 	return rep, clock, err
 }
 
+// captureStart is when a capture begins, CLOCK_BOOTTIME ns (0: unknown): a
+// flight recorder's dump at its oldest event kept, if it dropped older ones,
+// else when the recorder (or, rotated, this file) started.
+func captureStart(h *capture.Header) uint64 {
+	if h.FlightStart != 0 {
+		return h.FlightStart
+	}
+	if h.Started.IsZero() || h.BootWall == 0 {
+		return 0
+	}
+	return uint64(max(h.Started.UnixNano()-h.BootWall, 0))
+}
+
 // captureOrder orders captures by when they began, whatever order the
 // shell listed them in (a rotated set expands newest first), and drops a
 // file given twice.
@@ -227,6 +240,7 @@ func ReportWithHeader(ctx context.Context, paths []string, filter *tracer.Filter
 			nss[ns.Inode] = ns.Sysctls
 		}
 		rep.SysctlBaseline(nss)
+		rep.Covers(captureStart(&rd.Header))
 		f := &Filter{Filter: filter, Next: rep}
 		tl := timeline.New(f, timeline.Options{Spans: true, OnFinish: func(c *timeline.Conn) error {
 			if timeline.Match(filter, c, true) {
@@ -239,6 +253,7 @@ func ReportWithHeader(ctx context.Context, paths []string, filter *tracer.Filter
 				rep.Seed(socks, func(s *tracer.Socket) bool { return filter.MatchConn(&s.Endpoints, &s.Owner, s.State, s.State) })
 			},
 			Sysctls: func(s *capture.SysctlSnapshot) {
+				rep.Covers(s.Time)
 				nss := map[uint32]map[string]string{}
 				for _, ns := range s.Namespaces {
 					nss[ns.Inode] = ns.Sysctls
