@@ -348,3 +348,27 @@ func TestRecordWalksIntoTheFile(t *testing.T) {
 			listeners, clients, pid, accepted, other, held, held)
 	}
 }
+
+// More sockets than --max-connections: trace says so as it starts, not only
+// in its summary at the end (watch and serve do too).
+func TestTraceWarnsOfAFullTableAtStart(t *testing.T) {
+	requireRoot(t)
+	ns := testnet.New(t)
+	ln := ns.Listen(t, "tcp4", "127.0.0.1:0")
+	hold(t, ns, ln.Addr().String(), 20)
+	for range 20 {
+		s, err := ln.Accept()
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer s.Close()
+	}
+	// 41 sockets: the listener and both ends of 20 connections.
+	for _, w := range [][]string{nil, {"-w", filepath.Join(t.TempDir(), "c")}} {
+		args := append([]string{"trace", "--netns", ns.Name, "--max-connections", "10", "-d", "300ms"}, w...)
+		code, _, stderr := runCmd(context.Background(), args...)
+		if code != exitOK || !strings.Contains(stderr, "warning: 31 of the 41 sockets found do not fit --max-connections 10") {
+			t.Errorf("%q: exit %d, stderr:\n%s", args, code, stderr)
+		}
+	}
+}

@@ -128,19 +128,24 @@ func runTrace(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	p := pipeline.NewTrace(opts)
 	src := p.Sink()
 	var tee *pipeline.Tee
+	found := 0
 	if f.write == "" {
-		seedWalk(t, filter, tracer.ScanOptions{}, stderr, p.SeedSocket)
+		found = seedWalk(t, filter, tracer.ScanOptions{}, stderr, p.SeedSocket)
 	} else {
 		// The capture keeps the walk's sockets too, streamed into it as
 		// the table gets them (see record).
 		h := pipeline.Header(version, os.Args[1:], opts.Clock, opts.Kernel, tracer.NetNamespaces(), t.Warnings())
 		if tee, err = pipeline.NewTee(f.write, h, recordWalk(t, filter, stderr, func(s *tracer.Socket) {
+			found++
 			lookUpOwner(s)
 			p.SeedSocket(s)
 		}), p.Sink()); err != nil {
 			return err
 		}
 		src = tee
+	}
+	if n := p.TimelineStats().Evicted; n > 0 {
+		fmt.Fprintf(stderr, "tcpstate: warning: %d of the %d sockets found do not fit --max-connections %d: their next transitions may lack owner and time in state; raise it\n", n, found, opts.MaxConns)
 	}
 
 	runErr := pipeline.Live(ctx, t, src, time.Duration(f.duration), ready)

@@ -329,7 +329,9 @@ func memory(bin, churnBin string, sockets int) error {
 		what, where string
 		args        []string
 	}{
-		{"trace", " in its table", []string{"trace", "-d", "3s"}},
+		// --max-connections past the sockets held: all of them in the
+		// table (the default, 100,000, would evict some)
+		{"trace", " in its table", []string{"trace", "-d", "3s", "--max-connections", strconv.Itoa(4 * len(holders) * per)}},
 		// record has no table; it writes the walk into the capture
 		{"record", ", walked into the capture", []string{"record", "-w", filepath.Join(dir, "c"), "-d", "3s"}},
 	} {
