@@ -631,3 +631,34 @@ func TestReportCountsUnseen(t *testing.T) {
 		t.Errorf("JSON unseen_transitions %d (%v), want 1", got.Unseen, err)
 	}
 }
+
+// TIME_WAIT by remote: a server that closed first counts its clients by
+// address ("127.0.0.1:*": their ephemeral ports say nothing and cost it no
+// port), a client by the service it left in TIME_WAIT, port and all.
+func TestReportTimewaitRemotes(t *testing.T) {
+	r := NewReport()
+	for i, ends := range [][2]string{
+		{"127.0.0.1:8080", "127.0.0.1:43434"}, {"127.0.0.1:8080", "127.0.0.1:43450"}, // server ends
+		{"127.0.0.1:43462", "127.0.0.1:8080"}, // a client end
+	} {
+		e := tracer.Event{Type: tracer.EventState, Time: uint64(1e9 + i), Cookie: uint64(i + 1), Old: tracer.FinWait2, New: tracer.TimeWait, Timewait: true,
+			Endpoints: tracer.Endpoints{Family: tracer.IPv4, Local: netip.MustParseAddrPort(ends[0]), Remote: netip.MustParseAddrPort(ends[1])}}
+		_ = r.Event(&e)
+	}
+	var text, js bytes.Buffer
+	if err := r.Render(&text, clock, time.UTC, false); err != nil {
+		t.Fatal(err)
+	}
+	if err := r.Render(&js, clock, time.UTC, true); err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(text.String(), "         2  127.0.0.1:*\n") || !strings.Contains(text.String(), "         1  127.0.0.1:8080\n") {
+		t.Errorf("text:\n%s", text.String())
+	}
+	var got struct {
+		Remotes map[string]uint64 `json:"time_wait_by_remote"`
+	}
+	if err := json.Unmarshal(js.Bytes(), &got); err != nil || len(got.Remotes) != 2 || got.Remotes["127.0.0.1:*"] != 2 || got.Remotes["127.0.0.1:8080"] != 1 {
+		t.Errorf("JSON time_wait_by_remote %v (%v)", got.Remotes, err)
+	}
+}

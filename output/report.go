@@ -113,7 +113,7 @@ type Report struct {
 	Lingers     []Linger
 	CloseWait   map[procKey]uint64
 	TimeWaitL   map[uint16]uint64 // by local port
-	TimeWaitR   map[netip.AddrPort]uint64
+	TimeWaitR   map[netip.AddrPort]uint64 // port 0: the clients of a local service (timewaitRemote)
 	Keepalive   map[string]uint64 // event kind -> count
 	KAByProc    map[procKey]uint64
 	Lost        []tracer.Event
@@ -186,7 +186,7 @@ func (r *Report) Event(e *tracer.Event) error {
 		}
 		if e.New == tracer.TimeWait {
 			r.TimeWaitL[e.Local.Port()]++
-			r.TimeWaitR[e.Remote]++
+			r.TimeWaitR[timewaitRemote(e.Local, e.Remote)]++
 		}
 	}
 	return nil
@@ -320,9 +320,9 @@ func (r *Report) Render(w io.Writer, clock tracer.Clock, loc *time.Location, asJ
 		for _, row := range top(r.TimeWaitL, topN, func(a, b uint16) int { return cmp.Compare(a, b) }) {
 			p("%10d  %d\n", row.Count, row.Key)
 		}
-		p("\nTIME_WAIT BY REMOTE (each needs a free local port: the default range has 28,232)\n")
+		p("\nTIME_WAIT BY REMOTE (ADDRESS:* the clients of a local service; to any other, each needs a free local port: the default range has 28,232)\n")
 		for _, row := range top(r.TimeWaitR, topN, func(a, b netip.AddrPort) int { return a.Compare(b) }) {
-			p("%10d  %s\n", row.Count, row.Key)
+			p("%10d  %s\n", row.Count, remoteString(row.Key))
 		}
 	}
 	if len(r.Keepalive) > 0 {
@@ -438,7 +438,7 @@ func (r *Report) renderJSON(w io.Writer, clock tracer.Clock) error {
 		out.TimeWaitL[fmt.Sprint(k)] = c
 	}
 	for k, c := range r.TimeWaitR {
-		out.TimeWaitR[k.String()] = c
+		out.TimeWaitR[remoteString(k)] = c
 	}
 	for _, l := range r.Lost {
 		out.LostEvents = append(out.LostEvents, lostJSON{clock.Wall(l.Time), l.Lost})
@@ -447,4 +447,23 @@ func (r *Report) renderJSON(w io.Writer, clock tracer.Clock) error {
 	enc.SetEscapeHTML(false)
 	enc.SetIndent("", "  ")
 	return enc.Encode(out)
+}
+
+// timewaitRemote is how TIME_WAIT is counted by remote: by address and
+// port, but the clients of a local service (a server that closed first) by
+// address alone, port 0, as serve and watch group them: their ephemeral
+// ports say nothing, and cost no port here.
+func timewaitRemote(local, remote netip.AddrPort) netip.AddrPort {
+	if ClientOfService(local, remote, false) {
+		return netip.AddrPortFrom(remote.Addr(), 0)
+	}
+	return remote
+}
+
+// remoteString writes a timewaitRemote: "ADDRESS:*" for the clients.
+func remoteString(ap netip.AddrPort) string {
+	if ap.Port() == 0 {
+		return ClientsAt(ap.Addr())
+	}
+	return ap.String()
 }
