@@ -191,6 +191,15 @@ func (r *Recorder) Close() error {
 	return err
 }
 
+// Rotations counts the files a file's rotation started (0 for a flight
+// recorder).
+func (r *Recorder) Rotations() int {
+	if r.w == nil {
+		return 0
+	}
+	return r.w.Rotations()
+}
+
 // Written says how many events the capture holds: all for a file, the
 // latest for a flight recorder.
 func (r *Recorder) Written() uint64 {

@@ -60,7 +60,7 @@ func newRecordFlags() (*pflag.FlagSet, *recordFlags) {
 	fs.SortFlags = false
 	fs.StringVarP(&f.write, "write", "w", "", "capture `file` to write (required)")
 	fs.VarP(&f.duration, "duration", "d", "stop after this long; default: until interrupted")
-	fs.Var(&f.maxSize, "max-size", "rotate the file at this `size` (64K to 1G, e.g. 100M): FILE becomes FILE.1, and so on")
+	fs.Var(&f.maxSize, "max-size", "rotate the file at this `size` (64K to 1G, e.g. 100M; it ends with the block that reaches it): FILE becomes FILE.1, and so on")
 	fs.IntVar(&f.keep, "keep", 3, "rotated files to keep; with --flight-recorder, earlier dumps (FILE.1, ...)")
 	fs.BoolVar(&f.flight, "flight-recorder", false, "keep the latest events in memory, write them on SIGUSR1 and at exit")
 	fs.Var(&f.keepSize, "keep-size", "flight recorder: memory `size` of events to keep")
@@ -156,7 +156,12 @@ func runRecord(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	if err != nil {
 		return err
 	}
-	fmt.Fprintf(stderr, "tcpstate: %d events seen, %d written to %s, %d lost (%d filtered in kernel)%s\n", stats.Seen, rec.Written(), f.write, stats.AllLost(), stats.Filtered, pipeline.SkippedNote(stats))
+	where := f.write
+	if n := rec.Rotations(); n > 0 {
+		// What was written is not all still there: say how much is.
+		where = fmt.Sprintf("%s and %d files before it (the newest %d kept: %s.1 to %s.%d)", f.write, n, min(n, f.keep), f.write, f.write, min(n, f.keep))
+	}
+	fmt.Fprintf(stderr, "tcpstate: %d events seen, %d written to %s, %d lost (%d filtered in kernel)%s\n", stats.Seen, rec.Written(), where, stats.AllLost(), stats.Filtered, pipeline.SkippedNote(stats))
 	return runErr
 }
 

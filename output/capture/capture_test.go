@@ -281,6 +281,10 @@ func TestRotationAndMode(t *testing.T) {
 	if len(names) != 3 {
 		t.Fatalf("files %v, want the current one and 2 kept", names)
 	}
+	// More files were started than kept: the count says how many.
+	if n := w.Rotations(); n < 3 {
+		t.Errorf("%d rotations counted, for 200 events in files of 40", n)
+	}
 	for _, n := range names {
 		fi, err := os.Stat(n)
 		if err != nil || fi.Mode().Perm() != 0o600 {

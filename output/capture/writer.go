@@ -47,10 +47,11 @@ type Writer struct {
 	// walk is where the walk's sockets blocks are in the file, to be
 	// copied from it to the top of each new one: a host's walk is tens of
 	// megabytes, not to be held for the recorder's whole life.
-	walk     []walkSpan
-	walkRecs []socketRecord // the walk's block in progress (Socket)
-	js       bytes.Buffer   // a JSON block's encoding
-	written  uint64         // events in blocks that reached the file
+	walk      []walkSpan
+	walkRecs  []socketRecord // the walk's block in progress (Socket)
+	js        bytes.Buffer   // a JSON block's encoding
+	written   uint64         // events in blocks that reached the file
+	rotations int            // files started after the first
 }
 
 // WalkBytes is how much of each file the walk takes: every file starts
@@ -64,8 +65,12 @@ func (w *Writer) WalkBytes() int64 {
 }
 
 // Written counts the events in blocks written whole (a full disk stops
-// short of what was given).
+// short of what was given), in every file rotation started too.
 func (w *Writer) Written() uint64 { return w.written }
+
+// Rotations counts the files started after the first (MaxSize); only the
+// newest Keep of them before the current one are kept.
+func (w *Writer) Rotations() int { return w.rotations }
 
 // walkSpan is one whole block (header and payload) at off in the file.
 type walkSpan struct {
@@ -183,6 +188,7 @@ func (w *Writer) writeBlock(typ uint8, payload []byte, count uint32) error {
 // failure stops the writer: the new file would lack the walk, or there is
 // none.
 func (w *Writer) rotate() error {
+	w.rotations++
 	old := w.f
 	err := w.rotateFrom(old)
 	if w.f == old {
