@@ -112,9 +112,9 @@ type Report struct {
 	Durations   map[tracer.State]*Hist
 	Lingers     []Linger
 	CloseWait   map[procKey]uint64
-	TimeWaitL   map[uint16]uint64 // by local port
+	TimeWaitL   map[uint16]uint64         // by local port
 	TimeWaitR   map[netip.AddrPort]uint64 // port 0: the clients of a local service (timewaitRemote)
-	Keepalive   map[string]uint64 // event kind -> count
+	Keepalive   map[string]uint64         // event kind -> count
 	KAByProc    map[procKey]uint64
 	Lost        []tracer.Event
 	LostTotal   uint64
