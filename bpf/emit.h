@@ -10,8 +10,11 @@ static __always_inline void stat_inc(__u32 idx)
 {
 	__u64 *v = bpf_map_lookup_elem(&stats, &idx);
 
+	/* Atomic though per CPU: a program that nests on this CPU (a softirq's
+	 * in a task's) between a plain load and store would lose a count. The
+	 * result unused, this is BPF's oldest atomic add (Linux 5.10 has it). */
 	if (v)
-		*v += 1;
+		__sync_fetch_and_add(v, 1);
 }
 
 static __always_inline bool is_v4mapped(const __u8 *a)
