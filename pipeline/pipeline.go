@@ -13,7 +13,6 @@ import (
 	"fmt"
 	"io"
 	"os"
-	"slices"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -282,16 +281,9 @@ func ReadNotes(stderr io.Writer, path string, rd *capture.Reader) {
 	}
 }
 
-// Scan walks the existing sockets; a failure costs only what the walk would
+// ScanEach walks the existing sockets, handing each to each as the walk
+// reads it (tracer.Tracer.ScanEach); a failure costs only what the walk would
 // have told, so it is a warning.
-func Scan(t *tracer.Tracer, opts tracer.ScanOptions, stderr io.Writer) ([]tracer.Socket, []tracer.NetNS) {
-	socks, nss, err := t.ScanAll(opts)
-	scanWarning(stderr, err)
-	return socks, nss
-}
-
-// ScanEach is Scan handing each socket to each as the walk reads it
-// (tracer.Tracer.ScanEach), for a caller that needs no list.
 func ScanEach(t *tracer.Tracer, opts tracer.ScanOptions, stderr io.Writer, each func(*tracer.Socket)) []tracer.NetNS {
 	nss, err := t.ScanEach(opts, each)
 	scanWarning(stderr, err)
@@ -308,12 +300,24 @@ func scanWarning(stderr io.Writer, err error) {
 	}
 }
 
-// FullSockets keeps the walk's full sockets: trace and record name owners
-// from it, and a timewait socket has none (the kernel side follows those, so
-// a host with many does not fill the table or the capture). In place: a
-// walk of a big host is tens of megabytes.
-func FullSockets(socks []tracer.Socket) []tracer.Socket {
-	return slices.DeleteFunc(socks, func(s tracer.Socket) bool { return s.Timewait })
+// CaptureWalk is the walk a capture keeps: the full sockets a filter's
+// connections can be (WalkWants), each handed to also, if set, before the
+// capture. A timewait socket has no owner to tell, and the kernel side
+// follows those, so a host with many does not fill the capture (nor, for
+// trace -w, the table).
+func CaptureWalk(t *tracer.Tracer, filter tracer.Filter, stderr io.Writer, also func(*tracer.Socket)) Walk {
+	wants := WalkWants(filter)
+	return func(each func(*tracer.Socket)) []tracer.NetNS {
+		return ScanEach(t, tracer.ScanOptions{}, stderr, func(s *tracer.Socket) {
+			if s.Timewait || !wants(s) {
+				return
+			}
+			if also != nil {
+				also(s)
+			}
+			each(s)
+		})
+	}
 }
 
 // WalkedFor keeps the walk's sockets a filter's connections can be (its

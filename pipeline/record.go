@@ -33,7 +33,7 @@ type RecordOptions struct {
 	Path    string
 	Header  capture.Header
 	Sockets []tracer.Socket // the start-up walk (a flight recorder's, or with no Walk)
-	NetNS   []tracer.NetNS  // whose sysctls to record
+	NetNS   []tracer.NetNS  // whose sysctls to record (with Walk: those it returns)
 	// Walk, for a file: the walk, streamed into the file (a host's walk
 	// is never held whole there); the namespaces it returns are those whose
 	// sysctls are recorded from then on.

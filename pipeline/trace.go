@@ -87,7 +87,7 @@ func newTrace(o TraceOptions, async bool) *Trace {
 func (p *Trace) Seed(socks []tracer.Socket) { p.tl.Seed(socks) }
 
 // SeedSocket is Seed for one socket of a streamed walk (ScanEach); a
-// timewait socket is left to the kernel side (see FullSockets).
+// timewait socket is left to the kernel side (see CaptureWalk).
 func (p *Trace) SeedSocket(s *tracer.Socket) {
 	if !s.Timewait {
 		p.tl.SeedSocket(s)

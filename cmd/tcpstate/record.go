@@ -119,18 +119,16 @@ func runRecord(ctx context.Context, args []string, stdout, stderr io.Writer) err
 		MaxSize: int64(f.maxSize), Keep: f.keep,
 		Flight: f.flight, FlightSize: int(f.keepSize), FlightTime: time.Duration(f.keepTime), Stderr: stderr,
 	}
+	walk := pipeline.CaptureWalk(t, filter, stderr, nil)
 	if f.flight {
 		// Every dump starts with the walk: a flight recorder holds it.
-		socks, nss := pipeline.Scan(t, tracer.ScanOptions{}, stderr)
-		opts.Header = pipeline.Header(version, os.Args[1:], tracer.NewClock(), t.Info(), nss, t.Warnings())
-		opts.Sockets, opts.NetNS = pipeline.WalkedFor(pipeline.FullSockets(socks), filter), nss
+		opts.NetNS = walk(func(s *tracer.Socket) { opts.Sockets = append(opts.Sockets, *s) })
+		opts.Header = pipeline.Header(version, os.Args[1:], tracer.NewClock(), t.Info(), opts.NetNS, t.Warnings())
 	} else {
 		// The file's header names the namespaces; the walk streams into
-		// the file after it (a timewait socket is the kernel side's, see
-		// FullSockets).
-		nss := tracer.NetNamespaces()
-		opts.Header = pipeline.Header(version, os.Args[1:], tracer.NewClock(), t.Info(), nss, t.Warnings())
-		opts.NetNS, opts.Walk = nss, recordWalk(t, filter, stderr, nil)
+		// the file after it.
+		opts.Header = pipeline.Header(version, os.Args[1:], tracer.NewClock(), t.Info(), tracer.NetNamespaces(), t.Warnings())
+		opts.Walk = walk
 	}
 	rec, err := pipeline.NewRecorder(opts)
 	if err != nil {
@@ -163,22 +161,4 @@ func runRecord(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	}
 	fmt.Fprintf(stderr, "tcpstate: %d events seen, %d written to %s, %d lost (%d filtered in kernel)%s\n", stats.Seen, rec.Written(), where, stats.AllLost(), stats.Filtered, pipeline.SkippedNote(stats))
 	return runErr
-}
-
-// recordWalk is the walk a capture keeps: the full sockets (a timewait
-// socket is the kernel side's, see pipeline.FullSockets) a filter's
-// connections can be, each handed to also, if set, before the capture.
-func recordWalk(t *tracer.Tracer, filter tracer.Filter, stderr io.Writer, also func(*tracer.Socket)) pipeline.Walk {
-	wants := pipeline.WalkWants(filter)
-	return func(each func(*tracer.Socket)) []tracer.NetNS {
-		return pipeline.ScanEach(t, tracer.ScanOptions{}, stderr, func(s *tracer.Socket) {
-			if s.Timewait || !wants(s) {
-				return
-			}
-			if also != nil {
-				also(s)
-			}
-			each(s)
-		})
-	}
 }

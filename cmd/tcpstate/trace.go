@@ -135,7 +135,7 @@ func runTrace(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		// The capture keeps the walk's sockets too, streamed into it as
 		// the table gets them (see record).
 		h := pipeline.Header(version, os.Args[1:], opts.Clock, opts.Kernel, tracer.NetNamespaces(), t.Warnings())
-		if tee, err = pipeline.NewTee(f.write, h, recordWalk(t, filter, stderr, func(s *tracer.Socket) {
+		if tee, err = pipeline.NewTee(f.write, h, pipeline.CaptureWalk(t, filter, stderr, func(s *tracer.Socket) {
 			found++
 			lookUpOwner(s)
 			p.SeedSocket(s)
