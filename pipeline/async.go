@@ -140,10 +140,7 @@ func (a *Async) wait() error {
 		a.Dropped += dropped(a.batch)
 	}
 	for a.out > 0 {
-		a.back()
-	}
-	if a.batch == nil {
-		a.batch = make([]tracer.Event, 0, asyncBatch)
+		a.back() // (the batch sent comes back among them)
 	}
 	a.batch = a.batch[:0]
 	return a.err
