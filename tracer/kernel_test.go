@@ -121,7 +121,60 @@ func (c *collector) socketAll(pick func(*tracer.Event) bool) []tracer.Event {
 type running struct {
 	tr   *tracer.Tracer
 	col  *collector
+	raw  *rawRing // what the kernel side reported, before the timeline (nil if raw)
 	stop func() tracer.Stats
+}
+
+// rawRing keeps the last rawRingLen events the kernel side delivered, before
+// the timeline joins them, so that a failing test can show them: whether
+// the kernel reported a transition the test missed tells the tracer's fault
+// from the kernel's.
+type rawRing struct {
+	next tracer.Sink
+	mu   sync.Mutex
+	ring []tracer.Event
+	n    int // events seen
+}
+
+const rawRingLen = 1 << 14
+
+func (r *rawRing) Event(e *tracer.Event) error {
+	r.mu.Lock()
+	if len(r.ring) < rawRingLen {
+		r.ring = append(r.ring, *e)
+	} else {
+		r.ring[r.n%rawRingLen] = *e
+	}
+	r.n++
+	r.mu.Unlock()
+	return r.next.Event(e)
+}
+
+func (r *rawRing) Idle() error { return r.next.Idle() }
+
+// explain logs, for a failed test, the tracer's counters and the raw events
+// of the given local or remote ports, oldest first.
+func (r *running) explain(t *testing.T, ports ...uint16) {
+	t.Helper()
+	if st, err := r.tr.Stats(); err == nil {
+		type fields tracer.Stats // every counter, not Stats.String's summary
+		t.Logf("tracer stats: %+v", fields(st))
+	}
+	if r.raw == nil {
+		return
+	}
+	r.raw.mu.Lock()
+	defer r.raw.mu.Unlock()
+	first := max(0, r.raw.n-rawRingLen)
+	t.Logf("raw events of ports %v (of the last %d the kernel side delivered):", ports, r.raw.n-first)
+	for i := first; i < r.raw.n; i++ {
+		e := &r.raw.ring[i%rawRingLen]
+		if !slices.Contains(ports, e.Local.Port()) && !slices.Contains(ports, e.Remote.Port()) {
+			continue
+		}
+		t.Logf("  %d cpu %d %v %v->%v tw=%v %v -> %v cookie %#x dur %v reason %v owner %d",
+			e.Time, e.CPU, e.Type, e.Old, e.New, e.Timewait, e.Local, e.Remote, e.Cookie, e.Duration, e.Reason, e.Owner.Task.PID)
+	}
 }
 
 // has reports whether the kernel under test has a feature (tracer.Features):
@@ -158,6 +211,7 @@ func start(t *testing.T, cfg tracer.Config, col *collector, raw bool) *running {
 	}
 	var sink tracer.Sink = col
 	var tl *timeline.Timeline
+	var ring *rawRing
 	if !raw {
 		tl = timeline.New(col, timeline.Options{})
 		socks, err := tr.Scan()
@@ -165,7 +219,8 @@ func start(t *testing.T, cfg tracer.Config, col *collector, raw bool) *running {
 			t.Fatalf("scanning sockets: %v", err)
 		}
 		tl.Seed(socks)
-		sink = tl
+		ring = &rawRing{next: tl}
+		sink = ring
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
@@ -192,7 +247,7 @@ func start(t *testing.T, cfg tracer.Config, col *collector, raw bool) *running {
 		return stats
 	}
 	t.Cleanup(func() { stop() })
-	return &running{tr: tr, col: col, stop: stop}
+	return &running{tr: tr, col: col, raw: ring, stop: stop}
 }
 
 // eventually polls cond until it holds or the deadline passes.
@@ -484,6 +539,11 @@ func newPair(t *testing.T, network, addr string) *pair {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { conn.Close() })
+	t.Cleanup(func() {
+		if t.Failed() {
+			r.explain(t, srv.Port(), cl.port)
+		}
+	})
 	return &pair{r: r, srv: srv, cl: cl, conn: conn}
 }
 
