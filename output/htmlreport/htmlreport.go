@@ -412,7 +412,7 @@ func (durationTicks) Ticks(min, max float64) []plot.Tick {
 		if v >= min && v <= max {
 			t := plot.Tick{Value: v}
 			if math.Mod(e-lo, every) == 0 {
-				t.Label = string(output.AppendDuration(nil, time.Duration(v*1e9)))
+				t.Label = durationLabel(v)
 			}
 			ticks = append(ticks, t)
 		}
@@ -423,6 +423,16 @@ func (durationTicks) Ticks(min, max float64) []plot.Tick {
 		}
 	}
 	return ticks
+}
+
+// durationLabel names a power of ten of seconds: as the tables write
+// durations, but in nanoseconds below a microsecond (where they would say
+// "0.0us").
+func durationLabel(v float64) string {
+	if d := time.Duration(math.Round(v * 1e9)); d < time.Microsecond {
+		return strconv.FormatInt(int64(d), 10) + "ns"
+	}
+	return string(output.AppendDuration(nil, time.Duration(v*1e9)))
 }
 
 // durationsChart: time spent in each state, one panel per state, on a log
