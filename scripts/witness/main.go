@@ -15,7 +15,7 @@
 // each it saw and how many runs the kernel skipped (recursion misses: its
 // state program has no second program to take those over).
 //
-//	go run ./scripts/witness [-q]
+//	go run ./scripts/witness [-q] [-all]
 package main
 
 import (
@@ -56,20 +56,24 @@ type layout struct {
 
 func main() {
 	quiet := flag.Bool("q", false, "print no records, only the counts at the end")
+	all := flag.Bool("all", false, "the root network namespace too (loopback tests run there)")
 	flag.Parse()
-	if err := run(*quiet); err != nil {
+	if err := run(*quiet, *all); err != nil {
 		fmt.Fprintln(os.Stderr, "witness:", err)
 		os.Exit(1)
 	}
 }
 
-func run(quiet bool) error {
+func run(quiet, all bool) error {
 	if err := rlimit.RemoveMemlock(); err != nil {
 		return err
 	}
 	l, err := kernelLayout()
 	if err != nil {
 		return err
+	}
+	if all {
+		l.rootNetns = -1 // (an inode number is 32 bits: none is this)
 	}
 	rb, err := ebpf.NewMap(&ebpf.MapSpec{Name: "witness", Type: ebpf.RingBuf, MaxEntries: 32 << 20})
 	if err != nil {
