@@ -388,6 +388,7 @@ func (f *tracerFlags) start(filter tracer.Filter, stderr io.Writer) (*tracer.Tra
 	for _, w := range t.Warnings() {
 		fmt.Fprintf(stderr, "tcpstate: warning: %s\n", w)
 	}
+	liveTracer.Store(t)
 	return t, nil
 }
 

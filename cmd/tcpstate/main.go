@@ -18,6 +18,7 @@ import (
 	"github.com/spf13/pflag"
 
 	"github.com/tcpstate/tcpstate/pipeline"
+	"github.com/tcpstate/tcpstate/tracer"
 )
 
 // Exit codes.
@@ -100,12 +101,25 @@ func main() {
 			os.Exit(code)
 		case <-tick.C:
 			if out.blockedFor() > time.Second {
-				fmt.Fprintln(os.Stderr, "tcpstate: stopped, but its output does not drain (stdout not read): exiting without it")
+				msg := "tcpstate: stopped, but its output does not drain (stdout not read): exiting without it"
+				// What the kernel side counted (the command's own summary
+				// waits behind the stalled write). The tracer is not
+				// closing: its reader is the one stuck writing.
+				if t := liveTracer.Load(); t != nil {
+					if st, err := t.Stats(); err == nil {
+						msg += "; " + st.String()
+					}
+				}
+				fmt.Fprintln(os.Stderr, msg)
 				os.Exit(exitError)
 			}
 		}
 	}
 }
+
+// liveTracer is the tracer of the command under way, for the line main
+// prints when it exits without the command (see main).
+var liveTracer atomic.Pointer[tracer.Tracer]
 
 // watchedWriter tells how long a write to it has been blocked (a pipe whose
 // reader stalled).

@@ -580,6 +580,11 @@ func TestInterruptWithStalledStdout(t *testing.T) {
 	case <-time.After(5 * time.Second):
 		t.Fatalf("still running 5 s after Ctrl-C with stdout stalled; stderr:\n%s", stderr.String())
 	}
+	// It says so, with what the kernel side counted (its summary is
+	// behind the stalled write).
+	if !regexp.MustCompile(`does not drain .*; [1-9][0-9]* seen in kernel, [0-9]+ filtered in kernel, [0-9]+ lost`).MatchString(stderr.String()) {
+		t.Errorf("no line with the kernel side's counts on stderr:\n%s", stderr.String())
+	}
 }
 
 // With CAP_BPF and CAP_PERFMON only (as `setcap cap_bpf,cap_perfmon+ep`
