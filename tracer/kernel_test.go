@@ -742,6 +742,53 @@ func TestServerClosesFirst(t *testing.T) {
 	}
 }
 
+// Stats is read from other goroutines while Run reads events (serve's
+// scrapes; main's last line when stdout stalls), and after Close: it counts
+// or fails, never panics on a closed map. (-race checks the counter buffer
+// Run shares.)
+func TestStatsBesideRunAndAfterClose(t *testing.T) {
+	r := startRaw(t, tracer.Config{}, nil)
+	ln, dst := listen(t, "tcp4", "127.0.0.1:0")
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		for range 200 {
+			if c, err := net.Dial("tcp4", dst.String()); err == nil {
+				c.Close()
+			}
+		}
+	}()
+	var last tracer.Stats
+	// Past a few of Run's own reads of the counters (every 100 ms).
+	until := time.Now().Add(400 * time.Millisecond)
+	for reading := true; reading; {
+		select {
+		case <-done:
+			reading = time.Now().Before(until)
+		default:
+		}
+		st, err := r.tr.Stats()
+		if err != nil {
+			t.Fatalf("Stats while Run reads: %v", err)
+		}
+		if st.Seen < last.Seen {
+			t.Fatalf("Stats while Run reads: %d seen after %d", st.Seen, last.Seen)
+		}
+		last = st
+	}
+	ln.Close()
+	if last.Seen == 0 {
+		t.Errorf("Stats while Run read saw nothing: %+v", last)
+	}
+	r.stop() // Run ends, then Close
+	if st, err := r.tr.Stats(); err == nil {
+		t.Errorf("Stats after Close: %+v, want an error", st)
+	}
+	if _, err := r.tr.HookCosts(); err == nil {
+		t.Error("HookCosts after Close: want an error")
+	}
+}
+
 func TestConnectionRefused(t *testing.T) {
 	for _, fam := range families {
 		t.Run(fam.name, func(t *testing.T) {

@@ -12,6 +12,7 @@ import (
 	"net/netip"
 	"os"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -160,8 +161,17 @@ type Tracer struct {
 	features []Feature
 
 	lostSeen uint64 // lost count already reported
-	percpu   []uint64
+
+	// mu guards percpu, and the maps and programs against Close: Stats is
+	// read from other goroutines than Run's (serve's scrapes, main's last
+	// line), and a closed map or program panics where it is used.
+	mu     sync.Mutex
+	percpu []uint64
+	closed bool
 }
+
+// errClosed: the tracer was closed.
+var errClosed = errors.New("tracer closed")
 
 // New checks privileges and kernel support, loads the programs configured by
 // cfg and attaches them. Close releases everything.
@@ -389,6 +399,9 @@ func (t *Tracer) Info() KernelInfo { return t.info }
 
 // Close detaches and frees everything.
 func (t *Tracer) Close() error {
+	t.mu.Lock()
+	t.closed = true
+	t.mu.Unlock()
 	var errs []error
 	if t.reader != nil {
 		errs = append(errs, t.reader.Close())
@@ -480,7 +493,7 @@ func (t *Tracer) Run(ctx context.Context, sink Sink) error {
 			}
 			drain = true
 		case errors.Is(err, ringbuf.ErrFlushed), errors.Is(err, ringbuf.ErrClosed):
-			if err := t.reportLost(sink, &ev); err != nil {
+			if err := t.reportLost(sink, &ev); err != nil && !errors.Is(err, errClosed) {
 				return err
 			}
 			return sink.Idle()
@@ -551,6 +564,11 @@ func (t *Tracer) reportLost(sink Sink, ev *Event) error {
 }
 
 func (t *Tracer) stat(idx uint32) (uint64, error) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if t.closed {
+		return 0, errClosed
+	}
 	if err := t.stats.Lookup(idx, &t.percpu); err != nil {
 		return 0, fmt.Errorf("reading counters: %w", err)
 	}
@@ -586,6 +604,11 @@ func (t *Tracer) skippedStateChanges() (lost, caught uint64, err error) {
 // skipped is how often the kernel skipped the named programs (0 where it
 // does not count, before 5.12).
 func (t *Tracer) skipped(progs ...string) uint64 {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if t.closed {
+		return 0
+	}
 	var n uint64
 	for _, name := range progs {
 		if p := t.coll.Programs[name]; p != nil {
@@ -731,6 +754,11 @@ func (h HookCost) PerRun() time.Duration {
 // HookCosts reads the kernel's counters of each attached program, by
 // tracepoint name.
 func (t *Tracer) HookCosts() (map[string]HookCost, error) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if t.closed {
+		return nil, errClosed
+	}
 	out := map[string]HookCost{}
 	for _, h := range hooks {
 		p := t.coll.Programs[h.prog]

@@ -103,8 +103,8 @@ func main() {
 			if out.blockedFor() > time.Second {
 				msg := "tcpstate: stopped, but its output does not drain (stdout not read): exiting without it"
 				// What the kernel side counted (the command's own summary
-				// waits behind the stalled write). The tracer is not
-				// closing: its reader is the one stuck writing.
+				// waits behind the stalled write). Stats may be read from
+				// here while the command runs; closed, it fails.
 				if t := liveTracer.Load(); t != nil {
 					if st, err := t.Stats(); err == nil {
 						msg += "; " + st.String()
