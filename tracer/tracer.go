@@ -162,16 +162,17 @@ type Tracer struct {
 
 	lostSeen uint64 // lost count already reported
 
-	// mu guards percpu, and the maps and programs against Close: Stats is
-	// read from other goroutines than Run's (serve's scrapes, main's last
-	// line), and a closed map or program panics where it is used.
+	// mu guards percpu, shared by Run's loss reports and Stats, which is
+	// read from other goroutines (serve's scrapes, main's last line), and
+	// the maps and programs they read against Close: a closed one fails
+	// with EBADF, or reads whatever file took its number since.
 	mu     sync.Mutex
 	percpu []uint64
 	closed bool
 }
 
-// errClosed: the tracer was closed.
-var errClosed = errors.New("tracer closed")
+// ErrClosed: the tracer was closed (Stats, HookCosts).
+var ErrClosed = errors.New("tracer closed")
 
 // New checks privileges and kernel support, loads the programs configured by
 // cfg and attaches them. Close releases everything.
@@ -399,13 +400,15 @@ func (t *Tracer) Info() KernelInfo { return t.info }
 
 // Close detaches and frees everything.
 func (t *Tracer) Close() error {
-	t.mu.Lock()
-	t.closed = true
-	t.mu.Unlock()
 	var errs []error
+	// The reader first: a Run under way ends (ErrClosed), with its last
+	// loss report if it gets there before the maps close.
 	if t.reader != nil {
 		errs = append(errs, t.reader.Close())
 	}
+	t.mu.Lock()
+	t.closed = true
+	t.mu.Unlock()
 	if t.fw2 != nil {
 		errs = append(errs, t.fw2.Close())
 	}
@@ -476,7 +479,9 @@ func (t *Tracer) Run(ctx context.Context, sink Sink) error {
 			// under load, and whenever the buffer is drained.
 			if n++; (n%256 == 0 || rec.Remaining == 0) && time.Since(lastCheck) >= lostCheckInterval {
 				lastCheck = time.Now()
-				if err := t.periodic(sink, &ev); err != nil {
+				if err := t.periodic(sink, &ev); errors.Is(err, ErrClosed) {
+					return sink.Idle()
+				} else if err != nil {
 					return err
 				}
 				drain = true
@@ -488,12 +493,14 @@ func (t *Tracer) Run(ctx context.Context, sink Sink) error {
 			}
 		case errors.Is(err, os.ErrDeadlineExceeded):
 			lastCheck = time.Now()
-			if err := t.periodic(sink, &ev); err != nil {
+			if err := t.periodic(sink, &ev); errors.Is(err, ErrClosed) {
+				return sink.Idle()
+			} else if err != nil {
 				return err
 			}
 			drain = true
 		case errors.Is(err, ringbuf.ErrFlushed), errors.Is(err, ringbuf.ErrClosed):
-			if err := t.reportLost(sink, &ev); err != nil && !errors.Is(err, errClosed) {
+			if err := t.reportLost(sink, &ev); err != nil && !errors.Is(err, ErrClosed) {
 				return err
 			}
 			return sink.Idle()
@@ -524,6 +531,11 @@ func (t *Tracer) periodic(sink Sink, ev *Event) error {
 func (t *Tracer) walkFinWait2() error {
 	if t.fw2 == nil {
 		return nil
+	}
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if t.closed {
+		return ErrClosed
 	}
 	var key uint64
 	if err := t.coll.Maps[tcpstateMapTwFinWait2].NextKey(nil, &key); errors.Is(err, ebpf.ErrKeyNotExist) {
@@ -567,7 +579,7 @@ func (t *Tracer) stat(idx uint32) (uint64, error) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	if t.closed {
-		return 0, errClosed
+		return 0, ErrClosed
 	}
 	if err := t.stats.Lookup(idx, &t.percpu); err != nil {
 		return 0, fmt.Errorf("reading counters: %w", err)
@@ -757,7 +769,7 @@ func (t *Tracer) HookCosts() (map[string]HookCost, error) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	if t.closed {
-		return nil, errClosed
+		return nil, ErrClosed
 	}
 	out := map[string]HookCost{}
 	for _, h := range hooks {

@@ -429,10 +429,11 @@ func (durationTicks) Ticks(min, max float64) []plot.Tick {
 // durations, but in nanoseconds below a microsecond (where they would say
 // "0.0us").
 func durationLabel(v float64) string {
-	if d := time.Duration(math.Round(v * 1e9)); d < time.Microsecond {
+	d := time.Duration(math.Round(v * 1e9))
+	if d < time.Microsecond {
 		return strconv.FormatInt(int64(d), 10) + "ns"
 	}
-	return string(output.AppendDuration(nil, time.Duration(v*1e9)))
+	return string(output.AppendDuration(nil, d))
 }
 
 // durationsChart: time spent in each state, one panel per state, on a log

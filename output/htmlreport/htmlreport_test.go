@@ -2,7 +2,10 @@
 
 package htmlreport
 
-import "testing"
+import (
+	"math"
+	"testing"
+)
 
 func TestDurationLabel(t *testing.T) {
 	for _, c := range []struct {
@@ -13,6 +16,12 @@ func TestDurationLabel(t *testing.T) {
 	} {
 		if got := durationLabel(c.v); got != c.want {
 			t.Errorf("durationLabel(%g) = %q, want %q", c.v, got, c.want)
+		}
+	}
+	// As the chart makes them: powers of ten, not always exact.
+	for e, want := range map[float64]string{-8: "10ns", -5: "10us", -2: "10.0ms", 1: "10.0s"} {
+		if got := durationLabel(math.Pow(10, e)); got != want {
+			t.Errorf("durationLabel(1e%g) = %q, want %q", e, got, want)
 		}
 	}
 }

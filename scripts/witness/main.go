@@ -2,7 +2,7 @@
 
 // Command witness is a second opinion on what the kernel reported: it prints
 // every TCP state change and every start and removal of a timewait timer
-// outside the root network namespace, from programs of its own that share
+// outside the root network namespace (with -all, there too), from programs of its own that share
 // nothing with tcpstate's but the tracepoints (tp_btf, no clang: a few
 // instructions built here, as scripts/hookfloor does). When tcpstate shows a
 // connection with a step missing, run this beside it: if the step is here,
