@@ -9,6 +9,9 @@ import (
 	"golang.org/x/sys/unix"
 )
 
+// Detach stops the programs and keeps the maps, for counters that hold still.
+func (t *Tracer) Detach() error { return t.detach() }
+
 // DiagTimewait is diagTimewait for the kernel tests.
 var DiagTimewait = diagTimewait
 

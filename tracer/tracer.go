@@ -412,12 +412,20 @@ func (t *Tracer) Close() error {
 	if t.fw2 != nil {
 		errs = append(errs, t.fw2.Close())
 	}
-	for _, l := range t.links {
-		errs = append(errs, l.Close())
-	}
+	errs = append(errs, t.detach())
 	if t.coll != nil {
 		t.coll.Close()
 	}
+	return errors.Join(errs...)
+}
+
+// detach stops the programs; the maps stay (their counters then hold still).
+func (t *Tracer) detach() error {
+	var errs []error
+	for _, l := range t.links {
+		errs = append(errs, l.Close())
+	}
+	t.links = nil
 	return errors.Join(errs...)
 }
 
@@ -639,9 +647,12 @@ func (t *Tracer) Stats() (Stats, error) {
 		idx tcpstateStatIndex
 		dst *uint64
 	}{
-		{tcpstateStatIndexSTAT_SEEN, &s.Seen},
+		// Seen last: an event is counted seen before filtered or lost,
+		// so that, read while programs run, filtered + lost + delivered
+		// never exceed seen.
 		{tcpstateStatIndexSTAT_FILTERED, &s.Filtered},
 		{tcpstateStatIndexSTAT_LOST, &s.Lost},
+		{tcpstateStatIndexSTAT_SEEN, &s.Seen},
 		{tcpstateStatIndexSTAT_NOSTORAGE, &s.NoStorage},
 		{tcpstateStatIndexSTAT_TW_UNTRACKED, &s.TimewaitUntracked},
 	} {
