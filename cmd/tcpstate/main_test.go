@@ -555,7 +555,7 @@ func TestInterruptWithStalledStdout(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer r.Close() // never read
+	defer r.Close() // read only until the first event shows tracing
 	cmd.Stdout = w
 	var stderr bytes.Buffer
 	cmd.Stderr = &stderr
@@ -564,8 +564,22 @@ func TestInterruptWithStalledStdout(t *testing.T) {
 	}
 	w.Close()
 	defer func() { _ = cmd.Process.Kill() }()
-	time.Sleep(3 * time.Second) // attached, even emulated (a loss of the first events is fine)
-	// Far more lines than a pipe holds (64 KiB).
+	// Tracing once a connection of the port shows (seconds, emulated).
+	port := []byte(":" + strconv.Itoa(ln.Addr().(*net.TCPAddr).Port))
+	var seen []byte
+	for deadline := time.Now().Add(2 * time.Minute); !bytes.Contains(seen, port); {
+		if time.Now().After(deadline) {
+			t.Fatalf("no event of the port after 2 minutes; stdout %q", seen)
+		}
+		if c, err := net.Dial("tcp4", ln.Addr().String()); err == nil {
+			c.Close()
+		}
+		buf := make([]byte, 4096)
+		_ = r.SetReadDeadline(time.Now().Add(200 * time.Millisecond))
+		n, _ := r.Read(buf)
+		seen = append(seen, buf[:n]...)
+	}
+	// Then nobody reads: far more lines than a pipe holds (64 KiB).
 	for range 2000 {
 		if c, err := net.Dial("tcp4", ln.Addr().String()); err == nil {
 			c.Close()
