@@ -402,6 +402,14 @@ func rescan(t *tracer.Tracer, filter tracer.Filter) pipeline.Rescan {
 	}
 }
 
+// warnTableFull says, as a command starts, that its walk found more sockets
+// than --max-connections holds (evicted of found), and what that costs it.
+func warnTableFull(stderr io.Writer, evicted uint64, found, maxConns int, cost string) {
+	if evicted > 0 {
+		fmt.Fprintf(stderr, "tcpstate: warning: %d of the %d sockets found do not fit --max-connections %d%s\n", evicted, found, maxConns, cost)
+	}
+}
+
 // seedWalk walks t's sockets and hands seed those where filter looks (the
 // resolver learning their owners while they run); it returns how many. A
 // serve or watch of one namespace or port keeps no other's.

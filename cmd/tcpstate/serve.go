@@ -126,9 +126,7 @@ func runServe(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	s := pipeline.NewServe(pipeline.ServeOptions{Filter: filter, MaxConns: f.maxConns, Rescan: rescan(t, filter),
 		TopProcs: f.top, TopRemotes: f.topRemotes, Resolver: resolver, Stats: t.Stats, HookCosts: hookCosts, Info: t.Info()})
 	found := seedWalk(t, filter, tracer.ScanOptions{TimeWait: true}, stderr, s.SeedSocket)
-	if n := s.Evicted(); n > 0 {
-		fmt.Fprintf(stderr, "tcpstate: warning: %d of the %d sockets found do not fit --max-connections %d and are not counted: raise it\n", n, found, f.maxConns)
-	}
+	warnTableFull(stderr, s.Evicted(), found, f.maxConns, " and are not counted: raise it")
 	s.Snapshot(tracer.BootNow()) // scrapes before the reader runs get this one
 
 	release, _ := pipeline.Uname()

@@ -144,9 +144,7 @@ func runTrace(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		}
 		src = tee
 	}
-	if n := p.TimelineStats().Evicted; n > 0 {
-		fmt.Fprintf(stderr, "tcpstate: warning: %d of the %d sockets found do not fit --max-connections %d: their next transitions may lack owner and time in state; raise it\n", n, found, opts.MaxConns)
-	}
+	warnTableFull(stderr, p.TimelineStats().Evicted, found, opts.MaxConns, ": their next transitions may lack owner and time in state; raise it")
 
 	runErr := pipeline.Live(ctx, t, src, time.Duration(f.duration), ready)
 	if tee != nil {

@@ -137,9 +137,7 @@ func runWatch(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	ws := pipeline.NewWatch(w, pipeline.WatchOptions{Filter: filter, States: states, Linger: time.Duration(f.linger),
 		Interval: time.Duration(f.interval), MaxConns: f.maxConns, Rescan: rescan(t, filter)})
 	found := seedWalk(t, filter, tracer.ScanOptions{TimeWait: true}, stderr, ws.SeedSocket)
-	if n := ws.Evicted(); n > 0 {
-		fmt.Fprintf(stderr, "tcpstate: warning: %d of the %d sockets found do not fit --max-connections %d and are not shown: raise it\n", n, found, f.maxConns)
-	}
+	warnTableFull(stderr, ws.Evicted(), found, f.maxConns, " and are not shown: raise it")
 	if full {
 		host, _ := os.Hostname()
 		screen.events = ws.Events
