@@ -605,6 +605,19 @@ func TestUnseenSteps(t *testing.T) {
 	}
 }
 
+// renderReport renders r as text and as JSON.
+func renderReport(t *testing.T, r *Report) (text, js *bytes.Buffer) {
+	t.Helper()
+	text, js = new(bytes.Buffer), new(bytes.Buffer)
+	if err := r.Render(text, clock, time.UTC, false); err != nil {
+		t.Fatal(err)
+	}
+	if err := r.Render(js, clock, time.UTC, true); err != nil {
+		t.Fatal(err)
+	}
+	return text, js
+}
+
 // The report counts the transitions whose steps between were not seen, in
 // text and JSON.
 func TestReportCountsUnseen(t *testing.T) {
@@ -614,13 +627,7 @@ func TestReportCountsUnseen(t *testing.T) {
 	_ = r.Event(&e)
 	e.Unseen, e.Cookie, e.Old = false, 4, tracer.FinWait2
 	_ = r.Event(&e)
-	var text, js bytes.Buffer
-	if err := r.Render(&text, clock, time.UTC, false); err != nil {
-		t.Fatal(err)
-	}
-	if err := r.Render(&js, clock, time.UTC, true); err != nil {
-		t.Fatal(err)
-	}
+	text, js := renderReport(t, r)
 	if !strings.Contains(text.String(), "\n1 transitions had steps between not seen") {
 		t.Errorf("text:\n%s", text.String())
 	}
@@ -645,13 +652,7 @@ func TestReportTimewaitRemotes(t *testing.T) {
 			Endpoints: tracer.Endpoints{Family: tracer.IPv4, Local: netip.MustParseAddrPort(ends[0]), Remote: netip.MustParseAddrPort(ends[1])}}
 		_ = r.Event(&e)
 	}
-	var text, js bytes.Buffer
-	if err := r.Render(&text, clock, time.UTC, false); err != nil {
-		t.Fatal(err)
-	}
-	if err := r.Render(&js, clock, time.UTC, true); err != nil {
-		t.Fatal(err)
-	}
+	text, js := renderReport(t, r)
 	if !strings.Contains(text.String(), "         2  127.0.0.1:*\n") || !strings.Contains(text.String(), "         1  127.0.0.1:8080\n") {
 		t.Errorf("text:\n%s", text.String())
 	}
