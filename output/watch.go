@@ -415,7 +415,17 @@ const LingerStates = tracer.StateSet(1<<tracer.CloseWait | 1<<tracer.FinWait1 | 
 // Snapshot lists the connections of tl in states, passing f, that have been
 // in their state at least linger at time now, oldest first.
 func Snapshot(tl *timeline.Timeline, now uint64, f *tracer.Filter, states tracer.StateSet, linger time.Duration) []Socket {
-	var rows []Socket
+	return AppendSnapshot(nil, tl, now, f, states, linger)
+}
+
+// AppendSnapshot is Snapshot into rows[:0], for a caller that renders one
+// snapshot after another: 100,000 rows are 16 MB, and a slice grown by append
+// to them allocates several times that on every render.
+func AppendSnapshot(rows []Socket, tl *timeline.Timeline, now uint64, f *tracer.Filter, states tracer.StateSet, linger time.Duration) []Socket {
+	rows = rows[:0]
+	if n := countSockets(tl, now, f, states, linger); cap(rows) < n {
+		rows = make([]Socket, 0, n+n/8) // (room for the next few)
+	}
 	EachSocket(tl, now, f, states, linger, func(s *Socket) { rows = append(rows, *s) })
 	SortByAge(rows)
 	return rows
@@ -426,7 +436,7 @@ func Snapshot(tl *timeline.Timeline, now uint64, f *tracer.Filter, states tracer
 func EachSocket(tl *timeline.Timeline, now uint64, f *tracer.Filter, states tracer.StateSet, linger time.Duration, each func(*Socket)) {
 	var s Socket
 	tl.Conns(func(c *timeline.Conn) bool {
-		if !states.Has(c.State) || !timeline.Match(f, c, false) || c.Age(now) < linger {
+		if !listed(c, now, f, states, linger) {
 			return true
 		}
 		ends := c.Endpoints()
@@ -438,4 +448,21 @@ func EachSocket(tl *timeline.Timeline, now uint64, f *tracer.Filter, states trac
 		each(&s)
 		return true
 	})
+}
+
+// listed reports whether a snapshot lists c.
+func listed(c *timeline.Conn, now uint64, f *tracer.Filter, states tracer.StateSet, linger time.Duration) bool {
+	return states.Has(c.State) && timeline.Match(f, c, false) && c.Age(now) >= linger
+}
+
+// countSockets is how many rows EachSocket would hand over.
+func countSockets(tl *timeline.Timeline, now uint64, f *tracer.Filter, states tracer.StateSet, linger time.Duration) int {
+	n := 0
+	tl.Conns(func(c *timeline.Conn) bool {
+		if listed(c, now, f, states, linger) {
+			n++
+		}
+		return true
+	})
+	return n
 }

@@ -23,6 +23,7 @@ type Watch struct {
 	interval time.Duration
 	last     uint64
 	lost     uint64
+	rows     []output.Socket // the last snapshot's, reused by the next
 }
 
 // WatchOptions say which sockets a snapshot lists, and how often.
@@ -36,7 +37,8 @@ type WatchOptions struct {
 }
 
 // WatchRenderer shows snapshots: output.Watch (text, JSON), or the
-// full-screen view of a terminal.
+// full-screen view of a terminal. Render's rows are the next snapshot's too:
+// a renderer that keeps them past its return keeps a copy.
 type WatchRenderer interface {
 	Render(now uint64, rows []output.Socket, lost uint64) error
 }
@@ -92,5 +94,6 @@ func (s *Watch) Sink() tracer.Sink { return s.tl }
 // Render writes the snapshot at now.
 func (s *Watch) Render(now uint64) error {
 	s.last = now
-	return s.w.Render(now, output.Snapshot(s.tl, now, &s.filter, s.states, s.linger), s.lost)
+	s.rows = output.AppendSnapshot(s.rows, s.tl, now, &s.filter, s.states, s.linger)
+	return s.w.Render(now, s.rows, s.lost)
 }

@@ -15,6 +15,9 @@ func (t *Tracer) Detach() error { return t.detach() }
 // DiagTimewait is diagTimewait for the kernel tests.
 var DiagTimewait = diagTimewait
 
+// EachDiagMessage is eachDiagMessage, to feed it made-up reads.
+var EachDiagMessage = eachDiagMessage
+
 // FinWait2Watched counts the timewait sockets watched for a turn to
 // TIME_WAIT without timer_start (tw_fin_wait2).
 func (t *Tracer) FinWait2Watched() (int, error) {

@@ -194,8 +194,8 @@ func scanNetNS(it *link.Iter, path string, hz uint32, opts ScanOptions, grow fun
 		}
 		defer rd.Close()
 		buf := make([]byte, 512*iterRecSize)
-		timewait := map[endpointPair]bool{} // for sock_diag's: not twice
-		var s Socket                        // (each copies what it keeps: one Socket for the walk, not one each)
+		timewait := map[endpointKey]struct{}{} // for sock_diag's: not twice
+		var s Socket                           // (each copies what it keeps: one Socket for the walk, not one each)
 		for {
 			n, err := io.ReadFull(rd, buf)
 			if n%iterRecSize != 0 {
@@ -209,7 +209,7 @@ func scanNetNS(it *link.Iter, path string, hz uint32, opts ScanOptions, grow fun
 				var ok bool
 				if s, ok = parseIterRecord(rec, hz, finTimeout); ok {
 					if s.Timewait {
-						timewait[endpointPair{s.Local, s.Remote}] = true
+						timewait[endpointKeyOf(&s)] = struct{}{}
 					}
 					each(&s)
 				}
@@ -228,15 +228,28 @@ func scanNetNS(it *link.Iter, path string, hz uint32, opts ScanOptions, grow fun
 	return ns, err
 }
 
-type endpointPair struct{ local, remote netip.AddrPort }
+// endpointKey is a connection's two ends, addresses as 16 bytes and then
+// ports: a map key without pointers (netip.AddrPort holds one), which the
+// collector need not scan, in 36 bytes rather than 64.
+type endpointKey [36]byte
+
+func endpointKeyOf(s *Socket) endpointKey {
+	var k endpointKey
+	la, ra := s.Local.Addr().As16(), s.Remote.Addr().As16()
+	copy(k[0:16], la[:])
+	copy(k[16:32], ra[:])
+	binary.BigEndian.PutUint16(k[32:], s.Local.Port())
+	binary.BigEndian.PutUint16(k[34:], s.Remote.Port())
+	return k
+}
 
 // addDiagTimewait hands to each the timewait sockets that sock_diag lists in
 // the calling thread's namespace and the iterator did not find (seen), and
 // says how many.
-func addDiagTimewait(seen map[endpointPair]bool, netns uint32, finTimeout time.Duration, opts ScanOptions, each func(*Socket)) (int, error) {
+func addDiagTimewait(seen map[endpointKey]struct{}, netns uint32, finTimeout time.Duration, opts ScanOptions, each func(*Socket)) (int, error) {
 	n := 0
 	err := eachDiagTimewait(netns, finTimeout, BootNow(), opts.TimeWait, func(s *Socket) {
-		if !seen[endpointPair{s.Local, s.Remote}] {
+		if _, dup := seen[endpointKeyOf(s)]; !dup {
 			each(s)
 			n++
 		}

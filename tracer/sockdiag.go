@@ -7,7 +7,6 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
-	"syscall"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -48,9 +47,11 @@ func eachDiagTimewait(netns uint32, finTimeout time.Duration, scanned uint64, ti
 	if timeWait {
 		states |= 1 << TimeWait
 	}
+	var s Socket // (f copies what it keeps: one Socket for the dump, not one each)
 	for _, family := range []uint8{unix.AF_INET, unix.AF_INET6} {
 		if err := diagDump(fd, family, states, func(m []byte) {
-			if s, ok := parseDiagMsg(m, netns, finTimeout, scanned); ok {
+			var ok bool
+			if s, ok = parseDiagMsg(m, netns, finTimeout, scanned); ok {
 				f(&s)
 			}
 		}); err != nil {
@@ -84,27 +85,45 @@ func diagDump(fd int, family uint8, states uint32, f func([]byte)) error {
 		if err != nil {
 			return fmt.Errorf("sock_diag: %w", err)
 		}
-		msgs, err := syscall.ParseNetlinkMessage(buf[:n])
-		if err != nil {
-			return fmt.Errorf("sock_diag: %w", err)
-		}
-		for _, m := range msgs {
-			switch m.Header.Type {
-			case unix.NLMSG_DONE:
-				return nil
-			case unix.NLMSG_ERROR:
-				if len(m.Data) >= 4 {
-					if errno := int32(ne.Uint32(m.Data)); errno != 0 {
-						return fmt.Errorf("sock_diag: %w", unix.Errno(-errno))
-					}
-				}
-				return nil
-			case unix.SOCK_DIAG_BY_FAMILY:
-				f(m.Data)
-			}
+		if done, err := eachDiagMessage(buf[:n], f); done || err != nil {
+			return err
 		}
 	}
 }
+
+// eachDiagMessage passes the inet_diag_msg of each SOCK_DIAG_BY_FAMILY
+// message of one read to f; done at the dump's end (NLMSG_DONE, or
+// NLMSG_ERROR: then its errno, if any, is err). The messages are read in place
+// (syscall.ParseNetlinkMessage would allocate a slice of them for every read:
+// 15 MB for 100,000 timewait sockets).
+func eachDiagMessage(b []byte, f func([]byte)) (done bool, err error) {
+	ne := binary.NativeEndian
+	for len(b) >= unix.NLMSG_HDRLEN {
+		size := int(ne.Uint32(b[0:]))
+		if size < unix.NLMSG_HDRLEN || size > len(b) {
+			return true, fmt.Errorf("sock_diag: a %d-byte message in a %d-byte read", size, len(b))
+		}
+		data := b[unix.NLMSG_HDRLEN:size]
+		switch ne.Uint16(b[4:]) {
+		case unix.NLMSG_DONE:
+			return true, nil
+		case unix.NLMSG_ERROR:
+			if len(data) >= 4 {
+				if errno := int32(ne.Uint32(data)); errno != 0 {
+					return true, fmt.Errorf("sock_diag: %w", unix.Errno(-errno))
+				}
+			}
+			return true, nil
+		case unix.SOCK_DIAG_BY_FAMILY:
+			f(data)
+		}
+		b = b[min(nlmsgAlign(size), len(b)):]
+	}
+	return false, nil
+}
+
+// nlmsgAlign rounds a netlink message's length up to its alignment (NLMSG_ALIGN).
+func nlmsgAlign(n int) int { return (n + unix.NLMSG_ALIGNTO - 1) &^ (unix.NLMSG_ALIGNTO - 1) }
 
 // parseDiagMsg reads one inet_diag_msg of a timewait socket.
 func parseDiagMsg(m []byte, netns uint32, finTimeout time.Duration, scanned uint64) (Socket, bool) {

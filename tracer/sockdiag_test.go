@@ -3,12 +3,16 @@
 package tracer_test
 
 import (
+	"encoding/binary"
+	"errors"
 	"net"
 	"net/netip"
 	"slices"
 	"strings"
 	"testing"
 	"time"
+
+	"golang.org/x/sys/unix"
 
 	"github.com/tcpstate/tcpstate/internal/testnet"
 	"github.com/tcpstate/tcpstate/tracer"
@@ -151,4 +155,60 @@ func (c conn) String() string {
 func addrPort(a net.Addr) netip.AddrPort {
 	ap := a.(*net.TCPAddr).AddrPort()
 	return netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port())
+}
+
+// nlmsg is a netlink message of the given type carrying data, padded to the
+// 4-byte alignment the kernel keeps between messages.
+func nlmsg(typ uint16, data []byte) []byte {
+	m := make([]byte, unix.NLMSG_HDRLEN, unix.NLMSG_HDRLEN+len(data)+3)
+	binary.NativeEndian.PutUint32(m[0:], uint32(unix.NLMSG_HDRLEN+len(data)))
+	binary.NativeEndian.PutUint16(m[4:], typ)
+	m = append(m, data...)
+	for len(m)%unix.NLMSG_ALIGNTO != 0 {
+		m = append(m, 0)
+	}
+	return m
+}
+
+// One read of a sock_diag dump holds many messages, each padded to its
+// alignment: every socket message is handed over whole, in order, and the
+// dump ends at NLMSG_DONE or NLMSG_ERROR (with its errno); a message longer
+// than the read is an error, not a read past it.
+func TestEachDiagMessage(t *testing.T) {
+	errMsg := func(errno int32) []byte {
+		b := make([]byte, 20) // nlmsgerr: the errno and the request's header
+		binary.NativeEndian.PutUint32(b, uint32(-errno))
+		return b
+	}
+	var read []byte
+	want := [][]byte{[]byte("one socket"), []byte("a second, odd-sized"), make([]byte, 72)}
+	for _, w := range want {
+		read = append(read, nlmsg(unix.SOCK_DIAG_BY_FAMILY, w)...)
+	}
+	for _, c := range []struct {
+		name string
+		tail []byte
+		done bool
+		err  error
+	}{
+		{"more to read", nil, false, nil},
+		{"done", nlmsg(unix.NLMSG_DONE, []byte{0, 0, 0, 0}), true, nil},
+		{"error 0", nlmsg(unix.NLMSG_ERROR, errMsg(0)), true, nil},
+		{"error", nlmsg(unix.NLMSG_ERROR, errMsg(int32(unix.EPERM))), true, unix.EPERM},
+	} {
+		var got [][]byte
+		done, err := tracer.EachDiagMessage(append(slices.Clip(read), c.tail...), func(m []byte) { got = append(got, slices.Clone(m)) })
+		if done != c.done || !errors.Is(err, c.err) || (err == nil) != (c.err == nil) {
+			t.Errorf("%s: done %v, err %v; want %v, %v", c.name, done, err, c.done, c.err)
+		}
+		if !slices.EqualFunc(got, want, slices.Equal) {
+			t.Errorf("%s: messages %q, want %q", c.name, got, want)
+		}
+	}
+	// The last message says it is longer than what was read.
+	short := slices.Clone(read)
+	binary.NativeEndian.PutUint32(short[len(short)-len(nlmsg(0, want[2])):], 4096)
+	if done, err := tracer.EachDiagMessage(short, func([]byte) {}); !done || err == nil {
+		t.Errorf("a message past the read: done %v, err %v; want an error", done, err)
+	}
 }

@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"slices"
 	"time"
 
 	tea "github.com/charmbracelet/bubbletea"
@@ -161,7 +162,9 @@ type screenRenderer struct {
 }
 
 func (s *screenRenderer) Render(now uint64, rows []output.Socket, lost uint64) error {
-	s.p.Send(tui.Snapshot{Now: now, Rows: rows, Events: s.events(), Lost: lost})
+	// The view keeps the rows until the next snapshot: a copy, as the
+	// pipeline fills the same rows again.
+	s.p.Send(tui.Snapshot{Now: now, Rows: slices.Clone(rows), Events: s.events(), Lost: lost})
 	return nil
 }
 

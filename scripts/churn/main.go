@@ -33,12 +33,13 @@ func main() {
 	idleTime := flag.Int("keepalive-idle", 5, "their TCP_KEEPIDLE and TCP_KEEPINTVL, seconds")
 	addr := flag.String("addr", "127.0.0.1:0", "listen address (loopback)")
 	hold := flag.Int("hold", 0, "instead of churning, hold this many connections open for -d (both ends: twice the sockets)")
+	halfClose := flag.Bool("half-close", false, "with -hold: the client ends shut down their sending side, the servers never close (CLOSE_WAIT and FIN_WAIT2, the sockets watch lists)")
 	churnKA := flag.Int("churn-keepalive", 0, "SO_KEEPALIVE with this TCP_KEEPIDLE (seconds) on both ends of every churned connection, as Go's net package does (15)")
 	flag.Parse()
 	keepaliveChurn = *churnKA
 	var err error
 	if *hold > 0 {
-		err = holdOpen(*hold, *dur, *addr)
+		err = holdOpen(*hold, *dur, *addr, *halfClose)
 	} else {
 		err = run(*dur, *rate, *conc, *idle, *idleTime, *addr)
 	}
@@ -195,8 +196,10 @@ func setKeepalive(fd, idle int) {
 }
 
 // holdOpen opens n connections to its own listener, says so, and keeps them
-// for dur.
-func holdOpen(n int, dur time.Duration, addr string) error {
+// for dur; halfClose: the clients shut down their sending side first, which
+// leaves the servers' ends in CLOSE_WAIT and the clients' in FIN_WAIT2 for as
+// long as they are held.
+func holdOpen(n int, dur time.Duration, addr string, halfClose bool) error {
 	ap, err := netip.ParseAddrPort(addr)
 	if err != nil || !ap.Addr().IsLoopback() {
 		return fmt.Errorf("-addr %q: want a loopback address:port", addr)
@@ -216,6 +219,11 @@ func holdOpen(n int, dur time.Duration, addr string) error {
 			return err
 		}
 		fds = append(fds, c, s)
+		if halfClose {
+			if err := syscall.Shutdown(c, syscall.SHUT_WR); err != nil {
+				return err
+			}
+		}
 	}
 	fmt.Printf("holding %d connections\n", n)
 	time.Sleep(dur)
