@@ -20,16 +20,18 @@ import (
 type Socket struct {
 	Cookie uint64
 	tracer.Endpoints
-	State      tracer.State
-	Timewait   bool
-	Age        time.Duration
-	SinceStart bool // the state began before the tracer; Age is estimated from kernel timestamps or a lower bound
+	Age time.Duration
 	// AgeMax: with SinceStart, the most the socket can have been in its
 	// state, where the kernel bounds it (Age is then the least); 0: no bound.
-	AgeMax time.Duration
-	Owner  tracer.Owner
+	AgeMax     time.Duration
+	Owner      tracer.Owner
+	State      tracer.State
+	Timewait   bool
+	SinceStart bool // the state began before the tracer; Age is estimated from kernel timestamps or a lower bound
 	// Service: the local port is listening, so the remote is a client.
 	Service bool
+	// (the small fields last, together: 144 bytes, not 160; a snapshot
+	// holds one for every socket it lists)
 }
 
 // Oldest is the most the socket can have been in its state: how it ranks, so

@@ -7,6 +7,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"runtime"
 	"strconv"
 	"strings"
 	"syscall"
@@ -423,6 +424,11 @@ func seedWalk(t *tracer.Tracer, filter tracer.Filter, opts tracer.ScanOptions, s
 			seed(s)
 		}
 	})
+	// What the walk leaves (its records, the owner map of /proc) is
+	// collected now, before the table is put to use: else the collector's
+	// next goal is twice the table and the walk, and a first snapshot of
+	// 100,000 rows grows the heap to it.
+	runtime.GC()
 	return found
 }
 

@@ -298,8 +298,49 @@ func waitIdle(pid int, max time.Duration) {
 }
 
 // memory holds sockets open (several processes: one may have 20,000 fds),
-// then runs tcpstate trace briefly: the walk puts every one in its table.
+// then runs tcpstate trace briefly: the walk puts every one in its table; and
+// record. Then the same number of sockets lingering (CLOSE_WAIT and
+// FIN_WAIT2, the sockets watch lists and serve counts per process): watch
+// --once, and serve through two scrapes.
 func memory(bin, churnBin string, sockets int) error {
+	dir, err := os.MkdirTemp("", "tcpstate-bench-")
+	if err != nil {
+		return err
+	}
+	defer os.RemoveAll(dir)
+	for _, pile := range []struct {
+		what string
+		hold []string
+		runs []memRun
+	}{
+		{"live TCP sockets", nil, []memRun{
+			// --max-connections past the sockets held: all of them in the
+			// table (the default, 100,000, would evict some)
+			{"trace", " in its table", []string{"trace", "-d", "3s", "--max-connections", strconv.Itoa(2 * sockets)}, ""},
+			// record has no table; it writes the walk into the capture
+			{"record", ", walked into the capture", []string{"record", "-w", filepath.Join(dir, "c"), "-d", "3s"}, ""},
+		}},
+		{"sockets in CLOSE_WAIT and FIN_WAIT2", []string{"-half-close"}, []memRun{
+			{"watch --once", ", every one a row", []string{"watch", "--once", "--max-connections", strconv.Itoa(2 * sockets)}, ""},
+			{"serve", ", scraped twice", []string{"serve", "--listen", "127.0.0.1:10047", "--max-connections", strconv.Itoa(2 * sockets)}, "127.0.0.1:10047"},
+		}},
+	} {
+		if err := memoryPile(bin, churnBin, sockets, pile.what, pile.hold, pile.runs); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// memRun is one command of the memory check; with scrape, a server to scrape
+// twice and stop.
+type memRun struct {
+	what, where string
+	args        []string
+	scrape      string
+}
+
+func memoryPile(bin, churnBin string, sockets int, what string, holdArgs []string, runs []memRun) error {
 	per := 9000 // connections per holder: 18,000 sockets
 	var holders []*exec.Cmd
 	defer func() {
@@ -309,7 +350,8 @@ func memory(bin, churnBin string, sockets int) error {
 		}
 	}()
 	for i := 0; i*2*per < sockets; i++ {
-		h := exec.Command(churnBin, "-hold", strconv.Itoa(per), "-d", "10m", "-addr", fmt.Sprintf("127.0.%d.1:0", i+1))
+		args := append([]string{"-hold", strconv.Itoa(per), "-d", "10m", "-addr", fmt.Sprintf("127.0.%d.1:0", i+1)}, holdArgs...)
+		h := exec.Command(churnBin, args...)
 		pipe, _ := h.StdoutPipe()
 		h.Stderr = os.Stderr
 		if err := h.Start(); err != nil {
@@ -320,32 +362,61 @@ func memory(bin, churnBin string, sockets int) error {
 			return fmt.Errorf("holder: %q %v", line, err)
 		}
 	}
-	dir, err := os.MkdirTemp("", "tcpstate-bench-")
-	if err != nil {
-		return err
-	}
-	defer os.RemoveAll(dir)
-	for _, run := range []struct {
-		what, where string
-		args        []string
-	}{
-		// --max-connections past the sockets held: all of them in the
-		// table (the default, 100,000, would evict some)
-		{"trace", " in its table", []string{"trace", "-d", "3s", "--max-connections", strconv.Itoa(4 * len(holders) * per)}},
-		// record has no table; it writes the walk into the capture
-		{"record", ", walked into the capture", []string{"record", "-w", filepath.Join(dir, "c"), "-d", "3s"}},
-	} {
+	for _, run := range runs {
 		t := exec.Command(bin, run.args...)
 		var stderr bytes.Buffer
 		t.Stderr = &stderr
-		if err := t.Run(); err != nil {
-			return fmt.Errorf("%v: %s", err, stderr.String())
+		var err error
+		if run.scrape == "" {
+			err = t.Run()
+		} else {
+			err = scrapeTwice(t, run.scrape)
+		}
+		if err != nil {
+			return fmt.Errorf("%s: %v: %s", run.what, err, stderr.String())
 		}
 		ru := t.ProcessState.SysUsage().(*syscall.Rusage)
-		fmt.Printf("memory: tcpstate %s with %d live TCP sockets (%d connections, both ends)%s: peak RSS %.1f MiB\n",
-			run.what, len(holders)*2*per, len(holders)*per, run.where, float64(ru.Maxrss)/1024)
+		fmt.Printf("memory: tcpstate %s with %d %s (%d connections, both ends)%s: peak RSS %.1f MiB\n",
+			run.what, len(holders)*2*per, what, len(holders)*per, run.where, float64(ru.Maxrss)/1024)
 	}
 	return nil
+}
+
+// scrapeTwice starts a server, waits for its walk, scrapes its metrics twice a
+// second apart and stops it.
+func scrapeTwice(t *exec.Cmd, addr string) error {
+	if err := t.Start(); err != nil {
+		return err
+	}
+	stop := func() error {
+		_ = t.Process.Signal(syscall.SIGTERM)
+		return t.Wait()
+	}
+	var err error
+	for n, tries := 0, 0; n < 2; tries++ {
+		var resp *http.Response
+		if resp, err = http.Get("http://" + addr + "/metrics"); err == nil {
+			_, err = io.Copy(io.Discard, resp.Body)
+			resp.Body.Close()
+			if err == nil && resp.StatusCode != http.StatusOK {
+				err = fmt.Errorf("/metrics: %s", resp.Status)
+			}
+			if err != nil {
+				break
+			}
+			n++
+		} else if tries > 300 {
+			break
+		}
+		time.Sleep(100 * time.Millisecond)
+		if n == 1 {
+			time.Sleep(900 * time.Millisecond)
+		}
+	}
+	if serr := stop(); err == nil {
+		err = serr
+	}
+	return err
 }
 
 // startup times `watch --once`: load, attach, walk, print, exit.

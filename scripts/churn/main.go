@@ -219,6 +219,13 @@ func holdOpen(n int, dur time.Duration, addr string, halfClose bool) error {
 			return err
 		}
 		fds = append(fds, c, s)
+		// Ended by a reset, when closed or killed: no TIME_WAIT left
+		// behind to weigh on what runs next.
+		for _, fd := range []int{c, s} {
+			if err := syscall.SetsockoptLinger(fd, syscall.SOL_SOCKET, syscall.SO_LINGER, &syscall.Linger{Onoff: 1}); err != nil {
+				return err
+			}
+		}
 		if halfClose {
 			if err := syscall.Shutdown(c, syscall.SHUT_WR); err != nil {
 				return err
