@@ -663,3 +663,32 @@ func TestReportTimewaitRemotes(t *testing.T) {
 		t.Errorf("JSON time_wait_by_remote %v (%v)", got.Remotes, err)
 	}
 }
+
+// BenchmarkWatchSnapshot is one refresh of watch over 100,000 lingering
+// sockets: the snapshot into the last one's rows, then the text view (its
+// top 30 rows and the groups). A pile of half-closed connections: servers in
+// CLOSE_WAIT, their clients in FIN_WAIT2.
+func BenchmarkWatchSnapshot(b *testing.B) {
+	tl := timeline.New(nil, timeline.Options{MaxConns: 200_000})
+	lo := netip.MustParseAddr("127.0.0.1")
+	for i := range 50_000 {
+		server := netip.AddrPortFrom(lo, uint16(8000+i%6))
+		client := netip.AddrPortFrom(lo, uint16(32768+i%28000))
+		tl.SeedSocket(&tracer.Socket{Cookie: uint64(2*i + 1), State: tracer.CloseWait,
+			Endpoints: tracer.Endpoints{Family: tracer.IPv4, NetNS: 1, Local: server, Remote: client}})
+		tl.SeedSocket(&tracer.Socket{Cookie: uint64(2*i + 2), State: tracer.FinWait2,
+			Endpoints: tracer.Endpoints{Family: tracer.IPv4, NetNS: 1, Local: client, Remote: server}})
+	}
+	w := NewWatch(discard{}, WatchOptions{Clock: clock, Location: time.UTC, Top: 30})
+	var rows []Socket
+	b.ReportAllocs()
+	for b.Loop() {
+		rows = AppendSnapshot(rows, tl, 60e9, &tracer.Filter{}, LingerStates, 0)
+		if err := w.Render(60e9, rows, 0); err != nil {
+			b.Fatal(err)
+		}
+	}
+	if len(rows) != 100_000 {
+		b.Fatalf("%d rows, want 100000", len(rows))
+	}
+}

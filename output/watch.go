@@ -142,24 +142,32 @@ func Groups(rows []Socket) (byProcess, byRemote []Group) {
 		known  bool
 		closed bool
 	}
+	// (a remote group is keyed by address and port, a service's clients by
+	// address alone: named once a group, not once a row)
 	type rk struct {
-		state  tracer.State
-		netns  uint32
-		remote string
+		state   tracer.State
+		netns   uint32
+		addr    netip.Addr
+		port    uint16
+		clients bool
 	}
 	procs, remotes := map[pk]*Group{}, map[rk]*Group{}
-	for _, r := range rows {
+	for i := range rows {
+		r := &rows[i]
 		key := pk{r.State, r.Owner.PID, r.Owner.Known(), r.Closed()}
 		p := procs[key]
 		if p == nil {
 			p = &Group{State: r.State, Owner: r.Owner, Closed: key.closed}
 			procs[key] = p
 		}
-		remote := r.RemoteGroup()
-		q := remotes[rk{r.State, r.NetNS, remote}]
+		rkey := rk{state: r.State, netns: r.NetNS, addr: r.Remote.Addr(), port: r.Remote.Port()}
+		if ClientOfService(r.Local, r.Remote, r.Service) {
+			rkey.port, rkey.clients = 0, true
+		}
+		q := remotes[rkey]
 		if q == nil {
-			q = &Group{State: r.State, NetNS: r.NetNS, Remote: remote}
-			remotes[rk{r.State, r.NetNS, remote}] = q
+			q = &Group{State: r.State, NetNS: r.NetNS, Remote: r.RemoteGroup()}
+			remotes[rkey] = q
 		}
 		for _, g := range []*Group{p, q} {
 			g.Count++
