@@ -7,6 +7,7 @@
 package tui
 
 import (
+	"bytes"
 	"cmp"
 	"fmt"
 	"net/netip"
@@ -84,6 +85,22 @@ type Model struct {
 	paused        bool
 	offset        int // rows scrolled past
 	styles        styles
+	gen           uint64 // snapshots taken: what derived was made from
+	derived       *derived
+}
+
+// derived is what the view draws from the snapshot, made again only when
+// the snapshot, the sort or a filter changes: not for a key that scrolls
+// (100,000 rows take tens of milliseconds to filter and sort).
+type derived struct {
+	gen              uint64
+	sort             sortKey
+	state            tracer.State
+	query            string
+	rows             []output.Socket // the rows that pass the filters, in order
+	counts           map[tracer.State]int
+	grouped          bool // byProc and byRemote are made (a group view was shown)
+	byProc, byRemote []output.Group
 }
 
 type styles struct {
@@ -119,10 +136,40 @@ func (m Model) Init() tea.Cmd { return nil }
 
 // Update takes a snapshot, a resize or a key.
 func (m Model) Update(msg tea.Msg) (tea.Model, tea.Cmd) {
+	mm, cmd := m.update(msg)
+	if m, ok := mm.(Model); ok {
+		m.derived = m.derive()
+		return m, cmd
+	}
+	return mm, cmd
+}
+
+// derive is what the view draws, made again if the last is stale.
+func (m Model) derive() *derived {
+	d := m.derived
+	if d == nil || d.gen != m.gen || d.sort != m.sort || d.state != m.state || d.query != m.query {
+		d = &derived{gen: m.gen, sort: m.sort, state: m.state, query: m.query, rows: m.rows(), counts: map[tracer.State]int{}}
+		for i := range m.snap.Rows {
+			d.counts[m.snap.Rows[i].State]++
+		}
+	}
+	if m.view != viewSockets && !d.grouped {
+		g := *d
+		g.byProc, g.byRemote = output.Groups(d.rows)
+		m.sortGroups(g.byProc)
+		m.sortGroups(g.byRemote)
+		g.grouped = true
+		d = &g
+	}
+	return d
+}
+
+func (m Model) update(msg tea.Msg) (tea.Model, tea.Cmd) {
 	switch msg := msg.(type) {
 	case Snapshot:
 		if !m.paused || !m.have {
 			m.snap, m.have = msg, true
+			m.gen++
 		}
 	case tea.WindowSizeMsg:
 		m.width, m.height = msg.Width, msg.Height
@@ -132,7 +179,7 @@ func (m Model) Update(msg tea.Msg) (tea.Model, tea.Cmd) {
 			var cmd tea.Cmd
 			var mm tea.Model = m
 			for _, r := range msg.Runes {
-				if mm, cmd = mm.(Model).Update(tea.KeyMsg{Type: tea.KeyRunes, Runes: []rune{r}}); cmd != nil {
+				if mm, cmd = mm.(Model).update(tea.KeyMsg{Type: tea.KeyRunes, Runes: []rune{r}}); cmd != nil {
 					return mm, cmd
 				}
 			}
@@ -217,7 +264,7 @@ func (m Model) sortGroups(gs []output.Group) {
 		case byState:
 			return cmp.Or(cmp.Compare(a.State, b.State), byCount(a, b))
 		case byProcess:
-			return cmp.Or(cmp.Compare(a.Owner.Comm.String(), b.Owner.Comm.String()), cmp.Compare(a.Owner.PID, b.Owner.PID), byCount(a, b))
+			return cmp.Or(bytes.Compare(a.Owner.Comm[:], b.Owner.Comm[:]), cmp.Compare(a.Owner.PID, b.Owner.PID), byCount(a, b))
 		case byRemote:
 			return cmp.Or(cmp.Compare(a.Remote, b.Remote), byCount(a, b))
 		}
@@ -275,7 +322,7 @@ func (m Model) rows() []output.Socket {
 	case byProcess:
 		// known owners by name and pid, the sockets of no process last
 		slices.SortStableFunc(rows, func(a, b output.Socket) int {
-			return cmp.Or(cmp.Compare(unowned(a), unowned(b)), cmp.Compare(a.Owner.Comm.String(), b.Owner.Comm.String()),
+			return cmp.Or(cmp.Compare(unowned(a), unowned(b)), bytes.Compare(a.Owner.Comm[:], b.Owner.Comm[:]),
 				cmp.Compare(a.Owner.PID, b.Owner.PID), byAgeCmp(a, b))
 		})
 	case byRemote:
@@ -324,10 +371,8 @@ func (m Model) View() string {
 
 	// Header: never scrolls away.
 	now := m.opts.Clock.Wall(m.snap.Now).In(m.opts.Location)
-	counts := map[tracer.State]int{}
-	for _, r := range m.snap.Rows {
-		counts[r.State]++
-	}
+	d := m.derive() // (made by Update: this one, unless View comes first)
+	counts := d.counts
 	head := fmt.Sprintf("tcpstate watch  %s  %s  %d sockets", m.opts.Host, now.Format("15:04:05"), len(m.snap.Rows))
 	if !m.have {
 		head = fmt.Sprintf("tcpstate watch  %s  waiting for the first snapshot...", m.opts.Host)
@@ -364,17 +409,14 @@ func (m Model) View() string {
 		help = "type to filter by process, pid, address or port; enter keep  esc clear"
 	}
 	body := h - len(lines) - 1 // the help bar takes the last line
-	rows := m.rows()
 	switch m.view {
 	case viewSockets:
-		m.socketTable(rows, body, add)
+		m.socketTable(d.rows, body, add)
 	case viewProcesses, viewRemotes:
-		byProc, byRemote := output.Groups(rows)
-		groups := byProc
+		groups := d.byProc
 		if m.view == viewRemotes {
-			groups = byRemote
+			groups = d.byRemote
 		}
-		m.sortGroups(groups)
 		m.groupTable(groups, body, add)
 	}
 	for len(lines) < h-1 {

@@ -209,3 +209,46 @@ func TestNetNSColumn(t *testing.T) {
 		t.Errorf("filter by namespace name:\n%s", strings.Join(lines, "\n"))
 	}
 }
+
+// BenchmarkView draws the screen over 100,000 sockets (a half-closed pile:
+// servers in CLOSE_WAIT, clients in FIN_WAIT2) in each sort and view: after
+// a key that scrolls, and after a new snapshot (the rows filtered and sorted
+// again).
+func BenchmarkView(b *testing.B) {
+	rows := make([]output.Socket, 0, 100_000)
+	lo := netip.MustParseAddr("127.0.0.1")
+	for i := range 50_000 {
+		srv := netip.AddrPortFrom(lo, uint16(8000+i%6))
+		cl := netip.AddrPortFrom(lo, uint16(32768+i%28000))
+		owner := tracer.Owner{Task: tracer.Task{PID: uint32(100 + i%6), Comm: tracer.CommFrom("server")}, From: tracer.OwnerListener}
+		rows = append(rows,
+			output.Socket{Cookie: uint64(2*i + 1), State: tracer.CloseWait, Age: time.Duration(i) * time.Millisecond, Owner: owner,
+				Endpoints: tracer.Endpoints{Local: srv, Remote: cl}, Service: true},
+			output.Socket{Cookie: uint64(2*i + 2), State: tracer.FinWait2, Age: time.Duration(i) * time.Millisecond,
+				Endpoints: tracer.Endpoints{Local: cl, Remote: srv}})
+	}
+	output.SortByAge(rows)
+	snap := Snapshot{Now: uint64(time.Hour), Rows: rows}
+	for _, keys := range [][]string{{}, {"p"}, {"r"}, {"tab"}} {
+		name := "age"
+		if len(keys) > 0 {
+			name = keys[0]
+		}
+		for _, next := range []struct {
+			what string
+			msg  tea.Msg
+		}{{"scroll", key("j")}, {"snapshot", snap}} {
+			b.Run(name+"/"+next.what, func(b *testing.B) {
+				m := New(Options{Host: "web1", Location: time.UTC, NoColor: true})
+				nm, _ := m.Update(tea.WindowSizeMsg{Width: 120, Height: 40})
+				nm, _ = nm.Update(snap)
+				m = press(nm.(Model), keys...)
+				b.ReportAllocs()
+				for b.Loop() {
+					nm, _ := m.Update(next.msg)
+					_ = nm.View()
+				}
+			})
+		}
+	}
+}
