@@ -429,11 +429,12 @@ func Snapshot(tl *timeline.Timeline, now uint64, f *tracer.Filter, states tracer
 }
 
 // AppendSnapshot is Snapshot into rows[:0], for a caller that renders one
-// snapshot after another: 100,000 rows are 16 MB, and a slice grown by append
-// to them allocates several times that on every render.
+// snapshot after another: 100,000 rows are 14 MB, and a slice grown by append
+// to them allocates several times that on every render. rows is made anew
+// when too small, or more than twice too large (after a spike).
 func AppendSnapshot(rows []Socket, tl *timeline.Timeline, now uint64, f *tracer.Filter, states tracer.StateSet, linger time.Duration) []Socket {
 	rows = rows[:0]
-	if n := countSockets(tl, now, f, states, linger); cap(rows) < n {
+	if n := countSockets(tl, now, f, states, linger); cap(rows) < n || cap(rows) > 2*n+4096 {
 		rows = make([]Socket, 0, n+n/8) // (room for the next few)
 	}
 	EachSocket(tl, now, f, states, linger, func(s *Socket) { rows = append(rows, *s) })

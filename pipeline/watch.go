@@ -24,6 +24,7 @@ type Watch struct {
 	last     uint64
 	lost     uint64
 	rows     []output.Socket // the last snapshot's, reused by the next
+	keep     bool            // the renderer keeps rows: each snapshot has its own
 }
 
 // WatchOptions say which sockets a snapshot lists, and how often.
@@ -34,18 +35,22 @@ type WatchOptions struct {
 	Interval time.Duration
 	MaxConns int
 	Rescan   Rescan // after a loss, the table is made to agree with a fresh walk
+	// KeepsRows: the renderer keeps a snapshot's rows past Render (the
+	// full-screen view, until the next): each gets rows of its own. Else
+	// every snapshot is made in the last one's rows.
+	KeepsRows bool
 }
 
 // WatchRenderer shows snapshots: output.Watch (text, JSON), or the
-// full-screen view of a terminal. Render's rows are the next snapshot's too:
-// a renderer that keeps them past its return keeps a copy.
+// full-screen view of a terminal. Render's rows are the next snapshot's too,
+// unless WatchOptions.KeepsRows.
 type WatchRenderer interface {
 	Render(now uint64, rows []output.Socket, lost uint64) error
 }
 
 // NewWatch renders through w.
 func NewWatch(w WatchRenderer, o WatchOptions) *Watch {
-	s := &Watch{w: w, filter: o.Filter, states: o.States, linger: o.Linger, interval: o.Interval}
+	s := &Watch{w: w, filter: o.Filter, states: o.States, linger: o.Linger, interval: o.Interval, keep: o.KeepsRows}
 	s.filter.States = 0
 	rs := &resync{rescan: o.Rescan, withTimewait: true, next: s}
 	s.tl = timeline.New(rs, timeline.Options{MaxConns: o.MaxConns})
@@ -94,6 +99,9 @@ func (s *Watch) Sink() tracer.Sink { return s.tl }
 // Render writes the snapshot at now.
 func (s *Watch) Render(now uint64) error {
 	s.last = now
+	if s.keep {
+		s.rows = nil
+	}
 	s.rows = output.AppendSnapshot(s.rows, s.tl, now, &s.filter, s.states, s.linger)
 	return s.w.Render(now, s.rows, s.lost)
 }

@@ -92,8 +92,8 @@ func diagDump(fd int, family uint8, states uint32, f func([]byte)) error {
 }
 
 // eachDiagMessage passes the inet_diag_msg of each SOCK_DIAG_BY_FAMILY
-// message of one read to f; done at the dump's end (NLMSG_DONE, or
-// NLMSG_ERROR: then its errno, if any, is err). The messages are read in place
+// message of one read to f; done at the dump's end (NLMSG_DONE or
+// NLMSG_ERROR: then the errno either carries, if any, is err). The messages are read in place
 // (syscall.ParseNetlinkMessage would allocate a slice of them for every read:
 // 15 MB for 100,000 timewait sockets).
 func eachDiagMessage(b []byte, f func([]byte)) (done bool, err error) {
@@ -106,6 +106,12 @@ func eachDiagMessage(b []byte, f func([]byte)) (done bool, err error) {
 		data := b[unix.NLMSG_HDRLEN:size]
 		switch ne.Uint16(b[4:]) {
 		case unix.NLMSG_DONE:
+			// (since Linux 4.15 it carries the dump's own errno)
+			if len(data) >= 4 {
+				if errno := int32(ne.Uint32(data)); errno < 0 {
+					return true, fmt.Errorf("sock_diag: %w", unix.Errno(-errno))
+				}
+			}
 			return true, nil
 		case unix.NLMSG_ERROR:
 			if len(data) >= 4 {
@@ -146,8 +152,12 @@ func parseDiagMsg(m []byte, netns uint32, finTimeout time.Duration, scanned uint
 	case unix.AF_INET6:
 		s.Family = IPv6
 		src, dst := netip.AddrFrom16([16]byte(id[4:20])), netip.AddrFrom16([16]byte(id[20:36]))
-		if src.Is4In6() && dst.Is4In6() {
-			// As the walk reports it: an IPv4 connection on an IPv6 socket.
+		if dst.Is4In6() && (src.Is4In6() || src.IsUnspecified()) {
+			// As the walk reports it (unmap_v4): an IPv4 connection on an
+			// IPv6 socket, its local address unset or mapped.
+			if src.IsUnspecified() {
+				src = netip.IPv4Unspecified()
+			}
 			s.Family, src, dst = IPv4, src.Unmap(), dst.Unmap()
 		}
 		s.Local, s.Remote = netip.AddrPortFrom(src, sport), netip.AddrPortFrom(dst, dport)

@@ -193,6 +193,7 @@ func TestEachDiagMessage(t *testing.T) {
 	}{
 		{"more to read", nil, false, nil},
 		{"done", nlmsg(unix.NLMSG_DONE, []byte{0, 0, 0, 0}), true, nil},
+		{"done, failed", nlmsg(unix.NLMSG_DONE, errMsg(int32(unix.ENOBUFS))[:4]), true, unix.ENOBUFS},
 		{"error 0", nlmsg(unix.NLMSG_ERROR, errMsg(0)), true, nil},
 		{"error", nlmsg(unix.NLMSG_ERROR, errMsg(int32(unix.EPERM))), true, unix.EPERM},
 	} {

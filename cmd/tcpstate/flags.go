@@ -426,8 +426,8 @@ func seedWalk(t *tracer.Tracer, filter tracer.Filter, opts tracer.ScanOptions, s
 	})
 	// What the walk leaves (its records, the owner map of /proc) is
 	// collected now, before the table is put to use: else the collector's
-	// next goal is twice the table and the walk, and a first snapshot of
-	// 100,000 rows grows the heap to it.
+	// next goal is twice the table and the walk, and the heap grows to it
+	// (watch's first snapshot of 100,000 rows, serve's first scrapes).
 	runtime.GC()
 	return found
 }

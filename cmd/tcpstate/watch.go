@@ -8,7 +8,6 @@ import (
 	"fmt"
 	"io"
 	"os"
-	"slices"
 	"time"
 
 	tea "github.com/charmbracelet/bubbletea"
@@ -136,7 +135,7 @@ func runWatch(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		})
 	}
 	ws := pipeline.NewWatch(w, pipeline.WatchOptions{Filter: filter, States: states, Linger: time.Duration(f.linger),
-		Interval: time.Duration(f.interval), MaxConns: f.maxConns, Rescan: rescan(t, filter)})
+		Interval: time.Duration(f.interval), MaxConns: f.maxConns, Rescan: rescan(t, filter), KeepsRows: full})
 	found := seedWalk(t, filter, tracer.ScanOptions{TimeWait: true}, stderr, ws.SeedSocket)
 	warnTableFull(stderr, ws.Evicted(), found, f.maxConns, " and are not shown: raise it")
 	if full {
@@ -162,9 +161,7 @@ type screenRenderer struct {
 }
 
 func (s *screenRenderer) Render(now uint64, rows []output.Socket, lost uint64) error {
-	// The view keeps the rows until the next snapshot: a copy, as the
-	// pipeline fills the same rows again.
-	s.p.Send(tui.Snapshot{Now: now, Rows: slices.Clone(rows), Events: s.events(), Lost: lost})
+	s.p.Send(tui.Snapshot{Now: now, Rows: rows, Events: s.events(), Lost: lost}) // (kept: KeepsRows)
 	return nil
 }
 

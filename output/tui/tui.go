@@ -137,9 +137,9 @@ func (m Model) Init() tea.Cmd { return nil }
 // Update takes a snapshot, a resize or a key.
 func (m Model) Update(msg tea.Msg) (tea.Model, tea.Cmd) {
 	mm, cmd := m.update(msg)
-	if m, ok := mm.(Model); ok {
-		m.derived = m.derive()
-		return m, cmd
+	if nm, ok := mm.(Model); ok {
+		nm.derived = nm.derive()
+		return nm, cmd
 	}
 	return mm, cmd
 }

@@ -313,21 +313,23 @@ func memory(bin, churnBin string, sockets int) error {
 		return err
 	}
 	defer os.RemoveAll(dir)
+	// --max-connections past the sockets held (in whole holders): all of
+	// them in the table (the default, 100,000, would evict some)
+	held := (sockets + 2*holdPer - 1) / (2 * holdPer) * 2 * holdPer
+	table := strconv.Itoa(2 * held)
 	for _, pile := range []struct {
 		what string
 		hold []string
 		runs []memRun
 	}{
 		{"live TCP sockets", nil, []memRun{
-			// --max-connections past the sockets held: all of them in the
-			// table (the default, 100,000, would evict some)
-			{"trace", " in its table", []string{"trace", "-d", "3s", "--max-connections", strconv.Itoa(2 * sockets)}, ""},
+			{"trace", " in its table", []string{"trace", "-d", "3s", "--max-connections", table}, ""},
 			// record has no table; it writes the walk into the capture
 			{"record", ", walked into the capture", []string{"record", "-w", filepath.Join(dir, "c"), "-d", "3s"}, ""},
 		}},
 		{"sockets in CLOSE_WAIT and FIN_WAIT2", []string{"-half-close"}, []memRun{
-			{"watch --once", ", every one a row", []string{"watch", "--once", "--max-connections", strconv.Itoa(2 * sockets)}, ""},
-			{"serve", ", scraped twice", []string{"serve", "--listen", "127.0.0.1:10047", "--max-connections", strconv.Itoa(2 * sockets)}, "127.0.0.1:10047"},
+			{"watch --once", ", every one a row", []string{"watch", "--once", "--max-connections", table}, ""},
+			{"serve", ", scraped twice", []string{"serve", "--listen", "127.0.0.1:10047", "--max-connections", table}, "127.0.0.1:10047"},
 		}},
 	} {
 		if err := memoryPile(bin, churnBin, sockets, pile.what, pile.hold, pile.runs); err != nil {
@@ -367,8 +369,12 @@ type memRun struct {
 	scrape      string
 }
 
+// holdPer is the connections each holder holds: 18,000 sockets (a process
+// may have 20,000 files open).
+const holdPer = 9000
+
 func memoryPile(bin, churnBin string, sockets int, what string, holdArgs []string, runs []memRun) error {
-	per := 9000 // connections per holder: 18,000 sockets
+	per := holdPer
 	var holders []*exec.Cmd
 	defer func() {
 		for _, h := range holders {
