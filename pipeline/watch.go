@@ -25,6 +25,7 @@ type Watch struct {
 	lost     uint64
 	rows     []output.Socket // the last snapshot's, reused by the next
 	keep     bool            // the renderer keeps rows: each snapshot has its own
+	reuse    func() []output.Socket
 }
 
 // WatchOptions say which sockets a snapshot lists, and how often.
@@ -39,6 +40,10 @@ type WatchOptions struct {
 	// full-screen view, until the next): each gets rows of its own. Else
 	// every snapshot is made in the last one's rows.
 	KeepsRows bool
+	// Reuse, with KeepsRows, returns rows the renderer has let go of (nil:
+	// none), for the next snapshot to be made in: a new 100,000 rows at
+	// every refresh would grow the heap to twice what is live.
+	Reuse func() []output.Socket
 }
 
 // WatchRenderer shows snapshots: output.Watch (text, JSON), or the
@@ -50,7 +55,7 @@ type WatchRenderer interface {
 
 // NewWatch renders through w.
 func NewWatch(w WatchRenderer, o WatchOptions) *Watch {
-	s := &Watch{w: w, filter: o.Filter, states: o.States, linger: o.Linger, interval: o.Interval, keep: o.KeepsRows}
+	s := &Watch{w: w, filter: o.Filter, states: o.States, linger: o.Linger, interval: o.Interval, keep: o.KeepsRows, reuse: o.Reuse}
 	s.filter.States = 0
 	rs := &resync{rescan: o.Rescan, withTimewait: true, next: s}
 	s.tl = timeline.New(rs, timeline.Options{MaxConns: o.MaxConns})
@@ -101,6 +106,9 @@ func (s *Watch) Render(now uint64) error {
 	s.last = now
 	if s.keep {
 		s.rows = nil
+		if s.reuse != nil {
+			s.rows = s.reuse()
+		}
 	}
 	s.rows = output.AppendSnapshot(s.rows, s.tl, now, &s.filter, s.states, s.linger)
 	return s.w.Render(now, s.rows, s.lost)

@@ -125,9 +125,10 @@ func runWatch(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	full := isTTY && stdinErr == nil && !f.once && f.output.value == "text" && !f.noTUI
 	var w pipeline.WatchRenderer
 	var screen *screenRenderer
+	var reuse func() []output.Socket
 	if full {
-		screen = &screenRenderer{}
-		w = screen
+		screen = &screenRenderer{free: make(chan []output.Socket, 2)}
+		w, reuse = screen, screen.reuse
 	} else {
 		w = output.NewWatch(stdout, output.WatchOptions{
 			Clock: tracer.NewClock(), Top: f.top, Clear: isTTY && !f.once, JSON: f.output.value == "json",
@@ -135,13 +136,13 @@ func runWatch(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		})
 	}
 	ws := pipeline.NewWatch(w, pipeline.WatchOptions{Filter: filter, States: states, Linger: time.Duration(f.linger),
-		Interval: time.Duration(f.interval), MaxConns: f.maxConns, Rescan: rescan(t, filter), KeepsRows: full})
+		Interval: time.Duration(f.interval), MaxConns: f.maxConns, Rescan: rescan(t, filter), KeepsRows: full, Reuse: reuse})
 	found := seedWalk(t, filter, tracer.ScanOptions{TimeWait: true}, stderr, ws.SeedSocket)
 	warnTableFull(stderr, ws.Evicted(), found, f.maxConns, " and are not shown: raise it")
 	if full {
 		host, _ := os.Hostname()
 		screen.events = ws.Events
-		return runScreen(ctx, tui.New(tui.Options{Clock: tracer.NewClock(), Host: host, NetNSName: netnsNames()}), screen, func(ctx context.Context) error {
+		return runScreen(ctx, tui.New(tui.Options{Clock: tracer.NewClock(), Host: host, NetNSName: netnsNames(), Release: screen.release}), screen, func(ctx context.Context) error {
 			if err := ws.Render(tracer.BootNow()); err != nil {
 				return err
 			}
@@ -154,10 +155,31 @@ func runWatch(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	return pipeline.Live(ctx, t, ws.Sink(), time.Duration(f.duration), ready)
 }
 
-// screenRenderer hands each snapshot to the full-screen view.
+// screenRenderer hands each snapshot to the full-screen view, which hands
+// the rows back (free) when it lets go of them.
 type screenRenderer struct {
 	p      *tea.Program
 	events func() uint64
+	free   chan []output.Socket
+}
+
+// release takes rows back from the view (its goroutine); beyond two, the
+// collector has them.
+func (s *screenRenderer) release(rows []output.Socket) {
+	select {
+	case s.free <- rows[:0]:
+	default:
+	}
+}
+
+// reuse is rows the view let go of, or nil (the tracer's goroutine).
+func (s *screenRenderer) reuse() []output.Socket {
+	select {
+	case rows := <-s.free:
+		return rows
+	default:
+		return nil
+	}
 }
 
 func (s *screenRenderer) Render(now uint64, rows []output.Socket, lost uint64) error {

@@ -48,6 +48,10 @@ type Options struct {
 	// NetNSName names a network namespace by inode ("" for none: the
 	// inode is shown), for the NETNS column when sockets span namespaces.
 	NetNSName func(inode uint32) string
+	// Release, if set, is handed a snapshot's rows once the view no longer
+	// holds them (a newer snapshot replaced it, or it came while paused),
+	// on the view's goroutine: they can be filled again.
+	Release func(rows []output.Socket)
 }
 
 type sortKey int
@@ -144,6 +148,12 @@ func (m Model) Update(msg tea.Msg) (tea.Model, tea.Cmd) {
 	return mm, cmd
 }
 
+func (m Model) release(rows []output.Socket) {
+	if m.opts.Release != nil && rows != nil {
+		m.opts.Release(rows)
+	}
+}
+
 // derive is what the view draws, made again if the last is stale.
 func (m Model) derive() *derived {
 	d := m.derived
@@ -168,8 +178,12 @@ func (m Model) update(msg tea.Msg) (tea.Model, tea.Cmd) {
 	switch msg := msg.(type) {
 	case Snapshot:
 		if !m.paused || !m.have {
+			old := m.snap.Rows
 			m.snap, m.have = msg, true
 			m.gen++
+			m.release(old) // (derived is made again for the new rows: no other reference)
+		} else {
+			m.release(msg.Rows)
 		}
 	case tea.WindowSizeMsg:
 		m.width, m.height = msg.Width, msg.Height

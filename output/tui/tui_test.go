@@ -252,3 +252,31 @@ func BenchmarkView(b *testing.B) {
 		}
 	}
 }
+
+// The view hands back a snapshot's rows once it lets go of them (replaced by
+// a newer one, or arrived while paused), never the rows it shows.
+func TestReleasesRowsItNoLongerHolds(t *testing.T) {
+	var released [][]output.Socket
+	m := New(Options{Host: "web1", Location: time.UTC, NoColor: true,
+		Release: func(rows []output.Socket) { released = append(released, rows) }})
+	snap := func(cookie uint64) Snapshot {
+		return Snapshot{Now: uint64(time.Hour), Rows: []output.Socket{{Cookie: cookie, State: tracer.CloseWait}}}
+	}
+	first, second, third := snap(1), snap(2), snap(3)
+	nm, _ := m.Update(first)
+	if len(released) != 0 {
+		t.Fatalf("the first snapshot released %v", released)
+	}
+	nm, _ = nm.Update(second)
+	if len(released) != 1 || &released[0][0] != &first.Rows[0] {
+		t.Fatalf("after the second snapshot, released %v; want the first's rows", released)
+	}
+	m = press(nm.(Model), " ") // paused: a new snapshot is not taken, and goes back at once
+	nm, _ = m.Update(third)
+	if len(released) != 2 || &released[1][0] != &third.Rows[0] {
+		t.Fatalf("a snapshot while paused: released %v; want its own rows", released)
+	}
+	if got := nm.(Model).derive().rows; len(got) != 1 || got[0].Cookie != 2 {
+		t.Errorf("paused, the view shows %v; want the second snapshot", got)
+	}
+}
