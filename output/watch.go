@@ -422,16 +422,12 @@ func (w *Watch) renderJSON(now uint64, rows []Socket, lost uint64) error {
 const LingerStates = tracer.StateSet(1<<tracer.CloseWait | 1<<tracer.FinWait1 | 1<<tracer.FinWait2 |
 	1<<tracer.Closing | 1<<tracer.LastAck | 1<<tracer.TimeWait)
 
-// Snapshot lists the connections of tl in states, passing f, that have been
-// in their state at least linger at time now, oldest first.
-func Snapshot(tl *timeline.Timeline, now uint64, f *tracer.Filter, states tracer.StateSet, linger time.Duration) []Socket {
-	return AppendSnapshot(nil, tl, now, f, states, linger)
-}
-
-// AppendSnapshot is Snapshot into rows[:0], for a caller that renders one
-// snapshot after another: 100,000 rows are 14 MB, and a slice grown by append
-// to them allocates several times that on every render. rows is made anew
-// when too small, or more than twice too large (after a spike).
+// AppendSnapshot lists, into rows[:0], the connections of tl in states,
+// passing f, that have been in their state at least linger at time now,
+// oldest first. A caller renders one snapshot after another in the same
+// rows: 100,000 rows are 14 MB, and a slice grown by append to them
+// allocates several times that on every render. rows is made anew when too
+// small, or more than twice too large (after a spike).
 func AppendSnapshot(rows []Socket, tl *timeline.Timeline, now uint64, f *tracer.Filter, states tracer.StateSet, linger time.Duration) []Socket {
 	rows = rows[:0]
 	if n := countSockets(tl, now, f, states, linger); cap(rows) < n || cap(rows) > 2*n+4096 {
@@ -442,7 +438,7 @@ func AppendSnapshot(rows []Socket, tl *timeline.Timeline, now uint64, f *tracer.
 	return rows
 }
 
-// EachSocket hands each row Snapshot would list to each, in no order; the
+// EachSocket hands each row AppendSnapshot would list to each, in no order; the
 // Socket is reused.
 func EachSocket(tl *timeline.Timeline, now uint64, f *tracer.Filter, states tracer.StateSet, linger time.Duration, each func(*Socket)) {
 	var s Socket

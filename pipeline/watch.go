@@ -24,7 +24,6 @@ type Watch struct {
 	last     uint64
 	lost     uint64
 	rows     []output.Socket // the last snapshot's, reused by the next
-	keep     bool            // the renderer keeps rows: each snapshot has its own
 	reuse    func() []output.Socket
 }
 
@@ -36,26 +35,24 @@ type WatchOptions struct {
 	Interval time.Duration
 	MaxConns int
 	Rescan   Rescan // after a loss, the table is made to agree with a fresh walk
-	// KeepsRows: the renderer keeps a snapshot's rows past Render (the
-	// full-screen view, until the next): each gets rows of its own. Else
-	// every snapshot is made in the last one's rows.
-	KeepsRows bool
-	// Reuse, with KeepsRows, returns rows the renderer has let go of (nil:
-	// none), for the next snapshot to be made in: a new 100,000 rows at
-	// every refresh would grow the heap to twice what is live.
+	// Reuse, if set, says the renderer keeps a snapshot's rows past Render
+	// (the full-screen view, until the next), and returns rows it has let
+	// go of (nil: none) for the next snapshot to be made in: a new 100,000
+	// rows at every refresh would grow the heap to twice what is live.
+	// Unset, every snapshot is made in the last one's rows.
 	Reuse func() []output.Socket
 }
 
 // WatchRenderer shows snapshots: output.Watch (text, JSON), or the
 // full-screen view of a terminal. Render's rows are the next snapshot's too,
-// unless WatchOptions.KeepsRows.
+// unless WatchOptions.Reuse is set.
 type WatchRenderer interface {
 	Render(now uint64, rows []output.Socket, lost uint64) error
 }
 
 // NewWatch renders through w.
 func NewWatch(w WatchRenderer, o WatchOptions) *Watch {
-	s := &Watch{w: w, filter: o.Filter, states: o.States, linger: o.Linger, interval: o.Interval, keep: o.KeepsRows, reuse: o.Reuse}
+	s := &Watch{w: w, filter: o.Filter, states: o.States, linger: o.Linger, interval: o.Interval, reuse: o.Reuse}
 	s.filter.States = 0
 	rs := &resync{rescan: o.Rescan, withTimewait: true, next: s}
 	s.tl = timeline.New(rs, timeline.Options{MaxConns: o.MaxConns})
@@ -104,11 +101,8 @@ func (s *Watch) Sink() tracer.Sink { return s.tl }
 // Render writes the snapshot at now.
 func (s *Watch) Render(now uint64) error {
 	s.last = now
-	if s.keep {
-		s.rows = nil
-		if s.reuse != nil {
-			s.rows = s.reuse()
-		}
+	if s.reuse != nil {
+		s.rows = s.reuse() // (the renderer still holds the last)
 	}
 	s.rows = output.AppendSnapshot(s.rows, s.tl, now, &s.filter, s.states, s.linger)
 	return s.w.Render(now, s.rows, s.lost)

@@ -136,7 +136,7 @@ func runWatch(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		})
 	}
 	ws := pipeline.NewWatch(w, pipeline.WatchOptions{Filter: filter, States: states, Linger: time.Duration(f.linger),
-		Interval: time.Duration(f.interval), MaxConns: f.maxConns, Rescan: rescan(t, filter), KeepsRows: full, Reuse: reuse})
+		Interval: time.Duration(f.interval), MaxConns: f.maxConns, Rescan: rescan(t, filter), Reuse: reuse})
 	found := seedWalk(t, filter, tracer.ScanOptions{TimeWait: true}, stderr, ws.SeedSocket)
 	warnTableFull(stderr, ws.Evicted(), found, f.maxConns, " and are not shown: raise it")
 	if full {
@@ -183,7 +183,7 @@ func (s *screenRenderer) reuse() []output.Socket {
 }
 
 func (s *screenRenderer) Render(now uint64, rows []output.Socket, lost uint64) error {
-	s.p.Send(tui.Snapshot{Now: now, Rows: rows, Events: s.events(), Lost: lost}) // (kept: KeepsRows)
+	s.p.Send(tui.Snapshot{Now: now, Rows: rows, Events: s.events(), Lost: lost}) // (kept: WatchOptions.Reuse)
 	return nil
 }
 

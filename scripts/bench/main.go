@@ -374,7 +374,6 @@ type memRun struct {
 const holdPer = 9000
 
 func memoryPile(bin, churnBin string, sockets int, what string, holdArgs []string, runs []memRun) error {
-	per := holdPer
 	var holders []*exec.Cmd
 	defer func() {
 		for _, h := range holders {
@@ -382,8 +381,8 @@ func memoryPile(bin, churnBin string, sockets int, what string, holdArgs []strin
 			_ = h.Wait()
 		}
 	}()
-	for i := 0; i*2*per < sockets; i++ {
-		args := append([]string{"-hold", strconv.Itoa(per), "-d", "10m", "-addr", fmt.Sprintf("127.0.%d.1:0", i+1)}, holdArgs...)
+	for i := 0; i*2*holdPer < sockets; i++ {
+		args := append([]string{"-hold", strconv.Itoa(holdPer), "-d", "10m", "-addr", fmt.Sprintf("127.0.%d.1:0", i+1)}, holdArgs...)
 		h := exec.Command(churnBin, args...)
 		pipe, _ := h.StdoutPipe()
 		h.Stderr = os.Stderr
@@ -410,7 +409,7 @@ func memoryPile(bin, churnBin string, sockets int, what string, holdArgs []strin
 		}
 		ru := t.ProcessState.SysUsage().(*syscall.Rusage)
 		fmt.Printf("memory: tcpstate %s with %d %s (%d connections, both ends)%s: peak RSS %.1f MiB\n",
-			run.what, len(holders)*2*per, what, len(holders)*per, run.where, float64(ru.Maxrss)/1024)
+			run.what, len(holders)*2*holdPer, what, len(holders)*holdPer, run.where, float64(ru.Maxrss)/1024)
 	}
 	return nil
 }
