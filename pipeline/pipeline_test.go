@@ -200,3 +200,80 @@ func TestRecordWarnsOfAWalkOverMaxSize(t *testing.T) {
 		}
 	}
 }
+
+// rowsRenderer notes where each snapshot's rows lie.
+type rowsRenderer struct{ first []*output.Socket }
+
+func (r *rowsRenderer) Render(_ uint64, rows []output.Socket, _ uint64) error {
+	if len(rows) == 0 {
+		r.first = append(r.first, nil)
+		return nil
+	}
+	r.first = append(r.first, &rows[0])
+	return nil
+}
+
+// render renders a snapshot and says where its rows lie.
+func (r *rowsRenderer) render(t *testing.T, s *Watch, now uint64) *output.Socket {
+	t.Helper()
+	if err := s.Render(now); err != nil {
+		t.Fatal(err)
+	}
+	if r.first[len(r.first)-1] == nil {
+		t.Fatal("an empty snapshot")
+	}
+	return r.first[len(r.first)-1]
+}
+
+// A snapshot is made in the last one's rows, or with WatchOptions.Reuse in
+// the rows Reuse gives back, and never in rows a renderer that keeps them
+// still holds.
+func TestWatchRefillsRows(t *testing.T) {
+	closeWait := func(s *Watch) {
+		t.Helper()
+		for i := range uint64(3) {
+			e := tracer.Event{Type: tracer.EventState, Time: 1000 + i, Cookie: 1 + i, Old: tracer.Established, New: tracer.CloseWait,
+				Endpoints: tracer.Endpoints{Family: tracer.IPv4, Local: netip.MustParseAddrPort("10.0.0.1:80"),
+					Remote: netip.AddrPortFrom(netip.MustParseAddr("10.0.0.2"), uint16(40000+i))}}
+			if err := s.Sink().Event(&e); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if err := s.tl.Flush(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	var states tracer.StateSet
+	states.Add(tracer.CloseWait)
+
+	t.Run("by itself", func(t *testing.T) {
+		r := &rowsRenderer{}
+		s := NewWatch(r, WatchOptions{States: states, Interval: time.Second})
+		closeWait(s)
+		first := r.render(t, s, 2000)
+		for now := uint64(2001); now < 2003; now++ {
+			if at := r.render(t, s, now); at != first {
+				t.Errorf("snapshot at %d made at %p, want in the last one's rows (%p)", now, at, first)
+			}
+		}
+	})
+	t.Run("Reuse", func(t *testing.T) {
+		r := &rowsRenderer{}
+		var back []output.Socket // what the renderer gives back next
+		s := NewWatch(r, WatchOptions{States: states, Interval: time.Second, Reuse: func() []output.Socket {
+			b := back
+			back = nil
+			return b
+		}})
+		closeWait(s)
+		held := r.render(t, s, 2000)
+		if at := r.render(t, s, 2001); at == held { // nothing given back
+			t.Fatal("a snapshot was made in the rows the renderer still holds")
+		}
+		back = make([]output.Socket, 0, 8)
+		mine := &back[:1][0]
+		if at := r.render(t, s, 2002); at != mine {
+			t.Errorf("a snapshot was made at %p, want in the rows given back (%p)", at, mine)
+		}
+	})
+}

@@ -164,8 +164,11 @@ type screenRenderer struct {
 }
 
 // release takes rows back from the view (its goroutine); beyond two, the
-// collector has them.
+// collector has them. Rows with no room (an empty snapshot's) save nothing.
 func (s *screenRenderer) release(rows []output.Socket) {
+	if cap(rows) == 0 {
+		return
+	}
 	select {
 	case s.free <- rows[:0]:
 	default:

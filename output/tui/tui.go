@@ -50,7 +50,10 @@ type Options struct {
 	NetNSName func(inode uint32) string
 	// Release, if set, is handed a snapshot's rows once the view no longer
 	// holds them (a newer snapshot replaced it, or it came while paused),
-	// on the view's goroutine: they can be filled again.
+	// on the view's goroutine: they can be filled again. A snapshot must
+	// then never come in the rows of the one the view shows (they would be
+	// handed back while still drawn): the sender makes each in rows it was
+	// handed back, or new ones.
 	Release func(rows []output.Socket)
 }
 
