@@ -271,19 +271,22 @@ func BenchmarkHookCost(b *testing.B) {
 // the CLOSE, still names it, so that --pid and --comm keep it.
 func TestKeepaliveKillOfOlderSocketNamed(t *testing.T) {
 	ns := newNetNS(t)
-	// Idle long enough for the tracer to attach first, even emulated.
-	const idle = 8 * time.Second
-	c, _, srv := keepaliveClient(t, ns, net.KeepAliveConfig{Enable: true, Idle: idle, Interval: time.Second, Count: 1})
-	connected := time.Now()
+	// Keepalive on, not due for an hour: made due once the tracer is
+	// attached, however long it takes to start (7 s emulated).
+	c, _, srv := keepaliveClient(t, ns, net.KeepAliveConfig{Enable: true, Idle: time.Hour, Interval: time.Second, Count: 1})
 	r := startTracer(t, tracer.Config{Filter: tracer.Filter{NetNS: ns.Inode}}, nil)
-	if time.Since(connected) > idle-2*time.Second {
-		t.Skipf("the tracer took %v to start: past the first probe", time.Since(connected))
-	}
 	ns.LoopbackDown(t)
+	// TCP_KEEPIDLE re-arms the timer for what is left of the new idle
+	// time: it fires at once (idle since the connect), a probe goes
+	// nowhere, and the next fire a second later kills.
+	if err := c.(*net.TCPConn).SetKeepAliveConfig(net.KeepAliveConfig{Enable: true, Idle: time.Second, Interval: time.Second, Count: 1}); err != nil {
+		t.Fatal(err)
+	}
+	due := time.Now()
 	local := netip.MustParseAddrPort(c.LocalAddr().String())
 	isClient := func(e *tracer.Event) bool { return e.Local == local && e.Remote == srv }
 	var kill tracer.Event
-	for deadline := connected.Add(idle + 5*time.Second); ; time.Sleep(50 * time.Millisecond) {
+	for deadline := due.Add(10 * time.Second); ; time.Sleep(50 * time.Millisecond) {
 		if k := keepalives(r.col.socketAll(isClient), tracer.KeepaliveTimeout); len(k) > 0 {
 			kill = k[0]
 			break
