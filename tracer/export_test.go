@@ -110,3 +110,18 @@ func (t *Tracer) ForgetTimewaits() (int, error) {
 	}
 	return len(keys), nil
 }
+
+// KeepaliveProbesKept lists the sockets (by ka_probes' key: the cookie where
+// there is one) whose keepalive probe count the kernel side keeps.
+func (t *Tracer) KeepaliveProbesKept() ([]uint64, error) {
+	var (
+		key  uint64
+		val  uint8
+		keys []uint64
+	)
+	it := t.coll.Maps[tcpstateMapKaProbes].Iterate()
+	for it.Next(&key, &val) {
+		keys = append(keys, key)
+	}
+	return keys, it.Err()
+}

@@ -198,7 +198,8 @@ func TestKeepaliveLivePeer(t *testing.T) {
 // under loopback connection churn with idle keepalive sockets open: the timer
 // hooks run for every timer in the system and must leave at once unless it is
 // a keepalive or timewait timer. Reports ns/run per hook and runs per
-// connection.
+// connection, with no filter ("all") and with one that excludes every
+// connection ("filtered": the work done for what is not asked about).
 func BenchmarkHookCost(b *testing.B) {
 	requireRoot(b)
 	stats, err := ebpf.EnableStats(unix.BPF_STATS_RUN_TIME)
@@ -206,7 +207,12 @@ func BenchmarkHookCost(b *testing.B) {
 		b.Skipf("kernel BPF statistics unavailable: %v", err)
 	}
 	defer stats.Close()
-	tr, err := tracer.New(tracer.Config{})
+	b.Run("all", func(b *testing.B) { benchmarkHookCost(b, tracer.Filter{}) })
+	b.Run("filtered", func(b *testing.B) { benchmarkHookCost(b, tracer.Filter{RPorts: []uint16{1}}) })
+}
+
+func benchmarkHookCost(b *testing.B, f tracer.Filter) {
+	tr, err := tracer.New(tracer.Config{Filter: f})
 	if err != nil {
 		b.Fatal(err)
 	}
@@ -297,6 +303,50 @@ func TestKeepaliveKillOfOlderSocketNamed(t *testing.T) {
 	}
 	if !kill.Owner.Known() || kill.Owner.PID != uint32(os.Getpid()) || kill.Owner.From != tracer.OwnerProc {
 		t.Errorf("kill owned by %d (%v), want %d from the walk", kill.Owner.PID, kill.Owner.From, os.Getpid())
+	}
+}
+
+// The keepalive timer's work is done only for the sockets the endpoint
+// filters want: another socket's fires are not sent, and its probe count
+// is not kept (in an LRU, where a host's other sockets would take the place
+// of those asked about).
+func TestKeepaliveOfFilteredSocketsNotKept(t *testing.T) {
+	ns := newNetNS(t)
+	wanted, other := ns.Listen(t, "tcp4", "127.0.0.1:0"), ns.Listen(t, "tcp4", "127.0.0.1:0")
+	port := parseAddrPort(wanted.Addr().String()).Port()
+	r := startTracer(t, tracer.Config{Filter: tracer.Filter{NetNS: ns.Inode, RPorts: []uint16{port}}}, nil)
+	cfg := net.KeepAliveConfig{Enable: true, Idle: time.Second, Interval: time.Second, Count: 5}
+	for _, ln := range []net.Listener{wanted, other} {
+		ns.Do(t, func() {
+			c, err := (&net.Dialer{KeepAliveConfig: cfg}).Dial("tcp4", ln.Addr().String())
+			if err != nil {
+				t.Fatal(err)
+			}
+			t.Cleanup(func() { c.Close() })
+		})
+		s, err := ln.Accept() // (Go's 15 s keepalive: not due in this test)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { s.Close() })
+	}
+	isClient := func(e *tracer.Event) bool { return e.Remote.Port() == port && e.New == tracer.SynSent }
+	// Fires at about 1 and 2 s (the peer answers each probe).
+	eventually(t, "two fires of the wanted client's keepalive", func() bool {
+		return len(keepalives(r.col.socketAll(isClient), tracer.KeepaliveFired)) >= 2
+	})
+	cookie := r.col.socketAll(isClient)[0].Cookie
+	kept, err := r.tr.KeepaliveProbesKept()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(kept) != 1 || kept[0] != cookie {
+		t.Errorf("probe counts kept for %x, want only the wanted client's (%x)", kept, cookie)
+	}
+	for _, e := range r.col.socketAll(func(e *tracer.Event) bool { return e.Type == tracer.EventKeepalive }) {
+		if e.Remote.Port() != port {
+			t.Errorf("a keepalive event of a socket the filter excludes: %v %v -> %v", e.Keepalive.Event, e.Local, e.Remote)
+		}
 	}
 }
 

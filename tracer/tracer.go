@@ -69,7 +69,10 @@ type KernelInfo struct {
 
 // Stats are the kernel side's counters, summed over CPUs.
 type Stats struct {
-	Seen      uint64 // events the kernel side produced: delivered + Filtered + Lost
+	// Seen: events the kernel side produced: delivered + Filtered + Lost.
+	// The keepalive timer of a connection the endpoint filters exclude
+	// makes none (its work is not done).
+	Seen      uint64
 	Filtered  uint64 // dropped by the in-kernel filter
 	Lost      uint64 // lost because the ring buffer was full
 	NoStorage uint64 // socket storage unavailable: owner and duration unknown
