@@ -102,7 +102,9 @@ int BPF_PROG(handle_timer_expire, struct timer_list *t, unsigned long baseclk)
 	if (info)
 		tw_sync(&e, info, tw, &h, t, now, key, false);
 	else if (tw_wanted(tw, &h))
-		stat_inc(STAT_TW_UNTRACKED); /* (not the filtered: never to be followed) */
+		stat_inc(STAT_TW_UNTRACKED);
+	else
+		return 0; /* (the filters exclude it: never followed, nothing to say) */
 	event_init(&e, EVENT_STATE, now, tw_cookie(info, key));
 	e.old_state = info ? info->state : BPF_CORE_READ(tw, tw_substate);
 	e.new_state = TCP_CLOSE;
@@ -143,6 +145,8 @@ int BPF_PROG(handle_timer_cancel, struct timer_list *t)
 	info = bpf_map_lookup_elem(&tw_infos, &key);
 	if (info)
 		tw_sync(&e, info, tw, &h, t, now, key, false);
+	else if (!tw_wanted(tw, &h))
+		return 0; /* (nor its re-arm: tw_rearm_unseen finds no removal) */
 	else if (cookie)
 		tw_note_unseen_cancel(cookie);
 	event_init(&e, EVENT_TW_CANCEL, now, tw_cookie(info, key));

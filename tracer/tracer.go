@@ -70,8 +70,8 @@ type KernelInfo struct {
 // Stats are the kernel side's counters, summed over CPUs.
 type Stats struct {
 	// Seen: events the kernel side produced: delivered + Filtered + Lost.
-	// The keepalive timer of a connection the endpoint filters exclude
-	// makes none (its work is not done).
+	// The keepalive and timewait timers of a connection the endpoint
+	// filters exclude make none (their work is not done).
 	Seen      uint64
 	Filtered  uint64 // dropped by the in-kernel filter
 	Lost      uint64 // lost because the ring buffer was full
