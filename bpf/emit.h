@@ -178,6 +178,17 @@ static __always_inline bool comm_matches(const char *comm)
 	return true;
 }
 
+/*
+ * Whether the namespace filter (--netns, a container's) wants a socket, read
+ * from its BTF pointer. A socket's namespace is fixed for its whole life, so
+ * a socket it excludes is not followed at all: no socket storage is made for
+ * it (nor freed with it, nor cloned into its accepted children).
+ */
+static __always_inline bool netns_wanted(const struct sock_common *skc)
+{
+	return !filter_netns || skc->skc_net.net->ns.inum == filter_netns;
+}
+
 /* The endpoint filters: those that hold for a connection's whole life. */
 static __always_inline bool endpoints_wanted(__u16 family, __u32 netns, __u16 sport, __u16 dport,
 					     const __u8 *saddr, const __u8 *daddr)

@@ -25,6 +25,8 @@ static __always_inline void note_io(struct sock *sk)
 	} else {
 		/* A socket older than the tracer: learn its owner now, and that its
 		 * current state began at an unknown time. */
+		if (!netns_wanted(&sk->__sk_common))
+			return;
 		info = sk_info_get(sk, true);
 		if (!info)
 			return;

@@ -16,7 +16,7 @@ static __always_inline void set_state(const struct sock *sk, int oldstate, int n
 	__u64 cookie;
 	__u8 src;
 
-	if (sk->sk_protocol != IPPROTO_TCP)
+	if (sk->sk_protocol != IPPROTO_TCP || !netns_wanted(skc))
 		return;
 	if (oldstate == newstate) {
 		/* Not a state change: close() after shutdown() sets FIN_WAIT1 again.

@@ -485,8 +485,8 @@ func TestJiffiesRate(t *testing.T) {
 	}
 	// A busy machine can slow the reads so much that no sample is taken,
 	// or more than one rate fits (measuredHZ says 0, and tcpstate keeps
-	// the config): measured again then. A rate that fits and is not the
-	// config's fails at once.
+	// the config): measured again then, and skipped after five. A rate
+	// that fits and is not the config's fails at once.
 	var windows []time.Duration
 	for range 5 {
 		a := sampleJiffies()
@@ -501,5 +501,7 @@ func TestJiffiesRate(t *testing.T) {
 		}
 		windows = append(windows, a.window, b.window)
 	}
-	t.Errorf("no rate told apart in 5 measurements (CONFIG_HZ=%d); the samples' windows (0: none within %v): %v", config, maxJiffiesWindow, windows)
+	// (tcpstate then keeps the config, as this test would have it: too
+	// busy a machine to measure is no disagreement)
+	t.Skipf("no rate told apart in 5 measurements (CONFIG_HZ=%d): too busy a machine; the samples' windows (0: none within %v): %v", config, maxJiffiesWindow, windows)
 }

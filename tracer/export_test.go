@@ -3,6 +3,7 @@
 package tracer
 
 import (
+	"errors"
 	"time"
 
 	"github.com/cilium/ebpf"
@@ -124,4 +125,15 @@ func (t *Tracer) KeepaliveProbesKept() ([]uint64, error) {
 		keys = append(keys, key)
 	}
 	return keys, it.Err()
+}
+
+// HasSocketInfo reports whether the kernel side keeps socket storage
+// (sk_infos) for the socket with descriptor fd.
+func (t *Tracer) HasSocketInfo(fd int) (bool, error) {
+	var v tcpstateSkInfo
+	err := t.coll.Maps[tcpstateMapSkInfos].Lookup(int32(fd), &v)
+	if errors.Is(err, ebpf.ErrKeyNotExist) {
+		return false, nil
+	}
+	return err == nil, err
 }

@@ -198,8 +198,9 @@ func TestKeepaliveLivePeer(t *testing.T) {
 // under loopback connection churn with idle keepalive sockets open: the timer
 // hooks run for every timer in the system and must leave at once unless it is
 // a keepalive or timewait timer. Reports ns/run per hook and runs per
-// connection, with no filter ("all") and with one that excludes every
-// connection ("filtered": the work done for what is not asked about).
+// connection, with no filter ("all") and with filters that exclude every
+// connection: by port ("filtered": the work done for what is not asked
+// about), by namespace ("other-netns": none is followed).
 func BenchmarkHookCost(b *testing.B) {
 	requireRoot(b)
 	stats, err := ebpf.EnableStats(unix.BPF_STATS_RUN_TIME)
@@ -209,6 +210,7 @@ func BenchmarkHookCost(b *testing.B) {
 	defer stats.Close()
 	b.Run("all", func(b *testing.B) { benchmarkHookCost(b, tracer.Filter{}) })
 	b.Run("filtered", func(b *testing.B) { benchmarkHookCost(b, tracer.Filter{RPorts: []uint16{1}}) })
+	b.Run("other-netns", func(b *testing.B) { benchmarkHookCost(b, tracer.Filter{NetNS: 1}) })
 }
 
 func benchmarkHookCost(b *testing.B, f tracer.Filter) {

@@ -485,3 +485,56 @@ func TestTimeWaitReportedInTime(t *testing.T) {
 		t.Errorf("%d walks of an empty FIN_WAIT2 watch in 500ms, want none", n)
 	}
 }
+
+// A tracer of one namespace does not follow the sockets of another at all:
+// it makes them no socket storage (which the kernel would also clone into
+// each accepted socket and free with each), on their state changes or their
+// reads and writes.
+func TestNetNSFilterFollowsNoOtherNamespace(t *testing.T) {
+	asked, other := newNetNS(t), newNetNS(t)
+	r := startTracer(t, tracer.Config{Filter: tracer.Filter{NetNS: asked.Inode}}, nil)
+	stored := func(c net.Conn) bool {
+		t.Helper()
+		raw, err := c.(*net.TCPConn).SyscallConn()
+		if err != nil {
+			t.Fatal(err)
+		}
+		var has bool
+		if err := raw.Control(func(fd uintptr) { has, err = r.tr.HasSocketInfo(int(fd)) }); err != nil {
+			t.Fatal(err)
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		return has
+	}
+	conns := func(ns *testnet.NetNS) (client, server net.Conn) {
+		ln := ns.Listen(t, "tcp4", "127.0.0.1:0")
+		c := ns.Dial(t, "tcp4", ln.Addr().String())
+		s, err := ln.Accept()
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { s.Close() })
+		// (a read and a write: where the kernel has their tracepoints, the
+		// first task to do either is an owner, learnt in the kernel)
+		if _, err := c.Write([]byte("x")); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := s.Read(make([]byte, 1)); err != nil {
+			t.Fatal(err)
+		}
+		return c, s
+	}
+	askedC, askedS := conns(asked)
+	otherC, otherS := conns(other)
+	if !stored(askedC) && !stored(askedS) {
+		t.Skip("no socket storage for tracing programs (Linux 5.11): the kernel side keeps sockets by address")
+	}
+	if !stored(askedC) || !stored(askedS) {
+		t.Errorf("socket storage: client %v, server %v in the namespace asked about; want both", stored(askedC), stored(askedS))
+	}
+	if stored(otherC) || stored(otherS) {
+		t.Errorf("socket storage: client %v, server %v in another namespace; want neither", stored(otherC), stored(otherS))
+	}
+}

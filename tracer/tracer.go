@@ -70,8 +70,9 @@ type KernelInfo struct {
 // Stats are the kernel side's counters, summed over CPUs.
 type Stats struct {
 	// Seen: events the kernel side produced: delivered + Filtered + Lost.
-	// The keepalive and timewait timers of a connection the endpoint
-	// filters exclude make none (their work is not done).
+	// A socket in a namespace Filter.NetNS excludes makes none, nor do
+	// the keepalive and timewait timers of a connection the endpoint
+	// filters exclude (their work is not done).
 	Seen      uint64
 	Filtered  uint64 // dropped by the in-kernel filter
 	Lost      uint64 // lost because the ring buffer was full
