@@ -179,10 +179,11 @@ static __always_inline bool comm_matches(const char *comm)
 }
 
 /*
- * Whether the namespace filter (--netns, a container's) wants a socket, read
- * from its BTF pointer. A socket's namespace is fixed for its whole life, so
- * a socket it excludes is not followed at all: no socket storage is made for
- * it (nor freed with it, nor cloned into its accepted children).
+ * Whether the namespace filter (--netns) wants a socket, read from its BTF
+ * pointer. A socket's namespace is fixed for its whole life, so a socket it
+ * excludes is not followed at all: no socket storage is made for it by its
+ * state changes, its reads and writes or the start-up walk (nor freed with
+ * it, nor cloned into its accepted children).
  */
 static __always_inline bool netns_wanted(const struct sock_common *skc)
 {

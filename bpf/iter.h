@@ -53,14 +53,18 @@ int iter_tcp(struct bpf_iter__tcp *ctx)
 		r.timewait = 1;
 		r.state = BPF_CORE_READ(tw, tw_substate);
 		r.timer_expires = BPF_CORE_READ(tw, tw_timer.expires);
-		fresh.cookie = key;
-		fresh.state = r.state;
-		fresh.state_ts = r.ts_ns;
-		fresh.expires = r.timer_expires;
-		fresh.flags = INFO_SINCE_START;
-		bpf_map_update_elem(&tw_infos, &key, &fresh, BPF_NOEXIST);
-		if (r.state == TCP_FIN_WAIT2)
-			fw2_watch(tw, key, r.timer_expires, BPF_NOEXIST);
+		/* Followed from here only if the filters want it (as
+		 * tw_first_arm: the maps are bounded). */
+		if (endpoints_wanted(r.family, r.netns, r.sport, r.dport, r.saddr, r.daddr)) {
+			fresh.cookie = key;
+			fresh.state = r.state;
+			fresh.state_ts = r.ts_ns;
+			fresh.expires = r.timer_expires;
+			fresh.flags = INFO_SINCE_START;
+			bpf_map_update_elem(&tw_infos, &key, &fresh, BPF_NOEXIST);
+			if (r.state == TCP_FIN_WAIT2)
+				fw2_watch(tw, key, r.timer_expires, BPF_NOEXIST);
+		}
 	} else if (r.state != TCP_NEW_SYN_RECV) {
 		struct tcp_sock *tp = bpf_skc_to_tcp_sock(skc);
 		struct timer_list *kt;
@@ -85,7 +89,8 @@ int iter_tcp(struct bpf_iter__tcp *ctx)
 		}
 		r.uid = tp->inet_conn.icsk_inet.sk.sk_uid.val;
 		r.ino = BPF_CORE_READ(tp, inet_conn.icsk_inet.sk.sk_socket, file, f_inode, i_ino);
-		info = sk_info_get((struct sock *)tp, true);
+		/* (not in a namespace the filter excludes: never followed) */
+		info = !filter_netns || r.netns == filter_netns ? sk_info_get((struct sock *)tp, true) : NULL;
 		if (info && !r.cookie && info->cookie && info->state == r.state) {
 			/* Followed already, under the tracer's own id (no cookie). */
 			r.cookie = info->cookie;

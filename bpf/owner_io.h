@@ -16,7 +16,7 @@ static __always_inline void note_io(struct sock *sk)
 {
 	struct sk_info *info;
 
-	if (!sk || sk->sk_protocol != IPPROTO_TCP)
+	if (!sk || sk->sk_protocol != IPPROTO_TCP || !netns_wanted(&sk->__sk_common))
 		return;
 	info = sk_info_get(sk, false);
 	if (info) {
@@ -25,8 +25,6 @@ static __always_inline void note_io(struct sock *sk)
 	} else {
 		/* A socket older than the tracer: learn its owner now, and that its
 		 * current state began at an unknown time. */
-		if (!netns_wanted(&sk->__sk_common))
-			return;
 		info = sk_info_get(sk, true);
 		if (!info)
 			return;

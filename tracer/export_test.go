@@ -137,3 +137,18 @@ func (t *Tracer) HasSocketInfo(fd int) (bool, error) {
 	}
 	return err == nil, err
 }
+
+// TimewaitFollowed counts the timewait sockets the kernel side follows
+// (tw_infos).
+func (t *Tracer) TimewaitFollowed() (int, error) {
+	var (
+		key uint64
+		val tcpstateTwInfo
+		n   int
+	)
+	it := t.coll.Maps[tcpstateMapTwInfos].Iterate()
+	for it.Next(&key, &val) {
+		n++
+	}
+	return n, it.Err()
+}

@@ -318,7 +318,9 @@ func TestKeepaliveOfFilteredSocketsNotKept(t *testing.T) {
 	port := parseAddrPort(wanted.Addr().String()).Port()
 	r := startTracer(t, tracer.Config{Filter: tracer.Filter{NetNS: ns.Inode, RPorts: []uint16{port}}}, nil)
 	cfg := net.KeepAliveConfig{Enable: true, Idle: time.Second, Interval: time.Second, Count: 5}
+	var dialed time.Time
 	for _, ln := range []net.Listener{wanted, other} {
+		dialed = time.Now()
 		ns.Do(t, func() {
 			c, err := (&net.Dialer{KeepAliveConfig: cfg}).Dial("tcp4", ln.Addr().String())
 			if err != nil {
@@ -337,6 +339,9 @@ func TestKeepaliveOfFilteredSocketsNotKept(t *testing.T) {
 	eventually(t, "two fires of the wanted client's keepalive", func() bool {
 		return len(keepalives(r.col.socketAll(isClient), tracer.KeepaliveFired)) >= 2
 	})
+	// and the other's first fire, at about 1 s (which the last kernel side
+	// kept): not to pass for want of it
+	time.Sleep(time.Until(dialed.Add(2500 * time.Millisecond)))
 	cookie := r.col.socketAll(isClient)[0].Cookie
 	kept, err := r.tr.KeepaliveProbesKept()
 	if err != nil {

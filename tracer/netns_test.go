@@ -4,6 +4,7 @@ package tracer_test
 
 import (
 	"fmt"
+	"io"
 	"net"
 	"net/netip"
 	"os"
@@ -488,28 +489,15 @@ func TestTimeWaitReportedInTime(t *testing.T) {
 
 // A tracer of one namespace does not follow the sockets of another at all:
 // it makes them no socket storage (which the kernel would also clone into
-// each accepted socket and free with each), on their state changes or their
-// reads and writes.
+// each accepted socket and free with each), by their state changes, their
+// reads and writes, or the start-up walk of those older than the tracer.
 func TestNetNSFilterFollowsNoOtherNamespace(t *testing.T) {
 	asked, other := newNetNS(t), newNetNS(t)
-	r := startTracer(t, tracer.Config{Filter: tracer.Filter{NetNS: asked.Inode}}, nil)
-	stored := func(c net.Conn) bool {
-		t.Helper()
-		raw, err := c.(*net.TCPConn).SyscallConn()
-		if err != nil {
-			t.Fatal(err)
-		}
-		var has bool
-		if err := raw.Control(func(fd uintptr) { has, err = r.tr.HasSocketInfo(int(fd)) }); err != nil {
-			t.Fatal(err)
-		}
-		if err != nil {
-			t.Fatal(err)
-		}
-		return has
+	type sockets struct {
+		ln                     net.Listener
+		oldC, oldS, newC, newS net.Conn // connected before the tracer and after
 	}
-	conns := func(ns *testnet.NetNS) (client, server net.Conn) {
-		ln := ns.Listen(t, "tcp4", "127.0.0.1:0")
+	connect := func(ns *testnet.NetNS, ln net.Listener) (client, server net.Conn) {
 		c := ns.Dial(t, "tcp4", ln.Addr().String())
 		s, err := ln.Accept()
 		if err != nil {
@@ -526,15 +514,57 @@ func TestNetNSFilterFollowsNoOtherNamespace(t *testing.T) {
 		}
 		return c, s
 	}
-	askedC, askedS := conns(asked)
-	otherC, otherS := conns(other)
-	if !stored(askedC) && !stored(askedS) {
+	var in [2]sockets
+	for i, ns := range []*testnet.NetNS{asked, other} {
+		in[i].ln = ns.Listen(t, "tcp4", "127.0.0.1:0")
+		in[i].oldC, in[i].oldS = connect(ns, in[i].ln)
+		// and one connection in TIME_WAIT (its client closed first)
+		c, s := connect(ns, in[i].ln)
+		c.Close()
+		if _, err := s.Read(make([]byte, 1)); err != io.EOF {
+			t.Fatalf("server read %v, want EOF", err)
+		}
+		s.Close()
+	}
+	r := startTracer(t, tracer.Config{Filter: tracer.Filter{NetNS: asked.Inode}}, nil) // (walks the older ones)
+	for i, ns := range []*testnet.NetNS{asked, other} {
+		in[i].newC, in[i].newS = connect(ns, in[i].ln)
+	}
+	stored := func(c syscall.Conn) bool {
+		t.Helper()
+		raw, err := c.SyscallConn()
+		if err != nil {
+			t.Fatal(err)
+		}
+		var has bool
+		if err := raw.Control(func(fd uintptr) { has, err = r.tr.HasSocketInfo(int(fd)) }); err != nil {
+			t.Fatal(err)
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		return has
+	}
+	have := func(s sockets) string {
+		// (not the listener's: Go's listeners are MPTCP ones, whose
+		// descriptor is not the TCP socket the kernel side follows)
+		return fmt.Sprintf("older client %v and server %v, newer client %v and server %v",
+			stored(s.oldC.(*net.TCPConn)), stored(s.oldS.(*net.TCPConn)), stored(s.newC.(*net.TCPConn)), stored(s.newS.(*net.TCPConn)))
+	}
+	const all, none = "older client true and server true, newer client true and server true",
+		"older client false and server false, newer client false and server false"
+	// one: the walk's; none of another namespace, older than the tracer or not
+	if n, err := r.tr.TimewaitFollowed(); err != nil || n != 1 {
+		t.Errorf("%d timewait sockets followed (%v), want the one of the namespace asked about", n, err)
+	}
+	got := have(in[0])
+	if got == none {
 		t.Skip("no socket storage for tracing programs (Linux 5.11): the kernel side keeps sockets by address")
 	}
-	if !stored(askedC) || !stored(askedS) {
-		t.Errorf("socket storage: client %v, server %v in the namespace asked about; want both", stored(askedC), stored(askedS))
+	if got != all {
+		t.Errorf("socket storage in the namespace asked about: %s; want all", got)
 	}
-	if stored(otherC) || stored(otherS) {
-		t.Errorf("socket storage: client %v, server %v in another namespace; want neither", stored(otherC), stored(otherS))
+	if got := have(in[1]); got != none {
+		t.Errorf("socket storage in another namespace: %s; want none", got)
 	}
 }
