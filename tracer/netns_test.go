@@ -8,6 +8,7 @@ import (
 	"net"
 	"net/netip"
 	"os"
+	"slices"
 	"syscall"
 	"testing"
 	"time"
@@ -527,6 +528,11 @@ func TestNetNSFilterFollowsNoOtherNamespace(t *testing.T) {
 		s.Close()
 	}
 	r := startTracer(t, tracer.Config{Filter: tracer.Filter{NetNS: asked.Inode}}, nil) // (walks the older ones)
+	// The walk visits the namespace asked about alone: the listener, the
+	// older connection's two ends and the one in TIME_WAIT.
+	if socks, err := r.tr.Scan(); err != nil || len(socks) != 4 || slices.ContainsFunc(socks, func(s tracer.Socket) bool { return s.NetNS != asked.Inode }) {
+		t.Errorf("the walk found %d sockets (%v), want the 4 of the namespace asked about: %v", len(socks), err, socks)
+	}
 	for i, ns := range []*testnet.NetNS{asked, other} {
 		in[i].newC, in[i].newS = connect(ns, in[i].ln)
 	}

@@ -79,7 +79,7 @@ type NetNS struct {
 var sysctls = [...]string{"keepalive_time", "keepalive_intvl", "keepalive_probes", "fin_timeout", "tw_reuse", "max_tw_buckets"}
 
 // ScanOptions choose what a scan returns. The kernel side is seeded with
-// every socket whatever they say.
+// every socket walked whatever they say.
 type ScanOptions struct {
 	// TimeWait returns the timewait sockets in TIME_WAIT too: a busy host
 	// may have hundreds of thousands, which only watch shows.
@@ -87,9 +87,9 @@ type ScanOptions struct {
 }
 
 // Scan walks every TCP socket of every network namespace it can find (those
-// of running processes and those named under /run/netns), seeds the tracer's
-// per-socket state so that their next events carry what is known, and finds
-// the processes that hold them.
+// of running processes and those named under /run/netns; only Filter.NetNS,
+// for a tracer of one), seeds the tracer's per-socket state so that their
+// next events carry what is known, and finds the processes that hold them.
 func (t *Tracer) Scan() ([]Socket, error) {
 	socks, _, err := t.ScanAll(ScanOptions{TimeWait: true})
 	return socks, err
@@ -132,6 +132,10 @@ func (t *Tracer) scan(opts ScanOptions, grow func(n int), each func(*Socket)) ([
 	var nss []NetNS
 	var skipped []error
 	for _, path := range netnsPaths() {
+		var st unix.Stat_t
+		if t.netns != 0 && (unix.Stat(path, &st) != nil || uint32(st.Ino) != t.netns) {
+			continue // (the kernel side follows no other namespace's sockets)
+		}
 		ns, err := scanNetNS(it, path, t.info.HZ, opts, grow, owned)
 		if err != nil {
 			if errors.Is(err, os.ErrNotExist) || errors.Is(err, syscall.ENOENT) || errors.Is(err, syscall.ESRCH) {

@@ -155,6 +155,7 @@ var probes = []string{tcpstateProgProbeSkStorage, tcpstateProgProbeCookie}
 // Tracer is attached to the kernel from New until Close.
 type Tracer struct {
 	info     KernelInfo
+	netns    uint32 // Filter.NetNS: the only namespace walked, if set
 	coll     *ebpf.Collection
 	links    []link.Link
 	fw2      *link.Iter // walks timewait sockets in FIN_WAIT2; nil without timewait hooks
@@ -227,7 +228,7 @@ func New(cfg Config) (*Tracer, error) {
 	if err := spec.Assign(&obj); err != nil {
 		return nil, fmt.Errorf("reading BPF object: %w", err)
 	}
-	t := &Tracer{info: KernelInfo{RstReasons: resetReasons(kernelTypes)}}
+	t := &Tracer{info: KernelInfo{RstReasons: resetReasons(kernelTypes)}, netns: cfg.Filter.NetNS}
 	t.warnings = append(t.warnings, privilegeWarnings()...)
 	// The rate of jiffies, which timer expiries are in: the kernel's config
 	// says it, checked against jiffies measured across the loading so far
