@@ -64,10 +64,13 @@ func localPort(c net.Conn) int { return c.LocalAddr().(*net.TCPAddr).Port }
 func TestVerifyKeepaliveTimeChange(t *testing.T) {
 	requireRoot(t)
 	// Long enough for verify to start (and walk the sockets) before the
-	// timer armed with it fires, even under emulation (9 s, more on a
-	// busy host). (Armed after verify's start instead, the socket would
-	// have no keepalive at first: verify finds nothing left to wait for.)
-	const before = 12 * time.Second
+	// timer armed with it fires, even under emulation (9 to 17 s while
+	// another emulated machine boots). (Armed after verify's start instead,
+	// the socket would have no keepalive at first: verify finds nothing
+	// left to wait for.) At most 16 s: at HZ=250 the kernel's timer
+	// wheel fires a timer due within 16.4 s at most 256 ms late (64
+	// jiffies); beyond, up to 2 s (512).
+	const before = 16 * time.Second
 	ns := testnet.New(t, fmt.Sprintf("net.ipv4.tcp_keepalive_time=%d", int(before.Seconds())), "net.ipv4.tcp_keepalive_intvl=1")
 	var ln net.Listener
 	var plain, own net.Conn
@@ -95,7 +98,7 @@ func TestVerifyKeepaliveTimeChange(t *testing.T) {
 	defer own.Close()
 	armed := time.Now()
 	wait := startCmd(t, "verify", "--netns", ns.Name, "--rport", strconv.Itoa(ln.Addr().(*net.TCPAddr).Port),
-		"--expect", "keepalive_time=1", "--within", "20s", "-i", "200ms", "-o", "json")
+		"--expect", "keepalive_time=1", "--within", "40s", "-i", "200ms", "-o", "json")
 	took := time.Since(armed)
 	ns.Sysctl(t, "net.ipv4.tcp_keepalive_time=1")
 	r := wait()
@@ -147,7 +150,7 @@ func TestVerifyKeepaliveTimeChange(t *testing.T) {
 		t.Errorf("socket with TCP_KEEPIDLE: %+v", own)
 	}
 	// The timer fires `before` after it was armed, before verify started;
-	// verify must stop then, not at --within 20s.
+	// verify must stop then, not at --within 40s.
 	if r.tracing > before+4*time.Second {
 		t.Errorf("verify ran %v after it began tracing: it should stop as soon as all sockets comply", r.tracing)
 	}
@@ -157,10 +160,10 @@ func TestVerifyKeepaliveTimeChange(t *testing.T) {
 // at the new value and verify says so; one armed before leaves when it ends.
 func TestVerifyFinTimeoutLowered(t *testing.T) {
 	requireRoot(t)
-	// The FIN_WAIT2 armed before the change must outlast verify's start-up
-	// (9 s under emulation) and the one made after it: verify ends when no
-	// socket is left to wait for.
-	ns := testnet.New(t, "net.ipv4.tcp_fin_timeout=20")
+	// The FIN_WAIT2 armed before the change outlasts verify's start-up
+	// (9 to 17 s emulated) and the one made after it: its peer closes once
+	// that one has ended, and verify ends when no socket is left to wait for.
+	ns := testnet.New(t, "net.ipv4.tcp_fin_timeout=60")
 	var ln net.Listener
 	orphan := func() (client, peer net.Conn) {
 		client = ns.Dial(t, "tcp4", ln.Addr().String())
@@ -179,12 +182,14 @@ func TestVerifyFinTimeoutLowered(t *testing.T) {
 		}
 	})
 	defer ln.Close()
-	before, _ := orphan()
+	before, beforePeer := orphan()
 	wait := startCmd(t, "verify", "--netns", ns.Name, "--rport", strconv.Itoa(ln.Addr().(*net.TCPAddr).Port),
 		"--expect", "fin_timeout=2", "--within", "30s", "-i", "200ms", "-o", "json")
 	ns.Sysctl(t, "net.ipv4.tcp_fin_timeout=2")
 	time.Sleep(500 * time.Millisecond) // past verify's sysctl poll (-i 200ms), so the new socket is made after it saw the change
 	after, _ := orphan()
+	time.Sleep(3 * time.Second) // (its FIN_WAIT2 ends 2 s after its close)
+	beforePeer.Close()          // the peer's FIN ends the other: nothing left to wait for
 	r := wait()
 	if r.code != exitOK {
 		t.Fatalf("exit %d: %s\n%s", r.code, r.stderr, r.stdout)
