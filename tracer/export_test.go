@@ -22,16 +22,22 @@ var EachDiagMessage = eachDiagMessage
 // FinWait2Watched counts the timewait sockets watched for a turn to
 // TIME_WAIT without timer_start (tw_fin_wait2).
 func (t *Tracer) FinWait2Watched() (int, error) {
+	keys, err := mapKeys[tcpstateFw2Entry](t.coll.Maps[tcpstateMapTwFinWait2])
+	return len(keys), err
+}
+
+// mapKeys lists the keys of a map keyed by uint64 whose values are V.
+func mapKeys[V any](m *ebpf.Map) ([]uint64, error) {
 	var (
-		key uint64
-		val tcpstateFw2Entry
-		n   int
+		key  uint64
+		val  V
+		keys []uint64
 	)
-	it := t.coll.Maps[tcpstateMapTwFinWait2].Iterate()
+	it := m.Iterate()
 	for it.Next(&key, &val) {
-		n++
+		keys = append(keys, key)
 	}
-	return n, it.Err()
+	return keys, it.Err()
 }
 
 // FinWait2Walks counts the walks of tw_fin_wait2 run so far.
@@ -115,16 +121,7 @@ func (t *Tracer) ForgetTimewaits() (int, error) {
 // KeepaliveProbesKept lists the sockets (by ka_probes' key: the cookie where
 // there is one) whose keepalive probe count the kernel side keeps.
 func (t *Tracer) KeepaliveProbesKept() ([]uint64, error) {
-	var (
-		key  uint64
-		val  uint8
-		keys []uint64
-	)
-	it := t.coll.Maps[tcpstateMapKaProbes].Iterate()
-	for it.Next(&key, &val) {
-		keys = append(keys, key)
-	}
-	return keys, it.Err()
+	return mapKeys[uint8](t.coll.Maps[tcpstateMapKaProbes])
 }
 
 // HasSocketInfo reports whether the kernel side keeps socket storage
@@ -141,14 +138,6 @@ func (t *Tracer) HasSocketInfo(fd int) (bool, error) {
 // TimewaitFollowed counts the timewait sockets the kernel side follows
 // (tw_infos).
 func (t *Tracer) TimewaitFollowed() (int, error) {
-	var (
-		key uint64
-		val tcpstateTwInfo
-		n   int
-	)
-	it := t.coll.Maps[tcpstateMapTwInfos].Iterate()
-	for it.Next(&key, &val) {
-		n++
-	}
-	return n, it.Err()
+	keys, err := mapKeys[tcpstateTwInfo](t.coll.Maps[tcpstateMapTwInfos])
+	return len(keys), err
 }
