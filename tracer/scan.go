@@ -131,19 +131,18 @@ func (t *Tracer) scan(opts ScanOptions, grow func(n int), each func(*Socket)) ([
 	}
 	var nss []NetNS
 	var skipped []error
-	for _, path := range netnsPaths() {
-		var st unix.Stat_t
-		if t.netns != 0 && (unix.Stat(path, &st) != nil || uint32(st.Ino) != t.netns) {
+	for _, f := range netnsPaths() {
+		if t.netns != 0 && f.inode != t.netns {
 			continue // (the kernel side follows no other namespace's sockets)
 		}
-		ns, err := scanNetNS(it, path, t.info.HZ, opts, grow, owned)
+		ns, err := scanNetNS(it, f.path, t.info.HZ, opts, grow, owned)
 		if err != nil {
 			if errors.Is(err, os.ErrNotExist) || errors.Is(err, syscall.ENOENT) || errors.Is(err, syscall.ESRCH) {
 				continue // the namespace went away meanwhile
 			}
 			// One namespace the walk cannot enter (no CAP_SYS_ADMIN)
 			// costs its sockets only.
-			skipped = append(skipped, fmt.Errorf("%s: %w", path, err))
+			skipped = append(skipped, fmt.Errorf("%s: %w", f.path, err))
 			continue
 		}
 		nss = append(nss, ns)
@@ -178,6 +177,8 @@ func (e *ScanError) Unwrap() []error { return e.Skipped }
 // sockets allocates five times their size (large slices grow by a quarter).
 func scanNetNS(it *link.Iter, path string, hz uint32, opts ScanOptions, grow func(int), each func(*Socket)) (NetNS, error) {
 	ns := NetNS{Path: path, Sysctls: map[string]string{}}
+	// (stat again, as close to entering as it can be: a process's
+	// namespace file may be another's by now)
 	var st unix.Stat_t
 	if err := unix.Stat(path, &st); err != nil {
 		return ns, err
@@ -345,11 +346,17 @@ func parseIterRecord(data []byte, hz uint32, finTimeout time.Duration) (Socket, 
 // TimewaitLen is TCP_TIMEWAIT_LEN, fixed in the kernel: how long TIME_WAIT lasts.
 const TimewaitLen = 60 * time.Second
 
+// nsFile is a file of a network namespace, and the namespace's inode.
+type nsFile struct {
+	path  string
+	inode uint32
+}
+
 // netnsPaths names one file per network namespace: a process's, or a
 // mount under /run/netns.
-func netnsPaths() []string {
+func netnsPaths() []nsFile {
 	seen := map[uint64]bool{}
-	var out []string
+	var out []nsFile
 	add := func(path string) {
 		var st unix.Stat_t
 		var fs unix.Statfs_t
@@ -358,7 +365,7 @@ func netnsPaths() []string {
 			return
 		}
 		seen[st.Ino] = true
-		out = append(out, path)
+		out = append(out, nsFile{path: path, inode: uint32(st.Ino)})
 	}
 	add("/proc/self/ns/net")
 	if names, err := os.ReadDir("/run/netns"); err == nil {
@@ -509,16 +516,16 @@ func socketCount(timeWait bool) int {
 // leaves out its sockets.
 func NetNamespaces() []NetNS {
 	var out []NetNS
-	for _, path := range netnsPaths() {
+	for _, f := range netnsPaths() {
 		var st unix.Stat_t
-		if unix.Stat(path, &st) != nil {
+		if unix.Stat(f.path, &st) != nil {
 			continue
 		}
-		vals, err := ReadSysctls(path)
+		vals, err := ReadSysctls(f.path)
 		if err != nil {
 			continue
 		}
-		out = append(out, NetNS{Inode: uint32(st.Ino), Path: path, Sysctls: vals})
+		out = append(out, NetNS{Inode: uint32(st.Ino), Path: f.path, Sysctls: vals})
 	}
 	return out
 }
