@@ -11,7 +11,8 @@
  * Start-up walk of the TCP sockets of one network namespace (the one of the
  * task that opens the iterator): full, timewait and request sockets. Seeds
  * the socket and timewait storage so that the first event of a socket older
- * than the tracer carries a lower bound of its state's duration, and writes one
+ * than the tracer carries a lower bound of its state's duration (TIME_WAIT's
+ * own, known from its timer), and writes one
  * iter_rec per socket for user space, then a trailer.
  */
 SEC("iter/tcp")
@@ -61,6 +62,19 @@ int iter_tcp(struct bpf_iter__tcp *ctx)
 			fresh.state_ts = r.ts_ns;
 			fresh.expires = r.timer_expires;
 			fresh.flags = INFO_SINCE_START;
+			/* TIME_WAIT began TCP_TIMEWAIT_LEN before its timer's
+			 * expiry (as tw_sync dates it): known, not a lower bound.
+			 * (A FIN_WAIT2's timeout is the namespace's, or the
+			 * socket's own: left a lower bound.) */
+			if (r.state == TCP_TIME_WAIT && hz) {
+				__s64 left_ns = (__s64)(r.timer_expires - r.jiffies) * (1000000000LL / hz);
+
+				if (left_ns >= 0 && left_ns <= (__s64)TIMEWAIT_LEN_NS &&
+				    TIMEWAIT_LEN_NS - left_ns < r.ts_ns) {
+					fresh.state_ts = r.ts_ns - (TIMEWAIT_LEN_NS - left_ns);
+					fresh.flags = 0;
+				}
+			}
 			bpf_map_update_elem(&tw_infos, &key, &fresh, BPF_NOEXIST);
 			if (r.state == TCP_FIN_WAIT2)
 				fw2_watch(tw, key, r.timer_expires, BPF_NOEXIST);

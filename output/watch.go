@@ -214,7 +214,11 @@ func (w *Watch) Render(now uint64, rows []Socket, lost uint64) error {
 	for _, r := range rows {
 		counts[r.State]++
 	}
-	fmt.Fprintf(w.w, "tcpstate watch  %s  %d sockets", w.opts.Clock.Wall(now).In(w.opts.Location).Format("15:04:05"), len(rows))
+	noun := "sockets"
+	if len(rows) == 1 {
+		noun = "socket"
+	}
+	fmt.Fprintf(w.w, "tcpstate watch  %s  %d %s", w.opts.Clock.Wall(now).In(w.opts.Location).Format("15:04:05"), len(rows), noun)
 	for st := tracer.Established; st <= tracer.NewSynRecv; st++ {
 		if counts[st] > 0 {
 			fmt.Fprintf(w.w, ", %d %s", counts[st], st)

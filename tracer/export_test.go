@@ -141,3 +141,22 @@ func (t *Tracer) TimewaitFollowed() (int, error) {
 	keys, err := mapKeys[tcpstateTwInfo](t.coll.Maps[tcpstateMapTwInfos])
 	return len(keys), err
 }
+
+// TimewaitSince tells, for the timewait socket the kernel side follows under
+// key (its cookie, as the walk reports it), its state, when the kernel side
+// dates that state's start (boot ns), and whether that is only a lower bound
+// (the tracer's start); ok is false when it is not followed.
+func (t *Tracer) TimewaitSince(key uint64) (state State, since uint64, lowerBound, ok bool, err error) {
+	var v tcpstateTwInfo
+	err = t.coll.Maps[tcpstateMapTwInfos].Lookup(key, &v)
+	if errors.Is(err, ebpf.ErrKeyNotExist) {
+		return 0, 0, false, false, nil
+	}
+	if err != nil {
+		return 0, 0, false, false, err
+	}
+	return State(v.State), v.StateTs, v.Flags&infoSinceStart != 0, true, nil
+}
+
+// infoSinceStart is bpf/tcpstate.h's INFO_SINCE_START.
+const infoSinceStart = 1 << 0

@@ -382,6 +382,42 @@ func netnsPaths() []nsFile {
 	return out
 }
 
+// NetNSExists tells whether a network namespace has this inode now: one a
+// process runs in, one mounted ('ip netns', a container runtime's), or one a
+// process holds open. (Not one that only its sockets still hold, their
+// process having moved to another: rare, and no file names it.)
+func NetNSExists(inode uint32) bool {
+	for _, f := range netnsPaths() {
+		if f.inode == inode {
+			return true
+		}
+	}
+	name := "net:[" + strconv.FormatUint(uint64(inode), 10) + "]"
+	if b, err := os.ReadFile("/proc/self/mountinfo"); err == nil {
+		for _, line := range strings.Split(string(b), "\n") {
+			// (the fourth field: the root of the mount, net:[INODE] for a
+			// namespace's)
+			if f := strings.Fields(line); len(f) > 4 && f[3] == name {
+				return true
+			}
+		}
+	}
+	procs, _ := os.ReadDir("/proc")
+	for _, p := range procs {
+		if _, err := strconv.Atoi(p.Name()); err != nil {
+			continue
+		}
+		dir := filepath.Join("/proc", p.Name(), "fd")
+		fds, _ := os.ReadDir(dir)
+		for _, fd := range fds {
+			if l, err := os.Readlink(filepath.Join(dir, fd.Name())); err == nil && l == name {
+				return true
+			}
+		}
+	}
+	return false
+}
+
 // socketOwners maps socket inodes to a process holding them, by reading
 // every /proc/PID/fd link ("socket:[INODE]"). The lowest PID wins.
 //

@@ -213,3 +213,93 @@ func TestEachDiagMessage(t *testing.T) {
 		t.Errorf("a message past the read: done %v, err %v; want an error", done, err)
 	}
 }
+
+// The walk dates a TIME_WAIT older than the tracer from its timer
+// (TCP_TIMEWAIT_LEN before the expiry, as ss's timer column implies), so the
+// state's end carries its whole duration, not one counted from the tracer's
+// start. A timewait FIN_WAIT2 stays a lower bound: its timeout is the
+// namespace's or the socket's own, and may have been cut short.
+func TestWalkDatesTimewait(t *testing.T) {
+	requireRoot(t)
+	ns := testnet.New(t)
+	var tw, fw2 conn
+	var twFrom, twTo uint64
+	ns.Do(t, func() {
+		ln, err := net.Listen("tcp4", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer ln.Close()
+		pair := func() (cl, sv net.Conn) {
+			cl, err := net.Dial("tcp4", ln.Addr().String())
+			if err != nil {
+				t.Fatal(err)
+			}
+			sv, err = ln.Accept()
+			if err != nil {
+				t.Fatal(err)
+			}
+			return cl, sv
+		}
+		// The server closes first: its end in FIN_WAIT2, then TIME_WAIT
+		// when the client's FIN arrives (on loopback, within the close).
+		cl, sv := pair()
+		tw = conn{local: addrPort(sv.LocalAddr()), remote: addrPort(sv.RemoteAddr()), state: tracer.TimeWait}
+		sv.Close()
+		time.Sleep(50 * time.Millisecond)
+		twFrom = tracer.BootNow()
+		cl.Close()
+		time.Sleep(20 * time.Millisecond)
+		twTo = tracer.BootNow()
+		// The client closes, the server never: an orphaned FIN_WAIT2.
+		cl, sv = pair()
+		t.Cleanup(func() { sv.Close() })
+		fw2 = conn{local: addrPort(cl.LocalAddr()), remote: addrPort(cl.RemoteAddr()), state: tracer.FinWait2}
+		cl.Close()
+	})
+	// Long enough that a start counted from the tracer's is told apart.
+	time.Sleep(1500 * time.Millisecond)
+	r := startRaw(t, tracer.Config{}, nil)
+	socks, _, err := r.tr.ScanAll(tracer.ScanOptions{TimeWait: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	found := map[conn]tracer.Socket{}
+	for _, s := range socks {
+		if s.NetNS == ns.Inode && s.Timewait {
+			found[conn{s.Local, s.Remote, s.State}] = s
+		}
+	}
+	// A jiffy either side (10 ms at the lowest HZ), and the time between
+	// reading jiffies and the clock.
+	const slack = 50 * time.Millisecond
+	for _, c := range []struct {
+		conn
+		exact bool
+	}{{tw, true}, {fw2, false}} {
+		s, ok := found[c.conn]
+		if !ok {
+			if c.state == tracer.FinWait2 {
+				// Its FIN's ACK came while close() still held the socket:
+				// the kernel kept the full one (see the test above).
+				t.Logf("%v: not a timewait socket: not checked", c.conn)
+				continue
+			}
+			t.Fatalf("the walk did not find %v", c.conn)
+		}
+		state, since, lower, followed, err := r.tr.TimewaitSince(s.Cookie)
+		switch {
+		case err != nil:
+			t.Fatal(err)
+		case !followed:
+			t.Errorf("%v: not followed after the walk", c.conn)
+		case state != c.state:
+			t.Errorf("%v: followed in %v", c.conn, state)
+		case c.exact && (lower || since+uint64(slack) < twFrom || since > twTo+uint64(slack)):
+			t.Errorf("%v: dated %.3f s after the close (lower bound %v), want within %v of [0, %.3f s]",
+				c.conn, float64(int64(since-twFrom))/1e9, lower, slack, float64(twTo-twFrom)/1e9)
+		case !c.exact && !lower:
+			t.Errorf("%v: dated as known (%d), want a lower bound", c.conn, since)
+		}
+	}
+}

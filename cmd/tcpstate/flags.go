@@ -51,10 +51,25 @@ func (f *filterFlags) register(fs *pflag.FlagSet) {
 	fs.StringVar(&f.netns, "netns", "", "only this network namespace: inode `number`, a path such as /proc/PID/ns/net, or a name from 'ip netns'")
 }
 
-// warn prints what filter noticed that is not an error.
+// warn prints what filter noticed that is not an error, and, for the
+// commands that trace this host live, filters that name nothing on it now: a
+// process that does not run (its sockets may outlive it: not an error), a
+// namespace inode no namespace has (only a socket may still hold one).
 func (f *filterFlags) warn(stderr io.Writer) {
 	for _, w := range f.warnings {
 		fmt.Fprintf(stderr, "tcpstate: warning: %s\n", w)
+	}
+	var gone []string
+	for _, v := range f.pids {
+		if pid := strings.TrimSpace(v); !isDir(filepath.Join("/proc", pid)) {
+			gone = append(gone, pid)
+		}
+	}
+	if len(gone) > 0 {
+		fmt.Fprintf(stderr, "tcpstate: warning: --pid %s: no such process runs now: only sockets it left behind match\n", strings.Join(gone, ","))
+	}
+	if n, err := strconv.ParseUint(f.netns, 10, 32); err == nil && n > 0 && !tracer.NetNSExists(uint32(n)) {
+		fmt.Fprintf(stderr, "tcpstate: warning: --netns %d: no network namespace has this inode now (no process runs in one, none is mounted or open): no socket will match\n", n)
 	}
 }
 

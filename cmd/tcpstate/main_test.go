@@ -13,12 +13,15 @@ import (
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"runtime"
 	"strconv"
 	"strings"
 	"sync"
 	"syscall"
 	"testing"
 	"time"
+
+	"golang.org/x/sys/unix"
 
 	"github.com/tcpstate/tcpstate/internal/testnet"
 )
@@ -632,4 +635,76 @@ func TestCapabilitiesOnly(t *testing.T) {
 	if !regexp.MustCompile(`start-up walk +yes`).MatchString(out) {
 		t.Errorf("the start-up walk failed with capabilities only:\n%s", out)
 	}
+}
+
+// A --pid or --netns that names nothing on this host now is taken (a process's
+// sockets outlive it; a namespace may be held by an open file only), with a
+// warning that says so; one that names something gets none.
+func TestFiltersNamingNothingWarn(t *testing.T) {
+	requireRoot(t)
+	exited := exec.Command("true")
+	if err := exited.Run(); err != nil {
+		t.Fatal(err)
+	}
+	gonePID := strconv.Itoa(exited.Process.Pid)
+	held := netnsHeldByFile(t)
+	own, err := os.Stat("/proc/self/ns/net")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ownNetNS := strconv.FormatUint(own.Sys().(*syscall.Stat_t).Ino, 10)
+	for _, c := range []struct {
+		name string
+		args []string
+		warn string // "": none
+	}{
+		{"process gone", []string{"--pid", gonePID}, "warning: --pid " + gonePID + ": no such process runs now"},
+		{"process running", []string{"--pid", strconv.Itoa(os.Getpid())}, ""},
+		{"no such namespace", []string{"--netns", "12345"}, "warning: --netns 12345: no network namespace has this inode now"},
+		{"own namespace", []string{"--netns", ownNetNS}, ""},
+		{"namespace only a file holds", []string{"--netns", strconv.FormatUint(uint64(held), 10)}, ""},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			code, _, stderr := runCmd(context.Background(), append([]string{"watch", "--once", "-o", "json"}, c.args...)...)
+			if code != exitOK {
+				t.Fatalf("exit %d: %s", code, stderr)
+			}
+			if c.warn == "" && strings.Contains(stderr, "warning:") || c.warn != "" && !strings.Contains(stderr, c.warn) {
+				t.Errorf("stderr %q, want warning %q", stderr, c.warn)
+			}
+		})
+	}
+}
+
+// netnsHeldByFile makes a network namespace that no process runs in and
+// nothing mounts: only an open file of this process holds it, until the test
+// ends.
+func netnsHeldByFile(t *testing.T) uint32 {
+	t.Helper()
+	runtime.LockOSThread()
+	orig, err := os.Open("/proc/thread-self/ns/net")
+	if err != nil {
+		runtime.UnlockOSThread()
+		t.Fatal(err)
+	}
+	defer orig.Close()
+	if err := unix.Unshare(unix.CLONE_NEWNET); err != nil {
+		runtime.UnlockOSThread()
+		t.Fatal(err)
+	}
+	f, err := os.Open("/proc/thread-self/ns/net")
+	if err := unix.Setns(int(orig.Fd()), unix.CLONE_NEWNET); err != nil {
+		// (the thread stays locked: the runtime ends it with the test)
+		t.Fatalf("back to the test's namespace: %v", err)
+	}
+	runtime.UnlockOSThread()
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { f.Close() })
+	st, err := f.Stat()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return uint32(st.Sys().(*syscall.Stat_t).Ino)
 }

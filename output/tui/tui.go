@@ -394,7 +394,11 @@ func (m Model) View() string {
 	now := m.opts.Clock.Wall(m.snap.Now).In(m.opts.Location)
 	d := m.derive() // (made by Update: this one, unless View comes first)
 	counts := d.counts
-	head := fmt.Sprintf("tcpstate watch  %s  %s  %d sockets", m.opts.Host, now.Format("15:04:05"), len(m.snap.Rows))
+	noun := "sockets"
+	if len(m.snap.Rows) == 1 {
+		noun = "socket"
+	}
+	head := fmt.Sprintf("tcpstate watch  %s  %s  %d %s", m.opts.Host, now.Format("15:04:05"), len(m.snap.Rows), noun)
 	if !m.have {
 		head = fmt.Sprintf("tcpstate watch  %s  waiting for the first snapshot...", m.opts.Host)
 	}
