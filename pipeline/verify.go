@@ -18,6 +18,10 @@ import (
 // expected values.
 var ErrStragglers = errors.New("some sockets do not run with the expected values")
 
+// ErrNothingChecked: no socket was ever in scope, so nothing was verified (a
+// filter that matched none, a service not running).
+var ErrNothingChecked = errors.New("no socket in scope: nothing was checked (keepalive is checked in ESTABLISHED and CLOSE_WAIT, fin_timeout in FIN_WAIT2)")
+
 // Verify checks live sockets against expected settings: the walk first, then
 // (Follow) the events through the timeline, which names owners, re-reading
 // the sysctls and re-checking every interval from the tracer's goroutine
@@ -34,6 +38,7 @@ type Verify struct {
 	changes  int
 	cancel   context.CancelFunc
 	err      error
+	checked  bool // some socket has been in scope (it may have closed since)
 }
 
 type resultKey struct {
@@ -86,7 +91,10 @@ func (v *Verify) report(now uint64) bool {
 		}
 	}
 	v.keep(v.out.Flush())
-	return verify.Satisfied(rs, v.strict)
+	// Nothing in scope yet: --within waits for sockets to check. (Once some
+	// were, those that closed left the scope, as before.)
+	v.checked = v.checked || len(rs) > 0
+	return v.checked && verify.Satisfied(rs, v.strict)
 }
 
 func (v *Verify) keep(err error) {
@@ -114,7 +122,8 @@ func (v *Verify) tick() {
 }
 
 // Finish prints the totals and the sockets that do not run with the expected
-// values; ErrStragglers when there are some.
+// values; ErrStragglers when there are some, ErrNothingChecked when there
+// was none to check.
 func (v *Verify) Finish(now uint64) error {
 	rs := v.c.Results(now)
 	var stragglers []verify.Result
@@ -139,6 +148,9 @@ func (v *Verify) Finish(now uint64) error {
 	}
 	if len(stragglers) > 0 {
 		return ErrStragglers
+	}
+	if !v.checked && len(rs) == 0 {
+		return ErrNothingChecked
 	}
 	return nil
 }

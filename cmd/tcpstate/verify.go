@@ -32,11 +32,12 @@ Statuses: ok, pending (will adopt when its timer fires or ends), unaffected
 
 Without --within, reports once and exits. With --within D, follows the sockets
 and the sysctls (re-read every --interval, changes reported), prints each
-change of status, and exits as soon as every socket in scope is ok, or at D.
+change of status, and exits as soon as there are sockets in scope and every one
+is ok, or at D.
 
 Exit status: 0 every socket in scope runs with the expected values (unaffected
 ones count as fine unless --strict); 3 some do not (listed at the end); 1 the
-check could not run; 2 bad command line.
+check could not run, or no socket was in scope; 2 bad command line.
 
 Flags:
 %s`

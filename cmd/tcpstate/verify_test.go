@@ -3,6 +3,7 @@
 package main
 
 import (
+	"context"
 	"encoding/json"
 	"fmt"
 	"net"
@@ -208,5 +209,48 @@ func TestVerifyFinTimeoutLowered(t *testing.T) {
 		if l.Status == "ok" {
 			t.Errorf("the FIN_WAIT2 armed before the change rated ok: %+v", l)
 		}
+	}
+}
+
+// verify with no socket in scope has checked nothing, and says so with exit 1,
+// not a vacuous success. With --within it waits for sockets to come (a
+// service restarted after the change), and ends once they run as expected.
+func TestVerifyNothingInScope(t *testing.T) {
+	requireRoot(t)
+	ns := testnet.New(t)
+	var ln net.Listener
+	ns.Do(t, func() {
+		var err error
+		if ln, err = net.Listen("tcp4", "127.0.0.1:0"); err != nil {
+			t.Fatal(err)
+		}
+	})
+	defer ln.Close()
+	port := strconv.Itoa(ln.Addr().(*net.TCPAddr).Port)
+	// Only the listener: nothing to check (LISTEN has no keepalive timer).
+	code, stdout, stderr := runCmd(context.Background(), "verify", "--netns", ns.Name, "--port", port)
+	if code != exitError || !strings.Contains(stderr, "no socket in scope: nothing was checked") || !strings.Contains(stdout, "0 checks") {
+		t.Errorf("nothing in scope: exit %d, stdout %q, stderr %q; want 1, \"0 checks\" and why", code, stdout, stderr)
+	}
+	wait := startCmd(t, "verify", "--netns", ns.Name, "--port", port, "--within", "60s", "-i", "200ms", "-o", "json")
+	time.Sleep(time.Second) // (verify keeps waiting: tested by its end below)
+	began := time.Now()
+	cl := ns.Dial(t, "tcp4", ln.Addr().String())
+	defer cl.Close()
+	sv, err := ln.Accept()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sv.Close()
+	r := wait()
+	took := time.Since(began)
+	if r.code != exitOK {
+		t.Fatalf("a connection came while waiting: exit %d: %s\n%s", r.code, r.stderr, r.stdout)
+	}
+	if took > 30*time.Second {
+		t.Errorf("verify ended %v after the connection came, want soon after (not at --within)", took)
+	}
+	if got := statuses(parseVerify(t, r.stdout), localPort(cl), "keepalive_time"); len(got) == 0 {
+		t.Errorf("no keepalive_time check of the client (port %d):\n%s", localPort(cl), r.stdout)
 	}
 }
