@@ -136,9 +136,17 @@ func attribute(pid uint32, _ uint64) cgroup.Info {
 	return cgroup.Info{}
 }
 
+// netnsName names the host's namespace (4026531840); others go by inode.
+func netnsName(inode uint32) string {
+	if inode == 4026531840 {
+		return "host"
+	}
+	return ""
+}
+
 func TestTextWideGolden(t *testing.T) {
 	var out bytes.Buffer
-	render(t, NewText(&out, TextOptions{Wide: true, Clock: clock, Kernel: kernel, Location: time.UTC, Attribute: attribute}))
+	render(t, NewText(&out, TextOptions{Wide: true, Clock: clock, Kernel: kernel, Location: time.UTC, Attribute: attribute, NetNSName: netnsName}))
 	golden(t, "trace-wide.txt", out.Bytes())
 }
 

@@ -4,6 +4,7 @@ package output
 
 import (
 	"bufio"
+	"bytes"
 	"fmt"
 	"io"
 	"strconv"
@@ -27,6 +28,9 @@ type TextOptions struct {
 	Diag io.Writer
 	// Attribute fills --wide's CONTAINER column; nil: "-".
 	Attribute Attribute
+	// NetNSName names --wide's NETNS by inode ("": the inode; nil: always
+	// the inode).
+	NetNSName func(inode uint32) string
 }
 
 // Text renders one aligned line per event.
@@ -142,9 +146,17 @@ func (t *Text) Render(e *tracer.Event) error {
 		r.cell(appendPrintable(name[:0], e.OnCPU.Comm.Bytes()))
 		r.cell(strconv.AppendUint(num[:0], e.Cookie, 10))
 		r.cell(appendPlaceText(name[:0], t.opts.Attribute.place(&e.Owner)))
-		r.cell(strconv.AppendUint(num[:0], uint64(e.NetNS), 10))
+		if n := t.netnsName(e.NetNS); n != "" {
+			r.cell(append(name[:0], n...))
+		} else {
+			r.cell(strconv.AppendUint(num[:0], uint64(e.NetNS), 10))
+		}
 		if len(note) > 0 {
 			r.cell(note)
+		} else {
+			// NETNS ends the line: not padded (a name is shorter than
+			// its column).
+			r.b = bytes.TrimRight(r.b, " ")
 		}
 	}
 	t.buf = append(r.b, '\n')
@@ -154,6 +166,13 @@ func (t *Text) Render(e *tracer.Event) error {
 
 // Flush writes what is buffered.
 func (t *Text) Flush() error { return t.w.Flush() }
+
+func (t *Text) netnsName(inode uint32) string {
+	if t.opts.NetNSName == nil {
+		return ""
+	}
+	return t.opts.NetNSName(inode)
+}
 
 // truncRunes returns the first n runes of s.
 func truncRunes(s []byte, n int) []byte {

@@ -37,6 +37,9 @@ type TraceOptions struct {
 	Rescan Rescan
 	// Attribute, live: where each owner runs (JSON, --wide); nil on replay.
 	Attribute output.Attribute
+	// NetNSName, live: names a namespace by inode (text --wide); nil on
+	// replay (names are this host's, now).
+	NetNSName func(inode uint32) string
 }
 
 // Trace is trace's pipeline, live or replayed: timeline -> filter ->
@@ -64,7 +67,8 @@ func newTrace(o TraceOptions, async bool) *Trace {
 	if o.JSON {
 		p.r = output.NewJSON(o.Out, output.JSONOptions{Clock: o.Clock, Kernel: o.Kernel, Attribute: o.Attribute})
 	} else {
-		p.r = output.NewText(o.Out, output.TextOptions{Wide: o.Wide, NoHeader: o.NoHeader, Clock: o.Clock, Kernel: o.Kernel, Diag: o.Diag, Attribute: o.Attribute})
+		p.r = output.NewText(o.Out, output.TextOptions{Wide: o.Wide, NoHeader: o.NoHeader, Clock: o.Clock, Kernel: o.Kernel, Diag: o.Diag, Attribute: o.Attribute,
+			NetNSName: o.NetNSName})
 	}
 	var render tracer.Sink = Render{p.r}
 	if async && !o.Conns {

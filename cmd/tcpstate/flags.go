@@ -10,6 +10,7 @@ import (
 	"runtime"
 	"strconv"
 	"strings"
+	"sync"
 	"syscall"
 	"time"
 
@@ -257,20 +258,40 @@ func resolveNetNS(v string) (uint32, error) {
 }
 
 // netnsNames names the namespaces mounted under /run/netns ('ip netns'), by
-// inode, and the one tcpstate runs in "host"; others go by their inode.
+// inode, and the one tcpstate runs in "host"; others go by their inode. An
+// inode it has no name for has it look again (a namespace made since), at
+// most once a second. Safe for concurrent use.
 func netnsNames() func(uint32) string {
-	names := map[uint32]string{}
-	if fi, err := os.Stat("/proc/self/ns/net"); err == nil {
-		names[uint32(fi.Sys().(*syscall.Stat_t).Ino)] = "host"
-	}
-	if ents, err := os.ReadDir("/run/netns"); err == nil {
-		for _, e := range ents {
-			if fi, err := os.Stat(filepath.Join("/run/netns", e.Name())); err == nil {
-				names[uint32(fi.Sys().(*syscall.Stat_t).Ino)] = e.Name()
+	var (
+		mu     sync.Mutex
+		names  map[uint32]string
+		looked time.Time
+	)
+	read := func() {
+		names = map[uint32]string{}
+		looked = time.Now()
+		if fi, err := os.Stat("/proc/self/ns/net"); err == nil {
+			names[uint32(fi.Sys().(*syscall.Stat_t).Ino)] = "host"
+		}
+		if ents, err := os.ReadDir("/run/netns"); err == nil {
+			for _, e := range ents {
+				if fi, err := os.Stat(filepath.Join("/run/netns", e.Name())); err == nil {
+					names[uint32(fi.Sys().(*syscall.Stat_t).Ino)] = e.Name()
+				}
 			}
 		}
 	}
-	return func(inode uint32) string { return names[inode] }
+	read()
+	return func(inode uint32) string {
+		mu.Lock()
+		defer mu.Unlock()
+		n, ok := names[inode]
+		if !ok && inode != 0 && time.Since(looked) >= time.Second {
+			read()
+			n = names[inode]
+		}
+		return n
+	}
 }
 
 // sizeValue is a byte size flag: 4096, 64K, 8M, 1G.

@@ -39,8 +39,9 @@ idle, interval and count and where each comes from (socket option or sysctl);
 armed in FIN_WAIT2 it is the FIN_WAIT2 timeout, "fin_wait2 timer armed" (not
 shown when the peer's FIN came with the ACK that armed it: TIME_WAIT follows).
 --wide adds the local address, thread, how the owner was learnt, the task on the
-CPU, cookie and netns. JSON lines: one object per event; the fields are listed
-in README.md.
+CPU, cookie, container and netns (named as 'ip netns' names it, "host" for
+tcpstate's own; else its inode). JSON lines: one object per event; the fields
+are listed in README.md.
 `
 
 type traceFlags struct {
@@ -125,6 +126,7 @@ func runTrace(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	defer t.Close()
 
 	opts.Clock, opts.Kernel, opts.Rescan, opts.Attribute = tracer.NewClock(), t.Info(), rescan(t, filter), resolver.Lookup
+	opts.NetNSName = netnsNames()
 	p := pipeline.NewTrace(opts)
 	src := p.Sink()
 	var tee *pipeline.Tee
