@@ -63,16 +63,21 @@ int iter_tcp(struct bpf_iter__tcp *ctx)
 			fresh.expires = r.timer_expires;
 			fresh.flags = INFO_SINCE_START;
 			/* TIME_WAIT began TCP_TIMEWAIT_LEN before its timer's
-			 * expiry (as tw_sync dates it): known, not a lower bound.
-			 * (A FIN_WAIT2's timeout is the namespace's, or the
-			 * socket's own: left a lower bound.) */
+			 * expiry (as tw_sync dates it, and watch): known, not a
+			 * lower bound. (A FIN_WAIT2's timeout is the namespace's
+			 * or the socket's own: left a lower bound.) Unless the
+			 * walk came between the kernel's switch of a FIN_WAIT2
+			 * to TIME_WAIT and its re-arm (another CPU): the expiry
+			 * read is FIN_WAIT2's. That re-arm comes within a jiffy,
+			 * and its expiry dates it again (tw_walk_redate). */
 			if (r.state == TCP_TIME_WAIT && hz) {
 				__s64 left_ns = (__s64)(r.timer_expires - r.jiffies) * (1000000000LL / hz);
 
 				if (left_ns >= 0 && left_ns <= (__s64)TIMEWAIT_LEN_NS &&
 				    TIMEWAIT_LEN_NS - left_ns < r.ts_ns) {
 					fresh.state_ts = r.ts_ns - (TIMEWAIT_LEN_NS - left_ns);
-					fresh.flags = 0;
+					fresh.flags = INFO_WALK_DATED;
+					fresh.walked = (__u32)r.jiffies;
 				}
 			}
 			bpf_map_update_elem(&tw_infos, &key, &fresh, BPF_NOEXIST);

@@ -123,6 +123,7 @@ enum info_flag {
 	INFO_RST_SENT = 1 << 2,
 	INFO_HANDOVER = 1 << 3,		/* tw_info: the full socket's CLOSE has not been seen yet */
 	INFO_BORN = 1 << 4,		/* sk_info: born from a listener at state_ts, not reported yet */
+	INFO_WALK_DATED = 1 << 5,	/* tw_info: a TIME_WAIT the walk dated from its timer, at jiffy `walked` */
 };
 
 /* Per-socket state kept in socket storage. */
@@ -151,7 +152,8 @@ struct tw_info {
 	__u8 state;		/* tw_substate: FIN_WAIT2 or TIME_WAIT */
 	__u8 owner_src;
 	__u8 flags;		/* INFO_* */
-	__u8 _pad[5];
+	__u8 _pad;
+	__u32 walked;		/* INFO_WALK_DATED: when the walk read the timer, jiffies (low 32 bits) */
 	char comm[TASK_COMM_LEN];
 };
 

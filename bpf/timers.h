@@ -63,6 +63,7 @@ int BPF_PROG(handle_timer_start, struct timer_list *t, unsigned long bucket_expi
 		return 0;
 	}
 	state = info->state;
+	tw_walk_redate(info, t, now);
 	tw_sync(&e, info, tw, &h, t, now, key, false);
 	info->expires = t->expires;
 	if (info->state != state)
@@ -99,9 +100,10 @@ int BPF_PROG(handle_timer_expire, struct timer_list *t, unsigned long baseclk)
 	cookie = SKC_FIELD(&h, &tw->__tw_common, skc_cookie.counter);
 	key = tw_key(cookie, tw);
 	info = bpf_map_lookup_elem(&tw_infos, &key);
-	if (info)
+	if (info) {
+		tw_walk_redate(info, t, now);
 		tw_sync(&e, info, tw, &h, t, now, key, false);
-	else if (tw_wanted(tw, &h))
+	} else if (tw_wanted(tw, &h))
 		stat_inc(STAT_TW_UNTRACKED);
 	else
 		return 0; /* (the filters exclude it: never followed, nothing to say) */
@@ -143,9 +145,10 @@ int BPF_PROG(handle_timer_cancel, struct timer_list *t)
 	cookie = SKC_FIELD(&h, &tw->__tw_common, skc_cookie.counter);
 	key = tw_key(cookie, tw);
 	info = bpf_map_lookup_elem(&tw_infos, &key);
-	if (info)
+	if (info) {
+		tw_walk_redate(info, t, now);
 		tw_sync(&e, info, tw, &h, t, now, key, false);
-	else if (!tw_wanted(tw, &h))
+	} else if (!tw_wanted(tw, &h))
 		return 0; /* (nor its re-arm: tw_rearm_unseen finds no removal) */
 	else if (cookie)
 		tw_note_unseen_cancel(cookie);

@@ -160,6 +160,30 @@ static __always_inline void tw_duration(struct event *e, const struct tw_info *i
 }
 
 /*
+ * A TIME_WAIT the start-up walk dated from its timer, at its first event with
+ * a timer re-armed since (t: the timer, its expiry the new one). The kernel
+ * re-arms a TIME_WAIT for TCP_TIMEWAIT_LEN at any segment (a retransmitted
+ * FIN): the state went on, and the walk's date holds. But the walk may have
+ * come between a FIN_WAIT2's switch to TIME_WAIT and its re-arm (on another
+ * CPU) and read FIN_WAIT2's expiry: then the new expiry dates TIME_WAIT's
+ * start to within a jiffy of the walk, and that date is the right one.
+ */
+static __always_inline void tw_walk_redate(struct tw_info *info, struct timer_list *t, __u64 now)
+{
+	__u64 expires = BPF_CORE_READ(t, expires);
+	__s64 left_ns;
+
+	if (!(info->flags & INFO_WALK_DATED) || expires == info->expires || !hz)
+		return;
+	info->flags &= ~INFO_WALK_DATED;
+	if ((__u32)(expires - 60 * (__u64)hz) - info->walked > 1)
+		return;
+	left_ns = (__s64)(expires - bpf_jiffies64()) * (1000000000LL / hz);
+	if (left_ns > -(__s64)TIMEWAIT_LEN_NS && left_ns <= (__s64)TIMEWAIT_LEN_NS)
+		info->state_ts = now - (TIMEWAIT_LEN_NS - left_ns);
+}
+
+/*
  * A timewait socket in FIN_WAIT2 turns TIME_WAIT when the peer's FIN arrives,
  * and its timer is set to 60 s from then. When the new expiry falls in the same
  * timer-wheel bucket the kernel only rewrites timer->expires: no tracepoint

@@ -145,18 +145,46 @@ func (t *Tracer) TimewaitFollowed() (int, error) {
 // TimewaitSince tells, for the timewait socket the kernel side follows under
 // key (its cookie, as the walk reports it), its state, when the kernel side
 // dates that state's start (boot ns), and whether that is only a lower bound
-// (the tracer's start); ok is false when it is not followed.
-func (t *Tracer) TimewaitSince(key uint64) (state State, since uint64, lowerBound, ok bool, err error) {
+// (the tracer's start, or a restart's); walkDated: the walk dated it from its
+// timer, and no re-arm has been seen since. ok is false when it is not
+// followed.
+func (t *Tracer) TimewaitSince(key uint64) (state State, since uint64, lowerBound, walkDated, ok bool, err error) {
 	var v tcpstateTwInfo
 	err = t.coll.Maps[tcpstateMapTwInfos].Lookup(key, &v)
 	if errors.Is(err, ebpf.ErrKeyNotExist) {
-		return 0, 0, false, false, nil
+		return 0, 0, false, false, false, nil
 	}
 	if err != nil {
-		return 0, 0, false, false, err
+		return 0, 0, false, false, false, err
 	}
-	return State(v.State), v.StateTs, v.Flags&infoSinceStart != 0, true, nil
+	return State(v.State), v.StateTs, v.Flags&infoSinceStart != 0, v.Flags&infoWalkDated != 0, true, nil
 }
 
-// infoSinceStart is bpf/tcpstate.h's INFO_SINCE_START.
-const infoSinceStart = 1 << 0
+// TimewaitWalkedAt has the kernel side take the followed timewait socket
+// under key for one the walk dated at jiffy walked, having read another
+// expiry than its timer's now: the start-up walk's race with a FIN_WAIT2
+// turning TIME_WAIT, made on purpose.
+func (t *Tracer) TimewaitWalkedAt(key uint64, walked uint64) error {
+	m := t.coll.Maps[tcpstateMapTwInfos]
+	var v tcpstateTwInfo
+	if err := m.Lookup(key, &v); err != nil {
+		return err
+	}
+	v.Flags = v.Flags&^infoSinceStart | infoWalkDated
+	v.Walked = uint32(walked)
+	v.Expires = 0
+	return m.Update(key, &v, ebpf.UpdateExist)
+}
+
+// JiffiesNow reads the kernel's jiffies (false: this kernel shows them
+// nowhere tcpstate reads).
+func JiffiesNow() (uint64, bool) {
+	s := sampleJiffies()
+	return s.jiffies, s.ok
+}
+
+// bpf/tcpstate.h's INFO_SINCE_START and INFO_WALK_DATED.
+const (
+	infoSinceStart = 1 << 0
+	infoWalkDated  = 1 << 5
+)

@@ -235,7 +235,8 @@ type tcpstateTwInfo struct {
 	State    uint8
 	OwnerSrc uint8
 	Flags    uint8
-	Pad      [5]uint8
+	Pad      uint8
+	Walked   uint32
 	Comm     [16]int8
 }
 
