@@ -147,7 +147,7 @@ func (t *Text) Render(e *tracer.Event) error {
 		r.cell(strconv.AppendUint(num[:0], e.Cookie, 10))
 		r.cell(appendPlaceText(name[:0], t.opts.Attribute.place(&e.Owner)))
 		if n := t.netnsName(e.NetNS); n != "" {
-			r.cell(append(name[:0], n...))
+			r.cell(appendPrintable(name[:0], []byte(n))) // (a file name: any bytes)
 		} else {
 			r.cell(strconv.AppendUint(num[:0], uint64(e.NetNS), 10))
 		}

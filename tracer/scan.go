@@ -383,39 +383,72 @@ func netnsPaths() []nsFile {
 }
 
 // NetNSExists tells whether a network namespace has this inode now: one a
-// process runs in, one mounted ('ip netns', a container runtime's), or one a
-// process holds open. (Not one that only its sockets still hold, their
-// process having moved to another: rare, and no file names it.)
-func NetNSExists(inode uint32) bool {
+// process or thread runs in, one mounted ('ip netns', a container runtime's,
+// in any mount namespace), or one a process holds open. unreadable counts the
+// processes it could not look into (another user's without CAP_SYS_PTRACE, a
+// sandbox's init): the namespace may be one of theirs. (Not found either: one
+// that only its sockets still hold, their process having moved to another.)
+func NetNSExists(inode uint32) (found bool, unreadable int) {
 	for _, f := range netnsPaths() {
 		if f.inode == inode {
-			return true
+			return true, 0
 		}
 	}
 	name := "net:[" + strconv.FormatUint(uint64(inode), 10) + "]"
-	if b, err := os.ReadFile("/proc/self/mountinfo"); err == nil {
+	mounted := func(mountinfo string) (bool, error) {
+		b, err := os.ReadFile(mountinfo)
 		for _, line := range strings.Split(string(b), "\n") {
 			// (the fourth field: the root of the mount, net:[INODE] for a
 			// namespace's)
 			if f := strings.Fields(line); len(f) > 4 && f[3] == name {
-				return true
+				return true, nil
 			}
 		}
+		return false, err
 	}
 	procs, _ := os.ReadDir("/proc")
+	mntSeen := map[uint64]bool{}
 	for _, p := range procs {
 		if _, err := strconv.Atoi(p.Name()); err != nil {
 			continue
 		}
-		dir := filepath.Join("/proc", p.Name(), "fd")
-		fds, _ := os.ReadDir(dir)
-		for _, fd := range fds {
-			if l, err := os.Readlink(filepath.Join(dir, fd.Name())); err == nil && l == name {
-				return true
+		dir := filepath.Join("/proc", p.Name())
+		denied := false
+		check := func(err error) {
+			denied = denied || errors.Is(err, os.ErrPermission)
+		}
+		var st unix.Stat_t
+		if err := unix.Stat(filepath.Join(dir, "ns/mnt"), &st); err != nil {
+			check(err)
+		} else if !mntSeen[st.Ino] {
+			mntSeen[st.Ino] = true
+			ok, err := mounted(filepath.Join(dir, "mountinfo"))
+			if ok {
+				return true, 0
+			}
+			check(err)
+		}
+		tasks, err := os.ReadDir(filepath.Join(dir, "task"))
+		check(err)
+		for _, task := range tasks {
+			if err := unix.Stat(filepath.Join(dir, "task", task.Name(), "ns/net"), &st); err != nil {
+				check(err)
+			} else if uint32(st.Ino) == inode {
+				return true, 0
 			}
 		}
+		fds, err := os.ReadDir(filepath.Join(dir, "fd"))
+		check(err)
+		for _, fd := range fds {
+			if l, err := os.Readlink(filepath.Join(dir, "fd", fd.Name())); err == nil && l == name {
+				return true, 0
+			}
+		}
+		if denied {
+			unreadable++
+		}
 	}
-	return false
+	return false, unreadable
 }
 
 // socketOwners maps socket inodes to a process holding them, by reading

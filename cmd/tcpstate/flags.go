@@ -62,15 +62,27 @@ func (f *filterFlags) warn(stderr io.Writer) {
 	}
 	var gone []string
 	for _, v := range f.pids {
-		if pid := strings.TrimSpace(v); !isDir(filepath.Join("/proc", pid)) {
-			gone = append(gone, pid)
+		// (kill 0 tells "no such process" apart from "not ours to see",
+		// as /proc mounted hidepid does not)
+		if pid, err := strconv.ParseUint(strings.TrimSpace(v), 10, 31); err == nil && unix.Kill(int(pid), 0) == unix.ESRCH {
+			gone = append(gone, strconv.FormatUint(pid, 10))
 		}
 	}
 	if len(gone) > 0 {
 		fmt.Fprintf(stderr, "tcpstate: warning: --pid %s: no such process runs now: only sockets it left behind match\n", strings.Join(gone, ","))
 	}
-	if n, err := strconv.ParseUint(f.netns, 10, 32); err == nil && n > 0 && !tracer.NetNSExists(uint32(n)) {
-		fmt.Fprintf(stderr, "tcpstate: warning: --netns %d: no network namespace has this inode now (no process runs in one, none is mounted or open): no socket will match\n", n)
+	if n, err := strconv.ParseUint(f.netns, 10, 32); err == nil && n > 0 {
+		if found, unreadable := tracer.NetNSExists(uint32(n)); !found {
+			var but string
+			if unreadable > 0 {
+				noun := "processes"
+				if unreadable == 1 {
+					noun = "process"
+				}
+				but = fmt.Sprintf(" (%d %s could not be read: it may be one of theirs)", unreadable, noun)
+			}
+			fmt.Fprintf(stderr, "tcpstate: warning: --netns %d: no process runs in, mounts or holds open a network namespace with this inode%s: only sockets still in such a namespace can match\n", n, but)
+		}
 	}
 }
 

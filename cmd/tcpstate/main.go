@@ -27,6 +27,7 @@ const (
 	exitError = 1 // the command could not do its work
 	exitUsage = 2 // bad command line
 	exitCheck = 3 // verify: some sockets do not run with the expected values
+	exitNone  = 4 // verify: no socket was in scope: nothing checked
 )
 
 // usageError marks an error in the command line.
@@ -162,6 +163,9 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	case errors.Is(err, pipeline.ErrStragglers):
 		fmt.Fprintf(stderr, "tcpstate: %v\n", err)
 		return exitCheck
+	case errors.Is(err, pipeline.ErrNothingChecked):
+		fmt.Fprintf(stderr, "tcpstate: %v\n", err)
+		return exitNone
 	case errors.As(err, &ue):
 		help := "tcpstate --help"
 		if len(args) > 0 && isCommand(args[0]) {

@@ -39,9 +39,9 @@ idle, interval and count and where each comes from (socket option or sysctl);
 armed in FIN_WAIT2 it is the FIN_WAIT2 timeout, "fin_wait2 timer armed" (not
 shown when the peer's FIN came with the ACK that armed it: TIME_WAIT follows).
 --wide adds the local address, thread, how the owner was learnt, the task on the
-CPU, cookie, container and netns (named as 'ip netns' names it, "host" for
-tcpstate's own; else its inode). JSON lines: one object per event; the fields
-are listed in README.md.
+CPU, cookie, container and netns (live: named as 'ip netns' names it, "host"
+for tcpstate's own, else its inode; -r: the inode). JSON lines: one object per
+event; the fields are listed in README.md.
 `
 
 type traceFlags struct {
@@ -62,7 +62,7 @@ func newTraceFlags() (*pflag.FlagSet, *traceFlags) {
 	fs := pflag.NewFlagSet("trace", pflag.ContinueOnError)
 	fs.SortFlags = false
 	fs.VarP(f.output, "output", "o", "output format: text or json (JSON lines)")
-	fs.BoolVarP(&f.wide, "wide", "W", false, "text: more columns (local address, owner source, task on CPU, cookie, netns)")
+	fs.BoolVarP(&f.wide, "wide", "W", false, "text: more columns (local address, owner source, task on CPU, cookie, container, netns)")
 	fs.BoolVar(&f.noHeader, "no-header", false, "text: no header line")
 	fs.BoolVar(&f.timeline, "timeline", false, "print one record per finished connection, with every state and its duration, instead of each transition")
 	fs.Var(&f.linger, "linger", "also report a socket the moment it has sat this `long` in CLOSE_WAIT or FIN_WAIT2 (e.g. 30s)")
