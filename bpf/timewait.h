@@ -167,13 +167,17 @@ static __always_inline void tw_duration(struct event *e, const struct tw_info *i
  * come between a FIN_WAIT2's switch to TIME_WAIT and its re-arm (on another
  * CPU) and read FIN_WAIT2's expiry: then the new expiry dates TIME_WAIT's
  * start to within a jiffy of the walk, and that date is the right one.
+ * t: a timer_start, timer_cancel or timer_expire_entry tracepoint's.
  */
 static __always_inline void tw_walk_redate(struct tw_info *info, struct timer_list *t, __u64 now)
 {
-	__u64 expires = BPF_CORE_READ(t, expires);
+	__u64 expires;
 	__s64 left_ns;
 
-	if (!(info->flags & INFO_WALK_DATED) || expires == info->expires || !hz)
+	if (!(info->flags & INFO_WALK_DATED))
+		return; /* (every other connection: one test) */
+	expires = t->expires;
+	if (expires == info->expires || !hz)
 		return;
 	info->flags &= ~INFO_WALK_DATED;
 	if ((__u32)(expires - 60 * (__u64)hz) - info->walked > 1)
