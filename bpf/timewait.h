@@ -221,6 +221,12 @@ static __always_inline void tw_sync(struct event *e, struct tw_info *info, struc
 			entered = info->state_ts;
 	}
 	event_init(e, EVENT_STATE, entered, tw_cookie(info, key));
+	if (entered != now) {
+		/* Found after it happened (by the walk, or at a later timer
+		 * event): the task on the CPU now is not the one then. */
+		e->cpu_pid = 0;
+		e->cpu_comm[0] = 0;
+	}
 	e->old_state = info->state;
 	e->new_state = substate;
 	tw_duration(e, info, entered);

@@ -89,7 +89,7 @@ func (j *JSON) Render(e *tracer.Event) error {
 		b = appendOwner(b, &e.Owner)
 		b = appendPlaceJSON(b, j.opts.Attribute.place(&e.Owner))
 	}
-	if e.Type != tracer.EventLinger {
+	if e.Type != tracer.EventLinger && e.OnCPU.Comm[0] != 0 {
 		b = append(b, `,"cpu_pid":`...)
 		b = strconv.AppendUint(b, uint64(e.OnCPU.PID), 10)
 		b = append(b, `,"cpu_comm":`...)

@@ -141,9 +141,16 @@ func (t *Text) Render(e *tracer.Event) error {
 	} else {
 		r.cell(tr)
 		r.cell([]byte(e.Owner.From.String()))
-		r.cell(strconv.AppendUint(num[:0], uint64(e.OnCPU.PID), 10))
 		var name [64]byte
-		r.cell(appendPrintable(name[:0], e.OnCPU.Comm.Bytes()))
+		if e.OnCPU.Comm[0] == 0 {
+			// (not known: an event user space made, or a transition
+			// found after it happened)
+			r.cell([]byte("-"))
+			r.cell([]byte("-"))
+		} else {
+			r.cell(strconv.AppendUint(num[:0], uint64(e.OnCPU.PID), 10))
+			r.cell(appendPrintable(name[:0], e.OnCPU.Comm.Bytes()))
+		}
 		r.cell(strconv.AppendUint(num[:0], e.Cookie, 10))
 		r.cell(appendPlaceText(name[:0], t.opts.Attribute.place(&e.Owner)))
 		if n := t.netnsName(e.NetNS); n != "" {

@@ -32,8 +32,9 @@ Statuses: ok, pending (will adopt when its timer fires or ends), unaffected
 
 Without --within, reports once and exits. With --within D, follows the sockets
 and the sysctls (re-read every --interval, changes reported), prints each
-change of status, and exits as soon as every socket in scope is ok (once some
-came into scope: it waits for them), or at D.
+change of status, and exits as soon as every socket in scope runs with the
+expected values as the exit status counts them (once some came into scope: it
+waits for them), or at D.
 
 Exit status: 0 every socket in scope runs with the expected values (unaffected
 ones count as fine unless --strict); 3 some do not (listed at the end); 4 no
