@@ -213,7 +213,8 @@ type Event struct {
 	HasDuration bool
 
 	// Owner is the process the socket belongs to, if known. OnCPU is
-	// whatever task the kernel was running.
+	// whatever task the kernel was running; its Comm empty when not known
+	// (a transition found after it happened, an event user space made).
 	Owner Owner
 	OnCPU Task
 
