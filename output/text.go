@@ -174,6 +174,27 @@ func (t *Text) Render(e *tracer.Event) error {
 // Flush writes what is buffered.
 func (t *Text) Flush() error { return t.w.Flush() }
 
+// Begin writes the header now, not with the first line: a live trace shows
+// it is running before anything happens. conns: the header of RenderConn's
+// lines.
+func (t *Text) Begin(conns bool) error {
+	if !t.header {
+		return nil
+	}
+	t.header = false
+	cols := narrowColumns
+	switch {
+	case conns:
+		cols = connColumns
+	case t.opts.Wide:
+		cols = wideColumns
+	}
+	if _, err := t.w.WriteString(header(cols)); err != nil {
+		return err
+	}
+	return t.w.Flush()
+}
+
 func (t *Text) netnsName(inode uint32) string {
 	if t.opts.NetNSName == nil {
 		return ""

@@ -87,6 +87,15 @@ func newTrace(o TraceOptions, async bool) *Trace {
 	return p
 }
 
+// Begin writes what the output shows before any event (text: its header),
+// for a live trace, which may wait long for its first.
+func (p *Trace) Begin() error {
+	if b, ok := p.r.(interface{ Begin(conns bool) error }); ok {
+		return b.Begin(p.conns)
+	}
+	return nil
+}
+
 // Seed puts the sockets of the start-up walk in the timeline.
 func (p *Trace) Seed(socks []tracer.Socket) { p.tl.Seed(socks) }
 

@@ -711,3 +711,28 @@ func netnsHeldByFile(t *testing.T) uint32 {
 	}
 	return uint32(st.Sys().(*syscall.Stat_t).Ino)
 }
+
+// A live trace shows its header as soon as it runs, not with its first event
+// (which may be long in coming): here, none comes. JSON has no header.
+func TestTraceHeaderBeforeEvents(t *testing.T) {
+	requireRoot(t)
+	ns := testnet.New(t) // (nothing happens in it)
+	for _, c := range []struct {
+		args []string
+		want string // the first line; "": no output
+	}{
+		{nil, "TIME        PID COMM     LPORT REMOTE             DUR TRANSITION"},
+		{[]string{"--timeline"}, "END         PID COMM     LOCAL                 REMOTE                STATES"},
+		{[]string{"-W"}, "TIME               PID     TID COMM"},
+		{[]string{"--no-header"}, ""},
+		{[]string{"-o", "json"}, ""},
+	} {
+		code, stdout, stderr := runCmd(context.Background(), append([]string{"trace", "-d", "300ms", "--netns", ns.Name}, c.args...)...)
+		if code != exitOK {
+			t.Fatalf("%q: exit %d: %s", c.args, code, stderr)
+		}
+		if c.want == "" && stdout != "" || c.want != "" && !strings.HasPrefix(stdout, c.want) || strings.Count(stdout, "\n") > 1 {
+			t.Errorf("%q: stdout %q, want %q and nothing else", c.args, stdout, c.want)
+		}
+	}
+}

@@ -147,6 +147,9 @@ func runTrace(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		src = tee
 	}
 	warnTableFull(stderr, p.TimelineStats().Evicted, found, opts.MaxConns, ": their next transitions may lack owner and time in state; raise it")
+	if err := p.Begin(); err != nil {
+		return fmt.Errorf("writing output: %w", err)
+	}
 
 	runErr := pipeline.Live(ctx, t, src, time.Duration(f.duration), ready)
 	if tee != nil {
