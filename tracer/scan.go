@@ -384,14 +384,14 @@ func netnsPaths() []nsFile {
 
 // NetNSExists tells whether a network namespace has this inode now: one a
 // process or thread runs in, one mounted ('ip netns', a container runtime's,
-// in any mount namespace), or one a process holds open. unreadable counts the
+// in any mount namespace), or one a process holds open. unreadable lists the
 // processes it could not look into (another user's without CAP_SYS_PTRACE, a
 // sandbox's init): the namespace may be one of theirs. (Not found either: one
 // that only its sockets still hold, their process having moved to another.)
-func NetNSExists(inode uint32) (found bool, unreadable int) {
+func NetNSExists(inode uint32) (found bool, unreadable []int) {
 	for _, f := range netnsPaths() {
 		if f.inode == inode {
-			return true, 0
+			return true, nil
 		}
 	}
 	name := "net:[" + strconv.FormatUint(uint64(inode), 10) + "]"
@@ -409,7 +409,8 @@ func NetNSExists(inode uint32) (found bool, unreadable int) {
 	procs, _ := os.ReadDir("/proc")
 	mntSeen := map[uint64]bool{}
 	for _, p := range procs {
-		if _, err := strconv.Atoi(p.Name()); err != nil {
+		pid, err := strconv.Atoi(p.Name())
+		if err != nil {
 			continue
 		}
 		dir := filepath.Join("/proc", p.Name())
@@ -424,7 +425,7 @@ func NetNSExists(inode uint32) (found bool, unreadable int) {
 			mntSeen[st.Ino] = true
 			ok, err := mounted(filepath.Join(dir, "mountinfo"))
 			if ok {
-				return true, 0
+				return true, nil
 			}
 			check(err)
 		}
@@ -434,18 +435,18 @@ func NetNSExists(inode uint32) (found bool, unreadable int) {
 			if err := unix.Stat(filepath.Join(dir, "task", task.Name(), "ns/net"), &st); err != nil {
 				check(err)
 			} else if uint32(st.Ino) == inode {
-				return true, 0
+				return true, nil
 			}
 		}
 		fds, err := os.ReadDir(filepath.Join(dir, "fd"))
 		check(err)
 		for _, fd := range fds {
 			if l, err := os.Readlink(filepath.Join(dir, "fd", fd.Name())); err == nil && l == name {
-				return true, 0
+				return true, nil
 			}
 		}
 		if denied {
-			unreadable++
+			unreadable = append(unreadable, pid)
 		}
 	}
 	return false, unreadable

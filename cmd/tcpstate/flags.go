@@ -74,12 +74,16 @@ func (f *filterFlags) warn(stderr io.Writer) {
 	if n, err := strconv.ParseUint(f.netns, 10, 32); err == nil && n > 0 {
 		if found, unreadable := tracer.NetNSExists(uint32(n)); !found {
 			var but string
-			if unreadable > 0 {
-				noun := "processes"
-				if unreadable == 1 {
-					noun = "process"
+			switch len(unreadable) {
+			case 0:
+			case 1:
+				but = fmt.Sprintf(" (PID %d could not be read: it may be that process's)", unreadable[0])
+			default:
+				pids := fmt.Sprint(unreadable[:min(len(unreadable), 3)])
+				if len(unreadable) > 3 {
+					pids = strings.TrimSuffix(pids, "]") + " ...]"
 				}
-				but = fmt.Sprintf(" (%d %s could not be read: it may be one of theirs)", unreadable, noun)
+				but = fmt.Sprintf(" (%d processes could not be read, PIDs %s: it may be one of theirs)", len(unreadable), pids)
 			}
 			fmt.Fprintf(stderr, "tcpstate: warning: --netns %d: no process runs in, mounts or holds open a network namespace with this inode%s: only sockets still in such a namespace can match\n", n, but)
 		}
