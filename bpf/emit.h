@@ -211,6 +211,26 @@ static __always_inline bool endpoints_wanted(__u16 family, __u32 netns, __u16 sp
 }
 
 /*
+ * Whether the endpoint filters want the socket whose head h is (skc_read_head
+ * of skc, read through its address). They hold for a connection's whole life,
+ * so a timer's work for one they exclude is not done. full: the full socket
+ * behind skc, whose local port a kill may have released (then read from
+ * inet_sport, as ka_event does); NULL for a timewait socket.
+ */
+static __always_inline bool head_wanted(const struct skc_head *h, const struct sock_common *skc, struct sock *full)
+{
+	__u8 saddr[16], daddr[16];
+	__u16 family, sport, dport;
+
+	if (!filter_family && !filter_netns && !filter_ports && !filter_addrs)
+		return true;
+	head_endpoints(h, skc, &family, &sport, &dport, saddr, daddr);
+	if (!sport && full)
+		sport = bpf_ntohs(BPF_CORE_READ((struct inet_sock *)full, inet_sport));
+	return endpoints_wanted(family, head_netns(h, skc), sport, dport, saddr, daddr);
+}
+
+/*
  * The filters of tracer.Filter that can run here; user space applies them all
  * again. An event whose owner is unknown passes the owner filters: user space
  * may still learn the owner (start-up walk, timewait join) and decide.

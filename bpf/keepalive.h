@@ -34,26 +34,6 @@ static __always_inline struct sock *ka_sock_of(struct timer_list *t)
 }
 
 /*
- * Whether the endpoint filters want the socket behind a keepalive timer. They
- * hold for its whole life, so the timer's work for a socket they exclude is
- * not done: the settings read, and the probe count kept in ka_probes (an LRU,
- * where a host's other sockets would take the place of those asked about).
- * h is the socket's head.
- */
-static __always_inline bool ka_wanted(struct sock *sk, const struct skc_head *h)
-{
-	__u8 saddr[16], daddr[16];
-	__u16 family, sport, dport;
-
-	if (!filter_family && !filter_netns && !filter_ports && !filter_addrs)
-		return true;
-	head_endpoints(h, &sk->__sk_common, &family, &sport, &dport, saddr, daddr);
-	if (!sport) /* (released by a kill, as in ka_event) */
-		sport = bpf_ntohs(BPF_CORE_READ((struct inet_sock *)sk, inet_sport));
-	return endpoints_wanted(family, head_netns(h, &sk->__sk_common), sport, dport, saddr, daddr);
-}
-
-/*
  * The id of a socket reached through its keepalive timer (not a BTF pointer):
  * its cookie, which its first state change made (Linux 5.12+); before, the
  * tracer's own id of it, else its address.
@@ -182,7 +162,7 @@ static __always_inline void ka_armed(struct event *e, struct timer_list *t)
 	struct skc_head h;
 
 	skc_read_head(&h, &sk->__sk_common);
-	if (!ka_wanted(sk, &h) || ka_arm_replaced(sk, &h, t))
+	if (!head_wanted(&h, &sk->__sk_common, sk) || ka_arm_replaced(sk, &h, t))
 		return;
 	ka_event(e, sk, &h, t, KA_ARMED, bpf_ktime_get_boot_ns(), ka_cookie(sk, &h));
 	/* setsockopt(SO_KEEPALIVE) arms the timer before it sets the flag;
@@ -205,7 +185,7 @@ static __always_inline void ka_fire_entry(struct event *e, struct timer_list *t)
 	if (!f)
 		return;
 	skc_read_head(&h, &sk->__sk_common);
-	if (!ka_wanted(sk, &h)) {
+	if (!head_wanted(&h, &sk->__sk_common, sk)) {
 		f->timer = 0; /* (nor its exit, which looks for this timer here) */
 		return;
 	}

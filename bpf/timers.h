@@ -103,7 +103,7 @@ int BPF_PROG(handle_timer_expire, struct timer_list *t, unsigned long baseclk)
 	if (info) {
 		tw_walk_redate(info, t, now);
 		tw_sync(&e, info, tw, &h, t, now, key, false);
-	} else if (tw_wanted(tw, &h))
+	} else if (head_wanted(&h, &tw->__tw_common, NULL))
 		stat_inc(STAT_TW_UNTRACKED);
 	else
 		return 0; /* (the filters exclude it: never followed, nothing to say) */
@@ -148,7 +148,7 @@ int BPF_PROG(handle_timer_cancel, struct timer_list *t)
 	if (info) {
 		tw_walk_redate(info, t, now);
 		tw_sync(&e, info, tw, &h, t, now, key, false);
-	} else if (!tw_wanted(tw, &h))
+	} else if (!head_wanted(&h, &tw->__tw_common, NULL))
 		return 0; /* (nor its re-arm: tw_rearm_unseen finds no removal) */
 	else if (cookie)
 		tw_note_unseen_cancel(cookie);

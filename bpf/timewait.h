@@ -137,18 +137,6 @@ static __always_inline __u64 tw_cookie(const struct tw_info *info, __u64 key)
 	return info && info->cookie ? info->cookie : key;
 }
 
-/* Whether the endpoint filters want the connection of a timewait socket. */
-static __always_inline bool tw_wanted(struct inet_timewait_sock *tw, const struct skc_head *h)
-{
-	__u8 saddr[16], daddr[16];
-	__u16 family, sport, dport;
-
-	if (!filter_family && !filter_netns && !filter_ports && !filter_addrs)
-		return true;
-	head_endpoints(h, &tw->__tw_common, &family, &sport, &dport, saddr, daddr);
-	return endpoints_wanted(family, head_netns(h, &tw->__tw_common), sport, dport, saddr, daddr);
-}
-
 static __always_inline void tw_duration(struct event *e, const struct tw_info *info, __u64 now)
 {
 	if (!info || !info->state_ts)
@@ -257,7 +245,7 @@ static __always_inline void tw_first_arm(struct inet_timewait_sock *tw, const st
 	/* Follow only the connections the filters want: tw_infos is bounded,
 	 * and a host's other timewait sockets must not evict the ones asked
 	 * about. */
-	if (!tw_wanted(tw, h))
+	if (!head_wanted(h, &tw->__tw_common, NULL))
 		return;
 	fresh.cookie = cookie;
 	fresh.state = BPF_CORE_READ(tw, tw_substate);
