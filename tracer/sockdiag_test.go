@@ -9,7 +9,6 @@ import (
 	"net/netip"
 	"slices"
 	"strings"
-	"syscall"
 	"testing"
 	"time"
 
@@ -224,51 +223,32 @@ func TestEachDiagMessage(t *testing.T) {
 // FIN_WAIT2 stays a lower bound: its timeout is the namespace's or the
 // socket's own.
 func TestWalkDatesTimewait(t *testing.T) {
-	requireRoot(t)
 	// (RFC 1337: the peer's RST, answering the ACK that a stray segment
 	// draws from TIME_WAIT, does not end it)
-	ns := testnet.New(t, "net.ipv4.tcp_rfc1337=1")
-	var ln net.Listener
-	var restarted, raced, fw2 conn
-	var twFrom, twTo uint64
-	ns.Do(t, func() {
-		var err error
-		if ln, err = net.Listen("tcp4", "127.0.0.1:0"); err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() { ln.Close() })
-		pair := func() (cl, sv net.Conn) {
-			cl, err := net.Dial("tcp4", ln.Addr().String())
-			if err != nil {
-				t.Fatal(err)
-			}
-			sv, err = ln.Accept()
-			if err != nil {
-				t.Fatal(err)
-			}
-			return cl, sv
-		}
-		// The server closes first: its end in FIN_WAIT2, then TIME_WAIT
-		// when the client's FIN arrives (on loopback, within the close,
-		// or soon after in softirq).
-		cl1, sv1 := pair()
-		cl2, sv2 := pair()
-		restarted = conn{local: addrPort(sv1.LocalAddr()), remote: addrPort(sv1.RemoteAddr()), state: tracer.TimeWait}
-		raced = conn{local: addrPort(sv2.LocalAddr()), remote: addrPort(sv2.RemoteAddr()), state: tracer.TimeWait}
-		sv1.Close()
-		sv2.Close()
-		time.Sleep(50 * time.Millisecond)
-		twFrom = tracer.BootNow()
-		cl1.Close()
-		time.Sleep(20 * time.Millisecond)
-		twTo = tracer.BootNow()
-		cl2.Close()
-		// The client closes, the server never: an orphaned FIN_WAIT2.
-		cl, sv := pair()
-		t.Cleanup(func() { sv.Close() })
-		fw2 = conn{local: addrPort(cl.LocalAddr()), remote: addrPort(cl.RemoteAddr()), state: tracer.FinWait2}
-		cl.Close()
-	})
+	ns := newNetNS(t, "net.ipv4.tcp_rfc1337=1")
+	ln := ns.Listen(t, "tcp4", "127.0.0.1:0")
+	srv := parseAddrPort(ln.Addr().String())
+	// The server closes first: its end in FIN_WAIT2, then TIME_WAIT when
+	// the client's FIN arrives (on loopback, within the close, or soon
+	// after in softirq).
+	cl1, cl2 := serverClosesFirst(t, ns, ln), serverClosesFirst(t, ns, ln)
+	restarted := conn{local: srv, remote: addrPort(cl1.LocalAddr()), state: tracer.TimeWait}
+	raced := conn{local: srv, remote: addrPort(cl2.LocalAddr()), state: tracer.TimeWait}
+	time.Sleep(50 * time.Millisecond)
+	twFrom := tracer.BootNow()
+	cl1.Close()
+	time.Sleep(20 * time.Millisecond)
+	twTo := tracer.BootNow()
+	cl2.Close()
+	// The client closes, the server never: an orphaned FIN_WAIT2.
+	cl := ns.Dial(t, "tcp4", ln.Addr().String())
+	sv, err := ln.Accept()
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { sv.Close() })
+	fw2 := conn{local: addrPort(cl.LocalAddr()), remote: addrPort(cl.RemoteAddr()), state: tracer.FinWait2}
+	cl.Close()
 	// Long enough that a start counted from the tracer's is told apart.
 	time.Sleep(3 * time.Second)
 	r := startRaw(t, tracer.Config{}, nil)
@@ -345,23 +325,14 @@ func TestWalkDatesTimewait(t *testing.T) {
 	}
 	reuse := func(c conn) {
 		t.Helper()
-		ns.Do(t, func() {
-			d := net.Dialer{LocalAddr: net.TCPAddrFromAddrPort(c.remote), Control: func(_, _ string, rc syscall.RawConn) error {
-				var err error
-				rc.Control(func(fd uintptr) { err = unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_REUSEADDR, 1) })
-				return err
-			}}
-			cl, err := d.Dial("tcp4", c.local.String())
-			if err != nil {
-				t.Fatalf("a new connection from %v: %v", c.remote, err)
-			}
-			defer cl.Close()
-			sv, err := ln.Accept()
-			if err != nil {
-				t.Fatal(err)
-			}
-			sv.Close()
-		})
+		var cl net.Conn
+		ns.Do(t, func() { cl = dialFrom(t, c.remote.String(), c.local.String()) })
+		defer cl.Close()
+		sv, err := ln.Accept()
+		if err != nil {
+			t.Fatal(err)
+		}
+		sv.Close()
 	}
 	time.Sleep(100 * time.Millisecond) // (well past the walk's jiffy)
 	restart(restarted)
