@@ -22,11 +22,8 @@ var connColumns = []column{{"END", 8}, {"PID", -6}, {"COMM", 8}, {"LOCAL", 21}, 
 // SYN_SENT 95us, ESTABLISHED 1.52s, FIN_WAIT1 41us, FIN_WAIT2/tw 2.10s, TIME_WAIT/tw 60.0s (timewait_expired).
 // "/tw": lived in the timewait socket; ">": began before the tracer; "?": not seen to begin.
 func (t *Text) RenderConn(c *timeline.Conn) error {
-	if t.header {
-		t.header = false
-		if _, err := t.w.WriteString(header(connColumns)); err != nil {
-			return err
-		}
+	if err := t.writeHeader(connColumns); err != nil {
+		return err
 	}
 	r := row{b: t.buf[:0], cols: connColumns}
 	var end [16]byte

@@ -4,7 +4,6 @@ package output
 
 import (
 	"bufio"
-	"bytes"
 	"fmt"
 	"io"
 	"strconv"
@@ -73,19 +72,12 @@ func (t *Text) Render(e *tracer.Event) error {
 		}
 		return nil
 	}
-	if t.header {
-		t.header = false
-		cols := narrowColumns
-		if t.opts.Wide {
-			cols = wideColumns
-		}
-		if _, err := t.w.WriteString(header(cols)); err != nil {
-			return err
-		}
-	}
 	cols := narrowColumns
 	if t.opts.Wide {
 		cols = wideColumns
+	}
+	if err := t.writeHeader(cols); err != nil {
+		return err
 	}
 	r := row{b: t.buf[:0], cols: cols}
 	var num, cell [64]byte
@@ -153,20 +145,15 @@ func (t *Text) Render(e *tracer.Event) error {
 		}
 		r.cell(strconv.AppendUint(num[:0], e.Cookie, 10))
 		r.cell(appendPlaceText(name[:0], t.opts.Attribute.place(&e.Owner)))
-		if n := t.netnsName(e.NetNS); n != "" {
-			r.cell(appendPrintable(name[:0], []byte(n))) // (a file name: any bytes)
-		} else {
-			r.cell(strconv.AppendUint(num[:0], uint64(e.NetNS), 10))
-		}
+		// (a name is a file name: any bytes)
+		r.cell(appendPrintable(name[:0], AppendNetNS(num[:0], t.opts.NetNSName, e.NetNS)))
 		if len(note) > 0 {
 			r.cell(note)
-		} else {
-			// NETNS ends the line: not padded (a name is shorter than
-			// its column).
-			r.b = bytes.TrimRight(r.b, " ")
 		}
 	}
-	t.buf = append(r.b, '\n')
+	// (without NOTE, NETNS ends the line: not padded, a name being
+	// shorter than its column)
+	t.buf = endLine(r.b)
 	_, err := t.w.Write(t.buf)
 	return err
 }
@@ -178,10 +165,6 @@ func (t *Text) Flush() error { return t.w.Flush() }
 // it is running before anything happens. conns: the header of RenderConn's
 // lines.
 func (t *Text) Begin(conns bool) error {
-	if !t.header {
-		return nil
-	}
-	t.header = false
 	cols := narrowColumns
 	switch {
 	case conns:
@@ -189,17 +172,21 @@ func (t *Text) Begin(conns bool) error {
 	case t.opts.Wide:
 		cols = wideColumns
 	}
-	if _, err := t.w.WriteString(header(cols)); err != nil {
+	if err := t.writeHeader(cols); err != nil {
 		return err
 	}
 	return t.w.Flush()
 }
 
-func (t *Text) netnsName(inode uint32) string {
-	if t.opts.NetNSName == nil {
-		return ""
+// writeHeader writes the header of cols, unless written already or not
+// wanted (NoHeader).
+func (t *Text) writeHeader(cols []column) error {
+	if !t.header {
+		return nil
 	}
-	return t.opts.NetNSName(inode)
+	t.header = false
+	_, err := t.w.WriteString(header(cols))
+	return err
 }
 
 // truncRunes returns the first n runes of s.

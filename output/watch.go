@@ -214,11 +214,7 @@ func (w *Watch) Render(now uint64, rows []Socket, lost uint64) error {
 	for _, r := range rows {
 		counts[r.State]++
 	}
-	noun := "sockets"
-	if len(rows) == 1 {
-		noun = "socket"
-	}
-	fmt.Fprintf(w.w, "tcpstate watch  %s  %d %s", w.opts.Clock.Wall(now).In(w.opts.Location).Format("15:04:05"), len(rows), noun)
+	fmt.Fprintf(w.w, "tcpstate watch  %s  %s", w.opts.Clock.Wall(now).In(w.opts.Location).Format("15:04:05"), Count(len(rows), "socket"))
 	for st := tracer.Established; st <= tracer.NewSynRecv; st++ {
 		if counts[st] > 0 {
 			fmt.Fprintf(w.w, ", %d %s", counts[st], st)
@@ -251,7 +247,7 @@ func (w *Watch) Render(now uint64, rows []Socket, lost uint64) error {
 	}
 	if nsWidth > 0 {
 		for i := range shown {
-			nsWidth = max(nsWidth, len(w.netnsName(name[:0], shown[i].NetNS)))
+			nsWidth = max(nsWidth, len(AppendNetNS(name[:0], w.opts.NetNSName, shown[i].NetNS)))
 		}
 	}
 	cols := []column{{"STATE", 12}, {"AGE", -ageWidth}, {"PID", -7}, {"COMM", 15}}
@@ -271,7 +267,7 @@ func (w *Watch) Render(now uint64, rows []Socket, lost uint64) error {
 		line.cell(appendAge(num[:0], r))
 		line.owner(&r.Owner, false, r.Closed())
 		if nsWidth > 0 {
-			line.cell(w.netnsName(name[:0], r.NetNS))
+			line.cell(AppendNetNS(name[:0], w.opts.NetNSName, r.NetNS))
 		}
 		line.endpoint(r.Local)
 		line.endpoint(r.Remote)
@@ -302,7 +298,7 @@ func (w *Watch) Render(now uint64, rows []Socket, lost uint64) error {
 	cols = []column{{"STATE", 12}, {"COUNT", -7}, {"OLDEST", -7}}
 	if nsWidth > 0 {
 		for _, g := range byRemote {
-			nsWidth = max(nsWidth, len(w.netnsName(name[:0], g.NetNS)))
+			nsWidth = max(nsWidth, len(AppendNetNS(name[:0], w.opts.NetNSName, g.NetNS)))
 		}
 		cols = append(cols, column{"NETNS", nsWidth})
 	}
@@ -314,7 +310,7 @@ func (w *Watch) Render(now uint64, rows []Socket, lost uint64) error {
 		line.cell(strconv.AppendInt(num[:0], int64(g.Count), 10))
 		line.cell(AppendDuration(num[:0], g.Oldest))
 		if nsWidth > 0 {
-			line.cell(w.netnsName(name[:0], g.NetNS))
+			line.cell(AppendNetNS(name[:0], w.opts.NetNSName, g.NetNS))
 		}
 		line.cell([]byte(g.Remote))
 		b = append(line.b, '\n')
@@ -326,13 +322,23 @@ func (w *Watch) Render(now uint64, rows []Socket, lost uint64) error {
 	return w.w.Flush()
 }
 
-func (w *Watch) netnsName(b []byte, inode uint32) []byte {
-	if w.opts.NetNSName != nil {
-		if n := w.opts.NetNSName(inode); n != "" {
+// AppendNetNS appends the name names gives a network namespace by inode, or
+// the inode when it gives none (or names is nil).
+func AppendNetNS(b []byte, names func(inode uint32) string, inode uint32) []byte {
+	if names != nil {
+		if n := names(inode); n != "" {
 			return append(b, n...)
 		}
 	}
 	return strconv.AppendUint(b, uint64(inode), 10)
+}
+
+// Count is "1 noun" or "n nouns".
+func Count(n int, noun string) string {
+	if n == 1 {
+		return "1 " + noun
+	}
+	return strconv.Itoa(n) + " " + noun + "s"
 }
 
 // endLine ends a line without the padding of its last column.

@@ -394,11 +394,7 @@ func (m Model) View() string {
 	now := m.opts.Clock.Wall(m.snap.Now).In(m.opts.Location)
 	d := m.derive() // (made by Update: this one, unless View comes first)
 	counts := d.counts
-	noun := "sockets"
-	if len(m.snap.Rows) == 1 {
-		noun = "socket"
-	}
-	head := fmt.Sprintf("tcpstate watch  %s  %s  %d %s", m.opts.Host, now.Format("15:04:05"), len(m.snap.Rows), noun)
+	head := fmt.Sprintf("tcpstate watch  %s  %s  %s", m.opts.Host, now.Format("15:04:05"), output.Count(len(m.snap.Rows), "socket"))
 	if !m.have {
 		head = fmt.Sprintf("tcpstate watch  %s  waiting for the first snapshot...", m.opts.Host)
 	}
@@ -522,12 +518,7 @@ func moreLine(above, below int, add func(string, lipgloss.Style)) {
 }
 
 func (m Model) netnsName(inode uint32) string {
-	if m.opts.NetNSName != nil {
-		if n := m.opts.NetNSName(inode); n != "" {
-			return n
-		}
-	}
-	return strconv.FormatUint(uint64(inode), 10)
+	return string(output.AppendNetNS(nil, m.opts.NetNSName, inode))
 }
 
 // groupTable adds the per-process or per-remote groups that fit.
