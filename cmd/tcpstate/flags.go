@@ -55,17 +55,18 @@ func (f *filterFlags) register(fs *pflag.FlagSet) {
 // warn prints what filter noticed that is not an error, and, for the
 // commands that trace this host live, filters that name nothing on it now: a
 // process that does not run (its sockets may outlive it: not an error), a
-// namespace inode no namespace has (only a socket may still hold one).
-func (f *filterFlags) warn(stderr io.Writer) {
+// namespace inode no namespace has (only a socket may still hold one). flt is
+// what filter made of the flags.
+func (f *filterFlags) warn(stderr io.Writer, flt *tracer.Filter) {
 	for _, w := range f.warnings {
 		fmt.Fprintf(stderr, "tcpstate: warning: %s\n", w)
 	}
 	var gone []string
-	for _, v := range f.pids {
+	for _, pid := range flt.PIDs {
 		// (kill 0 tells "no such process" apart from "not ours to see",
 		// as /proc mounted hidepid does not)
-		if pid, err := strconv.ParseUint(strings.TrimSpace(v), 10, 31); err == nil && unix.Kill(int(pid), 0) == unix.ESRCH {
-			gone = append(gone, strconv.FormatUint(pid, 10))
+		if unix.Kill(int(pid), 0) == unix.ESRCH {
+			gone = append(gone, strconv.FormatUint(uint64(pid), 10))
 		}
 	}
 	if len(gone) > 0 {

@@ -101,7 +101,7 @@ func runRecord(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	if err := capture.CheckPath(f.write); err != nil {
 		return err
 	}
-	f.warn(stderr)
+	f.warn(stderr, &filter)
 	var dump chan os.Signal
 	if f.flight {
 		// From the start: a SIGUSR1 while loading must not kill the recorder

@@ -105,7 +105,7 @@ func runServe(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	kernelFilter.States = 0 // a socket's age needs the transition into its state
 	// (256 bytes a connection: its TIME_WAIT entries are compact)
 	tableMemoryLimit(f.maxConns, 256)
-	f.warn(stderr)
+	f.warn(stderr, &filter)
 	t, err := f.tracerFlags.start(kernelFilter, stderr)
 	if err != nil {
 		return err

@@ -118,7 +118,7 @@ func runTrace(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	if f.timeline || f.linger > 0 {
 		kernelFilter.States = 0 // a connection's history needs all its transitions
 	}
-	f.warn(stderr)
+	f.warn(stderr, &filter)
 	t, err := f.tracerFlags.start(kernelFilter, stderr)
 	if err != nil {
 		return err

@@ -93,7 +93,7 @@ func runVerify(ctx context.Context, args []string, stdout, stderr io.Writer) err
 		return usagef("--state does not apply to verify: keepalive is checked in ESTABLISHED and CLOSE_WAIT, fin_timeout in FIN_WAIT2")
 	}
 
-	f.warn(stderr)
+	f.warn(stderr, &filter)
 	t, err := f.tracerFlags.start(filter, stderr)
 	if err != nil {
 		return err

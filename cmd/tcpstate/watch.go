@@ -105,7 +105,7 @@ func runWatch(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	kernelFilter.States = 0 // a socket's age needs the transition into its state
 
 	tableMemoryLimit(f.maxConns, 512)
-	f.warn(stderr)
+	f.warn(stderr, &filter)
 	t, err := f.tracerFlags.start(kernelFilter, stderr)
 	if err != nil {
 		return err
