@@ -70,12 +70,11 @@ int iter_tcp(struct bpf_iter__tcp *ctx)
 			 * to TIME_WAIT and its re-arm (another CPU): the expiry
 			 * read is FIN_WAIT2's. That re-arm comes within a jiffy,
 			 * and its expiry dates it again (tw_walk_redate). */
-			if (r.state == TCP_TIME_WAIT && hz) {
-				__s64 left_ns = (__s64)(r.timer_expires - r.jiffies) * (1000000000LL / hz);
+			if (r.state == TCP_TIME_WAIT && (__s64)(r.timer_expires - r.jiffies) >= 0) {
+				__u64 began = timewait_began(r.timer_expires, r.jiffies, r.ts_ns);
 
-				if (left_ns >= 0 && left_ns <= (__s64)TIMEWAIT_LEN_NS &&
-				    TIMEWAIT_LEN_NS - left_ns < r.ts_ns) {
-					fresh.state_ts = r.ts_ns - (TIMEWAIT_LEN_NS - left_ns);
+				if (began) {
+					fresh.state_ts = began;
 					fresh.flags = INFO_WALK_DATED;
 					fresh.walked = (__u32)r.jiffies;
 				}

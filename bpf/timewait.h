@@ -148,6 +148,25 @@ static __always_inline void tw_duration(struct event *e, const struct tw_info *i
 }
 
 /*
+ * When a TIME_WAIT began, from its timer's expiry: TCP_TIMEWAIT_LEN before it.
+ * jiffies is read with now (boot time, ns); the expiry may be past (the timer
+ * firing late). 0: the expiry is no TIME_WAIT's (more than TCP_TIMEWAIT_LEN
+ * away either way), or HZ is not known.
+ */
+static __always_inline __u64 timewait_began(__u64 expires, __u64 jiffies, __u64 now)
+{
+	__s64 left_ns;
+
+	if (!hz)
+		return 0;
+	left_ns = (__s64)(expires - jiffies) * (1000000000LL / hz);
+	if (left_ns <= -(__s64)TIMEWAIT_LEN_NS || left_ns > (__s64)TIMEWAIT_LEN_NS ||
+	    TIMEWAIT_LEN_NS - left_ns >= now)
+		return 0;
+	return now - (TIMEWAIT_LEN_NS - left_ns);
+}
+
+/*
  * A TIME_WAIT the start-up walk dated from its timer, at its first event with
  * a timer re-armed since (t: the timer, its expiry the new one). The kernel
  * re-arms a TIME_WAIT for TCP_TIMEWAIT_LEN at any segment (a retransmitted
@@ -159,8 +178,7 @@ static __always_inline void tw_duration(struct event *e, const struct tw_info *i
  */
 static __always_inline void tw_walk_redate(struct tw_info *info, struct timer_list *t, __u64 now)
 {
-	__u64 expires;
-	__s64 left_ns;
+	__u64 expires, began;
 
 	if (!(info->flags & INFO_WALK_DATED))
 		return; /* (every other connection: one test) */
@@ -170,9 +188,9 @@ static __always_inline void tw_walk_redate(struct tw_info *info, struct timer_li
 	info->flags &= ~INFO_WALK_DATED;
 	if ((__u32)(expires - 60 * (__u64)hz) - info->walked > 1)
 		return;
-	left_ns = (__s64)(expires - bpf_jiffies64()) * (1000000000LL / hz);
-	if (left_ns > -(__s64)TIMEWAIT_LEN_NS && left_ns <= (__s64)TIMEWAIT_LEN_NS)
-		info->state_ts = now - (TIMEWAIT_LEN_NS - left_ns);
+	began = timewait_began(expires, bpf_jiffies64(), now);
+	if (began)
+		info->state_ts = began;
 }
 
 /*
@@ -188,8 +206,7 @@ static __always_inline void tw_sync(struct event *e, struct tw_info *info, struc
 				    bool same_expiry)
 {
 	__u8 substate = BPF_CORE_READ(tw, tw_substate);
-	__u64 entered, expires;
-	__s64 left_ns;
+	__u64 entered, expires, began;
 
 	if (substate == info->state)
 		return;
@@ -201,10 +218,10 @@ static __always_inline void tw_sync(struct event *e, struct tw_info *info, struc
 	entered = now;
 	expires = BPF_CORE_READ(t, expires);
 	if (substate == TCP_TIME_WAIT && hz && (expires != info->expires || same_expiry)) {
-		/* Negative when the timer fires late (it is firing now). */
-		left_ns = (__s64)(expires - bpf_jiffies64()) * (1000000000LL / hz);
-		if (left_ns > -(__s64)TIMEWAIT_LEN_NS && left_ns <= (__s64)TIMEWAIT_LEN_NS)
-			entered = now - (TIMEWAIT_LEN_NS - left_ns);
+		/* (the expiry past when the timer fires late: it is firing now) */
+		began = timewait_began(expires, bpf_jiffies64(), now);
+		if (began)
+			entered = began;
 		if (info->state_ts && entered < info->state_ts)
 			entered = info->state_ts;
 	}
