@@ -579,6 +579,44 @@ func TestFinWait2TimerText(t *testing.T) {
 	}
 }
 
+// A namespace's name is a file name in /run/netns: any bytes. Its control
+// characters reach no terminal, in watch's columns or trace's, and its column
+// is as wide as it shows.
+func TestNetNSNamesSanitised(t *testing.T) {
+	names := func(inode uint32) string {
+		if inode == 2 {
+			return "é\x1b[2J"
+		}
+		return ""
+	}
+	rows := []Socket{
+		{Cookie: 1, Endpoints: tracer.Endpoints{Family: tracer.IPv4, NetNS: 1, Local: netip.MustParseAddrPort("10.0.0.1:80"), Remote: netip.MustParseAddrPort("10.0.0.8:50100")},
+			State: tracer.CloseWait, Age: 5 * time.Second},
+		{Cookie: 2, Endpoints: tracer.Endpoints{Family: tracer.IPv4, NetNS: 2, Local: netip.MustParseAddrPort("10.0.0.8:50100"), Remote: netip.MustParseAddrPort("10.0.0.1:80")},
+			State: tracer.FinWait2, Age: 5 * time.Second},
+	}
+	var w bytes.Buffer
+	if err := NewWatch(&w, WatchOptions{Clock: clock, Location: time.UTC, NetNSName: names}).Render(5e9, rows, 0); err != nil {
+		t.Fatal(err)
+	}
+	var tr bytes.Buffer
+	text := NewText(&tr, TextOptions{Wide: true, Clock: clock, Location: time.UTC, NetNSName: names})
+	e := tracer.Event{Type: tracer.EventState, Time: 1e9, Cookie: 2, Old: tracer.FinWait1, New: tracer.FinWait2, Endpoints: rows[1].Endpoints}
+	if err := text.Render(&e); err != nil {
+		t.Fatal(err)
+	}
+	_ = text.Flush()
+	for _, out := range []string{w.String(), tr.String()} {
+		if strings.Contains(out, "\x1b") || !strings.Contains(out, "é?[2J") {
+			t.Errorf("got %q, want the name as é?[2J", out)
+		}
+	}
+	// (the column: "é?[2J" is 5 wide, NETNS too; one space after it)
+	if !strings.Contains(w.String(), "é?[2J 10.0.0.8:50100") {
+		t.Errorf("watch's NETNS column padded by bytes, not by what shows:\n%s", w.String())
+	}
+}
+
 // Reset reason names from a capture's header reach neither the terminal nor
 // JSON unsanitised.
 func TestRstReasonNamesSanitised(t *testing.T) {

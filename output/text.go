@@ -145,14 +145,13 @@ func (t *Text) Render(e *tracer.Event) error {
 		}
 		r.cell(strconv.AppendUint(num[:0], e.Cookie, 10))
 		r.cell(appendPlaceText(name[:0], t.opts.Attribute.place(&e.Owner)))
-		// (a name is a file name: any bytes)
-		r.cell(appendPrintable(name[:0], AppendNetNS(num[:0], t.opts.NetNSName, e.NetNS)))
+		// (without NOTE, NETNS ends the line: not padded, a name being
+		// shorter than its column)
+		r.cell(AppendNetNS(name[:0], t.opts.NetNSName, e.NetNS))
 		if len(note) > 0 {
 			r.cell(note)
 		}
 	}
-	// (without NOTE, NETNS ends the line: not padded, a name being
-	// shorter than its column)
 	t.buf = endLine(r.b)
 	_, err := t.w.Write(t.buf)
 	return err

@@ -11,6 +11,7 @@ import (
 	"slices"
 	"strconv"
 	"time"
+	"unicode/utf8"
 
 	"github.com/tcpstate/tcpstate/tracer"
 	"github.com/tcpstate/tcpstate/tracer/timeline"
@@ -247,7 +248,7 @@ func (w *Watch) Render(now uint64, rows []Socket, lost uint64) error {
 	}
 	if nsWidth > 0 {
 		for i := range shown {
-			nsWidth = max(nsWidth, len(AppendNetNS(name[:0], w.opts.NetNSName, shown[i].NetNS)))
+			nsWidth = max(nsWidth, utf8.RuneCount(AppendNetNS(name[:0], w.opts.NetNSName, shown[i].NetNS)))
 		}
 	}
 	cols := []column{{"STATE", 12}, {"AGE", -ageWidth}, {"PID", -7}, {"COMM", 15}}
@@ -298,7 +299,7 @@ func (w *Watch) Render(now uint64, rows []Socket, lost uint64) error {
 	cols = []column{{"STATE", 12}, {"COUNT", -7}, {"OLDEST", -7}}
 	if nsWidth > 0 {
 		for _, g := range byRemote {
-			nsWidth = max(nsWidth, len(AppendNetNS(name[:0], w.opts.NetNSName, g.NetNS)))
+			nsWidth = max(nsWidth, utf8.RuneCount(AppendNetNS(name[:0], w.opts.NetNSName, g.NetNS)))
 		}
 		cols = append(cols, column{"NETNS", nsWidth})
 	}
@@ -322,12 +323,14 @@ func (w *Watch) Render(now uint64, rows []Socket, lost uint64) error {
 	return w.w.Flush()
 }
 
-// AppendNetNS appends the name names gives a network namespace by inode, or
-// the inode when it gives none (or names is nil).
+// AppendNetNS appends the name names gives a network namespace by inode, its
+// control characters shown as '?', or the inode when it gives none (or names
+// is nil).
 func AppendNetNS(b []byte, names func(inode uint32) string, inode uint32) []byte {
 	if names != nil {
 		if n := names(inode); n != "" {
-			return append(b, n...)
+			// (a name is a file name: any bytes, an escape sequence too)
+			return appendPrintable(b, []byte(n))
 		}
 	}
 	return strconv.AppendUint(b, uint64(inode), 10)

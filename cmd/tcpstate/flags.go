@@ -183,6 +183,9 @@ func (f *filterFlags) filter() (tracer.Filter, error) {
 		if err != nil || n == 0 {
 			return flt, usagef("--pid: invalid process ID %q", v)
 		}
+		if n > pidMaxLimit {
+			return flt, usagef("--pid: %d: no process ID is above %d (Linux's PID_MAX_LIMIT)", n, pidMaxLimit)
+		}
 		flt.PIDs = append(flt.PIDs, uint32(n))
 	}
 	flt.Comm = f.comm
@@ -395,6 +398,9 @@ const (
 	maxTimewaitEntries = 1 << 22
 	maxConnections     = 10_000_000
 )
+
+// pidMaxLimit is the highest PID Linux hands out (PID_MAX_LIMIT, 64-bit).
+const pidMaxLimit = 1 << 22
 
 // tracerFlags size and locate what the tracer loads.
 type tracerFlags struct {

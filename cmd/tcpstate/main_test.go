@@ -130,6 +130,7 @@ func TestUsageErrors(t *testing.T) {
 		{[]string{"trace", "--addr", "10.0.0.0/40"}, `"10.0.0.0/40"`},
 		{[]string{"trace", "--addr", "example.com"}, `"example.com"`},
 		{[]string{"trace", "--pid", "abc"}, `invalid process ID "abc"`},
+		{[]string{"trace", "--pid", "4294967295"}, "no process ID is above 4194304"},
 		{[]string{"trace", "-4", "-6"}, "exclude each other"},
 		{[]string{"trace", "--ringbuf-size", "1000"}, `"1000"`},
 		{[]string{"trace", "--ringbuf-size", "lots"}, `"lots"`},
