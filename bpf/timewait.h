@@ -151,7 +151,8 @@ static __always_inline void tw_duration(struct event *e, const struct tw_info *i
  * When a TIME_WAIT began, from its timer's expiry: TCP_TIMEWAIT_LEN before it.
  * jiffies is read with now (boot time, ns); the expiry may be past (the timer
  * firing late). 0: the expiry is no TIME_WAIT's (more than TCP_TIMEWAIT_LEN
- * away either way), or HZ is not known.
+ * ahead, or TCP_TIMEWAIT_LEN or more past), it would date the start before
+ * boot, or HZ is not known.
  */
 static __always_inline __u64 timewait_began(__u64 expires, __u64 jiffies, __u64 now)
 {
