@@ -139,6 +139,34 @@ func timeWaitKilledByReuse(t *testing.T, forget bool) {
 	if evs[5].NetNS != ns.Inode {
 		t.Errorf("netns %d, want the test's %d", evs[5].NetNS, ns.Inode)
 	}
+	if !forget {
+		checkTurnOnCPU(t, evs[4])
+	}
+}
+
+// checkTurnOnCPU checks the task on the CPU of a timewait FIN_WAIT2 turned
+// TIME_WAIT by the peer's FIN. The kernel re-arms the timer for TIME_WAIT, and
+// the turn is sent then, with 60 s on the timer and the task that handled the
+// FIN. Or, when the new expiry falls in the old one's timer-wheel bucket
+// (most times: the buckets 60 s ahead are 2 s wide or more), it only rewrites
+// the expiry: no tracepoint fires, and the turn is found later, by tcpstate's
+// walk of such sockets or at the timer's next event (the kill). It is dated
+// from the expiry, and has less than 60 s left when sent, but the task on the
+// CPU then did not do it: none is given. (The walk runs in this process, as
+// does the FIN's sender: only the time left tells the two apart.)
+func checkTurnOnCPU(t *testing.T, turn tracer.Event) {
+	t.Helper()
+	late := tracer.TimewaitLen - turn.ExpiresIn // how long after the turn it was sent
+	switch {
+	case late < 0:
+		t.Errorf("FIN_WAIT2->TIME_WAIT sent with %v on its timer, over TCP_TIMEWAIT_LEN", turn.ExpiresIn)
+	case late == 0 && turn.OnCPU.Comm.String() == "":
+		t.Errorf("FIN_WAIT2->TIME_WAIT sent at the re-arm (60s left): no task on the CPU, want the one that handled the FIN")
+	case late > 0 && (turn.OnCPU.PID != 0 || turn.OnCPU.Comm.String() != ""):
+		t.Errorf("FIN_WAIT2->TIME_WAIT found %v after it happened: task on the CPU %d %q, want none (not the one that did it)",
+			late, turn.OnCPU.PID, turn.OnCPU.Comm)
+	}
+	t.Logf("FIN_WAIT2->TIME_WAIT sent %v after it happened, task on the CPU %d %q", late, turn.OnCPU.PID, turn.OnCPU.Comm)
 }
 
 // An orphaned FIN_WAIT2 (closed by its owner, the peer never closes) lasts
