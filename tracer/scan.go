@@ -389,11 +389,8 @@ func netnsPaths() []nsFile {
 // sandbox's init): the namespace may be one of theirs. (Not found either: one
 // that only its sockets still hold, their process having moved to another.)
 func NetNSExists(inode uint32) (found bool, unreadable []int) {
-	for _, f := range netnsPaths() {
-		if f.inode == inode {
-			return true, nil
-		}
-	}
+	// (one pass over /proc: a process's threads include its main one, and
+	// its mount namespace's mounts /run/netns)
 	name := "net:[" + strconv.FormatUint(uint64(inode), 10) + "]"
 	mounted := func(mountinfo string) (bool, error) {
 		b, err := os.ReadFile(mountinfo)
