@@ -72,10 +72,7 @@ func (t *Text) Render(e *tracer.Event) error {
 		}
 		return nil
 	}
-	cols := narrowColumns
-	if t.opts.Wide {
-		cols = wideColumns
-	}
+	cols := t.eventColumns()
 	if err := t.writeHeader(cols); err != nil {
 		return err
 	}
@@ -164,17 +161,22 @@ func (t *Text) Flush() error { return t.w.Flush() }
 // it is running before anything happens. conns: the header of RenderConn's
 // lines.
 func (t *Text) Begin(conns bool) error {
-	cols := narrowColumns
-	switch {
-	case conns:
+	cols := t.eventColumns()
+	if conns {
 		cols = connColumns
-	case t.opts.Wide:
-		cols = wideColumns
 	}
 	if err := t.writeHeader(cols); err != nil {
 		return err
 	}
 	return t.w.Flush()
+}
+
+// eventColumns are the columns of Render's lines.
+func (t *Text) eventColumns() []column {
+	if t.opts.Wide {
+		return wideColumns
+	}
+	return narrowColumns
 }
 
 // writeHeader writes the header of cols, unless written already or not
