@@ -218,13 +218,19 @@ static __always_inline void ka_fire_exit(struct event *e, struct timer_list *t)
 	cookie = ka_cookie(sk, &h);
 	probes = BPF_CORE_READ((struct inet_connection_sock *)sk, icsk_probes_out);
 	state = SKC_FIELD(&h, &sk->__sk_common, skc_state);
-	if (state == TCP_CLOSE && f->state != TCP_CLOSE) {
-		ka_event(e, sk, &h, t, KA_TIMEOUT, now, cookie);
-		event_owner(e, f->owner_src, f->pid, f->tid, f->cgroup, f->comm);
-		e->sk_err = BPF_CORE_READ(sk, sk_err);
-		e->reason = REASON_TIMEOUT;
-		e->rst_reason = ka_rst_reason();
-		emit(e);
+	if (state == TCP_CLOSE) {
+		/* Closed by this fire: a keepalive kill. Not from FIN_WAIT2,
+		 * where the timer is the orphan's FIN_WAIT2 timeout: it handed
+		 * the connection to a timewait socket (tcp_fin_timeout above
+		 * TCP_TIMEWAIT_LEN) or reset it, as the state events say. */
+		if (f->state != TCP_CLOSE && f->state != TCP_FIN_WAIT2) {
+			ka_event(e, sk, &h, t, KA_TIMEOUT, now, cookie);
+			event_owner(e, f->owner_src, f->pid, f->tid, f->cgroup, f->comm);
+			e->sk_err = BPF_CORE_READ(sk, sk_err);
+			e->reason = REASON_TIMEOUT;
+			e->rst_reason = ka_rst_reason();
+			emit(e);
+		}
 		bpf_map_delete_elem(&ka_probes, &cookie);
 		return;
 	}

@@ -477,6 +477,64 @@ func TestFinWait2TimerSentWhenItStands(t *testing.T) {
 	})
 }
 
+// With tcp_fin_timeout above TCP_TIMEWAIT_LEN, an orphan's FIN_WAIT2 timer
+// (armed for the excess, 2 s here) fires and hands the connection to a
+// timewait socket in FIN_WAIT2 for the excess again: the full socket reaches
+// CLOSE inside its keepalive timer, with no reset sent. That is no keepalive
+// kill: no timeout event, and the connection ends once, FIN_WAIT2 -> CLOSE
+// (fin_timeout), twice the excess after FIN_WAIT2 began (the kernel's own
+// arithmetic: tcp_keepalive_timer() gives the timewait socket
+// tcp_fin_time() - TCP_TIMEWAIT_LEN again).
+func TestFinWait2TimerAboveTimewaitLenIsNoKill(t *testing.T) {
+	const excess = 2 * time.Second
+	ns := newNetNS(t, "net.ipv4.tcp_fin_timeout=62")
+	r := startTracer(t, tracer.Config{Filter: tracer.Filter{NetNS: ns.Inode}}, nil)
+	ln := ns.Listen(t, "tcp4", "127.0.0.1:0")
+	srv := parseAddrPort(ln.Addr().String())
+	conn := ns.Dial(t, "tcp4", ln.Addr().String())
+	peer, err := ln.Accept()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer peer.Close() // open to the end: the client's FIN_WAIT2 is never answered
+	conn.Close()
+
+	isClient := func(e *tracer.Event) bool { return e.Remote == srv && e.New == tracer.SynSent }
+	deadline := time.Now().Add(2*excess + 3*time.Second)
+	for {
+		evs := r.col.socket(isClient)
+		if len(evs) > 0 && evs[len(evs)-1].New == tracer.Close {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("no end of FIN_WAIT2: %v", transitions(r.col.socketAll(isClient)))
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	time.Sleep(200 * time.Millisecond) // (anything sent after the end)
+	all := r.col.socketAll(isClient)
+	evs := r.col.socket(isClient)
+	assertSequence(t, "client", evs, "CLOSE->SYN_SENT", "SYN_SENT->ESTABLISHED", "ESTABLISHED->FIN_WAIT1",
+		"FIN_WAIT1->FIN_WAIT2", "FIN_WAIT2->CLOSE(tw)")
+	assertReason(t, "client", evs, tracer.ReasonFinTimeout)
+	if d := evs[len(evs)-1].Duration; d < 2*excess-2*timerJiffies || d > 2*excess+2*excess/8+2*timerJiffies {
+		t.Errorf("FIN_WAIT2 lasted %v, want twice the excess, %v", d, 2*excess)
+	}
+	arms := slices.DeleteFunc(keepalives(all, tracer.KeepaliveArmed), func(e tracer.Event) bool { return e.New != tracer.FinWait2 })
+	if len(arms) != 1 || !near(arms[0].ExpiresIn, excess, time.Second) {
+		t.Errorf("FIN_WAIT2 timer arms %v, want one for %v", kaTimeline(all), excess)
+	}
+	if kills := keepalives(all, tracer.KeepaliveTimeout); len(kills) > 0 {
+		t.Errorf("a keepalive timeout reported for a FIN_WAIT2 timer that handed the connection to a timewait socket: %v",
+			kaTimeline(all))
+	}
+	for _, e := range all {
+		if e.Type == tracer.EventReset {
+			t.Errorf("a reset reported, none sent: %+v", e)
+		}
+	}
+}
+
 // setsockoptInt sets an integer socket option on c.
 func setsockoptInt(t *testing.T, c net.Conn, level, opt, v int) {
 	t.Helper()
