@@ -19,8 +19,19 @@ import (
 var ErrStragglers = errors.New("some sockets do not run with the expected values")
 
 // ErrNothingChecked: no socket was ever in scope, so nothing was verified (a
-// filter that matched none, a service not running).
-var ErrNothingChecked = errors.New("no socket in scope: nothing was checked (keepalive is checked in ESTABLISHED and CLOSE_WAIT, fin_timeout in FIN_WAIT2)")
+// filter that matched none, a service not running), or none that was could
+// be rated (pending until it ended).
+var ErrNothingChecked = errors.New("no socket in scope: nothing was checked (keepalive is checked in ESTABLISHED and CLOSE_WAIT, fin_timeout in orphaned FIN_WAIT2)")
+
+// errNoneRated is ErrNothingChecked when sockets were in scope, all pending
+// until they ended.
+type errNoneRated int
+
+func (e errNoneRated) Error() string {
+	return fmt.Sprintf("nothing was checked: the %d socket(s) in scope ended before they could be rated (a timer armed before tcpstate started or before the change is kept to the end)", int(e))
+}
+
+func (errNoneRated) Is(target error) bool { return target == ErrNothingChecked }
 
 // Verify checks live sockets against expected settings: the walk first, then
 // (Follow) the events through the timeline, which names owners, re-reading
@@ -34,16 +45,24 @@ type Verify struct {
 	interval time.Duration
 	strict   bool
 	last     uint64
-	shown    map[resultKey]verify.Status
+	shown    map[resultKey]shown
 	changes  int
 	cancel   context.CancelFunc
 	err      error
-	checked  bool // some socket has been in scope (it may have closed since)
+	checked  bool                // some socket has been rated, not pending (it may have closed since)
+	pending  map[uint64]struct{} // sockets seen only pending so far
 }
 
 type resultKey struct {
 	cookie uint64
 	check  string
+}
+
+// shown is what was printed of a result: its status, and whether its
+// FIN_WAIT2 had ended (rated ok by its timer, then by how long it lasted).
+type shown struct {
+	status verify.Status
+	ended  bool
 }
 
 // VerifyOptions configure a check.
@@ -59,7 +78,7 @@ type VerifyOptions struct {
 // It tells whether every socket runs with the expected values.
 func NewVerify(out *output.Verify, socks []tracer.Socket, nss []tracer.NetNS, o VerifyOptions) (*Verify, bool) {
 	v := &Verify{c: verify.New(o.Expect, o.Filter), out: out, nss: nss, interval: o.Interval,
-		strict: o.Strict, shown: map[resultKey]verify.Status{}}
+		strict: o.Strict, shown: map[resultKey]shown{}, pending: map[uint64]struct{}{}}
 	v.c.Seed(socks, nss)
 	v.tl = timeline.New(v.c, timeline.Options{MaxConns: o.MaxConns})
 	v.tl.Seed(socks)
@@ -83,18 +102,33 @@ func (v *Verify) report(now uint64) bool {
 	}
 	v.changes = len(v.c.Changes)
 	rs := v.c.Results(now)
+	v.rated(rs)
 	for _, r := range rs {
 		k := resultKey{r.Socket.Cookie, r.Check}
-		if v.shown[k] != r.Status {
-			v.shown[k] = r.Status
+		if s := (shown{r.Status, r.Socket.FinWait2Took != 0}); v.shown[k] != s {
+			v.shown[k] = s
 			v.keep(v.out.Result(r, now))
 		}
 	}
 	v.keep(v.out.Flush())
-	// Nothing in scope yet: --within waits for sockets to check. (Once some
+	// Nothing rated yet: --within waits for sockets to check. (Once some
 	// were, those that closed left the scope, as before.)
-	v.checked = v.checked || len(rs) > 0
 	return v.checked && verify.Satisfied(rs, v.strict)
+}
+
+// rated notes whether some socket was rated (not only pending), and which
+// were seen only pending.
+func (v *Verify) rated(rs []verify.Result) {
+	for _, r := range rs {
+		if r.Status != verify.Pending {
+			v.checked = true
+		} else if !v.checked {
+			v.pending[r.Socket.Cookie] = struct{}{}
+		}
+	}
+	if v.checked {
+		clear(v.pending)
+	}
 }
 
 func (v *Verify) keep(err error) {
@@ -126,6 +160,7 @@ func (v *Verify) tick() {
 // was none to check.
 func (v *Verify) Finish(now uint64) error {
 	rs := v.c.Results(now)
+	v.rated(rs)
 	var stragglers []verify.Result
 	counts := map[verify.Status]int{}
 	for _, r := range rs {
@@ -150,6 +185,9 @@ func (v *Verify) Finish(now uint64) error {
 		return ErrStragglers
 	}
 	if !v.checked && len(rs) == 0 {
+		if len(v.pending) > 0 {
+			return errNoneRated(len(v.pending))
+		}
 		return ErrNothingChecked
 	}
 	return nil
@@ -158,7 +196,12 @@ func (v *Verify) Finish(now uint64) error {
 // verifySink feeds the timeline and re-checks when idle.
 type verifySink struct{ v *Verify }
 
-func (s verifySink) Event(e *tracer.Event) error { return s.v.tl.Event(e) }
+func (s verifySink) Event(e *tracer.Event) error {
+	if e.Type == tracer.EventTWHandover {
+		s.v.c.Handover(e)
+	}
+	return s.v.tl.Event(e)
+}
 func (s verifySink) Idle() error {
 	if err := s.v.tl.Idle(); err != nil {
 		return err

@@ -25,6 +25,10 @@ scope: keepalive on or off, the effective values and where each comes from (the
 socket's own option or its namespace's sysctl), the idle time its armed timer
 came from, and when it picked up a change. A keepalive timer already armed keeps
 its expiry until it fires: such sockets are "pending" until then.
+tcp_fin_timeout applies to an orphaned FIN_WAIT2 (its owner closed it, the peer
+did not), counted from the close(): rated by the timer armed then, and by how
+long it lasted. One orphaned before tcpstate started or before the change keeps
+its timer: pending, it leaves the scope when it ends.
 
 Statuses: ok, pending (will adopt when its timer fires or ends), unaffected
 (SO_KEEPALIVE off, or the socket's own option overrides the sysctl), mismatch
@@ -33,13 +37,13 @@ Statuses: ok, pending (will adopt when its timer fires or ends), unaffected
 Without --within, reports once and exits. With --within D, follows the sockets
 and the sysctls (re-read every --interval, changes reported), prints each
 change of status, and exits as soon as every socket in scope runs with the
-expected values as the exit status counts them (once some came into scope: it
-waits for them), or at D.
+expected values as the exit status counts them (once some socket was rated: it
+waits for one), or at D.
 
 Exit status: 0 every socket in scope runs with the expected values (unaffected
-ones count as fine unless --strict); 3 some do not (listed at the end); 4 no
-socket was in scope: nothing checked; 1 the check could not run; 2 bad command
-line.
+ones count as fine unless --strict); 3 some do not (listed at the end); 4
+nothing checked: no socket was in scope, or those that were ended pending; 1
+the check could not run; 2 bad command line.
 
 Flags:
 %s`
@@ -66,6 +70,8 @@ func newVerifyFlags() (*pflag.FlagSet, *verifyFlags) {
 	f.filterFlags.register(fs)
 	f.filterFlags.registerPlace(fs)
 	f.tracerFlags.register(fs)
+	// (shared with the other commands; refused here with the reason)
+	_ = fs.MarkHidden("state")
 	return fs, f
 }
 

@@ -212,6 +212,63 @@ func TestVerifyFinTimeoutLowered(t *testing.T) {
 	}
 }
 
+// tcp_fin_timeout counts from the close() that orphans a FIN_WAIT2, not from
+// the shutdown() that began it: verify rates nothing while the owner holds
+// the socket, then the timer the close() armed. An orphan older than verify
+// is pending until it ends; then nothing was rated, and the exit status says
+// so (4), not a vacuous success.
+func TestVerifyFinTimeoutFromClose(t *testing.T) {
+	requireRoot(t)
+	ns := testnet.New(t, "net.ipv4.tcp_fin_timeout=2")
+	var ln net.Listener
+	ns.Do(t, func() {
+		var err error
+		if ln, err = net.Listen("tcp4", "127.0.0.1:0"); err != nil {
+			t.Fatal(err)
+		}
+	})
+	defer ln.Close()
+	port := strconv.Itoa(ln.Addr().(*net.TCPAddr).Port)
+	half := func() *net.TCPConn {
+		c := ns.Dial(t, "tcp4", ln.Addr().String()).(*net.TCPConn)
+		peer, err := ln.Accept()
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { peer.Close() }) // the peer never closes
+		if err := c.CloseWrite(); err != nil {
+			t.Fatal(err)
+		}
+		return c
+	}
+
+	// Orphaned before verify starts: pending, then out of scope at its end.
+	old := half()
+	old.Close()
+	r := startCmd(t, "verify", "--netns", ns.Name, "--rport", port, "--expect", "fin_timeout=2", "--within", "6s", "-i", "200ms", "-o", "json")()
+	got := statuses(parseVerify(t, r.stdout), localPort(old), "fin_timeout")
+	if r.code != exitNone || !strings.Contains(r.stderr, "ended before they could be rated") || len(got) != 1 || got[0].Status != "pending" {
+		t.Errorf("an orphan older than verify: exit %d, its results %+v, stderr %q; want exit %d, one pending", r.code, got, r.stderr, exitNone)
+	}
+
+	wait := startCmd(t, "verify", "--netns", ns.Name, "--rport", port, "--expect", "fin_timeout=2", "--within", "20s", "-i", "200ms", "-o", "json")
+	c := half()
+	time.Sleep(1500 * time.Millisecond) // in FIN_WAIT2, held: tcp_fin_timeout does not apply
+	closed := time.Now()
+	c.Close()
+	r = wait()
+	if r.code != exitOK {
+		t.Fatalf("exit %d: %s\n%s", r.code, r.stderr, r.stdout)
+	}
+	got = statuses(parseVerify(t, r.stdout), localPort(c), "fin_timeout")
+	if len(got) != 1 || got[0].Status != "ok" || !strings.Contains(got[0].Detail, "its timer armed for 2s") {
+		t.Errorf("shut down, closed 1.5 s later: %+v, want one ok, armed for 2s at the close()", got)
+	}
+	if took := time.Since(closed); took > 1500*time.Millisecond {
+		t.Errorf("verify ended %v after the close(), want as soon as the timer rated it", took)
+	}
+}
+
 // verify with no socket in scope has checked nothing, and says so with an exit
 // status of its own (4), not a vacuous success. With --within it waits for sockets to come (a
 // service restarted after the change), and ends once they run as expected.

@@ -91,10 +91,17 @@ type Socket struct {
 	AdoptedAt uint64 // when it was first seen armed with the expected idle time
 	Probes    []uint64
 
-	// FIN_WAIT2 (orphaned): when it began, and how long it lasted when it
-	// timed out.
-	FinWait2Since uint64
-	FinWait2Took  time.Duration
+	// FIN_WAIT2: when it began, and when the socket was orphaned in it
+	// (closed by its owner: tcp_fin_timeout counts from the later of the
+	// two), with how long its timer was armed for then (0: not seen). Found
+	// orphaned by the start-up walk: neither is known, only when its timer
+	// ends. FinWait2Took is how long it lasted orphaned, once it timed out.
+	FinWait2Since   uint64
+	Orphaned        uint64
+	FinWait2Armed   time.Duration
+	FinWait2Expires uint64
+	OrphanedBefore  bool
+	FinWait2Took    time.Duration
 }
 
 // Result is one socket rated against one setting.
@@ -155,8 +162,14 @@ func (c *Checker) Seed(socks []tracer.Socket, nss []tracer.NetNS) {
 				k.ArmedWith = roundSecond(time.Duration(k.Expires - s.LastRecv))
 			}
 		}
-		if s.State == tracer.FinWait2 {
-			k.FinWait2Since = s.Since
+		// An orphan: a timewait socket, or a full socket no file holds
+		// (tcp_fin_timeout above TCP_TIMEWAIT_LEN). Since is when its timer
+		// says FIN_WAIT2 began if it ran with tcp_fin_timeout: no witness.
+		if s.State == tracer.FinWait2 && (s.Timewait || s.Inode == 0) {
+			k.OrphanedBefore = true
+			if s.Timewait {
+				k.FinWait2Expires = s.Scanned + uint64(s.ExpiresIn)
+			}
 		}
 		c.socks[s.Cookie] = k
 	}
@@ -219,6 +232,27 @@ func (c *Checker) UpdateSysctls(netns uint32, now uint64, vals map[string]string
 	}
 }
 
+// Orphaned notes where an owner's close() leaves a socket in FIN_WAIT2: the
+// timewait socket taking it over (EVENT_TW_HANDOVER, which the timeline does
+// not pass on), or the FIN_WAIT2 timer armed (tcp_fin_timeout above
+// TCP_TIMEWAIT_LEN). Only the first: at the end of an armed excess the kernel
+// hands over again.
+func (c *Checker) orphaned(k *Socket, e *tracer.Event) {
+	if k.Orphaned != 0 || k.OrphanedBefore {
+		return
+	}
+	k.Orphaned, k.FinWait2Armed = e.Time, e.ExpiresIn
+	k.FinWait2Expires = e.Time + uint64(max(e.ExpiresIn, 0))
+}
+
+// Handover takes an event the timeline keeps to itself: a timewait socket
+// took over a connection in the same state (for FIN_WAIT2: orphaned now).
+func (c *Checker) Handover(e *tracer.Event) {
+	if k := c.socks[e.Cookie]; k != nil && e.Type == tracer.EventTWHandover && e.New == tracer.FinWait2 {
+		c.orphaned(k, e)
+	}
+}
+
 // Event follows the tracer: keepalive timers, FIN_WAIT2 and TIME_WAIT ends.
 func (c *Checker) Event(e *tracer.Event) error {
 	if e.Cookie == 0 || e.Type == tracer.EventLost {
@@ -250,13 +284,17 @@ func (c *Checker) Event(e *tracer.Event) error {
 			k.FinWait2Since = e.Time
 		}
 		k.State = e.New
-		// Only a FIN_WAIT2 that timed out, and began after the last change
-		// of fin_timeout, tells what fin_timeout the namespace applies. One
+		// Only a FIN_WAIT2 that timed out, orphaned after the last change
+		// of fin_timeout, tells what fin_timeout the namespace applies: how
+		// long it lasted from the later of its start and its orphaning. One
 		// armed before keeps its timer: when it ends it leaves the scope.
 		if e.Old == tracer.FinWait2 && e.Reason == tracer.ReasonFinTimeout && e.HasDuration && !e.DurationMin &&
-			e.Time-uint64(e.Duration) > c.changed[k.NetNS][FinTimeout] {
-			k.FinWait2Took = e.Duration
-			return nil
+			!k.OrphanedBefore {
+			start := max(e.Time-uint64(e.Duration), k.Orphaned)
+			if start > c.changed[k.NetNS][FinTimeout] {
+				k.FinWait2Took = time.Duration(e.Time - start)
+				return nil
+			}
 		}
 		if e.New == tracer.Close || e.Old == tracer.FinWait2 && e.New == tracer.TimeWait {
 			delete(c.socks, e.Cookie)
@@ -269,7 +307,12 @@ func (c *Checker) keepalive(k *Socket, e *tracer.Event) {
 	ka := &e.Keepalive
 	k.State = e.New
 	if e.New == tracer.FinWait2 {
-		return // the timer stands for FIN_WAIT2 there, not keepalive
+		// The timer stands for FIN_WAIT2 there, not keepalive: armed by the
+		// orphaning.
+		if ka.Event == tracer.KeepaliveArmed {
+			c.orphaned(k, e)
+		}
+		return
 	}
 	k.KeepaliveOn = ka.On
 	k.Idle, k.Intvl, k.Count = ka.Idle, ka.Intvl, ka.Count
@@ -372,7 +415,8 @@ func (c *Checker) rate(k *Socket, name string, now uint64) (Result, bool) {
 	r.Expect = time.Duration(want) * unit
 	keepaliveState := k.State == tracer.Established || k.State == tracer.CloseWait
 	if name == FinTimeout {
-		if k.State != tracer.FinWait2 && k.FinWait2Took == 0 {
+		// (not orphaned: its owner may keep it in FIN_WAIT2 for ever)
+		if k.FinWait2Took == 0 && (k.State != tracer.FinWait2 || k.Orphaned == 0 && !k.OrphanedBefore) {
 			return r, false
 		}
 	} else if !keepaliveState {
@@ -474,6 +518,9 @@ func (c *Checker) rateIdle(r Result, k *Socket, now uint64) Result {
 }
 
 func (c *Checker) rateFinTimeout(r Result, k *Socket, now uint64) Result {
+	// The timer counts whole jiffies from the one it was armed in: up to a
+	// jiffy short when read a tick later (or more, from a stalled virtual CPU).
+	armedOK := k.FinWait2Armed > r.Expect-500*time.Millisecond && k.FinWait2Armed <= r.Expect
 	switch {
 	case k.FinWait2Took != 0:
 		d := k.FinWait2Took
@@ -482,13 +529,20 @@ func (c *Checker) rateFinTimeout(r Result, k *Socket, now uint64) Result {
 		} else {
 			r.Status, r.Detail = Mismatch, fmt.Sprintf("orphaned FIN_WAIT2 ended after %s", d.Round(time.Millisecond))
 		}
-	case k.FinWait2Since == 0 || c.changedAfter(k.NetNS, FinTimeout, k.FinWait2Since):
-		r.Status, r.Detail = Pending, "in FIN_WAIT2 since before the change (or before tcpstate): keeps its timer, leaves when it ends"
-	default:
-		r.Status, r.Detail = Pending, "in FIN_WAIT2: rated when it ends"
-		if k.FinWait2Since != 0 {
-			r.Detail = fmt.Sprintf("in FIN_WAIT2 for %s: rated when it ends", time.Duration(now-k.FinWait2Since).Round(time.Millisecond))
+	case k.OrphanedBefore:
+		r.Status, r.Detail = Pending, "orphaned in FIN_WAIT2 before tcpstate started: keeps its timer, leaves when it ends"
+		if k.FinWait2Expires != 0 {
+			r.Detail = fmt.Sprintf("orphaned in FIN_WAIT2 before tcpstate started: keeps its timer (ends in %s), leaves when it ends",
+				remaining(k.FinWait2Expires, now))
 		}
+	case c.changedAfter(k.NetNS, FinTimeout, k.Orphaned):
+		r.Status, r.Detail = Pending, "orphaned in FIN_WAIT2 before the change: keeps its timer, leaves when it ends"
+	case armedOK:
+		r.Status, r.Detail = OK, fmt.Sprintf("orphaned FIN_WAIT2, its timer armed for %s (ends in %s)",
+			k.FinWait2Armed.Round(time.Millisecond), remaining(k.FinWait2Expires, now))
+	default:
+		r.Status, r.Detail = Pending, fmt.Sprintf("orphaned in FIN_WAIT2 %s ago, its timer armed for %s: rated when it ends",
+			time.Duration(now-k.Orphaned).Round(time.Millisecond), k.FinWait2Armed.Round(time.Millisecond))
 	}
 	return r
 }

@@ -105,21 +105,77 @@ func TestUnaffectedAndMismatch(t *testing.T) {
 	}
 }
 
-func TestFinTimeoutFromTheEnd(t *testing.T) {
+// tcp_fin_timeout counts from the orphaning: a FIN_WAIT2 its owner still
+// holds (shutdown) is not rated; orphaned, the timer armed then rates it, and
+// its end how long it lasted from then.
+func TestFinTimeoutFromTheOrphaning(t *testing.T) {
 	c := New(Expect{FinTimeout: 2}, nil)
 	c.Seed(nil, []tracer.NetNS{{Inode: 7, Sysctls: map[string]string{"fin_timeout": "2"}}})
 	base := tracer.Event{Type: tracer.EventState, Cookie: 5, Endpoints: tracer.Endpoints{NetNS: 7, Family: tracer.IPv4, Local: netip.MustParseAddrPort("10.0.0.1:5000"), Remote: netip.MustParseAddrPort("10.0.0.2:80")}}
 	enter := base
 	enter.Time, enter.Old, enter.New = 10*sec, tracer.FinWait1, tracer.FinWait2
 	_ = c.Event(&enter)
-	if r := only(t, c.Results(11*sec), FinTimeout); r.Status != Pending {
-		t.Errorf("in FIN_WAIT2: %+v", r)
+	if rs := c.Results(11 * sec); len(rs) != 0 {
+		t.Errorf("in FIN_WAIT2, not orphaned: %+v", rs)
+	}
+	// close() 3 s later: a timewait socket takes over, armed for 2 s.
+	hand := base
+	hand.Type, hand.Time, hand.Old, hand.New, hand.ExpiresIn, hand.Timewait = tracer.EventTWHandover, 13*sec, tracer.FinWait2, tracer.FinWait2, 1996*time.Millisecond, true
+	c.Handover(&hand)
+	if r := only(t, c.Results(14*sec), FinTimeout); r.Status != OK || r.Detail != "orphaned FIN_WAIT2, its timer armed for 1.996s (ends in 996ms)" {
+		t.Errorf("orphaned, armed for 2s: %+v", r)
 	}
 	end := base
-	end.Time, end.Old, end.New, end.Reason = 12*sec+sec/100, tracer.FinWait2, tracer.Close, tracer.ReasonFinTimeout
-	end.Duration, end.HasDuration, end.Timewait = 2010*time.Millisecond, true, true
+	end.Time, end.Old, end.New, end.Reason = 15*sec+sec/100, tracer.FinWait2, tracer.Close, tracer.ReasonFinTimeout
+	end.Duration, end.HasDuration, end.Timewait = 5010*time.Millisecond, true, true
 	_ = c.Event(&end)
-	if r := only(t, c.Results(13*sec), FinTimeout); r.Status != OK {
-		t.Errorf("ended after 2.01s: %+v", r)
+	if r := only(t, c.Results(16*sec), FinTimeout); r.Status != OK || r.Socket.FinWait2Took != 2010*time.Millisecond {
+		t.Errorf("ended 2.01s after its close(), 5.01s after FIN_WAIT2 began: %+v (took %v)", r, r.Socket.FinWait2Took)
+	}
+}
+
+// Above TCP_TIMEWAIT_LEN the kernel arms the excess twice: 62 s lasts 4 s.
+func TestFinTimeoutAboveTimewaitLen(t *testing.T) {
+	c := New(Expect{FinTimeout: 62}, nil)
+	c.Seed(nil, []tracer.NetNS{{Inode: 7, Sysctls: map[string]string{"fin_timeout": "62"}}})
+	base := tracer.Event{Cookie: 5, Endpoints: tracer.Endpoints{NetNS: 7, Family: tracer.IPv4, Local: netip.MustParseAddrPort("10.0.0.1:5000"), Remote: netip.MustParseAddrPort("10.0.0.2:80")}}
+	enter := base
+	enter.Type, enter.Time, enter.Old, enter.New = tracer.EventState, 10*sec, tracer.FinWait1, tracer.FinWait2
+	_ = c.Event(&enter)
+	arm := base
+	arm.Type, arm.Time, arm.Old, arm.New, arm.ExpiresIn = tracer.EventKeepalive, 10*sec, tracer.FinWait2, tracer.FinWait2, 2*time.Second
+	arm.Keepalive.Event = tracer.KeepaliveArmed
+	_ = c.Event(&arm)
+	if r := only(t, c.Results(11*sec), FinTimeout); r.Status != Pending || !strings.Contains(r.Detail, "armed for 2s: rated when it ends") {
+		t.Errorf("armed for the excess: %+v", r)
+	}
+	hand := base
+	hand.Type, hand.Time, hand.Old, hand.New, hand.ExpiresIn = tracer.EventTWHandover, 12*sec, tracer.FinWait2, tracer.FinWait2, 2*time.Second
+	c.Handover(&hand)
+	end := base
+	end.Type, end.Time, end.Old, end.New, end.Reason = tracer.EventState, 14*sec, tracer.FinWait2, tracer.Close, tracer.ReasonFinTimeout
+	end.Duration, end.HasDuration, end.Timewait = 4*time.Second, true, true
+	_ = c.Event(&end)
+	if r := only(t, c.Results(15*sec), FinTimeout); r.Status != Mismatch || r.Detail != "orphaned FIN_WAIT2 ended after 4s" {
+		t.Errorf("lasted 4s with fin_timeout=62: %+v", r)
+	}
+}
+
+// An orphan the walk found is not rated by a start its timer only implies;
+// it leaves the scope when it ends.
+func TestFinTimeoutOrphanedBeforeStart(t *testing.T) {
+	c := New(Expect{FinTimeout: 2}, nil)
+	ns := []tracer.NetNS{{Inode: 7, Sysctls: map[string]string{"fin_timeout": "2"}}}
+	ep := tracer.Endpoints{NetNS: 7, Family: tracer.IPv4, Local: netip.MustParseAddrPort("10.0.0.1:5000"), Remote: netip.MustParseAddrPort("10.0.0.2:80")}
+	c.Seed([]tracer.Socket{{Cookie: 5, Endpoints: ep, State: tracer.FinWait2, Timewait: true, Since: 9 * sec, Scanned: 10 * sec, ExpiresIn: time.Second}}, ns)
+	if r := only(t, c.Results(10*sec+sec/2), FinTimeout); r.Status != Pending ||
+		r.Detail != "orphaned in FIN_WAIT2 before tcpstate started: keeps its timer (ends in 500ms), leaves when it ends" {
+		t.Errorf("found orphaned: %+v", r)
+	}
+	end := tracer.Event{Type: tracer.EventState, Cookie: 5, Endpoints: ep, Time: 11 * sec, Old: tracer.FinWait2, New: tracer.Close,
+		Reason: tracer.ReasonFinTimeout, Duration: 2 * time.Second, HasDuration: true, DurationMin: true, Timewait: true}
+	_ = c.Event(&end)
+	if rs := c.Results(12 * sec); len(rs) != 0 {
+		t.Errorf("ended: %+v, want out of scope", rs)
 	}
 }
