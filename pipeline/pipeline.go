@@ -339,10 +339,28 @@ func WalkedFor(socks []tracer.Socket, f tracer.Filter) []tracer.Socket {
 }
 
 // WalkWants tells whether a walked socket can be one of a filter's
-// connections, its states aside (a socket may yet reach them).
+// connections, its states aside (a socket may yet reach them), or a listener
+// whose children can: those it accepts from now on are named after it.
 func WalkWants(f tracer.Filter) func(*tracer.Socket) bool {
 	f.States = 0
-	return func(s *tracer.Socket) bool { return f.MatchConn(&s.Endpoints, &s.Owner, s.State, s.State) }
+	// A listener's children have its port, any remote end, and on a
+	// wildcard address any local one: IPv4 too on IPv6's (dual-stack).
+	byPort, wildcard := f, f
+	byPort.RPorts = nil
+	wildcard.RPorts, wildcard.Addrs = nil, nil
+	return func(s *tracer.Socket) bool {
+		switch {
+		case s.State != tracer.Listen:
+			return f.MatchConn(&s.Endpoints, &s.Owner, s.State, s.State)
+		case !s.Local.Addr().IsUnspecified():
+			return byPort.MatchConn(&s.Endpoints, &s.Owner, s.State, s.State)
+		case s.Family == tracer.IPv6 && wildcard.Family == tracer.IPv4:
+			ep := s.Endpoints
+			ep.Family = tracer.IPv4
+			return wildcard.MatchConn(&ep, &s.Owner, s.State, s.State)
+		}
+		return wildcard.MatchConn(&s.Endpoints, &s.Owner, s.State, s.State)
+	}
 }
 
 // SkippedNote says how much of the loss the kernel's recursion guard made.

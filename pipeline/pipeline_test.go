@@ -277,3 +277,46 @@ func TestWatchRefillsRows(t *testing.T) {
 		}
 	})
 }
+
+// The walk keeps the listeners whose children a filter can want: on a
+// wildcard address (IPv4 children of IPv6's too) whatever the address filter,
+// on their port whatever the remote port filter.
+func TestWalkWantsListenersOfWantedChildren(t *testing.T) {
+	sock := func(fam tracer.Family, state tracer.State, local, remote string) tracer.Socket {
+		return tracer.Socket{State: state, Endpoints: tracer.Endpoints{Family: fam,
+			Local: netip.MustParseAddrPort(local), Remote: netip.MustParseAddrPort(remote)}}
+	}
+	dual := sock(tracer.IPv6, tracer.Listen, "[::]:8080", "[::]:0")
+	any4 := sock(tracer.IPv4, tracer.Listen, "0.0.0.0:9090", "0.0.0.0:0")
+	lo6 := sock(tracer.IPv6, tracer.Listen, "[::1]:7070", "[::]:0")
+	lo4 := sock(tracer.IPv4, tracer.Listen, "127.0.0.1:6060", "0.0.0.0:0")
+	conn6 := sock(tracer.IPv6, tracer.Established, "[::1]:8080", "[::1]:40000")
+	for _, c := range []struct {
+		name   string
+		filter tracer.Filter
+		want   []tracer.Socket
+	}{
+		{"-4", tracer.Filter{Family: tracer.IPv4}, []tracer.Socket{dual, any4, lo4}},
+		{"-6", tracer.Filter{Family: tracer.IPv6}, []tracer.Socket{dual, lo6, conn6}},
+		{"--addr 127.0.0.1", tracer.Filter{Addrs: []netip.Prefix{netip.MustParsePrefix("127.0.0.1/32")}}, []tracer.Socket{dual, any4, lo4}},
+		{"--port 8080", tracer.Filter{Ports: []uint16{8080}}, []tracer.Socket{dual, conn6}},
+		{"--rport 40000", tracer.Filter{RPorts: []uint16{40000}}, []tracer.Socket{dual, any4, lo6, lo4, conn6}},
+	} {
+		wants := WalkWants(c.filter)
+		var got []tracer.Socket
+		for _, s := range []tracer.Socket{dual, any4, lo6, lo4, conn6} {
+			if wants(&s) {
+				got = append(got, s)
+			}
+		}
+		if len(got) != len(c.want) {
+			t.Errorf("%s: kept %d sockets, want %d: %v", c.name, len(got), len(c.want), got)
+			continue
+		}
+		for i := range got {
+			if got[i].Local != c.want[i].Local {
+				t.Errorf("%s: kept %v, want %v", c.name, got[i].Local, c.want[i].Local)
+			}
+		}
+	}
+}

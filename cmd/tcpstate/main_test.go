@@ -473,6 +473,57 @@ func TestTraceJSON(t *testing.T) {
 	}
 }
 
+// A dual-stack listener older than tcpstate ([::], as Go's net.Listen(":port")
+// makes) names the owner of the IPv4 connections it accepts under -4 or
+// --addr 127.0.0.1, which exclude the listener itself.
+func TestFilteredChildrenOfOldDualStackListenerNamed(t *testing.T) {
+	requireRoot(t)
+	for _, filter := range [][]string{{"-4"}, {"--addr", "127.0.0.1"}} {
+		t.Run(strings.Join(filter, " "), func(t *testing.T) {
+			ns := testnet.New(t)
+			ln := ns.Listen(t, "tcp", "[::]:0")
+			port := ln.Addr().(*net.TCPAddr).Port
+			args := append([]string{"-o", "json", "--netns", ns.Name}, filter...)
+			code, stdout, stderr := traceWhile(t, 2*time.Second, func() {
+				c := ns.Dial(t, "tcp4", net.JoinHostPort("127.0.0.1", strconv.Itoa(port)))
+				s, err := ln.Accept()
+				if err != nil {
+					t.Fatal(err)
+				}
+				s.Close()
+				c.Close()
+			}, args...)
+			if code != exitOK {
+				t.Fatalf("exit %d: %s", code, stderr)
+			}
+			var server []string
+			for _, line := range strings.Split(strings.TrimSpace(stdout), "\n") {
+				var ev struct {
+					Type  string `json:"type"`
+					Sport int    `json:"sport"`
+					Dport int    `json:"dport"`
+					Old   string `json:"old"`
+					New   string `json:"new"`
+					PID   *int   `json:"pid"`
+				}
+				if err := json.Unmarshal([]byte(line), &ev); err != nil {
+					t.Fatalf("not JSON: %q: %v", line, err)
+				}
+				if ev.Type != "state" || ev.Sport != port || ev.Dport == 0 {
+					continue
+				}
+				server = append(server, ev.Old+"->"+ev.New)
+				if ev.PID == nil || *ev.PID != os.Getpid() {
+					t.Errorf("owner of the accepted socket's %q is not this process (%d)", line, os.Getpid())
+				}
+			}
+			if len(server) < 2 || server[0] != "LISTEN->SYN_RECV" {
+				t.Errorf("the accepted socket's transitions: %v", server)
+			}
+		})
+	}
+}
+
 func TestTraceTextStateFilter(t *testing.T) {
 	requireRoot(t)
 	var port int
