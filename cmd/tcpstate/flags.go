@@ -46,7 +46,7 @@ func (f *filterFlags) register(fs *pflag.FlagSet) {
 	fs.BoolVarP(&f.ipv4, "ipv4", "4", false, "only IPv4 (IPv4-mapped IPv6 counts as IPv4)")
 	fs.BoolVarP(&f.ipv6, "ipv6", "6", false, "only IPv6")
 	fs.StringSliceVar(&f.states, "state", nil, "only transitions from or to this `state` (list): "+
-		strings.Join(tracer.StateNames()[:12], ", ")+"; also close-wait, FIN_WAIT_2, ESTAB, ...")
+		strings.Join(tracer.StateNames(), ", ")+"; also close-wait, FIN_WAIT_2, ESTAB, ...")
 	fs.StringSliceVar(&f.pids, "pid", nil, "only sockets owned by this process `ID` (list)")
 	fs.StringVar(&f.comm, "comm", "", "only sockets owned by a task of this `name` (exact, as in /proc/PID/comm)")
 	fs.StringVar(&f.netns, "netns", "", "only this network namespace: inode `number`, a path such as /proc/PID/ns/net, or a name from 'ip netns'")

@@ -226,6 +226,13 @@ func dispatch(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	case "check":
 		return runCheck(ctx, rest, stdout, stderr)
 	case "version", "--version":
+		switch {
+		case len(rest) > 0 && (rest[0] == "-h" || rest[0] == "--help"):
+			fmt.Fprint(stdout, "Usage: tcpstate version\n\nPrints tcpstate's version, commit, Go and cilium/ebpf versions, and platform.\n")
+			return nil
+		case len(rest) > 0:
+			return usagef("version takes no arguments: %q", rest[0])
+		}
 		fmt.Fprintln(stdout, versionString())
 		return nil
 	case "help", "-h", "--help":

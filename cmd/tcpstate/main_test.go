@@ -131,6 +131,8 @@ func TestUsageErrors(t *testing.T) {
 		{[]string{"trace", "--addr", "example.com"}, `"example.com"`},
 		{[]string{"trace", "--pid", "abc"}, `invalid process ID "abc"`},
 		{[]string{"trace", "--pid", "4294967295"}, "no process ID is above 4194304"},
+		{[]string{"serve", "--listen", "127.0.0.1:99999"}, "no port is above 65535"},
+		{[]string{"version", "--bogus"}, `version takes no arguments: "--bogus"`},
 		{[]string{"trace", "-4", "-6"}, "exclude each other"},
 		{[]string{"trace", "--ringbuf-size", "1000"}, `"1000"`},
 		{[]string{"trace", "--ringbuf-size", "lots"}, `"lots"`},

@@ -10,6 +10,7 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"strconv"
 	"time"
 
 	"github.com/cilium/ebpf"
@@ -91,8 +92,10 @@ func runServe(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	if err := f.tracerFlags.validate(); err != nil {
 		return err
 	}
-	if _, _, err := net.SplitHostPort(f.listen); err != nil {
+	if _, port, err := net.SplitHostPort(f.listen); err != nil {
 		return usagef("--listen %q: want host:port or :port", f.listen)
+	} else if n, err := strconv.ParseUint(port, 10, 64); err == nil && n > 65535 {
+		return usagef("--listen %q: no port is above 65535", f.listen)
 	}
 	// Bound before loading anything: a port in use is one line, at once.
 	ln, err := net.Listen("tcp", f.listen)
