@@ -824,6 +824,39 @@ func TestRefusesWhatIsNotAFile(t *testing.T) {
 	}
 }
 
+// A file with something else in it is never written over (a mistyped name);
+// an empty file or an earlier capture is.
+func TestRefusesToWriteOverOtherFiles(t *testing.T) {
+	dir := t.TempDir()
+	notes := filepath.Join(dir, "notes.txt")
+	if err := os.WriteFile(notes, []byte("my notes\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	const want = "exists and is not a tcpstate capture: refusing to write over it"
+	if _, err := Create(notes, header, Options{}); err == nil || !strings.Contains(err.Error(), want) {
+		t.Errorf("Create over a text file: %v, want %q", err, want)
+	}
+	if err := CheckPath(notes); err == nil || !strings.Contains(err.Error(), want) {
+		t.Errorf("CheckPath of a text file: %v, want %q", err, want)
+	}
+	if b, _ := os.ReadFile(notes); string(b) != "my notes\n" {
+		t.Errorf("the text file was written: %q", b)
+	}
+	empty := filepath.Join(dir, "empty")
+	if err := os.WriteFile(empty, nil, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	for range 2 { // empty, then an earlier capture
+		w, err := Create(empty, header, Options{})
+		if err != nil {
+			t.Fatalf("Create over an empty file or a capture: %v", err)
+		}
+		if err := w.Close(); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
 // A file padded with fake block headers, each claiming a long block: the
 // reader gives up past a bounded amount of such reading, and keeps a bounded
 // number of warnings. A FIFO is refused without blocking.

@@ -367,7 +367,9 @@ func CheckPath(path string) error {
 
 // regularOrAbsent refuses a path that exists and is not a regular file: a
 // symbolic link (anyone who can write the directory could point it at
-// /etc/passwd), a device, a FIFO, a directory.
+// /etc/passwd), a device, a FIFO, a directory; or a file with something else
+// in it than a capture (a mistyped name must not cost a file). An empty file
+// or an earlier capture is written over.
 func regularOrAbsent(path string) error {
 	fi, err := os.Lstat(path)
 	switch {
@@ -379,6 +381,8 @@ func regularOrAbsent(path string) error {
 		return fmt.Errorf("capture %s is a symbolic link: refusing to write through it (give the target itself)", path)
 	case !fi.Mode().IsRegular():
 		return fmt.Errorf("capture %s is not a regular file (%s): refusing to write over it", path, fileKind(fi.Mode()))
+	case fi.Size() > 0 && !IsCapture(path):
+		return fmt.Errorf("%s exists and is not a tcpstate capture: refusing to write over it (remove it, or name another file)", path)
 	}
 	return nil
 }
