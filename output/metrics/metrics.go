@@ -198,7 +198,7 @@ func desc(name, help string, labels ...string) *prometheus.Desc {
 
 var (
 	descSockets = desc("sockets", "Sockets tcpstate knows in each TCP state now (those older than tcpstate found by its start-up walk).", "state")
-	descOldest  = desc("oldest_socket_age_seconds", "The most the oldest socket in each state can have been in it (kernel timestamps bound the age of sockets older than tcpstate).", "state")
+	descOldest  = desc("oldest_socket_age_seconds", "The most the oldest socket in each state can have been in it: for sockets older than tcpstate, kernel timestamps bound it in CLOSE_WAIT, FIN_WAIT2 and TIME_WAIT and estimate it in FIN_WAIT1, LAST_ACK and CLOSING; in other states they count from tcpstate's start.", "state")
 	descProc    = desc("process_sockets", "Sockets held in a closing state (close_wait, fin_wait1, fin_wait2, closing, last_ack) by a process, by name and where it runs; the top processes per state, the rest summed as comm=\"[other]\".",
 		"state", "comm", "container_id", "pod_uid", "unit")
 	descProcOldest = desc("process_oldest_socket_age_seconds", "Age of the oldest socket of tcpstate_process_sockets' group.",
