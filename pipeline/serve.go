@@ -36,6 +36,7 @@ type Serve struct {
 	mu       sync.Mutex
 	last     *metrics.Snapshot
 	alive    atomic.Int64 // UnixNano of the tracer goroutine's last Idle
+	holders  holderCheck
 }
 
 // ServeOptions configure Serve.
@@ -51,12 +52,16 @@ type ServeOptions struct {
 	Stats     func() (tracer.Stats, error)
 	HookCosts func() (map[string]tracer.HookCost, error)
 	Info      tracer.KernelInfo
+	// FindHolders: tracer.FindHolders, to name the process holding a
+	// socket in the process groups its listener's owner is named for (nil:
+	// not looked for).
+	FindHolders func([]tracer.HolderQuery) []tracer.Task
 }
 
 // NewServe returns a Serve; feed its Sink.
 func NewServe(o ServeOptions) *Serve {
 	s := &Serve{filter: o.Filter, resolver: o.Resolver, opts: o, failRemotes: map[string]uint64{},
-		requests: make(chan chan *metrics.Snapshot, 64)}
+		requests: make(chan chan *metrics.Snapshot, 64), holders: holderCheck{find: o.FindHolders, states: closingStates}}
 	s.filter.States = 0
 	s.counters.ResetsSent = map[uint16]uint64{}
 	s.counters.FailedConnects = map[metrics.FailKey]uint64{}
@@ -192,6 +197,7 @@ func (s *Serve) Current() *metrics.Snapshot {
 // Snapshot takes a snapshot of the table and the counters at now. Only on
 // the tracer's goroutine (or before it runs).
 func (s *Serve) Snapshot(now uint64) *metrics.Snapshot {
+	s.holders.run(s.tl, now)
 	snap := &metrics.Snapshot{Counters: s.counters.Clone(), Info: s.opts.Info}
 	snap.FinTimeout, snap.LocalPorts = ownSysctls()
 	finTimeout := snap.FinTimeout

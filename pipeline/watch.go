@@ -25,6 +25,7 @@ type Watch struct {
 	lost     uint64
 	rows     []output.Socket // the last snapshot's, reused by the next
 	reuse    func() []output.Socket
+	holders  holderCheck
 }
 
 // WatchOptions say which sockets a snapshot lists, and how often.
@@ -41,6 +42,9 @@ type WatchOptions struct {
 	// rows at every refresh would grow the heap to twice what is live.
 	// Unset, every snapshot is made in the last one's rows.
 	Reuse func() []output.Socket
+	// FindHolders, live: tracer.FindHolders, to name the process holding a
+	// listed socket its listener's owner is named for (nil: not looked for).
+	FindHolders func([]tracer.HolderQuery) []tracer.Task
 }
 
 // WatchRenderer shows snapshots: output.Watch (text, JSON), or the
@@ -52,7 +56,8 @@ type WatchRenderer interface {
 
 // NewWatch renders through w.
 func NewWatch(w WatchRenderer, o WatchOptions) *Watch {
-	s := &Watch{w: w, filter: o.Filter, states: o.States, linger: o.Linger, interval: o.Interval, reuse: o.Reuse}
+	s := &Watch{w: w, filter: o.Filter, states: o.States, linger: o.Linger, interval: o.Interval, reuse: o.Reuse,
+		holders: holderCheck{find: o.FindHolders, states: o.States}}
 	s.filter.States = 0
 	rs := &resync{rescan: o.Rescan, withTimewait: true, next: s}
 	s.tl = timeline.New(rs, timeline.Options{MaxConns: o.MaxConns})
@@ -101,6 +106,7 @@ func (s *Watch) Sink() tracer.Sink { return s.tl }
 // Render writes the snapshot at now.
 func (s *Watch) Render(now uint64) error {
 	s.last = now
+	s.holders.run(s.tl, now)
 	if s.reuse != nil {
 		s.rows = s.reuse() // (the renderer still holds the last)
 	}

@@ -131,19 +131,11 @@ func eachDiagMessage(b []byte, f func([]byte)) (done bool, err error) {
 // nlmsgAlign rounds a netlink message's length up to its alignment (NLMSG_ALIGN).
 func nlmsgAlign(n int) int { return (n + unix.NLMSG_ALIGNTO - 1) &^ (unix.NLMSG_ALIGNTO - 1) }
 
-// parseDiagMsg reads one inet_diag_msg of a timewait socket.
-func parseDiagMsg(m []byte, netns uint32, finTimeout time.Duration, scanned uint64) (Socket, bool) {
-	if len(m) < inetDiagMsgLen || m[2] != diagTimerTW {
-		return Socket{}, false
-	}
-	ne := binary.NativeEndian
+// diagEndpoints reads the family and endpoints of one inet_diag_msg into s,
+// as the walk reports them; false for a family it does not know.
+func diagEndpoints(m []byte, s *Socket) bool {
 	id := m[4:52] // struct inet_diag_sockid
 	sport, dport := binary.BigEndian.Uint16(id[0:]), binary.BigEndian.Uint16(id[2:])
-	s := Socket{
-		Cookie:    uint64(ne.Uint32(id[40:])) | uint64(ne.Uint32(id[44:]))<<32,
-		Endpoints: Endpoints{NetNS: netns}, State: State(m[1]), Timewait: true, Scanned: scanned,
-		ExpiresIn: time.Duration(ne.Uint32(m[52:])) * time.Millisecond,
-	}
 	switch m[0] {
 	case unix.AF_INET:
 		s.Family = IPv4
@@ -162,6 +154,24 @@ func parseDiagMsg(m []byte, netns uint32, finTimeout time.Duration, scanned uint
 		}
 		s.Local, s.Remote = netip.AddrPortFrom(src, sport), netip.AddrPortFrom(dst, dport)
 	default:
+		return false
+	}
+	return true
+}
+
+// parseDiagMsg reads one inet_diag_msg of a timewait socket.
+func parseDiagMsg(m []byte, netns uint32, finTimeout time.Duration, scanned uint64) (Socket, bool) {
+	if len(m) < inetDiagMsgLen || m[2] != diagTimerTW {
+		return Socket{}, false
+	}
+	ne := binary.NativeEndian
+	id := m[4:52] // struct inet_diag_sockid
+	s := Socket{
+		Cookie:    uint64(ne.Uint32(id[40:])) | uint64(ne.Uint32(id[44:]))<<32,
+		Endpoints: Endpoints{NetNS: netns}, State: State(m[1]), Timewait: true, Scanned: scanned,
+		ExpiresIn: time.Duration(ne.Uint32(m[52:])) * time.Millisecond,
+	}
+	if !diagEndpoints(m, &s) {
 		return Socket{}, false
 	}
 	if s.State != TimeWait && s.State != FinWait2 {

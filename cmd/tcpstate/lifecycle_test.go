@@ -39,6 +39,13 @@ func TestMain(m *testing.M) {
 	if os.Getenv("TCPSTATE_HELPER") == "hold" {
 		holdHelper()
 	}
+	if os.Getenv("TCPSTATE_HELPER") == "holdfd" {
+		// Hold the socket inherited as fd 3, never touching it, until
+		// stdin closes.
+		fmt.Println("ready")
+		_, _ = io.Copy(io.Discard, os.Stdin)
+		os.Exit(0)
+	}
 	os.Exit(m.Run())
 }
 
@@ -231,6 +238,73 @@ func TestWatchLiveSeesNewLeak(t *testing.T) {
 	}
 	if !grouped {
 		t.Error("no process group for the leaking child")
+	}
+}
+
+// A child holding an accepted socket it never reads or writes (a forking
+// server's) is the process watch names once the socket lingers, not the one
+// that listened, whose owner the socket's events carry until a task touches
+// it; in its group too.
+func TestWatchNamesTheHolderOfAnInheritedSocket(t *testing.T) {
+	requireRoot(t)
+	ln, err := net.Listen("tcp4", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	port := ln.Addr().(*net.TCPAddr).Port
+	wait := startCmd(t, "watch", "-o", "json", "-i", "500ms", "-d", "5s", "--lport", strconv.Itoa(port))
+	c, err := net.Dial("tcp4", ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	s, err := ln.Accept()
+	if err != nil {
+		t.Fatal(err)
+	}
+	f, err := s.(*net.TCPConn).File()
+	if err != nil {
+		t.Fatal(err)
+	}
+	child := exec.Command(os.Args[0], "-test.run=^$")
+	child.Env = append(os.Environ(), "TCPSTATE_HELPER=holdfd")
+	child.ExtraFiles = []*os.File{f}
+	stdin, _ := child.StdinPipe()
+	stdout, _ := child.StdoutPipe()
+	if err := child.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer func() { stdin.Close(); _ = child.Wait() }()
+	if line, err := bufio.NewReader(stdout).ReadString('\n'); err != nil || line != "ready\n" {
+		t.Fatalf("holder: %q %v", line, err)
+	}
+	f.Close()
+	s.Close() // the child holds it alone now
+	c.Close() // its peer's FIN: CLOSE_WAIT
+	r := wait()
+	if r.code != exitOK {
+		t.Fatalf("exit %d: %s", r.code, r.stderr)
+	}
+	var last *socketJSON
+	grouped := false
+	objs := parseLines(t, r.stdout)
+	for i, o := range objs {
+		if o.Type == "socket" && o.Sport == port && o.State == "CLOSE_WAIT" {
+			last = &objs[i]
+		}
+		if o.Type == "group" && o.By == "process" && o.State == "CLOSE_WAIT" && o.PID == child.Process.Pid {
+			grouped = true
+		}
+	}
+	if last == nil {
+		t.Fatalf("the accepted socket never listed in CLOSE_WAIT:\n%s", r.stdout)
+	}
+	if last.PID != child.Process.Pid {
+		t.Errorf("the CLOSE_WAIT socket held by child %d is named after %d (%s) in the last snapshot", child.Process.Pid, last.PID, last.Comm)
+	}
+	if !grouped {
+		t.Errorf("no CLOSE_WAIT process group for the holder %d:\n%s", child.Process.Pid, r.stdout)
 	}
 }
 

@@ -84,6 +84,7 @@ type Conn struct {
 	SinceStart bool          // State began before the tracer: Since is an estimate or the start time
 	Timewait   bool          // the connection lives in a timewait socket
 	lingered   bool
+	asked      bool // its holder was looked for (HolderQueries)
 }
 
 // End is when the connection ended (CLOCK_BOOTTIME ns), 0 while it has not.
@@ -469,6 +470,30 @@ func (t *Timeline) Conns(f func(*Conn) bool) {
 		if !f(&c) {
 			return
 		}
+	}
+}
+
+// HolderQueries lists, for tracer.FindHolders, up to max full sockets in
+// states that have been there minAge at now, named only after their listener
+// (no task has read, written or closed them), whose holder has not been
+// looked for; each is marked looked for. cookies are theirs, in order.
+func (t *Timeline) HolderQueries(now uint64, minAge time.Duration, states tracer.StateSet, max int) (qs []tracer.HolderQuery, cookies []uint64) {
+	for c := t.head; c != nil && len(qs) < max; c = c.next {
+		if c.asked || c.Timewait || c.Owner.From != tracer.OwnerListener || !states.Has(c.State) || c.Age(now) < minAge {
+			continue
+		}
+		c.asked = true
+		qs = append(qs, tracer.HolderQuery{Endpoints: c.Endpoints(), State: c.State, PID: c.Owner.PID})
+		cookies = append(cookies, c.Cookie)
+	}
+	return qs, cookies
+}
+
+// SetHolder names the process found holding a connection's socket (a zero
+// task: none found, nothing changes).
+func (t *Timeline) SetHolder(cookie uint64, task tracer.Task) {
+	if c, ok := t.conns[cookie]; ok && task.PID != 0 && c.Owner.From == tracer.OwnerListener {
+		c.Owner = tracer.Owner{Task: task, From: tracer.OwnerProc}
 	}
 }
 
@@ -879,7 +904,9 @@ func (t *Timeline) untracked(c *Conn, e *tracer.Event) error {
 
 // enrichOwner fills the owner of e from the table, or the table from e.
 func (t *Timeline) enrichOwner(c *Conn, e *tracer.Event) {
-	if e.Owner.Known() {
+	// (the process found holding the socket stays, but not over what a
+	// task did to it since)
+	if e.Owner.Known() && !(c.Owner.From == tracer.OwnerProc && e.Owner.From <= tracer.OwnerListener) {
 		c.Owner = e.Owner
 		return
 	}
