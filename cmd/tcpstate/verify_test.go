@@ -219,7 +219,9 @@ func TestVerifyFinTimeoutLowered(t *testing.T) {
 // so (4), not a vacuous success.
 func TestVerifyFinTimeoutFromClose(t *testing.T) {
 	requireRoot(t)
-	ns := testnet.New(t, "net.ipv4.tcp_fin_timeout=2")
+	// The orphan older than verify is armed for 20 s, to outlast verify's
+	// start-up (9 to 17 s emulated); its peer's FIN ends it early.
+	ns := testnet.New(t, "net.ipv4.tcp_fin_timeout=20")
 	var ln net.Listener
 	ns.Do(t, func() {
 		var err error
@@ -229,30 +231,33 @@ func TestVerifyFinTimeoutFromClose(t *testing.T) {
 	})
 	defer ln.Close()
 	port := strconv.Itoa(ln.Addr().(*net.TCPAddr).Port)
-	half := func() *net.TCPConn {
+	half := func() (*net.TCPConn, net.Conn) {
 		c := ns.Dial(t, "tcp4", ln.Addr().String()).(*net.TCPConn)
 		peer, err := ln.Accept()
 		if err != nil {
 			t.Fatal(err)
 		}
-		t.Cleanup(func() { peer.Close() }) // the peer never closes
+		t.Cleanup(func() { peer.Close() })
 		if err := c.CloseWrite(); err != nil {
 			t.Fatal(err)
 		}
-		return c
+		return c, peer
 	}
 
 	// Orphaned before verify starts: pending, then out of scope at its end.
-	old := half()
+	old, oldPeer := half()
 	old.Close()
-	r := startCmd(t, "verify", "--netns", ns.Name, "--rport", port, "--expect", "fin_timeout=2", "--within", "6s", "-i", "200ms", "-o", "json")()
+	ns.Sysctl(t, "net.ipv4.tcp_fin_timeout=2")
+	wait := startCmd(t, "verify", "--netns", ns.Name, "--rport", port, "--expect", "fin_timeout=2", "--within", "3s", "-i", "200ms", "-o", "json")
+	oldPeer.Close() // its FIN: the orphan goes on to TIME_WAIT, not rated
+	r := wait()
 	got := statuses(parseVerify(t, r.stdout), localPort(old), "fin_timeout")
 	if r.code != exitNone || !strings.Contains(r.stderr, "ended before they could be rated") || len(got) != 1 || got[0].Status != "pending" {
 		t.Errorf("an orphan older than verify: exit %d, its results %+v, stderr %q; want exit %d, one pending", r.code, got, r.stderr, exitNone)
 	}
 
-	wait := startCmd(t, "verify", "--netns", ns.Name, "--rport", port, "--expect", "fin_timeout=2", "--within", "20s", "-i", "200ms", "-o", "json")
-	c := half()
+	wait = startCmd(t, "verify", "--netns", ns.Name, "--rport", port, "--expect", "fin_timeout=2", "--within", "20s", "-i", "200ms", "-o", "json")
+	c, _ := half()
 	time.Sleep(1500 * time.Millisecond) // in FIN_WAIT2, held: tcp_fin_timeout does not apply
 	closed := time.Now()
 	c.Close()
