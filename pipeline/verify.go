@@ -23,12 +23,12 @@ var ErrStragglers = errors.New("some sockets do not run with the expected values
 // be rated (pending until it ended).
 var ErrNothingChecked = errors.New("no socket in scope: nothing was checked (keepalive is checked in ESTABLISHED and CLOSE_WAIT, fin_timeout in orphaned FIN_WAIT2)")
 
-// errNoneRated is ErrNothingChecked when sockets were in scope, all pending
-// until they ended.
+// errNoneRated is ErrNothingChecked when sockets were in scope, none of them
+// rated: pending until they ended, or for good (verify.Unratable).
 type errNoneRated int
 
 func (e errNoneRated) Error() string {
-	return fmt.Sprintf("nothing was checked: the %d socket(s) in scope ended before they could be rated (a timer armed before tcpstate started or before the change is kept to the end)", int(e))
+	return fmt.Sprintf("nothing was checked: none of the %d socket(s) in scope could be rated (a FIN_WAIT2 orphaned before tcpstate started keeps a timer nothing dates; a timer armed before the change is kept to the end)", int(e))
 }
 
 func (errNoneRated) Is(target error) bool { return target == ErrNothingChecked }
@@ -165,7 +165,7 @@ func (v *Verify) Finish(now uint64) error {
 	counts := map[verify.Status]int{}
 	for _, r := range rs {
 		counts[r.Status]++
-		if r.Status == verify.Pending || r.Status == verify.Mismatch || v.strict && r.Status == verify.Unaffected {
+		if (r.Status == verify.Pending || r.Status == verify.Mismatch || v.strict && r.Status == verify.Unaffected) && !verify.Unratable(r) {
 			stragglers = append(stragglers, r)
 		}
 	}
@@ -184,7 +184,7 @@ func (v *Verify) Finish(now uint64) error {
 	if len(stragglers) > 0 {
 		return ErrStragglers
 	}
-	if !v.checked && len(rs) == 0 {
+	if !v.checked {
 		if len(v.pending) > 0 {
 			return errNoneRated(len(v.pending))
 		}

@@ -35,9 +35,10 @@ const maxDescendants = 4096
 
 // FindHolders answers each query with the process holding the socket now
 // (the lowest PID of those that do), or a zero Task: the socket has closed,
-// its namespace cannot be entered, or no process among those looked at holds
-// it. Sockets are found by sock_diag in their namespace (their inode), then in
-// /proc/PID/fd of PID and its descendants.
+// its namespace cannot be entered, or no process holds it. Sockets are found
+// by sock_diag in their namespace (their inode), then in /proc/PID/fd of PID
+// and its descendants; those not found there (PID gone, its children taken
+// over by init) in every process's, once for all.
 func FindHolders(qs []HolderQuery) []Task {
 	out := make([]Task, len(qs))
 	inodes := make([]uint64, len(qs))
@@ -78,6 +79,19 @@ func FindHolders(qs []HolderQuery) []Task {
 				out[i] = Task{PID: pid, TID: pid, Comm: commOf(pid)}
 				break
 			}
+		}
+	}
+	var all *holders
+	for i := range qs {
+		if inodes[i] == 0 || out[i].PID != 0 {
+			continue
+		}
+		if all == nil {
+			h := socketOwners()
+			all = &h
+		}
+		if task, ok := all.of(inodes[i]); ok {
+			out[i] = task
 		}
 	}
 	return out

@@ -42,7 +42,7 @@ waits for one), or at D.
 
 Exit status: 0 every socket in scope runs with the expected values (unaffected
 ones count as fine unless --strict); 3 some do not (listed at the end); 4
-nothing checked: no socket was in scope, or those that were ended pending; 1
+nothing checked: no socket was in scope, or none that was could be rated; 1
 the check could not run; 2 bad command line.
 
 Flags:

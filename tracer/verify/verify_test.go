@@ -156,7 +156,7 @@ func TestFinTimeoutAboveTimewaitLen(t *testing.T) {
 	end.Type, end.Time, end.Old, end.New, end.Reason = tracer.EventState, 14*sec, tracer.FinWait2, tracer.Close, tracer.ReasonFinTimeout
 	end.Duration, end.HasDuration, end.Timewait = 4*time.Second, true, true
 	_ = c.Event(&end)
-	if r := only(t, c.Results(15*sec), FinTimeout); r.Status != Mismatch || r.Detail != "orphaned FIN_WAIT2 ended after 4s" {
+	if r := only(t, c.Results(15*sec), FinTimeout); r.Status != Mismatch || r.Detail != "orphaned FIN_WAIT2 ended after 4s, not 1m2s" {
 		t.Errorf("lasted 4s with fin_timeout=62: %+v", r)
 	}
 }
