@@ -53,6 +53,12 @@ type RecordOptions struct {
 // walk's sockets in it.
 func NewRecorder(o RecordOptions) (*Recorder, error) {
 	r := &Recorder{path: o.Path, keep: o.Keep, nss: o.NetNS, interval: o.SysctlInterval, last: time.Now(), stderr: o.Stderr}
+	if o.Flight || o.MaxSize > 0 {
+		// (the files rotation shifts: not found out at the first, weeks later)
+		if err := capture.CheckKept(o.Path, o.Keep); err != nil {
+			return nil, err
+		}
+	}
 	if o.Flight {
 		// Found out now, not at the first dump, weeks later.
 		if err := capture.CheckPath(o.Path); err != nil {

@@ -37,7 +37,7 @@ writing what it holds.
 FILE must be a regular file or not exist yet: a symbolic link, a device or a
 FIFO is refused, and so is a directory that takes no new file, before
 anything is traced. An existing file is written over only if it is empty or
-an earlier capture.
+an earlier capture; so are the files rotation shifts (FILE.1 to FILE.N).
 
 Flags:
 %s`

@@ -94,8 +94,8 @@ func runServe(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	}
 	if _, port, err := net.SplitHostPort(f.listen); err != nil {
 		return usagef("--listen %q: want host:port or :port", f.listen)
-	} else if n, err := strconv.ParseUint(port, 10, 64); err == nil && n > 65535 {
-		return usagef("--listen %q: no port is above 65535", f.listen)
+	} else if n, err := strconv.ParseInt(port, 10, 64); err == nil && (n < 0 || n > 65535) {
+		return usagef("--listen %q: a port is 0 to 65535", f.listen)
 	}
 	// Bound before loading anything: a port in use is one line, at once.
 	ln, err := net.Listen("tcp", f.listen)

@@ -842,6 +842,27 @@ func TestRefusesToWriteOverOtherFiles(t *testing.T) {
 	if b, _ := os.ReadFile(notes); string(b) != "my notes\n" {
 		t.Errorf("the text file was written: %q", b)
 	}
+	// Nor rotated away: path.1 ... path.keep are shifted, the last removed.
+	capPath := filepath.Join(dir, "c.cap")
+	if err := os.WriteFile(capPath+".2", []byte("PRECIOUS\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	const rot = "c.cap.2 exists and is not a tcpstate capture: refusing to rotate it away"
+	if err := CheckKept(capPath, 3); err == nil || !strings.Contains(err.Error(), rot) {
+		t.Errorf("CheckKept: %v, want %q", err, rot)
+	}
+	if err := CheckKept(capPath, 1); err != nil {
+		t.Errorf("CheckKept with keep 1 (c.cap.2 not touched): %v", err)
+	}
+	fl := NewFlight(header, 1<<20, 0)
+	ev := sampleEvents(1)[0]
+	_ = fl.Event(&ev)
+	if err := fl.Dump(capPath, 3); err == nil || !strings.Contains(err.Error(), "refusing to rotate it away") {
+		t.Errorf("Flight.Dump with c.cap.2 a text file: %v", err)
+	}
+	if b, _ := os.ReadFile(capPath + ".2"); string(b) != "PRECIOUS\n" {
+		t.Errorf("the text file at c.cap.2 was rotated over: %q", b)
+	}
 	empty := filepath.Join(dir, "empty")
 	if err := os.WriteFile(empty, nil, 0o644); err != nil {
 		t.Fatal(err)

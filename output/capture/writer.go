@@ -239,12 +239,28 @@ func (w *Writer) rotateFrom(old *os.File) error {
 // nothing to shift. Renames never write through a link planted at a name.
 func shiftKept(path string, keep int) error {
 	keep = max(keep, 1)
+	if err := CheckKept(path, keep); err != nil {
+		return err
+	}
 	_ = os.Remove(fmt.Sprintf("%s.%d", path, keep))
 	for i := keep - 1; i >= 1; i-- {
 		_ = os.Rename(fmt.Sprintf("%s.%d", path, i), fmt.Sprintf("%s.%d", path, i+1))
 	}
 	if err := os.Rename(path, path+".1"); err != nil && !errors.Is(err, os.ErrNotExist) {
 		return fmt.Errorf("rotating %s: %w", path, err)
+	}
+	return nil
+}
+
+// CheckKept tells whether rotating at path, keeping keep files, would shift
+// or remove only earlier captures (or empty files) at path.1 ... path.keep:
+// a file of something else there is refused, not lost.
+func CheckKept(path string, keep int) error {
+	for i := 1; i <= max(keep, 1); i++ {
+		name := fmt.Sprintf("%s.%d", path, i)
+		if fi, err := os.Lstat(name); err == nil && fi.Mode().IsRegular() && fi.Size() > 0 && !IsCapture(name) {
+			return fmt.Errorf("%s exists and is not a tcpstate capture: refusing to rotate it away (remove it, or name another file)", name)
+		}
 	}
 	return nil
 }
