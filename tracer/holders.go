@@ -48,8 +48,20 @@ func FindHolders(qs []HolderQuery) []Task {
 			byNetNS[qs[i].NetNS] = append(byNetNS[qs[i].NetNS], i)
 		}
 	}
+	var known []nsFile // every namespace's file, listed once if needed
 	for netns, idx := range byNetNS {
 		path := netnsPathFor(netns, qs[idx[0]].PID)
+		if path == "" {
+			// (a process may hold sockets of a namespace it is not in)
+			if known == nil {
+				known = netnsPaths()
+			}
+			for _, f := range known {
+				if f.inode == netns {
+					path = f.path
+				}
+			}
+		}
 		if path == "" {
 			continue
 		}

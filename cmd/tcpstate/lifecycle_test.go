@@ -244,20 +244,14 @@ func TestWatchLiveSeesNewLeak(t *testing.T) {
 // A child holding an accepted socket it never reads or writes (a forking
 // server's) is the process watch names once the socket lingers, not the one
 // that listened, whose owner the socket's events carry until a task touches
-// it; in its group too.
+// it; in its group too. The socket is of a namespace neither process is in.
 func TestWatchNamesTheHolderOfAnInheritedSocket(t *testing.T) {
 	requireRoot(t)
-	ln, err := net.Listen("tcp4", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
+	ns := testnet.New(t)
+	ln := ns.Listen(t, "tcp4", "127.0.0.1:0")
 	port := ln.Addr().(*net.TCPAddr).Port
-	wait := startCmd(t, "watch", "-o", "json", "-i", "500ms", "-d", "5s", "--lport", strconv.Itoa(port))
-	c, err := net.Dial("tcp4", ln.Addr().String())
-	if err != nil {
-		t.Fatal(err)
-	}
+	wait := startCmd(t, "watch", "-o", "json", "-i", "500ms", "-d", "5s", "--netns", ns.Name, "--lport", strconv.Itoa(port))
+	c := ns.Dial(t, "tcp4", ln.Addr().String())
 	defer c.Close()
 	s, err := ln.Accept()
 	if err != nil {
