@@ -16,6 +16,13 @@ func (t *Tracer) Detach() error { return t.detach() }
 // DiagTimewait is diagTimewait for the kernel tests.
 var DiagTimewait = diagTimewait
 
+// WithoutDiag makes FindHolders do without sock_diag (as where no inet_diag
+// module can be loaded) until the returned func is called.
+func WithoutDiag() (restore func()) {
+	diagInodesOf = func([]HolderQuery, []int, []uint64) error { return errors.New("no sock_diag (test)") }
+	return func() { diagInodesOf = diagInodes }
+}
+
 // EachDiagMessage is eachDiagMessage, to feed it made-up reads.
 var EachDiagMessage = eachDiagMessage
 

@@ -4,12 +4,14 @@ package tracer
 
 import (
 	"encoding/binary"
+	"errors"
 	"fmt"
 	"os"
 	"slices"
 	"strconv"
 	"strings"
 
+	"github.com/cilium/ebpf/link"
 	"golang.org/x/sys/unix"
 )
 
@@ -36,10 +38,11 @@ const maxDescendants = 4096
 // FindHolders answers each query with the process holding the socket now
 // (the lowest PID of those that do), or a zero Task: the socket has closed,
 // its namespace cannot be entered, or no process holds it. Sockets are found
-// by sock_diag in their namespace (their inode), then in /proc/PID/fd of PID
-// and its descendants; those not found there (PID gone, its children taken
-// over by init) in every process's, once for all.
-func FindHolders(qs []HolderQuery) []Task {
+// by sock_diag in their namespace (their inode; without sock_diag, by the
+// tracer's walk of the namespace), then in /proc/PID/fd of PID and its
+// descendants; those not found there (PID gone, its children taken over by
+// init) in every process's, once for all. On the tracer's goroutine only.
+func (t *Tracer) FindHolders(qs []HolderQuery) []Task {
 	out := make([]Task, len(qs))
 	inodes := make([]uint64, len(qs))
 	byNetNS := map[uint32][]int{}
@@ -65,7 +68,10 @@ func FindHolders(qs []HolderQuery) []Task {
 		if path == "" {
 			continue
 		}
-		_ = inNetNS(path, func() error { return diagInodes(qs, idx, inodes) })
+		if err := inNetNS(path, func() error { return diagInodesOf(qs, idx, inodes) }); err != nil {
+			// (no inet_diag module, and none can be loaded)
+			_ = t.walkInodes(path, qs, idx, inodes)
+		}
 	}
 	fds := map[uint32]map[uint64]bool{} // socket inodes held, by PID, read once
 	held := func(pid uint32, ino uint64) bool {
@@ -121,6 +127,9 @@ func netnsPathFor(netns, pid uint32) string {
 	return ""
 }
 
+// diagInodesOf is diagInodes; the tests take sock_diag away.
+var diagInodesOf = diagInodes
+
 // diagInodes lists the calling thread's namespace's sockets in the states
 // of the queries idx, and fills inodes of those it finds.
 func diagInodes(qs []HolderQuery, idx []int, inodes []uint64) error {
@@ -153,6 +162,30 @@ func diagInodes(qs []HolderQuery, idx []int, inodes []uint64) error {
 		}
 	}
 	return nil
+}
+
+// walkInodes finds the inodes of the queries idx by the tracer's walk of the
+// namespace at path (every socket: only where sock_diag cannot be had).
+func (t *Tracer) walkInodes(path string, qs []HolderQuery, idx []int, inodes []uint64) error {
+	want := map[endpointKey]int{}
+	for _, i := range idx {
+		want[endpointKeyOf(&Socket{Endpoints: qs[i].Endpoints})] = i
+	}
+	prog := t.coll.Programs[tcpstateProgIterTcp]
+	if prog == nil {
+		return errors.New("iterator program not loaded")
+	}
+	it, err := link.AttachIter(link.IterOptions{Program: prog})
+	if err != nil {
+		return err
+	}
+	defer it.Close()
+	_, err = scanNetNS(it, path, t.info.HZ, ScanOptions{}, nil, func(s *Socket) {
+		if i, ok := want[endpointKeyOf(s)]; ok && !s.Timewait && s.State == qs[i].State {
+			inodes[i] = s.Inode
+		}
+	})
+	return err
 }
 
 // socketInodesOf lists the socket inodes pid holds open.

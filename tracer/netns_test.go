@@ -621,3 +621,36 @@ func TestNetNSFilterFollowsNoOtherNamespace(t *testing.T) {
 		t.Errorf("socket storage in another namespace: %s; want none", got)
 	}
 }
+
+// FindHolders finds the process holding a socket by its inode, from sock_diag
+// or, without it, from the walk; a process that does not hold it is passed
+// over for one that does (here: none but the test process holds it).
+func TestFindHolders(t *testing.T) {
+	ns := newNetNS(t)
+	r := startTracer(t, tracer.Config{Filter: tracer.Filter{NetNS: ns.Inode}}, nil)
+	ln := ns.Listen(t, "tcp4", "127.0.0.1:0")
+	c := ns.Dial(t, "tcp4", ln.Addr().String())
+	defer c.Close()
+	s, err := ln.Accept()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	q := tracer.HolderQuery{Endpoints: tracer.Endpoints{NetNS: ns.Inode, Family: tracer.IPv4,
+		Local: parseAddrPort(s.LocalAddr().String()), Remote: parseAddrPort(s.RemoteAddr().String())},
+		State: tracer.Established, PID: uint32(os.Getpid())}
+	gone := q
+	gone.Remote = netip.AddrPortFrom(gone.Remote.Addr(), 1) // no such socket
+	for _, how := range []string{"sock_diag", "walk"} {
+		if how == "walk" {
+			defer tracer.WithoutDiag()()
+		}
+		got := r.tr.FindHolders([]tracer.HolderQuery{q, gone})
+		if got[0].PID != uint32(os.Getpid()) || got[0].Comm.String() == "" {
+			t.Errorf("%s: holder of the accepted socket %+v, want this process (%d)", how, got[0], os.Getpid())
+		}
+		if got[1].PID != 0 {
+			t.Errorf("%s: a holder %+v for a socket that does not exist", how, got[1])
+		}
+	}
+}

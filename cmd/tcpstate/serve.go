@@ -128,7 +128,7 @@ func runServe(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 
 	s := pipeline.NewServe(pipeline.ServeOptions{Filter: filter, MaxConns: f.maxConns, Rescan: rescan(t, filter),
 		TopProcs: f.top, TopRemotes: f.topRemotes, Resolver: resolver, Stats: t.Stats, HookCosts: hookCosts, Info: t.Info(),
-		FindHolders: tracer.FindHolders})
+		FindHolders: t.FindHolders})
 	found := seedWalk(t, filter, tracer.ScanOptions{TimeWait: true}, stderr, s.SeedSocket)
 	warnTableFull(stderr, s.Evicted(), found, f.maxConns, " and are not counted: raise it")
 	s.Snapshot(tracer.BootNow()) // scrapes before the reader runs get this one

@@ -137,7 +137,7 @@ func runWatch(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	}
 	ws := pipeline.NewWatch(w, pipeline.WatchOptions{Filter: filter, States: states, Linger: time.Duration(f.linger),
 		Interval: time.Duration(f.interval), MaxConns: f.maxConns, Rescan: rescan(t, filter), Reuse: reuse,
-		FindHolders: tracer.FindHolders})
+		FindHolders: t.FindHolders})
 	found := seedWalk(t, filter, tracer.ScanOptions{TimeWait: true}, stderr, ws.SeedSocket)
 	warnTableFull(stderr, ws.Evicted(), found, f.maxConns, " and are not shown: raise it")
 	if full {
