@@ -194,11 +194,14 @@ static __always_inline void ka_fire_entry(struct event *e, struct timer_list *t)
 	f->owner_src = OWNER_NONE;
 	f->probes_out = BPF_CORE_READ((struct inet_connection_sock *)sk, icsk_probes_out);
 	f->state = SKC_FIELD(&h, &sk->__sk_common, skc_state);
+	/* (a FIN_WAIT2 its owner holds runs keepalive as any other state) */
+	f->orphan_fw2 = f->state == TCP_FIN_WAIT2 &&
+			(SKC_FIELD(&h, &sk->__sk_common, skc_flags) & (1UL << SOCK_DEAD));
 	/* Probes outstanding at the last fire and none now: an ACK came. */
 	last = bpf_map_lookup_elem(&ka_probes, &cookie);
 	if (last && *last && !f->probes_out)
 		ka_emit(e, sk, &h, t, KA_ANSWERED, now, cookie);
-	ka_emit(e, sk, &h, t, f->state == TCP_FIN_WAIT2 ? KA_FIN_WAIT2 : KA_FIRED, now, cookie);
+	ka_emit(e, sk, &h, t, f->orphan_fw2 ? KA_FIN_WAIT2 : KA_FIRED, now, cookie);
 }
 
 static __always_inline void ka_fire_exit(struct event *e, struct timer_list *t)
@@ -219,11 +222,11 @@ static __always_inline void ka_fire_exit(struct event *e, struct timer_list *t)
 	probes = BPF_CORE_READ((struct inet_connection_sock *)sk, icsk_probes_out);
 	state = SKC_FIELD(&h, &sk->__sk_common, skc_state);
 	if (state == TCP_CLOSE) {
-		/* Closed by this fire: a keepalive kill. Not from FIN_WAIT2,
-		 * where the timer is the orphan's FIN_WAIT2 timeout: it handed
+		/* Closed by this fire: a keepalive kill. Not for an orphan in
+		 * FIN_WAIT2, where the timer is its FIN_WAIT2 timeout: it handed
 		 * the connection to a timewait socket (tcp_fin_timeout above
 		 * TCP_TIMEWAIT_LEN) or reset it, as the state events say. */
-		if (f->state != TCP_CLOSE && f->state != TCP_FIN_WAIT2) {
+		if (f->state != TCP_CLOSE && !f->orphan_fw2) {
 			ka_event(e, sk, &h, t, KA_TIMEOUT, now, cookie);
 			event_owner(e, f->owner_src, f->pid, f->tid, f->cgroup, f->comm);
 			e->sk_err = BPF_CORE_READ(sk, sk_err);

@@ -165,7 +165,8 @@ struct ka_fire {
 	__u8 probes_out;
 	__u8 state;
 	__u8 owner_src;		/* the owner, noted by the CLOSE a keepalive kill makes */
-	__u8 _pad[5];
+	__u8 orphan_fw2;	/* an orphan in FIN_WAIT2: the timer is its FIN_WAIT2 timeout */
+	__u8 _pad[4];
 	__u32 pid;
 	__u32 tid;
 	__u64 cgroup;

@@ -550,3 +550,37 @@ func setsockoptInt(t *testing.T, c net.Conn, level, opt, v int) {
 		t.Fatalf("setsockopt %d/%d = %d: %v", level, opt, v, serr)
 	}
 }
+
+// A FIN_WAIT2 its owner still holds (shut down, not closed) runs keepalive
+// as any other state: a dead peer kills it, and that kill is reported, unlike
+// an orphan's FIN_WAIT2 timeout (TestFinWait2TimerAboveTimewaitLenIsNoKill).
+func TestKeepaliveKillInHeldFinWait2(t *testing.T) {
+	ns := newNetNS(t)
+	r := startTracer(t, tracer.Config{Filter: tracer.Filter{NetNS: ns.Inode}}, nil)
+	const idle = 2 * time.Second
+	c, _, srv := keepaliveClient(t, ns, net.KeepAliveConfig{Enable: true, Idle: idle, Interval: time.Second, Count: 2})
+	isClient := func(e *tracer.Event) bool { return e.Remote == srv && e.New == tracer.SynSent }
+	if err := c.(*net.TCPConn).CloseWrite(); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, "the client in FIN_WAIT2", func() bool {
+		evs := r.col.socket(isClient)
+		return len(evs) > 0 && evs[len(evs)-1].New == tracer.FinWait2
+	})
+	ns.LoopbackDown(t) // from now on nothing answers
+	deadline := time.Now().Add(10 * time.Second)
+	for len(keepalives(r.col.socketAll(isClient), tracer.KeepaliveTimeout)) == 0 {
+		if time.Now().After(deadline) {
+			all := r.col.socketAll(isClient)
+			t.Fatalf("no keepalive kill of the held FIN_WAIT2: %v %v", transitions(all), kaTimeline(all))
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	all := r.col.socketAll(isClient)
+	if n := len(keepalives(all, tracer.KeepaliveFinWait2)); n > 0 {
+		t.Errorf("%d keepalive fires of a held FIN_WAIT2 reported as its FIN_WAIT2 timeout: %v", n, kaTimeline(all))
+	}
+	if kill := keepalives(all, tracer.KeepaliveTimeout)[0]; kill.SkErr != 110 {
+		t.Errorf("kill: sk_err %d, want ETIMEDOUT", kill.SkErr)
+	}
+}

@@ -148,7 +148,8 @@ type tcpstateKaFire struct {
 	ProbesOut uint8
 	State     uint8
 	OwnerSrc  uint8
-	Pad       [5]uint8
+	OrphanFw2 uint8
+	Pad       [4]uint8
 	Pid       uint32
 	Tid       uint32
 	Cgroup    uint64
