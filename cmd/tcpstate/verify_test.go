@@ -222,14 +222,7 @@ func TestVerifyFinTimeoutFromClose(t *testing.T) {
 	// The orphan older than verify is armed for 60 s, to outlast two of
 	// verify's start-ups (9 to 17 s emulated); its peer's FIN ends it early.
 	ns := testnet.New(t, "net.ipv4.tcp_fin_timeout=60")
-	var ln net.Listener
-	ns.Do(t, func() {
-		var err error
-		if ln, err = net.Listen("tcp4", "127.0.0.1:0"); err != nil {
-			t.Fatal(err)
-		}
-	})
-	defer ln.Close()
+	ln := ns.Listen(t, "tcp4", "127.0.0.1:0")
 	port := strconv.Itoa(ln.Addr().(*net.TCPAddr).Port)
 	half := func() (*net.TCPConn, net.Conn) {
 		c := ns.Dial(t, "tcp4", ln.Addr().String()).(*net.TCPConn)
@@ -289,14 +282,7 @@ func TestVerifyFinTimeoutFromClose(t *testing.T) {
 func TestVerifyNothingInScope(t *testing.T) {
 	requireRoot(t)
 	ns := testnet.New(t)
-	var ln net.Listener
-	ns.Do(t, func() {
-		var err error
-		if ln, err = net.Listen("tcp4", "127.0.0.1:0"); err != nil {
-			t.Fatal(err)
-		}
-	})
-	defer ln.Close()
+	ln := ns.Listen(t, "tcp4", "127.0.0.1:0")
 	port := strconv.Itoa(ln.Addr().(*net.TCPAddr).Port)
 	// Only the listener: nothing to check (LISTEN has no keepalive timer).
 	code, stdout, stderr := runCmd(context.Background(), "verify", "--netns", ns.Name, "--port", port)
